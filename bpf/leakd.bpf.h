@@ -1,0 +1,88 @@
+/* Shared BPF-side helpers: the process/cgroup filter every tool applies, the
+ * descendant tracking used when a tool launches its own command, and the
+ * lost-event counters. Each tool's .bpf.c includes this once; the globals
+ * below are set by user space before load (const volatile = read-only map,
+ * so the verifier prunes the branches of filters that are off). */
+#ifndef LEAKD_BPF_H
+#define LEAKD_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "leakd.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* 0: every process. Otherwise only this tgid (and, with follow_children,
+ * every process in leakd_tracked, which starts with it). */
+const volatile __u32 targ_tgid = 0;
+const volatile __u8 follow_children = 0;
+/* 0: every cgroup. Otherwise the cgroup v2 id (inode of its directory). */
+const volatile __u64 targ_cgroup_id = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} leakd_tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LEAKD_LOST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} leakd_lost SEC(".maps");
+
+static __always_inline void leakd_count_lost(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&leakd_lost, &reason);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int leakd_tgid_wanted(__u32 tgid)
+{
+	if (!targ_tgid)
+		return 1;
+	if (follow_children)
+		return bpf_map_lookup_elem(&leakd_tracked, &tgid) != NULL;
+	return tgid == targ_tgid;
+}
+
+/* Whether the current task passes the shared -p / -- CMD / --cgroup filters. */
+static __always_inline int leakd_wanted(void)
+{
+	if (targ_cgroup_id && bpf_get_current_cgroup_id() != targ_cgroup_id)
+		return 0;
+	return leakd_tgid_wanted(bpf_get_current_pid_tgid() >> 32);
+}
+
+/* Descendant tracking, attached by user space only with follow_children. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(leakd_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u8 one = 1;
+
+	if (ptgid == ctgid || !bpf_map_lookup_elem(&leakd_tracked, &ptgid))
+		return 0;
+	bpf_map_update_elem(&leakd_tracked, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(leakd_exit, struct task_struct *p)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	__u32 pid = BPF_CORE_READ(p, pid);
+
+	/* Forget a process only when its last thread (the leader) goes. */
+	if (tgid == pid)
+		bpf_map_delete_elem(&leakd_tracked, &tgid);
+	return 0;
+}
+
+#endif

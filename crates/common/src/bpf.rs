@@ -1,0 +1,212 @@
+//! Loading and attaching BPF programs with errors a user can act on.
+//!
+//! aya's errors are precise but speak in syscalls; a user who forgot `sudo`
+//! should read "needs root", and a verifier rejection should say which
+//! program failed, with the kernel's log one `-v` away.
+
+use std::io;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
+
+use crate::out::Output;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Check what loading BPF needs before touching the kernel: privileges and a
+/// mounted tracefs (tracepoint ids are read from it).
+pub fn preflight() -> Result<()> {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        bail!("permission denied: loading eBPF programs needs root (or the CAP_BPF and CAP_PERFMON capabilities)");
+    }
+    ensure_tracefs()
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+fn ensure_tracefs() -> Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    nix::mount::mount(Some("tracefs"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("tracefs is not mounted and mounting it on {TRACEFS} failed"))?;
+    Ok(())
+}
+
+/// Values for the BPF side's shared filter globals (see bpf/leakd.bpf.h).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter {
+    pub tgid: u32,
+    pub follow_children: bool,
+    pub cgroup_id: u64,
+}
+
+impl Filter {
+    pub fn apply(&self, loader: &mut EbpfLoader<'_>) {
+        // Leaked so the loader's borrowed globals live long enough; these are
+        // a few bytes, set once per run.
+        let tgid: &'static u32 = Box::leak(Box::new(self.tgid));
+        let follow: &'static u8 = Box::leak(Box::new(u8::from(self.follow_children)));
+        let cg: &'static u64 = Box::leak(Box::new(self.cgroup_id));
+        loader.override_global("targ_tgid", tgid, true);
+        loader.override_global("follow_children", follow, true);
+        loader.override_global("targ_cgroup_id", cg, true);
+    }
+}
+
+/// Load an object with the given loader, translating the common failures.
+pub fn load(loader: &mut EbpfLoader<'_>, object: &[u8]) -> Result<Ebpf> {
+    loader.load(object).map_err(|e| match e {
+        EbpfError::MapError(ref m) if is_eperm_source(m) => anyhow!(
+            "permission denied creating BPF maps: needs root (or CAP_BPF and CAP_PERFMON)"
+        ),
+        other => anyhow::Error::new(other).context("loading the BPF object"),
+    })
+}
+
+fn is_eperm_source(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            if io.raw_os_error() == Some(libc::EPERM) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Turn a program load error into a message; the verifier log is printed to
+/// stderr when `verbose` is set, and otherwise hinted at.
+fn load_error(name: &str, e: ProgramError, verbose: u8) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            if verbose > 0 {
+                eprintln!("--- verifier log for {name} ---\n{verifier_log}\n--- end of verifier log ---");
+                anyhow!("the kernel's BPF verifier rejected program {name}: {io_error}")
+            } else {
+                anyhow!("the kernel's BPF verifier rejected program {name}: {io_error} (rerun with -v for the verifier log)")
+            }
+        }
+        other => anyhow::Error::new(other).context(format!("loading BPF program {name}")),
+    }
+}
+
+/// Load and attach a classic tracepoint program (`tracepoint/<category>/<name>`).
+pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str, verbose: u8) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("BPF program {prog} missing from object"))?
+        .try_into()?;
+    p.load().map_err(|e| load_error(prog, e, verbose))?;
+    p.attach(category, name)
+        .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
+    Ok(())
+}
+
+/// Load and attach a BTF-typed tracepoint program (`tp_btf/<name>`).
+pub fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, name: &str, verbose: u8) -> Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("BPF program {prog} missing from object"))?
+        .try_into()?;
+    p.load(name, btf).map_err(|e| load_error(prog, e, verbose))?;
+    p.attach().with_context(|| format!("attaching {prog} to tp_btf/{name}"))?;
+    Ok(())
+}
+
+/// Kernel BTF, needed by tp_btf programs.
+pub fn kernel_btf() -> Result<Btf> {
+    Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")
+}
+
+/// When following a launched command and its children: seed the tracked set
+/// with the command's PID and attach the fork/exit programs that maintain it.
+pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8) -> Result<()> {
+    if !filter.follow_children {
+        return Ok(());
+    }
+    let mut tracked: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
+        ebpf.map_mut("leakd_tracked").ok_or_else(|| anyhow!("map leakd_tracked missing from object"))?,
+    )?;
+    tracked.insert(filter.tgid, 1, 0).context("seeding the tracked-process map")?;
+    attach_btf_tracepoint(ebpf, btf, "leakd_fork", "sched_process_fork", verbose)?;
+    attach_btf_tracepoint(ebpf, btf, "leakd_exit", "sched_process_exit", verbose)?;
+    Ok(())
+}
+
+/// Reasons, in the order of `enum leakd_lost_reason` in bpf/leakd.h.
+const LOST_REASONS: [&str; 4] = ["ringbuf_full", "stack_id_failed", "unmatched_probe", "map_full"];
+
+/// Reads the per-CPU lost counters and prints a `{"type":"lost",...}` line for
+/// every reason whose count grew since the last report.
+pub struct LostCounter {
+    map: PerCpuArray<MapData, u64>,
+    reported: [u64; 4],
+}
+
+impl LostCounter {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf.take_map("leakd_lost").ok_or_else(|| anyhow!("map leakd_lost missing from object"))?;
+        Ok(LostCounter { map: PerCpuArray::try_from(map)?, reported: [0; 4] })
+    }
+
+    /// Current totals per reason.
+    pub fn totals(&self) -> Result<[u64; 4]> {
+        let mut t = [0u64; 4];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let values = self.map.get(&(i as u32), 0).context("reading lost-event counters")?;
+            *slot = values.iter().sum();
+        }
+        Ok(t)
+    }
+
+    pub fn report(&mut self, out: &mut Output) -> Result<()> {
+        let totals = self.totals()?;
+        for (i, &total) in totals.iter().enumerate() {
+            if total > self.reported[i] {
+                out.line(&serde_json::json!({
+                    "type": "lost",
+                    "reason": LOST_REASONS[i],
+                    "count": total - self.reported[i],
+                    "total": total,
+                }))?;
+                self.reported[i] = total;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Marker for plain-old-data event structs generated by bindgen from
+/// `bpf/<tool>.h`.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only integers and arrays of
+/// integers, so that every bit pattern is a valid value.
+pub unsafe trait Pod: Copy {}
+
+/// Read a `T` from the start of a ring-buffer record. Records may be shorter
+/// than `T` (variable-length tails are not sent); the missing tail is zero.
+pub fn read_event<T: Pod + Default>(bytes: &[u8]) -> T {
+    let mut v = T::default();
+    let n = bytes.len().min(std::mem::size_of::<T>());
+    // SAFETY: T is Pod (any bit pattern is valid), `v` is a valid T of
+    // size_of::<T>() bytes and we copy at most that many bytes into it from a
+    // slice of at least `n` bytes; the regions cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut T).cast::<u8>(), n) };
+    v
+}

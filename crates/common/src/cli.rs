@@ -1,0 +1,77 @@
+//! Options every tool shares, defined once and flattened into each tool's
+//! clap definition, so `-p`, `-d`, `--cgroup`, `-v` and `-- CMD` mean the same
+//! thing everywhere (and appear the same way in every man page).
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::text::parse_seconds;
+
+/// Which processes to trace: one PID, a command we launch, or everything.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TargetArgs {
+    /// Trace only this process (by PID).
+    #[arg(short = 'p', long = "pid", value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// Trace only tasks in this cgroup v2 (path to its directory, e.g. /sys/fs/cgroup/unified/my.slice).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Launch CMD with its arguments (PATH is searched) and trace it and its children; probes
+    /// are attached before it runs its first instruction. The tool ends when CMD exits.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Options about the run itself.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Stop after this many seconds (fractions allowed).
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Print diagnostics to stderr (-vv for more, including the BPF verifier log on failures).
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `-i/--interval`, for the tools where periodic output means something.
+#[derive(Args, Debug, Clone, Default)]
+pub struct IntervalArgs {
+    /// Print output every SECS seconds instead of only at the end.
+    #[arg(short = 'i', long, value_name = "SECS", value_parser = parse_seconds)]
+    pub interval: Option<Duration>,
+}
+
+impl TargetArgs {
+    /// Validate `-p` (the process must exist) and return the cgroup id to
+    /// filter on, if any.
+    pub fn check(&self) -> Result<Option<u64>> {
+        if let Some(pid) = self.pid {
+            if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("no such process: {pid}");
+            }
+        }
+        self.cgroup.as_deref().map(cgroup_id).transpose()
+    }
+}
+
+/// The cgroup v2 id the kernel reports (`bpf_get_current_cgroup_id`) is the
+/// inode number of the cgroup's directory in the cgroup2 filesystem.
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    let md = std::fs::metadata(path).with_context(|| format!("cgroup {}", path.display()))?;
+    if !md.is_dir() {
+        bail!("cgroup {}: not a directory", path.display());
+    }
+    let fs = nix::sys::statfs::statfs(path).with_context(|| format!("cgroup {}", path.display()))?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        bail!("cgroup {}: not in a cgroup v2 filesystem", path.display());
+    }
+    Ok(md.ino())
+}

@@ -1,0 +1,166 @@
+//! The one loop every streaming tool runs.
+//!
+//! It waits on everything that can end or advance a run in a single poll():
+//! the ring buffer, SIGINT/SIGTERM (through a self-pipe), the traced process
+//! exiting (a pidfd), stdout's reader going away (POLLERR on a pipe whose
+//! reader closed), `--duration` and `--interval`. Waiting on the pidfd rather
+//! than polling /proc means a target's last events are always drained: they
+//! were written to the ring before the process could exit.
+
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::bpf::LostCounter;
+use crate::launch::Launched;
+use crate::out::Output;
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Signal,
+    Duration,
+    /// The traced process exited; for a launched command, its exit status.
+    TargetExited(Option<i32>),
+    /// Nobody reads stdout any more.
+    OutputClosed,
+}
+
+/// What a tool does with events and interval ticks.
+pub trait Handler {
+    fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()>;
+    fn interval(&mut self, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub struct EventLoop {
+    sig_r: UnixStream,
+    target: Option<(OwnedFd, Option<Launched>)>,
+    deadline: Option<Instant>,
+    interval: Option<Duration>,
+}
+
+/// How often the lost-event counters are checked during a run.
+const LOST_CHECK: Duration = Duration::from_secs(1);
+
+impl EventLoop {
+    pub fn new(duration: Option<Duration>, interval: Option<Duration>) -> Result<Self> {
+        let (sig_r, sig_w) = UnixStream::pair().context("socketpair")?;
+        sig_r.set_nonblocking(true)?;
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?).context("installing signal handler")?;
+        }
+        Ok(EventLoop { sig_r, target: None, deadline: duration.map(|d| Instant::now() + d), interval })
+    }
+
+    /// End the run when `pid` exits (a `-p` target, or our launched command,
+    /// which is then reaped for its exit status).
+    pub fn watch(&mut self, pid: u32, launched: Option<Launched>) -> Result<()> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+        // no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("watching process {pid}"));
+        }
+        // SAFETY: fd is a freshly created descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        self.target = Some((fd, launched));
+        Ok(())
+    }
+
+    /// Restart the `--duration` clock (e.g. once probes are attached).
+    pub fn restart_clock(&mut self, duration: Option<Duration>) {
+        self.deadline = duration.map(|d| Instant::now() + d);
+    }
+
+    pub fn run(
+        &mut self,
+        mut ring: Option<&mut RingBuf<MapData>>,
+        out: &mut Output,
+        lost: &mut LostCounter,
+        handler: &mut dyn Handler,
+    ) -> Result<End> {
+        let start = Instant::now();
+        let mut next_tick = self.interval.map(|i| start + i);
+        let mut next_lost = start + LOST_CHECK;
+        let stdout = std::io::stdout();
+        let end = loop {
+            let now = Instant::now();
+            if self.deadline.is_some_and(|d| now >= d) {
+                break End::Duration;
+            }
+            let mut wake = next_lost;
+            for t in [self.deadline, next_tick].into_iter().flatten() {
+                wake = wake.min(t);
+            }
+            let ms = wake.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32;
+            let (sig_ready, out_closed, target_ready) = {
+                let mut fds = vec![
+                    PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(stdout.as_fd(), PollFlags::empty()),
+                ];
+                if let Some((pidfd, _)) = &self.target {
+                    fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(r) = ring.as_deref() {
+                    fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e).context("poll"),
+                }
+                let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+                (ready(0), ready(1), self.target.is_some() && ready(2))
+            };
+            if let Some(r) = ring.as_deref_mut() {
+                drain(r, out, handler)?;
+            }
+            out.flush()?;
+            if out_closed {
+                break End::OutputClosed;
+            }
+            if sig_ready {
+                let mut buf = [0u8; 64];
+                let _ = self.sig_r.read(&mut buf);
+                break End::Signal;
+            }
+            if target_ready {
+                let status = self.target.as_ref().and_then(|(_, l)| l.as_ref()).and_then(Launched::reap);
+                break End::TargetExited(status);
+            }
+            let now = Instant::now();
+            if let (Some(t), Some(i)) = (next_tick, self.interval) {
+                if now >= t {
+                    handler.interval(out)?;
+                    lost.report(out)?;
+                    next_tick = Some(t + i);
+                }
+            }
+            if now >= next_lost {
+                lost.report(out)?;
+                next_lost = now + LOST_CHECK;
+            }
+        };
+        if end != End::OutputClosed {
+            if let Some(r) = ring {
+                drain(r, out, handler)?;
+            }
+            lost.report(out)?;
+            out.flush()?;
+        }
+        Ok(end)
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler) -> Result<()> {
+    while let Some(item) = ring.next() {
+        handler.event(&item, out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Launching the command to trace, held until the probes are in place.
+//!
+//! A tracer that starts its command first and attaches afterwards misses the
+//! command's first events (BCC's tools do); one that execs without the
+//! arguments or without a PATH lookup traces something else than the user
+//! asked for (libbpf-tools' memleak does). So: resolve the path and build the
+//! whole argv *before* forking, fork, and let the child wait on a pipe; the
+//! parent loads and attaches everything, then writes one byte, and the child
+//! execs. Between fork and exec the child only makes async-signal-safe system
+//! calls and never allocates: another thread of the parent could hold the
+//! allocator's lock at fork time (and an allocation tracer would see it).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+
+extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// A forked child waiting for [`Held::release`] before it execs.
+#[derive(Debug)]
+pub struct Held {
+    pid: Pid,
+    go: OwnedFd,
+    exec_err: OwnedFd,
+    display: String,
+}
+
+/// A launched command that has exec'd.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: u32,
+}
+
+/// Find `cmd` like execvp does: a name with a slash is used as is, otherwise
+/// each directory of PATH is searched for an executable regular file.
+pub fn resolve(cmd: &OsStr) -> Result<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(cmd);
+        if !p.exists() {
+            bail!("cannot run {}: no such file", p.display());
+        }
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(cmd);
+        if is_exec(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    bail!("cannot run {}: command not found in PATH", cmd.to_string_lossy())
+}
+
+/// Fork a child that will exec `argv` once released.
+pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
+    let Some(first) = argv.first() else { bail!("no command given after --") };
+    let path = resolve(first)?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).context("command path contains a NUL byte")?;
+    let c_args: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("command argument contains a NUL byte")?;
+    let mut ptrs: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+
+    // SAFETY: the child branch below only calls async-signal-safe functions
+    // (read, write, signal, execve, _exit) on memory prepared before the fork,
+    // and never returns into Rust code.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let go = go_r.as_raw_fd();
+            let err = err_w.as_raw_fd();
+            // SAFETY: see above; every pointer refers to memory built before
+            // fork (c_path, ptrs and the CStrings they point into, environ).
+            unsafe {
+                let mut b = 0u8;
+                loop {
+                    let n = libc::read(go, (&mut b as *mut u8).cast(), 1);
+                    if n == 1 {
+                        break;
+                    }
+                    if n < 0 && *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    }
+                    // The parent gave up (error before release): never run.
+                    libc::_exit(127);
+                }
+                // Rust ignores SIGPIPE; ignored signals survive exec, and the
+                // command should get the default behaviour.
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::execve(c_path.as_ptr(), ptrs.as_ptr(), environ);
+                let errno = *libc::__errno_location();
+                libc::write(err, (&errno as *const i32).cast(), std::mem::size_of::<i32>());
+                libc::_exit(127);
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(go_r);
+            drop(err_w);
+            Ok(Held { pid: child, go: go_w, exec_err: err_r, display: path.display().to_string() })
+        }
+    }
+}
+
+impl Held {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Let the child exec; returns once it has (or reports why it could not).
+    pub fn release(self) -> Result<Launched> {
+        nix::unistd::write(&self.go, &[1u8]).context("releasing the launched command")?;
+        drop(self.go);
+        let mut buf = [0u8; 4];
+        // EOF (0 bytes) means the exec succeeded: the CLOEXEC pipe closed.
+        let n = loop {
+            match nix::unistd::read(self.exec_err.as_raw_fd(), &mut buf) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other.unwrap_or(0),
+            }
+        };
+        if n == 4 {
+            let errno = i32::from_ne_bytes(buf);
+            let _ = waitpid(self.pid, None);
+            bail!("cannot run {}: {}", self.display, std::io::Error::from_raw_os_error(errno));
+        }
+        Ok(Launched { pid: self.pid.as_raw() as u32 })
+    }
+}
+
+impl Launched {
+    /// Reap the command; call after it has exited. Returns its exit status in
+    /// shell convention (128+signal for a signal).
+    pub fn reap(&self) -> Option<i32> {
+        match waitpid(Pid::from_raw(self.pid as i32), None) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+            _ => None,
+        }
+    }
+}

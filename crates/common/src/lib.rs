@@ -1,0 +1,73 @@
+//! What every leakd tool needs, written once.
+//!
+//! The tools differ only in their BPF program and in how they turn its events
+//! into JSON lines; everything a user relies on behaving the same way across
+//! them — options, error messages, exit codes, launching a command, signals,
+//! broken pipes, lost-event reporting — lives here so it cannot drift.
+
+pub mod bpf;
+pub mod cli;
+pub mod event_loop;
+pub mod launch;
+pub mod out;
+pub mod text;
+
+use std::ffi::OsString;
+use std::io;
+
+pub use anyhow::{anyhow, bail, Context, Error, Result};
+
+/// Exit status for a run that ended normally.
+pub const EXIT_OK: i32 = 0;
+/// Exit status for any error the tool reports (bad PID, no permission, ...).
+pub const EXIT_ERROR: i32 = 1;
+/// Exit status for bad command-line usage (clap's convention).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Parse the arguments with `command`, call `run`, and turn the outcome into an
+/// exit code, printing errors as `tool: error: ...`.
+///
+/// A broken pipe on stdout (`tool | head -1`) is a normal way for a consumer to
+/// say it has seen enough, so it exits 0 without a message.
+pub fn main<I, F>(command: clap::Command, args: I, run: F) -> i32
+where
+    I: IntoIterator<Item = OsString>,
+    F: FnOnce(&clap::ArgMatches) -> Result<i32>,
+{
+    let name = command.get_name().to_string();
+    let matches = match command.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // Printing help to a closed pipe is not worth a message either.
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(&matches) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => EXIT_OK,
+        Err(e) => {
+            eprintln!("{name}: error: {}", format_chain(&e));
+            EXIT_ERROR
+        }
+    }
+}
+
+fn format_chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s
+}
+
+/// Whether an error (or anything in its chain) is EPIPE on output.
+pub fn is_broken_pipe(e: &Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}

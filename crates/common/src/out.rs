@@ -1,0 +1,51 @@
+//! JSON-lines output on stdout.
+//!
+//! One object per line, flushed per line on a terminal (someone is watching)
+//! and in batches otherwise (a pipe wants throughput). Write errors propagate,
+//! so a closed pipe ends the tool through the broken-pipe path in `main`.
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+
+pub struct Output {
+    w: BufWriter<StdoutFd>,
+    tty: bool,
+}
+
+/// fd 1 as a File that is never closed by us. Bypasses std's line-buffered
+/// stdout, whose per-line flushing costs a syscall per event on a pipe.
+struct StdoutFd(ManuallyDrop<File>);
+
+impl Write for StdoutFd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Output {
+    pub fn stdout() -> Self {
+        // SAFETY: fd 1 is open for the life of the process; ManuallyDrop keeps
+        // the File from closing it.
+        let f = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+        Output { w: BufWriter::with_capacity(1 << 16, StdoutFd(f)), tty: io::stdout().is_terminal() }
+    }
+
+    /// Write one JSON value as one line.
+    pub fn line(&mut self, v: &serde_json::Value) -> io::Result<()> {
+        serde_json::to_writer(&mut self.w, v)?;
+        self.w.write_all(b"\n")?;
+        if self.tty {
+            self.w.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}

@@ -1,0 +1,122 @@
+//! Turning kernel bytes and numbers into JSON values, by one documented rule.
+//!
+//! Names the kernel hands us (comm, filenames, argv) are bytes, not text. JSON
+//! strings must be Unicode, and silently replacing bad bytes with U+FFFD would
+//! lose information a user may need (a file name is still a valid name when it
+//! is not UTF-8). The rule, stated in every man page's OUTPUT section:
+//!
+//! > Valid UTF-8 is written unchanged. Each byte that is not part of a valid
+//! > UTF-8 sequence is written as the four characters `\xHH` (a backslash, `x`
+//! > and two lower-case hex digits).
+
+use std::time::Duration;
+
+/// Apply the non-UTF-8 rule described in the module docs.
+pub fn bytes_to_string(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Bytes up to the first NUL (a C string in a fixed-size buffer).
+pub fn until_nul(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().position(|&b| b == 0) {
+        Some(n) => &bytes[..n],
+        None => bytes,
+    }
+}
+
+/// A C string buffer (such as `comm`) as a JSON string.
+pub fn c_string(bytes: &[u8]) -> String {
+    bytes_to_string(until_nul(bytes))
+}
+
+/// Addresses are written as `"0x..."` strings: JSON numbers above 2^53 are not
+/// exact in many consumers (jq among them).
+pub fn hex(addr: u64) -> String {
+    format!("{addr:#x}")
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps (`bpf_ktime_get_ns`) into
+/// wall-clock nanoseconds since the Unix epoch, with an offset taken once.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        WallClock { offset_ns: real - mono }
+    }
+
+    pub fn wall_ns(&self, monotonic_ns: u64) -> u64 {
+        u64::try_from(monotonic_ns as i128 + self.offset_ns).unwrap_or(0)
+    }
+
+    /// Now, on the kernel's monotonic clock.
+    pub fn monotonic_now_ns() -> u64 {
+        u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Parse a duration in seconds (`10`, `0.5`) as given on the command line.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_passes_and_bad_bytes_are_escaped() {
+        assert_eq!(bytes_to_string(b"caf\xc3\xa9"), "café");
+        assert_eq!(bytes_to_string(b"a\xffb\xfe"), "a\\xffb\\xfe");
+        assert_eq!(bytes_to_string(b"\xc3"), "\\xc3");
+    }
+
+    #[test]
+    fn c_string_stops_at_nul() {
+        assert_eq!(c_string(b"sh\0\0junk"), "sh");
+        assert_eq!(c_string(b"full"), "full");
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("x").is_err());
+        assert!(parse_seconds("inf").is_err());
+    }
+
+    #[test]
+    fn hex_addresses() {
+        assert_eq!(hex(0x7f00_dead_beef), "0x7f00deadbeef");
+        assert_eq!(hex(0), "0x0");
+    }
+}

@@ -1,0 +1,11 @@
+//! leakd-attach: not written yet; the binary exists so the workspace layout is final.
+
+use leakd_common::{bail, Result};
+
+pub fn command() -> clap::Command {
+    clap::Command::new("leakd-attach").version(env!("CARGO_PKG_VERSION")).about("leakd-attach (not implemented yet)")
+}
+
+pub fn run(_matches: &clap::ArgMatches) -> Result<i32> {
+    bail!("not implemented yet")
+}

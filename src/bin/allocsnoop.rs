@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(leakd_common::main(allocsnoop::command(), std::env::args_os(), allocsnoop::run));
+}

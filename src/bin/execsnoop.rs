@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(leakd_common::main(execsnoop::command(), std::env::args_os(), execsnoop::run));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(leakd_common::main(leakd_attach::command(), std::env::args_os(), leakd_attach::run));
+}

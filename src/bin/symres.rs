@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(leakd_common::main(symres::command(), std::env::args_os(), symres::run));
+}
