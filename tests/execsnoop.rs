@@ -1,0 +1,191 @@
+//! execsnoop end to end: real execs, exact argv, exit codes.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command as Cmd;
+use serde_json::{json, Value};
+use support::{bpf_available, bin, json_lines, of_type, spawn_attached};
+
+fn run_launched(extra: &[&str], cmd: &[&str]) -> Vec<Value> {
+    let out = Cmd::cargo_bin("execsnoop").unwrap().args(extra).arg("--").args(cmd).output().unwrap();
+    assert!(out.status.success(), "execsnoop failed: {}", String::from_utf8_lossy(&out.stderr));
+    json_lines(&out.stdout)
+}
+
+#[test]
+fn launched_command_has_exact_filename_and_argv() {
+    if !bpf_available() {
+        return;
+    }
+    let lines = run_launched(&[], &["/bin/true", "alpha", "beta gamma", "", "δ"]);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    let e = execs[0];
+    assert_eq!(e["filename"], "/bin/true");
+    assert_eq!(e["argv"], json!(["/bin/true", "alpha", "beta gamma", "", "δ"]));
+    assert_eq!(e["ret"], 0);
+    assert_eq!(e["comm"], "true");
+    assert_eq!(e["argv_truncated"], false);
+    assert_eq!(e["uid"], 0);
+    // The launched command is our child.
+    assert!(e["ppid"].as_u64().unwrap() > 1);
+    assert!(e["ts_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000, "ts_ns is wall clock");
+    assert!(of_type(&lines, "lost").is_empty());
+}
+
+#[test]
+fn path_lookup_and_children_are_followed() {
+    if !bpf_available() {
+        return;
+    }
+    // `sh` is found through PATH; its child's exec is reported too.
+    let lines = run_launched(&[], &["sh", "-c", "/bin/true child-arg; exit 0"]);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 2, "{lines:?}");
+    assert_eq!(execs[0]["argv"], json!(["sh", "-c", "/bin/true child-arg; exit 0"]));
+    assert_eq!(execs[1]["argv"], json!(["/bin/true", "child-arg"]));
+    assert_eq!(execs[1]["ppid"], execs[0]["pid"]);
+}
+
+#[test]
+fn missing_file_reports_enoent() {
+    if !bpf_available() {
+        return;
+    }
+    let lines = run_launched(&[], &["sh", "-c", "/nonexistent/leakd-test x 2>/dev/null; exit 0"]);
+    let failed: Vec<_> = of_type(&lines, "exec").into_iter().filter(|e| e["ret"] != 0).collect();
+    assert_eq!(failed.len(), 1, "{lines:?}");
+    assert_eq!(failed[0]["ret"], -2);
+    assert_eq!(failed[0]["filename"], "/nonexistent/leakd-test");
+    assert_eq!(failed[0]["argv"], json!(["/nonexistent/leakd-test", "x"]));
+    // --failed keeps only that one.
+    let lines = run_launched(&["--failed"], &["sh", "-c", "/nonexistent/leakd-test y 2>/dev/null; /bin/true; exit 0"]);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["argv"], json!(["/nonexistent/leakd-test", "y"]));
+}
+
+#[test]
+fn max_args_truncates_and_reports_length() {
+    if !bpf_available() {
+        return;
+    }
+    let lines = run_launched(&["--max-args", "3"], &["/bin/true", "a", "b", "c", "d", "e"]);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1);
+    assert_eq!(execs[0]["argv"], json!(["/bin/true", "a", "b"]));
+    assert_eq!(execs[0]["argv_truncated"], true);
+    // "/bin/true\0a\0b\0c\0d\0e\0"
+    assert_eq!(execs[0]["argv_len_bytes"], 20);
+}
+
+#[test]
+fn storm_of_2000_execs_all_reported_with_argv() {
+    if !bpf_available() {
+        return;
+    }
+    let script = "i=0; while [ $i -lt 2000 ]; do /bin/true storm-$i; i=$((i+1)); done";
+    let lines = run_launched(&[], &["sh", "-c", script]);
+    assert!(of_type(&lines, "lost").is_empty(), "lost events: {:?}", of_type(&lines, "lost"));
+    let mut seen = vec![false; 2000];
+    for e in of_type(&lines, "exec").into_iter().filter(|e| e["comm"] == "true") {
+        let argv = e["argv"].as_array().unwrap();
+        assert_eq!(argv.len(), 2, "{e}");
+        let n: usize = argv[1].as_str().unwrap().strip_prefix("storm-").unwrap().parse().unwrap();
+        assert!(!seen[n], "storm-{n} reported twice");
+        seen[n] = true;
+    }
+    let missing: Vec<_> = (0..2000).filter(|&i| !seen[i]).collect();
+    assert!(missing.is_empty(), "missing execs: {missing:?}");
+}
+
+#[test]
+fn attach_by_pid_sees_exec_and_ends_with_target() {
+    if !bpf_available() {
+        return;
+    }
+    let mut target = Command::new("sh")
+        .args(["-c", "read x; exec /bin/true by-pid"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id().to_string();
+    let (mut tool, _err) = spawn_attached("execsnoop", &["-p", &pid]);
+    writeln!(target.stdin.take().unwrap(), "go").unwrap();
+    target.wait().unwrap();
+    let out = tool.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines = json_lines(&out.stdout);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["argv"], json!(["/bin/true", "by-pid"]));
+    assert_eq!(execs[0]["pid"].to_string(), pid);
+}
+
+#[test]
+fn closed_stdout_exits_zero_promptly() {
+    if !bpf_available() {
+        return;
+    }
+    // The command execs once, then sleeps: no further event will come, so the
+    // tool must notice the closed pipe by itself.
+    let mut tool = Command::new(bin("execsnoop"))
+        .args(["--", "sh", "-c", "sleep 60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(tool.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    let v: Value = serde_json::from_str(&first).unwrap();
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = tool.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "execsnoop kept running after its reader went away");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The launched sleeper is not ours to keep.
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(v["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn non_root_gets_a_clear_error() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Cmd::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(bin("execsnoop"));
+        c
+    } else {
+        Cmd::new(bin("execsnoop"))
+    };
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("execsnoop: error: permission denied"), "{err}");
+    assert!(err.contains("root"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-p", "4000000000"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    if bpf_available() {
+        let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--", "no-such-command-leakd"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
+    }
+    let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--comm", "("]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad regex is a usage error");
+}
