@@ -1,11 +1,242 @@
-//! allocsnoop: not written yet; the binary exists so the workspace layout is final.
+//! allocsnoop: one JSON line per allocator call of a process (or of every
+//! process), with the caller's stack when asked.
+//!
+//! The probe layer (which library, which functions, where in them) lives in
+//! [`probes`] so leakd-attach attaches exactly the same way.
 
-use leakd_common::{bail, Result};
+pub mod probes;
 
-pub fn command() -> clap::Command {
-    clap::Command::new("allocsnoop").version(env!("CARGO_PKG_VERSION")).about("allocsnoop (not implemented yet)")
+use std::path::PathBuf;
+
+use aya::maps::RingBuf;
+use aya::EbpfLoader;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
+use serde_json::{json, Value};
+
+use leakd_common::bpf::{self, Filter, LostCounter, Pod};
+use leakd_common::cli::{RunArgs, TargetArgs};
+use leakd_common::event_loop::{EventLoop, Handler};
+use leakd_common::out::Output;
+use leakd_common::procmaps::MapsCache;
+use leakd_common::text::{c_string, hex, WallClock};
+use leakd_common::{anyhow, bail, launch, Context, Result};
+
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
+pub mod sys {
+    include!(concat!(env!("OUT_DIR"), "/allocsnoop.rs"));
 }
 
-pub fn run(_matches: &clap::ArgMatches) -> Result<i32> {
-    bail!("not implemented yet")
+// SAFETY: bindgen generated allocsnoop_event from bpf/allocsnoop.h as a
+// #[repr(C)] struct of integers and integer arrays only.
+unsafe impl Pod for sys::allocsnoop_event {}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allocsnoop.bpf.o"));
+
+const EXAMPLES: &str = "\
+Examples:
+  allocsnoop -p 1234                      every allocation and free of process 1234
+  allocsnoop --stack -p 1234 | symres     with symbolized call stacks
+  allocsnoop --min-size 1048576 -- app    allocations of 1 MiB or more by a command
+  allocsnoop --op malloc,free -- ./leaker ten-nine";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "allocsnoop",
+    version,
+    about = "Stream every malloc-family call and free of a process as JSON lines",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Attach each event's user stack (caller first).
+    #[arg(long)]
+    stack: bool,
+    /// Only operations in this comma-separated list (malloc,calloc,realloc,reallocarray,free,
+    /// posix_memalign,aligned_alloc,memalign,valloc,pvalloc,mmap,munmap).
+    #[arg(long, value_name = "OPS", value_delimiter = ',')]
+    op: Vec<String>,
+    /// Only allocations of at least this many bytes (frees are always shown).
+    #[arg(long, value_name = "BYTES")]
+    min_size: Option<u64>,
+    /// Only allocations of at most this many bytes (frees are always shown).
+    #[arg(long, value_name = "BYTES")]
+    max_size: Option<u64>,
+}
+
+/// Options choosing what to probe; shared with leakd-attach.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProbeArgs {
+    /// Probe this object instead of the detected allocator (jemalloc, tcmalloc, a static binary...).
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// Symbol prefix of the allocator functions (e.g. je_ for je_malloc).
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Also trace mmap and munmap.
+    #[arg(long)]
+    pub mmap: bool,
+}
+
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// What `-p`, `-- CMD` or neither resolve to: the allocator object to probe
+/// and the process scope.
+pub struct Attached {
+    pub lib: PathBuf,
+    pub kind: &'static str,
+    pub pid: Option<u32>,
+}
+
+/// Choose the allocator object for a target (see [`probes::find_allocator`]).
+pub fn resolve_lib(args: &ProbeArgs, pid: Option<u32>, exe: Option<&std::path::Path>) -> Result<(PathBuf, &'static str)> {
+    if let Some(lib) = &args.lib {
+        if !lib.exists() {
+            bail!("--lib {}: no such file", lib.display());
+        }
+        return Ok((lib.clone(), "--lib"));
+    }
+    match (pid, exe) {
+        (_, Some(exe)) => probes::allocator_for_exec(exe, &args.prefix),
+        (Some(pid), None) => probes::find_allocator(pid, &args.prefix),
+        (None, None) => probes::find_allocator(std::process::id(), &args.prefix),
+    }
+}
+
+/// The ops to probe for a set of options.
+pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
+    if !only.is_empty() {
+        return only
+            .iter()
+            .map(|n| probes::op_from_name(n.trim()).ok_or_else(|| anyhow!("--op: unknown operation '{n}'")))
+            .collect();
+    }
+    let mut ops = probes::HEAP_OPS.to_vec();
+    if args.mmap {
+        ops.extend([10, 11]);
+    }
+    Ok(ops)
+}
+
+pub fn run(matches: &ArgMatches) -> Result<i32> {
+    let cli = Cli::from_arg_matches(matches)?;
+    let ops = ops_for(&cli.probe, &cli.op)?;
+    bpf::preflight()?;
+    let cgroup_id = cli.target.check()?.unwrap_or(0);
+    let exe = match cli.target.command.first() {
+        Some(c) => Some(launch::resolve(c)?),
+        None => None,
+    };
+    let (lib, kind) = resolve_lib(&cli.probe, cli.target.pid, exe.as_deref())?;
+    let (sites, missing) = probes::plan(&lib, &cli.probe.prefix, &ops)?;
+    if sites.is_empty() {
+        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
+    }
+    let verbose = cli.run.verbose;
+    if verbose > 0 {
+        eprintln!("allocsnoop: allocator: {} ({kind})", lib.display());
+        if !missing.is_empty() {
+            eprintln!("allocsnoop: not in {}: {}", lib.display(), missing.join(", "));
+        }
+    }
+    let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
+    let pid = held.as_ref().map(|h| h.pid()).or(cli.target.pid);
+    // Uprobes are scoped to the process (its mm) by the kernel; the BPF
+    // filter then only needs the cgroup.
+    let filter = Filter { tgid: 0, follow_children: false, cgroup_id };
+    let stack = u8::from(cli.stack);
+    let min = cli.min_size.unwrap_or(0);
+    let max = cli.max_size.unwrap_or(u64::MAX);
+    let mut loader = EbpfLoader::new();
+    filter.apply(&mut loader);
+    loader.override_global("capture_stack", &stack, true);
+    loader.override_global("min_size", &min, true);
+    loader.override_global("max_size", &max, true);
+    let mut ebpf = bpf::load(&mut loader, OBJECT)?;
+    probes::attach(&mut ebpf, &lib, &sites, pid, verbose, "allocsnoop")?;
+
+    let mut ring = RingBuf::try_from(ebpf.take_map("events").ok_or_else(|| anyhow!("map events missing"))?)
+        .context("opening the events ring buffer")?;
+    let mut lost = LostCounter::new(&mut ebpf)?;
+    let mut event_loop = EventLoop::new(cli.run.duration, None)?;
+    let mut maps = MapsCache::new();
+    if let Some(pid) = cli.target.pid {
+        event_loop.watch(pid, None)?;
+        maps.prime(pid);
+    }
+    if let Some(held) = held {
+        let launched = held.release()?;
+        // The executable is mapped once exec returns: remember it now, in
+        // case the command exits before its first event is formatted.
+        maps.prime(launched.pid);
+        event_loop.watch(launched.pid, Some(launched))?;
+    }
+    if verbose > 0 {
+        eprintln!("allocsnoop: attached, tracing allocations (Ctrl-C to stop)");
+    }
+    let mut out = Output::stdout();
+    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack };
+    event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
+    Ok(0)
+}
+
+struct Printer {
+    clock: WallClock,
+    maps: MapsCache,
+    stack: bool,
+}
+
+impl Handler for Printer {
+    fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
+        let e: sys::allocsnoop_event = bpf::read_event(data);
+        let mut v = json!({
+            "type": "alloc",
+            "op": probes::op_name(e.op),
+            "ts_ns": self.clock.wall_ns(e.ts_ns),
+            "pid": e.pid,
+            "tid": e.tid,
+            "comm": c_string(&e.comm),
+        });
+        if e.op != probes::OP_FREE {
+            v["size_bytes"] = json!(e.size_bytes);
+        }
+        v["addr"] = json!(hex(e.addr));
+        if matches!(e.op, 2 | 3) {
+            v["old_addr"] = json!(hex(e.old_addr));
+        }
+        if matches!(e.op, 5..=7) {
+            v["align"] = json!(e.align);
+        }
+        if e.failed != 0 {
+            v["failed"] = json!(true);
+        }
+        if self.stack {
+            let n = (e.nr_frames as usize).min(e.frames.len());
+            v["stack"] = Value::Array(stack_frames(&mut self.maps, e.pid, &e.frames[..n]));
+        }
+        out.line(&v)?;
+        Ok(())
+    }
+}
+
+/// Frames as printed: the first (the caller, read from the return address)
+/// is always kept; deeper ones come from a frame-pointer walk that produces
+/// garbage through code built without frame pointers, so those that do not
+/// point into an executable mapping are dropped, and the walk stops there.
+pub fn stack_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> Vec<Value> {
+    let mut frames = Vec::with_capacity(addrs.len());
+    for (i, &a) in addrs.iter().enumerate() {
+        match maps.frame(pid, a) {
+            Some(f) => frames.push(f),
+            None if i == 0 => frames.push(json!({ "addr": hex(a) })),
+            None => break,
+        }
+    }
+    frames
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod event_loop;
 pub mod launch;
 pub mod out;
+pub mod procmaps;
 pub mod text;
 
 use std::ffi::OsString;

@@ -1,0 +1,174 @@
+/* The allocation probe layer shared by allocsnoop and leakd-attach.
+ *
+ * One entry program and one return program serve every allocator function;
+ * the attach cookie says which function fired. Per-thread state is keyed by
+ * thread and records the stack pointer at entry, which is how nested calls
+ * are told apart from new ones: glibc's realloc(NULL, n) tail-jumps into
+ * malloc, reallocarray into realloc, realloc(p, 0) calls free, and each of
+ * those inner calls hits our probes too. A call that starts while an outer
+ * one is in flight on the same thread at the same or a deeper stack level
+ * is nested: only the outermost call is reported, once. A call at a
+ * shallower level means the outer record is stale (its return was never
+ * seen) and replaces it.
+ *
+ * The including tool defines:
+ *   static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr,
+ *       __u64 old_addr, __u64 size, __u64 align, int failed);
+ *   static __always_inline void on_free(void *ctx, __u32 op, __u64 addr,
+ *       __u64 size, __u64 sp);
+ * on_alloc runs in the return probe (the stack there starts at the caller);
+ * on_free runs at entry, with the stack pointer so the caller can be read. */
+#ifndef ALLOC_BPF_H
+#define ALLOC_BPF_H
+
+#include "leakd.bpf.h"
+#include "allocsnoop.h"
+
+struct alloc_pending {
+	__u64 sp;
+	__u64 size;
+	__u64 align;
+	__u64 old_addr;
+	__u64 memptr; /* posix_memalign's out pointer */
+	__u32 op;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct alloc_pending);
+} alloc_inflight SEC(".maps");
+
+static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
+				     __u64 size, __u64 align, int failed);
+static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp);
+
+/* Whether a call entering at `sp` on this thread is nested in one in flight. */
+static __always_inline int alloc_nested(__u32 tid, __u64 sp)
+{
+	struct alloc_pending *p = bpf_map_lookup_elem(&alloc_inflight, &tid);
+
+	return p && p->sp >= sp;
+}
+
+static __always_inline __u64 mul_or_max(__u64 a, __u64 b)
+{
+	__u64 r = a * b;
+
+	/* The barrier keeps clang from turning this into a 128-bit multiply,
+	 * which BPF does not have. */
+	barrier_var(r);
+	if (a && r / a != b)
+		return ~0ULL; /* overflow: the call will fail */
+	return r;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(alloc_enter)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 sp = PT_REGS_SP(ctx);
+	struct alloc_pending p = {};
+
+	if (!leakd_wanted())
+		return 0;
+	if (alloc_nested(tid, sp))
+		return 0;
+	p.sp = sp;
+	p.op = bpf_get_attach_cookie(ctx);
+	switch (p.op) {
+	case ALLOC_OP_MALLOC:
+	case ALLOC_OP_VALLOC:
+	case ALLOC_OP_PVALLOC:
+		p.size = PT_REGS_PARM1(ctx);
+		break;
+	case ALLOC_OP_CALLOC:
+		p.size = mul_or_max(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+		break;
+	case ALLOC_OP_REALLOC:
+		p.old_addr = PT_REGS_PARM1(ctx);
+		p.size = PT_REGS_PARM2(ctx);
+		break;
+	case ALLOC_OP_REALLOCARRAY:
+		p.old_addr = PT_REGS_PARM1(ctx);
+		p.size = mul_or_max(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+		break;
+	case ALLOC_OP_POSIX_MEMALIGN:
+		p.memptr = PT_REGS_PARM1(ctx);
+		p.align = PT_REGS_PARM2(ctx);
+		p.size = PT_REGS_PARM3(ctx);
+		break;
+	case ALLOC_OP_ALIGNED_ALLOC:
+	case ALLOC_OP_MEMALIGN:
+		p.align = PT_REGS_PARM1(ctx);
+		p.size = PT_REGS_PARM2(ctx);
+		break;
+	case ALLOC_OP_MMAP:
+		p.size = PT_REGS_PARM2(ctx);
+		break;
+	default:
+		return 0;
+	}
+	if (bpf_map_update_elem(&alloc_inflight, &tid, &p, BPF_ANY))
+		leakd_count_lost(LEAKD_LOST_MAP_FULL);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(alloc_return)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 op = bpf_get_attach_cookie(ctx);
+	__u64 ret = PT_REGS_RC(ctx);
+	struct alloc_pending *p;
+	__u64 addr = ret;
+	int failed;
+
+	p = bpf_map_lookup_elem(&alloc_inflight, &tid);
+	if (!p) {
+		if (leakd_wanted())
+			leakd_count_lost(LEAKD_LOST_UNMATCHED);
+		return 0;
+	}
+	/* The return of a nested call: the outer call reports. */
+	if (p->op != op)
+		return 0;
+	if (op == ALLOC_OP_POSIX_MEMALIGN) {
+		addr = 0;
+		if ((int)ret == 0)
+			bpf_probe_read_user(&addr, sizeof(addr), (void *)p->memptr);
+		failed = (int)ret != 0;
+	} else if (op == ALLOC_OP_MMAP) {
+		failed = ret == (__u64)-1;
+		if (failed)
+			addr = 0;
+	} else {
+		/* realloc(p, 0) returns NULL after freeing p: not a failure. */
+		failed = ret == 0 && !(op == ALLOC_OP_REALLOC && p->size == 0 && p->old_addr);
+	}
+	on_alloc(ctx, op, addr, p->old_addr, p->size, p->align, failed);
+	bpf_map_delete_elem(&alloc_inflight, &tid);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(free_enter)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 op = bpf_get_attach_cookie(ctx);
+	__u64 sp = PT_REGS_SP(ctx);
+	__u64 addr = PT_REGS_PARM1(ctx);
+
+	if (!addr) /* free(NULL) is not an event */
+		return 0;
+	if (!leakd_wanted())
+		return 0;
+	if (alloc_nested(tid, sp))
+		return 0;
+	on_free(ctx, op, addr, op == ALLOC_OP_MUNMAP ? PT_REGS_PARM2(ctx) : 0, sp);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,42 @@
+/* allocsnoop's event and operation codes: the only definition; Rust mirrors
+ * it with bindgen. leakd-attach reuses the operation codes. */
+#ifndef ALLOCSNOOP_H
+#define ALLOCSNOOP_H
+
+enum alloc_op {
+	ALLOC_OP_MALLOC = 0,
+	ALLOC_OP_CALLOC = 1,
+	ALLOC_OP_REALLOC = 2,
+	ALLOC_OP_REALLOCARRAY = 3,
+	ALLOC_OP_FREE = 4,
+	ALLOC_OP_POSIX_MEMALIGN = 5,
+	ALLOC_OP_ALIGNED_ALLOC = 6,
+	ALLOC_OP_MEMALIGN = 7,
+	ALLOC_OP_VALLOC = 8,
+	ALLOC_OP_PVALLOC = 9,
+	ALLOC_OP_MMAP = 10,
+	ALLOC_OP_MUNMAP = 11,
+	ALLOC_OP_MAX = 12,
+};
+
+#define ALLOCSNOOP_MAX_FRAMES 32
+
+struct allocsnoop_event {
+	__u64 ts_ns;       /* CLOCK_MONOTONIC */
+	__u64 addr;        /* block returned (0 if failed), or freed */
+	__u64 old_addr;    /* realloc/reallocarray: the block passed in */
+	__u64 size_bytes;  /* requested size (n * size for calloc/reallocarray) */
+	__u64 align;       /* aligned APIs */
+	__u32 pid;
+	__u32 tid;
+	__u32 op;          /* enum alloc_op */
+	__u32 nr_frames;   /* valid entries of frames[] (0 without --stack) */
+	__u8 failed;       /* the call returned NULL / an error */
+	__u8 pad[7];
+	__u8 comm[16];
+	/* frames[0] is the caller (the return address); later ones come from
+	 * the frame-pointer walk. Sent only with --stack. */
+	__u64 frames[ALLOCSNOOP_MAX_FRAMES];
+};
+
+#endif

@@ -1,0 +1,339 @@
+//! Where and how the allocator probes are attached; shared with leakd-attach.
+//!
+//! The cost of a uprobe hit depends on the probed instruction: the kernel
+//! emulates a few (push, direct jmp/jcc/call) for ~0.7 µs a hit, and
+//! single-steps everything else out of line for ~12 µs. glibc's `free` starts
+//! with `test %rdi,%rdi`, so a probe on `free+0` costs ~17× more than one on
+//! the `je` right after it, which sees the same %rdi and the same return
+//! address at [%rsp]. So each function's first instructions are decoded, and
+//! the probe goes on the first emulated one, skipping only instructions that
+//! change neither a register we read nor the stack (test, cmp, endbr64, nop).
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::UProbe;
+use aya::Ebpf;
+use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
+use leakd_common::{anyhow, bail, Context, Result};
+
+/// Operation names, indexed by `enum alloc_op` (bpf/allocsnoop.h).
+pub const OP_NAMES: [&str; 12] = [
+    "malloc",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "free",
+    "posix_memalign",
+    "aligned_alloc",
+    "memalign",
+    "valloc",
+    "pvalloc",
+    "mmap",
+    "munmap",
+];
+
+pub const OP_FREE: u32 = 4;
+pub const OP_MUNMAP: u32 = 11;
+
+/// The malloc family, without mmap/munmap. memalign comes before
+/// aligned_alloc so that, where they are one function (glibc), the events
+/// are named after the function that really runs.
+pub const HEAP_OPS: [u32; 10] = [0, 1, 2, 3, 4, 5, 7, 6, 8, 9];
+
+pub fn op_name(op: u32) -> &'static str {
+    OP_NAMES.get(op as usize).copied().unwrap_or("unknown")
+}
+
+pub fn op_from_name(name: &str) -> Option<u32> {
+    OP_NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+}
+
+/// Whether an op is a deallocation (probed at entry only).
+pub fn is_free(op: u32) -> bool {
+    op == OP_FREE || op == OP_MUNMAP
+}
+
+/// One attach point: function `symbol` of `path`, probed `probe_offset`
+/// bytes into the function, which is at file offset `file_offset`.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub op: u32,
+    pub symbol: String,
+    pub file_offset: u64,
+    pub probe_offset: u64,
+    pub why: String,
+    /// Another op already probes the same address (e.g. glibc's
+    /// aligned_alloc is memalign): that op reports for both.
+    pub alias_of: Option<u32>,
+}
+
+/// Where the choice of probe offset came from, for `-v`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeChoice {
+    pub offset: u64,
+    pub why: String,
+}
+
+/// Pick the probe offset inside a function whose code starts at `vaddr`.
+pub fn choose_probe_offset(code: &[u8], vaddr: u64) -> ProbeChoice {
+    let mut decoder = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
+    let mut skipped = Vec::new();
+    for _ in 0..8 {
+        if !decoder.can_decode() {
+            break;
+        }
+        let ins = decoder.decode();
+        if ins.is_invalid() {
+            break;
+        }
+        let off = ins.ip() - vaddr;
+        if is_emulated(&ins) {
+            if off > 0 && branch_targets(code, vaddr, ins.ip()) {
+                return ProbeChoice { offset: 0, why: "a branch in the function targets the emulated instruction".into() };
+            }
+            let why = if skipped.is_empty() {
+                format!("{:?} is emulated", ins.mnemonic())
+            } else {
+                format!("skipped {}; {:?} is emulated", skipped.join(", "), ins.mnemonic())
+            };
+            return ProbeChoice { offset: off, why };
+        }
+        if !is_skippable(&ins) {
+            return ProbeChoice { offset: 0, why: format!("{:?} is neither emulated nor skippable", ins.mnemonic()) };
+        }
+        skipped.push(format!("{:?}", ins.mnemonic()).to_lowercase());
+    }
+    ProbeChoice { offset: 0, why: "no emulated instruction among the first ones".into() }
+}
+
+/// Instructions the x86 uprobe code emulates instead of single-stepping.
+fn is_emulated(ins: &iced_x86::Instruction) -> bool {
+    match ins.flow_control() {
+        FlowControl::Call | FlowControl::UnconditionalBranch => {
+            matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16)
+        }
+        FlowControl::ConditionalBranch => ins.is_jcc_short_or_near(),
+        FlowControl::Next => {
+            ins.mnemonic() == Mnemonic::Push && ins.op0_kind() == OpKind::Register && ins.op0_register().is_gpr64()
+        }
+        _ => false,
+    }
+}
+
+/// Instructions that write no general register and no memory: moving the
+/// probe past them changes nothing the probe reads.
+fn is_skippable(ins: &iced_x86::Instruction) -> bool {
+    matches!(ins.mnemonic(), Mnemonic::Test | Mnemonic::Cmp | Mnemonic::Endbr64 | Mnemonic::Nop)
+}
+
+/// Whether any direct branch in `code` jumps to `target` (the probe would
+/// then fire more than once per call).
+fn branch_targets(code: &[u8], vaddr: u64, target: u64) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let ins = decoder.decode();
+        if matches!(ins.op0_kind(), OpKind::NearBranch64) && ins.near_branch_target() == target {
+            return true;
+        }
+    }
+    false
+}
+
+/// Resolve `prefix + name` for each op in the ELF file at `path` and choose
+/// its probe site. Ops whose symbol is missing are skipped (reported in the
+/// returned list of missing names); functions at the same address are
+/// probed once.
+pub fn plan(path: &Path, prefix: &str, ops: &[u32]) -> Result<(Vec<Site>, Vec<String>)> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let elf = Elf::parse(&data).map_err(|e| anyhow!("{}: not a valid ELF file: {e}", path.display()))?;
+    let mut sites: Vec<Site> = Vec::new();
+    let mut missing = Vec::new();
+    for &op in ops {
+        let name = format!("{prefix}{}", op_name(op));
+        let Some((vaddr, size)) = find_function(&elf, &name) else {
+            missing.push(name);
+            continue;
+        };
+        let Some(file_offset) = vaddr_to_offset(&elf, vaddr) else {
+            bail!("{}: symbol {name} at {vaddr:#x} is not in a loadable segment", path.display());
+        };
+        if let Some(prev) = sites.iter().find(|s| s.file_offset == file_offset) {
+            let alias = prev.alias_of.unwrap_or(prev.op);
+            sites.push(Site { alias_of: Some(alias), op, symbol: name, ..prev.clone() });
+            continue;
+        }
+        let len = size.clamp(1, 4096) as usize;
+        let code = data.get(file_offset as usize..).map(|c| &c[..len.min(c.len())]).unwrap_or(&[]);
+        let choice = choose_probe_offset(code, vaddr);
+        sites.push(Site { op, symbol: name, file_offset, probe_offset: choice.offset, why: choice.why, alias_of: None });
+    }
+    Ok((sites, missing))
+}
+
+fn find_function(elf: &Elf<'_>, name: &str) -> Option<(u64, u64)> {
+    let dyn_syms = elf.dynsyms.iter().filter_map(|s| Some((elf.dynstrtab.get_at(s.st_name)?, s)));
+    let syms = elf.syms.iter().filter_map(|s| Some((elf.strtab.get_at(s.st_name)?, s)));
+    dyn_syms
+        .chain(syms)
+        .find(|(n, s)| *n == name && s.st_type() == STT_FUNC && s.st_value != 0 && s.st_shndx != 0)
+        .map(|(_, s)| (s.st_value, s.st_size))
+}
+
+fn vaddr_to_offset(elf: &Elf<'_>, vaddr: u64) -> Option<u64> {
+    elf.program_headers
+        .iter()
+        .find(|p| p.p_type == PT_LOAD && p.p_vaddr <= vaddr && vaddr < p.p_vaddr + p.p_filesz)
+        .map(|p| vaddr - p.p_vaddr + p.p_offset)
+}
+
+/// Whether the ELF file defines `malloc` (with `prefix`) itself.
+pub fn defines_malloc(path: &Path, prefix: &str) -> bool {
+    let Ok(data) = std::fs::read(path) else { return false };
+    let Ok(elf) = Elf::parse(&data) else { return false };
+    find_function(&elf, &format!("{prefix}malloc")).is_some()
+}
+
+/// Allocators recognised by their file name, most specific first.
+const KNOWN: &[(&str, &str)] = &[
+    ("libjemalloc", "jemalloc"),
+    ("libtcmalloc", "tcmalloc"),
+    ("libmimalloc", "mimalloc"),
+    ("libc.so", "glibc"),
+    ("libc-", "glibc"),
+    ("ld-musl", "musl"),
+];
+
+/// The allocator a process uses: a non-libc allocator it maps if any, else
+/// its libc, else its own executable when it defines malloc (static builds).
+pub fn find_allocator(pid: u32, prefix: &str) -> Result<(PathBuf, &'static str)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let mut files: Vec<String> = Vec::new();
+    for m in leakd_common::procmaps::parse_maps(&maps) {
+        if m.path.starts_with('/') && !files.contains(&m.path) {
+            files.push(m.path);
+        }
+    }
+    for (pat, kind) in KNOWN {
+        for f in &files {
+            let base = Path::new(f).file_name().and_then(|b| b.to_str()).unwrap_or("");
+            if base.starts_with(pat) {
+                let p = rooted(pid, f);
+                if defines_malloc(&p, prefix) {
+                    return Ok((p, kind));
+                }
+            }
+        }
+    }
+    for f in &files {
+        let p = rooted(pid, f);
+        if defines_malloc(&p, prefix) {
+            return Ok((p, "static"));
+        }
+    }
+    bail!("process {pid} maps no object defining {prefix}malloc (use --lib PATH)")
+}
+
+/// A process's file as seen from its own mount namespace (a container's
+/// files are not at the same path in ours).
+fn rooted(pid: u32, path: &str) -> PathBuf {
+    let same_root = std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
+    let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    if same_root || !p.exists() {
+        PathBuf::from(path)
+    } else {
+        p
+    }
+}
+
+/// The allocator an executable will use once exec'd: itself if it defines
+/// malloc (static, or an allocator linked in), else the libc this tool uses.
+pub fn allocator_for_exec(exe: &Path, prefix: &str) -> Result<(PathBuf, &'static str)> {
+    if defines_malloc(exe, prefix) {
+        return Ok((exe.to_path_buf(), "static"));
+    }
+    find_allocator(std::process::id(), prefix)
+}
+
+/// Attach the shared entry/return/free programs at every site.
+pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, verbose: u8, tool: &str) -> Result<()> {
+    let scope = match pid.and_then(NonZeroU32::new) {
+        Some(p) => UProbeScope::OneProcess(p),
+        None => UProbeScope::AllProcesses,
+    };
+    for prog in ["alloc_enter", "alloc_return", "free_enter"] {
+        let p: &mut UProbe = ebpf.program_mut(prog).ok_or_else(|| anyhow!("BPF program {prog} missing"))?.try_into()?;
+        p.load().with_context(|| format!("loading BPF program {prog}"))?;
+    }
+    for site in sites {
+        if let Some(alias) = site.alias_of {
+            if verbose > 0 {
+                eprintln!("{tool}: {} is the same function as {}: reported as {}", site.symbol, op_name(alias), op_name(alias));
+            }
+            continue;
+        }
+        let progs: &[&str] = if is_free(site.op) { &["free_enter"] } else { &["alloc_enter", "alloc_return"] };
+        for prog in progs {
+            let p: &mut UProbe = ebpf.program_mut(prog).ok_or_else(|| anyhow!("BPF program {prog} missing"))?.try_into()?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(site.file_offset + site.probe_offset),
+                cookie: Some(site.op as u64),
+            };
+            p.attach(point, lib, scope).with_context(|| format!("attaching {prog} to {}:{}", lib.display(), site.symbol))?;
+        }
+        if verbose > 0 {
+            eprintln!(
+                "{tool}: probe {}+{} at {}+{:#x} ({})",
+                site.symbol,
+                site.probe_offset,
+                lib.display(),
+                site.file_offset + site.probe_offset,
+                site.why
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_test_to_reach_je() {
+        // glibc free: test %rdi,%rdi; je +0xbf; push %rbp
+        let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0, 0, 0, 0x55];
+        let c = choose_probe_offset(&code, 0x1000);
+        assert_eq!(c.offset, 3, "{c:?}");
+    }
+
+    #[test]
+    fn push_first_stays_at_zero() {
+        // malloc: push %r12; push %rbp
+        let c = choose_probe_offset(&[0x41, 0x54, 0x55], 0x1000);
+        assert_eq!(c.offset, 0);
+    }
+
+    #[test]
+    fn register_writes_are_not_skipped() {
+        // mov %ecx,%r10d; test ...; jne ...
+        let code = [0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0, 0, 0x75, 0x14];
+        assert_eq!(choose_probe_offset(&code, 0x1000).offset, 0);
+    }
+
+    #[test]
+    fn endbr_and_cmp_are_skipped() {
+        // endbr64; cmpb $0,0x10(%rip); push %rbx
+        let code = [0xf3, 0x0f, 0x1e, 0xfa, 0x80, 0x3d, 0x10, 0, 0, 0, 0, 0x53];
+        assert_eq!(choose_probe_offset(&code, 0x1000).offset, 11);
+    }
+
+    #[test]
+    fn a_loop_back_to_the_site_forces_offset_zero() {
+        // test %rdi,%rdi; je L (L = self); jmp back to offset 3
+        let code = [0x48, 0x85, 0xff, 0x74, 0x00, 0xeb, 0xfc];
+        assert_eq!(choose_probe_offset(&code, 0x1000).offset, 0);
+    }
+}

@@ -1,0 +1,234 @@
+//! allocsnoop against the leaker, whose calls are known exactly.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use assert_cmd::Command as Cmd;
+use serde_json::Value;
+use support::{bpf_available, json_lines, of_type, spawn_attached, LEAKER, LEAKER_NOFP};
+
+fn launched(args: &[&str], leaker: &str, scenario: &[&str]) -> (Vec<Value>, Value) {
+    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(args).arg("--").arg(leaker).args(scenario).output().unwrap();
+    assert!(out.status.success(), "allocsnoop failed: {}", String::from_utf8_lossy(&out.stderr));
+    (json_lines(&out.stdout), summary(&out.stderr))
+}
+
+/// The leaker's own account of what it did (last JSON line on its stderr).
+fn summary(stderr: &[u8]) -> Value {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "leaker_summary")
+        .expect("leaker summary on stderr")
+}
+
+fn hexnum(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Replay events with libc's semantics; returns live blocks (addr -> size).
+fn live_blocks(events: &[&Value]) -> HashMap<u64, u64> {
+    let mut live = HashMap::new();
+    for e in events {
+        let addr = hexnum(&e["addr"]);
+        match e["op"].as_str().unwrap() {
+            "free" => {
+                assert!(live.remove(&addr).is_some(), "free of unknown block {e}");
+            }
+            "realloc" | "reallocarray" => {
+                let old = hexnum(&e["old_addr"]);
+                let size = e["size_bytes"].as_u64().unwrap();
+                if old != 0 && (addr != 0 || size == 0) {
+                    assert!(live.remove(&old).is_some(), "realloc of unknown block {e}");
+                }
+                if addr != 0 {
+                    live.insert(addr, size);
+                }
+            }
+            _ => {
+                if e.get("failed").is_none() {
+                    live.insert(addr, e["size_bytes"].as_u64().unwrap());
+                }
+            }
+        }
+    }
+    live
+}
+
+fn assert_ten_nine(lines: &[Value]) {
+    let events = of_type(lines, "alloc");
+    assert!(events.iter().all(|e| e["comm"] != "allocsnoop"), "launcher allocated between fork and exec");
+    let mallocs: Vec<_> = events.iter().filter(|e| e["op"] == "malloc").collect();
+    let frees: Vec<_> = events.iter().filter(|e| e["op"] == "free").collect();
+    assert_eq!(mallocs.len(), 10, "{events:?}");
+    assert_eq!(frees.len(), 9, "{events:?}");
+    assert_eq!(events.len(), 19, "{events:?}");
+    assert!(mallocs.iter().all(|m| m["size_bytes"] == 8));
+    let live = live_blocks(&events);
+    assert_eq!(live.values().copied().collect::<Vec<_>>(), vec![8]);
+    assert!(of_type(lines, "lost").is_empty());
+}
+
+#[test]
+fn ten_nine_launched_exact() {
+    if !bpf_available() {
+        return;
+    }
+    for leaker in [LEAKER, LEAKER_NOFP] {
+        let (lines, _) = launched(&[], leaker, &["ten-nine"]);
+        assert_ten_nine(&lines);
+    }
+}
+
+#[test]
+fn ten_nine_by_pid_exact() {
+    if !bpf_available() {
+        return;
+    }
+    let mut leaker = Command::new(LEAKER)
+        .args(["ten-nine", "--wait-signal"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(leaker.stderr.take().unwrap());
+    let mut ready = String::new();
+    err.read_line(&mut ready).unwrap();
+    let pid = serde_json::from_str::<Value>(&ready).unwrap()["pid"].to_string();
+    let (tool, _tool_err) = spawn_attached("allocsnoop", &["-p", &pid]);
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(leaker.id() as i32, libc::SIGUSR1) };
+    leaker.wait().unwrap();
+    let out = tool.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_ten_nine(&json_lines(&out.stdout));
+}
+
+#[test]
+fn mixed_every_api_with_exact_sizes() {
+    if !bpf_available() {
+        return;
+    }
+    let (lines, sum) = launched(&[], LEAKER, &["mixed"]);
+    let events = of_type(&lines, "alloc");
+    // One event per call the leaker made; glibc's aligned_alloc is memalign,
+    // and nested calls inside libc (realloc(NULL, n) -> malloc) are not
+    // reported twice.
+    let mut by_op: HashMap<&str, u64> = HashMap::new();
+    for e in &events {
+        *by_op.entry(e["op"].as_str().unwrap()).or_default() += 1;
+    }
+    let calls = &sum["calls"];
+    for op in ["malloc", "calloc", "realloc", "reallocarray", "posix_memalign", "valloc", "pvalloc", "free"] {
+        assert_eq!(by_op.get(op).copied().unwrap_or(0), calls[op].as_u64().unwrap(), "{op}: {by_op:?}");
+    }
+    assert_eq!(
+        by_op.get("memalign").copied().unwrap_or(0),
+        calls["memalign"].as_u64().unwrap() + calls["aligned_alloc"].as_u64().unwrap()
+    );
+    // Alignments as passed.
+    for (size, align) in [(640, 64), (1280, 128), (2560, 256)] {
+        assert!(events.iter().any(|e| e["size_bytes"] == size && e["align"] == align), "{size}/{align}");
+    }
+    // What stays live is exactly what the leaker says it leaked.
+    let mut live: Vec<u64> = live_blocks(&events).into_values().collect();
+    live.sort();
+    let mut leaked: Vec<u64> = sum["leaks"].as_array().unwrap().iter().map(|l| l["size_bytes"].as_u64().unwrap()).collect();
+    leaked.sort();
+    assert_eq!(live, leaked);
+}
+
+#[test]
+fn size_and_op_filters() {
+    if !bpf_available() {
+        return;
+    }
+    let (lines, _) = launched(&["--min-size", "1000", "--max-size", "1010"], LEAKER, &["mixed"]);
+    let allocs: Vec<_> = of_type(&lines, "alloc").into_iter().filter(|e| e["op"] != "free").collect();
+    // The matched blocks of sizes 1001..=1008 in leaker.c's mixed scenario.
+    let mut sizes: Vec<u64> = allocs.iter().map(|e| e["size_bytes"].as_u64().unwrap()).collect();
+    sizes.sort();
+    assert_eq!(sizes, (1001..=1008).collect::<Vec<u64>>());
+    assert!(allocs.iter().all(|e| (1000..=1010).contains(&e["size_bytes"].as_u64().unwrap())), "{allocs:?}");
+    let (lines, _) = launched(&["--op", "free"], LEAKER, &["ten-nine"]);
+    let events = of_type(&lines, "alloc");
+    assert_eq!(events.len(), 9);
+    assert!(events.iter().all(|e| e["op"] == "free"));
+}
+
+/// The function symbol containing `offset` in `module` (for these non-PIE
+/// offsets == addresses in the leaker's text).
+fn function_at(module: &str, offset: u64) -> String {
+    let out = Command::new("nm").args(["--defined-only", module]).output().expect("nm (binutils)");
+    let mut best: Option<(u64, String)> = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = line.split_whitespace();
+        let (Some(a), Some(t), Some(name)) = (it.next(), it.next(), it.next()) else { continue };
+        if !matches!(t, "t" | "T") {
+            continue;
+        }
+        let a = u64::from_str_radix(a, 16).unwrap();
+        if a <= offset && best.as_ref().is_none_or(|(b, _)| a > *b) {
+            best = Some((a, name.to_string()));
+        }
+    }
+    best.unwrap().1
+}
+
+#[test]
+fn stack_first_frame_is_the_calling_function_without_frame_pointers() {
+    if !bpf_available() {
+        return;
+    }
+    for leaker in [LEAKER, LEAKER_NOFP] {
+        // --linger keeps the process (and its maps) alive while frames are
+        // formatted.
+        let (lines, _) = launched(&["--stack"], leaker, &["ten-nine", "--linger", "0.5"]);
+        let events = of_type(&lines, "alloc");
+        assert_eq!(events.len(), 19);
+        for e in &events {
+            let f0 = &e["stack"][0];
+            let module = f0["module"].as_str().unwrap_or_else(|| panic!("no module: {e}"));
+            assert_eq!(std::fs::canonicalize(module).unwrap(), std::fs::canonicalize(leaker).unwrap());
+            assert_eq!(f0["build_id"].as_str().map(str::len), Some(40));
+            let func = function_at(module, hexnum(&f0["offset"]));
+            let want = if e["op"] == "malloc" { "leak_ten_nine_alloc" } else { "ten_nine_free" };
+            assert_eq!(func, want, "for {e}");
+        }
+        if leaker == LEAKER {
+            // With frame pointers the walk continues into the caller's caller.
+            assert!(events.iter().all(|e| e["stack"].as_array().unwrap().len() >= 2));
+        }
+    }
+}
+
+#[test]
+fn free_is_probed_past_its_first_instruction() {
+    if !bpf_available() {
+        return;
+    }
+    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--", LEAKER, "none"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("probe free+")).unwrap_or_else(|| panic!("{err}"));
+    assert!(!line.contains("probe free+0 "), "free probed at offset 0: {line}");
+    // And every free is still seen (realloc(p, 0)'s inner free is reported
+    // as that realloc, not twice).
+    let sum = summary(&out.stderr);
+    let lines = json_lines(&out.stdout);
+    let frees = of_type(&lines, "alloc").into_iter().filter(|e| e["op"] == "free").count();
+    assert_eq!(frees as u64, sum["calls"]["free"].as_u64().unwrap());
+}
+
+#[test]
+fn errors_are_clear() {
+    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--op", "bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operation 'bogus'"));
+    if bpf_available() {
+        let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--lib", "/nonexistent.so", "-p", "1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    }
+}
