@@ -189,3 +189,92 @@ fn bad_input_is_an_error_not_a_panic() {
     let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--comm", "("]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "bad regex is a usage error");
 }
+
+#[test]
+fn sigint_and_duration_end_cleanly() {
+    if !bpf_available() {
+        return;
+    }
+    let (tool, _err) = spawn_attached("execsnoop", &["--comm", "^leakd-no-such$"]);
+    support::interrupt(&tool);
+    let out = tool.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "SIGINT");
+    let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-d", "0.5", "--comm", "^leakd-no-such$"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "--duration: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn execveat_is_traced() {
+    if !bpf_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakd-execveat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("execveat.c");
+    std::fs::write(
+        &src,
+        r#"#define _GNU_SOURCE
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    char *argv[] = { "true", "via-execveat", 0 };
+    char *envp[] = { 0 };
+    syscall(SYS_execveat, AT_FDCWD, "/bin/true", argv, envp, 0);
+    return 1;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.join("execveat");
+    let st = Command::new("gcc").arg("-o").arg(&exe).arg(&src).status().unwrap();
+    assert!(st.success());
+    let lines = run_launched(&[], &[exe.to_str().unwrap()]);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 2, "{lines:?}");
+    assert_eq!(execs[1]["filename"], "/bin/true");
+    assert_eq!(execs[1]["argv"], json!(["true", "via-execveat"]));
+    assert_eq!(execs[1]["pid"], execs[0]["pid"], "same process, new program");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn uid_filter() {
+    if !bpf_available() {
+        return;
+    }
+    let lines = run_launched(
+        &["--uid", "65534"],
+        &["sh", "-c", "/bin/true as-root; setpriv --reuid 65534 --regid 65534 --clear-groups /bin/true as-nobody"],
+    );
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["argv"], json!(["/bin/true", "as-nobody"]));
+    assert_eq!(execs[0]["uid"], 65534);
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f.get(2) == Some(&"cgroup2")).map(|f| f[1].to_string())
+}
+
+#[test]
+fn cgroup_filter() {
+    if !bpf_available() {
+        return;
+    }
+    let root = cgroup2_root().expect("a cgroup2 mount");
+    let cg = format!("{root}/leakd-test-{}", std::process::id());
+    std::fs::create_dir(&cg).unwrap();
+    let script = format!("/bin/true outside; echo $$ > {cg}/cgroup.procs; /bin/true inside");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
+    let lines = run_launched(&["--cgroup", &cg], &["sh", "-c", &script]);
+    // The launched shell has exited, so the cgroup is empty again.
+    let _ = std::fs::remove_dir(&cg);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["argv"], json!(["/bin/true", "inside"]));
+    assert_eq!(execs[0]["cgroup_id"], ino);
+}
