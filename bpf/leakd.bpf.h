@@ -42,6 +42,17 @@ static __always_inline void leakd_count_lost(__u32 reason)
 		*n += 1;
 }
 
+/* Ring-buffer wakeups cost the traced task an irq_work per event. Wake the
+ * reader only once a batch has accumulated; the reader also polls with a
+ * short timeout (see event_loop.rs), so a quiet stream is still timely. */
+#define LEAKD_WAKEUP_BYTES (256 * 1024)
+
+static __always_inline __u64 leakd_rb_flags(void *ringbuf)
+{
+	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >= LEAKD_WAKEUP_BYTES ?
+		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline int leakd_tgid_wanted(__u32 tgid)
 {
 	if (!targ_tgid)

@@ -48,6 +48,10 @@ pub struct EventLoop {
 
 /// How often the lost-event counters are checked during a run.
 const LOST_CHECK: Duration = Duration::from_secs(1);
+/// The BPF side wakes us only once a batch has accumulated
+/// (leakd_rb_flags in bpf/leakd.bpf.h); this bounds the latency of a quiet
+/// stream.
+const RING_POLL: Duration = Duration::from_millis(50);
 
 impl EventLoop {
     pub fn new(duration: Option<Duration>, interval: Option<Duration>) -> Result<Self> {
@@ -96,7 +100,8 @@ impl EventLoop {
                 break End::Duration;
             }
             let mut wake = next_lost;
-            for t in [self.deadline, next_tick].into_iter().flatten() {
+            let ring_wake = ring.is_some().then(|| now + RING_POLL);
+            for t in [self.deadline, next_tick, ring_wake].into_iter().flatten() {
                 wake = wake.min(t);
             }
             let ms = wake.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32;
