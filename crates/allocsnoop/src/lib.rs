@@ -149,7 +149,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let pid = held.as_ref().map(|h| h.pid()).or(cli.target.pid);
     // Uprobes are scoped to the process (its mm) by the kernel; the BPF
     // filter then only needs the cgroup.
-    let filter = Filter { tgid: 0, follow_children: false, cgroup_id };
+    let filter = Filter::new(0, false, cgroup_id);
     let stack = u8::from(cli.stack);
     let min = cli.min_size.unwrap_or(0);
     let max = cli.max_size.unwrap_or(u64::MAX);

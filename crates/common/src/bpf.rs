@@ -49,20 +49,26 @@ fn ensure_tracefs() -> Result<()> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Filter {
     pub tgid: u32,
-    pub follow_children: bool,
+    follow_children: u8,
     pub cgroup_id: u64,
 }
 
 impl Filter {
-    pub fn apply(&self, loader: &mut EbpfLoader<'_>) {
-        // Leaked so the loader's borrowed globals live long enough; these are
-        // a few bytes, set once per run.
-        let tgid: &'static u32 = Box::leak(Box::new(self.tgid));
-        let follow: &'static u8 = Box::leak(Box::new(u8::from(self.follow_children)));
-        let cg: &'static u64 = Box::leak(Box::new(self.cgroup_id));
-        loader.override_global("targ_tgid", tgid, true);
-        loader.override_global("follow_children", follow, true);
-        loader.override_global("targ_cgroup_id", cg, true);
+    /// `tgid` 0 means every process; `follow_children` also traces the
+    /// descendants of `tgid` (for a launched command).
+    pub fn new(tgid: u32, follow_children: bool, cgroup_id: u64) -> Self {
+        Filter { tgid, follow_children: u8::from(follow_children), cgroup_id }
+    }
+
+    pub fn follows_children(&self) -> bool {
+        self.follow_children != 0
+    }
+
+    /// Set the globals; the loader borrows them until it loads.
+    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader.override_global("targ_tgid", &self.tgid, true);
+        loader.override_global("follow_children", &self.follow_children, true);
+        loader.override_global("targ_cgroup_id", &self.cgroup_id, true);
     }
 }
 
@@ -136,7 +142,7 @@ pub fn kernel_btf() -> Result<Btf> {
 /// When following a launched command and its children: seed the tracked set
 /// with the command's PID and attach the fork/exit programs that maintain it.
 pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8) -> Result<()> {
-    if !filter.follow_children {
+    if !filter.follows_children() {
         return Ok(());
     }
     let mut tracked: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(

@@ -89,11 +89,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
     let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
-    let filter = Filter {
-        tgid: held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
-        follow_children: held.is_some(),
-        cgroup_id,
-    };
+    let filter = Filter::new(held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0), held.is_some(), cgroup_id);
 
     let uid = cli.filters.uid.unwrap_or(u32::MAX);
     let ppid = cli.filters.ppid.unwrap_or(0);
