@@ -55,11 +55,12 @@ static __always_inline __u64 leakd_rb_flags(void *ringbuf)
 
 static __always_inline int leakd_tgid_wanted(__u32 tgid)
 {
-	if (!targ_tgid)
+	if (!targ_tgid || tgid == targ_tgid)
 		return 1;
+	/* Only a launched command's children pay for the lookup. */
 	if (follow_children)
 		return bpf_map_lookup_elem(&leakd_tracked, &tgid) != NULL;
-	return tgid == targ_tgid;
+	return 0;
 }
 
 /* Whether the current task passes the shared -p / -- CMD / --cgroup filters. */
