@@ -232,3 +232,73 @@ fn errors_are_clear() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
     }
 }
+
+/// Build C sources into a fresh temp dir; returns the dir.
+fn build_c(name: &str, files: &[(&str, &str)], cmds: &[&[&str]]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("leakd-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, text) in files {
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    for cmd in cmds {
+        let st = Command::new(cmd[0]).args(&cmd[1..]).current_dir(&dir).status().unwrap();
+        assert!(st.success(), "{cmd:?}");
+    }
+    dir
+}
+
+#[test]
+fn other_allocator_with_lib_and_prefix() {
+    if !bpf_available() {
+        return;
+    }
+    // A stand-in for jemalloc's prefixed API (je_malloc/je_free).
+    let lib = r#"#include <stdlib.h>
+void *xx_malloc(size_t n) { void *p = malloc(n); __asm__ volatile(""); return p; }
+void xx_free(void *p) { free(p); __asm__ volatile(""); }
+"#;
+    let prog = r#"#include <stddef.h>
+void *xx_malloc(size_t); void xx_free(void *);
+int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242); if (i) xx_free(p); } return 0; }
+"#;
+    let dir = build_c(
+        "xxalloc",
+        &[("xx.c", lib), ("prog.c", prog)],
+        &[&["gcc", "-O1", "-shared", "-fPIC", "-o", "libxx.so", "xx.c"], &["gcc", "-O1", "-o", "prog", "prog.c", "-L.", "-lxx", "-Wl,-rpath,$ORIGIN"]],
+    );
+    let lib_path = dir.join("libxx.so");
+    let (lines, _) = {
+        let out = Cmd::cargo_bin("allocsnoop")
+            .unwrap()
+            .args(["--lib", lib_path.to_str().unwrap(), "--prefix", "xx_", "--op", "malloc,free", "--"])
+            .arg(dir.join("prog"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (json_lines(&out.stdout), ())
+    };
+    let events = of_type(&lines, "alloc");
+    assert_eq!(events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 4242).count(), 5, "{events:?}");
+    assert_eq!(events.iter().filter(|e| e["op"] == "free").count(), 4, "{events:?}");
+    assert_eq!(events.len(), 9);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn static_binary_is_detected() {
+    if !bpf_available() {
+        return;
+    }
+    let prog = r#"#include <stdlib.h>
+int main(void) { for (int i = 0; i < 3; i++) { void *volatile p = malloc(3333); free(p); } return 0; }
+"#;
+    let dir = build_c("static", &[("prog.c", prog)], &[&["gcc", "-O1", "-fno-builtin", "-static", "-o", "prog", "prog.c"]]);
+    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--"]).arg(dir.join("prog")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(static)"), "{err}");
+    let lines = json_lines(&out.stdout);
+    let events = of_type(&lines, "alloc");
+    assert_eq!(events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 3333).count(), 3, "{events:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
