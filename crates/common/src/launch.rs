@@ -138,7 +138,28 @@ impl Held {
             let _ = waitpid(self.pid, None);
             bail!("cannot run {}: {}", self.display, std::io::Error::from_raw_os_error(errno));
         }
-        Ok(Launched { pid: self.pid.as_raw() as u32 })
+        let pid = self.pid.as_raw() as u32;
+        wait_for_exe_mapping(pid);
+        Ok(Launched { pid })
+    }
+}
+
+/// Wait (at most ~50 ms) until the new program is in the process's maps.
+///
+/// The exec-error pipe closes when the kernel closes close-on-exec files,
+/// which is *before* it maps the new program's segments; a tool that reads
+/// the maps right away (to keep them for after the command exits) could see
+/// none of the program. Shared libraries come later still (ld.so maps them),
+/// which callers handle by re-reading the maps on demand.
+fn wait_for_exe_mapping(pid: u32) {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return };
+    let exe = exe.to_string_lossy().into_owned();
+    for _ in 0..200 {
+        match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(text) if text.lines().any(|l| l.contains(" r-xp ") && l.ends_with(exe.as_str())) => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_micros(250)),
+            Err(_) => return,
+        }
     }
 }
 

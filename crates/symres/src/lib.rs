@@ -1,11 +1,219 @@
-//! symres: not written yet; the binary exists so the workspace layout is final.
+//! symres: the symbolizer at the end of `allocsnoop --stack | symres`.
+//!
+//! Our tracers print raw addresses (module + file offset + build id, or an
+//! address and a PID) because resolving names in the kernel or in the hot
+//! path would cost events; resolving them afterwards, offline if need be,
+//! is this crate's job. It is a library as well as a filter so that
+//! leakd-attach can symbolize in process with the same code (`Resolver`,
+//! `Resolver::process_line`).
+//!
+//! As a filter it must never hold back a live stream (output is flushed
+//! whenever the next read could block) and never give up on a whole stream
+//! because of one bad line or one bad file.
 
-use leakd_common::{bail, Result};
+mod elf;
+mod kallsyms;
+mod line;
+mod maps;
+mod resolve;
 
-pub fn command() -> clap::Command {
-    clap::Command::new("symres").version(env!("CARGO_PKG_VERSION")).about("symres (not implemented yet)")
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+use leakd_common::cli::RunArgs;
+use leakd_common::{Context, Result};
+
+pub use kallsyms::KERNEL_START;
+pub use line::LineError;
+#[doc(hidden)]
+pub use resolve::fuzz_elf;
+pub use resolve::{demangle, Inlined, Options, Outcome, PidFrame, Reason, Resolution};
+
+/// The resolver with its caches; one per stream (or per leakd-attach run).
+pub struct Resolver(resolve::Resolver);
+
+impl Resolver {
+    pub fn new(opts: Options) -> Self {
+        Resolver(resolve::Resolver::new(opts))
+    }
+
+    /// Resolve a file offset in a module, as recorded for a process that may
+    /// have exited. `build_id` is the GNU build id in hex ("" or `None` when
+    /// unknown); an invalid one is treated as unknown.
+    pub fn resolve_module_offset(&mut self, module: &std::path::Path, offset: u64, build_id: Option<&str>) -> Outcome {
+        let id = build_id.and_then(|b| resolve::parse_build_id(b).ok().flatten());
+        self.0.resolve_module_offset(module, offset, id.as_deref(), None)
+    }
+
+    /// Resolve an address of a live process through its /proc/PID/maps.
+    pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64) -> PidFrame {
+        self.0.next_generation();
+        self.0.resolve_pid_addr(pid, addr, None)
+    }
+
+    /// Resolve a kernel address through /proc/kallsyms.
+    pub fn resolve_kernel(&mut self, addr: u64) -> Outcome {
+        self.0.resolve_kernel(addr)
+    }
+
+    /// Add symbols to every frame of one JSON line (without its newline).
+    /// A line without frames comes back unchanged.
+    pub fn process_line(&mut self, line: &str) -> std::result::Result<String, LineError> {
+        match line::process(&mut self.0, line.as_bytes())? {
+            None => Ok(line.to_string()),
+            Some(b) => String::from_utf8(b).map_err(|e| LineError(e.to_string())),
+        }
+    }
+
+    /// Like `process_line` on bytes; `Ok(None)` means "write the line as it
+    /// was", byte for byte.
+    pub fn process_line_bytes(&mut self, line: &[u8]) -> std::result::Result<Option<Vec<u8>>, LineError> {
+        line::process(&mut self.0, line)
+    }
 }
 
-pub fn run(_matches: &clap::ArgMatches) -> Result<i32> {
-    bail!("not implemented yet")
+const EXAMPLES: &str = "\
+Examples:
+  allocsnoop -p 1234 --stack | symres          allocation stacks with function names
+  leakd-attach -p 1234 | symres | jq .         leaks, symbolized
+  symres --debug-dir ./debug < saved.jsonl     offline, with debug files kept aside";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "symres",
+    version,
+    about = "Resolve code addresses in JSON lines to function, file and line",
+    long_about = "Read JSON lines on standard input and write them to standard output with every \
+frame resolved: objects in arrays named \"stack\" or \"frames\", anywhere in a line, that have \
+\"module\" and \"offset\" (file offset, optionally \"build_id\"), or \"addr\" and the line's \"pid\", \
+or a kernel \"addr\". Lines without frames are written unchanged.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+
+    /// Also look for separate debug files under DIR (DIR/.build-id/xx/yyyy.debug, or by
+    /// .gnu_debuglink), before /usr/lib/debug. May be given more than once.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    debug_dirs: Vec<PathBuf>,
+
+    /// Do not report functions inlined at an address (the "inlined" field).
+    #[arg(long)]
+    no_inlined: bool,
+}
+
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Longest input line accepted; longer ones are skipped as malformed
+/// instead of being buffered without bound.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
+pub fn run(matches: &ArgMatches) -> Result<i32> {
+    let cli = Cli::from_arg_matches(matches)?;
+    let mut resolver = Resolver::new(Options {
+        debug_dirs: cli.debug_dirs.clone(),
+        inlined: !cli.no_inlined,
+        verbose: cli.run.verbose,
+    });
+    let deadline = cli.run.duration.map(|d| Instant::now() + d);
+    let stdin = io::stdin();
+    let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut buf = Vec::new();
+    let mut lineno: u64 = 0;
+    let mut malformed: u64 = 0;
+    loop {
+        // Flush before any read that may block, so a live stream is never
+        // held back; in bulk input the buffer usually holds the next line.
+        if !input.buffer().contains(&b'\n') {
+            out.flush().context("writing to standard output")?;
+            if let Some(d) = deadline {
+                if !wait_readable(&stdin, d)? {
+                    break;
+                }
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        buf.clear();
+        let n = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).context("reading standard input")?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            skip_rest_of_line(&mut input)?;
+            eprintln!("symres: line {lineno}: longer than {MAX_LINE_BYTES} bytes, skipped");
+            malformed += 1;
+            continue;
+        }
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match resolver.process_line_bytes(text) {
+            Ok(None) => out.write_all(text)?,
+            Ok(Some(b)) => out.write_all(&b)?,
+            Err(e) => {
+                eprintln!("symres: line {lineno}: {e}");
+                malformed += 1;
+                continue;
+            }
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush().context("writing to standard output")?;
+    if malformed > 0 {
+        eprintln!("symres: {malformed} malformed line(s) skipped");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn skip_rest_of_line(input: &mut impl BufRead) -> Result<()> {
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                input.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                input.consume(n);
+            }
+        }
+    }
+}
+
+/// Wait until stdin is readable or `deadline` passes (false).
+fn wait_readable(stdin: &io::Stdin, deadline: Instant) -> Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("waiting for standard input"),
+        }
+    }
 }

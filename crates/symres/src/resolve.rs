@@ -1,0 +1,864 @@
+//! Address → function, file and line, with everything expensive cached.
+//!
+//! Parsing an ELF file's symbol table and DWARF costs milliseconds to
+//! seconds; answering one address from parsed tables costs a binary search.
+//! So modules are loaded once (keyed by device and inode, so the same file
+//! reached through /proc/PID/root or /proc/PID/map_files is loaded once), and
+//! every answer is remembered per module address, since stacks repeat.
+//! Failures are cached too: a missing file is looked for once, not once per
+//! frame.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::elf::{self, ElfFile, LoadError, Reader};
+use crate::kallsyms::Kallsyms;
+use crate::maps::{self, MapEntry};
+
+/// Why a frame was left unresolved (the `reason` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The address is in no file mapping (anonymous memory, outside every
+    /// segment of the module, or the process is gone and the frame has no
+    /// module and offset).
+    Unmapped,
+    /// The file was found but has neither symbols nor DWARF for the address.
+    NoSymbols,
+    /// The file's build id differs from the frame's, and no debug file with
+    /// the frame's build id was found.
+    BuildIdMismatch,
+    /// The file does not exist (or cannot be read).
+    FileMissing,
+    /// The file is not a valid ELF file.
+    CorruptElf,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unmapped => "unmapped",
+            Reason::NoSymbols => "no_symbols",
+            Reason::BuildIdMismatch => "build_id_mismatch",
+            Reason::FileMissing => "file_missing",
+            Reason::CorruptElf => "corrupt_elf",
+        }
+    }
+}
+
+/// One inlined call, as DWARF describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inlined {
+    pub sym: Option<Arc<str>>,
+    pub file: Option<Arc<str>>,
+    pub line: Option<u32>,
+}
+
+/// What is known about one code address.
+///
+/// `file`/`line` are the location in the function `sym` itself: when code of
+/// other functions was inlined there, that is the line of the outermost
+/// inlined call, and `inlined` lists the inlined functions innermost first
+/// (outermost last), each with the location within it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub sym: Option<Arc<str>>,
+    pub sym_offset: Option<u64>,
+    pub file: Option<Arc<str>>,
+    pub line: Option<u32>,
+    pub inlined: Vec<Inlined>,
+    /// The fields above as JSON object members, rendered once.
+    pub(crate) json: std::sync::OnceLock<Box<str>>,
+}
+
+impl Resolution {
+    /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
+    /// a frame. Rendered once per address and reused for every frame.
+    pub fn json_fields(&self) -> &str {
+        self.json.get_or_init(|| {
+            let mut o = Vec::new();
+            let sep = |o: &mut Vec<u8>, k: &str| {
+                if !o.is_empty() {
+                    o.push(b',');
+                }
+                crate::line::write_str(o, k);
+                o.push(b':');
+            };
+            if let Some(s) = &self.sym {
+                sep(&mut o, "sym");
+                crate::line::write_str(&mut o, s);
+            }
+            if let Some(x) = self.sym_offset {
+                sep(&mut o, "sym_offset");
+                crate::line::write_str(&mut o, &leakd_common::text::hex(x));
+            }
+            if let Some(f) = &self.file {
+                sep(&mut o, "file");
+                crate::line::write_str(&mut o, f);
+            }
+            if let Some(l) = self.line {
+                sep(&mut o, "line");
+                o.extend_from_slice(l.to_string().as_bytes());
+            }
+            if !self.inlined.is_empty() {
+                sep(&mut o, "inlined");
+                o.push(b'[');
+                for (i, f) in self.inlined.iter().enumerate() {
+                    if i > 0 {
+                        o.push(b',');
+                    }
+                    let mut inner = Vec::new();
+                    if let Some(s) = &f.sym {
+                        sep(&mut inner, "sym");
+                        crate::line::write_str(&mut inner, s);
+                    }
+                    if let Some(file) = &f.file {
+                        sep(&mut inner, "file");
+                        crate::line::write_str(&mut inner, file);
+                    }
+                    if let Some(l) = f.line {
+                        sep(&mut inner, "line");
+                        inner.extend_from_slice(l.to_string().as_bytes());
+                    }
+                    o.push(b'{');
+                    o.extend_from_slice(&inner);
+                    o.push(b'}');
+                }
+                o.push(b']');
+            }
+            String::from_utf8(o).unwrap_or_default().into_boxed_str()
+        })
+    }
+}
+
+pub type Outcome = Result<Arc<Resolution>, Reason>;
+
+/// A frame resolved through a live process's maps: the module and file
+/// offset found there, and the outcome.
+#[derive(Debug, Clone)]
+pub struct PidFrame {
+    pub module: Option<String>,
+    pub offset: Option<u64>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Searched before /usr/lib/debug, the way gdb's debug-file-directory is.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Report inlined functions (costs a little time per new address).
+    pub inlined: bool,
+    pub verbose: u8,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { debug_dirs: Vec::new(), inlined: true, verbose: 0 }
+    }
+}
+
+const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
+/// Answers remembered per module before the cache is reset.
+const MAX_CACHED_ANSWERS: usize = 1 << 20;
+
+type ModuleId = usize;
+/// (pid, build id) a module name was looked up with, and the answer.
+type NameHit = (Option<u32>, Option<Vec<u8>>, Result<ModuleId, Reason>);
+/// (function, file, line) of one DWARF frame.
+type DwarfFrame = (Option<Arc<str>>, Option<Arc<str>>, Option<u32>);
+
+struct Module {
+    /// Build id of the file whose segments are used (the binary, or the debug
+    /// file when the binary itself is gone).
+    build_id: Option<Vec<u8>>,
+    segments: Vec<elf::Segment>,
+    symbols: elf::SymbolTable,
+    /// Built when the first address is looked up; `None` inside when the
+    /// module has no (usable) DWARF.
+    dwarf: Option<DwarfState>,
+    answers: FxHashMap<u64, Outcome>,
+    demangled: HashMap<usize, Arc<str>>,
+    files: HashMap<String, Arc<str>>,
+    /// DWARF (linkage) name → demangled, since the same inlined functions
+    /// turn up at many addresses.
+    dwarf_names: FxHashMap<String, Arc<str>>,
+}
+
+enum DwarfState {
+    Pending(elf::DwarfSections),
+    Ready(Box<addr2line::Context<Reader>>),
+    Absent,
+}
+
+pub struct Resolver {
+    opts: Options,
+    modules: Vec<Module>,
+    by_inode: HashMap<(u64, u64, u64, i64), ModuleId>,
+    /// Path as given (or as built from /proc) → loaded module or failure.
+    by_path: HashMap<PathBuf, Result<ModuleId, Reason>>,
+    /// Debug file by build id → module, or `None` when not installed.
+    by_build_id: HashMap<Vec<u8>, Option<ModuleId>>,
+    pids: HashMap<u32, PidMaps>,
+    kallsyms: Option<Result<Kallsyms, Reason>>,
+    /// Incremented per input line; bounds /proc/PID/maps rereads.
+    generation: u64,
+    /// Module name as written in frames → (pid, build id, module), so a
+    /// frame costs one hash of its module string, not path building and
+    /// file-system calls.
+    by_name: FxHashMap<String, Vec<NameHit>>,
+}
+
+struct PidMaps {
+    /// `None` when the process is gone (or its maps are unreadable).
+    entries: Option<Vec<MapEntry>>,
+    modules: Vec<Option<Result<ModuleId, Reason>>>,
+    generation: u64,
+}
+
+impl Resolver {
+    pub fn new(opts: Options) -> Self {
+        Resolver {
+            opts,
+            modules: Vec::new(),
+            by_inode: HashMap::new(),
+            by_path: HashMap::new(),
+            by_build_id: HashMap::new(),
+            pids: HashMap::new(),
+            kallsyms: None,
+            generation: 0,
+            by_name: FxHashMap::default(),
+        }
+    }
+
+    /// Mark the start of a new batch of frames (one input line): a process's
+    /// maps are reread at most once per batch when an address is missing.
+    pub fn next_generation(&mut self) {
+        self.generation += 1;
+    }
+
+    fn log(&self, level: u8, msg: impl FnOnce() -> String) {
+        if self.opts.verbose >= level {
+            eprintln!("symres: {}", msg());
+        }
+    }
+
+    /// Resolve a file offset within `module` (the frame format of an exited
+    /// process). `build_id` is the lower-case hex GNU build id, if known.
+    /// With `pid`, the module is first looked for inside that process's mount
+    /// namespace (/proc/PID/root).
+    pub fn resolve_module_offset(&mut self, module: &Path, offset: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
+        let name = module.as_os_str().to_str();
+        if let Some(hit) = name.and_then(|n| self.by_name.get(n)) {
+            if let Some((_, _, r)) = hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id) {
+                let r = *r;
+                return r.and_then(|id| self.lookup_offset(id, offset));
+            }
+        }
+        let r = self.module_for_name(module, build_id, pid);
+        if let Some(n) = name {
+            let list = self.by_name.entry(n.to_string()).or_default();
+            // Bounded: many PIDs naming one module are fine, unbounded growth is not.
+            if list.len() >= 64 {
+                list.clear();
+            }
+            list.push((pid, build_id.map(<[u8]>::to_vec), r));
+        }
+        r.and_then(|id| self.lookup_offset(id, offset))
+    }
+
+    fn module_for_name(&mut self, module: &Path, build_id: Option<&[u8]>, pid: Option<u32>) -> Result<ModuleId, Reason> {
+        let mut candidates = Vec::with_capacity(2);
+        if let Some(pid) = pid {
+            if module.is_absolute() {
+                let mut p = PathBuf::from(format!("/proc/{pid}/root"));
+                p.push(module.strip_prefix("/").unwrap_or(module));
+                candidates.push(p);
+            }
+        }
+        candidates.push(module.to_path_buf());
+        self.module_for(&candidates, module, build_id)
+    }
+
+    /// Resolve an address of live process `pid` through /proc/PID/maps.
+    pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64, build_id: Option<&[u8]>) -> PidFrame {
+        let generation = self.generation;
+        let stale = match self.pids.get(&pid) {
+            None => true,
+            Some(m) => m.generation != generation && m.entries.as_deref().is_none_or(|e| maps::find(e, addr).is_none()),
+        };
+        if stale {
+            let entries = maps::read(pid).ok();
+            if entries.is_none() {
+                self.log(1, || format!("process {pid}: cannot read /proc/{pid}/maps (process gone?)"));
+            }
+            let n = entries.as_ref().map_or(0, Vec::len);
+            self.pids.insert(pid, PidMaps { entries, modules: vec![None; n], generation });
+        }
+        let Some(pm) = self.pids.get(&pid) else {
+            return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
+        };
+        let Some(idx) = pm.entries.as_deref().and_then(|e| maps::find(e, addr)) else {
+            return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
+        };
+        let entry = match pm.entries.as_deref().and_then(|e| e.get(idx)) {
+            Some(e) => e.clone(),
+            None => return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) },
+        };
+        let cached = pm.modules.get(idx).cloned().flatten();
+        let Some(path) = entry.path.clone() else {
+            return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
+        };
+        let module_name = leakd_common::text::bytes_to_string(path.as_os_str().as_bytes());
+        let offset = (addr - entry.start).wrapping_add(entry.offset);
+        if module_name.starts_with('[') {
+            // [vdso], [vsyscall]: code without a file.
+            return PidFrame { module: Some(module_name), offset: None, outcome: Err(Reason::NoSymbols) };
+        }
+        let id = match cached {
+            Some(r) => r,
+            None => {
+                let r = self.module_of_mapping(pid, &entry, &path, build_id);
+                if let Some(slot) = self.pids.get_mut(&pid).and_then(|pm| pm.modules.get_mut(idx)) {
+                    *slot = Some(r);
+                }
+                r
+            }
+        };
+        let outcome = id.and_then(|id| self.lookup_offset(id, offset));
+        PidFrame { module: Some(module_name), offset: Some(offset), outcome }
+    }
+
+    /// The file behind a mapping: through /proc/PID/root (other mount
+    /// namespaces) when it is still the mapped file, else through
+    /// /proc/PID/map_files (deleted or replaced files).
+    fn module_of_mapping(&mut self, pid: u32, entry: &MapEntry, path: &Path, build_id: Option<&[u8]>) -> Result<ModuleId, Reason> {
+        let mut rooted = PathBuf::from(format!("/proc/{pid}/root"));
+        rooted.push(path.strip_prefix("/").unwrap_or(path));
+        let map_file = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
+        let same_file = !entry.deleted
+            && std::fs::metadata(&rooted).is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
+        let candidates = if same_file { vec![rooted, map_file] } else { vec![map_file, rooted] };
+        self.module_for(&candidates, path, build_id)
+    }
+
+    /// Kernel text address, through /proc/kallsyms.
+    pub fn resolve_kernel(&mut self, addr: u64) -> Outcome {
+        if self.kallsyms.is_none() {
+            let k = Kallsyms::load(Path::new("/proc/kallsyms"));
+            if let Err(r) = &k {
+                self.log(1, || format!("/proc/kallsyms: {}", r.as_str()));
+            }
+            self.kallsyms = Some(k);
+        }
+        match self.kallsyms.as_ref() {
+            Some(Ok(k)) => k.lookup(addr),
+            Some(Err(r)) => Err(*r),
+            None => Err(Reason::FileMissing),
+        }
+    }
+
+    /// Find (loading if needed) the first candidate file whose build id
+    /// matches; failing that, the debug file with that build id.
+    fn module_for(&mut self, candidates: &[PathBuf], nominal: &Path, build_id: Option<&[u8]>) -> Result<ModuleId, Reason> {
+        let mut failure = Reason::FileMissing;
+        for path in candidates {
+            match self.load_path(path, nominal) {
+                Ok(id) => {
+                    let have = self.modules[id].build_id.as_deref();
+                    match (build_id, have) {
+                        (Some(want), Some(have)) if want != have => {
+                            // The file may have been replaced since it was loaded.
+                            if let Ok(id2) = self.reload_if_changed(path, nominal, id) {
+                                if self.modules[id2].build_id.as_deref() == Some(want) {
+                                    return Ok(id2);
+                                }
+                            }
+                            self.log(1, || format!("{}: build id differs from the frame's", path.display()));
+                            failure = Reason::BuildIdMismatch;
+                        }
+                        _ => return Ok(id),
+                    }
+                }
+                Err(Reason::FileMissing) => {}
+                Err(r) => {
+                    if failure == Reason::FileMissing {
+                        failure = r;
+                    }
+                }
+            }
+        }
+        if let Some(want) = build_id {
+            if let Some(id) = self.debug_module_by_build_id(want) {
+                return Ok(id);
+            }
+        }
+        Err(failure)
+    }
+
+    fn reload_if_changed(&mut self, path: &Path, nominal: &Path, old: ModuleId) -> Result<ModuleId, Reason> {
+        let md = std::fs::metadata(path).map_err(|_| Reason::FileMissing)?;
+        let key = (md.dev(), md.ino(), md.size(), md.mtime());
+        if self.by_inode.get(&key) == Some(&old) {
+            return Ok(old);
+        }
+        self.by_path.remove(path);
+        self.load_path(path, nominal)
+    }
+
+    fn load_path(&mut self, path: &Path, nominal: &Path) -> Result<ModuleId, Reason> {
+        if let Some(r) = self.by_path.get(path) {
+            return *r;
+        }
+        let r = self.load_path_uncached(path, nominal);
+        self.by_path.insert(path.to_path_buf(), r);
+        r
+    }
+
+    fn load_path_uncached(&mut self, path: &Path, nominal: &Path) -> Result<ModuleId, Reason> {
+        let md = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Err(Reason::FileMissing),
+            Err(e) => {
+                self.log(1, || format!("{}: {e}", path.display()));
+                return Err(Reason::FileMissing);
+            }
+        };
+        let key = (md.dev(), md.ino(), md.size(), md.mtime());
+        if let Some(&id) = self.by_inode.get(&key) {
+            return Ok(id);
+        }
+        let elf = self.open_elf(path)?;
+        let debug = if elf.dwarf.is_none() { self.find_debug_file(&elf, nominal, path) } else { None };
+        let id = self.add_module(elf, debug);
+        self.by_inode.insert(key, id);
+        Ok(id)
+    }
+
+    fn open_elf(&self, path: &Path) -> Result<ElfFile, Reason> {
+        // goblin is fuzzed and its errors are handled, but a panic deep in a
+        // parser must cost one frame, not the whole stream.
+        let r = std::panic::catch_unwind(|| ElfFile::open(path)).unwrap_or_else(|_| Err(LoadError::Corrupt("parser panicked".into())));
+        match r {
+            Ok(e) => {
+                self.log(1, || {
+                    format!(
+                        "loaded {}: {} symbols, {}DWARF{}",
+                        path.display(),
+                        e.symbols.len(),
+                        if e.dwarf.is_some() { "" } else { "no " },
+                        e.dwarf_error.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
+                    )
+                });
+                Ok(e)
+            }
+            Err(LoadError::Missing(err)) => {
+                self.log(1, || format!("{}: {err}", path.display()));
+                Err(Reason::FileMissing)
+            }
+            Err(e @ LoadError::Corrupt(_)) => {
+                self.log(1, || format!("{}: {e}", path.display()));
+                Err(Reason::CorruptElf)
+            }
+        }
+    }
+
+    fn add_module(&mut self, elf: ElfFile, debug: Option<ElfFile>) -> ModuleId {
+        let ElfFile { build_id, segments, symbols, dwarf, .. } = elf;
+        let (symbols, dwarf) = match debug {
+            Some(d) => {
+                let symbols = if d.symbols.len() > symbols.len() { d.symbols } else { symbols };
+                (symbols, dwarf.or(d.dwarf))
+            }
+            None => (symbols, dwarf),
+        };
+        self.modules.push(Module {
+            build_id,
+            segments,
+            symbols,
+            dwarf: Some(dwarf.map_or(DwarfState::Absent, DwarfState::Pending)),
+            answers: FxHashMap::default(),
+            demangled: HashMap::new(),
+            files: HashMap::new(),
+            dwarf_names: FxHashMap::default(),
+        });
+        self.modules.len() - 1
+    }
+
+    fn debug_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.opts.debug_dirs.clone();
+        dirs.push(PathBuf::from(SYSTEM_DEBUG_DIR));
+        dirs
+    }
+
+    fn build_id_paths(&self, id: &[u8]) -> Vec<PathBuf> {
+        if id.len() < 2 {
+            return Vec::new();
+        }
+        let hex = hex_string(id);
+        self.debug_dirs().into_iter().map(|d| d.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..]))).collect()
+    }
+
+    /// The separate debug file of a stripped binary, searched the way gdb
+    /// does: by build id, then by .gnu_debuglink (checking its CRC).
+    fn find_debug_file(&self, elf: &ElfFile, nominal: &Path, actual: &Path) -> Option<ElfFile> {
+        if let Some(id) = &elf.build_id {
+            for p in self.build_id_paths(id) {
+                if !p.is_file() {
+                    continue;
+                }
+                match self.open_elf(&p) {
+                    Ok(d) if d.build_id.as_deref() == Some(id.as_slice()) => return Some(d),
+                    Ok(_) => self.log(1, || format!("{}: build id does not match, ignored", p.display())),
+                    Err(_) => {}
+                }
+            }
+        }
+        let (name, crc) = elf.debuglink.as_ref()?;
+        let mut paths = Vec::new();
+        for base in [nominal, actual] {
+            if let Some(dir) = base.parent() {
+                paths.push(dir.join(name));
+                paths.push(dir.join(".debug").join(name));
+                for d in self.debug_dirs() {
+                    paths.push(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(name));
+                }
+            }
+        }
+        for d in &self.opts.debug_dirs {
+            paths.push(d.join(name));
+        }
+        for p in paths {
+            if p == actual || p == nominal || !p.is_file() {
+                continue;
+            }
+            let Ok(data) = std::fs::read(&p) else { continue };
+            if elf::crc32(&data) != *crc {
+                self.log(1, || format!("{}: CRC does not match .gnu_debuglink, ignored", p.display()));
+                continue;
+            }
+            match std::panic::catch_unwind(|| ElfFile::parse(&data)) {
+                Ok(Ok(d)) => {
+                    self.log(1, || format!("using debug file {}", p.display()));
+                    return Some(d);
+                }
+                _ => self.log(1, || format!("{}: unusable debug file", p.display())),
+            }
+        }
+        None
+    }
+
+    /// A module built from the debug file alone (the binary is gone or has
+    /// changed): debug files keep the program headers, symbols and DWARF.
+    fn debug_module_by_build_id(&mut self, id: &[u8]) -> Option<ModuleId> {
+        if let Some(r) = self.by_build_id.get(id) {
+            return *r;
+        }
+        let mut found = None;
+        for p in self.build_id_paths(id) {
+            if !p.is_file() {
+                continue;
+            }
+            if let Ok(d) = self.open_elf(&p) {
+                if d.build_id.as_deref() == Some(id) && !d.segments.is_empty() {
+                    self.log(1, || format!("using debug file {} by build id", p.display()));
+                    found = Some(self.add_module(d, None));
+                    break;
+                }
+            }
+        }
+        self.by_build_id.insert(id.to_vec(), found);
+        found
+    }
+
+    fn lookup_offset(&mut self, id: ModuleId, offset: u64) -> Outcome {
+        let verbose = self.opts.verbose;
+        let inlined = self.opts.inlined;
+        let m = &mut self.modules[id];
+        let Some(vaddr) = elf::offset_to_vaddr(&m.segments, offset) else {
+            return Err(Reason::Unmapped);
+        };
+        if let Some(r) = m.answers.get(&vaddr) {
+            return r.clone();
+        }
+        let r = m.lookup_vaddr(vaddr, inlined, verbose);
+        if m.answers.len() >= MAX_CACHED_ANSWERS {
+            m.answers.clear();
+        }
+        m.answers.insert(vaddr, r.clone());
+        r
+    }
+}
+
+impl Module {
+    fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool, verbose: u8) -> Outcome {
+        let mut res = Resolution::default();
+        if let Some((i, start)) = self.symbols.lookup(vaddr) {
+            let name = match self.demangled.get(&i) {
+                Some(n) => n.clone(),
+                None => {
+                    let n: Arc<str> = Arc::from(demangle(self.symbols.name(i)));
+                    self.demangled.insert(i, n.clone());
+                    n
+                }
+            };
+            res.sym = Some(name);
+            res.sym_offset = Some(vaddr - start);
+        }
+        if let Some(DwarfState::Pending(_)) = &self.dwarf {
+            if let Some(DwarfState::Pending(secs)) = self.dwarf.take() {
+                self.dwarf = Some(match secs.context() {
+                    Ok(c) => DwarfState::Ready(Box::new(c)),
+                    Err(e) => {
+                        if verbose > 0 {
+                            eprintln!("symres: unusable DWARF: {e}");
+                        }
+                        DwarfState::Absent
+                    }
+                });
+            }
+        }
+        if let Some(DwarfState::Ready(ctx)) = &self.dwarf {
+            let mut frames: Vec<DwarfFrame> = Vec::new();
+            if want_inlined {
+                if let Ok(mut it) = ctx.find_frames(vaddr).skip_all_loads() {
+                    while let Ok(Some(f)) = it.next() {
+                        let name = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| demangle_cached(&mut self.dwarf_names, &n));
+                        let (file, line) = match f.location {
+                            Some(l) => (l.file.map(|s| intern(&mut self.files, s)), l.line),
+                            None => (None, None),
+                        };
+                        frames.push((name, file, line));
+                        if frames.len() >= 256 {
+                            break;
+                        }
+                    }
+                }
+            } else if let Ok(Some(l)) = ctx.find_location(vaddr) {
+                frames.push((None, l.file.map(|s| intern(&mut self.files, s)), l.line));
+            }
+            if let Some((name, file, line)) = frames.pop() {
+                res.file = file;
+                res.line = line;
+                if res.sym.is_none() {
+                    res.sym = name;
+                }
+                res.inlined = frames.into_iter().map(|(sym, file, line)| Inlined { sym, file, line }).collect();
+            }
+        }
+        if res.sym.is_none() && res.file.is_none() {
+            return Err(Reason::NoSymbols);
+        }
+        Ok(Arc::new(res))
+    }
+}
+
+/// Parse `data` as an ELF file and resolve addresses in it the way a frame
+/// would be: for the fuzz target and the mutation test.
+pub fn fuzz_elf(data: &[u8]) {
+    let Ok(elf) = ElfFile::parse(data) else { return };
+    let mut r = Resolver::new(Options::default());
+    let mut probes: Vec<u64> = elf.segments.iter().flat_map(|s| [s.offset, s.offset.wrapping_add(s.filesz / 2)]).collect();
+    probes.extend((0..16u64).map(|i| i * 0x40 + 0x1000));
+    let id = r.add_module(elf, None);
+    for off in probes {
+        let _ = r.lookup_offset(id, off);
+        let _ = r.lookup_offset(id, off.wrapping_add(3));
+    }
+}
+
+fn demangle_cached(cache: &mut FxHashMap<String, Arc<str>>, raw: &str) -> Arc<str> {
+    if let Some(a) = cache.get(raw) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(demangle(raw));
+    cache.insert(raw.to_string(), a.clone());
+    a
+}
+
+fn intern(files: &mut HashMap<String, Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = files.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    files.insert(s.to_string(), a.clone());
+    a
+}
+
+pub fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Rust (legacy and v0) and C++ (Itanium) names, readable. Rust's legacy
+/// scheme is a subset of C++'s, so it is tried first; its hash is dropped.
+pub fn demangle(name: &str) -> String {
+    if name.starts_with("_R") || name.starts_with("_ZN") || name.starts_with("__ZN") {
+        if let Ok(d) = rustc_demangle::try_demangle(name) {
+            let s = format!("{d:#}");
+            // A C++ nested name also parses as legacy Rust; only trust it when
+            // it was Rust's (a v0 name, or one ending in a 17h<hash>E path).
+            if name.starts_with("_R") || looks_like_rust_legacy(name) {
+                return s;
+            }
+        }
+    }
+    if name.contains('$') && !name.starts_with("_Z") {
+        if let Some(d) = decode_rust_escapes(name) {
+            return d;
+        }
+    }
+    if name.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
+            if let Ok(s) = sym.demangle() {
+                return s;
+            }
+        }
+    }
+    name.to_string()
+}
+
+/// DWARF gives some Rust functions (inlined closures, trait impls) by their
+/// unmangled-but-escaped name, `_$LT$T$u20$as$u20$a..B$GT$::f`. Decode the
+/// escapes the legacy scheme uses; `None` when it is not such a name.
+fn decode_rust_escapes(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    for (i, seg) in name.split("::").enumerate() {
+        if i > 0 {
+            out.push_str("::");
+        }
+        let mut rest = seg.strip_prefix("_$").map_or(seg, |r| &seg[seg.len() - r.len() - 1..]);
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("..") {
+                out.push_str("::");
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('$') {
+                let end = r.find('$')?;
+                let esc = &r[..end];
+                let c = match esc {
+                    "SP" => '@',
+                    "BP" => '*',
+                    "RF" => '&',
+                    "LT" => '<',
+                    "GT" => '>',
+                    "LP" => '(',
+                    "RP" => ')',
+                    "C" => ',',
+                    _ => char::from_u32(u32::from_str_radix(esc.strip_prefix('u')?, 16).ok()?)?,
+                };
+                out.push(c);
+                rest = &r[end + 1..];
+            } else {
+                let n = rest.find(['$', '.']).unwrap_or(rest.len()).max(1);
+                out.push_str(&rest[..n]);
+                rest = &rest[n..];
+            }
+        }
+    }
+    Some(out)
+}
+
+fn looks_like_rust_legacy(name: &str) -> bool {
+    // ...17h<16 hex digits>E, at the end or before a suffix such as ".llvm.123".
+    let b = name.as_bytes();
+    name.match_indices("17h").any(|(i, _)| {
+        let hash = b.get(i + 3..i + 19);
+        hash.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+            && b.get(i + 19) == Some(&b'E')
+            && matches!(b.get(i + 20), None | Some(b'.'))
+    })
+}
+
+/// Parse a hex build id; `None` when empty.
+pub fn parse_build_id(s: &str) -> Result<Option<Vec<u8>>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() % 2 != 0 || s.len() > 128 {
+        return Err("build_id must be an even number of hex digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| "build_id is not hex".to_string()))
+        .collect::<Result<Vec<u8>, String>>()
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_legacy_v0_and_cpp() {
+        assert_eq!(demangle("_ZN4core3fmt5write17h0123456789abcdefE"), "core::fmt::write");
+        assert_eq!(demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+        assert_eq!(
+            demangle("_RNvMNtCs21hi0yVfW1J_5tests5innerNtB2_6Struct3foo"),
+            "<tests::inner::Struct>::foo"
+        );
+        assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(demangle("_Z3addii"), "add(int, int)");
+        assert_eq!(demangle("main"), "main");
+        assert_eq!(demangle("_Z"), "_Z");
+        assert_eq!(
+            demangle("_$LT$$u5b$u8$u5d$$u20$as$u20$scroll..pread..Pread$LT$Ctx$C$E$GT$$GT$::gread_with"),
+            "<[u8] as scroll::pread::Pread<Ctx,E>>::gread_with"
+        );
+        assert_eq!(demangle("a$b"), "a$b");
+        assert_eq!(
+            demangle("_ZN65_$LT$cpp_demangle..ast..LambdaSig$u20$as$u20$core..fmt..Debug$GT$3fmt17h1e8ad53145852c9fE"),
+            "<cpp_demangle::ast::LambdaSig as core::fmt::Debug>::fmt"
+        );
+        assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE.llvm.42"), "foo::bar");
+    }
+
+    /// A poor man's fuzzer that runs with every `cargo test`: a real binary
+    /// with DWARF, truncated and with bytes flipped, must never panic.
+    #[test]
+    fn mutated_elf_files_never_panic() {
+        let dir = std::env::temp_dir().join(format!("symres-mutate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("prog");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/symres/prog.c");
+        let ok = std::process::Command::new("gcc").args(["-g", "-O1", "-o"]).arg(&bin).arg(src).status();
+        if !ok.is_ok_and(|s| s.success()) {
+            eprintln!("note: gcc unavailable, mutation test skipped");
+            return;
+        }
+        let orig = std::fs::read(&bin).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        fuzz_elf(&orig);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..400 {
+            let mut data = orig.clone();
+            if i % 10 == 0 {
+                data.truncate((next() as usize) % orig.len());
+            }
+            for _ in 0..(1 + next() % 16) {
+                let at = (next() as usize) % data.len().max(1);
+                if let Some(b) = data.get_mut(at) {
+                    *b = next() as u8;
+                }
+            }
+            fuzz_elf(&data);
+        }
+    }
+
+    #[test]
+    fn build_ids() {
+        assert_eq!(parse_build_id("ab01"), Ok(Some(vec![0xab, 0x01])));
+        assert_eq!(parse_build_id(""), Ok(None));
+        assert!(parse_build_id("abc").is_err());
+        assert!(parse_build_id("zz").is_err());
+        assert!(parse_build_id("é1").is_err());
+    }
+}

@@ -1,0 +1,457 @@
+//! symres end to end: test programs are built with gcc and rustc at test time
+//! (PIE, non-PIE, stripped with a separate debug file, a shared library, a
+//! Rust binary), run, and the frames they print about themselves are
+//! resolved — after they exited (module + offset) and while they are alive
+//! (addr + pid). Expected names and line numbers are exact; lines are found
+//! through @markers in the fixture sources.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use assert_cmd::Command as Cmd;
+use serde_json::{json, Value};
+use support::json_lines;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/symres").join(name)
+}
+
+/// Line number of the line containing `@marker` in a fixture.
+fn marker(file: &str, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
+    let tag = format!("@{marker}");
+    let i = text.lines().position(|l| l.contains(&tag)).unwrap_or_else(|| panic!("{tag} not in {file}"));
+    i as u64 + 1
+}
+
+/// A fresh directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "symres-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// gcc -g -O1 prog.c <flags> -o dir/name
+fn build_prog(dir: &TempDir, name: &str, flags: &[&str]) -> PathBuf {
+    let out = dir.path(name);
+    // Flags after the source, so that -l finds what the source needs.
+    sh(Command::new("gcc").args(["-g", "-O1", "-Wl,--build-id"]).arg(fixture("prog.c")).args(flags).arg("-o").arg(&out));
+    out
+}
+
+/// Run a test program to completion; its one line of output.
+fn run_prog(path: &Path) -> String {
+    let out = Command::new(path).output().unwrap();
+    assert!(out.status.success(), "{} failed", path.display());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.lines().count(), 1, "{s}");
+    s
+}
+
+struct Run {
+    lines: Vec<Value>,
+    stdout: String,
+    stderr: String,
+    code: i32,
+}
+
+fn symres(args: &[&str], input: &str) -> Run {
+    let out = Cmd::cargo_bin("symres").unwrap().args(args).write_stdin(input.to_string()).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    Run {
+        lines: json_lines(stdout.as_bytes()),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Resolve one line; exit status must be 0 and exactly one line come out.
+fn resolve(args: &[&str], input: &str) -> Value {
+    let r = symres(args, input);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert_eq!(r.lines.len(), 1, "{}", r.stdout);
+    r.lines.into_iter().next().unwrap()
+}
+
+fn build_id(path: &Path) -> String {
+    let out = Command::new("readelf").arg("-n").arg(path).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build id in {}", path.display()))
+        .to_string()
+}
+
+/// The three facts every build of prog.c must resolve to: target_function
+/// at its first line, and outer_function with inner_helper inlined.
+fn assert_prog_frames(frames: &Value, module: &Path) {
+    let f0 = &frames[0];
+    assert_eq!(f0["module"], module.to_str().unwrap(), "{frames}");
+    assert_eq!(f0["sym"], "target_function", "{frames}");
+    assert_eq!(f0["sym_offset"], "0x0");
+    assert_eq!(f0["file"], fixture("prog.c").to_str().unwrap());
+    assert_eq!(f0["line"], marker("prog.c", "target"));
+    assert!(f0.get("reason").is_none());
+    assert!(f0.get("inlined").is_none(), "{f0}");
+
+    let f1 = &frames[1];
+    assert_eq!(f1["sym"], "outer_function", "{frames}");
+    assert_eq!(f1["line"], marker("prog.c", "outer_call"), "{f1}");
+    assert_eq!(
+        f1["inlined"],
+        json!([{"sym": "inner_helper", "file": fixture("prog.c").to_str().unwrap(), "line": marker("prog.c", "inner_call")}])
+    );
+}
+
+#[test]
+fn pie_binary_resolved_after_exit_from_module_and_offset() {
+    let dir = TempDir::new("pie");
+    let prog = build_prog(&dir, "pie", &["-fPIE", "-pie"]);
+    let line = run_prog(&prog);
+    let out = resolve(&[], &line);
+    assert_prog_frames(&out["stack"], &prog);
+    // The process is gone: bare addresses cannot be resolved, and say why.
+    assert_eq!(out["live"]["frames"][0], json!({"addr": out["stack"][0]["addr"], "reason": "unmapped"}));
+}
+
+#[test]
+fn non_pie_binary() {
+    let dir = TempDir::new("nopie");
+    let prog = build_prog(&dir, "nopie", &["-fno-pie", "-no-pie"]);
+    let line = run_prog(&prog);
+    let out = resolve(&[], &line);
+    assert_prog_frames(&out["stack"], &prog);
+    // Non-PIE: the address is the ELF address itself.
+    assert_eq!(out["stack"][0]["addr"].as_str().unwrap().len(), "0x401126".len(), "{out}");
+}
+
+#[test]
+fn stripped_binary_with_build_id_debug_file() {
+    let dir = TempDir::new("strip");
+    let prog = build_prog(&dir, "full", &[]);
+    let stripped = dir.path("stripped");
+    let id = build_id(&prog);
+    let debug_dir = dir.path("debug");
+    std::fs::create_dir_all(debug_dir.join(".build-id").join(&id[..2])).unwrap();
+    sh(Command::new("objcopy").arg("--only-keep-debug").arg(&prog).arg(debug_dir.join(".build-id").join(&id[..2]).join(format!("{}.debug", &id[2..]))));
+    sh(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&prog));
+    let line = run_prog(&stripped);
+
+    // Without the debug file: a stripped PIE has no symbol for a local function.
+    let out = resolve(&[], &line);
+    assert_eq!(out["stack"][0]["reason"], "no_symbols", "{out}");
+    assert!(out["stack"][0].get("sym").is_none());
+
+    let out = resolve(&["--debug-dir", debug_dir.to_str().unwrap()], &line);
+    assert_prog_frames(&out["stack"], &stripped);
+}
+
+#[test]
+fn stripped_binary_with_gnu_debuglink() {
+    let dir = TempDir::new("debuglink");
+    let prog = build_prog(&dir, "full", &[]);
+    let debug = dir.path("linked.debug");
+    let stripped = dir.path("linked");
+    sh(Command::new("objcopy").arg("--only-keep-debug").arg(&prog).arg(&debug));
+    sh(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&prog));
+    std::fs::remove_file(&prog).unwrap();
+    // objcopy computes the CRC from the file; it records the base name.
+    sh(Command::new("objcopy").arg(format!("--add-gnu-debuglink={}", debug.display())).arg(&stripped).current_dir(&dir.0));
+    let line = run_prog(&stripped);
+    let out = resolve(&[], &line);
+    assert_prog_frames(&out["stack"], &stripped);
+
+    // A debug file whose CRC does not match is not used.
+    let mut bytes = std::fs::read(&debug).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&debug, bytes).unwrap();
+    let out = resolve(&[], &line);
+    assert_eq!(out["stack"][0]["reason"], "no_symbols", "{out}");
+}
+
+#[test]
+fn shared_library_frames() {
+    let dir = TempDir::new("lib");
+    let lib = dir.path("libsymrestest.so");
+    sh(Command::new("gcc").args(["-g", "-O1", "-shared", "-fPIC"]).arg(fixture("lib.c")).arg("-o").arg(&lib));
+    let prog = build_prog(
+        &dir,
+        "withlib",
+        &["-DWITH_LIB", &format!("-L{}", dir.0.display()), "-lsymrestest", &format!("-Wl,-rpath,{}", dir.0.display())],
+    );
+    let line = run_prog(&prog);
+    let out = resolve(&[], &line);
+    assert_prog_frames(&out["stack"], &prog);
+    let f = &out["stack"][2];
+    assert_eq!(f["module"], lib.to_str().unwrap());
+    assert_eq!(f["sym"], "lib_function", "{f}");
+    assert_eq!(f["file"], fixture("lib.c").to_str().unwrap());
+    assert_eq!(f["line"], marker("lib.c", "lib_call"));
+}
+
+fn rust_prog(dir: &TempDir, mangling: &str) -> String {
+    let bin = dir.path(&format!("rust-{mangling}"));
+    let mut cmd = Command::new("rustc");
+    cmd.args(["--edition", "2021", "-g", "-C", "opt-level=1"]);
+    // Legacy is stable Rust's default (naming it needs -Z unstable-options).
+    if mangling != "legacy" {
+        cmd.arg("-C").arg(format!("symbol-mangling-version={mangling}"));
+    }
+    sh(cmd.arg(fixture("rustprog.rs")).arg("-o").arg(&bin));
+    run_prog(&bin)
+}
+
+#[test]
+fn rust_names_are_demangled_legacy_and_v0() {
+    let dir = TempDir::new("rust");
+    for (mangling, want) in [("legacy", "rustprog::Leaky<T>::hold_on"), ("v0", "<rustprog::Leaky<u32>>::hold_on")] {
+        let out = resolve(&[], &rust_prog(&dir, mangling));
+        let f = &out["stack"][0];
+        assert_eq!(f["sym"], want, "{mangling}: {f}");
+        assert_eq!(f["sym_offset"], "0x0");
+        assert_eq!(f["file"], fixture("rustprog.rs").to_str().unwrap());
+        assert_eq!(f["line"], marker("rustprog.rs", "rust_fn"));
+    }
+}
+
+/// Start a test program that waits for stdin EOF; its line of output.
+fn start_waiting(prog: &Path) -> (Child, String) {
+    let mut child = Command::new(prog).arg("wait").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+fn finish(mut child: Child) {
+    drop(child.stdin.take());
+    child.wait().unwrap();
+}
+
+#[test]
+fn live_process_resolved_from_addr_and_pid() {
+    let dir = TempDir::new("live");
+    let prog = build_prog(&dir, "live", &[]);
+    let (child, line) = start_waiting(&prog);
+    let out = resolve(&[], &line);
+    finish(child);
+    let live = &out["live"]["frames"];
+    // Bare addresses were mapped through /proc/PID/maps to the same module
+    // and offset the program computed itself, then resolved.
+    for i in 0..2 {
+        assert_eq!(live[i]["module"], out["stack"][i]["module"], "{out}");
+        assert_eq!(live[i]["offset"], out["stack"][i]["offset"], "{out}");
+    }
+    assert_prog_frames(live, &prog);
+}
+
+#[test]
+fn deleted_binary_of_live_process_via_map_files() {
+    let dir = TempDir::new("deleted");
+    let prog = build_prog(&dir, "doomed", &[]);
+    let (child, line) = start_waiting(&prog);
+    std::fs::remove_file(&prog).unwrap();
+    let out = resolve(&[], &line);
+    finish(child);
+    // The file is gone from disk but still mapped: /proc/PID/map_files has it.
+    assert_prog_frames(&out["live"]["frames"], &prog);
+    // Module + offset alone names a file that no longer exists.
+    assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
+}
+
+#[test]
+fn build_id_mismatch_and_match() {
+    let dir = TempDir::new("buildid");
+    let prog = build_prog(&dir, "prog", &[]);
+    let line: Value = serde_json::from_str(&run_prog(&prog)).unwrap();
+    let frame = |id: &str| {
+        let mut f = line["stack"][0].clone();
+        f["build_id"] = json!(id);
+        json!({"type": "t", "stack": [f]}).to_string()
+    };
+    let out = resolve(&[], &frame(&build_id(&prog)));
+    assert_eq!(out["stack"][0]["sym"], "target_function", "{out}");
+    let out = resolve(&[], &frame(""));
+    assert_eq!(out["stack"][0]["sym"], "target_function", "{out}");
+    let out = resolve(&[], &frame(&"ab".repeat(20)));
+    assert_eq!(out["stack"][0]["reason"], "build_id_mismatch", "{out}");
+    assert!(out["stack"][0].get("sym").is_none());
+}
+
+#[test]
+fn missing_corrupt_and_unmapped_frames_carry_a_reason() {
+    let dir = TempDir::new("corrupt");
+    let prog = build_prog(&dir, "prog", &[]);
+    let bytes = std::fs::read(&prog).unwrap();
+    let truncated = dir.path("truncated");
+    std::fs::write(&truncated, &bytes[..200]).unwrap();
+    let text = dir.path("text");
+    std::fs::write(&text, "just some text\n").unwrap();
+    // Section headers pointing past the end of the file.
+    let mut bad_shoff = bytes.clone();
+    bad_shoff[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+    let bad = dir.path("bad_shoff");
+    std::fs::write(&bad, bad_shoff).unwrap();
+
+    let frame = |m: &Path, off: &str| json!({"module": m.to_str().unwrap(), "offset": off});
+    let input = json!({"type": "t", "stack": [
+        frame(&truncated, "0x1130"),
+        frame(&text, "0x10"),
+        frame(&dir.path("nonexistent"), "0x1130"),
+        frame(&prog, "0x7fffffff"),
+        frame(&bad, "0x1130"),
+        frame(&prog, "0x0"),
+    ]})
+    .to_string();
+    let out = resolve(&[], &input);
+    let reasons: Vec<&str> = out["stack"].as_array().unwrap().iter().map(|f| f["reason"].as_str().unwrap_or("-")).collect();
+    assert_eq!(reasons, ["corrupt_elf", "corrupt_elf", "file_missing", "unmapped", "corrupt_elf", "no_symbols"], "{out}");
+}
+
+#[test]
+fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
+    let dir = TempDir::new("malformed");
+    let prog = build_prog(&dir, "prog", &[]);
+    let good = run_prog(&prog);
+    let passthrough = r#"{"type":"exec",  "pid": 7, "addr":"0x1234", "x":[1,2.50,"é"]}"#;
+    let input = [
+        passthrough,
+        "this is not json",
+        good.trim_end(),
+        r#"{"type":"a","stack":[{"addr":"0x1ffffffffffffffff"}]}"#,
+        r#"{"type":"a","stack":[{"addr":123456789012345678901234567890}]}"#,
+        "",
+        r#"{"type":"a","stack":[{"addr":true}]}"#,
+        r#"{"type":"a","stack":"nope"}"#,
+        "[1,2,3]",
+        r#"{"type":"b"}"#,
+        good.trim_end(),
+    ]
+    .join("\n");
+    let r = symres(&[], &input);
+    assert_eq!(r.code, 1, "malformed input must be reported in the exit status");
+    let out_lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(out_lines.len(), 4, "{}", r.stdout);
+    assert_eq!(out_lines[0], passthrough, "passed through byte for byte");
+    assert_eq!(out_lines[2], r#"{"type":"b"}"#);
+    assert_eq!(r.lines[1]["stack"][0]["sym"], "target_function");
+    assert_eq!(r.lines[3]["stack"][1]["sym"], "outer_function");
+    let errs: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        errs,
+        [
+            "symres: line 2: not JSON: expected ident at line 1 column 2",
+            "symres: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
+            "symres: line 5: stack[0].addr: not a 64-bit address: 1.2345678901234568e+29",
+            "symres: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
+            "symres: line 8: stack: expected an array of frames, got \"nope\"",
+            "symres: line 9: not a JSON object",
+            "symres: 6 malformed line(s) skipped",
+        ],
+        "{}",
+        r.stderr
+    );
+
+    let ok = symres(&[], &format!("{passthrough}\n{good}"));
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(ok.stderr, "");
+}
+
+#[test]
+fn kernel_addresses_through_kallsyms() {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let mut syms: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let a = u64::from_str_radix(it.next()?, 16).ok()?;
+            let t = it.next()?;
+            let n = it.next()?;
+            matches!(t, "t" | "T").then_some((a, n))
+        })
+        .filter(|&(a, _)| a != 0)
+        .collect();
+    syms.sort();
+    let addr = "0xffffffff81000010";
+    let input = json!({"type": "t", "stack": [{"addr": addr, "kernel": true}]}).to_string();
+    let out = resolve(&[], &input);
+    // Pick a symbol that has its address to itself and room for +0x10.
+    let unique = syms.windows(3).find(|w| w[0].0 < w[1].0 && w[1].0 + 0x10 < w[2].0 && w[1].0 >= 0xffff_8000_0000_0000);
+    let Some(w) = unique else {
+        // No readable kallsyms here (unprivileged, or kptr_restrict).
+        assert_eq!(out["stack"][0]["reason"], "no_symbols", "{out}");
+        return;
+    };
+    let (start, name) = w[1];
+    let input = json!({"type": "t", "stack": [{"addr": format!("{:#x}", start + 0x10)}]}).to_string();
+    let out = resolve(&[], &input);
+    assert_eq!(out["stack"][0]["sym"], name, "{out}");
+    assert_eq!(out["stack"][0]["sym_offset"], "0x10");
+}
+
+#[test]
+fn live_stream_is_not_held_back() {
+    let dir = TempDir::new("stream");
+    let prog = build_prog(&dir, "prog", &[]);
+    let good = run_prog(&prog);
+    let mut child = Command::new(support::bin("symres"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        for _ in 0..2 {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            tx.send(l).unwrap();
+        }
+    });
+    // One line at a time, stdin kept open: each answer must arrive on its own.
+    stdin.write_all(b"{\"type\":\"hello\"}\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "{\"type\":\"hello\"}\n");
+    stdin.write_all(good.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let l = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(l.contains("\"sym\":\"target_function\""), "{l}");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+}
