@@ -302,3 +302,39 @@ int main(void) { for (int i = 0; i < 3; i++) { void *volatile p = malloc(3333); 
     assert_eq!(events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 3333).count(), 3, "{events:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Line number (1-based) of the first line of leaker.c containing `needle`
+/// after the line containing `after`.
+fn leaker_line(after: &str, needle: &str) -> u64 {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/leaker/leaker.c")).unwrap();
+    let start = src.lines().position(|l| l.contains(after)).unwrap();
+    (src.lines().skip(start).position(|l| l.contains(needle)).unwrap() + start + 1) as u64
+}
+
+#[test]
+fn pipeline_through_symres_names_the_call_line() {
+    if !bpf_available() {
+        return;
+    }
+    for leaker in [LEAKER, LEAKER_NOFP] {
+        let out = Cmd::cargo_bin("allocsnoop")
+            .unwrap()
+            .args(["--stack", "--op", "malloc", "--", leaker, "ten-nine", "--linger", "0.3"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let resolved = Cmd::cargo_bin("symres").unwrap().write_stdin(out.stdout).output().unwrap();
+        assert!(resolved.status.success(), "{}", String::from_utf8_lossy(&resolved.stderr));
+        let lines = json_lines(&resolved.stdout);
+        let events = of_type(&lines, "alloc");
+        assert_eq!(events.len(), 10);
+        let want_line = leaker_line("void *leak_ten_nine_alloc(size_t size)", "malloc(size)");
+        for e in events {
+            let f0 = &e["stack"][0];
+            assert_eq!(f0["return_address"], true);
+            assert_eq!(f0["sym"], "leak_ten_nine_alloc", "{e}");
+            assert_eq!(f0["line"], want_line, "{e}");
+            assert!(f0["file"].as_str().unwrap().ends_with("leaker/leaker.c"));
+        }
+    }
+}

@@ -225,18 +225,22 @@ impl Handler for Printer {
     }
 }
 
-/// Frames as printed: the first (the caller, read from the return address)
+/// Frames as printed (all return addresses): the first (the caller)
 /// is always kept; deeper ones come from a frame-pointer walk that produces
 /// garbage through code built without frame pointers, so those that do not
 /// point into an executable mapping are dropped, and the walk stops there.
 pub fn stack_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> Vec<Value> {
     let mut frames = Vec::with_capacity(addrs.len());
     for (i, &a) in addrs.iter().enumerate() {
-        match maps.frame(pid, a) {
-            Some(f) => frames.push(f),
-            None if i == 0 => frames.push(json!({ "addr": hex(a) })),
+        let mut f = match maps.frame(pid, a) {
+            Some(f) => f,
+            None if i == 0 => json!({ "addr": hex(a) }),
             None => break,
-        }
+        };
+        // Every frame is where a call returns to; symres then reports the
+        // line of the call itself.
+        f["return_address"] = json!(true);
+        frames.push(f);
     }
     frames
 }

@@ -323,12 +323,21 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
         Some(other) => return Err(format!("kernel: expected true or false, got {}", other.short())),
     };
 
+    // Our tools' stack frames are return addresses: the call is the byte
+    // before, and the next instruction may belong to another line (or, after
+    // a call that never returns, another function).
+    let back = match J::get(f, "return_address") {
+        None | Some(J::Null) | Some(J::Bool(false)) => 0,
+        Some(J::Bool(true)) => 1,
+        Some(other) => return Err(format!("return_address: expected true or false, got {}", other.short())),
+    };
     let outcome: Outcome = match (addr, &module, offset) {
-        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a),
-        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m), off, build_id.as_deref(), pid),
+        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back)),
+        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m), off.saturating_sub(back), build_id.as_deref(), pid),
         (Some(a), _, _) => match pid {
             Some(pid) => {
-                let pf = r.resolve_pid_addr(pid, a, build_id.as_deref());
+                let mut pf = r.resolve_pid_addr(pid, a.saturating_sub(back), build_id.as_deref());
+                pf.offset = pf.offset.map(|o| o.wrapping_add(back));
                 if module.is_none() {
                     if let Some(m) = pf.module {
                         f.push((Cow::Borrowed("module"), J::Str(Cow::Owned(m))));
@@ -350,6 +359,7 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
         f.retain(|(k, _)| !OUR_FIELDS.contains(&k.as_ref()));
     }
     *extra = Some(match outcome {
+        Ok(res) if back > 0 => Fields::Resolved(Arc::new(res.shifted(back))),
         Ok(res) => Fields::Resolved(res),
         Err(reason) => Fields::Reason(reason),
     });

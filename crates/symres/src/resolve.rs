@@ -76,6 +76,20 @@ pub struct Resolution {
 }
 
 impl Resolution {
+    /// The same place, with `sym_offset` moved by `by` bytes: a return
+    /// address is looked up one byte back (inside the call instruction, so
+    /// file/line are those of the call), but its offset is reported as is.
+    pub fn shifted(&self, by: u64) -> Resolution {
+        Resolution {
+            sym: self.sym.clone(),
+            sym_offset: self.sym_offset.map(|o| o.wrapping_add(by)),
+            file: self.file.clone(),
+            line: self.line,
+            inlined: self.inlined.clone(),
+            json: Default::default(),
+        }
+    }
+
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
     /// a frame. Rendered once per address and reused for every frame.
     pub fn json_fields(&self) -> &str {
