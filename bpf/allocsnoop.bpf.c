@@ -64,7 +64,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 		else
 			leakd_count_lost(LEAKD_LOST_STACK);
 	}
-	bpf_ringbuf_submit(e, leakd_rb_flags(&events));
+	bpf_ringbuf_submit(e, leakd_rb_flags(&events, capture_stack ? sizeof(*e) : HDR_SIZE));
 }
 
 static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp)
@@ -89,5 +89,5 @@ static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size,
 			leakd_count_lost(LEAKD_LOST_STACK);
 		}
 	}
-	bpf_ringbuf_submit(e, leakd_rb_flags(&events));
+	bpf_ringbuf_submit(e, leakd_rb_flags(&events, capture_stack ? sizeof(*e) : HDR_SIZE));
 }

@@ -78,7 +78,7 @@ static __always_inline void submit(struct execsnoop_event *e)
 
 	if (size > sizeof(*e))
 		return;
-	if (bpf_ringbuf_output(&events, e, size, leakd_rb_flags(&events)))
+	if (bpf_ringbuf_output(&events, e, size, leakd_rb_flags(&events, size)))
 		leakd_count_lost(LEAKD_LOST_RINGBUF);
 }
 

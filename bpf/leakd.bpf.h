@@ -43,13 +43,19 @@ static __always_inline void leakd_count_lost(__u32 reason)
 }
 
 /* Ring-buffer wakeups cost the traced task an irq_work per event. Wake the
- * reader only once a batch has accumulated; the reader also polls with a
- * short timeout (see event_loop.rs), so a quiet stream is still timely. */
+ * reader once, when the unread data crosses a threshold (not at every event
+ * past it: that would be a wakeup per event again while the reader runs);
+ * the reader also polls with a short timeout (see event_loop.rs), so a quiet
+ * stream is still timely. `size` is the record just reserved or output. */
 #define LEAKD_WAKEUP_BYTES (256 * 1024)
 
-static __always_inline __u64 leakd_rb_flags(void *ringbuf)
+static __always_inline __u64 leakd_rb_flags(void *ringbuf, __u64 size)
 {
-	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >= LEAKD_WAKEUP_BYTES ?
+	__u64 avail = bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA);
+	/* The record, as the ring stores it: 8-byte header, 8-byte aligned. */
+	__u64 rec = 8 + ((size + 7) & ~7ULL);
+
+	return avail >= LEAKD_WAKEUP_BYTES && avail < LEAKD_WAKEUP_BYTES + rec ?
 		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
