@@ -338,3 +338,34 @@ fn pipeline_through_symres_names_the_call_line() {
         }
     }
 }
+
+#[test]
+fn jemalloc_in_a_running_process_is_detected() {
+    if !bpf_available() {
+        return;
+    }
+    let jemalloc = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .map(|d| d.path().join("libjemalloc.so.2"))
+        .find(|p| p.exists())
+        .expect("libjemalloc.so.2 (installed by scripts/setup)");
+    let mut leaker = Command::new(LEAKER)
+        .args(["ten-nine", "--wait-signal"])
+        .env("LD_PRELOAD", &jemalloc)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(leaker.stderr.take().unwrap());
+    let mut ready = String::new();
+    err.read_line(&mut ready).unwrap();
+    let pid = serde_json::from_str::<Value>(&ready).unwrap()["pid"].to_string();
+    let (tool, _err, log) = support::spawn_attached_with_log("allocsnoop", &["-p", &pid]);
+    assert!(log.contains("(jemalloc)"), "{log}");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(leaker.id() as i32, libc::SIGUSR1) };
+    leaker.wait().unwrap();
+    let out = tool.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_ten_nine(&json_lines(&out.stdout));
+}

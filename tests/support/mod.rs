@@ -54,6 +54,13 @@ pub fn of_type<'a>(lines: &'a [Value], ty: &str) -> Vec<&'a Value> {
 /// stderr that its probes are attached. Returns the child and its stderr
 /// reader (keep reading it, or the tool may block on a full pipe).
 pub fn spawn_attached(tool: &str, args: &[&str]) -> (Child, BufReader<ChildStderr>) {
+    let (child, err, _log) = spawn_attached_with_log(tool, args);
+    (child, err)
+}
+
+/// As [`spawn_attached`], also returning what the tool printed to stderr up
+/// to and including its "attached" line.
+pub fn spawn_attached_with_log(tool: &str, args: &[&str]) -> (Child, BufReader<ChildStderr>, String) {
     let mut child = Command::new(bin(tool))
         .arg("-v")
         .args(args)
@@ -63,17 +70,18 @@ pub fn spawn_attached(tool: &str, args: &[&str]) -> (Child, BufReader<ChildStder
         .unwrap_or_else(|e| panic!("spawning {tool}: {e}"));
     let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut line = String::new();
+    let mut log = String::new();
     loop {
-        line.clear();
+        let mut line = String::new();
         let n = err.read_line(&mut line).expect("reading tool stderr");
-        assert!(n > 0, "{tool} exited before attaching");
+        assert!(n > 0, "{tool} exited before attaching: {log}");
+        log.push_str(&line);
         if line.contains("attached") {
             break;
         }
         assert!(Instant::now() < deadline, "{tool} did not attach in time");
     }
-    (child, err)
+    (child, err, log)
 }
 
 /// Send SIGINT to a child (the way a user stops a tool).
