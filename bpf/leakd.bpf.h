@@ -18,6 +18,9 @@ char LICENSE[] SEC("license") = "GPL";
  * every process in leakd_tracked, which starts with it). */
 const volatile __u32 targ_tgid = 0;
 const volatile __u8 follow_children = 0;
+/* The tool's own process, never traced: tracing our own allocations (or
+ * syscalls) while reporting them would feed back on itself. */
+const volatile __u32 self_tgid = 0;
 /* 0: every cgroup. Otherwise the cgroup v2 id (inode of its directory). */
 const volatile __u64 targ_cgroup_id = 0;
 
@@ -61,6 +64,8 @@ static __always_inline __u64 leakd_rb_flags(void *ringbuf, __u64 size)
 
 static __always_inline int leakd_tgid_wanted(__u32 tgid)
 {
+	if (tgid == self_tgid)
+		return 0;
 	if (!targ_tgid || tgid == targ_tgid)
 		return 1;
 	/* Only a launched command's children pay for the lookup. */

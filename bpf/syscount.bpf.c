@@ -17,7 +17,6 @@
 #include "syscount.h"
 
 /* Set by user space before load. */
-const volatile __u32 self_tgid = 0;     /* never count the tool's own calls */
 const volatile __u8 keyed = 0;          /* count in the `keyed` hash, not `counts` */
 const volatile __u8 key_tgid = 0;       /* -P: the hash key has the process */
 const volatile __u8 key_nr = 0;         /* the hash key has the syscall */
@@ -111,12 +110,8 @@ static __always_inline int task_wanted(void)
 	if (targ_cgroup_id && bpf_get_current_cgroup_id() != targ_cgroup_id)
 		return 0;
 	tgid = bpf_get_current_pid_tgid() >> 32;
-	if (targ_tgid) {
-		if (tgid != targ_tgid && !leakd_tgid_wanted(tgid))
-			return 0;
-	} else if (tgid == self_tgid) {
+	if (!leakd_tgid_wanted(tgid))
 		return 0;
-	}
 	if (filter_comm && !comm_matches())
 		return 0;
 	return 1;

@@ -369,3 +369,46 @@ fn jemalloc_in_a_running_process_is_detected() {
     assert!(out.status.success());
     assert_ten_nine(&json_lines(&out.stdout));
 }
+
+#[test]
+fn mmap_and_partial_munmap() {
+    if !bpf_available() {
+        return;
+    }
+    let prog = r#"#include <sys/mman.h>
+int main(void) {
+    char *p = mmap(0, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 1;
+    munmap(p, 4096);
+    munmap(p + 4096, 2 * 4096);
+    return 0;
+}
+"#;
+    let dir = build_c("mmap", &[("prog.c", prog)], &[&["gcc", "-O1", "-o", "prog", "prog.c"]]);
+    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--op", "mmap,munmap", "--"]).arg(dir.join("prog")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let events = of_type(&lines, "alloc");
+    let ops: Vec<(&str, u64)> = events.iter().map(|e| (e["op"].as_str().unwrap(), e["size_bytes"].as_u64().unwrap())).collect();
+    assert_eq!(ops, vec![("mmap", 12288), ("munmap", 4096), ("munmap", 8192)], "{events:?}");
+    let base = hexnum(&events[0]["addr"]);
+    assert_eq!(hexnum(&events[1]["addr"]), base);
+    assert_eq!(hexnum(&events[2]["addr"]), base + 4096);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn system_wide_without_pid() {
+    if !bpf_available() {
+        return;
+    }
+    let (tool, _err) = spawn_attached("allocsnoop", &["--min-size", "8", "--max-size", "8", "-d", "30"]);
+    let out = Command::new(LEAKER).arg("ten-nine").output().unwrap();
+    let pid = serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stderr).lines().next().unwrap()).unwrap()["pid"].clone();
+    support::interrupt(&tool);
+    let out = tool.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines = json_lines(&out.stdout);
+    let mallocs = of_type(&lines, "alloc").into_iter().filter(|e| e["pid"] == pid && e["op"] == "malloc").count();
+    assert_eq!(mallocs, 10);
+}

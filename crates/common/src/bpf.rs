@@ -51,13 +51,14 @@ pub struct Filter {
     pub tgid: u32,
     follow_children: u8,
     pub cgroup_id: u64,
+    self_tgid: u32,
 }
 
 impl Filter {
     /// `tgid` 0 means every process; `follow_children` also traces the
     /// descendants of `tgid` (for a launched command).
     pub fn new(tgid: u32, follow_children: bool, cgroup_id: u64) -> Self {
-        Filter { tgid, follow_children: u8::from(follow_children), cgroup_id }
+        Filter { tgid, follow_children: u8::from(follow_children), cgroup_id, self_tgid: std::process::id() }
     }
 
     pub fn follows_children(&self) -> bool {
@@ -69,6 +70,7 @@ impl Filter {
         loader.override_global("targ_tgid", &self.tgid, true);
         loader.override_global("follow_children", &self.follow_children, true);
         loader.override_global("targ_cgroup_id", &self.cgroup_id, true);
+        loader.override_global("self_tgid", &self.self_tgid, true);
     }
 }
 

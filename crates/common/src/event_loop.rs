@@ -163,8 +163,13 @@ impl EventLoop {
     }
 }
 
+/// Events handled per wakeup at most: producers that outpace us must not
+/// keep us from seeing a signal, the deadline or a closed stdout.
+const DRAIN_BATCH: usize = 1 << 16;
+
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler) -> Result<()> {
-    while let Some(item) = ring.next() {
+    for _ in 0..DRAIN_BATCH {
+        let Some(item) = ring.next() else { break };
         handler.event(&item, out)?;
     }
     Ok(())

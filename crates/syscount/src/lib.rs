@@ -166,7 +166,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         wanted[nr as usize] = 1;
     }
     // The loader borrows every global until load, so they live here.
-    let g_self = std::process::id();
     let g_keyed = u8::from(keyed);
     let g_key_tgid = u8::from(grouping.process);
     let g_key_nr = u8::from(grouping.syscall);
@@ -184,7 +183,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.allow_unsupported_maps();
     filter.apply(&mut loader);
     loader
-        .override_global("self_tgid", &g_self, true)
         .override_global("keyed", &g_keyed, true)
         .override_global("key_tgid", &g_key_tgid, true)
         .override_global("key_nr", &g_key_nr, true)
