@@ -154,7 +154,13 @@ impl EventLoop {
         };
         if end != End::OutputClosed {
             if let Some(r) = ring {
-                drain(r, out, handler)?;
+                // Everything written before the end (a whole ring's worth at
+                // most: system-wide producers do not stop).
+                for _ in 0..64 {
+                    if !drain(r, out, handler)? {
+                        break;
+                    }
+                }
             }
             lost.report(out)?;
             out.flush()?;
@@ -167,10 +173,11 @@ impl EventLoop {
 /// keep us from seeing a signal, the deadline or a closed stdout.
 const DRAIN_BATCH: usize = 1 << 16;
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler) -> Result<()> {
+/// Handle up to DRAIN_BATCH events; returns whether the batch was full.
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler) -> Result<bool> {
     for _ in 0..DRAIN_BATCH {
-        let Some(item) = ring.next() else { break };
+        let Some(item) = ring.next() else { return Ok(false) };
         handler.event(&item, out)?;
     }
-    Ok(())
+    Ok(true)
 }
