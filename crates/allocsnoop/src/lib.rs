@@ -119,7 +119,7 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
     }
     let mut ops = probes::HEAP_OPS.to_vec();
     if args.mmap {
-        ops.extend([10, 11]);
+        ops.extend([probes::OP_MMAP, probes::OP_MUNMAP]);
     }
     Ok(ops)
 }
@@ -207,10 +207,13 @@ impl Handler for Printer {
             v["size_bytes"] = json!(e.size_bytes);
         }
         v["addr"] = json!(hex(e.addr));
-        if matches!(e.op, 2 | 3) {
+        if matches!(e.op, sys::alloc_op_ALLOC_OP_REALLOC | sys::alloc_op_ALLOC_OP_REALLOCARRAY) {
             v["old_addr"] = json!(hex(e.old_addr));
         }
-        if matches!(e.op, 5..=7) {
+        if matches!(
+            e.op,
+            sys::alloc_op_ALLOC_OP_POSIX_MEMALIGN | sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC | sys::alloc_op_ALLOC_OP_MEMALIGN
+        ) {
             v["align"] = json!(e.align);
         }
         if e.failed != 0 {

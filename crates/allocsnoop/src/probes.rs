@@ -35,13 +35,31 @@ pub const OP_NAMES: [&str; 12] = [
     "munmap",
 ];
 
-pub const OP_FREE: u32 = 4;
-pub const OP_MUNMAP: u32 = 11;
+use crate::sys;
+
+// The names above must follow `enum alloc_op` exactly.
+const _: () = assert!(OP_NAMES.len() == sys::alloc_op_ALLOC_OP_MAX as usize);
+const _: () = assert!(sys::alloc_op_ALLOC_OP_MUNMAP == 11 && sys::alloc_op_ALLOC_OP_FREE == 4);
+
+pub const OP_FREE: u32 = sys::alloc_op_ALLOC_OP_FREE;
+pub const OP_MUNMAP: u32 = sys::alloc_op_ALLOC_OP_MUNMAP;
+pub const OP_MMAP: u32 = sys::alloc_op_ALLOC_OP_MMAP;
 
 /// The malloc family, without mmap/munmap. memalign comes before
 /// aligned_alloc so that, where they are one function (glibc), the events
 /// are named after the function that really runs.
-pub const HEAP_OPS: [u32; 10] = [0, 1, 2, 3, 4, 5, 7, 6, 8, 9];
+pub const HEAP_OPS: [u32; 10] = [
+    sys::alloc_op_ALLOC_OP_MALLOC,
+    sys::alloc_op_ALLOC_OP_CALLOC,
+    sys::alloc_op_ALLOC_OP_REALLOC,
+    sys::alloc_op_ALLOC_OP_REALLOCARRAY,
+    sys::alloc_op_ALLOC_OP_FREE,
+    sys::alloc_op_ALLOC_OP_POSIX_MEMALIGN,
+    sys::alloc_op_ALLOC_OP_MEMALIGN,
+    sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC,
+    sys::alloc_op_ALLOC_OP_VALLOC,
+    sys::alloc_op_ALLOC_OP_PVALLOC,
+];
 
 pub fn op_name(op: u32) -> &'static str {
     OP_NAMES.get(op as usize).copied().unwrap_or("unknown")
