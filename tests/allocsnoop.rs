@@ -402,13 +402,34 @@ fn system_wide_without_pid() {
     if !bpf_available() {
         return;
     }
-    let (tool, _err) = spawn_attached("allocsnoop", &["--min-size", "8", "--max-size", "8", "-d", "30"]);
-    let out = Command::new(LEAKER).arg("ten-nine").output().unwrap();
+    // Without -p or a command every process is probed. The test still
+    // filters by a cgroup of its own: other tracers running in parallel
+    // (other tests) would otherwise trace each other's output work.
+    let root = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .map(|f| f[1].to_string())
+        .expect("a cgroup2 mount");
+    let cg = format!("{root}/leakd-allocsnoop-{}", std::process::id());
+    std::fs::create_dir(&cg).unwrap();
+    let (tool, _err) = spawn_attached("allocsnoop", &["--cgroup", &cg, "-d", "60"]);
+    let out = Command::new("sh")
+        .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {LEAKER} ten-nine")])
+        .output()
+        .unwrap();
     let pid = serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stderr).lines().next().unwrap()).unwrap()["pid"].clone();
     support::interrupt(&tool);
     let out = tool.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir(&cg);
     assert!(out.status.success());
     let lines = json_lines(&out.stdout);
-    let mallocs = of_type(&lines, "alloc").into_iter().filter(|e| e["pid"] == pid && e["op"] == "malloc").count();
-    assert_eq!(mallocs, 10);
+    let events = of_type(&lines, "alloc");
+    // Only the leaker's process ran in that cgroup (first as sh, which may
+    // allocate before it execs the leaker).
+    assert!(events.iter().all(|e| e["pid"] == pid), "{events:?}");
+    let events: Vec<_> = events.into_iter().filter(|e| e["comm"] == "leaker").collect();
+    assert_eq!(events.iter().filter(|e| e["op"] == "malloc").count(), 10);
+    assert_eq!(events.iter().filter(|e| e["op"] == "free").count(), 9);
 }
