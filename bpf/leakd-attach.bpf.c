@@ -3,13 +3,37 @@
  * map *is* the set of outstanding allocations and user space only has to
  * read it at report time: the cost per call is one map update or delete,
  * with nothing crossing to user space. The probe logic (which calls nest,
- * realloc semantics) lives in alloc.bpf.h. */
+ * realloc semantics) lives in alloc.bpf.h.
+ *
+ * Per-site totals (`sites`) are kept here too, with atomic adds, by both
+ * the alloc and the free of a tracked block: the free finds the block's
+ * site in its `allocs` entry, so a free is always charged to the stack that
+ * allocated the block (BCC's combined mode lost that, issue 4869, and
+ * updated its totals with racy read-modify-writes, issue 3341). That gives
+ * cumulative allocs/frees per stack, and lets --combined read one entry per
+ * stack instead of every live block.
+ *
+ * With sample_bytes (--sample-bytes N), blocks are tracked with probability
+ * 1 - exp(-size/N), as jemalloc's and tcmalloc's heap profilers do: a
+ * per-CPU countdown of bytes is decremented by each allocation's size and a
+ * block is tracked when it crosses zero; the countdown is then refilled with
+ * an exponential draw of mean N. Sampling points thus form a Poisson
+ * process over the byte stream, which is what makes the probability exact
+ * and independent of how the stream is interleaved. No floats in BPF: the
+ * draws come from a table of -ln(u) and the scaling from a table of
+ * g(x) = x/(e^x - 1), both filled in by user space before load. */
 #include "alloc.bpf.h"
 #include "leakd-attach.h"
 
 /* Only blocks whose requested size is within [min_size, max_size] are kept. */
 const volatile __u64 min_size = 0;
 const volatile __u64 max_size = ~0ULL;
+/* 0: track every block. Otherwise the mean sampling interval in bytes. */
+const volatile __u64 sample_bytes = 0;
+/* -ln((i + 0.5) / LN_ENTRIES) in units of 1/LEAKD_ATTACH_ONE (mean 1). */
+const volatile __u32 neg_ln[LEAKD_ATTACH_LN_ENTRIES] = {};
+/* g((i + 0.5) / G_STEPS) in units of 1/LEAKD_ATTACH_ONE. */
+const volatile __u32 g_table[LEAKD_ATTACH_G_ENTRIES] = {};
 
 /* max_entries is set from --max-allocs by user space before load. */
 struct {
@@ -20,7 +44,8 @@ struct {
 } allocs SEC(".maps");
 
 /* 127 = PERF_MAX_STACK_DEPTH, the most bpf_get_stackid walks. Identical
- * stacks share one id, so this bounds distinct allocation sites. */
+ * stacks share one id, so this bounds distinct allocation sites. User space
+ * deletes the ids of sites that went idle (see sites_gc in lib.rs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, 16384);
@@ -28,20 +53,144 @@ struct {
 	__uint(value_size, 127 * sizeof(__u64));
 } stacks SEC(".maps");
 
+/* Per-site totals; twice the stacks: sites without a stack are by caller. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct leakd_attach_site);
+	__type(value, struct leakd_attach_stats);
+} sites SEC(".maps");
+
+/* Bytes left until the next sampled block, per CPU (with sample_bytes). */
+struct sample_state {
+	__s64 left;
+	__u64 primed;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sample_state);
+} sample SEC(".maps");
+
+/* An exponential draw of mean sample_bytes. */
+static __always_inline __s64 sample_draw(void)
+{
+	__u32 i = bpf_get_prandom_u32() & (LEAKD_ATTACH_LN_ENTRIES - 1);
+
+	return (__s64)((neg_ln[i] * sample_bytes) / LEAKD_ATTACH_ONE);
+}
+
+/* Whether to track a block of `size` bytes (always, without sampling). */
+static __always_inline int sampled(__u64 size)
+{
+	struct sample_state *st;
+	__u32 zero = 0;
+
+	if (!sample_bytes)
+		return 1;
+	st = bpf_map_lookup_elem(&sample, &zero);
+	if (!st)
+		return 0;
+	if (!st->primed) {
+		st->left = sample_draw();
+		st->primed = 1;
+	}
+	/* user space caps sample_bytes at 2^40: a bigger block is always taken */
+	if (size >= (1ULL << 62)) {
+		st->left = sample_draw();
+		return 1;
+	}
+	st->left -= (__s64)size;
+	if (st->left > 0)
+		return 0;
+	st->left = sample_draw();
+	return 1;
+}
+
+/* What a tracked block of `size` bytes stands for, with sampling: size/p
+ * bytes and 1/p blocks (in units of 1/ONE), p = 1 - exp(-size/N). size/p =
+ * size + N*g(size/N), with g falling from 1 to ~0 at size = 16 N. */
+static __always_inline void sample_weight(__u64 size, __u64 *bytes, __u64 *count)
+{
+	__u64 idx, w;
+
+	if (!size || size >= 16 * sample_bytes) {
+		*bytes = size;
+		*count = LEAKD_ATTACH_ONE;
+		return;
+	}
+	idx = (size * LEAKD_ATTACH_G_STEPS) / sample_bytes;
+	w = size + (g_table[idx & (LEAKD_ATTACH_G_ENTRIES - 1)] * sample_bytes) / LEAKD_ATTACH_ONE;
+	*bytes = w;
+	*count = (w * LEAKD_ATTACH_ONE) / size;
+}
+
+static __always_inline struct leakd_attach_stats *site_stats(struct leakd_attach_site *site)
+{
+	static const struct leakd_attach_stats zero = {};
+	struct leakd_attach_stats *s = bpf_map_lookup_elem(&sites, site);
+
+	if (s)
+		return s;
+	/* NOEXIST: another CPU may create it at the same time; then use theirs. */
+	bpf_map_update_elem(&sites, site, &zero, BPF_NOEXIST);
+	s = bpf_map_lookup_elem(&sites, site);
+	if (!s)
+		leakd_count_lost(LEAKD_LOST_MAP_FULL);
+	return s;
+}
+
+/* Forget a tracked block (free, or the old block of a realloc). */
+static __always_inline void untrack(__u64 addr)
+{
+	struct leakd_attach_alloc *a = bpf_map_lookup_elem(&allocs, &addr);
+	struct leakd_attach_site site;
+	struct leakd_attach_stats *s;
+	__u64 size, bytes, count;
+
+	if (!a)
+		return; /* not tracked: before we attached, filtered out or not sampled */
+	site.caller = a->caller;
+	site.stack_id = a->stack_id;
+	site.pid = a->pid;
+	size = a->size;
+	/* Only the caller whose delete succeeds counts the free (a double free
+	 * racing on two threads must not count twice). */
+	if (bpf_map_delete_elem(&allocs, &addr))
+		return;
+	s = site_stats(&site);
+	if (!s)
+		return;
+	__sync_fetch_and_add(&s->frees, 1);
+	__sync_fetch_and_add(&s->free_bytes, size);
+	if (sample_bytes) {
+		sample_weight(size, &bytes, &count);
+		__sync_fetch_and_add(&s->est_frees, count);
+		__sync_fetch_and_add(&s->est_free_bytes, bytes);
+	}
+}
+
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed)
 {
 	struct leakd_attach_alloc a = {};
+	struct leakd_attach_site site;
+	struct leakd_attach_stats *s;
+	__u64 bytes, count;
 	long id;
 
 	/* realloc frees its argument when it succeeds, and glibc's realloc(p, 0)
 	 * frees p and returns NULL. Delete first: the new block may be at the
 	 * same address. */
 	if (old_addr && (addr || size == 0))
-		bpf_map_delete_elem(&allocs, &old_addr);
+		untrack(old_addr);
 	if (!addr || failed)
 		return;
 	if (size < min_size || size > max_size)
+		return;
+	if (!sampled(size))
 		return;
 	a.size = size;
 	a.ts_ns = bpf_ktime_get_ns();
@@ -56,11 +205,37 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	} else {
 		a.stack_id = id;
 	}
-	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY))
+	/* Count the alloc before the block can be seen (and freed by another
+	 * thread), so its free is never counted before it; take it back if the
+	 * block cannot be tracked. */
+	site.caller = a.caller;
+	site.stack_id = a.stack_id;
+	site.pid = a.pid;
+	s = site_stats(&site);
+	if (!s)
+		return; /* counted as map_full: untracked, like a full allocs map */
+	bytes = size;
+	count = LEAKD_ATTACH_ONE;
+	if (sample_bytes)
+		sample_weight(size, &bytes, &count);
+	__sync_fetch_and_add(&s->allocs, 1);
+	__sync_fetch_and_add(&s->alloc_bytes, size);
+	if (sample_bytes) {
+		__sync_fetch_and_add(&s->est_allocs, count);
+		__sync_fetch_and_add(&s->est_alloc_bytes, bytes);
+	}
+	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
+		__sync_fetch_and_add(&s->allocs, -1);
+		__sync_fetch_and_add(&s->alloc_bytes, -size);
+		if (sample_bytes) {
+			__sync_fetch_and_add(&s->est_allocs, -count);
+			__sync_fetch_and_add(&s->est_alloc_bytes, -bytes);
+		}
+	}
 }
 
 static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp)
 {
-	bpf_map_delete_elem(&allocs, &addr);
+	untrack(addr);
 }

@@ -1,11 +1,21 @@
 /* leakd-attach's kernel/user-space contract: the value kept per live block
- * in the `allocs` hash map (key: the block's address). The only definition;
- * Rust mirrors it with bindgen, so only fixed-size integer types here. */
+ * in the `allocs` hash map (key: the block's address) and the per-site
+ * totals kept in the `sites` hash map. The only definition; Rust mirrors it
+ * with bindgen, so only fixed-size integer types here. */
 #ifndef LEAKD_ATTACH_H
 #define LEAKD_ATTACH_H
 
 /* stack_id when bpf_get_stackid failed: the block is grouped by caller. */
 #define LEAKD_ATTACH_NO_STACK 0xffffffffU
+
+/* Entries of the -ln(u) table used to draw exponential sampling intervals,
+ * and of the table of g(x) = x / (e^x - 1) used to scale sampled blocks up
+ * (x = size / sample_bytes, in steps of 1/LEAKD_ATTACH_G_STEPS). */
+#define LEAKD_ATTACH_LN_ENTRIES 4096
+#define LEAKD_ATTACH_G_ENTRIES 4096
+#define LEAKD_ATTACH_G_STEPS 256
+/* Fixed-point unit of the tables and of the estimated counts (1.0). */
+#define LEAKD_ATTACH_ONE 65536
 
 struct leakd_attach_alloc {
 	__u64 size;     /* requested size in bytes */
@@ -13,6 +23,31 @@ struct leakd_attach_alloc {
 	__u64 caller;   /* return address into the allocating function */
 	__u32 stack_id; /* id in the `stacks` map, or LEAKD_ATTACH_NO_STACK */
 	__u32 pid;      /* tgid of the allocating process */
+};
+
+/* One allocation site: what user space groups blocks by. */
+struct leakd_attach_site {
+	__u64 caller;   /* as in leakd_attach_alloc */
+	__u32 stack_id;
+	__u32 pid;
+};
+
+/* Totals of one site since it was first seen, updated with atomic adds by
+ * every alloc and free of a tracked block (so concurrent threads never lose
+ * an update). The free fields come first: a reader copies the value front
+ * to back, so it reads frees no later than allocs and a block's free is
+ * always counted after its alloc, so outstanding (allocs - frees) is never
+ * negative in a snapshot. The est_ fields are kept only with sampling:
+ * bytes scaled by 1/p(size), counts in units of 1/LEAKD_ATTACH_ONE. */
+struct leakd_attach_stats {
+	__u64 frees;
+	__u64 free_bytes;
+	__u64 est_frees;
+	__u64 est_free_bytes;
+	__u64 allocs;
+	__u64 alloc_bytes;
+	__u64 est_allocs;
+	__u64 est_alloc_bytes;
 };
 
 #endif

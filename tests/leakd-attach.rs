@@ -1,6 +1,8 @@
 //! leakd-attach end to end against the leaker: exact outstanding totals,
-//! the exit status, attaching by PID with a SIGUSR1-triggered workload, and
-//! growth detection on a steady leak.
+//! the exit status, attaching by PID with a SIGUSR1-triggered workload,
+//! growth detection on a steady leak, cumulative allocs/frees per stack,
+//! --combined agreeing with the default mode, --sample-bytes estimates,
+//! --symbolize, and idle stack ids being deleted.
 
 mod support;
 
@@ -48,10 +50,14 @@ fn function_at(module: &str, offset: &str) -> Option<String> {
 }
 
 fn check_ten_nine(leaker: &str) {
+    check_ten_nine_with(leaker, &[]);
+}
+
+fn check_ten_nine_with(leaker: &str, args: &[&str]) -> Value {
     // --linger keeps the leaker's maps readable for a moment after it leaks,
     // so frames resolve to modules even on a loaded machine (a command that
     // exits before its maps are read has bare-address frames).
-    let out = launched(&[], &[leaker, "ten-nine", "--linger", "0.3"]);
+    let out = launched(args, &[leaker, "ten-nine", "--linger", "0.3"]);
     assert_eq!(out.status.code(), Some(3), "leaks found => exit 3; stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
     let (r, stacks) = final_report(&lines);
@@ -63,12 +69,16 @@ fn check_ten_nine(leaker: &str) {
     assert_eq!(s["outstanding_bytes"], 8);
     assert_eq!(s["outstanding_count"], 1);
     assert_eq!(s["growing"], false);
+    // Ten malloc(8) from the same stack, nine of them freed.
+    assert_eq!(s["allocs"], 10, "{s}");
+    assert_eq!(s["frees"], 9, "{s}");
     let frame = &s["stack"][0];
     let module = frame["module"].as_str().unwrap_or_else(|| panic!("first frame has a module: {s}"));
     assert_eq!(std::fs::canonicalize(module).unwrap(), std::fs::canonicalize(leaker).unwrap());
     if let Some(func) = function_at(module, frame["offset"].as_str().unwrap()) {
         assert!(func.contains("leak_ten_nine_alloc"), "first frame is in leak_ten_nine_alloc: {func}");
     }
+    s.clone()
 }
 
 #[test]
@@ -228,4 +238,209 @@ fn steady_leak_is_growing() {
     let rate = top["growth_bytes_per_s"].as_f64().unwrap();
     let want = 65536.0 / 0.2;
     assert!((rate - want).abs() <= want * 0.1, "growth {rate} B/s, want {want} ± 10%");
+}
+
+#[test]
+fn combined_ten_nine_same_as_default() {
+    if !bpf_available() {
+        return;
+    }
+    let s = check_ten_nine_with(LEAKER, &["--combined"]);
+    // The kernel keeps no per-block times in this mode.
+    assert!(s.get("oldest_age_ms").is_none(), "{s}");
+}
+
+/// Stack lines keyed by where their first frame is (addresses change from
+/// run to run), with the numbers --combined must reproduce.
+fn by_site(stacks: &[Value]) -> std::collections::BTreeMap<String, [u64; 4]> {
+    stacks
+        .iter()
+        .map(|s| {
+            let f = &s["stack"][0];
+            let k = format!("{}+{}", f["module"].as_str().unwrap_or("?"), f["offset"].as_str().unwrap_or("?"));
+            let n = |f: &str| s[f].as_u64().unwrap_or_else(|| panic!("{f} in {s}"));
+            (k, [n("outstanding_bytes"), n("outstanding_count"), n("allocs"), n("frees")])
+        })
+        .collect()
+}
+
+#[test]
+fn combined_mixed_same_as_default() {
+    if !bpf_available() {
+        return;
+    }
+    let mut sites = Vec::new();
+    for args in [&["--top", "0"][..], &["--top", "0", "--combined"][..]] {
+        let out = launched(args, &[LEAKER, "mixed", "--linger", "0.3"]);
+        assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let summary = leaker_summary(&out.stderr);
+        let lines = json_lines(&out.stdout);
+        let (r, stacks) = final_report(&lines);
+        assert_eq!(r["outstanding_count"], summary["leaked_count"], "{args:?} {lines:?}\n{summary}");
+        assert_eq!(r["outstanding_bytes"], summary["leaked_bytes"], "{args:?} {lines:?}\n{summary}");
+        assert_eq!(stacks.len() as u64, r["stacks"].as_u64().unwrap());
+        sites.push(by_site(&stacks));
+    }
+    assert_eq!(sites[0], sites[1], "default vs --combined");
+}
+
+/// --sample-bytes cannot be checked exactly: which blocks are tracked is
+/// random by design. With 20000 blocks of 1024 bytes and N = 4096, each is
+/// tracked with p = 1-exp(-1/4) = 0.221, so ~4424 are, with a standard
+/// deviation of ~59 (1.3%); the scaled-up estimate is checked to ±20% of
+/// the truth, over 15 standard deviations: a failure means a bug, not bad
+/// luck. Both modes are checked (they scale up differently: per block in
+/// user space, with the kernel's fixed-point table in --combined).
+#[test]
+fn sample_bytes_estimates_are_close() {
+    if !bpf_available() {
+        return;
+    }
+    let (size, count) = (1024u64, 20_000u64);
+    let max = (size * count).to_string();
+    let size_s = size.to_string();
+    for mode in [&[][..], &["--combined"][..]] {
+        let mut args = vec!["--top", "0", "--sample-bytes", "4096"];
+        args.extend_from_slice(mode);
+        let out = launched(&args, &[LEAKER, "steady", "--size", &size_s, "--interval", "0", "--max", &max, "--linger", "0.3"]);
+        assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let summary = leaker_summary(&out.stderr);
+        assert_eq!(summary["leaked_count"], count);
+        let lines = json_lines(&out.stdout);
+        let (r, stacks) = final_report(&lines);
+        assert_eq!(r["estimated"], true, "{r}");
+        assert_eq!(r["sample_bytes"], 4096, "{r}");
+        let steady: Vec<&Value> = stacks.iter().filter(|s| s["outstanding_bytes"].as_u64().unwrap() > 100_000).collect();
+        assert_eq!(steady.len(), 1, "{mode:?} {lines:?}");
+        let s = steady[0];
+        assert_eq!(s["estimated"], true, "{s}");
+        let within = |got: u64, want: u64| (got as f64 - want as f64).abs() <= 0.2 * want as f64;
+        assert!(within(s["outstanding_bytes"].as_u64().unwrap(), size * count), "{mode:?} {s}");
+        assert!(within(s["outstanding_count"].as_u64().unwrap(), count), "{mode:?} {s}");
+        assert!(within(s["allocs"].as_u64().unwrap(), count), "{mode:?} {s}");
+        assert_eq!(s["frees"], 0, "{mode:?} {s}");
+    }
+}
+
+#[test]
+fn symbolize_names_the_leaking_function() {
+    if !bpf_available() {
+        return;
+    }
+    let out = launched(&["--symbolize"], &[LEAKER, "ten-nine", "--linger", "0.3"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let (_, stacks) = final_report(&lines);
+    assert_eq!(stacks.len(), 1, "{lines:?}");
+    assert_eq!(stacks[0]["stack"][0]["sym"], "leak_ten_nine_alloc", "{lines:?}");
+    assert_eq!(stacks[0]["allocs"], 10);
+}
+
+/// Stacks whose blocks were all freed, idle for a whole interval, have
+/// their stack ids deleted (bounded stack map); the run still ends with
+/// nothing outstanding. The tool is stopped once it said so (-vv), so no
+/// timing is assumed (-d only bounds a failing run).
+#[test]
+fn idle_stacks_are_deleted() {
+    if !bpf_available() {
+        return;
+    }
+    let (leaker, pid, err) = start_leaker(&["none", "--wait-signal", "--linger", "inf"]);
+    std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
+    let pid_s = pid.to_string();
+    let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(tool_err.read_line(&mut line).unwrap() > 0, "leakd-attach ended before deleting a stack");
+        if line.contains("idle stack(s)") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::interrupt(&tool);
+    let (code, stdout) = wait_output(tool);
+    drop(leaker);
+    assert_eq!(code, Some(0));
+    let lines = json_lines(&stdout);
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 0, "{lines:?}");
+    assert!(stacks.is_empty());
+}
+
+/// A program that allocates and frees 5 blocks from one stack at the first
+/// SIGUSR1, and leaks one more from the same stack at the second, then exits.
+const REVIVE_C: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) void *site(void) { void *volatile p = malloc(100); return p; }
+static void wait_usr1(sigset_t *s) { int sig; sigwait(s, &sig); }
+int main(void) {
+	sigset_t s;
+	sigemptyset(&s);
+	sigaddset(&s, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &s, NULL);
+	printf("ready %d\n", (int)getpid());
+	fflush(stdout);
+	for (volatile int i = 0; i < 6; i++) {
+		if (i == 0 || i == 5)
+			wait_usr1(&s);
+		void *p = site();
+		if (i < 5)
+			free(p);
+	}
+	return 0;
+}
+"#;
+
+/// A stack id deleted while idle keeps its cumulative counts: when the same
+/// stack allocates again (new stack id), its line still counts every alloc
+/// and free since the start. Steps are driven by the tool's own -vv log, so
+/// no timing is assumed.
+#[test]
+fn deleted_stack_keeps_its_counts() {
+    if !bpf_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("leakd-attach-revive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, exe) = (dir.join("revive.c"), dir.join("revive"));
+    std::fs::write(&src, REVIVE_C).unwrap();
+    let cc = Command::new("cc").args(["-O0", "-fno-omit-frame-pointer", "-o"]).arg(&exe).arg(&src).status().unwrap();
+    assert!(cc.success(), "compiling {}", src.display());
+    let mut prog = Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap();
+    let mut ready = String::new();
+    BufReader::new(prog.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let prog = KillOnDrop(prog);
+    let pid = prog.0.id() as i32;
+    assert_eq!(ready.trim(), format!("ready {pid}"));
+    let pid_s = pid.to_string();
+    let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(tool_err.read_line(&mut line).unwrap() > 0, "leakd-attach ended before deleting a stack");
+        if line.contains("idle stack(s)") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let (code, stdout) = wait_output(tool);
+    drop(prog);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(3));
+    let lines = json_lines(&stdout);
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 1, "{lines:?}");
+    assert_eq!(stacks.len(), 1, "{lines:?}");
+    assert_eq!(stacks[0]["allocs"], 6, "{lines:?}");
+    assert_eq!(stacks[0]["frees"], 5, "{lines:?}");
 }

@@ -23,8 +23,9 @@ pub struct TargetArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
-    /// Launch CMD with its arguments (PATH is searched) and trace it and its children; probes
-    /// are attached before it runs its first instruction. The tool ends when CMD exits.
+    /// Launch CMD with its arguments (PATH is searched) and trace it (execsnoop and syscount:
+    /// and its children); probes are attached before it runs its first instruction. The tool
+    /// ends when CMD exits.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
@@ -36,7 +37,7 @@ pub struct RunArgs {
     #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
 
-    /// Print diagnostics to stderr (-vv for more, including the BPF verifier log on failures).
+    /// Print diagnostics to stderr, including the BPF verifier's log when it rejects a program.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

@@ -13,6 +13,24 @@
 //! A stack whose outstanding bytes rose in each of the last `--trend`
 //! reports is what a leak looks like over time, so stacks are ranked by
 //! growth first.
+//!
+//! Why per-site totals in the kernel too: the free of a block knows its
+//! site (its `allocs` entry holds it), so the kernel keeps, per site,
+//! cumulative allocs and frees with atomic adds. That tells a stack that
+//! made 10 blocks and freed 9 from one that made 1, and lets `--combined`
+//! read one entry per site instead of every live block of a busy process.
+//!
+//! Why sampling is weighted by bytes: with `--sample-bytes N` a block of
+//! size s is tracked with probability p = 1-exp(-s/N) (jemalloc's and
+//! tcmalloc's scheme), so the big blocks, the ones that matter for memory,
+//! are almost always seen and small ones rarely; each tracked block then
+//! stands for s/p bytes and 1/p blocks, an unbiased estimate of the totals.
+//!
+//! Why stack ids are deleted: the kernel's stack map has a fixed size, and
+//! a long run on a busy process would fill it with stacks whose blocks were
+//! freed long ago. Sites idle for a whole interval with nothing outstanding
+//! are deleted; their cumulative counts are kept here, by stack content,
+//! and added back if the stack allocates again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +41,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, MapError, StackTraceMap};
 use aya::EbpfLoader;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde_json::{json, Value};
+use symres::{Options as SymOptions, Resolver};
 
 use allocsnoop::{probes, ProbeArgs};
 use leakd_common::bpf::{self, Filter, LostCounter};
@@ -42,6 +61,11 @@ pub mod sys {
 // #[repr(C)] struct of integers only (no padding: 3 x u64 + 2 x u32), so
 // every bit pattern is a valid value.
 unsafe impl aya::Pod for sys::leakd_attach_alloc {}
+// SAFETY: as above: leakd_attach_site is u64 + 2 x u32 (no padding) and
+// leakd_attach_stats 8 x u64, both #[repr(C)] integers only.
+unsafe impl aya::Pod for sys::leakd_attach_site {}
+// SAFETY: see leakd_attach_site.
+unsafe impl aya::Pod for sys::leakd_attach_stats {}
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakd-attach.bpf.o"));
 
@@ -57,6 +81,9 @@ Examples:
   leakd-attach -p 1234                         outstanding allocations of 1234 every 5 s
   leakd-attach -i 10 --top 5 -p 1234 | symres  the 5 fastest-growing stacks, symbolized
   leakd-attach -- ./leaker ten-nine            what a command left allocated at exit
+  leakd-attach --combined --sample-bytes 524288 -p 1234
+                                               cheap on a busy process: sampled, per-stack totals
+  leakd-attach --symbolize -- ./leaker ten-nine with function names, files and lines
   kill -USR1 $(pidof leakd-attach)             report now";
 
 #[derive(Parser, Debug)]
@@ -93,6 +120,63 @@ pub struct Cli {
     /// Growth is measured over the last N reports; a stack is "growing" when it rose in each.
     #[arg(long, value_name = "N", default_value_t = 3)]
     trend: usize,
+    /// Report from per-stack totals kept up to date in the kernel (one entry per stack) instead
+    /// of reading every live block; no oldest_age_ms, no --older-than.
+    #[arg(long, conflicts_with = "older_than")]
+    combined: bool,
+    /// Track a block of s bytes with probability 1-exp(-s/N) and scale the totals up
+    /// (estimates, marked "estimated": true).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_SAMPLE_BYTES))]
+    sample_bytes: Option<u64>,
+    /// Resolve stack frames to functions, files and lines in process (as `| symres` would).
+    #[arg(long)]
+    symbolize: bool,
+}
+
+/// Largest --sample-bytes: keeps the kernel's fixed-point products in u64.
+const MAX_SAMPLE_BYTES: u64 = 1 << 40;
+
+/// Table of -ln(u) for u = (i + 0.5) / n, in units of 1/ONE, scaled so its
+/// mean is exactly 1 (the quantized draw then still has mean N).
+fn neg_ln_table() -> [u32; sys::LEAKD_ATTACH_LN_ENTRIES as usize] {
+    let n = sys::LEAKD_ATTACH_LN_ENTRIES as usize;
+    let raw: Vec<f64> = (0..n).map(|i| -(((i as f64) + 0.5) / n as f64).ln()).collect();
+    let mean = raw.iter().sum::<f64>() / n as f64;
+    let mut t = [0u32; sys::LEAKD_ATTACH_LN_ENTRIES as usize];
+    for (slot, v) in t.iter_mut().zip(raw) {
+        *slot = (v / mean * f64::from(sys::LEAKD_ATTACH_ONE)).round() as u32;
+    }
+    t
+}
+
+/// g(x) = x / (e^x - 1), with g(0) = 1.
+fn g(x: f64) -> f64 {
+    if x < 1e-9 {
+        1.0
+    } else {
+        x / x.exp_m1()
+    }
+}
+
+/// Table of g at the middle of each step of 1/G_STEPS, in units of 1/ONE.
+fn g_table() -> [u32; sys::LEAKD_ATTACH_G_ENTRIES as usize] {
+    let mut t = [0u32; sys::LEAKD_ATTACH_G_ENTRIES as usize];
+    for (i, slot) in t.iter_mut().enumerate() {
+        let x = (i as f64 + 0.5) / f64::from(sys::LEAKD_ATTACH_G_STEPS);
+        *slot = (g(x) * f64::from(sys::LEAKD_ATTACH_ONE)).round() as u32;
+    }
+    t
+}
+
+/// What one sampled block of `size` bytes stands for: (bytes, blocks) =
+/// (s/p, 1/p) with p = 1-exp(-s/N).
+fn sample_weight(size: u64, n: u64) -> (f64, f64) {
+    let x = size as f64 / n as f64;
+    if size == 0 {
+        return (0.0, 1.0);
+    }
+    let bytes = size as f64 + n as f64 * g(x);
+    (bytes, bytes / size as f64)
 }
 
 pub fn command() -> clap::Command {
@@ -142,6 +226,12 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     filter.apply(&mut loader);
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
+    let sample_bytes = cli.sample_bytes.unwrap_or(0);
+    let neg_ln = neg_ln_table();
+    let gt = g_table();
+    loader.override_global("sample_bytes", &sample_bytes, true);
+    loader.override_global("neg_ln", &neg_ln, true);
+    loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
     let mut ebpf = bpf::load(&mut loader, OBJECT)?;
     probes::attach(&mut ebpf, &lib, &sites, pid, verbose, "leakd-attach")?;
@@ -151,6 +241,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
             .context("opening the allocs map")?;
     let stacks = StackTraceMap::try_from(ebpf.take_map("stacks").ok_or_else(|| anyhow!("map stacks missing"))?)
         .context("opening the stacks map")?;
+    let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
+        BpfHashMap::try_from(ebpf.take_map("sites").ok_or_else(|| anyhow!("map sites missing"))?)
+            .context("opening the sites map")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
     let mut maps = MapsCache::new();
@@ -173,9 +266,17 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         );
     }
     let mut out = Output::stdout();
+    let resolver = cli.symbolize.then(|| Resolver::new(SymOptions { verbose, ..SymOptions::default() }));
     let mut reporter = Reporter {
         allocs,
         stacks,
+        sites,
+        combined: cli.combined,
+        sample_bytes: cli.sample_bytes,
+        resolver,
+        folded: HashMap::new(),
+        idle: HashMap::new(),
+        lines: HashMap::new(),
         maps,
         clock: WallClock::new(),
         pid,
@@ -206,12 +307,31 @@ struct SiteKey {
     caller: u64,
 }
 
+impl SiteKey {
+    fn of(s: &sys::leakd_attach_site) -> Self {
+        SiteKey { pid: s.pid, stack_id: s.stack_id, caller: s.caller }
+    }
+}
+
+/// What a report says about one site. Counts and bytes are exact without
+/// sampling and estimates (rounded) with it.
 #[derive(Debug, Default, Clone, Copy)]
 struct Group {
     bytes: u64,
     count: u64,
-    oldest_ts_ns: u64,
+    /// With sampling, in the default mode: the scaled-up sums.
+    est_bytes: f64,
+    est_count: f64,
+    /// None in --combined mode (the kernel keeps no per-block times there).
+    oldest_ts_ns: Option<u64>,
 }
+
+/// What a stack line stands for: the process and the return addresses as
+/// printed (see [`allocsnoop::stack_frames`]). Without frame pointers the
+/// kernel's walk goes on through stack garbage that can differ from call to
+/// call, so one call path may get several stack ids (and sites); they print
+/// the same frames and are merged into one line.
+type LineKey = (u32, Vec<u64>);
 
 /// Outstanding bytes of one site at the last reports, oldest first.
 type History = VecDeque<(Instant, u64)>;
@@ -219,6 +339,20 @@ type History = VecDeque<(Instant, u64)>;
 struct Reporter {
     allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc>,
     stacks: StackTraceMap<MapData>,
+    sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats>,
+    combined: bool,
+    sample_bytes: Option<u64>,
+    resolver: Option<Resolver>,
+    /// Cumulative counts of sites whose stack id was deleted, added back
+    /// when the same stack allocates again.
+    folded: HashMap<LineKey, sys::leakd_attach_stats>,
+    /// Each site's alloc count at the last report: a site is deleted when
+    /// it had nothing outstanding and no alloc during a whole interval.
+    idle: HashMap<SiteKey, u64>,
+    /// The line each known site is printed in: reading its stack and
+    /// checking its frames against the process's mappings is done once per
+    /// site, not at every report. Pruned to the sites still in the kernel.
+    lines: HashMap<SiteKey, LineKey>,
     maps: MapsCache,
     clock: WallClock,
     pid: Option<u32>,
@@ -226,7 +360,7 @@ struct Reporter {
     top: usize,
     older_than_ns: u64,
     trend: usize,
-    history: HashMap<SiteKey, History>,
+    history: HashMap<LineKey, History>,
     every: Duration,
     next_report: Instant,
     ticks: u32,
@@ -283,50 +417,187 @@ fn growth(h: &History, trend: usize) -> (f64, bool) {
     (rate, growing)
 }
 
+fn add_stats(a: &mut sys::leakd_attach_stats, b: &sys::leakd_attach_stats) {
+    a.allocs = a.allocs.wrapping_add(b.allocs);
+    a.frees = a.frees.wrapping_add(b.frees);
+    a.alloc_bytes = a.alloc_bytes.wrapping_add(b.alloc_bytes);
+    a.free_bytes = a.free_bytes.wrapping_add(b.free_bytes);
+    a.est_allocs = a.est_allocs.wrapping_add(b.est_allocs);
+    a.est_frees = a.est_frees.wrapping_add(b.est_frees);
+    a.est_alloc_bytes = a.est_alloc_bytes.wrapping_add(b.est_alloc_bytes);
+    a.est_free_bytes = a.est_free_bytes.wrapping_add(b.est_free_bytes);
+}
+
+/// An estimated count kept by the kernel in units of 1/ONE, rounded.
+fn fixed_to_count(v: u64) -> u64 {
+    let one = u64::from(sys::LEAKD_ATTACH_ONE);
+    (v + one / 2) / one
+}
+
+/// Walk a BPF hash map that changes under us. A key deleted during the walk
+/// makes the kernel restart from the first key, so keys are de-duplicated
+/// and the walk is bounded; entries gone between "next key" and lookup are
+/// skipped.
+fn walk<K, V, D>(map: &BpfHashMap<MapData, K, V>, limit: usize, what: &str, id: impl Fn(&K) -> D) -> Result<Vec<(K, V)>>
+where
+    K: aya::Pod,
+    V: aya::Pod,
+    D: Eq + std::hash::Hash,
+{
+    let mut seen = HashSet::new();
+    let mut entries = Vec::new();
+    for (steps, key) in map.keys().enumerate() {
+        if steps >= limit {
+            break;
+        }
+        let key = key.map_err(|e| leakd_common::Error::new(e).context(format!("walking the {what} map")))?;
+        if seen.contains(&id(&key)) {
+            continue;
+        }
+        match map.get(&key, 0) {
+            Ok(v) => {
+                seen.insert(id(&key));
+                entries.push((key, v));
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(leakd_common::Error::new(e).context(format!("reading the {what} map"))),
+        }
+    }
+    Ok(entries)
+}
+
+/// Sites map capacity (bpf/leakd-attach.bpf.c).
+const MAX_SITES: usize = 32768;
+
 impl Reporter {
     /// Read every live block from the kernel map.
-    ///
-    /// The map changes while we walk it: a key deleted under us makes the
-    /// kernel restart the walk from the first key, so keys are de-duplicated
-    /// and the walk is bounded; entries gone between "next key" and lookup
-    /// are skipped.
     fn snapshot(&self) -> Result<Vec<sys::leakd_attach_alloc>> {
-        let mut seen = HashSet::new();
-        let mut blocks = Vec::new();
         let limit = 2 * self.max_allocs as usize + 1024;
-        for (steps, key) in self.allocs.keys().enumerate() {
-            if steps >= limit {
-                break;
-            }
-            let key = match key {
-                Ok(k) => k,
-                Err(e) => return Err(leakd_common::Error::new(e).context("walking the allocs map")),
-            };
-            if !seen.insert(key) {
-                continue;
-            }
-            match self.allocs.get(&key, 0) {
-                Ok(v) => blocks.push(v),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(leakd_common::Error::new(e).context("reading the allocs map")),
-            }
-        }
-        Ok(blocks)
+        Ok(walk(&self.allocs, limit, "allocs", |k| *k)?.into_iter().map(|(_, v)| v).collect())
     }
 
-    fn frames(&mut self, key: &SiteKey) -> Vec<Value> {
-        let mut addrs = Vec::new();
-        if key.stack_id != sys::LEAKD_ATTACH_NO_STACK {
-            match self.stacks.get(&key.stack_id, 0) {
-                Ok(st) => addrs.extend(st.frames().iter().map(|f| f.ip)),
-                Err(e) if self.verbose > 1 => eprintln!("leakd-attach: stack {}: {e}", key.stack_id),
-                Err(_) => {}
+    /// Per-site totals from the kernel.
+    fn site_totals(&self) -> Result<HashMap<SiteKey, sys::leakd_attach_stats>> {
+        let entries = walk(&self.sites, 2 * MAX_SITES + 1024, "sites", SiteKey::of)?;
+        Ok(entries.into_iter().map(|(k, v)| (SiteKey::of(&k), v)).collect())
+    }
+
+    /// The return addresses of a site's stack (empty when unavailable).
+    fn stack_ips(&self, key: &SiteKey) -> Vec<u64> {
+        if key.stack_id == sys::LEAKD_ATTACH_NO_STACK {
+            return Vec::new();
+        }
+        match self.stacks.get(&key.stack_id, 0) {
+            Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
+            Err(e) => {
+                if self.verbose > 1 {
+                    eprintln!("leakd-attach: stack {}: {e}", key.stack_id);
+                }
+                Vec::new()
             }
         }
-        if addrs.is_empty() {
-            addrs.push(key.caller);
+    }
+
+    /// The line a site is printed in, memoized (see `lines`).
+    fn line_key(&mut self, k: &SiteKey, memo: &mut HashMap<SiteKey, LineKey>) -> LineKey {
+        if let Some(l) = memo.get(k) {
+            return l.clone();
         }
-        allocsnoop::stack_frames(&mut self.maps, key.pid, &addrs)
+        let mut addrs = self.stack_ips(k);
+        if addrs.is_empty() {
+            addrs.push(k.caller);
+        }
+        // The same rule as stack_frames: the first frame always, then up
+        // to the first one outside an executable mapping.
+        let keep = 1 + addrs[1..].iter().take_while(|&&a| self.maps.frame(k.pid, a).is_some()).count();
+        addrs.truncate(keep);
+        let l = (k.pid, addrs);
+        memo.insert(*k, l.clone());
+        l
+    }
+
+    /// Delete the stack ids and totals of sites that had nothing
+    /// outstanding and no new allocation for a whole interval, so a long
+    /// run does not fill the kernel's fixed-size stack map with stacks of
+    /// blocks freed long ago. Their cumulative counts are kept here, by
+    /// stack content, and added back if the stack allocates again. A stack
+    /// id shared by several processes is deleted only when all are idle.
+    fn sites_gc(
+        &mut self,
+        totals: &HashMap<SiteKey, sys::leakd_attach_stats>,
+        live: &HashSet<SiteKey>,
+        memo: &mut HashMap<SiteKey, LineKey>,
+    ) -> Result<()> {
+        let idle_now = |k: &SiteKey, st: &sys::leakd_attach_stats| st.allocs == st.frees && !live.contains(k);
+        let mut stack_ok: HashMap<u32, bool> = HashMap::new();
+        let mut candidates = Vec::new();
+        for (k, st) in totals {
+            let ok = idle_now(k, st) && self.idle.get(k) == Some(&st.allocs);
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK {
+                let e = stack_ok.entry(k.stack_id).or_insert(true);
+                *e &= ok;
+            }
+            if ok {
+                candidates.push(*k);
+            }
+        }
+        self.idle = totals.iter().map(|(k, st)| (*k, st.allocs)).collect();
+        let mut deleted_stacks: HashSet<u32> = HashSet::new();
+        for k in candidates {
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && !stack_ok.get(&k.stack_id).copied().unwrap_or(false) {
+                continue;
+            }
+            // Before the stack is gone.
+            let line = self.line_key(&k, memo);
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && deleted_stacks.insert(k.stack_id) {
+                // Stack first: an alloc racing with us re-creates the same
+                // id (same stack, same hash bucket).
+                match self.stacks.remove(&k.stack_id) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(leakd_common::Error::new(e).context("deleting from the stacks map")),
+                }
+            }
+            let site = sys::leakd_attach_site { caller: k.caller, stack_id: k.stack_id, pid: k.pid };
+            // Read again right before deleting, to lose as little as possible
+            // of what a racing alloc adds.
+            let st = match self.sites.get(&site, 0) {
+                Ok(st) => st,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(leakd_common::Error::new(e).context("reading the sites map")),
+            };
+            match self.sites.remove(&site) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(leakd_common::Error::new(e).context("deleting from the sites map")),
+            }
+            self.idle.remove(&k);
+            memo.remove(&k);
+            if self.verbose > 2 {
+                eprintln!("leakd-attach: folding {line:x?}: {} allocs, {} frees", st.allocs, st.frees);
+            }
+            add_stats(self.folded.entry(line).or_default(), &st);
+        }
+        if self.verbose > 1 && !deleted_stacks.is_empty() {
+            eprintln!("leakd-attach: deleted {} idle stack(s)", deleted_stacks.len());
+        }
+        Ok(())
+    }
+
+    /// Write a line, symbolized with --symbolize (exactly as `| symres`).
+    fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
+        let Some(r) = self.resolver.as_mut() else {
+            out.line(&v)?;
+            return Ok(());
+        };
+        let text = serde_json::to_string(&v).context("formatting a stack line")?;
+        let resolved = match r.process_line(&text) {
+            Ok(t) => serde_json::from_str(&t).context("reading a symbolized line")?,
+            Err(e) => {
+                eprintln!("leakd-attach: symbolizing: {e}");
+                v
+            }
+        };
+        out.line(&resolved)?;
+        Ok(())
     }
 
     /// Print one report; returns the number of outstanding blocks that
@@ -337,22 +608,82 @@ impl Reporter {
                 self.maps.prime(pid);
             }
         }
-        let blocks = self.snapshot()?;
+        let totals = self.site_totals()?;
         let mono_now = WallClock::monotonic_now_ns();
         let now = Instant::now();
-        let mut groups: HashMap<SiteKey, Group> = HashMap::new();
-        for b in &blocks {
-            let age = mono_now.saturating_sub(b.ts_ns);
-            if age < self.older_than_ns {
-                continue;
-            }
-            let g = groups.entry(SiteKey { pid: b.pid, stack_id: b.stack_id, caller: b.caller }).or_default();
-            if g.count == 0 || b.ts_ns < g.oldest_ts_ns {
-                g.oldest_ts_ns = b.ts_ns;
-            }
-            g.bytes += b.size;
-            g.count += 1;
+        let sampling = self.sample_bytes.is_some();
+        let mut memo = std::mem::take(&mut self.lines);
+        if self.ticks <= PRIME_TICKS {
+            // Libraries may not all be mapped yet: the frames kept may change.
+            memo.clear();
         }
+        let mut groups: HashMap<LineKey, Group> = HashMap::new();
+        let mut live: HashSet<SiteKey> = HashSet::new();
+        if self.combined {
+            for (k, st) in &totals {
+                let count = st.allocs.saturating_sub(st.frees);
+                if count == 0 {
+                    continue;
+                }
+                let (bytes, count) = if sampling {
+                    (
+                        st.est_alloc_bytes.saturating_sub(st.est_free_bytes),
+                        fixed_to_count(st.est_allocs.saturating_sub(st.est_frees)),
+                    )
+                } else {
+                    (st.alloc_bytes.saturating_sub(st.free_bytes), count)
+                };
+                let g = groups.entry(self.line_key(k, &mut memo)).or_default();
+                g.bytes += bytes;
+                g.count += count;
+            }
+        } else {
+            let blocks = self.snapshot()?;
+            for b in &blocks {
+                let key = SiteKey { pid: b.pid, stack_id: b.stack_id, caller: b.caller };
+                live.insert(key);
+                let age = mono_now.saturating_sub(b.ts_ns);
+                if age < self.older_than_ns {
+                    continue;
+                }
+                let g = groups.entry(self.line_key(&key, &mut memo)).or_default();
+                if g.oldest_ts_ns.is_none_or(|t| b.ts_ns < t) {
+                    g.oldest_ts_ns = Some(b.ts_ns);
+                }
+                g.bytes += b.size;
+                g.count += 1;
+                if let Some(n) = self.sample_bytes {
+                    let (wb, wc) = sample_weight(b.size, n);
+                    g.est_bytes += wb;
+                    g.est_count += wc;
+                }
+            }
+            if sampling {
+                for g in groups.values_mut() {
+                    g.bytes = g.est_bytes.round() as u64;
+                    g.count = g.est_count.round() as u64;
+                }
+            }
+        }
+        // Cumulative totals per line: merged over its sites, plus those of
+        // its sites deleted earlier.
+        let mut line_totals: HashMap<LineKey, sys::leakd_attach_stats> = HashMap::new();
+        for (k, st) in &totals {
+            let line = self.line_key(k, &mut memo);
+            if groups.contains_key(&line) {
+                add_stats(line_totals.entry(line).or_default(), st);
+            }
+        }
+        for (line, st) in line_totals.iter_mut() {
+            if let Some(f) = self.folded.get(line) {
+                add_stats(st, f);
+            }
+        }
+        if !final_ {
+            self.sites_gc(&totals, &live, &mut memo)?;
+        }
+        memo.retain(|k, _| totals.contains_key(k) || live.contains(k));
+        self.lines = memo;
 
         // Update the growth history: a site with nothing outstanding now
         // counts as 0, and is forgotten once it stayed at 0 for the window.
@@ -362,7 +693,7 @@ impl Reporter {
             }
         }
         for (k, g) in &groups {
-            self.history.entry(*k).or_default().push_back((now, g.bytes));
+            self.history.entry(k.clone()).or_default().push_back((now, g.bytes));
         }
         let keep = self.trend + 1;
         self.history.retain(|_, h| {
@@ -385,9 +716,13 @@ impl Reporter {
         header["outstanding_bytes"] = json!(total_bytes);
         header["outstanding_count"] = json!(total_count);
         header["stacks"] = json!(groups.len());
+        if let Some(n) = self.sample_bytes {
+            header["estimated"] = json!(true);
+            header["sample_bytes"] = json!(n);
+        }
         out.line(&header)?;
 
-        let mut ranked: Vec<(SiteKey, Group, f64, bool)> = groups
+        let mut ranked: Vec<(LineKey, Group, f64, bool)> = groups
             .into_iter()
             .map(|(k, g)| {
                 let (rate, growing) = self.history.get(&k).map_or((0.0, false), |h| growth(h, self.trend));
@@ -397,19 +732,31 @@ impl Reporter {
         ranked.sort_by(|a, b| rank(&(a.2, a.1.bytes), &(b.2, b.1.bytes)));
         let n = if self.top == 0 { ranked.len() } else { self.top.min(ranked.len()) };
         for (k, g, rate, growing) in ranked.into_iter().take(n) {
-            let stack = self.frames(&k);
-            let v = json!({
+            let st = line_totals.get(&k).copied().unwrap_or_default();
+            let (allocs, frees) =
+                if sampling { (fixed_to_count(st.est_allocs), fixed_to_count(st.est_frees)) } else { (st.allocs, st.frees) };
+            let (pid, addrs) = k;
+            let caller = addrs.first().copied().unwrap_or(0);
+            let stack = allocsnoop::stack_frames(&mut self.maps, pid, &addrs);
+            let mut v = json!({
                 "type": "stack",
-                "pid": k.pid,
+                "pid": pid,
                 "outstanding_bytes": g.bytes,
                 "outstanding_count": g.count,
-                "oldest_age_ms": mono_now.saturating_sub(g.oldest_ts_ns) / 1_000_000,
-                "growth_bytes_per_s": (rate * 10.0).round() / 10.0,
-                "growing": growing,
-                "caller": hex(k.caller),
-                "stack": stack,
+                "allocs": allocs,
+                "frees": frees,
             });
-            out.line(&v)?;
+            if let Some(ts) = g.oldest_ts_ns {
+                v["oldest_age_ms"] = json!(mono_now.saturating_sub(ts) / 1_000_000);
+            }
+            v["growth_bytes_per_s"] = json!((rate * 10.0).round() / 10.0);
+            v["growing"] = json!(growing);
+            if sampling {
+                v["estimated"] = json!(true);
+            }
+            v["caller"] = json!(hex(caller));
+            v["stack"] = Value::Array(stack);
+            self.emit(out, v)?;
         }
         out.flush()?;
         Ok(total_count)
@@ -436,6 +783,21 @@ mod tests {
         // Too short a history is never "growing".
         let short: History = [(t, 10), (t + Duration::from_secs(1), 20)].into_iter().collect();
         assert!(!growth(&short, 3).1);
+    }
+
+    #[test]
+    fn sample_tables_are_calibrated() {
+        // The exponential draws have mean 1 (in units of ONE).
+        let t = neg_ln_table();
+        let mean = t.iter().map(|&v| f64::from(v)).sum::<f64>() / t.len() as f64;
+        assert!((mean / f64::from(sys::LEAKD_ATTACH_ONE) - 1.0).abs() < 1e-4, "{mean}");
+        // g(0) = 1, g falls, and s + N g(s/N) = s / (1 - exp(-s/N)).
+        let gt = g_table();
+        assert!(gt[0] <= sys::LEAKD_ATTACH_ONE && gt[0] > sys::LEAKD_ATTACH_ONE - 200);
+        assert!(gt.windows(2).all(|w| w[1] <= w[0]));
+        let (b, c) = sample_weight(4096, 4096);
+        let p = 1.0 - (-1.0f64).exp();
+        assert!((b - 4096.0 / p).abs() < 1e-6 && (c - 1.0 / p).abs() < 1e-9);
     }
 
     #[test]
