@@ -124,27 +124,40 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
     Ok(ops)
 }
 
+/// Find the allocator of the target (`-p`, `-- CMD` or the whole system)
+/// and plan a probe site for each op; logs the choice under `-v`.
+pub fn plan_for_target(
+    probe: &ProbeArgs,
+    ops: &[u32],
+    target: &TargetArgs,
+    verbose: u8,
+    tool: &str,
+) -> Result<(PathBuf, Vec<probes::Site>)> {
+    let exe = match target.command.first() {
+        Some(c) => Some(launch::resolve(c)?),
+        None => None,
+    };
+    let (lib, kind) = resolve_lib(probe, target.pid, exe.as_deref())?;
+    let (sites, missing) = probes::plan(&lib, &probe.prefix, ops)?;
+    if sites.is_empty() {
+        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
+    }
+    if verbose > 0 {
+        eprintln!("{tool}: allocator: {} ({kind})", lib.display());
+        if !missing.is_empty() {
+            eprintln!("{tool}: not in {}: {}", lib.display(), missing.join(", "));
+        }
+    }
+    Ok((lib, sites))
+}
+
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = ops_for(&cli.probe, &cli.op)?;
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
-    let exe = match cli.target.command.first() {
-        Some(c) => Some(launch::resolve(c)?),
-        None => None,
-    };
-    let (lib, kind) = resolve_lib(&cli.probe, cli.target.pid, exe.as_deref())?;
-    let (sites, missing) = probes::plan(&lib, &cli.probe.prefix, &ops)?;
-    if sites.is_empty() {
-        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
-    }
     let verbose = cli.run.verbose;
-    if verbose > 0 {
-        eprintln!("allocsnoop: allocator: {} ({kind})", lib.display());
-        if !missing.is_empty() {
-            eprintln!("allocsnoop: not in {}: {}", lib.display(), missing.join(", "));
-        }
-    }
+    let (lib, sites) = plan_for_target(&cli.probe, &ops, &cli.target, verbose, "allocsnoop")?;
     let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
     let pid = held.as_ref().map(|h| h.pid()).or(cli.target.pid);
     // Uprobes are scoped to the process (its mm) by the kernel; the BPF

@@ -194,22 +194,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let ops = allocsnoop::ops_for(&cli.probe, &[])?;
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
-    let exe = match cli.target.command.first() {
-        Some(c) => Some(launch::resolve(c)?),
-        None => None,
-    };
-    let (lib, kind) = allocsnoop::resolve_lib(&cli.probe, cli.target.pid, exe.as_deref())?;
-    let (sites, missing) = probes::plan(&lib, &cli.probe.prefix, &ops)?;
-    if sites.is_empty() {
-        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
-    }
     let verbose = cli.run.verbose;
-    if verbose > 0 {
-        eprintln!("leakd-attach: allocator: {} ({kind})", lib.display());
-        if !missing.is_empty() {
-            eprintln!("leakd-attach: not in {}: {}", lib.display(), missing.join(", "));
-        }
-    }
+    let (lib, sites) = allocsnoop::plan_for_target(&cli.probe, &ops, &cli.target, verbose, "leakd-attach")?;
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
     let usr1 = Arc::new(AtomicBool::new(false));
