@@ -3,20 +3,57 @@
 //! ELF addresses), a sorted function table, the build id, the debug link, and
 //! the DWARF sections as shared buffers for addr2line.
 //!
-//! The file is read into memory rather than mapped: a mapped binary that is
-//! truncated or replaced under us would kill the process with SIGBUS, and
-//! "never crash on bad input" includes files changing on disk.
+//! The file is mapped (crate::mmap, which also makes a file truncated under
+//! us read as zeros instead of killing us with SIGBUS) or, when it cannot
+//! be, read into memory; either way it is one shared buffer, and the DWARF
+//! sections addr2line reads are ranges of it, not copies: for a debug build
+//! with tens of MB of DWARF, copying cost as much time as reading.
 
-use std::borrow::Cow;
 use std::io::Read;
 use std::sync::Arc;
 
 use gimli::{EndianReader, RunTimeEndian};
 use goblin::elf::{program_header::PT_LOAD, section_header, sym, Elf};
 
-/// The reader addr2line works on: sections copied (or decompressed) into
-/// reference-counted buffers owned by the module.
-pub type Reader = EndianReader<RunTimeEndian, Arc<[u8]>>;
+/// The reader addr2line works on: ranges of the file's bytes (or of a
+/// decompressed section), shared by reference count.
+pub type Reader = EndianReader<RunTimeEndian, Bytes>;
+
+/// A shared, immutable byte buffer: the whole file (mapped, or read when it
+/// cannot be mapped), or one decompressed section. Not `Arc<[u8]>`, which
+/// could only be made from a `Vec` by copying it.
+#[derive(Debug, Clone)]
+pub struct Bytes(Arc<Backing>);
+
+#[derive(Debug)]
+enum Backing {
+    Heap(Vec<u8>),
+    Map(crate::mmap::Map),
+}
+
+impl Bytes {
+    fn heap(v: Vec<u8>) -> Bytes {
+        Bytes(Arc::new(Backing::Heap(v)))
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &*self.0 {
+            Backing::Heap(v) => v,
+            Backing::Map(m) => m,
+        }
+    }
+}
+
+// SAFETY: `Bytes` derefs to the heap buffer of a `Vec` or to a mapping, both
+// owned by the `Arc` and never mutated, moved or unmapped while it lives (the
+// `Arc` is never unwrapped or made mutable), so the slice's address does not
+// change when a `Bytes` is moved.
+unsafe impl gimli::StableDeref for Bytes {}
+// SAFETY: a clone shares the same `Arc`, hence derefs to the same buffer.
+unsafe impl gimli::CloneStableDeref for Bytes {}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Segment {
@@ -39,6 +76,9 @@ struct Symbol {
 #[allow(clippy::len_without_is_empty)]
 pub struct SymbolTable {
     syms: Vec<Symbol>,
+    /// `syms[i].addr`, searched alone: a binary search then touches an
+    /// eighth of the cache lines.
+    addrs: Vec<u64>,
     names: String,
 }
 
@@ -63,12 +103,13 @@ impl SymbolTable {
         });
         self.syms.dedup_by_key(|s| s.addr);
         self.syms.shrink_to_fit();
+        self.addrs = self.syms.iter().map(|s| s.addr).collect();
     }
 
     /// The function containing `addr`: (index, start address).
     pub fn lookup(&self, addr: u64) -> Option<(usize, u64)> {
-        let i = self.syms.partition_point(|s| s.addr <= addr).checked_sub(1)?;
-        let s = &self.syms[i];
+        let i = self.addrs.partition_point(|&a| a <= addr).checked_sub(1)?;
+        let s = self.syms.get(i)?;
         if s.size > 0 && addr - s.addr >= s.size {
             return None;
         }
@@ -111,16 +152,28 @@ pub struct ElfFile {
 }
 
 pub struct DwarfSections {
-    sections: Vec<(String, Arc<[u8]>)>,
+    /// Section name → its bytes, a checked range of the file's buffer or a
+    /// decompressed copy.
+    sections: Vec<(String, Reader)>,
     endian: RunTimeEndian,
 }
 
 impl DwarfSections {
+    /// A section by name, `None` when the file does not have it.
+    pub fn section(&self, name: &str) -> Option<Reader> {
+        self.sections.iter().find(|(s, _)| s == name).map(|(_, r)| r.clone())
+    }
+
+    /// The context over all units.
     pub fn context(&self) -> Result<addr2line::Context<Reader>, gimli::Error> {
-        let empty: Arc<[u8]> = Arc::from(Vec::new());
+        self.context_with(|name| self.section(name))
+    }
+
+    /// A context over the sections `get` gives by name (missing ones empty).
+    pub fn context_with(&self, get: impl Fn(&str) -> Option<Reader>) -> Result<addr2line::Context<Reader>, gimli::Error> {
+        let empty = Bytes::heap(Vec::new());
         let dwarf = gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
-            let data = self.sections.iter().find(|(s, _)| s == id.name()).map_or_else(|| empty.clone(), |(_, d)| d.clone());
-            Ok(EndianReader::new(data, self.endian))
+            Ok(get(id.name()).unwrap_or_else(|| EndianReader::new(empty.clone(), self.endian)))
         })?;
         addr2line::Context::from_dwarf(dwarf)
     }
@@ -130,12 +183,38 @@ impl ElfFile {
     /// Read and parse `path`. Never panics on malformed files (goblin's
     /// parser is additionally fenced off with catch_unwind by the caller).
     pub fn open(path: &std::path::Path) -> Result<ElfFile, LoadError> {
-        let data = std::fs::read(path).map_err(LoadError::Missing)?;
-        ElfFile::parse(&data)
+        let mut f = std::fs::File::open(path).map_err(LoadError::Missing)?;
+        let len = f.metadata().map_err(LoadError::Missing)?.len();
+        // Mapped: only the pages the parsers touch are ever read (see
+        // crate::mmap for why that is safe even if the file shrinks).
+        if let Some(m) = usize::try_from(len).ok().and_then(|n| crate::mmap::Map::new(&f, n)) {
+            return ElfFile::parse_shared(Bytes(Arc::new(Backing::Map(m))));
+        }
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).map_err(LoadError::Missing)?;
+        ElfFile::parse_shared(Bytes::heap(data))
     }
 
     pub fn parse(data: &[u8]) -> Result<ElfFile, LoadError> {
-        let elf = Elf::parse(data).map_err(|e| LoadError::Corrupt(e.to_string()))?;
+        ElfFile::parse_shared(Bytes::heap(data.to_vec()))
+    }
+
+    /// Like `parse`, keeping `data` instead of copying it.
+    pub fn parse_owned(data: Vec<u8>) -> Result<ElfFile, LoadError> {
+        ElfFile::parse_shared(Bytes::heap(data))
+    }
+
+    /// Parse a file already in memory; DWARF sections keep `file` alive and
+    /// point into it.
+    pub fn parse_shared(file: Bytes) -> Result<ElfFile, LoadError> {
+        let data: &[u8] = &file;
+        let (elf, names) = match parse_lazily(data) {
+            Some(x) => x,
+            None => {
+                let elf = Elf::parse(data).map_err(|e| LoadError::Corrupt(e.to_string()))?;
+                (elf, None)
+            }
+        };
         let endian = if elf.little_endian { RunTimeEndian::Little } else { RunTimeEndian::Big };
 
         let segments = elf
@@ -146,13 +225,22 @@ impl ElfFile {
             .collect();
 
         let mut symbols = SymbolTable::default();
-        for (syms, strtab) in [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)] {
+        // Sized up front: growing these by doubling copied megabytes.
+        symbols.syms.reserve(elf.syms.len() + elf.dynsyms.len());
+        let [raw_strtab, raw_dynstr] = names.unwrap_or_default();
+        symbols.names.reserve(elf.strtab.len() + elf.dynstrtab.len() + raw_strtab.len() + raw_dynstr.len());
+        let tables = [(&elf.syms, &elf.strtab, names.map(|n| n[0])), (&elf.dynsyms, &elf.dynstrtab, names.map(|n| n[1]))];
+        for (syms, strtab, raw) in tables {
             for s in syms.iter() {
                 let t = s.st_type();
                 if !(t == sym::STT_FUNC || t == sym::STT_GNU_IFUNC) || s.st_shndx == 0 || s.st_value == 0 {
                     continue;
                 }
-                let Some(name) = strtab.get_at(s.st_name) else { continue };
+                let name = match raw {
+                    Some(r) => cstr_at(r, s.st_name),
+                    None => strtab.get_at(s.st_name),
+                };
+                let Some(name) = name else { continue };
                 if name.is_empty() {
                     continue;
                 }
@@ -196,24 +284,71 @@ impl ElfFile {
                     continue;
                 }
             };
-            let bytes = if sh.sh_flags & u64::from(section_header::SHF_COMPRESSED) != 0 {
+            let reader = if sh.sh_flags & u64::from(section_header::SHF_COMPRESSED) != 0 {
                 match decompress(bytes, elf.is_64, elf.little_endian) {
-                    Ok(b) => Cow::Owned(b),
+                    Ok(b) => EndianReader::new(Bytes::heap(b), endian),
                     Err(e) => {
                         dwarf_error = Some(format!("{name}: {e}"));
                         continue;
                     }
                 }
             } else {
-                Cow::Borrowed(bytes)
+                // In bounds: section_bytes checked sh_offset + sh_size.
+                let start = bytes.as_ptr() as usize - data.as_ptr() as usize;
+                EndianReader::new(file.clone(), endian).range(start..start + bytes.len())
             };
             has_info |= name == ".debug_info";
-            debug_secs.push((name.to_string(), Arc::from(bytes.into_owned())));
+            debug_secs.push((name.to_string(), reader));
         }
         let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }
+}
+
+/// Goblin's `Elf::parse`, cut down to what symres reads: it skips
+/// relocations and the dynamic section, and leaves the symbol string tables
+/// unparsed (returned raw, for `cstr_at`), which goblin would split into a
+/// vector of every string first: together most of the time to first answer
+/// for a large binary. `None` (use `Elf::parse`) for files it does not
+/// handle: no section headers, or extended section numbering.
+fn parse_lazily(data: &[u8]) -> Option<(Elf<'_>, Option<[&[u8]; 2]>)> {
+    use goblin::container::{Container, Ctx};
+    use goblin::elf::{ProgramHeader, SectionHeader, Symtab};
+    let header = Elf::parse_header(data).ok()?;
+    if header.e_shnum == 0 || header.e_shstrndx == section_header::SHN_XINDEX as u16 {
+        return None;
+    }
+    let container = header.container().ok()?;
+    let ctx = Ctx::new(container, header.endianness().ok()?);
+    let mut elf = Elf::lazy_parse(header).ok()?;
+    elf.program_headers = ProgramHeader::parse(data, header.e_phoff as usize, header.e_phnum as usize, ctx).ok()?;
+    elf.section_headers = SectionHeader::parse(data, header.e_shoff as usize, header.e_shnum as usize, ctx).ok()?;
+    let bytes_of = |sh: &section_header::SectionHeader| section_bytes(data, sh);
+    let shstr = elf.section_headers.get(usize::from(header.e_shstrndx)).and_then(bytes_of)?;
+    elf.shdr_strtab = goblin::strtab::Strtab::parse(shstr, 0, shstr.len(), 0).ok()?;
+    let entsize = if container == Container::Big { 24 } else { 16 };
+    let mut raw: [&[u8]; 2] = [&[], &[]];
+    for (i, ty) in [section_header::SHT_SYMTAB, section_header::SHT_DYNSYM].into_iter().enumerate() {
+        let Some(sh) = elf.section_headers.iter().rfind(|sh| sh.sh_type == ty) else { continue };
+        bytes_of(sh)?;
+        let count = usize::try_from(sh.sh_size / entsize).ok()?;
+        let syms = Symtab::parse(data, usize::try_from(sh.sh_offset).ok()?, count, ctx).ok()?;
+        raw[i] = elf.section_headers.get(sh.sh_link as usize).and_then(bytes_of).unwrap_or_default();
+        if i == 0 {
+            elf.syms = syms;
+        } else {
+            elf.dynsyms = syms;
+        }
+    }
+    Some((elf, Some(raw)))
+}
+
+/// The NUL-terminated UTF-8 string at `offset` of a string table.
+fn cstr_at(table: &[u8], offset: usize) -> Option<&str> {
+    let rest = table.get(offset..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// The ELF address that file offset `offset` is loaded at.

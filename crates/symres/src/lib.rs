@@ -11,10 +11,12 @@
 //! whenever the next read could block) and never give up on a whole stream
 //! because of one bad line or one bad file.
 
+mod dwarf;
 mod elf;
 mod kallsyms;
 mod line;
 mod maps;
+mod mmap;
 mod resolve;
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -128,6 +130,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut buf = Vec::new();
+    let mut line_out = Vec::new();
     let mut lineno: u64 = 0;
     let mut malformed: u64 = 0;
     loop {
@@ -161,16 +164,20 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match resolver.process_line_bytes(text) {
-            Ok(None) => out.write_all(text)?,
-            Ok(Some(b)) => out.write_all(&b)?,
+        // The rewritten line goes to a buffer reused from line to line (no
+        // allocation per line once it has grown), then out in one write.
+        line_out.clear();
+        match line::process_into(&mut resolver.0, text, &mut line_out) {
+            Ok(false) => line_out.extend_from_slice(text),
+            Ok(true) => {}
             Err(e) => {
                 eprintln!("symres: line {lineno}: {e}");
                 malformed += 1;
                 continue;
             }
         }
-        out.write_all(b"\n")?;
+        line_out.push(b'\n');
+        out.write_all(&line_out)?;
     }
     out.flush().context("writing to standard output")?;
     if malformed > 0 {

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,7 +55,9 @@ enum J<'a> {
 
 #[derive(Debug, Clone)]
 enum Fields {
-    Resolved(Arc<crate::resolve::Resolution>),
+    /// The cached answer, and how far to move its `sym_offset` (1 for a
+    /// return address, looked up one byte back).
+    Resolved(Arc<crate::resolve::Resolution>, u64),
     Reason(Reason),
 }
 
@@ -98,7 +101,7 @@ impl<'a> J<'a> {
                         out.push(b',');
                     }
                     match x {
-                        Fields::Resolved(r) => out.extend_from_slice(r.json_fields().as_bytes()),
+                        Fields::Resolved(r, shift) => r.write_json_fields(out, *shift),
                         Fields::Reason(r) => {
                             out.extend_from_slice(b"\"reason\":\"");
                             out.extend_from_slice(r.as_str().as_bytes());
@@ -125,6 +128,14 @@ impl<'a> J<'a> {
 }
 
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Most strings (keys, paths, hex numbers) need no escaping: copy them.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Cannot fail: writing to a Vec, and a str is always serializable.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -213,7 +224,22 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// Resolve every frame of `line`. `Ok(None)`: the line has no frames and is
 /// to be written unchanged.
 pub fn process(resolver: &mut Resolver, line: &[u8]) -> Result<Option<Vec<u8>>, LineError> {
-    let mut v: J<'_> = serde_json::from_slice(line).map_err(|e| LineError(format!("not JSON: {e}")))?;
+    let mut out = Vec::new();
+    Ok(process_into(resolver, line, &mut out)?.then_some(out))
+}
+
+/// Like `process`, appending the rewritten line to `out` (a buffer the
+/// caller reuses) and returning whether it did; `out` is left as it was when
+/// the line has no frames or is rejected.
+pub fn process_into(resolver: &mut Resolver, line: &[u8], out: &mut Vec<u8>) -> Result<bool, LineError> {
+    // One UTF-8 check of the whole line is cheaper than serde_json's check
+    // of every string; a line that is not UTF-8 takes the byte path, which
+    // says where the bad byte is.
+    let parsed: Result<J<'_>, _> = match std::str::from_utf8(line) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(line),
+    };
+    let mut v = parsed.map_err(|e| LineError(format!("not JSON: {e}")))?;
     let J::Obj(top, _) = &mut v else {
         return Err(LineError("not a JSON object".into()));
     };
@@ -232,11 +258,11 @@ pub fn process(resolver: &mut Resolver, line: &[u8]) -> Result<Option<Vec<u8>>, 
     let mut path = String::new();
     walk_object(resolver, top, pid, &mut found, &mut path, 0)?;
     if !found {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut out = Vec::with_capacity(line.len() * 3);
-    v.write(&mut out);
-    Ok(Some(out))
+    out.reserve(line.len() * 3);
+    v.write(out);
+    Ok(true)
 }
 
 type Fieldz<'a> = Vec<(Cow<'a, str>, J<'a>)>;
@@ -293,7 +319,7 @@ fn walk_value(
         J::Arr(a) => {
             for (i, x) in a.iter_mut().enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{i}]"));
+                let _ = write!(path, "[{i}]");
                 walk_value(r, x, pid, found, path, depth + 1)?;
                 path.truncate(len);
             }
@@ -309,7 +335,8 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
     let offset = opt_u64(f, "offset")?;
     let module = match J::get(f, "module") {
         None | Some(J::Null) => None,
-        Some(J::Str(s)) if !s.is_empty() => Some(s.to_string()),
+        // A clone of a borrowed Cow: no copy of the string.
+        Some(J::Str(s)) if !s.is_empty() => Some(s.clone()),
         Some(other) => return Err(format!("module: expected a file name, got {}", other.short())),
     };
     let build_id = match J::get(f, "build_id") {
@@ -333,7 +360,7 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
     };
     let outcome: Outcome = match (addr, &module, offset) {
         (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back)),
-        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m), off.saturating_sub(back), build_id.as_deref(), pid),
+        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), build_id.as_deref(), pid),
         (Some(a), _, _) => match pid {
             Some(pid) => {
                 let mut pf = r.resolve_pid_addr(pid, a.saturating_sub(back), build_id.as_deref());
@@ -359,8 +386,7 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
         f.retain(|(k, _)| !OUR_FIELDS.contains(&k.as_ref()));
     }
     *extra = Some(match outcome {
-        Ok(res) if back > 0 => Fields::Resolved(Arc::new(res.shifted(back))),
-        Ok(res) => Fields::Resolved(res),
+        Ok(res) => Fields::Resolved(res, back),
         Err(reason) => Fields::Reason(reason),
     });
     Ok(())
@@ -395,6 +421,18 @@ mod tests {
     fn run(line: &str) -> Result<Option<String>, String> {
         let mut r = Resolver::new(Options::default());
         process(&mut r, line.as_bytes()).map(|o| o.map(|b| String::from_utf8(b).unwrap())).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json() {
+        for s in ["", "plain/path.rs", "q\"uote", "back\\slash", "nl\n\t\u{1}", "é\u{7f}"] {
+            let mut o = Vec::new();
+            write_str(&mut o, s);
+            assert_eq!(String::from_utf8(o).unwrap(), serde_json::to_string(s).unwrap());
+        }
+        let mut r = Resolver::new(Options::default());
+        let e = process(&mut r, b"{\"stack\":[{\"addr\":\"\xff\"}]}").unwrap_err();
+        assert!(e.0.starts_with("not JSON"), "{e}");
     }
 
     #[test]

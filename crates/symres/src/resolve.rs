@@ -71,8 +71,10 @@ pub struct Resolution {
     pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     pub inlined: Vec<Inlined>,
-    /// The fields above as JSON object members, rendered once.
-    pub(crate) json: std::sync::OnceLock<Box<str>>,
+    /// The fields above as JSON object members, rendered once: those
+    /// before `sym_offset` and those after it (`sym_offset` itself is
+    /// written per frame, since return addresses shift it).
+    pub(crate) json: std::sync::OnceLock<(Box<str>, Box<str>)>,
 }
 
 impl Resolution {
@@ -92,60 +94,95 @@ impl Resolution {
 
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
     /// a frame. Rendered once per address and reused for every frame.
-    pub fn json_fields(&self) -> &str {
-        self.json.get_or_init(|| {
-            let mut o = Vec::new();
-            let sep = |o: &mut Vec<u8>, k: &str| {
-                if !o.is_empty() {
+    pub fn json_fields(&self) -> String {
+        let mut o = Vec::new();
+        self.write_json_fields(&mut o, 0);
+        String::from_utf8(o).unwrap_or_default()
+    }
+
+    /// Append `json_fields()` to `out`, with `sym_offset` moved by `shift`
+    /// bytes (see `shifted`), without building a shifted copy: everything
+    /// but the offset is rendered once per address and reused.
+    pub(crate) fn write_json_fields(&self, out: &mut Vec<u8>, shift: u64) {
+        let (head, tail) = self.json.get_or_init(|| self.render());
+        out.extend_from_slice(head.as_bytes());
+        if let Some(x) = self.sym_offset {
+            if !head.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"sym_offset\":\"");
+            write_hex(out, x.wrapping_add(shift));
+            out.push(b'"');
+        }
+        if !tail.is_empty() {
+            if !head.is_empty() || self.sym_offset.is_some() {
+                out.push(b',');
+            }
+            out.extend_from_slice(tail.as_bytes());
+        }
+    }
+
+    /// The fields before `sym_offset` and those after it.
+    fn render(&self) -> (Box<str>, Box<str>) {
+        let sep = |o: &mut Vec<u8>, k: &str| {
+            if !o.is_empty() {
+                o.push(b',');
+            }
+            crate::line::write_str(o, k);
+            o.push(b':');
+        };
+        let mut head = Vec::new();
+        if let Some(s) = &self.sym {
+            sep(&mut head, "sym");
+            crate::line::write_str(&mut head, s);
+        }
+        let mut o = Vec::new();
+        if let Some(f) = &self.file {
+            sep(&mut o, "file");
+            crate::line::write_str(&mut o, f);
+        }
+        if let Some(l) = self.line {
+            sep(&mut o, "line");
+            o.extend_from_slice(l.to_string().as_bytes());
+        }
+        if !self.inlined.is_empty() {
+            sep(&mut o, "inlined");
+            o.push(b'[');
+            for (i, f) in self.inlined.iter().enumerate() {
+                if i > 0 {
                     o.push(b',');
                 }
-                crate::line::write_str(o, k);
-                o.push(b':');
-            };
-            if let Some(s) = &self.sym {
-                sep(&mut o, "sym");
-                crate::line::write_str(&mut o, s);
-            }
-            if let Some(x) = self.sym_offset {
-                sep(&mut o, "sym_offset");
-                crate::line::write_str(&mut o, &leakd_common::text::hex(x));
-            }
-            if let Some(f) = &self.file {
-                sep(&mut o, "file");
-                crate::line::write_str(&mut o, f);
-            }
-            if let Some(l) = self.line {
-                sep(&mut o, "line");
-                o.extend_from_slice(l.to_string().as_bytes());
-            }
-            if !self.inlined.is_empty() {
-                sep(&mut o, "inlined");
-                o.push(b'[');
-                for (i, f) in self.inlined.iter().enumerate() {
-                    if i > 0 {
-                        o.push(b',');
-                    }
-                    let mut inner = Vec::new();
-                    if let Some(s) = &f.sym {
-                        sep(&mut inner, "sym");
-                        crate::line::write_str(&mut inner, s);
-                    }
-                    if let Some(file) = &f.file {
-                        sep(&mut inner, "file");
-                        crate::line::write_str(&mut inner, file);
-                    }
-                    if let Some(l) = f.line {
-                        sep(&mut inner, "line");
-                        inner.extend_from_slice(l.to_string().as_bytes());
-                    }
-                    o.push(b'{');
-                    o.extend_from_slice(&inner);
-                    o.push(b'}');
+                let mut inner = Vec::new();
+                if let Some(s) = &f.sym {
+                    sep(&mut inner, "sym");
+                    crate::line::write_str(&mut inner, s);
                 }
-                o.push(b']');
+                if let Some(file) = &f.file {
+                    sep(&mut inner, "file");
+                    crate::line::write_str(&mut inner, file);
+                }
+                if let Some(l) = f.line {
+                    sep(&mut inner, "line");
+                    inner.extend_from_slice(l.to_string().as_bytes());
+                }
+                o.push(b'{');
+                o.extend_from_slice(&inner);
+                o.push(b'}');
             }
-            String::from_utf8(o).unwrap_or_default().into_boxed_str()
-        })
+            o.push(b']');
+        }
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default().into_boxed_str();
+        (text(head), text(o))
+    }
+}
+
+/// `0x` and lower-case hex digits, as `leakd_common::text::hex` writes them.
+pub(crate) fn write_hex(out: &mut Vec<u8>, x: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"0x");
+    let n = (64 - (x | 1).leading_zeros()).div_ceil(4);
+    for i in (0..n).rev() {
+        out.push(DIGITS[((x >> (i * 4)) & 0xf) as usize]);
     }
 }
 
@@ -195,8 +232,8 @@ struct Module {
     /// module has no (usable) DWARF.
     dwarf: Option<DwarfState>,
     answers: FxHashMap<u64, Outcome>,
-    demangled: HashMap<usize, Arc<str>>,
-    files: HashMap<String, Arc<str>>,
+    demangled: FxHashMap<usize, Arc<str>>,
+    files: FxHashMap<String, Arc<str>>,
     /// DWARF (linkage) name → demangled, since the same inlined functions
     /// turn up at many addresses.
     dwarf_names: FxHashMap<String, Arc<str>>,
@@ -204,7 +241,7 @@ struct Module {
 
 enum DwarfState {
     Pending(elf::DwarfSections),
-    Ready(Box<addr2line::Context<Reader>>),
+    Ready(Box<crate::dwarf::Index>),
     Absent,
 }
 
@@ -495,8 +532,8 @@ impl Resolver {
             symbols,
             dwarf: Some(dwarf.map_or(DwarfState::Absent, DwarfState::Pending)),
             answers: FxHashMap::default(),
-            demangled: HashMap::new(),
-            files: HashMap::new(),
+            demangled: FxHashMap::default(),
+            files: FxHashMap::default(),
             dwarf_names: FxHashMap::default(),
         });
         self.modules.len() - 1
@@ -554,7 +591,7 @@ impl Resolver {
                 self.log(1, || format!("{}: CRC does not match .gnu_debuglink, ignored", p.display()));
                 continue;
             }
-            match std::panic::catch_unwind(|| ElfFile::parse(&data)) {
+            match std::panic::catch_unwind(move || ElfFile::parse_owned(data)) {
                 Ok(Ok(d)) => {
                     self.log(1, || format!("using debug file {}", p.display()));
                     return Some(d);
@@ -624,35 +661,24 @@ impl Module {
         }
         if let Some(DwarfState::Pending(_)) = &self.dwarf {
             if let Some(DwarfState::Pending(secs)) = self.dwarf.take() {
-                self.dwarf = Some(match secs.context() {
-                    Ok(c) => DwarfState::Ready(Box::new(c)),
-                    Err(e) => {
-                        if verbose > 0 {
-                            eprintln!("symres: unusable DWARF: {e}");
-                        }
-                        DwarfState::Absent
-                    }
-                });
+                self.dwarf = Some(DwarfState::Ready(Box::new(crate::dwarf::Index::new(secs))));
             }
         }
-        if let Some(DwarfState::Ready(ctx)) = &self.dwarf {
+        if let Some(DwarfState::Ready(index)) = &mut self.dwarf {
             let mut frames: Vec<DwarfFrame> = Vec::new();
-            if want_inlined {
-                if let Ok(mut it) = ctx.find_frames(vaddr).skip_all_loads() {
-                    while let Ok(Some(f)) = it.next() {
-                        let name = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| demangle_cached(&mut self.dwarf_names, &n));
-                        let (file, line) = match f.location {
-                            Some(l) => (l.file.map(|s| intern(&mut self.files, s)), l.line),
-                            None => (None, None),
-                        };
-                        frames.push((name, file, line));
-                        if frames.len() >= 256 {
-                            break;
-                        }
-                    }
+            let mut which = index.context_for(vaddr, verbose);
+            loop {
+                let (ctx, unit_only) = match which {
+                    Some(crate::dwarf::Which::Unit(c)) => (c, true),
+                    Some(crate::dwarf::Which::Full(c)) => (c, false),
+                    None => break,
+                };
+                dwarf_frames(ctx, vaddr, want_inlined, &mut self.dwarf_names, &mut self.files, &mut frames);
+                if !frames.is_empty() || !unit_only {
+                    break;
                 }
-            } else if let Ok(Some(l)) = ctx.find_location(vaddr) {
-                frames.push((None, l.file.map(|s| intern(&mut self.files, s)), l.line));
+                // The unit .debug_aranges named does not know the address.
+                which = index.full(vaddr, verbose).map(crate::dwarf::Which::Full);
             }
             if let Some((name, file, line)) = frames.pop() {
                 res.file = file;
@@ -684,6 +710,35 @@ pub fn fuzz_elf(data: &[u8]) {
     }
 }
 
+/// The frames addr2line reports at `vaddr`, innermost first (only the
+/// location, as one frame, without `want_inlined`).
+fn dwarf_frames(
+    ctx: &addr2line::Context<Reader>,
+    vaddr: u64,
+    want_inlined: bool,
+    names: &mut FxHashMap<String, Arc<str>>,
+    files: &mut FxHashMap<String, Arc<str>>,
+    frames: &mut Vec<DwarfFrame>,
+) {
+    if want_inlined {
+        if let Ok(mut it) = ctx.find_frames(vaddr).skip_all_loads() {
+            while let Ok(Some(f)) = it.next() {
+                let name = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| demangle_cached(names, &n));
+                let (file, line) = match f.location {
+                    Some(l) => (l.file.map(|s| intern(files, s)), l.line),
+                    None => (None, None),
+                };
+                frames.push((name, file, line));
+                if frames.len() >= 256 {
+                    break;
+                }
+            }
+        }
+    } else if let Ok(Some(l)) = ctx.find_location(vaddr) {
+        frames.push((None, l.file.map(|s| intern(files, s)), l.line));
+    }
+}
+
 fn demangle_cached(cache: &mut FxHashMap<String, Arc<str>>, raw: &str) -> Arc<str> {
     if let Some(a) = cache.get(raw) {
         return a.clone();
@@ -693,7 +748,7 @@ fn demangle_cached(cache: &mut FxHashMap<String, Arc<str>>, raw: &str) -> Arc<st
     a
 }
 
-fn intern(files: &mut HashMap<String, Arc<str>>, s: &str) -> Arc<str> {
+fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
     if let Some(a) = files.get(s) {
         return a.clone();
     }
@@ -865,6 +920,35 @@ mod tests {
             }
             fuzz_elf(&data);
         }
+    }
+
+    #[test]
+    fn hex_matches_common_text_hex() {
+        for x in [0u64, 1, 0xf, 0x10, 0x1234_5678, u64::MAX, 1 << 63] {
+            let mut o = Vec::new();
+            write_hex(&mut o, x);
+            assert_eq!(String::from_utf8(o).unwrap(), leakd_common::text::hex(x));
+        }
+    }
+
+    #[test]
+    fn json_fields_shift_only_the_offset() {
+        let r = Resolution {
+            sym: Some("f".into()),
+            sym_offset: Some(0x10),
+            file: Some("a.c".into()),
+            line: Some(3),
+            inlined: vec![Inlined { sym: Some("g".into()), file: None, line: Some(4) }],
+            json: Default::default(),
+        };
+        assert_eq!(r.json_fields(), r#""sym":"f","sym_offset":"0x10","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
+        let mut o = Vec::new();
+        r.write_json_fields(&mut o, 1);
+        assert_eq!(String::from_utf8(o).unwrap(), r.shifted(1).json_fields());
+        let bare = Resolution { file: Some("a.c".into()), ..Default::default() };
+        assert_eq!(bare.json_fields(), r#""file":"a.c""#);
+        let off = Resolution { sym_offset: Some(0), line: Some(1), ..Default::default() };
+        assert_eq!(off.json_fields(), r#""sym_offset":"0x0","line":1"#);
     }
 
     #[test]

@@ -1,0 +1,256 @@
+//! DWARF lookups that parse only the compilation units they need.
+//!
+//! `addr2line::Context::from_dwarf` walks every unit header up front (and
+//! the whole line program of units without address ranges); for a debug
+//! build with hundreds of units that alone cost tens of milliseconds before
+//! the first answer. Most units are covered by .debug_aranges, so an
+//! address is first mapped to its unit through a sorted table built from
+//! that section, and answered by a context made over that unit alone (its
+//! bytes of .debug_info, every other section whole). Such a context gives
+//! the same answers as the full one only when the unit is self-contained:
+//! no reference into other units (DW_FORM_ref_addr and the like, which
+//! would be read against the wrong offsets) and not a split-DWARF skeleton.
+//! Units that are not, addresses outside .debug_aranges, and addresses a
+//! unit context knows nothing about all go to the full context, built on
+//! first need; once it exists it answers everything.
+
+use gimli::Reader as _;
+
+use crate::elf::{DwarfSections, Reader};
+
+type Ctx = addr2line::Context<Reader>;
+
+/// An address range [begin, end) and the index of its unit in `units`.
+type Span = (u64, u64, u32);
+
+/// Unit index of an address range claimed by more than one unit.
+const AMBIGUOUS: u32 = u32::MAX;
+
+/// A unit's context is built once; `None` inside means "use the full one".
+struct UnitSlot {
+    offset: usize,
+    ctx: Option<Option<Box<Ctx>>>,
+}
+
+pub struct Index {
+    secs: DwarfSections,
+    /// Sorted by begin, not overlapping.
+    ranges: Vec<Span>,
+    units: Vec<UnitSlot>,
+    /// The context over all units; `Some(None)` when it cannot be built.
+    full: Option<Option<Box<Ctx>>>,
+}
+
+/// Which context answered: a single unit's (a miss there is retried with
+/// the full one) or the full one.
+pub enum Which<'a> {
+    Unit(&'a Ctx),
+    Full(&'a Ctx),
+}
+
+impl Index {
+    /// Cheap: reads .debug_aranges only (a malformed one just means every
+    /// address goes to the full context).
+    pub fn new(secs: DwarfSections) -> Index {
+        let (ranges, units) = aranges(&secs).unwrap_or_default();
+        Index { secs, ranges, units, full: None }
+    }
+
+    /// The unit context for `vaddr` when there is a usable one, else the
+    /// full context (`None` when even that cannot be built).
+    pub fn context_for(&mut self, vaddr: u64, verbose: u8) -> Option<Which<'_>> {
+        let unit = if self.full.is_none() { self.unit_of(vaddr) } else { None };
+        if let Some(u) = unit {
+            if self.units[u].ctx.is_none() {
+                let offset = self.units[u].offset;
+                let c = unit_context(&self.secs, offset).map(Box::new);
+                if c.is_none() && verbose > 1 {
+                    eprintln!("symres: DWARF unit at {offset:#x} is not self-contained");
+                }
+                self.units[u].ctx = Some(c);
+            }
+        }
+        match unit.and_then(|u| self.units[u].ctx.as_ref()) {
+            Some(Some(_)) => unit.and_then(|u| self.units[u].ctx.as_ref()?.as_deref()).map(Which::Unit),
+            _ => self.full(vaddr, verbose).map(Which::Full),
+        }
+    }
+
+    /// The context over all units, built on first use.
+    pub fn full(&mut self, vaddr: u64, verbose: u8) -> Option<&Ctx> {
+        if self.full.is_none() {
+            if verbose > 1 {
+                eprintln!("symres: parsing all DWARF units ({vaddr:#x})");
+            }
+            let c = match self.secs.context() {
+                Ok(c) => Some(Box::new(c)),
+                Err(e) => {
+                    if verbose > 0 {
+                        eprintln!("symres: unusable DWARF: {e}");
+                    }
+                    None
+                }
+            };
+            self.full = Some(c);
+            // Unit contexts are no longer consulted.
+            self.units.iter_mut().for_each(|u| u.ctx = None);
+        }
+        self.full.as_ref().and_then(|c| c.as_deref())
+    }
+
+    fn unit_of(&self, vaddr: u64) -> Option<usize> {
+        let i = self.ranges.partition_point(|r| r.0 <= vaddr).checked_sub(1)?;
+        let (_, end, u) = self.ranges[i];
+        (vaddr < end && u != AMBIGUOUS).then_some(u as usize)
+    }
+}
+
+/// Sorted address ranges of .debug_aranges, and the units they name.
+fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
+    let Some(section) = secs.section(".debug_aranges") else { return Ok(Default::default()) };
+    let aranges = gimli::DebugAranges::from(section);
+    let mut ranges = Vec::new();
+    let mut units: Vec<UnitSlot> = Vec::new();
+    let mut by_offset = rustc_hash::FxHashMap::default();
+    let mut headers = aranges.headers();
+    while let Some(h) = headers.next()? {
+        let offset = h.debug_info_offset().0;
+        let u = *by_offset.entry(offset).or_insert_with(|| {
+            units.push(UnitSlot { offset, ctx: None });
+            units.len() - 1
+        });
+        let Some(u) = u32::try_from(u).ok().filter(|&u| u != AMBIGUOUS) else { break };
+        let mut entries = h.entries();
+        // Errors in one set (address overflow) end that set only.
+        while let Ok(Some(e)) = entries.next() {
+            if e.length() != 0 {
+                let r = e.range();
+                ranges.push((r.begin, r.end, u));
+            }
+        }
+    }
+    ranges.sort_unstable_by_key(|r| r.0);
+    // Addresses claimed by two units are ambiguous: the merged span goes to
+    // the full context.
+    let mut out: Vec<Span> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.0 < last.1 => {
+                if last.2 != r.2 {
+                    last.2 = AMBIGUOUS;
+                }
+                last.1 = last.1.max(r.1);
+            }
+            _ => out.push(r),
+        }
+    }
+    Ok((out, units))
+}
+
+/// A context over the single unit at `offset` of .debug_info, when that
+/// unit is self-contained (see the module docs).
+fn unit_context(secs: &DwarfSections, offset: usize) -> Option<Ctx> {
+    let info = secs.section(".debug_info")?;
+    let header = gimli::DebugInfo::from(info.clone()).header_from_offset(gimli::DebugInfoOffset(offset)).ok()?;
+    if !matches!(header.type_(), gimli::UnitType::Compilation) {
+        return None;
+    }
+    let abbrev = secs.section(".debug_abbrev")?;
+    if !self_contained(abbrev, header.debug_abbrev_offset().0)? {
+        return None;
+    }
+    let mut unit = info;
+    unit.skip(offset).ok()?;
+    unit.truncate(header.length_including_self()).ok()?;
+    secs.context_with(|name| match name {
+        ".debug_info" => Some(unit.clone()),
+        // Keyed by .debug_info offsets, which are relative to the slice now.
+        ".debug_aranges" => None,
+        _ => secs.section(name),
+    })
+    .ok()
+}
+
+/// Whether the abbreviations at `offset` use no form that refers outside
+/// the unit. `None` when they cannot be read.
+fn self_contained(mut r: Reader, offset: usize) -> Option<bool> {
+    const DW_FORM_REF_ADDR: u64 = 0x10;
+    const DW_FORM_INDIRECT: u64 = 0x16;
+    const DW_FORM_REF_SUP4: u64 = 0x1c;
+    const DW_FORM_IMPLICIT_CONST: u64 = 0x21;
+    const DW_FORM_REF_SUP8: u64 = 0x24;
+    const DW_FORM_GNU_REF_ALT: u64 = 0x1f20;
+    r.skip(offset).ok()?;
+    loop {
+        let code = r.read_uleb128().ok()?;
+        if code == 0 {
+            return Some(true);
+        }
+        let _tag = r.read_uleb128().ok()?;
+        let _children = r.read_u8().ok()?;
+        loop {
+            let name = r.read_uleb128().ok()?;
+            let form = r.read_uleb128().ok()?;
+            if name == 0 && form == 0 {
+                break;
+            }
+            match form {
+                DW_FORM_REF_ADDR | DW_FORM_INDIRECT | DW_FORM_REF_SUP4 | DW_FORM_REF_SUP8 | DW_FORM_GNU_REF_ALT => {
+                    return Some(false)
+                }
+                DW_FORM_IMPLICIT_CONST => {
+                    r.read_sleb128().ok()?;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::ElfFile;
+
+    type Frame = (Option<String>, Option<String>, Option<u32>);
+
+    fn frames(ctx: &Ctx, a: u64) -> Vec<Frame> {
+        let mut out = Vec::new();
+        if let Ok(mut it) = ctx.find_frames(a).skip_all_loads() {
+            while let Ok(Some(f)) = it.next() {
+                let name = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| n.to_string());
+                let (file, line) = f.location.map_or((None, None), |l| (l.file.map(str::to_string), l.line));
+                out.push((name, file, line));
+            }
+        }
+        out
+    }
+
+    /// A unit context must answer exactly as the full one does, on a real
+    /// Rust debug build (this test binary) with hundreds of units.
+    #[test]
+    fn unit_contexts_answer_like_the_full_context() {
+        let exe = std::env::current_exe().unwrap();
+        let (Ok(a), Ok(b)) = (ElfFile::open(&exe), ElfFile::open(&exe)) else { panic!("cannot read {}", exe.display()) };
+        let (Some(da), Some(db)) = (a.dwarf, b.dwarf) else {
+            eprintln!("note: test binary without DWARF, skipped");
+            return;
+        };
+        let full = db.context().unwrap();
+        let mut index = Index::new(da);
+        let addrs: Vec<u64> = index.ranges.iter().filter(|r| r.2 != AMBIGUOUS).flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2]).step_by(13).collect();
+        assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
+        let (mut by_unit, mut compared) = (0, 0);
+        for a in addrs {
+            let Some(Which::Unit(ctx)) = index.context_for(a, 0) else { continue };
+            by_unit += 1;
+            let mine = frames(ctx, a);
+            if mine.is_empty() {
+                continue;
+            }
+            assert_eq!(mine, frames(&full, a), "at {a:#x}");
+            compared += 1;
+        }
+        assert!(compared > 50 && compared * 2 > by_unit, "{compared} of {by_unit} compared");
+    }
+}
