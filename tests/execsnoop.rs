@@ -114,7 +114,7 @@ fn attach_by_pid_sees_exec_and_ends_with_target() {
         .spawn()
         .unwrap();
     let pid = target.id().to_string();
-    let (mut tool, _err) = spawn_attached("execsnoop", &["-p", &pid]);
+    let (tool, _err) = spawn_attached("execsnoop", &["-p", &pid]);
     writeln!(target.stdin.take().unwrap(), "go").unwrap();
     target.wait().unwrap();
     let out = tool.wait_with_output().unwrap();

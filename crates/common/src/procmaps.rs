@@ -193,7 +193,7 @@ mod tests {
     fn frames_of_our_own_code() {
         let mut cache = MapsCache::new();
         let pid = std::process::id();
-        let addr = frames_of_our_own_code as usize as u64;
+        let addr = frames_of_our_own_code as fn() as usize as u64;
         let f = cache.frame(pid, addr).expect("own code is mapped executable");
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(f["module"], exe.display().to_string());
