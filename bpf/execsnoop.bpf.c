@@ -65,7 +65,6 @@ static __always_inline struct execsnoop_event *fill_header(struct task_struct *t
 	e->args_len = 0;
 	e->args_total = 0;
 	e->filename_len = 0;
-	e->argc = 0;
 	e->args_truncated = 0;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	return e;
@@ -159,7 +158,6 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 struct argv_walk {
 	const char *const *argv;
 	__u32 off;
-	__u32 argc;
 	__u8 truncated;
 };
 
@@ -195,7 +193,6 @@ static long read_arg(__u64 i, void *data)
 	if (n == EXECSNOOP_FILENAME_MAX)
 		w->truncated = 1;
 	w->off += n;
-	w->argc++;
 	return 0;
 }
 
@@ -221,10 +218,16 @@ static __always_inline int on_exit(long ret)
 		goto out;
 	w.argv = en->argv;
 	n = bpf_loop(EXECSNOOP_FAILED_ARGV_MAX, read_arg, &w, 0);
-	e->argc = w.argc;
 	e->args_truncated = w.truncated || n == EXECSNOOP_FAILED_ARGV_MAX;
-	e->args_len = w.off > EXECSNOOP_ARGS_MAX ? EXECSNOOP_ARGS_MAX : w.off;
-	e->args_total = e->args_len;
+	/* The last argument read may run past EXECSNOOP_ARGS_MAX - 1 (into the
+	 * filename's room): cut it there, as the success path does, since
+	 * args_len is masked with EXECSNOOP_ARGS_MAX - 1 on use. */
+	e->args_len = w.off;
+	if (w.off > EXECSNOOP_ARGS_MAX - 1) {
+		e->args_len = EXECSNOOP_ARGS_MAX - 1;
+		e->args_truncated = 1;
+	}
+	e->args_total = w.off;
 	put_filename(e, en->filename, 1);
 	submit(e);
 out:

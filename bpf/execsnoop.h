@@ -21,9 +21,8 @@ struct execsnoop_event {
 	__u32 args_len;     /* bytes of data[] holding NUL-separated argv */
 	__u32 args_total;   /* original argv length in bytes */
 	__u32 filename_len; /* bytes after args in data[], without the NUL */
-	__u32 argc;         /* failed execs: arguments seen; 0 = count from data */
 	__u8 args_truncated;
-	__u8 pad[3];
+	__u8 pad[7];
 	__u8 comm[16];
 	/* argv (args_len bytes) followed by the filename (filename_len bytes) */
 	__u8 data[EXECSNOOP_ARGS_MAX + EXECSNOOP_FILENAME_MAX];

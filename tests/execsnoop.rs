@@ -83,6 +83,43 @@ fn max_args_truncates_and_reports_length() {
     assert_eq!(execs[0]["argv_len_bytes"], 20);
 }
 
+/// argv longer than the 16 KiB capture: cut, flagged, and the filename
+/// still right, for a successful exec and for a failed one (whose argv is
+/// walked argument by argument, so the last one read runs past the limit).
+#[test]
+fn long_argv_is_cut_without_losing_the_filename() {
+    if !bpf_available() {
+        return;
+    }
+    let args: Vec<String> = (0..8).map(|i| format!("{i}{}", "x".repeat(2999))).collect();
+    let total: usize = args.iter().map(|a| a.len() + 1).sum();
+    let check = |e: &Value, filename: &str, first: &str| {
+        assert_eq!(e["filename"], filename);
+        assert_eq!(e["argv_truncated"], true);
+        let argv = e["argv"].as_array().unwrap();
+        assert_eq!(argv[0], first);
+        assert_eq!(argv[1], args[0].as_str());
+        assert!(argv.len() < args.len() + 1, "{} args", argv.len());
+        let kept: usize = argv.iter().map(|a| a.as_str().unwrap().len() + 1).sum();
+        assert!(kept <= 16384, "{kept} bytes kept");
+    };
+    let mut cmd = vec!["/bin/true"];
+    cmd.extend(args.iter().map(String::as_str));
+    let lines = run_launched(&[], &cmd);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    check(execs[0], "/bin/true", "/bin/true");
+    assert_eq!(execs[0]["argv_len_bytes"], "/bin/true".len() + 1 + total);
+
+    let mut cmd = vec!["sh", "-c", "/nonexistent/leakd-long \"$@\" 2>/dev/null; exit 0", "sh"];
+    cmd.extend(args.iter().map(String::as_str));
+    let lines = run_launched(&["--failed"], &cmd);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["ret"], -2);
+    check(execs[0], "/nonexistent/leakd-long", "/nonexistent/leakd-long");
+}
+
 #[test]
 fn storm_of_2000_execs_all_reported_with_argv() {
     if !bpf_available() {
