@@ -224,8 +224,8 @@ fn free_is_probed_past_its_first_instruction() {
 #[test]
 fn errors_are_clear() {
     let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--op", "bogus"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operation 'bogus'"));
+    assert_eq!(out.status.code(), Some(2), "bad usage");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'bogus' for '--op"));
     if bpf_available() {
         let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--lib", "/nonexistent.so", "-p", "1"]).output().unwrap();
         assert_eq!(out.status.code(), Some(1));

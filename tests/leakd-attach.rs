@@ -444,3 +444,18 @@ fn deleted_stack_keeps_its_counts() {
     assert_eq!(stacks[0]["allocs"], 6, "{lines:?}");
     assert_eq!(stacks[0]["frees"], 5, "{lines:?}");
 }
+
+#[test]
+fn usage_errors_exit_2() {
+    for (args, msg) in [
+        (&["--trend", "0"][..], "must be at least 1"),
+        (&["--max-allocs", "0"][..], "0 is not in 1.."),
+        (&["--sample-bytes", "0"][..], "0 is not in 1.."),
+        (&["--top", "x"][..], "invalid value"),
+    ] {
+        let out = Cmd::cargo_bin("leakd-attach").unwrap().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+}

@@ -370,13 +370,13 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
     assert_eq!(
         errs,
         [
-            "symres: line 2: not JSON: expected ident at line 1 column 2",
-            "symres: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
-            "symres: line 5: stack[0].addr: not a 64-bit address: 1.2345678901234568e+29",
-            "symres: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
-            "symres: line 8: stack: expected an array of frames, got \"nope\"",
-            "symres: line 9: not a JSON object",
-            "symres: 6 malformed line(s) skipped",
+            "symres: error: line 2: not JSON: expected ident at line 1 column 2",
+            "symres: error: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
+            "symres: error: line 5: stack[0].addr: not a 64-bit address: 1.2345678901234568e+29",
+            "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
+            "symres: error: line 8: stack: expected an array of frames, got \"nope\"",
+            "symres: error: line 9: not a JSON object",
+            "symres: error: 6 malformed line(s) skipped",
         ],
         "{}",
         r.stderr

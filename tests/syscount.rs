@@ -312,6 +312,7 @@ fn usage_errors() {
         (&["-s", "no_such_syscall"][..], "unknown syscall"),
         (&["-e", "ENOTANERRNO"][..], "unknown errno"),
         (&["-T", "x"][..], "invalid value"),
+        (&["--comm", ""][..], "not a process name"),
     ] {
         let out = Cmd::cargo_bin("syscount").unwrap().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -58,7 +58,7 @@ pub struct Cli {
     stack: bool,
     /// Only operations in this comma-separated list (malloc,calloc,realloc,reallocarray,free,
     /// posix_memalign,aligned_alloc,memalign,valloc,pvalloc,mmap,munmap).
-    #[arg(long, value_name = "OPS", value_delimiter = ',')]
+    #[arg(long, value_name = "OPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(probes::OP_NAMES))]
     op: Vec<String>,
     /// Only allocations of at least this many bytes (frees are always shown).
     #[arg(long, value_name = "BYTES")]

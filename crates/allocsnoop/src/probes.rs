@@ -203,8 +203,9 @@ fn find_function(elf: &Elf<'_>, name: &str) -> Option<(u64, u64)> {
 fn vaddr_to_offset(elf: &Elf<'_>, vaddr: u64) -> Option<u64> {
     elf.program_headers
         .iter()
-        .find(|p| p.p_type == PT_LOAD && p.p_vaddr <= vaddr && vaddr < p.p_vaddr + p.p_filesz)
-        .map(|p| vaddr - p.p_vaddr + p.p_offset)
+        .filter(|p| p.p_type == PT_LOAD && p.p_vaddr <= vaddr)
+        .find(|p| p.p_vaddr.checked_add(p.p_filesz).is_some_and(|end| vaddr < end))
+        .and_then(|p| (vaddr - p.p_vaddr).checked_add(p.p_offset))
 }
 
 /// Whether the ELF file defines `malloc` (with `prefix`) itself.

@@ -186,12 +186,12 @@ impl LostCounter {
         let totals = self.totals()?;
         for (i, &total) in totals.iter().enumerate() {
             if total > self.reported[i] {
-                out.line(&serde_json::json!({
-                    "type": "lost",
-                    "reason": LOST_REASONS[i],
-                    "count": total - self.reported[i],
-                    "total": total,
-                }))?;
+                let (reason, count) = (LOST_REASONS[i], total - self.reported[i]);
+                if out.is_plain() {
+                    out.text(&format!("lost: {count} events ({reason}), {total} in all\n"))?;
+                } else {
+                    out.line(&serde_json::json!({ "type": "lost", "reason": reason, "count": count, "total": total }))?;
+                }
                 self.reported[i] = total;
             }
         }

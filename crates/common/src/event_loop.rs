@@ -78,11 +78,6 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Restart the `--duration` clock (e.g. once probes are attached).
-    pub fn restart_clock(&mut self, duration: Option<Duration>) {
-        self.deadline = duration.map(|d| Instant::now() + d);
-    }
-
     pub fn run(
         &mut self,
         mut ring: Option<&mut RingBuf<MapData>>,

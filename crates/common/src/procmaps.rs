@@ -130,7 +130,9 @@ pub fn read_build_id(path: &Path) -> Option<String> {
     let phoff = u64_at(&ehdr, 32);
     let phentsize = u16_at(&ehdr, 54) as u64;
     let phnum = u16_at(&ehdr, 56) as u64;
-    if phentsize < 56 || phnum > 4096 {
+    // The size of an Elf64_Phdr; anything else is not a file we can read,
+    // and trusting a larger one would size the buffer below by it.
+    if phentsize != 56 || phnum > 4096 {
         return None;
     }
     let mut phdrs = vec![0u8; (phentsize * phnum) as usize];

@@ -46,11 +46,11 @@ use symres::{Options as SymOptions, Resolver};
 use allocsnoop::{probes, ProbeArgs};
 use leakd_common::bpf::{self, Filter, LostCounter};
 use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
-use leakd_common::event_loop::{EventLoop, Handler};
+use leakd_common::event_loop::{End, EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{hex, WallClock};
-use leakd_common::{anyhow, bail, launch, Context, Result};
+use leakd_common::{anyhow, launch, Context, Result};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 pub mod sys {
@@ -115,10 +115,10 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES")]
     max_size: Option<u64>,
     /// Most live blocks tracked at once (the kernel map's size); more are counted as lost (map_full).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_allocs: u32,
     /// Growth is measured over the last N reports; a stack is "growing" when it rose in each.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = at_least_one)]
     trend: usize,
     /// Report from per-stack totals kept up to date in the kernel (one entry per stack) instead
     /// of reading every live block; no oldest_age_ms, no --older-than.
@@ -179,18 +179,20 @@ fn sample_weight(size: u64, n: u64) -> (f64, f64) {
     (bytes, bytes / size as f64)
 }
 
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn command() -> clap::Command {
     Cli::command()
 }
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    if cli.max_allocs == 0 {
-        bail!("--max-allocs must be at least 1");
-    }
-    if cli.trend == 0 {
-        bail!("--trend must be at least 1");
-    }
     let ops = allocsnoop::ops_for(&cli.probe, &[])?;
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
@@ -277,7 +279,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         usr1,
         verbose,
     };
-    event_loop.run(None, &mut out, &mut lost, &mut reporter)?;
+    if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
+        // Nobody reads the final report: don't walk the map for it.
+        return Ok(leakd_common::EXIT_OK);
+    }
     let outstanding = reporter.report(&mut out, true)?;
     lost.report(&mut out)?;
     out.flush()?;
@@ -417,7 +422,7 @@ fn add_stats(a: &mut sys::leakd_attach_stats, b: &sys::leakd_attach_stats) {
 /// An estimated count kept by the kernel in units of 1/ONE, rounded.
 fn fixed_to_count(v: u64) -> u64 {
     let one = u64::from(sys::LEAKD_ATTACH_ONE);
-    (v + one / 2) / one
+    v.saturating_add(one / 2) / one
 }
 
 /// Walk a BPF hash map that changes under us. A key deleted during the walk
@@ -578,7 +583,7 @@ impl Reporter {
         let resolved = match r.process_line(&text) {
             Ok(t) => serde_json::from_str(&t).context("reading a symbolized line")?,
             Err(e) => {
-                eprintln!("leakd-attach: symbolizing: {e}");
+                eprintln!("leakd-attach: warning: symbolizing: {e}");
                 v
             }
         };
@@ -620,8 +625,8 @@ impl Reporter {
                     (st.alloc_bytes.saturating_sub(st.free_bytes), count)
                 };
                 let g = groups.entry(self.line_key(k, &mut memo)).or_default();
-                g.bytes += bytes;
-                g.count += count;
+                g.bytes = g.bytes.saturating_add(bytes);
+                g.count = g.count.saturating_add(count);
             }
         } else {
             let blocks = self.snapshot()?;
@@ -636,8 +641,8 @@ impl Reporter {
                 if g.oldest_ts_ns.is_none_or(|t| b.ts_ns < t) {
                     g.oldest_ts_ns = Some(b.ts_ns);
                 }
-                g.bytes += b.size;
-                g.count += 1;
+                g.bytes = g.bytes.saturating_add(b.size);
+                g.count = g.count.saturating_add(1);
                 if let Some(n) = self.sample_bytes {
                     let (wb, wc) = sample_weight(b.size, n);
                     g.est_bytes += wb;
@@ -689,8 +694,10 @@ impl Reporter {
             h.iter().any(|s| s.1 > 0)
         });
 
-        let total_bytes: u64 = groups.values().map(|g| g.bytes).sum();
-        let total_count: u64 = groups.values().map(|g| g.count).sum();
+        // Saturating: sizes come from the kernel (and from the target's
+        // arguments), so a sum may not fit.
+        let total_bytes = groups.values().fold(0u64, |a, g| a.saturating_add(g.bytes));
+        let total_count = groups.values().fold(0u64, |a, g| a.saturating_add(g.count));
         let mut header = json!({
             "type": "report",
             "ts_ns": self.clock.wall_ns(mono_now),

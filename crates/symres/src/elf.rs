@@ -413,7 +413,10 @@ fn decompress(b: &[u8], is_64: bool, little: bool) -> Result<Vec<u8>, String> {
     if size > (b.len() as u64).saturating_mul(1032).max(1 << 20) {
         return Err("implausible uncompressed size".into());
     }
-    let mut out = Vec::with_capacity(size as usize);
+    // Reserve no more than a plausible amount up front: a corrupt header
+    // may claim gigabytes, and a failed allocation aborts (catch_unwind
+    // cannot stop that); the buffer grows as real data arrives.
+    let mut out = Vec::with_capacity(usize::try_from(size.min(64 << 20)).unwrap_or(0));
     flate2::read::ZlibDecoder::new(b.get(hdr..).unwrap_or_default())
         .take(size)
         .read_to_end(&mut out)

@@ -155,7 +155,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         lineno += 1;
         if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
             skip_rest_of_line(&mut input)?;
-            eprintln!("symres: line {lineno}: longer than {MAX_LINE_BYTES} bytes, skipped");
+            eprintln!("symres: error: line {lineno}: longer than {MAX_LINE_BYTES} bytes, skipped");
             malformed += 1;
             continue;
         }
@@ -171,7 +171,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
             Ok(false) => line_out.extend_from_slice(text),
             Ok(true) => {}
             Err(e) => {
-                eprintln!("symres: line {lineno}: {e}");
+                eprintln!("symres: error: line {lineno}: {e}");
                 malformed += 1;
                 continue;
             }
@@ -181,7 +181,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     }
     out.flush().context("writing to standard output")?;
     if malformed > 0 {
-        eprintln!("symres: {malformed} malformed line(s) skipped");
+        eprintln!("symres: error: {malformed} malformed line(s) skipped");
         return Ok(1);
     }
     Ok(0)

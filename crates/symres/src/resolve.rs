@@ -81,6 +81,8 @@ impl Resolution {
     /// The same place, with `sym_offset` moved by `by` bytes: a return
     /// address is looked up one byte back (inside the call instruction, so
     /// file/line are those of the call), but its offset is reported as is.
+    /// (symres writes the shift without a copy: `write_json_fields`.)
+    #[cfg(test)]
     pub fn shifted(&self, by: u64) -> Resolution {
         Resolution {
             sym: self.sym.clone(),

@@ -18,7 +18,7 @@ use leakd_common::bpf::{self, Filter, LostCounter};
 use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
 use leakd_common::event_loop::{End, EventLoop};
 use leakd_common::out::Output;
-use leakd_common::{anyhow, launch, Result};
+use leakd_common::{launch, Result};
 
 use report::{Grouping, Reporter};
 
@@ -27,12 +27,15 @@ mod sys {
     include!(concat!(env!("OUT_DIR"), "/syscount.rs"));
 }
 
-// SAFETY (all four): bindgen generated these from bpf/syscount.h as
-// #[repr(C)] structs of integers and integer arrays only, with no implicit
-// padding, so every bit pattern is a valid value.
+// bindgen generates these from bpf/syscount.h as #[repr(C)] structs of
+// integers and integer arrays only, with no implicit padding.
+// SAFETY: syscount_val is such a struct: every bit pattern is a valid value.
 unsafe impl aya::Pod for sys::syscount_val {}
+// SAFETY: syscount_key is such a struct: every bit pattern is a valid value.
 unsafe impl aya::Pod for sys::syscount_key {}
+// SAFETY: syscount_hist is such a struct: every bit pattern is a valid value.
 unsafe impl aya::Pod for sys::syscount_hist {}
+// SAFETY: syscount_comm is such a struct: every bit pattern is a valid value.
 unsafe impl aya::Pod for sys::syscount_comm {}
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/syscount.bpf.o"));
@@ -101,8 +104,8 @@ pub(crate) struct CountArgs {
     pub syscalls: Vec<u32>,
 
     /// Count only tasks whose comm is exactly NAME (the kernel keeps the first 15 bytes).
-    #[arg(long, value_name = "NAME")]
-    pub comm: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = comm_bytes)]
+    pub comm: Option<[u8; 16]>,
 
     /// Print a human-readable table instead of JSON lines.
     #[arg(long)]
@@ -131,9 +134,13 @@ fn parse_syscall(s: &str) -> Result<u32, String> {
             Err(format!("syscall number {n} is out of range 0..{}", sys::SYSCOUNT_NR_MAX - 1))
         };
     }
-    syscalls::Sysno::from_str(s)
+    let n = syscalls::Sysno::from_str(s)
         .map(|n| n.id() as u32)
-        .map_err(|_| format!("unknown syscall '{s}' on {}", std::env::consts::ARCH))
+        .map_err(|_| format!("unknown syscall '{s}' on {}", std::env::consts::ARCH))?;
+    if n >= sys::SYSCOUNT_NR_MAX {
+        return Err(format!("syscall '{s}' (number {n}) is beyond the {} counted one by one", sys::SYSCOUNT_NR_MAX));
+    }
+    Ok(n)
 }
 
 pub fn command() -> clap::Command {
@@ -149,10 +156,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     if opts.matrix {
         opts.process = true;
     }
-    let comm = match &opts.comm {
-        Some(c) => Some(comm_bytes(c)?),
-        None => None,
-    };
+    let comm = opts.comm;
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
     let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
@@ -163,7 +167,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let timed = opts.latency || opts.hist;
     let mut wanted = [0u8; sys::SYSCOUNT_NR_SLOTS as usize];
     for &nr in &opts.syscalls {
-        wanted[nr as usize] = 1;
+        if let Some(w) = wanted.get_mut(nr as usize) {
+            *w = 1;
+        }
     }
     // The loader borrows every global until load, so they live here.
     let g_keyed = u8::from(keyed);
@@ -231,6 +237,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         eprintln!("syscount: attached, counting syscalls (Ctrl-C to stop)");
     }
     let mut out = Output::stdout();
+    out.set_plain(opts.text);
     let end = event_loop.run(None, &mut out, &mut lost, &mut reporter)?;
     if end != End::OutputClosed {
         // The rest of the last interval, or the totals of the whole run.
@@ -242,10 +249,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 }
 
 /// The comm filter as the kernel stores comm: at most 15 bytes and a NUL.
-fn comm_bytes(name: &str) -> Result<[u8; 16]> {
+fn comm_bytes(name: &str) -> Result<[u8; 16], String> {
     let b = name.as_bytes();
     if b.is_empty() || b.contains(&0) {
-        return Err(anyhow!("--comm: '{name}' is not a process name"));
+        return Err(format!("'{name}' is not a process name"));
     }
     let mut c = [0u8; 16];
     let n = b.len().min(15);

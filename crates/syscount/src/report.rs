@@ -6,7 +6,6 @@
 //! interval, instead of being wiped by a clear that raced with it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
@@ -220,10 +219,8 @@ impl Reporter {
         if self.text {
             let mut s = String::new();
             text_table(&mut s, &marker, &rows, &hists);
+            out.text(&s)?;
             out.flush()?;
-            let mut so = std::io::stdout().lock();
-            so.write_all(s.as_bytes())?;
-            so.flush()?;
         } else {
             for v in rows.iter().chain(hists.iter()) {
                 out.line(v)?;
