@@ -629,6 +629,28 @@ static void *must(void *p, const char *what)
 	return p;
 }
 
+/* Every API once, each from its own site (so a tool that wrongly reports a
+ * leak also says which API confused it), every block freed: the matched
+ * half of mixed, and all of none. */
+static void free_one_of_each(void)
+{
+	mixed_free(must(mixed_malloc(1001), "malloc"));
+	mixed_free(must(mixed_calloc(1, 1002), "calloc"));
+	mixed_free(must(mixed_realloc_grow(1003, 1004), "realloc grow"));
+	mixed_free(must(mixed_realloc_shrink(1006, 1005), "realloc shrink"));
+	mixed_free(must(mixed_realloc_null(1007), "realloc(NULL)"));
+	mixed_free(must(mixed_reallocarray(1008, 3, 337), "reallocarray")); /* 1011 */
+	mixed_free(must(mixed_posix_memalign(64, 1012), "posix_memalign"));
+	/* C11 wants the size to be a multiple of the alignment: 9 * 128. */
+	mixed_free(must(mixed_aligned_alloc(128, 1152), "aligned_alloc"));
+	mixed_free(must(mixed_memalign(256, 1013), "memalign"));
+	mixed_free(must(mixed_valloc(1014), "valloc"));
+	mixed_free(must(mixed_pvalloc(1015), "pvalloc"));
+	void *z = mixed_realloc_zero(1016);
+	if (z != NULL) /* not glibc: realloc(p, 0) returned a block */
+		mixed_free(z);
+}
+
 static void run_mixed(void)
 {
 	/* Leaks: every size distinct, across this list and the freed one. */
@@ -658,204 +680,16 @@ static void run_mixed(void)
 	LEAKED(API_PVALLOC, mixed_pvalloc, 5000, 0);
 
 	/* Matched: the same sites again, other sizes, all freed. */
-	mixed_free(must(mixed_malloc(1001), "malloc"));
-	mixed_free(must(mixed_calloc(1, 1002), "calloc"));
-	mixed_free(must(mixed_realloc_grow(1003, 1004), "realloc grow"));
-	mixed_free(must(mixed_realloc_shrink(1005, 1006), "realloc shrink"));
-	mixed_free(must(mixed_realloc_null(1007), "realloc(NULL)"));
-	mixed_free(must(mixed_reallocarray(1008, 3, 337), "reallocarray")); /* 1011 */
-	mixed_free(must(mixed_posix_memalign(64, 1012), "posix_memalign"));
-	/* C11 wants the size to be a multiple of the alignment: 9 * 128. */
-	mixed_free(must(mixed_aligned_alloc(128, 1152), "aligned_alloc"));
-	mixed_free(must(mixed_memalign(256, 1013), "memalign"));
-	mixed_free(must(mixed_valloc(1014), "valloc"));
-	mixed_free(must(mixed_pvalloc(1015), "pvalloc"));
-	void *z = mixed_realloc_zero(1016);
-	if (z != NULL) /* not glibc: realloc(p, 0) returned a block */
-		mixed_free(z);
+	free_one_of_each();
 }
 
 /* ------------------------------------------------------------------------ */
 /* Scenario: none                                                           */
 /* ------------------------------------------------------------------------ */
 
-/*
- * Every API once, every block freed, each from its own site so a tool that
- * wrongly reports a leak also says which API confused it.
- */
-
-static ALLOC_SITE bool none_malloc(void)
-{
-	void *p = malloc(2001);
-	AFTER_CALL(API_MALLOC, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_calloc(void)
-{
-	void *p = calloc(4, 501); /* 2004 */
-	AFTER_CALL(API_CALLOC, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_realloc_grow(void)
-{
-	void *p = malloc(2010);
-	AFTER_CALL(API_MALLOC, p);
-	if (p == NULL)
-		return false;
-	void *q = realloc(p, 4020);
-	AFTER_CALL(API_REALLOC, q);
-	if (q == NULL)
-		return false;
-	free(q);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_realloc_shrink(void)
-{
-	void *p = malloc(2030);
-	AFTER_CALL(API_MALLOC, p);
-	if (p == NULL)
-		return false;
-	void *q = realloc(p, 203);
-	AFTER_CALL(API_REALLOC, q);
-	if (q == NULL)
-		return false;
-	free(q);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_realloc_null(void)
-{
-	void *p = realloc(NULL, 2050);
-	AFTER_CALL(API_REALLOC, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-/* realloc(p, 0) is the free; see mixed_realloc_zero. */
-static ALLOC_SITE bool none_realloc_zero(void)
-{
-	void *p = malloc(2060);
-	AFTER_CALL(API_MALLOC, p);
-	if (p == NULL)
-		return false;
-	void *q = realloc(p, 0);
-	AFTER_CALL(API_REALLOC, q);
-	if (q != NULL) {
-		free(q);
-		AFTER_FREE();
-	}
-	return true;
-}
-
-static ALLOC_SITE bool none_reallocarray(void)
-{
-	void *p = malloc(2070);
-	AFTER_CALL(API_MALLOC, p);
-	if (p == NULL)
-		return false;
-	void *q = reallocarray(p, 3, 700); /* 2100 */
-	AFTER_CALL(API_REALLOCARRAY, q);
-	if (q == NULL)
-		return false;
-	free(q);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_posix_memalign(void)
-{
-	void *p = NULL;
-	int rc = posix_memalign(&p, 64, 2110);
-	AFTER_CALL(API_POSIX_MEMALIGN, p);
-	if (rc != 0)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_aligned_alloc(void)
-{
-	void *p = aligned_alloc(128, 2176); /* 17 * 128 */
-	AFTER_CALL(API_ALIGNED_ALLOC, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_memalign(void)
-{
-	void *p = memalign(256, 2120);
-	AFTER_CALL(API_MEMALIGN, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_valloc(void)
-{
-	void *p = valloc(2130);
-	AFTER_CALL(API_VALLOC, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
-static ALLOC_SITE bool none_pvalloc(void)
-{
-	void *p = pvalloc(2140);
-	AFTER_CALL(API_PVALLOC, p);
-	if (p == NULL)
-		return false;
-	free(p);
-	AFTER_FREE();
-	return true;
-}
-
 static void run_none(void)
 {
-	static const struct {
-		bool (*fn)(void);
-		const char *what;
-	} steps[] = {
-		{ none_malloc, "malloc" },
-		{ none_calloc, "calloc" },
-		{ none_realloc_grow, "realloc grow" },
-		{ none_realloc_shrink, "realloc shrink" },
-		{ none_realloc_null, "realloc(NULL)" },
-		{ none_realloc_zero, "realloc(p, 0)" },
-		{ none_reallocarray, "reallocarray" },
-		{ none_posix_memalign, "posix_memalign" },
-		{ none_aligned_alloc, "aligned_alloc" },
-		{ none_memalign, "memalign" },
-		{ none_valloc, "valloc" },
-		{ none_pvalloc, "pvalloc" },
-	};
-	for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
-		if (!steps[i].fn())
-			fail(1, "%s failed", steps[i].what);
+	free_one_of_each();
 }
 
 /* ------------------------------------------------------------------------ */
