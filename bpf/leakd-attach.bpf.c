@@ -56,7 +56,7 @@ struct {
 /* Per-site totals; twice the stacks: sites without a stack are by caller. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, LEAKD_ATTACH_MAX_SITES);
 	__type(key, struct leakd_attach_site);
 	__type(value, struct leakd_attach_stats);
 } sites SEC(".maps");

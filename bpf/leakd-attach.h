@@ -7,6 +7,9 @@
 
 /* stack_id when bpf_get_stackid failed: the block is grouped by caller. */
 #define LEAKD_ATTACH_NO_STACK 0xffffffffU
+/* Capacity of the `sites` map: twice the stack map's, since sites without
+ * a stack are keyed by caller. */
+#define LEAKD_ATTACH_MAX_SITES 32768
 
 /* Entries of the -ln(u) table used to draw exponential sampling intervals,
  * and of the table of g(x) = x / (e^x - 1) used to scale sampled blocks up

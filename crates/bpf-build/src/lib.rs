@@ -59,7 +59,22 @@ pub fn build(tool: &str) {
         fail(&format!("{clang} failed to compile {}", src.display()));
     }
 
-    let header = bpf_dir.join(format!("{tool}.h"));
+    mirror_header(&bpf_dir, tool, &out);
+}
+
+/// Generate `$OUT_DIR/<stem>.rs` from `bpf/<stem>.h` alone (for a crate
+/// that shares definitions with BPF code without owning an object, such as
+/// leakd-common and `bpf/leakd.h`).
+pub fn mirror(stem: &str) {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let bpf_dir = find_bpf_dir();
+    let header = bpf_dir.join(format!("{stem}.h"));
+    println!("cargo:rerun-if-changed={}", header.display());
+    mirror_header(&bpf_dir, stem, &out);
+}
+
+fn mirror_header(bpf_dir: &Path, stem: &str, out: &Path) {
+    let header = bpf_dir.join(format!("{stem}.h"));
     let bindings = bindgen::Builder::default()
         .header_contents("wrapper.h", &format!("#include <linux/types.h>\n#include \"{}\"\n", header.display()))
         .allowlist_file(format!("{}.*", regex_escape(&bpf_dir.display().to_string())))
@@ -70,7 +85,7 @@ pub fn build(tool: &str) {
         .generate()
         .unwrap_or_else(|e| fail(&format!("bindgen on {}: {e}", header.display())));
     bindings
-        .write_to_file(out.join(format!("{tool}.rs")))
+        .write_to_file(out.join(format!("{stem}.rs")))
         .unwrap_or_else(|e| fail(&format!("writing bindings: {e}")));
 }
 

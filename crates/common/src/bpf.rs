@@ -156,25 +156,46 @@ pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8)
     Ok(())
 }
 
-/// Reasons, in the order of `enum leakd_lost_reason` in bpf/leakd.h.
-const LOST_REASONS: [&str; 4] = ["ringbuf_full", "stack_id_failed", "unmatched_probe", "map_full"];
+/// bpf/leakd.h, mirrored by bindgen (crates/common/build.rs).
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code)]
+mod sys {
+    include!(concat!(env!("OUT_DIR"), "/leakd.rs"));
+}
+
+const N_LOST: usize = sys::leakd_lost_reason_LEAKD_LOST_MAX as usize;
+
+/// The name printed for each slot of `enum leakd_lost_reason`, placed by
+/// the enum's own values (an unnamed slot fails the build).
+const LOST_REASONS: [&str; N_LOST] = {
+    let mut r = [""; N_LOST];
+    r[sys::leakd_lost_reason_LEAKD_LOST_RINGBUF as usize] = "ringbuf_full";
+    r[sys::leakd_lost_reason_LEAKD_LOST_STACK as usize] = "stack_id_failed";
+    r[sys::leakd_lost_reason_LEAKD_LOST_UNMATCHED as usize] = "unmatched_probe";
+    r[sys::leakd_lost_reason_LEAKD_LOST_MAP_FULL as usize] = "map_full";
+    let mut i = 0;
+    while i < N_LOST {
+        assert!(!r[i].is_empty(), "a leakd_lost_reason has no name");
+        i += 1;
+    }
+    r
+};
 
 /// Reads the per-CPU lost counters and prints a `{"type":"lost",...}` line for
 /// every reason whose count grew since the last report.
 pub struct LostCounter {
     map: PerCpuArray<MapData, u64>,
-    reported: [u64; 4],
+    reported: [u64; N_LOST],
 }
 
 impl LostCounter {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
         let map = ebpf.take_map("leakd_lost").ok_or_else(|| anyhow!("map leakd_lost missing from object"))?;
-        Ok(LostCounter { map: PerCpuArray::try_from(map)?, reported: [0; 4] })
+        Ok(LostCounter { map: PerCpuArray::try_from(map)?, reported: [0; N_LOST] })
     }
 
     /// Current totals per reason.
-    pub fn totals(&self) -> Result<[u64; 4]> {
-        let mut t = [0u64; 4];
+    pub fn totals(&self) -> Result<[u64; N_LOST]> {
+        let mut t = [0u64; N_LOST];
         for (i, slot) in t.iter_mut().enumerate() {
             let values = self.map.get(&(i as u32), 0).context("reading lost-event counters")?;
             *slot = values.iter().sum();

@@ -457,9 +457,6 @@ where
     Ok(entries)
 }
 
-/// Sites map capacity (bpf/leakd-attach.bpf.c).
-const MAX_SITES: usize = 32768;
-
 impl Reporter {
     /// Read every live block from the kernel map.
     fn snapshot(&self) -> Result<Vec<sys::leakd_attach_alloc>> {
@@ -469,7 +466,7 @@ impl Reporter {
 
     /// Per-site totals from the kernel.
     fn site_totals(&self) -> Result<HashMap<SiteKey, sys::leakd_attach_stats>> {
-        let entries = walk(&self.sites, 2 * MAX_SITES + 1024, "sites", SiteKey::of)?;
+        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites", SiteKey::of)?;
         Ok(entries.into_iter().map(|(k, v)| (SiteKey::of(&k), v)).collect())
     }
 
