@@ -8,7 +8,7 @@ pub mod probes;
 
 use std::path::PathBuf;
 
-use aya::maps::RingBuf;
+use aya::maps::{MapData, RingBuf};
 use aya::EbpfLoader;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 use serde_json::{json, Value};
@@ -19,7 +19,7 @@ use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{c_string, hex, WallClock};
-use leakd_common::{anyhow, bail, launch, Context, Result};
+use leakd_common::{anyhow, bail, launch, Result};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 pub mod sys {
@@ -174,22 +174,13 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut ebpf = bpf::load(&mut loader, OBJECT)?;
     probes::attach(&mut ebpf, &lib, &sites, pid, verbose, "allocsnoop")?;
 
-    let mut ring = RingBuf::try_from(ebpf.take_map("events").ok_or_else(|| anyhow!("map events missing"))?)
-        .context("opening the events ring buffer")?;
+    let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, None)?;
     let mut maps = MapsCache::new();
-    if let Some(pid) = cli.target.pid {
-        event_loop.watch(pid, None)?;
-        maps.prime(pid);
-    }
-    if let Some(held) = held {
-        let launched = held.release()?;
-        // The executable is mapped once exec returns: remember it now, in
-        // case the command exits before its first event is formatted.
-        maps.prime(launched.pid);
-        event_loop.watch(launched.pid, Some(launched))?;
-    }
+    // Remember the target's mappings now, in case it exits before its
+    // first event is formatted.
+    event_loop.start_target(cli.target.pid, held, |pid| maps.prime(pid))?;
     if verbose > 0 {
         eprintln!("allocsnoop: attached, tracing allocations (Ctrl-C to stop)");
     }

@@ -156,6 +156,16 @@ pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8)
     Ok(())
 }
 
+/// Take map `name` out of a loaded object, as the map type `T` it is used
+/// as (a ring buffer, a hash map...).
+pub fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the BPF object"))?;
+    T::try_from(map).with_context(|| format!("opening map {name}"))
+}
+
 /// bpf/leakd.h, mirrored by bindgen (crates/common/build.rs).
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code)]
 mod sys {
@@ -189,8 +199,7 @@ pub struct LostCounter {
 
 impl LostCounter {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
-        let map = ebpf.take_map("leakd_lost").ok_or_else(|| anyhow!("map leakd_lost missing from object"))?;
-        Ok(LostCounter { map: PerCpuArray::try_from(map)?, reported: [0; N_LOST] })
+        Ok(LostCounter { map: take_map(ebpf, "leakd_lost")?, reported: [0; N_LOST] })
     }
 
     /// Current totals per reason.

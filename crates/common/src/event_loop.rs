@@ -17,7 +17,7 @@ use aya::maps::{MapData, RingBuf};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::bpf::LostCounter;
-use crate::launch::Launched;
+use crate::launch::{Held, Launched};
 use crate::out::Output;
 
 /// Why a run ended.
@@ -61,6 +61,23 @@ impl EventLoop {
             signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?).context("installing signal handler")?;
         }
         Ok(EventLoop { sig_r, target: None, deadline: duration.map(|d| Instant::now() + d), interval })
+    }
+
+    /// Start on the target once the probes are attached: watch a `-p`
+    /// process, or release the held command and watch it. `on_target` sees
+    /// the target's pid first (e.g. to read its mappings, which vanish when
+    /// it exits).
+    pub fn start_target(&mut self, pid: Option<u32>, held: Option<Held>, mut on_target: impl FnMut(u32)) -> Result<()> {
+        if let Some(pid) = pid {
+            on_target(pid);
+            self.watch(pid, None)?;
+        }
+        if let Some(held) = held {
+            let launched = held.release()?;
+            on_target(launched.pid);
+            self.watch(launched.pid, Some(launched))?;
+        }
+        Ok(())
     }
 
     /// End the run when `pid` exits (a `-p` target, or our launched command,

@@ -5,7 +5,7 @@
 //! sched_process_exec rather than at syscall entry; this side only filters by
 //! regex (cheaper here than in BPF) and formats.
 
-use aya::maps::RingBuf;
+use aya::maps::{MapData, RingBuf};
 use aya::EbpfLoader;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 use regex::bytes::Regex;
@@ -16,7 +16,7 @@ use leakd_common::cli::{RunArgs, TargetArgs};
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::text::{bytes_to_string, c_string, WallClock};
-use leakd_common::{anyhow, launch, Context, Result};
+use leakd_common::{launch, Result};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 mod sys {
@@ -113,17 +113,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     }
     bpf::attach_btf_tracepoint(&mut ebpf, &btf, "handle_exec", "sched_process_exec", verbose)?;
 
-    let mut ring = RingBuf::try_from(ebpf.take_map("events").ok_or_else(|| anyhow!("map events missing"))?)
-        .context("opening the events ring buffer")?;
+    let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, None)?;
-    if let Some(pid) = cli.target.pid {
-        event_loop.watch(pid, None)?;
-    }
-    if let Some(held) = held {
-        let launched = held.release()?;
-        event_loop.watch(launched.pid, Some(launched))?;
-    }
+    event_loop.start_target(cli.target.pid, held, |_| {})?;
     if verbose > 0 {
         eprintln!("execsnoop: attached, tracing execs (Ctrl-C to stop)");
     }

@@ -50,7 +50,7 @@ use leakd_common::event_loop::{End, EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{hex, WallClock};
-use leakd_common::{anyhow, launch, Context, Result};
+use leakd_common::{launch, Context, Result};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 pub mod sys {
@@ -224,28 +224,15 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut ebpf = bpf::load(&mut loader, OBJECT)?;
     probes::attach(&mut ebpf, &lib, &sites, pid, verbose, "leakd-attach")?;
 
-    let allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc> =
-        BpfHashMap::try_from(ebpf.take_map("allocs").ok_or_else(|| anyhow!("map allocs missing"))?)
-            .context("opening the allocs map")?;
-    let stacks = StackTraceMap::try_from(ebpf.take_map("stacks").ok_or_else(|| anyhow!("map stacks missing"))?)
-        .context("opening the stacks map")?;
-    let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
-        BpfHashMap::try_from(ebpf.take_map("sites").ok_or_else(|| anyhow!("map sites missing"))?)
-            .context("opening the sites map")?;
+    let allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc> = bpf::take_map(&mut ebpf, "allocs")?;
+    let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
+    let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> = bpf::take_map(&mut ebpf, "sites")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
     let mut maps = MapsCache::new();
-    if let Some(pid) = cli.target.pid {
-        event_loop.watch(pid, None)?;
-        maps.prime(pid);
-    }
-    if let Some(held) = held {
-        let launched = held.release()?;
-        // Snapshot the mappings now: they vanish when the command exits,
-        // and the final report is formatted after that.
-        maps.prime(launched.pid);
-        event_loop.watch(launched.pid, Some(launched))?;
-    }
+    // Snapshot the mappings now: they vanish when the target exits, and the
+    // final report is formatted after that.
+    event_loop.start_target(cli.target.pid, held, |pid| maps.prime(pid))?;
     let every = cli.interval.interval.unwrap_or(Duration::from_secs(5));
     if verbose > 0 {
         eprintln!(

@@ -226,13 +226,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut reporter = Reporter::new(&mut ebpf, grouping, &opts)?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, cli.interval.interval)?;
-    if let Some(pid) = cli.target.pid {
-        event_loop.watch(pid, None)?;
-    }
-    if let Some(held) = held {
-        let launched = held.release()?;
-        event_loop.watch(launched.pid, Some(launched))?;
-    }
+    event_loop.start_target(cli.target.pid, held, |_| {})?;
     if verbose > 0 {
         eprintln!("syscount: attached, counting syscalls (Ctrl-C to stop)");
     }
