@@ -17,6 +17,7 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
+use leakd_common::procmaps;
 use leakd_common::{anyhow, bail, Context, Result};
 
 /// Operation names, indexed by `enum alloc_op` (bpf/allocsnoop.h).
@@ -228,16 +229,16 @@ const KNOWN: &[(&str, &str)] = &[
 /// The allocator a process uses: a non-libc allocator it maps if any, else
 /// its libc, else its own executable when it defines malloc (static builds).
 pub fn find_allocator(pid: u32, prefix: &str) -> Result<(PathBuf, &'static str)> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let mut files: Vec<String> = Vec::new();
-    for m in leakd_common::procmaps::parse_maps(&maps) {
-        if m.path.starts_with('/') && !files.contains(&m.path) {
-            files.push(m.path);
+    let maps = procmaps::read_maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in maps.into_iter().filter_map(|m| m.path) {
+        if path.is_absolute() && !files.contains(&path) {
+            files.push(path);
         }
     }
     for (pat, kind) in KNOWN {
         for f in &files {
-            let base = Path::new(f).file_name().and_then(|b| b.to_str()).unwrap_or("");
+            let base = f.file_name().and_then(|b| b.to_str()).unwrap_or("");
             if base.starts_with(pat) {
                 let p = rooted(pid, f);
                 if defines_malloc(&p, prefix) {
@@ -257,11 +258,11 @@ pub fn find_allocator(pid: u32, prefix: &str) -> Result<(PathBuf, &'static str)>
 
 /// A process's file as seen from its own mount namespace (a container's
 /// files are not at the same path in ours).
-fn rooted(pid: u32, path: &str) -> PathBuf {
+fn rooted(pid: u32, path: &Path) -> PathBuf {
     let same_root = std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
-    let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let p = procmaps::under_root(pid, path);
     if same_root || !p.exists() {
-        PathBuf::from(path)
+        path.to_path_buf()
     } else {
         p
     }

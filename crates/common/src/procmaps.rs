@@ -5,48 +5,99 @@
 //! copy is kept and used from then on.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::text::hex;
+use crate::text::{bytes_to_string, hex};
 
-#[derive(Debug, Clone)]
-pub struct Mapping {
+/// One line of /proc/PID/maps. Paths are kept as bytes (file names need not
+/// be UTF-8, and the path is used to open the file again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
     pub start: u64,
     pub end: u64,
-    pub file_offset: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub inode: u64,
     pub exec: bool,
-    pub path: String,
+    /// `None` for anonymous memory; `[heap]`, `[vdso]` and the like kept, so
+    /// callers can tell "unmapped" from "mapped but not a file".
+    pub path: Option<PathBuf>,
+    /// The kernel marked the file " (deleted)".
+    pub deleted: bool,
 }
 
-/// Parse the text of /proc/PID/maps. Anonymous and special mappings are kept
-/// (with their bracketed names or empty paths) so callers can tell "unmapped"
-/// from "mapped but not a file".
-pub fn parse_maps(text: &str) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.splitn(6, ' ');
-        let (Some(range), Some(perms), Some(off)) = (it.next(), it.next(), it.next()) else { continue };
-        let _dev = it.next();
-        let _inode = it.next();
-        let path = it.next().unwrap_or("").trim_start().to_string();
-        let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end), Ok(file_offset)) =
-            (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16), u64::from_str_radix(off, 16))
-        else {
-            continue;
-        };
-        out.push(Mapping { start, end, file_offset, exec: perms.as_bytes().get(2) == Some(&b'x'), path });
-    }
+pub fn read_maps(pid: u32) -> std::io::Result<Vec<MapEntry>> {
+    let data = std::fs::read(format!("/proc/{pid}/maps"))?;
+    Ok(parse_maps(&data))
+}
+
+/// Parse maps text; malformed lines are skipped. Sorted by start address.
+pub fn parse_maps(data: &[u8]) -> Vec<MapEntry> {
+    let mut out: Vec<MapEntry> = data.split(|&b| b == b'\n').filter_map(parse_line).collect();
+    out.sort_by_key(|e| e.start);
     out
+}
+
+fn parse_line(line: &[u8]) -> Option<MapEntry> {
+    // start-end perms offset dev inode   path (path may contain spaces)
+    let mut rest = line;
+    let mut field = || -> Option<&[u8]> {
+        let s = rest.iter().position(|&b| b != b' ')?;
+        rest = &rest[s..];
+        let e = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        let (f, r) = rest.split_at(e);
+        rest = r;
+        Some(f)
+    };
+    let range = field()?;
+    let perms = field()?;
+    let offset = hex_field(field()?)?;
+    let _dev = field()?;
+    let inode = std::str::from_utf8(field()?).ok()?.parse().ok()?;
+    let dash = range.iter().position(|&b| b == b'-')?;
+    let start = hex_field(&range[..dash])?;
+    let end = hex_field(&range[dash + 1..])?;
+    if end <= start {
+        return None;
+    }
+    let s = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let mut path = &rest[s..];
+    let mut deleted = false;
+    if let Some(p) = path.strip_suffix(b" (deleted)") {
+        path = p;
+        deleted = true;
+    }
+    let path = (!path.is_empty()).then(|| PathBuf::from(OsString::from_vec(path.to_vec())));
+    Some(MapEntry { start, end, offset, inode, exec: perms.get(2) == Some(&b'x'), path, deleted })
+}
+
+fn hex_field(b: &[u8]) -> Option<u64> {
+    u64::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok()
+}
+
+/// `path` as process `pid` sees it, through /proc/PID/root: files of other
+/// mount namespaces (containers) are not at the same path in ours.
+pub fn under_root(pid: u32, path: &Path) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/{pid}/root"));
+    p.push(path.strip_prefix("/").unwrap_or(path));
+    p
+}
+
+/// Index of the mapping containing `addr` in sorted entries.
+pub fn find(entries: &[MapEntry], addr: u64) -> Option<usize> {
+    let i = entries.partition_point(|e| e.start <= addr).checked_sub(1)?;
+    (addr < entries[i].end).then_some(i)
 }
 
 /// Cached maps of the processes seen in a stream, plus build ids per file.
 #[derive(Default)]
 pub struct MapsCache {
-    procs: HashMap<u32, Vec<Mapping>>,
-    build_ids: HashMap<String, Option<String>>,
+    procs: HashMap<u32, Vec<MapEntry>>,
+    build_ids: HashMap<PathBuf, Option<String>>,
 }
 
 impl MapsCache {
@@ -55,8 +106,7 @@ impl MapsCache {
     }
 
     fn refresh(&mut self, pid: u32) {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-            let maps = parse_maps(&text);
+        if let Ok(maps) = read_maps(pid) {
             if !maps.is_empty() {
                 self.procs.insert(pid, maps);
             }
@@ -69,44 +119,41 @@ impl MapsCache {
         self.refresh(pid);
     }
 
-    /// The executable file mapping containing `addr`, refreshing the cached
-    /// maps once when it is not found (the process may have mapped it since).
-    pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<Mapping> {
-        let find = |maps: &Vec<Mapping>| maps.iter().find(|m| m.start <= addr && addr < m.end).cloned();
-        if let Some(m) = self.procs.get(&pid).and_then(find) {
-            return Some(m);
+    /// The mapping containing `addr`, refreshing the cached maps once when
+    /// it is not found (the process may have mapped it since).
+    pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
+        if self.procs.get(&pid).is_none_or(|m| find(m, addr).is_none()) {
+            self.refresh(pid);
         }
-        self.refresh(pid);
-        self.procs.get(&pid).and_then(find)
+        let maps = self.procs.get(&pid)?;
+        maps.get(find(maps, addr)?)
     }
 
     /// The GNU build id of a mapped file, as lower-case hex.
-    pub fn build_id(&mut self, pid: u32, path: &str) -> Option<String> {
+    pub fn build_id(&mut self, pid: u32, path: &Path) -> Option<String> {
         if let Some(b) = self.build_ids.get(path) {
             return b.clone();
         }
-        // Through the process's root, so files of other mount namespaces
-        // (containers) are found.
-        let rooted = PathBuf::from(format!("/proc/{pid}/root")).join(path.trim_start_matches('/'));
-        let id = read_build_id(&rooted).or_else(|| read_build_id(Path::new(path)));
-        self.build_ids.insert(path.to_string(), id.clone());
+        let id = read_build_id(&under_root(pid, path)).or_else(|| read_build_id(path));
+        self.build_ids.insert(path.to_path_buf(), id.clone());
         id
     }
 
     /// A frame as our tools print it: `addr`, and when the address is in a
-    /// file mapping, `module`, `offset` (file offset) and `build_id`.
+    /// file mapping, `module` (the path, non-UTF-8 bytes written by the
+    /// crate::text rule), `offset` (file offset) and `build_id`.
     /// Returns None when `addr` is not in an executable mapping.
     pub fn frame(&mut self, pid: u32, addr: u64) -> Option<Value> {
         let m = self.lookup(pid, addr)?;
         if !m.exec {
             return None;
         }
-        if !m.path.starts_with('/') {
+        let Some(path) = m.path.clone().filter(|p| p.is_absolute()) else {
             return Some(json!({ "addr": hex(addr) }));
-        }
-        let offset = addr - m.start + m.file_offset;
-        let path = m.path.trim_end_matches(" (deleted)").to_string();
-        let mut f = json!({ "addr": hex(addr), "module": path, "offset": hex(offset) });
+        };
+        let offset = (addr - m.start).wrapping_add(m.offset);
+        let module = bytes_to_string(path.as_os_str().as_encoded_bytes());
+        let mut f = json!({ "addr": hex(addr), "module": module, "offset": hex(offset) });
         if let Some(id) = self.build_id(pid, &path) {
             f["build_id"] = json!(id);
         }
@@ -177,18 +224,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_maps_lines() {
-        let text = "55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 123 /usr/bin/leaker\n\
-                    55d0c0a01000-55d0c0a02000 r-xp 00001000 fd:01 123 /usr/bin/leaker\n\
-                    7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n\
-                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n";
+    fn parses_paths_with_spaces_deleted_and_anonymous() {
+        let text = b"55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 1234    /usr/bin/my prog\n\
+55d0c0a01000-55d0c0a05000 r-xp 00001000 08:01 1234    /usr/bin/my prog\n\
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n\
+7f0000002000-7f0000003000 r-xp 00002000 08:01 99 /tmp/old (deleted)\n\
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n\
+garbage\n";
         let m = parse_maps(text);
-        assert_eq!(m.len(), 4);
-        assert!(!m[0].exec && m[1].exec);
-        assert_eq!(m[1].file_offset, 0x1000);
-        assert_eq!(m[1].path, "/usr/bin/leaker");
-        assert_eq!(m[2].path, "[stack]");
-        assert_eq!(m[3].path, "");
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].path.as_deref(), Some(Path::new("[stack]")));
+        assert!(!m[1].exec && m[2].exec);
+        assert_eq!(m[2].path.as_deref(), Some(Path::new("/usr/bin/my prog")));
+        assert_eq!(m[2].offset, 0x1000);
+        assert_eq!(m[3].path, None);
+        assert!(m[4].deleted);
+        assert_eq!(m[4].path.as_deref(), Some(Path::new("/tmp/old")));
+        assert_eq!(find(&m, 0x55d0c0a01234), Some(2));
+        assert_eq!(find(&m, 0x55d0c0a05000), None);
+        assert_eq!(find(&m, 0x7f0000002fff), Some(4));
+        assert_eq!(find(&m, 1), None);
     }
 
     #[test]

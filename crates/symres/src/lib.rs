@@ -15,7 +15,6 @@ mod dwarf;
 mod elf;
 mod kallsyms;
 mod line;
-mod maps;
 mod mmap;
 mod resolve;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::elf::{self, ElfFile, LoadError, Reader};
 use crate::kallsyms::Kallsyms;
-use crate::maps::{self, MapEntry};
+use leakd_common::procmaps::{self, MapEntry};
 
 /// Why a frame was left unresolved (the `reason` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -327,9 +327,7 @@ impl Resolver {
         let mut candidates = Vec::with_capacity(2);
         if let Some(pid) = pid {
             if module.is_absolute() {
-                let mut p = PathBuf::from(format!("/proc/{pid}/root"));
-                p.push(module.strip_prefix("/").unwrap_or(module));
-                candidates.push(p);
+                candidates.push(procmaps::under_root(pid, module));
             }
         }
         candidates.push(module.to_path_buf());
@@ -341,10 +339,10 @@ impl Resolver {
         let generation = self.generation;
         let stale = match self.pids.get(&pid) {
             None => true,
-            Some(m) => m.generation != generation && m.entries.as_deref().is_none_or(|e| maps::find(e, addr).is_none()),
+            Some(m) => m.generation != generation && m.entries.as_deref().is_none_or(|e| procmaps::find(e, addr).is_none()),
         };
         if stale {
-            let entries = maps::read(pid).ok();
+            let entries = procmaps::read_maps(pid).ok();
             if entries.is_none() {
                 self.log(1, || format!("process {pid}: cannot read /proc/{pid}/maps (process gone?)"));
             }
@@ -354,7 +352,7 @@ impl Resolver {
         let Some(pm) = self.pids.get(&pid) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
-        let Some(idx) = pm.entries.as_deref().and_then(|e| maps::find(e, addr)) else {
+        let Some(idx) = pm.entries.as_deref().and_then(|e| procmaps::find(e, addr)) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
         let entry = match pm.entries.as_deref().and_then(|e| e.get(idx)) {
@@ -389,8 +387,7 @@ impl Resolver {
     /// namespaces) when it is still the mapped file, else through
     /// /proc/PID/map_files (deleted or replaced files).
     fn module_of_mapping(&mut self, pid: u32, entry: &MapEntry, path: &Path, build_id: Option<&[u8]>) -> Result<ModuleId, Reason> {
-        let mut rooted = PathBuf::from(format!("/proc/{pid}/root"));
-        rooted.push(path.strip_prefix("/").unwrap_or(path));
+        let rooted = procmaps::under_root(pid, path);
         let map_file = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
         let same_file = !entry.deleted
             && std::fs::metadata(&rooted).is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
