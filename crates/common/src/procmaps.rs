@@ -2,7 +2,9 @@
 //! while the process is alive, so frames stay resolvable after it exits.
 //!
 //! /proc/PID/maps reads empty once a process is a zombie, so the last good
-//! copy is kept and used from then on.
+//! copy is kept and used from then on. The parser is the one symres and the
+//! allocator detection use too: maps lines hold file names, which may have
+//! spaces and need not be UTF-8, and one careful parser beats three quick ones.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
