@@ -34,23 +34,31 @@ struct alloc_pending {
 	__u32 pad;
 };
 
+/* The call in flight, per thread: task-local storage is a pointer chase
+ * from the task, where a hash keyed by tid costs a hash, a bucket lock and
+ * an element allocation per call. sp == 0 means none (no stack is at 0). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct alloc_pending);
 } alloc_inflight SEC(".maps");
+
+static __always_inline struct alloc_pending *alloc_pending_get(__u64 flags)
+{
+	return bpf_task_storage_get(&alloc_inflight, bpf_get_current_task_btf(), 0, flags);
+}
 
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed);
 static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp);
 
 /* Whether a call entering at `sp` on this thread is nested in one in flight. */
-static __always_inline int alloc_nested(__u32 tid, __u64 sp)
+static __always_inline int alloc_nested(__u64 sp)
 {
-	struct alloc_pending *p = bpf_map_lookup_elem(&alloc_inflight, &tid);
+	struct alloc_pending *p = alloc_pending_get(0);
 
-	return p && p->sp >= sp;
+	return p && p->sp && p->sp >= sp;
 }
 
 static __always_inline __u64 mul_or_max(__u64 a, __u64 b)
@@ -68,13 +76,12 @@ static __always_inline __u64 mul_or_max(__u64 a, __u64 b)
 SEC("uprobe")
 int BPF_KPROBE(alloc_enter)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 sp = PT_REGS_SP(ctx);
-	struct alloc_pending p = {};
+	struct alloc_pending p = {}, *slot;
 
 	if (!leakd_wanted())
 		return 0;
-	if (alloc_nested(tid, sp))
+	if (alloc_nested(sp))
 		return 0;
 	p.sp = sp;
 	p.op = bpf_get_attach_cookie(ctx);
@@ -111,23 +118,26 @@ int BPF_KPROBE(alloc_enter)
 	default:
 		return 0;
 	}
-	if (bpf_map_update_elem(&alloc_inflight, &tid, &p, BPF_ANY))
+	slot = alloc_pending_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!slot) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
+		return 0;
+	}
+	*slot = p;
 	return 0;
 }
 
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_return)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 op = bpf_get_attach_cookie(ctx);
 	__u64 ret = PT_REGS_RC(ctx);
 	struct alloc_pending *p;
 	__u64 addr = ret;
 	int failed;
 
-	p = bpf_map_lookup_elem(&alloc_inflight, &tid);
-	if (!p) {
+	p = alloc_pending_get(0);
+	if (!p || !p->sp) {
 		if (leakd_wanted())
 			leakd_count_lost(LEAKD_LOST_UNMATCHED);
 		return 0;
@@ -149,14 +159,13 @@ int BPF_KRETPROBE(alloc_return)
 		failed = ret == 0 && !(op == ALLOC_OP_REALLOC && p->size == 0 && p->old_addr);
 	}
 	on_alloc(ctx, op, addr, p->old_addr, p->size, p->align, failed);
-	bpf_map_delete_elem(&alloc_inflight, &tid);
+	p->sp = 0;
 	return 0;
 }
 
 SEC("uprobe")
 int BPF_KPROBE(free_enter)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 op = bpf_get_attach_cookie(ctx);
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 addr = PT_REGS_PARM1(ctx);
@@ -165,7 +174,7 @@ int BPF_KPROBE(free_enter)
 		return 0;
 	if (!leakd_wanted())
 		return 0;
-	if (alloc_nested(tid, sp))
+	if (alloc_nested(sp))
 		return 0;
 	on_free(ctx, op, addr, op == ALLOC_OP_MUNMAP ? PT_REGS_PARM2(ctx) : 0, sp);
 	return 0;

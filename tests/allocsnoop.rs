@@ -5,6 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
@@ -230,6 +231,10 @@ fn errors_are_clear() {
         let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--lib", "/nonexistent.so", "-p", "1"]).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+        // A device would be read forever, a FIFO would block: refused.
+        let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--lib", "/dev/zero", "-p", "1"]).timeout(Duration::from_secs(20)).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/zero: not a regular file"));
     }
 }
 

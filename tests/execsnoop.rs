@@ -222,6 +222,12 @@ fn bad_input_is_an_error_not_a_panic() {
         let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--", "no-such-command-leakd"]).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
+        // kthreadd (pid 2, outside PID namespaces) has no user space.
+        if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+            let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-p", "2", "-d", "1"]).output().unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            assert!(String::from_utf8_lossy(&out.stderr).contains("process 2 is a kernel thread"));
+        }
     }
     let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--comm", "("]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "bad regex is a usage error");

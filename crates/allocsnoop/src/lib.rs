@@ -60,12 +60,6 @@ pub struct Cli {
     /// posix_memalign,aligned_alloc,memalign,valloc,pvalloc,mmap,munmap).
     #[arg(long, value_name = "OPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(probes::OP_NAMES))]
     op: Vec<String>,
-    /// Only allocations of at least this many bytes (frees are always shown).
-    #[arg(long, value_name = "BYTES")]
-    min_size: Option<u64>,
-    /// Only allocations of at most this many bytes (frees are always shown).
-    #[arg(long, value_name = "BYTES")]
-    max_size: Option<u64>,
 }
 
 /// Options choosing what to probe; shared with leakd-attach.
@@ -80,6 +74,23 @@ pub struct ProbeArgs {
     /// Also trace mmap and munmap.
     #[arg(long)]
     pub mmap: bool,
+    /// Only allocations of at least this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+    /// Only allocations of at most this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+}
+
+impl ProbeArgs {
+    /// `--min-size`..=`--max-size`; an empty range is a usage error.
+    pub fn size_range(&self) -> Result<(u64, u64)> {
+        let (min, max) = (self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX));
+        if min > max {
+            return Err(leakd_common::usage_error(format!("--min-size {min} is larger than --max-size {max}: nothing would match")));
+        }
+        Ok((min, max))
+    }
 }
 
 pub fn command() -> clap::Command {
@@ -97,8 +108,10 @@ pub struct Attached {
 /// Choose the allocator object for a target (see [`probes::find_allocator`]).
 pub fn resolve_lib(args: &ProbeArgs, pid: Option<u32>, exe: Option<&std::path::Path>) -> Result<(PathBuf, &'static str)> {
     if let Some(lib) = &args.lib {
-        if !lib.exists() {
-            bail!("--lib {}: no such file", lib.display());
+        match std::fs::metadata(lib) {
+            Err(_) => bail!("--lib {}: no such file", lib.display()),
+            Ok(m) if !m.is_file() => bail!("--lib {}: not a regular file", lib.display()),
+            Ok(_) => {}
         }
         return Ok((lib.clone(), "--lib"));
     }
@@ -154,6 +167,7 @@ pub fn plan_for_target(
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = ops_for(&cli.probe, &cli.op)?;
+    let (min, max) = cli.probe.size_range()?;
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
     let verbose = cli.run.verbose;
@@ -164,8 +178,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     // filter then only needs the cgroup.
     let filter = Filter::new(0, false, cgroup_id);
     let stack = u8::from(cli.stack);
-    let min = cli.min_size.unwrap_or(0);
-    let max = cli.max_size.unwrap_or(u64::MAX);
     let mut loader = EbpfLoader::new();
     filter.apply(&mut loader);
     loader.override_global("capture_stack", &stack, true);

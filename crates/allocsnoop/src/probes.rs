@@ -166,7 +166,7 @@ fn branch_targets(code: &[u8], vaddr: u64, target: u64) -> bool {
 /// returned list of missing names); functions at the same address are
 /// probed once.
 pub fn plan(path: &Path, prefix: &str, ops: &[u32]) -> Result<(Vec<Site>, Vec<String>)> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = read_regular(path)?;
     let elf = Elf::parse(&data).map_err(|e| anyhow!("{}: not a valid ELF file: {e}", path.display()))?;
     let mut sites: Vec<Site> = Vec::new();
     let mut missing = Vec::new();
@@ -192,6 +192,17 @@ pub fn plan(path: &Path, prefix: &str, ops: &[u32]) -> Result<(Vec<Site>, Vec<St
     Ok((sites, missing))
 }
 
+/// Read a whole regular file. Anything else (a device such as /dev/zero,
+/// a FIFO) is refused before reading: it could block or never end.
+fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    // Checked before opening: opening a FIFO for reading blocks.
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
 fn find_function(elf: &Elf<'_>, name: &str) -> Option<(u64, u64)> {
     let dyn_syms = elf.dynsyms.iter().filter_map(|s| Some((elf.dynstrtab.get_at(s.st_name)?, s)));
     let syms = elf.syms.iter().filter_map(|s| Some((elf.strtab.get_at(s.st_name)?, s)));
@@ -211,7 +222,7 @@ fn vaddr_to_offset(elf: &Elf<'_>, vaddr: u64) -> Option<u64> {
 
 /// Whether the ELF file defines `malloc` (with `prefix`) itself.
 pub fn defines_malloc(path: &Path, prefix: &str) -> bool {
-    let Ok(data) = std::fs::read(path) else { return false };
+    let Ok(data) = read_regular(path) else { return false };
     let Ok(elf) = Elf::parse(&data) else { return false };
     find_function(&elf, &format!("{prefix}malloc")).is_some()
 }

@@ -37,8 +37,16 @@ fn effective_caps() -> Option<u64> {
 
 fn ensure_tracefs() -> Result<()> {
     const TRACEFS: &str = "/sys/kernel/tracing";
-    if Path::new(TRACEFS).join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
-        return Ok(());
+    for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
+        match std::fs::metadata(Path::new(dir).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            // Mounted, but (mode 0700) only root may look: capabilities
+            // alone are not enough to read tracepoint ids.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                bail!("permission denied reading {dir}: tracepoints need root (or read access to tracefs)")
+            }
+            _ => {}
+        }
     }
     nix::mount::mount(Some("tracefs"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
         .with_context(|| format!("tracefs is not mounted and mounting it on {TRACEFS} failed"))?;
@@ -76,6 +84,9 @@ impl Filter {
 
 /// Load an object with the given loader, translating the common failures.
 pub fn load(loader: &mut EbpfLoader<'_>, object: &[u8]) -> Result<Ebpf> {
+    // Task-local storage maps are created by aya but have no user-space type
+    // in 0.14; only the BPF side touches them.
+    loader.allow_unsupported_maps();
     loader.load(object).map_err(|e| match e {
         EbpfError::MapError(ref m) if is_eperm_source(m) => anyhow!(
             "permission denied creating BPF maps: needs root (or CAP_BPF and CAP_PERFMON)"

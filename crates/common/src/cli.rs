@@ -58,9 +58,22 @@ impl TargetArgs {
             if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
                 bail!("no such process: {pid}");
             }
+            if is_kernel_thread(pid) {
+                bail!("process {pid} is a kernel thread: it has no user space to trace");
+            }
         }
         self.cgroup.as_deref().map(cgroup_id).transpose()
     }
+}
+
+/// PF_KTHREAD in the flags field of /proc/PID/stat.
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The comm field may hold spaces and parentheses: fields start after the
+    // last ')'. Then: state ppid pgrp session tty_nr tpgid flags.
+    let flags = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
+    flags.is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
 /// The cgroup v2 id the kernel reports (`bpf_get_current_cgroup_id`) is the

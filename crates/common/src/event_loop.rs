@@ -136,7 +136,7 @@ impl EventLoop {
                 (ready(0), ready(1), self.target.is_some() && ready(2))
             };
             if let Some(r) = ring.as_deref_mut() {
-                drain(r, out, handler)?;
+                drain(r, out, handler, Instant::now() + DRAIN_SLICE)?;
             }
             out.flush()?;
             if out_closed {
@@ -166,13 +166,11 @@ impl EventLoop {
         };
         if end != End::OutputClosed {
             if let Some(r) = ring {
-                // Everything written before the end (a whole ring's worth at
-                // most: system-wide producers do not stop).
-                for _ in 0..64 {
-                    if !drain(r, out, handler)? {
-                        break;
-                    }
-                }
+                // What the ring holds at the end; the producers of a traced
+                // command have stopped, but system-wide (or -p on a busy
+                // process) they have not, so the ring may never empty: read
+                // for FINAL_DRAIN at most, which covers a full ring.
+                drain(r, out, handler, Instant::now() + FINAL_DRAIN)?;
             }
             lost.report(out)?;
             out.flush()?;
@@ -181,15 +179,24 @@ impl EventLoop {
     }
 }
 
-/// Events handled per wakeup at most: producers that outpace us must not
-/// keep us from seeing a signal, the deadline or a closed stdout.
-const DRAIN_BATCH: usize = 1 << 16;
+/// Time spent handling events per wakeup at most: producers that outpace us
+/// must not keep us from seeing a signal, the deadline or a closed stdout.
+const DRAIN_SLICE: Duration = Duration::from_millis(50);
+/// Time spent reading what the ring holds once the run has ended.
+const FINAL_DRAIN: Duration = Duration::from_secs(1);
+/// Events handled between two looks at the clock.
+const CLOCK_EVERY: usize = 256;
 
-/// Handle up to DRAIN_BATCH events; returns whether the batch was full.
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler) -> Result<bool> {
-    for _ in 0..DRAIN_BATCH {
-        let Some(item) = ring.next() else { return Ok(false) };
-        handler.event(&item, out)?;
+/// Handle events until the ring is empty (`false`) or `until` has passed
+/// (`true`: more may be waiting).
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler, until: Instant) -> Result<bool> {
+    loop {
+        for _ in 0..CLOCK_EVERY {
+            let Some(item) = ring.next() else { return Ok(false) };
+            handler.event(&item, out)?;
+        }
+        if Instant::now() >= until {
+            return Ok(true);
+        }
     }
-    Ok(true)
 }

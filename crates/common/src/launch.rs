@@ -24,11 +24,14 @@ extern "C" {
     static environ: *const *const libc::c_char;
 }
 
-/// A forked child waiting for [`Held::release`] before it execs.
+/// A forked child waiting for [`Held::release`] before it execs. Dropped
+/// without being released (an error while attaching), the child exits
+/// without running anything and is reaped.
 #[derive(Debug)]
 pub struct Held {
     pid: Pid,
-    go: OwnedFd,
+    /// `None` once released.
+    go: Option<OwnedFd>,
     exec_err: OwnedFd,
     display: String,
 }
@@ -87,6 +90,11 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
             // SAFETY: see above; every pointer refers to memory built before
             // fork (c_path, ptrs and the CStrings they point into, environ).
             unsafe {
+                // The parent's ends: holding the write end of `go` would keep
+                // the read below from ever seeing EOF when the parent dies or
+                // gives up, leaving this child stuck forever.
+                libc::close(go_w.as_raw_fd());
+                libc::close(err_r.as_raw_fd());
                 let mut b = 0u8;
                 loop {
                     let n = libc::read(go, (&mut b as *mut u8).cast(), 1);
@@ -111,7 +119,7 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
         ForkResult::Parent { child } => {
             drop(go_r);
             drop(err_w);
-            Ok(Held { pid: child, go: go_w, exec_err: err_r, display: path.display().to_string() })
+            Ok(Held { pid: child, go: Some(go_w), exec_err: err_r, display: path.display().to_string() })
         }
     }
 }
@@ -122,9 +130,10 @@ impl Held {
     }
 
     /// Let the child exec; returns once it has (or reports why it could not).
-    pub fn release(self) -> Result<Launched> {
-        nix::unistd::write(&self.go, &[1u8]).context("releasing the launched command")?;
-        drop(self.go);
+    pub fn release(mut self) -> Result<Launched> {
+        let Some(go) = self.go.take() else { bail!("command already released") };
+        nix::unistd::write(&go, &[1u8]).context("releasing the launched command")?;
+        drop(go);
         let mut buf = [0u8; 4];
         // EOF (0 bytes) means the exec succeeded: the CLOEXEC pipe closed.
         let n = loop {
@@ -141,6 +150,17 @@ impl Held {
         let pid = self.pid.as_raw() as u32;
         wait_for_exe_mapping(pid);
         Ok(Launched { pid })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Never released: closing `go` makes the child _exit(127) without
+        // running the command; reap it so no zombie is left.
+        if let Some(go) = self.go.take() {
+            drop(go);
+            let _ = waitpid(self.pid, None);
+        }
     }
 }
 
@@ -172,5 +192,34 @@ impl Launched {
             Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_command_dropped_unreleased_never_runs_and_is_reaped() {
+        let marker = std::env::temp_dir().join(format!("leakd-held-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let argv: Vec<OsString> = ["/bin/touch".into(), marker.clone().into_os_string()].into();
+        let held = spawn_held(&argv).unwrap();
+        let pid = held.pid();
+        drop(held);
+        // Reaped by the drop: the pid no longer exists (not even a zombie).
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child {pid} left behind");
+        assert!(!marker.exists(), "the command ran");
+    }
+
+    #[test]
+    fn a_released_command_runs_with_its_arguments() {
+        let marker = std::env::temp_dir().join(format!("leakd-released-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let argv: Vec<OsString> = ["touch".into(), marker.clone().into_os_string()].into();
+        let launched = spawn_held(&argv).unwrap().release().unwrap();
+        assert_eq!(launched.reap(), Some(0));
+        assert!(marker.exists());
+        let _ = std::fs::remove_file(&marker);
     }
 }

@@ -48,6 +48,10 @@ where
     match run(&matches) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => EXIT_OK,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("{name}: error: {e}");
+            EXIT_USAGE
+        }
         Err(e) => {
             eprintln!("{name}: error: {}", format_chain(&e));
             EXIT_ERROR
@@ -65,6 +69,23 @@ fn format_chain(e: &Error) -> String {
         }
     }
     s
+}
+
+/// A usage error found after parsing (options that contradict each other):
+/// exits with EXIT_USAGE like clap's own.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage_error(msg: impl Into<String>) -> Error {
+    Error::new(UsageError(msg.into()))
 }
 
 /// Whether an error (or anything in its chain) is EPIPE on output.

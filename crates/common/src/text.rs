@@ -82,11 +82,16 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 /// Parse a duration in seconds (`10`, `0.5`) as given on the command line.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !v.is_finite() || v <= 0.0 {
-        return Err(format!("'{s}' must be a positive number of seconds"));
+    // A millisecond at least (a shorter interval is a busy loop), ten years
+    // at most (beyond that, a typo).
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&v) {
+        return Err(format!("'{s}': expected seconds from {MIN_SECONDS} to {MAX_SECONDS}"));
     }
-    Duration::try_from_secs_f64(v).map_err(|e| e.to_string())
+    Ok(Duration::from_secs_f64(v))
 }
+
+const MIN_SECONDS: f64 = 0.001;
+const MAX_SECONDS: f64 = 315_360_000.0;
 
 #[cfg(test)]
 mod tests {
@@ -112,6 +117,10 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("x").is_err());
         assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("1e-300").is_err());
+        assert!(parse_seconds("1e100").unwrap_err().contains("expected seconds from"));
+        assert_eq!(parse_seconds("0.001"), Ok(Duration::from_millis(1)));
     }
 
     #[test]

@@ -71,6 +71,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/le
 
 /// Exit status when outstanding allocations pass the filters at the end.
 pub const EXIT_LEAKS: i32 = 3;
+/// Exit status when nothing was found outstanding but events were lost, so
+/// "no leak" cannot be trusted (a CI job gating on 0 must not pass).
+pub const EXIT_INCOMPLETE: i32 = 4;
 
 /// How often the event loop wakes us: reports are due every `-i`, but a
 /// SIGUSR1 should be answered without waiting for the next one.
@@ -108,12 +111,6 @@ pub struct Cli {
     /// Only count blocks allocated at least MS milliseconds before the report.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     older_than: u64,
-    /// Only track allocations of at least this many bytes.
-    #[arg(long, value_name = "BYTES")]
-    min_size: Option<u64>,
-    /// Only track allocations of at most this many bytes.
-    #[arg(long, value_name = "BYTES")]
-    max_size: Option<u64>,
     /// Most live blocks tracked at once (the kernel map's size); more are counted as lost (map_full).
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_allocs: u32,
@@ -194,6 +191,7 @@ pub fn command() -> clap::Command {
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = allocsnoop::ops_for(&cli.probe, &[])?;
+    let (min, max) = cli.probe.size_range()?;
     bpf::preflight()?;
     let cgroup_id = cli.target.check()?.unwrap_or(0);
     let verbose = cli.run.verbose;
@@ -208,8 +206,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     // Uprobes are scoped to the process by the kernel; the BPF filter then
     // only needs the cgroup (as in allocsnoop).
     let filter = Filter::new(0, false, cgroup_id);
-    let min = cli.min_size.unwrap_or(0);
-    let max = cli.max_size.unwrap_or(u64::MAX);
     let mut loader = EbpfLoader::new();
     filter.apply(&mut loader);
     loader.override_global("min_size", &min, true);
@@ -273,7 +269,15 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let outstanding = reporter.report(&mut out, true)?;
     lost.report(&mut out)?;
     out.flush()?;
-    Ok(if outstanding > 0 { EXIT_LEAKS } else { leakd_common::EXIT_OK })
+    let lost_events: u64 = lost.totals()?.iter().sum();
+    if outstanding > 0 {
+        return Ok(EXIT_LEAKS);
+    }
+    if lost_events > 0 {
+        eprintln!("leakd-attach: warning: {lost_events} event(s) lost (see the \"lost\" lines): the absence of leaks is not certain");
+        return Ok(EXIT_INCOMPLETE);
+    }
+    Ok(leakd_common::EXIT_OK)
 }
 
 /// Live blocks of one allocation site: same process, same stack id (or,

@@ -160,7 +160,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         }
         let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
+        // Blank lines have no frames: written unchanged, like any such line.
         if text.iter().all(u8::is_ascii_whitespace) {
+            out.write_all(text)?;
+            out.write_all(b"\n")?;
             continue;
         }
         // The rewritten line goes to a buffer reused from line to line (no

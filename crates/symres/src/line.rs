@@ -33,7 +33,8 @@ impl std::error::Error for LineError {}
 
 /// Arrays with these names hold frames.
 const FRAME_ARRAYS: [&str; 2] = ["stack", "frames"];
-/// Deeper nesting than this is refused (serde_json stops at 128 anyway).
+/// Frames are looked for this deep at most (serde_json refuses lines nested
+/// deeper than 128 levels).
 const MAX_DEPTH: usize = 64;
 /// Fields symres writes; stale ones from an earlier run are replaced.
 const OUR_FIELDS: [&str; 6] = ["sym", "sym_offset", "file", "line", "inlined", "reason"];
@@ -275,8 +276,9 @@ fn walk_object(
     path: &mut String,
     depth: usize,
 ) -> Result<(), LineError> {
+    // Frames are never this deep: below it the line is left as it is.
     if depth > MAX_DEPTH {
-        return Err(LineError("nested too deeply".into()));
+        return Ok(());
     }
     for (k, v) in obj.iter_mut() {
         let len = path.len();
@@ -439,6 +441,10 @@ mod tests {
     fn lines_without_frames_pass_through() {
         assert_eq!(run(r#"{"type":"exec","pid":1,"addr":"0x1234"}"#), Ok(None));
         assert_eq!(run(r#"{"type":"x","stack":null}"#), Ok(None));
+        // Deep but valid JSON is not an error: frames are just not looked
+        // for below MAX_DEPTH.
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(100), "}".repeat(100));
+        assert_eq!(run(&deep), Ok(None));
     }
 
     #[test]

@@ -184,9 +184,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let g_filter_sys = u8::from(!opts.syscalls.is_empty());
 
     let mut loader = EbpfLoader::new();
-    // `starts` is task-local storage, which aya creates but has no user-space
-    // type for; only the BPF side touches it.
-    loader.allow_unsupported_maps();
     filter.apply(&mut loader);
     loader
         .override_global("keyed", &g_keyed, true)
