@@ -142,8 +142,9 @@ fn pie_binary_resolved_after_exit_from_module_and_offset() {
     let line = run_prog(&prog);
     let out = resolve(&[], &line);
     assert_prog_frames(&out["stack"], &prog);
-    // The process is gone: bare addresses cannot be resolved, and say why.
-    assert_eq!(out["live"]["frames"][0], json!({"addr": out["stack"][0]["addr"], "reason": "unmapped"}));
+    // The process is gone: bare addresses (addr + pid) cannot be resolved,
+    // and say why.
+    assert_eq!(out["live"]["frames"][0], json!({"addr": out["stack"][0]["addr"], "reason": "no_process"}));
 }
 
 #[test]

@@ -57,7 +57,9 @@ impl EventLoop {
     pub fn new(duration: Option<Duration>, interval: Option<Duration>) -> Result<Self> {
         let (sig_r, sig_w) = UnixStream::pair().context("socketpair")?;
         sig_r.set_nonblocking(true)?;
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SIGHUP too: a closed terminal ends the run like Ctrl-C, with the
+        // final lines written.
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
             signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?).context("installing signal handler")?;
         }
         Ok(EventLoop { sig_r, target: None, deadline: duration.map(|d| Instant::now() + d), interval })

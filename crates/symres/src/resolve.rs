@@ -36,6 +36,10 @@ pub enum Reason {
     FileMissing,
     /// The file is not a valid ELF file.
     CorruptElf,
+    /// The frame has only `addr` and `pid`, and that process is gone.
+    NoProcess,
+    /// The process's /proc/PID/maps cannot be read (not ours to read).
+    NoPermission,
 }
 
 impl Reason {
@@ -46,6 +50,8 @@ impl Reason {
             Reason::BuildIdMismatch => "build_id_mismatch",
             Reason::FileMissing => "file_missing",
             Reason::CorruptElf => "corrupt_elf",
+            Reason::NoProcess => "no_process",
+            Reason::NoPermission => "no_permission",
         }
     }
 }
@@ -266,8 +272,8 @@ pub struct Resolver {
 }
 
 struct PidMaps {
-    /// `None` when the process is gone (or its maps are unreadable).
-    entries: Option<Vec<MapEntry>>,
+    /// Why not, when the maps cannot be read.
+    entries: Result<Vec<MapEntry>, Reason>,
     modules: Vec<Option<Result<ModuleId, Reason>>>,
     generation: u64,
 }
@@ -339,23 +345,31 @@ impl Resolver {
         let generation = self.generation;
         let stale = match self.pids.get(&pid) {
             None => true,
-            Some(m) => m.generation != generation && m.entries.as_deref().is_none_or(|e| procmaps::find(e, addr).is_none()),
+            Some(m) => m.generation != generation && m.entries.as_deref().map_or(true, |e| procmaps::find(e, addr).is_none()),
         };
         if stale {
-            let entries = procmaps::read_maps(pid).ok();
-            if entries.is_none() {
-                self.log(1, || format!("process {pid}: cannot read /proc/{pid}/maps (process gone?)"));
-            }
+            let entries = procmaps::read_maps(pid).map_err(|e| {
+                self.log(1, || format!("process {pid}: cannot read /proc/{pid}/maps: {e}"));
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => Reason::NoProcess,
+                    std::io::ErrorKind::PermissionDenied => Reason::NoPermission,
+                    _ => Reason::Unmapped,
+                }
+            });
             let n = entries.as_ref().map_or(0, Vec::len);
             self.pids.insert(pid, PidMaps { entries, modules: vec![None; n], generation });
         }
         let Some(pm) = self.pids.get(&pid) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
-        let Some(idx) = pm.entries.as_deref().and_then(|e| procmaps::find(e, addr)) else {
+        let entries = match &pm.entries {
+            Ok(e) => e,
+            Err(reason) => return PidFrame { module: None, offset: None, outcome: Err(*reason) },
+        };
+        let Some(idx) = procmaps::find(entries, addr) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
-        let entry = match pm.entries.as_deref().and_then(|e| e.get(idx)) {
+        let entry = match entries.get(idx) {
             Some(e) => e.clone(),
             None => return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) },
         };
