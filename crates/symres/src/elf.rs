@@ -66,12 +66,17 @@ pub struct Segment {
 struct Symbol {
     addr: u64,
     size: u64,
-    name_start: u32,
-    name_len: u32,
+    /// Where the NUL-terminated name starts: in the file's own string table
+    /// (`in_file`) or in `SymbolTable::arena`.
+    name_at: u64,
     rank: u8,
+    in_file: bool,
 }
 
-/// A function table sorted by address, names in one arena.
+/// A function table sorted by address. Names stay where they are in the
+/// file's string tables, found and checked only when a symbol is used: a
+/// large binary has a hundred thousand names, and copying and validating
+/// them all was a good part of the time to a first answer.
 #[derive(Default)]
 #[allow(clippy::len_without_is_empty)]
 pub struct SymbolTable {
@@ -79,7 +84,11 @@ pub struct SymbolTable {
     /// `syms[i].addr`, searched alone: a binary search then touches an
     /// eighth of the cache lines.
     addrs: Vec<u64>,
-    names: String,
+    /// The file, for names `in_file`.
+    file: Option<Bytes>,
+    /// NUL-terminated names copied in (when the file's tables could not be
+    /// used in place).
+    arena: Vec<u8>,
 }
 
 impl SymbolTable {
@@ -88,18 +97,28 @@ impl SymbolTable {
     }
 
     fn push(&mut self, name: &str, addr: u64, size: u64, rank: u8) {
-        let (Ok(start), Ok(len)) = (u32::try_from(self.names.len()), u32::try_from(name.len())) else {
-            return;
-        };
-        self.names.push_str(name);
-        self.syms.push(Symbol { addr, size, name_start: start, name_len: len, rank });
+        let name_at = self.arena.len() as u64;
+        self.arena.extend_from_slice(name.as_bytes());
+        self.arena.push(0);
+        self.syms.push(Symbol { addr, size, name_at, rank, in_file: false });
+    }
+
+    /// A symbol whose name is at `offset` of the file (`self.file`).
+    fn push_in_file(&mut self, offset: usize, addr: u64, size: u64, rank: u8) {
+        self.syms.push(Symbol { addr, size, name_at: offset as u64, rank, in_file: true });
     }
 
     /// Sort by address; of symbols at the same address keep the best one
     /// (sized over unsized, global over weak over local, then the first).
     fn finish(&mut self) {
-        self.syms.sort_by(|a, b| {
-            a.addr.cmp(&b.addr).then((b.size > 0).cmp(&(a.size > 0))).then(a.rank.cmp(&b.rank))
+        // Unstable but total: the name's position stands for "first".
+        self.syms.sort_unstable_by(|a, b| {
+            a.addr
+                .cmp(&b.addr)
+                .then((b.size > 0).cmp(&(a.size > 0)))
+                .then(a.rank.cmp(&b.rank))
+                .then(a.in_file.cmp(&b.in_file))
+                .then(a.name_at.cmp(&b.name_at))
         });
         self.syms.dedup_by_key(|s| s.addr);
         self.syms.shrink_to_fit();
@@ -116,10 +135,14 @@ impl SymbolTable {
         Some((i, s.addr))
     }
 
+    /// The name of symbol `i`; "" when it is not valid UTF-8 (or the file
+    /// lied about where it is).
     pub fn name(&self, i: usize) -> &str {
-        let s = &self.syms[i];
-        let start = s.name_start as usize;
-        self.names.get(start..start + s.name_len as usize).unwrap_or("")
+        let Some(s) = self.syms.get(i) else { return "" };
+        let src: &[u8] = if s.in_file { self.file.as_deref().unwrap_or_default() } else { &self.arena };
+        let rest = usize::try_from(s.name_at).ok().and_then(|at| src.get(at..)).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 }
 
@@ -224,32 +247,38 @@ impl ElfFile {
             .map(|p| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz })
             .collect();
 
-        let mut symbols = SymbolTable::default();
-        // Sized up front: growing these by doubling copied megabytes.
-        symbols.syms.reserve(elf.syms.len() + elf.dynsyms.len());
-        let [raw_strtab, raw_dynstr] = names.unwrap_or_default();
-        symbols.names.reserve(elf.strtab.len() + elf.dynstrtab.len() + raw_strtab.len() + raw_dynstr.len());
+        let mut symbols = SymbolTable { file: Some(file.clone()), ..SymbolTable::default() };
+        let is_func = |s: &sym::Sym| {
+            let t = s.st_type();
+            (t == sym::STT_FUNC || t == sym::STT_GNU_IFUNC) && s.st_shndx != 0 && s.st_value != 0
+        };
+        // Sized up front (functions only): growing by doubling copied
+        // megabytes, and reserving for every symbol faulted in pages.
+        symbols.syms.reserve(elf.syms.iter().chain(elf.dynsyms.iter()).filter(|s| is_func(s)).count());
         let tables = [(&elf.syms, &elf.strtab, names.map(|n| n[0])), (&elf.dynsyms, &elf.dynstrtab, names.map(|n| n[1]))];
         for (syms, strtab, raw) in tables {
-            for s in syms.iter() {
-                let t = s.st_type();
-                if !(t == sym::STT_FUNC || t == sym::STT_GNU_IFUNC) || s.st_shndx == 0 || s.st_value == 0 {
-                    continue;
-                }
-                let name = match raw {
-                    Some(r) => cstr_at(r, s.st_name),
-                    None => strtab.get_at(s.st_name),
-                };
-                let Some(name) = name else { continue };
-                if name.is_empty() {
-                    continue;
-                }
+            // Where the raw table starts in the file: names are used in place.
+            // (An absent table is an empty slice from elsewhere: no base.)
+            let base = raw.and_then(|r| (r.as_ptr() as usize).checked_sub(data.as_ptr() as usize));
+            for s in syms.iter().filter(is_func) {
                 let rank = match s.st_bind() {
                     sym::STB_GLOBAL => 0,
                     sym::STB_WEAK => 1,
                     _ => 2,
                 };
-                symbols.push(name, s.st_value, s.st_size, rank);
+                match (raw, base) {
+                    (Some(r), Some(base)) => {
+                        // Checked here only as far as "non-empty, in the table".
+                        if r.get(s.st_name).is_some_and(|&b| b != 0) {
+                            symbols.push_in_file(base + s.st_name, s.st_value, s.st_size, rank);
+                        }
+                    }
+                    _ => {
+                        if let Some(name) = strtab.get_at(s.st_name).filter(|n| !n.is_empty()) {
+                            symbols.push(name, s.st_value, s.st_size, rank);
+                        }
+                    }
+                }
             }
         }
         symbols.finish();
@@ -342,13 +371,6 @@ fn parse_lazily(data: &[u8]) -> Option<(Elf<'_>, Option<[&[u8]; 2]>)> {
         }
     }
     Some((elf, Some(raw)))
-}
-
-/// The NUL-terminated UTF-8 string at `offset` of a string table.
-fn cstr_at(table: &[u8], offset: usize) -> Option<&str> {
-    let rest = table.get(offset..)?;
-    let end = rest.iter().position(|&b| b == 0)?;
-    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// The ELF address that file offset `offset` is loaded at.
