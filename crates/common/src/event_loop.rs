@@ -58,8 +58,11 @@ impl EventLoop {
         let (sig_r, sig_w) = UnixStream::pair().context("socketpair")?;
         sig_r.set_nonblocking(true)?;
         // SIGHUP too: a closed terminal ends the run like Ctrl-C, with the
-        // final lines written.
+        // final lines written; unless it is ignored (`nohup`), which stays so.
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+            if sig == signal_hook::consts::SIGHUP && is_ignored(sig) {
+                continue;
+            }
             signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?).context("installing signal handler")?;
         }
         Ok(EventLoop { sig_r, target: None, deadline: duration.map(|d| Instant::now() + d), interval })
@@ -178,6 +181,16 @@ impl EventLoop {
             out.flush()?;
         }
         Ok(end)
+    }
+}
+
+/// Whether `sig` is currently ignored (SIG_IGN inherited from `nohup`).
+fn is_ignored(sig: i32) -> bool {
+    // SAFETY: a zeroed sigaction is a valid out-parameter; a null new action
+    // makes this a pure query.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

@@ -81,7 +81,7 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
 
     // SAFETY: the child branch below only calls async-signal-safe functions
-    // (read, write, signal, execve, _exit) on memory prepared before the fork,
+    // (close, read, write, signal, execve, _exit) on memory prepared before the fork,
     // and never returns into Rust code.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
@@ -131,9 +131,10 @@ impl Held {
 
     /// Let the child exec; returns once it has (or reports why it could not).
     pub fn release(mut self) -> Result<Launched> {
-        let Some(go) = self.go.take() else { bail!("command already released") };
-        nix::unistd::write(&go, &[1u8]).context("releasing the launched command")?;
-        drop(go);
+        let Some(go) = self.go.as_ref() else { bail!("command already released") };
+        // On failure `go` stays, and Drop kills and reaps the child.
+        nix::unistd::write(go, &[1u8]).context("releasing the launched command")?;
+        drop(self.go.take());
         let mut buf = [0u8; 4];
         // EOF (0 bytes) means the exec succeeded: the CLOEXEC pipe closed.
         let n = loop {
@@ -155,11 +156,13 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        // Never released: closing `go` makes the child _exit(127) without
-        // running the command; reap it so no zombie is left.
+        // Never released (or the release failed): the child must not run
+        // the command. Closing `go` alone is not enough if another child
+        // forked meanwhile inherited it, so kill it, then reap it.
         if let Some(go) = self.go.take() {
             drop(go);
-            let _ = waitpid(self.pid, None);
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            while let Err(nix::errno::Errno::EINTR) = waitpid(self.pid, None) {}
         }
     }
 }

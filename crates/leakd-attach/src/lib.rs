@@ -269,7 +269,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let outstanding = reporter.report(&mut out, true)?;
     lost.report(&mut out)?;
     out.flush()?;
-    let lost_events: u64 = lost.totals()?.iter().sum();
+    let lost_events = lost.events_lost()?;
     if outstanding > 0 {
         return Ok(EXIT_LEAKS);
     }

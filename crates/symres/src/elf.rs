@@ -66,12 +66,17 @@ pub struct Segment {
 struct Symbol {
     addr: u64,
     size: u64,
-    /// Where the NUL-terminated name starts: in the file's own string table
-    /// (`in_file`) or in `SymbolTable::arena`.
+    /// Where the NUL-terminated name starts: in `SymbolTable::arena`
+    /// (`table` 0) or in the file, in string table `table` (1 or 2).
     name_at: u64,
+    /// Order of appearance (.symtab first), for ties.
+    seq: u32,
     rank: u8,
-    in_file: bool,
+    table: u8,
 }
+
+/// Longest name used; a longer one (a string table without NULs) is cut.
+const MAX_NAME: usize = 64 << 10;
 
 /// A function table sorted by address. Names stay where they are in the
 /// file's string tables, found and checked only when a symbol is used: a
@@ -84,8 +89,11 @@ pub struct SymbolTable {
     /// `syms[i].addr`, searched alone: a binary search then touches an
     /// eighth of the cache lines.
     addrs: Vec<u64>,
-    /// The file, for names `in_file`.
+    /// The file, for names in it.
     file: Option<Bytes>,
+    /// Where string tables 1 and 2 end in the file: a name never runs past
+    /// its table.
+    table_end: [usize; 2],
     /// NUL-terminated names copied in (when the file's tables could not be
     /// used in place).
     arena: Vec<u8>,
@@ -100,25 +108,23 @@ impl SymbolTable {
         let name_at = self.arena.len() as u64;
         self.arena.extend_from_slice(name.as_bytes());
         self.arena.push(0);
-        self.syms.push(Symbol { addr, size, name_at, rank, in_file: false });
+        let seq = self.syms.len() as u32;
+        self.syms.push(Symbol { addr, size, name_at, seq, rank, table: 0 });
     }
 
-    /// A symbol whose name is at `offset` of the file (`self.file`).
-    fn push_in_file(&mut self, offset: usize, addr: u64, size: u64, rank: u8) {
-        self.syms.push(Symbol { addr, size, name_at: offset as u64, rank, in_file: true });
+    /// A symbol whose name is at `offset` of the file, in string table
+    /// `table` (1 or 2, see `table_end`).
+    fn push_in_file(&mut self, table: u8, offset: usize, addr: u64, size: u64, rank: u8) {
+        let seq = self.syms.len() as u32;
+        self.syms.push(Symbol { addr, size, name_at: offset as u64, seq, rank, table });
     }
 
     /// Sort by address; of symbols at the same address keep the best one
     /// (sized over unsized, global over weak over local, then the first).
     fn finish(&mut self) {
-        // Unstable but total: the name's position stands for "first".
+        // Unstable but total: `seq` stands for "first".
         self.syms.sort_unstable_by(|a, b| {
-            a.addr
-                .cmp(&b.addr)
-                .then((b.size > 0).cmp(&(a.size > 0)))
-                .then(a.rank.cmp(&b.rank))
-                .then(a.in_file.cmp(&b.in_file))
-                .then(a.name_at.cmp(&b.name_at))
+            a.addr.cmp(&b.addr).then((b.size > 0).cmp(&(a.size > 0))).then(a.rank.cmp(&b.rank)).then(a.seq.cmp(&b.seq))
         });
         self.syms.dedup_by_key(|s| s.addr);
         self.syms.shrink_to_fit();
@@ -139,8 +145,11 @@ impl SymbolTable {
     /// lied about where it is).
     pub fn name(&self, i: usize) -> &str {
         let Some(s) = self.syms.get(i) else { return "" };
-        let src: &[u8] = if s.in_file { self.file.as_deref().unwrap_or_default() } else { &self.arena };
-        let rest = usize::try_from(s.name_at).ok().and_then(|at| src.get(at..)).unwrap_or_default();
+        let (src, end): (&[u8], usize) = match s.table {
+            0 => (&self.arena, self.arena.len()),
+            t => (self.file.as_deref().unwrap_or_default(), self.table_end.get(usize::from(t) - 1).copied().unwrap_or(0)),
+        };
+        let rest = usize::try_from(s.name_at).ok().and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME)))).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
@@ -256,10 +265,13 @@ impl ElfFile {
         // megabytes, and reserving for every symbol faulted in pages.
         symbols.syms.reserve(elf.syms.iter().chain(elf.dynsyms.iter()).filter(|s| is_func(s)).count());
         let tables = [(&elf.syms, &elf.strtab, names.map(|n| n[0])), (&elf.dynsyms, &elf.dynstrtab, names.map(|n| n[1]))];
-        for (syms, strtab, raw) in tables {
+        for (t, (syms, strtab, raw)) in tables.into_iter().enumerate() {
             // Where the raw table starts in the file: names are used in place.
             // (An absent table is an empty slice from elsewhere: no base.)
             let base = raw.and_then(|r| (r.as_ptr() as usize).checked_sub(data.as_ptr() as usize));
+            if let (Some(r), Some(b)) = (raw, base) {
+                symbols.table_end[t] = b + r.len();
+            }
             for s in syms.iter().filter(is_func) {
                 let rank = match s.st_bind() {
                     sym::STB_GLOBAL => 0,
@@ -270,7 +282,7 @@ impl ElfFile {
                     (Some(r), Some(base)) => {
                         // Checked here only as far as "non-empty, in the table".
                         if r.get(s.st_name).is_some_and(|&b| b != 0) {
-                            symbols.push_in_file(base + s.st_name, s.st_value, s.st_size, rank);
+                            symbols.push_in_file(t as u8 + 1, base + s.st_name, s.st_value, s.st_size, rank);
                         }
                     }
                     _ => {

@@ -12,10 +12,12 @@
 //! and the stream goes on. A SIGBUS anywhere else goes to the previous
 //! handler (by default: the process dies, as it would have).
 //!
-//! A file rewritten in place (same size) changes the bytes under the parsers;
-//! that is the same garbage as a corrupt file, never memory unsafety in the
-//! sense that matters here: all reads are bounds-checked against the
-//! mapping's fixed length, which stays mapped until the last reader drops.
+//! A file rewritten in place (same size), or a page swapped for zeros,
+//! changes bytes under a `&[u8]`: strictly, Rust's aliasing rules do not
+//! allow that, and it is an accepted risk here, the same one every mmap-based
+//! reader of binaries takes. In practice the parsers see garbage, as from a
+//! corrupt file, and every read stays bounds-checked against the mapping's
+//! fixed length, which stays mapped until the last reader drops.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -136,9 +138,12 @@ fn install_handler() {
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     let page = PAGE.load(Ordering::Relaxed);
-    for (s, l) in MAPS.iter() {
+    // Only a fault the kernel raised (si_code > 0) has a meaningful address;
+    // a SIGBUS sent with kill() goes to the previous handler.
+    let faults = if code > 0 { &MAPS[..] } else { &MAPS[..0] };
+    for (s, l) in faults {
         let start = s.load(Ordering::Acquire);
         let len = l.load(Ordering::Acquire);
         if start != 0 && addr >= start && addr - start < len {
@@ -161,14 +166,19 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     if old.is_null() {
         return;
     }
-    // SAFETY: `old` was filled in by sigaction and is never freed. A default
-    // or ignoring action is reinstated and the faulting access retried, so
-    // the signal has its usual effect; a handler function is called as the
-    // kernel would have.
+    // SAFETY: `old` was filled in by sigaction and is never freed. The
+    // default action is reinstated and the signal raised again, so the
+    // process ends as it would have without us; an ignored one is ignored
+    // (a fault's SIGBUS cannot be: the kernel forces it); a handler function
+    // is called as the kernel would have.
     unsafe {
         let h = (*old).sa_sigaction;
-        if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        if h == libc::SIG_IGN {
+            return;
+        }
+        if h == libc::SIG_DFL {
             libc::sigaction(libc::SIGBUS, old, std::ptr::null_mut());
+            libc::raise(libc::SIGBUS);
         } else if (*old).sa_flags & libc::SA_SIGINFO != 0 {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute(h);
             f(sig, info, ctx);

@@ -669,7 +669,8 @@ impl Module {
                     n
                 }
             };
-            res.sym = Some(name);
+            // A name that is not UTF-8 reads as "": DWARF may name it.
+            res.sym = (!name.is_empty()).then_some(name);
             res.sym_offset = Some(vaddr - start);
         }
         if let Some(DwarfState::Pending(_)) = &self.dwarf {
