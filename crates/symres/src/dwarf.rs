@@ -10,9 +10,10 @@
 //! the same answers as the full one only when the unit is self-contained:
 //! no reference into other units (DW_FORM_ref_addr and the like, which
 //! would be read against the wrong offsets) and not a split-DWARF skeleton.
-//! Units that are not, addresses outside .debug_aranges, and addresses a
-//! unit context knows nothing about all go to the full context, built on
-//! first need; once it exists it answers everything.
+//! Units that are not and addresses outside .debug_aranges go to the full
+//! context, built on first need; once it exists it answers everything. An
+//! address its unit knows nothing about (code without line info) is left
+//! without DWARF: no other unit covers it.
 
 use gimli::Reader as _;
 

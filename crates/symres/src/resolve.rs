@@ -680,19 +680,11 @@ impl Module {
         }
         if let Some(DwarfState::Ready(index)) = &mut self.dwarf {
             let mut frames: Vec<DwarfFrame> = Vec::new();
-            let mut which = index.context_for(vaddr, verbose);
-            loop {
-                let (ctx, unit_only) = match which {
-                    Some(crate::dwarf::Which::Unit(c)) => (c, true),
-                    Some(crate::dwarf::Which::Full(c)) => (c, false),
-                    None => break,
-                };
+            // A unit that .debug_aranges names but that knows nothing of the
+            // address (code without line info) is the answer: no other unit
+            // covers it, and asking the full context would parse them all.
+            if let Some(crate::dwarf::Which::Unit(ctx) | crate::dwarf::Which::Full(ctx)) = index.context_for(vaddr, verbose) {
                 dwarf_frames(ctx, vaddr, want_inlined, &mut self.dwarf_names, &mut self.files, &mut frames);
-                if !frames.is_empty() || !unit_only {
-                    break;
-                }
-                // The unit .debug_aranges named does not know the address.
-                which = index.full(vaddr, verbose).map(crate::dwarf::Which::Full);
             }
             if let Some((name, file, line)) = frames.pop() {
                 res.file = file;
