@@ -176,14 +176,16 @@ impl<'de> Visitor<'de> for JVisitor {
         Ok(J::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        // serde_json gives no size hint; stacks are about 16 frames deep.
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(16));
         while let Some(x) = seq.next_element()? {
             v.push(x);
         }
         Ok(J::Arr(v))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
-        let mut v = Vec::new();
+        // A frame has up to six fields (addr, module, offset, build id...).
+        let mut v = Vec::with_capacity(6);
         while let Some((Key(k), x)) = map.next_entry::<Key<'de>, J<'de>>()? {
             v.push((k, x));
         }
