@@ -213,7 +213,7 @@ pub fn read_build_id(path: &Path) -> Option<String> {
             }
             const NT_GNU_BUILD_ID: u32 = 3;
             if ntype == NT_GNU_BUILD_ID && notes.get(name_start..name_start + namesz) == Some(b"GNU\0") {
-                return Some(notes[desc_start..desc_start + descsz].iter().map(|b| format!("{b:02x}")).collect());
+                return Some(crate::text::hex_bytes(&notes[desc_start..desc_start + descsz]));
             }
             p = next;
         }

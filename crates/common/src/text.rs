@@ -42,6 +42,11 @@ pub fn hex(addr: u64) -> String {
     format!("{addr:#x}")
 }
 
+/// Bytes (a build id) as lower-case hex digits, two per byte.
+pub fn hex_bytes(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Converts the kernel's CLOCK_MONOTONIC timestamps (`bpf_ktime_get_ns`) into
 /// wall-clock nanoseconds since the Unix epoch, with an offset taken once.
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,7 @@
 //! frame.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 
 use rustc_hash::FxHashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -119,7 +120,8 @@ impl Resolution {
                 out.push(b',');
             }
             out.extend_from_slice(b"\"sym_offset\":\"");
-            write_hex(out, x.wrapping_add(shift));
+            // Cannot fail: writing to a Vec. The same text as text::hex.
+            let _ = write!(out, "{:#x}", x.wrapping_add(shift));
             out.push(b'"');
         }
         if !tail.is_empty() {
@@ -132,65 +134,51 @@ impl Resolution {
 
     /// The fields before `sym_offset` and those after it.
     fn render(&self) -> (Box<str>, Box<str>) {
-        let sep = |o: &mut Vec<u8>, k: &str| {
-            if !o.is_empty() {
-                o.push(b',');
-            }
-            crate::line::write_str(o, k);
-            o.push(b':');
-        };
         let mut head = Vec::new();
-        if let Some(s) = &self.sym {
-            sep(&mut head, "sym");
-            crate::line::write_str(&mut head, s);
-        }
-        let mut o = Vec::new();
-        if let Some(f) = &self.file {
-            sep(&mut o, "file");
-            crate::line::write_str(&mut o, f);
-        }
-        if let Some(l) = self.line {
-            sep(&mut o, "line");
-            o.extend_from_slice(l.to_string().as_bytes());
-        }
+        place(&mut head, self.sym.as_deref(), None, None);
+        let mut tail = Vec::new();
+        place(&mut tail, None, self.file.as_deref(), self.line);
         if !self.inlined.is_empty() {
-            sep(&mut o, "inlined");
-            o.push(b'[');
+            key(&mut tail, "inlined");
+            tail.push(b'[');
             for (i, f) in self.inlined.iter().enumerate() {
                 if i > 0 {
-                    o.push(b',');
+                    tail.push(b',');
                 }
                 let mut inner = Vec::new();
-                if let Some(s) = &f.sym {
-                    sep(&mut inner, "sym");
-                    crate::line::write_str(&mut inner, s);
-                }
-                if let Some(file) = &f.file {
-                    sep(&mut inner, "file");
-                    crate::line::write_str(&mut inner, file);
-                }
-                if let Some(l) = f.line {
-                    sep(&mut inner, "line");
-                    inner.extend_from_slice(l.to_string().as_bytes());
-                }
-                o.push(b'{');
-                o.extend_from_slice(&inner);
-                o.push(b'}');
+                place(&mut inner, f.sym.as_deref(), f.file.as_deref(), f.line);
+                tail.push(b'{');
+                tail.extend_from_slice(&inner);
+                tail.push(b'}');
             }
-            o.push(b']');
+            tail.push(b']');
         }
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default().into_boxed_str();
-        (text(head), text(o))
+        (text(head), text(tail))
     }
 }
 
-/// `0x` and lower-case hex digits, as `leakd_common::text::hex` writes them.
-pub(crate) fn write_hex(out: &mut Vec<u8>, x: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(b"0x");
-    let n = (64 - (x | 1).leading_zeros()).div_ceil(4);
-    for i in (0..n).rev() {
-        out.push(DIGITS[((x >> (i * 4)) & 0xf) as usize]);
+/// `"k":`, after a comma when `o` already holds members.
+fn key(o: &mut Vec<u8>, k: &str) {
+    if !o.is_empty() {
+        o.push(b',');
+    }
+    crate::line::write_str(o, k);
+    o.push(b':');
+}
+
+/// The known ones of `"sym"`, `"file"` and `"line"`, as object members.
+fn place(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Option<u32>) {
+    for (k, v) in [("sym", sym), ("file", file)] {
+        if let Some(v) = v {
+            key(o, k);
+            crate::line::write_str(o, v);
+        }
+    }
+    if let Some(l) = line {
+        key(o, "line");
+        // Cannot fail: writing to a Vec.
+        let _ = write!(o, "{l}");
     }
 }
 
@@ -562,7 +550,7 @@ impl Resolver {
         if id.len() < 2 {
             return Vec::new();
         }
-        let hex = hex_string(id);
+        let hex = leakd_common::text::hex_bytes(id);
         self.debug_dirs().into_iter().map(|d| d.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..]))).collect()
     }
 
@@ -763,10 +751,6 @@ fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
     a
 }
 
-pub fn hex_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Rust (legacy and v0) and C++ (Itanium) names, readable. Rust's legacy
 /// scheme is a subset of C++'s, so it is tried first; its hash is dropped.
 pub fn demangle(name: &str) -> String {
@@ -925,15 +909,6 @@ mod tests {
                 }
             }
             fuzz_elf(&data);
-        }
-    }
-
-    #[test]
-    fn hex_matches_common_text_hex() {
-        for x in [0u64, 1, 0xf, 0x10, 0x1234_5678, u64::MAX, 1 << 63] {
-            let mut o = Vec::new();
-            write_hex(&mut o, x);
-            assert_eq!(String::from_utf8(o).unwrap(), leakd_common::text::hex(x));
         }
     }
 
