@@ -3,8 +3,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use assert_cmd::Command as Cmd;
@@ -89,19 +88,10 @@ fn ten_nine_by_pid_exact() {
     if !bpf_available() {
         return;
     }
-    let mut leaker = Command::new(LEAKER)
-        .args(["ten-nine", "--wait-signal"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(leaker.stderr.take().unwrap());
-    let mut ready = String::new();
-    err.read_line(&mut ready).unwrap();
-    let pid = serde_json::from_str::<Value>(&ready).unwrap()["pid"].to_string();
-    let (tool, _tool_err) = spawn_attached("allocsnoop", &["-p", &pid]);
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(leaker.id() as i32, libc::SIGUSR1) };
-    leaker.wait().unwrap();
+    let (mut leaker, pid, _err) = support::start_leaker(&["ten-nine", "--wait-signal"]);
+    let (tool, _tool_err) = spawn_attached("allocsnoop", &["-p", &pid.to_string()]);
+    support::signal(pid, libc::SIGUSR1);
+    leaker.0.wait().unwrap();
     let out = tool.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_ten_nine(&json_lines(&out.stdout));
@@ -355,21 +345,11 @@ fn jemalloc_in_a_running_process_is_detected() {
         .map(|d| d.path().join("libjemalloc.so.2"))
         .find(|p| p.exists())
         .expect("libjemalloc.so.2 (installed by scripts/setup)");
-    let mut leaker = Command::new(LEAKER)
-        .args(["ten-nine", "--wait-signal"])
-        .env("LD_PRELOAD", &jemalloc)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(leaker.stderr.take().unwrap());
-    let mut ready = String::new();
-    err.read_line(&mut ready).unwrap();
-    let pid = serde_json::from_str::<Value>(&ready).unwrap()["pid"].to_string();
-    let (tool, _err, log) = support::spawn_attached_with_log("allocsnoop", &["-p", &pid]);
+    let (mut leaker, pid, _err) = support::start_leaker_env(&["ten-nine", "--wait-signal"], &[("LD_PRELOAD", jemalloc.as_os_str())]);
+    let (tool, _tool_err, log) = support::spawn_attached_with_log("allocsnoop", &["-p", &pid.to_string()]);
     assert!(log.contains("(jemalloc)"), "{log}");
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(leaker.id() as i32, libc::SIGUSR1) };
-    leaker.wait().unwrap();
+    support::signal(pid, libc::SIGUSR1);
+    leaker.0.wait().unwrap();
     let out = tool.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_ten_nine(&json_lines(&out.stdout));

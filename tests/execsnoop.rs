@@ -243,8 +243,7 @@ fn sigint_and_duration_end_cleanly() {
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "SIGINT");
     let (tool, _err) = spawn_attached("execsnoop", &["--comm", "^leakd-no-such$"]);
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(tool.id() as i32, libc::SIGHUP) };
+    support::signal(tool.id(), libc::SIGHUP);
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "SIGHUP (a closed terminal) ends the run cleanly");
     let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-d", "0.5", "--comm", "^leakd-no-such$"]).output().unwrap();

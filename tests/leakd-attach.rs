@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
-use support::{bpf_available, json_lines, of_type, spawn_attached, LEAKER, LEAKER_NOFP};
+use support::{bpf_available, json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER, LEAKER_NOFP};
 
 fn launched(args: &[&str], cmd: &[&str]) -> Output {
     Cmd::cargo_bin("leakd-attach").unwrap().args(args).arg("--").args(cmd).timeout(Duration::from_secs(60)).output().unwrap()
@@ -118,34 +118,6 @@ fn wait_output(mut child: Child) -> (Option<i32>, Vec<u8>) {
     (status.code(), stdout)
 }
 
-/// Kills the leaker when a test ends, even by a failed assertion.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start the leaker and wait for its ready line (its allocator is mapped
-/// then, so -p can find it). Returns it, its pid and its stderr.
-fn start_leaker(args: &[&str]) -> (KillOnDrop, u64, BufReader<std::process::ChildStderr>) {
-    let mut leaker = Command::new(LEAKER).args(args).stderr(Stdio::piped()).spawn().unwrap();
-    let mut err = BufReader::new(leaker.stderr.take().unwrap());
-    let leaker = KillOnDrop(leaker);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "leaker exited before ready");
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["type"] == "leaker_ready" {
-                return (leaker, v["pid"].as_u64().unwrap(), err);
-            }
-        }
-    }
-}
-
 #[test]
 fn attach_by_pid() {
     if !bpf_available() {
@@ -156,8 +128,7 @@ fn attach_by_pid() {
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid_s]);
     // Keep draining the tool's stderr so it never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    support::signal(pid, libc::SIGUSR1);
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     assert!(leaker.0.wait().unwrap().success());
@@ -349,16 +320,8 @@ fn idle_stacks_are_deleted() {
     std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
     let pid_s = pid.to_string();
     let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(tool_err.read_line(&mut line).unwrap() > 0, "leakd-attach ended before deleting a stack");
-        if line.contains("idle stack(s)") {
-            break;
-        }
-    }
+    support::signal(pid, libc::SIGUSR1);
+    support::wait_for_log(&mut tool_err, "idle stack(s)", "leakd-attach ended before deleting a stack");
     std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
     support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);
@@ -416,23 +379,14 @@ fn deleted_stack_keeps_its_counts() {
     let mut ready = String::new();
     BufReader::new(prog.stdout.take().unwrap()).read_line(&mut ready).unwrap();
     let prog = KillOnDrop(prog);
-    let pid = prog.0.id() as i32;
+    let pid = prog.0.id();
     assert_eq!(ready.trim(), format!("ready {pid}"));
     let pid_s = pid.to_string();
     let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(tool_err.read_line(&mut line).unwrap() > 0, "leakd-attach ended before deleting a stack");
-        if line.contains("idle stack(s)") {
-            break;
-        }
-    }
+    support::signal(pid, libc::SIGUSR1);
+    support::wait_for_log(&mut tool_err, "idle stack(s)", "leakd-attach ended before deleting a stack");
     std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
     drop(prog);
     let _ = std::fs::remove_dir_all(&dir);
@@ -447,18 +401,16 @@ fn deleted_stack_keeps_its_counts() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for (args, msg) in [
-        (&["--trend", "0"][..], "must be at least 1"),
-        (&["--max-allocs", "0"][..], "0 is not in 1.."),
-        (&["--sample-bytes", "0"][..], "0 is not in 1.."),
-        (&["--top", "x"][..], "invalid value"),
-        (&["--min-size", "10", "--max-size", "5"][..], "--min-size 10 is larger than --max-size 5"),
-    ] {
-        let out = Cmd::cargo_bin("leakd-attach").unwrap().args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(msg), "{args:?}: {err}");
-    }
+    support::assert_usage_errors(
+        "leakd-attach",
+        &[
+            (&["--trend", "0"], "must be at least 1"),
+            (&["--max-allocs", "0"], "0 is not in 1.."),
+            (&["--sample-bytes", "0"], "0 is not in 1.."),
+            (&["--top", "x"], "invalid value"),
+            (&["--min-size", "10", "--max-size", "5"], "--min-size 10 is larger than --max-size 5"),
+        ],
+    );
 }
 
 /// A map too small to hold every live block: events are lost, and the exit

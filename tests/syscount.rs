@@ -308,17 +308,15 @@ fn text_table() {
 
 #[test]
 fn usage_errors() {
-    for (args, msg) in [
-        (&["-s", "no_such_syscall"][..], "unknown syscall"),
-        (&["-e", "ENOTANERRNO"][..], "unknown errno"),
-        (&["-T", "x"][..], "invalid value"),
-        (&["--comm", ""][..], "not a process name"),
-    ] {
-        let out = Cmd::cargo_bin("syscount").unwrap().args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(msg), "{args:?}: {err}");
-    }
+    support::assert_usage_errors(
+        "syscount",
+        &[
+            (&["-s", "no_such_syscall"], "unknown syscall"),
+            (&["-e", "ENOTANERRNO"], "unknown errno"),
+            (&["-T", "x"], "invalid value"),
+            (&["--comm", ""], "not a process name"),
+        ],
+    );
     let out = Cmd::cargo_bin("syscount").unwrap().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Examples:") && help.contains("syscount -M -- make"), "{help}");

@@ -86,6 +86,74 @@ pub fn spawn_attached_with_log(tool: &str, args: &[&str]) -> (Child, BufReader<C
 
 /// Send SIGINT to a child (the way a user stops a tool).
 pub fn interrupt(child: &Child) {
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal(child.id(), libc::SIGINT);
+}
+
+/// Send `sig` to process `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill with a pid and a signal number has no memory effects.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Kills a process when a test ends, even by a failed assertion.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the leaker (with extra environment) and wait for its ready line:
+/// its allocator is mapped then, so -p can find it. Returns it, its pid and
+/// its stderr.
+pub fn start_leaker_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (KillOnDrop, u32, BufReader<ChildStderr>) {
+    let mut cmd = Command::new(LEAKER);
+    cmd.args(args).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut leaker = cmd.spawn().unwrap();
+    let mut err = BufReader::new(leaker.stderr.take().unwrap());
+    let leaker = KillOnDrop(leaker);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "leaker exited before ready");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["type"] == "leaker_ready" {
+                let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("leaker pid");
+                return (leaker, pid, err);
+            }
+        }
+    }
+}
+
+/// [`start_leaker_env`] without extra environment.
+pub fn start_leaker(args: &[&str]) -> (KillOnDrop, u32, BufReader<ChildStderr>) {
+    start_leaker_env(args, &[])
+}
+
+/// Read a tool's stderr until a line contains `needle`; fails with
+/// `if_ended` if the tool ends first.
+pub fn wait_for_log(err: &mut BufReader<ChildStderr>, needle: &str, if_ended: &str) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "{if_ended}");
+        if line.contains(needle) {
+            return;
+        }
+    }
+}
+
+/// Each `args` must be refused as bad usage (exit 2) with `msg` on stderr.
+pub fn assert_usage_errors(tool: &str, cases: &[(&[&str], &str)]) {
+    for (args, msg) in cases {
+        let out = Command::new(bin(tool)).args(*args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
 }
