@@ -53,11 +53,9 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 				     __u64 size, __u64 align, int failed);
 static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp);
 
-/* Whether a call entering at `sp` on this thread is nested in one in flight. */
-static __always_inline int alloc_nested(__u64 sp)
+/* Whether a call entering at `sp` is nested in the one in flight, `p`. */
+static __always_inline int alloc_nested(struct alloc_pending *p, __u64 sp)
 {
-	struct alloc_pending *p = alloc_pending_get(0);
-
 	return p && p->sp && p->sp >= sp;
 }
 
@@ -81,7 +79,13 @@ int BPF_KPROBE(alloc_enter)
 
 	if (!leakd_wanted())
 		return 0;
-	if (alloc_nested(sp))
+	/* One lookup serves both the nesting check and the update. */
+	slot = alloc_pending_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!slot) {
+		leakd_count_lost(LEAKD_LOST_MAP_FULL);
+		return 0;
+	}
+	if (alloc_nested(slot, sp))
 		return 0;
 	p.sp = sp;
 	p.op = bpf_get_attach_cookie(ctx);
@@ -116,11 +120,6 @@ int BPF_KPROBE(alloc_enter)
 		p.size = PT_REGS_PARM2(ctx);
 		break;
 	default:
-		return 0;
-	}
-	slot = alloc_pending_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!slot) {
-		leakd_count_lost(LEAKD_LOST_MAP_FULL);
 		return 0;
 	}
 	*slot = p;
@@ -174,7 +173,7 @@ int BPF_KPROBE(free_enter)
 		return 0;
 	if (!leakd_wanted())
 		return 0;
-	if (alloc_nested(sp))
+	if (alloc_nested(alloc_pending_get(0), sp))
 		return 0;
 	on_free(ctx, op, addr, op == ALLOC_OP_MUNMAP ? PT_REGS_PARM2(ctx) : 0, sp);
 	return 0;
