@@ -100,17 +100,10 @@ static __always_inline int comm_matches(void)
 	return 1;
 }
 
-/* The shared filters, our own exclusion and --comm. A launched command is
- * compared with its tgid first, so the common case of `-- CMD` costs no
- * hash lookup in leakd_tracked. */
+/* The shared filters (leakd.bpf.h), then --comm. */
 static __always_inline int task_wanted(void)
 {
-	__u32 tgid;
-
-	if (targ_cgroup_id && bpf_get_current_cgroup_id() != targ_cgroup_id)
-		return 0;
-	tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!leakd_tgid_wanted(tgid))
+	if (!leakd_wanted())
 		return 0;
 	if (filter_comm && !comm_matches())
 		return 0;

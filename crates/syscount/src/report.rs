@@ -15,7 +15,8 @@ use serde_json::{json, Map, Value};
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
 use leakd_common::text::c_string;
-use leakd_common::{anyhow, Context, Result};
+use leakd_common::bpf;
+use leakd_common::{Context, Result};
 
 use crate::sys;
 use crate::CountArgs;
@@ -83,23 +84,15 @@ pub(crate) struct Reporter {
     since: Instant,
 }
 
-fn take<M>(ebpf: &mut Ebpf, name: &str) -> Result<M>
-where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the BPF object"))?;
-    M::try_from(map).with_context(|| format!("opening map {name}"))
-}
-
 impl Reporter {
     pub fn new(ebpf: &mut Ebpf, grouping: Grouping, opts: &CountArgs) -> Result<Self> {
         let counters = if grouping.process || grouping.errno {
-            Counters::Hash(take(ebpf, "keyed_counts")?)
+            Counters::Hash(bpf::take_map(ebpf, "keyed_counts")?)
         } else {
-            Counters::Array(take(ebpf, "counts")?)
+            Counters::Array(bpf::take_map(ebpf, "counts")?)
         };
-        let hists = if opts.hist { Some(take(ebpf, "hists")?) } else { None };
-        let comms = if grouping.process { Some(take(ebpf, "comms")?) } else { None };
+        let hists = if opts.hist { Some(bpf::take_map(ebpf, "hists")?) } else { None };
+        let comms = if grouping.process { Some(bpf::take_map(ebpf, "comms")?) } else { None };
         Ok(Reporter {
             counters,
             hists,
