@@ -176,10 +176,14 @@ impl Drop for Held {
 /// which callers handle by re-reading the maps on demand.
 fn wait_for_exe_mapping(pid: u32) {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return };
-    let exe = exe.to_string_lossy().into_owned();
+    // readlink says " (deleted)" where the maps parser strips it.
+    let exe = match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+        Some(b) => PathBuf::from(OsStr::from_bytes(b)),
+        None => exe,
+    };
     for _ in 0..200 {
-        match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-            Ok(text) if text.lines().any(|l| l.contains(" r-xp ") && l.ends_with(exe.as_str())) => return,
+        match crate::procmaps::read_maps(pid) {
+            Ok(maps) if maps.iter().any(|m| m.exec && m.path.as_deref() == Some(exe.as_path())) => return,
             Ok(_) => std::thread::sleep(std::time::Duration::from_micros(250)),
             Err(_) => return,
         }
