@@ -124,21 +124,21 @@ impl MapsCache {
     /// The mapping containing `addr`, refreshing the cached maps once when
     /// it is not found (the process may have mapped it since).
     pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
-        if self.procs.get(&pid).is_none_or(|m| find(m, addr).is_none()) {
-            self.refresh(pid);
+        let i = self.index_of(pid, addr)?;
+        self.procs.get(&pid)?.get(i)
+    }
+
+    fn index_of(&mut self, pid: u32, addr: u64) -> Option<usize> {
+        if let Some(i) = self.procs.get(&pid).and_then(|m| find(m, addr)) {
+            return Some(i);
         }
-        let maps = self.procs.get(&pid)?;
-        maps.get(find(maps, addr)?)
+        self.refresh(pid);
+        find(self.procs.get(&pid)?, addr)
     }
 
     /// The GNU build id of a mapped file, as lower-case hex.
     pub fn build_id(&mut self, pid: u32, path: &Path) -> Option<String> {
-        if let Some(b) = self.build_ids.get(path) {
-            return b.clone();
-        }
-        let id = read_build_id(&under_root(pid, path)).or_else(|| read_build_id(path));
-        self.build_ids.insert(path.to_path_buf(), id.clone());
-        id
+        cached_build_id(&mut self.build_ids, pid, path)
     }
 
     /// A frame as our tools print it: `addr`, and when the address is in a
@@ -146,21 +146,34 @@ impl MapsCache {
     /// crate::text rule), `offset` (file offset) and `build_id`.
     /// Returns None when `addr` is not in an executable mapping.
     pub fn frame(&mut self, pid: u32, addr: u64) -> Option<Value> {
-        let m = self.lookup(pid, addr)?;
+        let i = self.index_of(pid, addr)?;
+        // Field by field, so the mapping stays borrowed while the build-id
+        // cache is updated.
+        let m = self.procs.get(&pid)?.get(i)?;
         if !m.exec {
             return None;
         }
-        let Some(path) = m.path.clone().filter(|p| p.is_absolute()) else {
+        let Some(path) = m.path.as_deref().filter(|p| p.is_absolute()) else {
             return Some(json!({ "addr": hex(addr) }));
         };
         let offset = (addr - m.start).wrapping_add(m.offset);
         let module = bytes_to_string(path.as_os_str().as_encoded_bytes());
         let mut f = json!({ "addr": hex(addr), "module": module, "offset": hex(offset) });
-        if let Some(id) = self.build_id(pid, &path) {
+        if let Some(id) = cached_build_id(&mut self.build_ids, pid, path) {
             f["build_id"] = json!(id);
         }
         Some(f)
     }
+}
+
+/// A file's build id, read once per path.
+fn cached_build_id(cache: &mut HashMap<PathBuf, Option<String>>, pid: u32, path: &Path) -> Option<String> {
+    if let Some(b) = cache.get(path) {
+        return b.clone();
+    }
+    let id = read_build_id(&under_root(pid, path)).or_else(|| read_build_id(path));
+    cache.insert(path.to_path_buf(), id.clone());
+    id
 }
 
 /// Read the NT_GNU_BUILD_ID note of an ELF file, reading only the headers
