@@ -249,17 +249,22 @@ impl Handler for Printer {
 /// garbage through code built without frame pointers, so those that do not
 /// point into an executable mapping are dropped, and the walk stops there.
 pub fn stack_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> Vec<Value> {
-    let mut frames = Vec::with_capacity(addrs.len());
-    for (i, &a) in addrs.iter().enumerate() {
-        let mut f = match maps.frame(pid, a) {
-            Some(f) => f,
-            None if i == 0 => json!({ "addr": hex(a) }),
-            None => break,
-        };
-        // Every frame is where a call returns to; symres then reports the
-        // line of the call itself.
-        f["return_address"] = json!(true);
-        frames.push(f);
-    }
-    frames
+    let kept = &addrs[..kept_frames(maps, pid, addrs)];
+    kept.iter()
+        .map(|&a| {
+            let mut f = maps.frame(pid, a).unwrap_or_else(|| json!({ "addr": hex(a) }));
+            // Every frame is where a call returns to; symres then reports
+            // the line of the call itself.
+            f["return_address"] = json!(true);
+            f
+        })
+        .collect()
+}
+
+/// How many of `addrs` make the stack: the first (the direct caller, right
+/// even without frame pointers) always, then those up to the first address
+/// outside an executable mapping (where a frame-pointer walk went astray).
+pub fn kept_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> usize {
+    let Some(rest) = addrs.get(1..) else { return 0 };
+    1 + rest.iter().take_while(|&&a| maps.lookup(pid, a).is_some_and(|m| m.exec)).count()
 }
