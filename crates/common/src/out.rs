@@ -62,6 +62,16 @@ impl Output {
         Ok(())
     }
 
+    /// Write one line already serialized as a JSON object.
+    pub fn json_line(&mut self, json: &[u8]) -> io::Result<()> {
+        self.w.write_all(json).map_err(on_stdout)?;
+        self.w.write_all(b"\n").map_err(on_stdout)?;
+        if self.tty {
+            self.w.flush().map_err(on_stdout)?;
+        }
+        Ok(())
+    }
+
     /// Write text as is (for `--text` output).
     pub fn text(&mut self, s: &str) -> io::Result<()> {
         self.w.write_all(s.as_bytes()).map_err(on_stdout)?;

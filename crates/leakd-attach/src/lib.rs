@@ -308,6 +308,34 @@ struct Group {
     oldest_ts_ns: Option<u64>,
 }
 
+impl Group {
+    /// Count one live block of `size` bytes allocated at `ts_ns`.
+    fn add_block(&mut self, size: u64, ts_ns: u64, sample_bytes: Option<u64>) {
+        if self.oldest_ts_ns.is_none_or(|t| ts_ns < t) {
+            self.oldest_ts_ns = Some(ts_ns);
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        self.count = self.count.saturating_add(1);
+        if let Some(n) = sample_bytes {
+            let (wb, wc) = sample_weight(size, n);
+            self.est_bytes += wb;
+            self.est_count += wc;
+        }
+    }
+
+    fn merge(&mut self, o: &Group) {
+        if let Some(ts) = o.oldest_ts_ns {
+            if self.oldest_ts_ns.is_none_or(|t| ts < t) {
+                self.oldest_ts_ns = Some(ts);
+            }
+        }
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.count = self.count.saturating_add(o.count);
+        self.est_bytes += o.est_bytes;
+        self.est_count += o.est_count;
+    }
+}
+
 /// What a stack line stands for: the process and the return addresses as
 /// printed (see [`allocsnoop::stack_frames`]). Without frame pointers the
 /// kernel's walk goes on through stack garbage that can differ from call to
@@ -486,10 +514,7 @@ impl Reporter {
         if addrs.is_empty() {
             addrs.push(k.caller);
         }
-        // The same rule as stack_frames: the first frame always, then up
-        // to the first one outside an executable mapping.
-        let keep = 1 + addrs[1..].iter().take_while(|&&a| self.maps.frame(k.pid, a).is_some()).count();
-        addrs.truncate(keep);
+        addrs.truncate(allocsnoop::kept_frames(&mut self.maps, k.pid, &addrs));
         let l = (k.pid, addrs);
         memo.insert(*k, l.clone());
         l
@@ -567,22 +592,25 @@ impl Reporter {
             out.line(&v)?;
             return Ok(());
         };
-        let text = serde_json::to_string(&v).context("formatting a stack line")?;
-        let resolved = match r.process_line(&text) {
-            Ok(t) => serde_json::from_str(&t).context("reading a symbolized line")?,
+        // Serialized once; symres rewrites the bytes (or leaves them).
+        let line = serde_json::to_vec(&v).context("formatting a stack line")?;
+        match r.process_line_bytes(&line) {
+            Ok(Some(resolved)) => out.json_line(&resolved)?,
+            Ok(None) => out.json_line(&line)?,
             Err(e) => {
                 eprintln!("leakd-attach: warning: symbolizing: {e}");
-                v
+                out.json_line(&line)?;
             }
-        };
-        out.line(&resolved)?;
+        }
         Ok(())
     }
 
     /// Print one report; returns the number of outstanding blocks that
     /// passed the filters.
     fn report(&mut self, out: &mut Output, final_: bool) -> Result<u64> {
-        if !final_ {
+        // Fresh maps for a live target (interval() has just read them
+        // during the first ticks).
+        if !final_ && self.ticks > PRIME_TICKS {
             if let Some(pid) = self.pid {
                 self.maps.prime(pid);
             }
@@ -617,25 +645,20 @@ impl Reporter {
                 g.count = g.count.saturating_add(count);
             }
         } else {
-            let blocks = self.snapshot()?;
-            for b in &blocks {
+            // Summed per site first (a small key per block), then per line
+            // (a line key holds a whole stack: built and hashed per site).
+            let mut sites: HashMap<SiteKey, Group> = HashMap::new();
+            for b in &self.snapshot()? {
                 let key = SiteKey { pid: b.pid, stack_id: b.stack_id, caller: b.caller };
                 live.insert(key);
                 let age = mono_now.saturating_sub(b.ts_ns);
                 if age < self.older_than_ns {
                     continue;
                 }
-                let g = groups.entry(self.line_key(&key, &mut memo)).or_default();
-                if g.oldest_ts_ns.is_none_or(|t| b.ts_ns < t) {
-                    g.oldest_ts_ns = Some(b.ts_ns);
-                }
-                g.bytes = g.bytes.saturating_add(b.size);
-                g.count = g.count.saturating_add(1);
-                if let Some(n) = self.sample_bytes {
-                    let (wb, wc) = sample_weight(b.size, n);
-                    g.est_bytes += wb;
-                    g.est_count += wc;
-                }
+                sites.entry(key).or_default().add_block(b.size, b.ts_ns, self.sample_bytes);
+            }
+            for (key, site) in &sites {
+                groups.entry(self.line_key(key, &mut memo)).or_default().merge(site);
             }
             if sampling {
                 for g in groups.values_mut() {

@@ -62,16 +62,7 @@ impl Resolver {
     }
 
     /// Add symbols to every frame of one JSON line (without its newline).
-    /// A line without frames comes back unchanged.
-    pub fn process_line(&mut self, line: &str) -> std::result::Result<String, LineError> {
-        match line::process(&mut self.0, line.as_bytes())? {
-            None => Ok(line.to_string()),
-            Some(b) => String::from_utf8(b).map_err(|e| LineError(e.to_string())),
-        }
-    }
-
-    /// Like `process_line` on bytes; `Ok(None)` means "write the line as it
-    /// was", byte for byte.
+    /// `Ok(None)`: the line has no frames; write it as it was, byte for byte.
     pub fn process_line_bytes(&mut self, line: &[u8]) -> std::result::Result<Option<Vec<u8>>, LineError> {
         line::process(&mut self.0, line)
     }
