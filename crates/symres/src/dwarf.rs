@@ -42,8 +42,8 @@ pub struct Index {
     full: Option<Option<Box<Ctx>>>,
 }
 
-/// Which context answered: a single unit's (a miss there is retried with
-/// the full one) or the full one.
+/// Which context answers: a single unit's or the full one (the tests tell
+/// them apart; resolution uses either the same way).
 pub enum Which<'a> {
     Unit(&'a Ctx),
     Full(&'a Ctx),

@@ -357,12 +357,10 @@ impl Resolver {
         let Some(idx) = procmaps::find(entries, addr) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
-        let entry = match entries.get(idx) {
-            Some(e) => e.clone(),
-            None => return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) },
+        let Some(entry) = entries.get(idx) else {
+            return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
-        let cached = pm.modules.get(idx).cloned().flatten();
-        let Some(path) = entry.path.clone() else {
+        let Some(path) = entry.path.as_deref() else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
         };
         let module_name = leakd_common::text::bytes_to_string(path.as_os_str().as_bytes());
@@ -371,10 +369,15 @@ impl Resolver {
             // [vdso], [vsyscall]: code without a file.
             return PidFrame { module: Some(module_name), offset: None, outcome: Err(Reason::NoSymbols) };
         }
-        let id = match cached {
+        let id = match pm.modules.get(idx).copied().flatten() {
             Some(r) => r,
             None => {
-                let r = self.module_of_mapping(pid, &entry, &path, build_id);
+                // The mapping is copied only when its module is first loaded.
+                let entry = entry.clone();
+                let r = match entry.path.as_deref() {
+                    Some(p) => self.module_of_mapping(pid, &entry, p, build_id),
+                    None => Err(Reason::Unmapped),
+                };
                 if let Some(slot) = self.pids.get_mut(&pid).and_then(|pm| pm.modules.get_mut(idx)) {
                     *slot = Some(r);
                 }
