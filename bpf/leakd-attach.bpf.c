@@ -127,16 +127,39 @@ static __always_inline void sample_weight(__u64 size, __u64 *bytes, __u64 *count
 	*count = (w * LEAKD_ATTACH_ONE) / size;
 }
 
-static __always_inline struct leakd_attach_stats *site_stats(struct leakd_attach_site *site)
+/* Add one block of `size` bytes to one side of a site's totals (allocs or
+ * frees: the count, the bytes and, with sampling, their estimates), or take
+ * it back with sign -1. */
+static __always_inline void count_block(__u64 *n, __u64 *n_bytes, __u64 *est_n,
+					__u64 *est_bytes, __u64 size, __s64 sign)
+{
+	__u64 bytes, count;
+
+	__sync_fetch_and_add(n, sign);
+	__sync_fetch_and_add(n_bytes, sign * (__s64)size);
+	if (!sample_bytes)
+		return;
+	sample_weight(size, &bytes, &count);
+	__sync_fetch_and_add(est_n, sign * (__s64)count);
+	__sync_fetch_and_add(est_bytes, sign * (__s64)bytes);
+}
+
+/* The totals of the site a block belongs to, created on first use. */
+static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_attach_alloc *a)
 {
 	static const struct leakd_attach_stats zero = {};
-	struct leakd_attach_stats *s = bpf_map_lookup_elem(&sites, site);
+	struct leakd_attach_site site = {
+		.caller = a->caller,
+		.stack_id = a->stack_id,
+		.pid = a->pid,
+	};
+	struct leakd_attach_stats *s = bpf_map_lookup_elem(&sites, &site);
 
 	if (s)
 		return s;
 	/* NOEXIST: another CPU may create it at the same time; then use theirs. */
-	bpf_map_update_elem(&sites, site, &zero, BPF_NOEXIST);
-	s = bpf_map_lookup_elem(&sites, site);
+	bpf_map_update_elem(&sites, &site, &zero, BPF_NOEXIST);
+	s = bpf_map_lookup_elem(&sites, &site);
 	if (!s)
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
 	return s;
@@ -145,40 +168,27 @@ static __always_inline struct leakd_attach_stats *site_stats(struct leakd_attach
 /* Forget a tracked block (free, or the old block of a realloc). */
 static __always_inline void untrack(__u64 addr)
 {
-	struct leakd_attach_alloc *a = bpf_map_lookup_elem(&allocs, &addr);
-	struct leakd_attach_site site;
+	struct leakd_attach_alloc *found = bpf_map_lookup_elem(&allocs, &addr);
+	struct leakd_attach_alloc a;
 	struct leakd_attach_stats *s;
-	__u64 size, bytes, count;
 
-	if (!a)
+	if (!found)
 		return; /* not tracked: before we attached, filtered out or not sampled */
-	site.caller = a->caller;
-	site.stack_id = a->stack_id;
-	site.pid = a->pid;
-	size = a->size;
+	a = *found;
 	/* Only the caller whose delete succeeds counts the free (a double free
 	 * racing on two threads must not count twice). */
 	if (bpf_map_delete_elem(&allocs, &addr))
 		return;
-	s = site_stats(&site);
-	if (!s)
-		return;
-	__sync_fetch_and_add(&s->frees, 1);
-	__sync_fetch_and_add(&s->free_bytes, size);
-	if (sample_bytes) {
-		sample_weight(size, &bytes, &count);
-		__sync_fetch_and_add(&s->est_frees, count);
-		__sync_fetch_and_add(&s->est_free_bytes, bytes);
-	}
+	s = site_stats(&a);
+	if (s)
+		count_block(&s->frees, &s->free_bytes, &s->est_frees, &s->est_free_bytes, a.size, 1);
 }
 
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed)
 {
 	struct leakd_attach_alloc a = {};
-	struct leakd_attach_site site;
 	struct leakd_attach_stats *s;
-	__u64 bytes, count;
 	long id;
 
 	/* realloc frees its argument when it succeeds, and glibc's realloc(p, 0)
@@ -208,30 +218,13 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	/* Count the alloc before the block can be seen (and freed by another
 	 * thread), so its free is never counted before it; take it back if the
 	 * block cannot be tracked. */
-	site.caller = a.caller;
-	site.stack_id = a.stack_id;
-	site.pid = a.pid;
-	s = site_stats(&site);
+	s = site_stats(&a);
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
-	bytes = size;
-	count = LEAKD_ATTACH_ONE;
-	if (sample_bytes)
-		sample_weight(size, &bytes, &count);
-	__sync_fetch_and_add(&s->allocs, 1);
-	__sync_fetch_and_add(&s->alloc_bytes, size);
-	if (sample_bytes) {
-		__sync_fetch_and_add(&s->est_allocs, count);
-		__sync_fetch_and_add(&s->est_alloc_bytes, bytes);
-	}
+	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
 	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
-		__sync_fetch_and_add(&s->allocs, -1);
-		__sync_fetch_and_add(&s->alloc_bytes, -size);
-		if (sample_bytes) {
-			__sync_fetch_and_add(&s->est_allocs, -count);
-			__sync_fetch_and_add(&s->est_alloc_bytes, -bytes);
-		}
+		count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, -1);
 	}
 }
 
