@@ -72,6 +72,16 @@ fn assert_ten_nine(lines: &[Value]) {
     assert!(of_type(lines, "lost").is_empty());
 }
 
+/// Let a ten-nine leaker held by --wait-signal run to its end under an
+/// attached allocsnoop, and check what allocsnoop saw.
+fn release_ten_nine(mut leaker: support::KillOnDrop, pid: u32, tool: std::process::Child) {
+    support::signal(pid, libc::SIGUSR1);
+    leaker.0.wait().unwrap();
+    let out = tool.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_ten_nine(&json_lines(&out.stdout));
+}
+
 #[test]
 fn ten_nine_launched_exact() {
     if !bpf_available() {
@@ -88,13 +98,9 @@ fn ten_nine_by_pid_exact() {
     if !bpf_available() {
         return;
     }
-    let (mut leaker, pid, _err) = support::start_leaker(&["ten-nine", "--wait-signal"]);
+    let (leaker, pid, _err) = support::start_leaker(&["ten-nine", "--wait-signal"]);
     let (tool, _tool_err) = spawn_attached("allocsnoop", &["-p", &pid.to_string()]);
-    support::signal(pid, libc::SIGUSR1);
-    leaker.0.wait().unwrap();
-    let out = tool.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert_ten_nine(&json_lines(&out.stdout));
+    release_ten_nine(leaker, pid, tool);
 }
 
 #[test]
@@ -345,14 +351,10 @@ fn jemalloc_in_a_running_process_is_detected() {
         .map(|d| d.path().join("libjemalloc.so.2"))
         .find(|p| p.exists())
         .expect("libjemalloc.so.2 (installed by scripts/setup)");
-    let (mut leaker, pid, _err) = support::start_leaker_env(&["ten-nine", "--wait-signal"], &[("LD_PRELOAD", jemalloc.as_os_str())]);
+    let (leaker, pid, _err) = support::start_leaker_env(&["ten-nine", "--wait-signal"], &[("LD_PRELOAD", jemalloc.as_os_str())]);
     let (tool, _tool_err, log) = support::spawn_attached_with_log("allocsnoop", &["-p", &pid.to_string()]);
     assert!(log.contains("(jemalloc)"), "{log}");
-    support::signal(pid, libc::SIGUSR1);
-    leaker.0.wait().unwrap();
-    let out = tool.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert_ten_nine(&json_lines(&out.stdout));
+    release_ten_nine(leaker, pid, tool);
 }
 
 #[test]

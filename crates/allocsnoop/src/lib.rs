@@ -139,7 +139,7 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
 
 /// Find the allocator of the target (`-p`, `-- CMD` or the whole system)
 /// and plan a probe site for each op; logs the choice under `-v`.
-pub fn plan_for_target(
+fn plan_for_target(
     probe: &ProbeArgs,
     ops: &[u32],
     target: &TargetArgs,
@@ -164,27 +164,55 @@ pub fn plan_for_target(
     Ok((lib, sites))
 }
 
-pub fn run(matches: &ArgMatches) -> Result<i32> {
-    let cli = Cli::from_arg_matches(matches)?;
-    let ops = ops_for(&cli.probe, &cli.op)?;
-    let (min, max) = cli.probe.size_range()?;
+/// An allocation tracer loaded and attached to its target.
+pub struct Tracer {
+    pub ebpf: aya::Ebpf,
+    /// The launched command, held until the event loop releases it.
+    pub held: Option<launch::Held>,
+    /// The traced process (launched or `-p`); `None` system-wide.
+    pub pid: Option<u32>,
+}
+
+/// What allocsnoop and leakd-attach both do before their loops: check the
+/// system and the target, plan a probe site per op, launch the command
+/// (held), then load `object` through `loader` (which holds the tool's own
+/// globals) with the shared filter and size range, and attach.
+pub fn load_tracer(
+    tool: &str,
+    object: &[u8],
+    loader: EbpfLoader<'_>,
+    probe: &ProbeArgs,
+    ops: &[u32],
+    target: &TargetArgs,
+    verbose: u8,
+) -> Result<Tracer> {
+    let (min, max) = probe.size_range()?;
     bpf::preflight()?;
-    let cgroup_id = cli.target.check()?.unwrap_or(0);
-    let verbose = cli.run.verbose;
-    let (lib, sites) = plan_for_target(&cli.probe, &ops, &cli.target, verbose, "allocsnoop")?;
-    let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
-    let pid = held.as_ref().map(|h| h.pid()).or(cli.target.pid);
+    let cgroup_id = target.check()?.unwrap_or(0);
+    let (lib, sites) = plan_for_target(probe, ops, target, verbose, tool)?;
+    let held = if target.command.is_empty() { None } else { Some(launch::spawn_held(&target.command)?) };
+    let pid = held.as_ref().map(|h| h.pid()).or(target.pid);
     // Uprobes are scoped to the process (its mm) by the kernel; the BPF
     // filter then only needs the cgroup.
     let filter = Filter::new(0, false, cgroup_id);
-    let stack = u8::from(cli.stack);
-    let mut loader = EbpfLoader::new();
+    // Narrowed to this function: the globals below borrow its locals.
+    let mut loader: EbpfLoader<'_> = loader;
     filter.apply(&mut loader);
-    loader.override_global("capture_stack", &stack, true);
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
-    let mut ebpf = bpf::load(&mut loader, OBJECT)?;
-    probes::attach(&mut ebpf, &lib, &sites, pid, verbose, "allocsnoop")?;
+    let mut ebpf = bpf::load(&mut loader, object)?;
+    probes::attach(&mut ebpf, &lib, &sites, pid, verbose, tool)?;
+    Ok(Tracer { ebpf, held, pid })
+}
+
+pub fn run(matches: &ArgMatches) -> Result<i32> {
+    let cli = Cli::from_arg_matches(matches)?;
+    let ops = ops_for(&cli.probe, &cli.op)?;
+    let verbose = cli.run.verbose;
+    let stack = u8::from(cli.stack);
+    let mut loader = EbpfLoader::new();
+    loader.override_global("capture_stack", &stack, true);
+    let Tracer { mut ebpf, held, .. } = load_tracer("allocsnoop", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;

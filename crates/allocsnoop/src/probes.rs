@@ -20,27 +20,29 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
 use leakd_common::procmaps;
 use leakd_common::{anyhow, bail, Context, Result};
 
-/// Operation names, indexed by `enum alloc_op` (bpf/allocsnoop.h).
-pub const OP_NAMES: [&str; 12] = [
-    "malloc",
-    "calloc",
-    "realloc",
-    "reallocarray",
-    "free",
-    "posix_memalign",
-    "aligned_alloc",
-    "memalign",
-    "valloc",
-    "pvalloc",
-    "mmap",
-    "munmap",
-];
-
 use crate::sys;
 
-// The names above must follow `enum alloc_op` exactly.
-const _: () = assert!(OP_NAMES.len() == sys::alloc_op_ALLOC_OP_MAX as usize);
-const _: () = assert!(sys::alloc_op_ALLOC_OP_MUNMAP == 11 && sys::alloc_op_ALLOC_OP_FREE == 4);
+const N_OPS: usize = sys::alloc_op_ALLOC_OP_MAX as usize;
+
+/// Operation names, placed by the values of `enum alloc_op`
+/// (bpf/allocsnoop.h); an unnamed op fails the build.
+pub const OP_NAMES: [&str; N_OPS] = {
+    let mut r = [""; N_OPS];
+    r[sys::alloc_op_ALLOC_OP_MALLOC as usize] = "malloc";
+    r[sys::alloc_op_ALLOC_OP_CALLOC as usize] = "calloc";
+    r[sys::alloc_op_ALLOC_OP_REALLOC as usize] = "realloc";
+    r[sys::alloc_op_ALLOC_OP_REALLOCARRAY as usize] = "reallocarray";
+    r[sys::alloc_op_ALLOC_OP_FREE as usize] = "free";
+    r[sys::alloc_op_ALLOC_OP_POSIX_MEMALIGN as usize] = "posix_memalign";
+    r[sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC as usize] = "aligned_alloc";
+    r[sys::alloc_op_ALLOC_OP_MEMALIGN as usize] = "memalign";
+    r[sys::alloc_op_ALLOC_OP_VALLOC as usize] = "valloc";
+    r[sys::alloc_op_ALLOC_OP_PVALLOC as usize] = "pvalloc";
+    r[sys::alloc_op_ALLOC_OP_MMAP as usize] = "mmap";
+    r[sys::alloc_op_ALLOC_OP_MUNMAP as usize] = "munmap";
+    assert!(leakd_common::bpf::every_slot_named(&r), "an alloc_op has no name");
+    r
+};
 
 pub const OP_FREE: u32 = sys::alloc_op_ALLOC_OP_FREE;
 pub const OP_MUNMAP: u32 = sys::alloc_op_ALLOC_OP_MUNMAP;

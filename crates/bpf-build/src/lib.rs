@@ -80,6 +80,10 @@ fn mirror_header(bpf_dir: &Path, stem: &str, out: &Path) {
         .allowlist_file(format!("{}.*", regex_escape(&bpf_dir.display().to_string())))
         .derive_default(true)
         .derive_debug(false)
+        // Map keys are used as Rust hash keys as they are.
+        .derive_hash(true)
+        .derive_partialeq(true)
+        .derive_eq(true)
         .layout_tests(true)
         .use_core()
         .generate()

@@ -193,13 +193,23 @@ const LOST_REASONS: [&str; N_LOST] = {
     r[sys::leakd_lost_reason_LEAKD_LOST_STACK as usize] = "stack_id_failed";
     r[sys::leakd_lost_reason_LEAKD_LOST_UNMATCHED as usize] = "unmatched_probe";
     r[sys::leakd_lost_reason_LEAKD_LOST_MAP_FULL as usize] = "map_full";
-    let mut i = 0;
-    while i < N_LOST {
-        assert!(!r[i].is_empty(), "a leakd_lost_reason has no name");
-        i += 1;
-    }
+    assert!(every_slot_named(&r), "a leakd_lost_reason has no name");
     r
 };
+
+/// Whether a table of names placed by a BPF enum's values left no slot
+/// empty: for const tables, so an enum value added in C without a name in
+/// Rust fails the build.
+pub const fn every_slot_named(names: &[&str]) -> bool {
+    let mut i = 0;
+    while i < names.len() {
+        if names[i].is_empty() {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// Reads the per-CPU lost counters and prints a `{"type":"lost",...}` line for
 /// every reason whose count grew since the last report.

@@ -43,14 +43,14 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde_json::{json, Value};
 use symres::{Options as SymOptions, Resolver};
 
-use allocsnoop::{probes, ProbeArgs};
-use leakd_common::bpf::{self, Filter, LostCounter};
+use allocsnoop::ProbeArgs;
+use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
 use leakd_common::event_loop::{End, EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{hex, WallClock};
-use leakd_common::{launch, Context, Result};
+use leakd_common::{Context, Result};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 pub mod sys {
@@ -191,25 +191,13 @@ pub fn command() -> clap::Command {
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = allocsnoop::ops_for(&cli.probe, &[])?;
-    let (min, max) = cli.probe.size_range()?;
-    bpf::preflight()?;
-    let cgroup_id = cli.target.check()?.unwrap_or(0);
     let verbose = cli.run.verbose;
-    let (lib, sites) = allocsnoop::plan_for_target(&cli.probe, &ops, &cli.target, verbose, "leakd-attach")?;
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
     let usr1 = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1)).context("installing SIGUSR1 handler")?;
 
-    let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
-    let pid = held.as_ref().map(|h| h.pid()).or(cli.target.pid);
-    // Uprobes are scoped to the process by the kernel; the BPF filter then
-    // only needs the cgroup (as in allocsnoop).
-    let filter = Filter::new(0, false, cgroup_id);
     let mut loader = EbpfLoader::new();
-    filter.apply(&mut loader);
-    loader.override_global("min_size", &min, true);
-    loader.override_global("max_size", &max, true);
     let sample_bytes = cli.sample_bytes.unwrap_or(0);
     let neg_ln = neg_ln_table();
     let gt = g_table();
@@ -217,8 +205,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
-    let mut ebpf = bpf::load(&mut loader, OBJECT)?;
-    probes::attach(&mut ebpf, &lib, &sites, pid, verbose, "leakd-attach")?;
+    let allocsnoop::Tracer { mut ebpf, held, pid } =
+        allocsnoop::load_tracer("leakd-attach", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
 
     let allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc> = bpf::take_map(&mut ebpf, "allocs")?;
     let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
@@ -281,19 +269,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 }
 
 /// Live blocks of one allocation site: same process, same stack id (or,
-/// when the stack could not be stored, same caller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct SiteKey {
-    pid: u32,
-    stack_id: u32,
-    caller: u64,
-}
-
-impl SiteKey {
-    fn of(s: &sys::leakd_attach_site) -> Self {
-        SiteKey { pid: s.pid, stack_id: s.stack_id, caller: s.caller }
-    }
-}
+/// when the stack could not be stored, same caller). The kernel's key of
+/// the `sites` map, used as is.
+type SiteKey = sys::leakd_attach_site;
 
 /// What a report says about one site. Counts and bytes are exact without
 /// sampling and estimates (rounded) with it.
@@ -485,8 +463,8 @@ impl Reporter {
 
     /// Per-site totals from the kernel.
     fn site_totals(&self) -> Result<HashMap<SiteKey, sys::leakd_attach_stats>> {
-        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites", SiteKey::of)?;
-        Ok(entries.into_iter().map(|(k, v)| (SiteKey::of(&k), v)).collect())
+        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites", |k| *k)?;
+        Ok(entries.into_iter().collect())
     }
 
     /// The return addresses of a site's stack (empty when unavailable).
@@ -649,7 +627,7 @@ impl Reporter {
             // (a line key holds a whole stack: built and hashed per site).
             let mut sites: HashMap<SiteKey, Group> = HashMap::new();
             for b in &self.snapshot()? {
-                let key = SiteKey { pid: b.pid, stack_id: b.stack_id, caller: b.caller };
+                let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
                 live.insert(key);
                 let age = mono_now.saturating_sub(b.ts_ns);
                 if age < self.older_than_ns {

@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(run(r#"{"type":"a","pid":"12","stack":[]}"#).unwrap_err(), "pid: expected a process ID, got \"12\"");
         assert_eq!(
             run(r#"{"type":"a","stack":[{"module":"/x","offset":"0x1","build_id":"xyz"}]}"#).unwrap_err(),
-            "stack[0].build_id: build_id must be an even number of hex digits"
+            "stack[0].build_id: build_id must be an even number of hex digits, at most 128"
         );
     }
 

@@ -833,20 +833,40 @@ fn looks_like_rust_legacy(name: &str) -> bool {
     })
 }
 
+/// The longest build id accepted, in bytes (GNU ids are 20; 64 leaves room
+/// for any hash a linker may use).
+const BUILD_ID_MAX: usize = 64;
+
+/// A build id parsed from a frame's hex string. Kept inline: it is parsed
+/// for every frame, so parsing must not allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildId {
+    len: u8,
+    bytes: [u8; BUILD_ID_MAX],
+}
+
+impl std::ops::Deref for BuildId {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// Parse a hex build id; `None` when empty.
-pub fn parse_build_id(s: &str) -> Result<Option<Vec<u8>>, String> {
-    let s = s.trim();
+pub fn parse_build_id(s: &str) -> Result<Option<BuildId>, String> {
+    let s = s.trim().as_bytes();
     if s.is_empty() {
         return Ok(None);
     }
-    if s.len() % 2 != 0 || s.len() > 128 {
-        return Err("build_id must be an even number of hex digits".into());
+    if s.len() % 2 != 0 || s.len() > 2 * BUILD_ID_MAX {
+        return Err(format!("build_id must be an even number of hex digits, at most {}", 2 * BUILD_ID_MAX));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| "build_id is not hex".to_string()))
-        .collect::<Result<Vec<u8>, String>>()
-        .map(Some)
+    let digit = |c: u8| char::from(c).to_digit(16).ok_or_else(|| "build_id is not hex".to_string());
+    let mut id = BuildId { len: (s.len() / 2) as u8, bytes: [0; BUILD_ID_MAX] };
+    for (b, pair) in id.bytes.iter_mut().zip(s.chunks_exact(2)) {
+        *b = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
+    }
+    Ok(Some(id))
 }
 
 #[cfg(test)]
@@ -937,7 +957,9 @@ mod tests {
 
     #[test]
     fn build_ids() {
-        assert_eq!(parse_build_id("ab01"), Ok(Some(vec![0xab, 0x01])));
+        assert_eq!(parse_build_id("ab01").map(|b| b.map(|b| b.to_vec())), Ok(Some(vec![0xab, 0x01])));
+        assert_eq!(parse_build_id(&"0f".repeat(64)).map(|b| b.map(|b| b.len())), Ok(Some(64)));
+        assert!(parse_build_id(&"0f".repeat(65)).is_err());
         assert_eq!(parse_build_id(""), Ok(None));
         assert!(parse_build_id("abc").is_err());
         assert!(parse_build_id("zz").is_err());
