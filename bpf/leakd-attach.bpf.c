@@ -129,22 +129,24 @@ static __always_inline void sample_weight(__u64 size, __u64 *bytes, __u64 *count
 
 /* Add one block of `size` bytes to one side of a site's totals (allocs or
  * frees: the count, the bytes and, with sampling, their estimates), or take
- * it back with sign -1. */
+ * it back with sign -1: one function, so a take-back always undoes exactly
+ * what was added. Unsigned: -1 * x wraps to the same bits as -x. */
 static __always_inline void count_block(__u64 *n, __u64 *n_bytes, __u64 *est_n,
-					__u64 *est_bytes, __u64 size, __s64 sign)
+					__u64 *est_bytes, __u64 size, __u64 sign)
 {
 	__u64 bytes, count;
 
 	__sync_fetch_and_add(n, sign);
-	__sync_fetch_and_add(n_bytes, sign * (__s64)size);
+	__sync_fetch_and_add(n_bytes, sign * size);
 	if (!sample_bytes)
 		return;
 	sample_weight(size, &bytes, &count);
-	__sync_fetch_and_add(est_n, sign * (__s64)count);
-	__sync_fetch_and_add(est_bytes, sign * (__s64)bytes);
+	__sync_fetch_and_add(est_n, sign * count);
+	__sync_fetch_and_add(est_bytes, sign * bytes);
 }
 
-/* The totals of the site a block belongs to, created on first use. */
+/* The totals of the site a block belongs to, created on first use (the
+ * same key for its alloc and its free, built from the block's record). */
 static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_attach_alloc *a)
 {
 	static const struct leakd_attach_stats zero = {};
@@ -224,7 +226,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
 	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
-		count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, -1);
+		count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, (__u64)-1);
 	}
 }
 

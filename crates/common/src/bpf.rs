@@ -224,7 +224,8 @@ impl LostCounter {
     }
 
     /// Events lost outright, as far as the "lost" lines printed so far say
-    /// (so a verdict drawn from it agrees with the output): every reason
+    /// (so a verdict drawn from it agrees with the output; call
+    /// [`report`](Self::report) first): every reason
     /// but a failed stack id, after which the event itself still arrives
     /// (grouped by caller).
     pub fn events_lost(&self) -> u64 {
