@@ -1,6 +1,6 @@
 //! leakd-attach end to end against the leaker: exact outstanding totals,
 //! the exit status, attaching by PID with a SIGUSR1-triggered workload,
-//! growth detection on a steady leak, cumulative allocs/frees per stack,
+//! growth detection on a steady leak (and none once it plateaus), cumulative allocs/frees per stack,
 //! --combined agreeing with the default mode, --sample-bytes estimates,
 //! --symbolize, and idle stack ids being deleted.
 
@@ -206,9 +206,46 @@ fn steady_leak_is_growing() {
     // The final report agrees that it grows.
     let (_, stacks) = final_report(&lines);
     assert_eq!(stacks[0]["growing"], true, "{lines:?}");
+    // Read while the leak runs, every line still adds up: never more
+    // outstanding than allocated.
+    for s in of_type(&lines, "stack") {
+        assert!(s["outstanding_count"].as_u64().unwrap() <= s["allocs"].as_u64().unwrap(), "{s}");
+    }
     let rate = top["growth_bytes_per_s"].as_f64().unwrap();
     let want = 65536.0 / 0.2;
     assert!((rate - want).abs() <= want * 0.1, "growth {rate} B/s, want {want} ± 10%");
+}
+
+#[test]
+fn plateaued_leak_is_not_growing() {
+    if !bpf_available() {
+        return;
+    }
+    // Four 64 KiB leaks within 0.2 s of the signal, then a plateau: the
+    // leaker stays up, leaking nothing more.
+    let (leaker, pid, err) = start_leaker(&["steady", "--size", "65536", "--interval", "0.05", "--max", "262144", "--wait-signal"]);
+    std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
+    // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one: the
+    // last periodic report's three-interval trend window is all plateau.
+    let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "2.8"]);
+    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::signal(pid, libc::SIGUSR1);
+    let (code, stdout) = wait_output(tool);
+    drop(leaker);
+    assert_eq!(code, Some(3), "leaks found => exit 3");
+    let lines = json_lines(&stdout);
+    let i = lines.iter().rposition(|v| v["type"] == "report" && v["final"] == false).expect("a periodic report");
+    let (_, stacks) = final_report(&lines);
+    for s in [&lines[i + 1], &stacks[0]] {
+        assert_eq!(s["type"], "stack", "{lines:?}");
+        assert_eq!(s["outstanding_count"], 4, "{s}");
+        assert_eq!(s["outstanding_bytes"], 262144, "{s}");
+        assert_eq!(s["allocs"], 4, "{s}");
+        assert_eq!(s["frees"], 0, "{s}");
+        assert_eq!(s["growing"], false, "{s}");
+        assert_eq!(s["growth_bytes_per_s"], 0.0, "{s}");
+    }
+    assert_eq!(stacks.len(), 1, "{lines:?}");
 }
 
 #[test]

@@ -539,15 +539,14 @@ impl Reporter {
                     Err(e) => return Err(leakd_common::Error::new(e).context("deleting from the stacks map")),
                 }
             }
-            let site = sys::leakd_attach_site { caller: k.caller, stack_id: k.stack_id, pid: k.pid };
             // Read again right before deleting, to lose as little as possible
             // of what a racing alloc adds.
-            let st = match self.sites.get(&site, 0) {
+            let st = match self.sites.get(&k, 0) {
                 Ok(st) => st,
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(leakd_common::Error::new(e).context("reading the sites map")),
             };
-            match self.sites.remove(&site) {
+            match self.sites.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(leakd_common::Error::new(e).context("deleting from the sites map")),
             }
@@ -593,6 +592,10 @@ impl Reporter {
                 self.maps.prime(pid);
             }
         }
+        // Live blocks first, totals second: the kernel counts an alloc before
+        // it inserts the block, so every block seen is already counted and a
+        // line never shows more outstanding than allocated.
+        let blocks = if self.combined { Vec::new() } else { self.snapshot()? };
         let totals = self.site_totals()?;
         let mono_now = WallClock::monotonic_now_ns();
         let now = Instant::now();
@@ -626,7 +629,7 @@ impl Reporter {
             // Summed per site first (a small key per block), then per line
             // (a line key holds a whole stack: built and hashed per site).
             let mut sites: HashMap<SiteKey, Group> = HashMap::new();
-            for b in &self.snapshot()? {
+            for b in &blocks {
                 let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
                 live.insert(key);
                 let age = mono_now.saturating_sub(b.ts_ns);
