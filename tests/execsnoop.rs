@@ -252,6 +252,31 @@ fn sigint_and_duration_end_cleanly() {
 }
 
 #[test]
+fn launched_command_is_stopped_when_the_run_ends_first() {
+    if !bpf_available() {
+        return;
+    }
+    let start = Instant::now();
+    let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-d", "1", "--", "sh", "-c", "exec sleep 60"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(start.elapsed() < Duration::from_secs(30), "execsnoop waited for its command");
+    let lines = json_lines(&out.stdout);
+    let sleep = of_type(&lines, "exec").into_iter().find(|e| e["comm"] == "sleep").unwrap_or_else(|| panic!("{lines:?}"));
+    let pid = sleep["pid"].as_u64().unwrap();
+    // SIGTERM ends it; its parent (execsnoop) is gone, so it is reaped by
+    // init, or seen as a zombie until then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => break,
+            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => break,
+            Ok(stat) => assert!(Instant::now() < deadline, "the launched command still runs: {stat}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn execveat_is_traced() {
     if !bpf_available() {
         return;

@@ -25,7 +25,8 @@ pub struct TargetArgs {
 
     /// Launch CMD with its arguments (PATH is searched) and trace it (execsnoop and syscount:
     /// and its children); probes are attached before it runs its first instruction. The tool
-    /// ends when CMD exits.
+    /// ends when CMD exits; if the tool ends first (--duration, a signal, closed output), CMD
+    /// is sent SIGTERM.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }

@@ -8,7 +8,7 @@
 //! were written to the ring before the process could exit.
 
 use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,9 @@ impl EventLoop {
                 next_lost = now + LOST_CHECK;
             }
         };
+        if !matches!(end, End::TargetExited(_)) {
+            self.stop_launched();
+        }
         if end != End::OutputClosed {
             if let Some(r) = ring {
                 // What the ring holds at the end; the producers of a traced
@@ -181,6 +184,28 @@ impl EventLoop {
             out.flush()?;
         }
         Ok(end)
+    }
+}
+
+impl EventLoop {
+    /// A command we launched does not outlive a run that ended before it
+    /// (--duration, a signal, closed output): it gets SIGTERM, as `timeout`
+    /// would send, rather than running on untraced and orphaned. Sent
+    /// through the pidfd, so it cannot reach a recycled pid.
+    fn stop_launched(&self) {
+        if let Some((pidfd, Some(_))) = &self.target {
+            // SAFETY: pidfd_send_signal takes a pidfd we own, a signal
+            // number, a null siginfo and no flags; no memory is passed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGTERM,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
     }
 }
 
