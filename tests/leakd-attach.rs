@@ -1,8 +1,9 @@
 //! leakd-attach end to end against the leaker: exact outstanding totals,
 //! the exit status, attaching by PID with a SIGUSR1-triggered workload,
-//! growth detection on a steady leak (and none once it plateaus), cumulative allocs/frees per stack,
-//! --combined agreeing with the default mode, --sample-bytes estimates,
-//! --symbolize, and idle stack ids being deleted.
+//! growth detection on a steady leak (and none once it plateaus),
+//! cumulative allocs/frees per stack, --combined agreeing with the default
+//! mode, --sample-bytes estimates, --symbolize, and idle stack ids being
+//! deleted.
 
 mod support;
 

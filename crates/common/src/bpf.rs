@@ -223,11 +223,10 @@ impl LostCounter {
         Ok(LostCounter { map: take_map(ebpf, "leakd_lost")?, reported: [0; N_LOST] })
     }
 
-    /// Events lost outright, as far as the "lost" lines printed so far say
-    /// (so a verdict drawn from it agrees with the output; call
-    /// [`report`](Self::report) first): every reason
-    /// but a failed stack id, after which the event itself still arrives
-    /// (grouped by caller).
+    /// Events lost outright, as far as the "lost" lines printed so far say,
+    /// so that a verdict drawn from it agrees with the output (call
+    /// [`report`](Self::report) first): every reason but a failed stack
+    /// id, after which the event itself still arrives (grouped by caller).
     pub fn events_lost(&self) -> u64 {
         let stack = sys::leakd_lost_reason_LEAKD_LOST_STACK as usize;
         self.reported.iter().enumerate().filter(|&(i, _)| i != stack).map(|(_, &n)| n).sum()

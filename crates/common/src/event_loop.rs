@@ -185,9 +185,7 @@ impl EventLoop {
         }
         Ok(end)
     }
-}
 
-impl EventLoop {
     /// A command we launched does not outlive a run that ended before it
     /// (--duration, a signal, closed output): it gets SIGTERM, as `timeout`
     /// would send, rather than running on untraced and orphaned. Sent
