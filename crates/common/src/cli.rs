@@ -38,7 +38,8 @@ pub struct RunArgs {
     #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
 
-    /// Print diagnostics to stderr, including the BPF verifier's log when it rejects a program.
+    /// Print diagnostics to stderr (for the tracers, also the BPF verifier's log when it rejects a
+    /// program).
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
