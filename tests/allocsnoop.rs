@@ -118,6 +118,8 @@ fn mixed_every_api_with_exact_sizes() {
         *by_op.entry(e["op"].as_str().unwrap()).or_default() += 1;
     }
     let calls = &sum["calls"];
+    let all_calls: u64 = calls.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(events.len() as u64, all_calls, "no event beyond the leaker's calls: {by_op:?}");
     for op in ["malloc", "calloc", "realloc", "reallocarray", "posix_memalign", "valloc", "pvalloc", "free"] {
         assert_eq!(by_op.get(op).copied().unwrap_or(0), calls[op].as_u64().unwrap(), "{op}: {by_op:?}");
     }

@@ -37,7 +37,7 @@ fn leaker_summary(stderr: &[u8]) -> Value {
         .expect("leaker_summary on stderr")
 }
 
-/// Function containing a return address, by addr2line (None when it is not installed).
+/// Function containing a return address, by addr2line (None when it cannot run).
 fn function_at(module: &str, offset: &str) -> Option<String> {
     let off = u64::from_str_radix(offset.trim_start_matches("0x"), 16).ok()?;
     // A return address points after the call: look up the call itself. For
@@ -76,9 +76,8 @@ fn check_ten_nine_with(leaker: &str, args: &[&str]) -> Value {
     let frame = &s["stack"][0];
     let module = frame["module"].as_str().unwrap_or_else(|| panic!("first frame has a module: {s}"));
     assert_eq!(std::fs::canonicalize(module).unwrap(), std::fs::canonicalize(leaker).unwrap());
-    if let Some(func) = function_at(module, frame["offset"].as_str().unwrap()) {
-        assert!(func.contains("leak_ten_nine_alloc"), "first frame is in leak_ten_nine_alloc: {func}");
-    }
+    let func = function_at(module, frame["offset"].as_str().unwrap()).expect("addr2line (binutils) names the first frame");
+    assert!(func.contains("leak_ten_nine_alloc"), "first frame is in leak_ten_nine_alloc: {func}");
     s.clone()
 }
 
@@ -87,7 +86,9 @@ fn ten_nine_leaves_one_block_fp() {
     if !bpf_available() {
         return;
     }
-    check_ten_nine(LEAKER);
+    let s = check_ten_nine_with(LEAKER, &[]);
+    // The leaked block was made before the leaker's 0.3 s linger.
+    assert!(s["oldest_age_ms"].as_u64().is_some_and(|a| a >= 250), "{s}");
 }
 
 #[test]
@@ -156,6 +157,15 @@ fn mixed_matches_leaker_summary() {
     assert_eq!(r["outstanding_count"], summary["leaked_count"], "{lines:?}\n{summary}");
     assert_eq!(r["outstanding_bytes"], summary["leaked_bytes"], "{lines:?}\n{summary}");
     assert_eq!(stacks.len() as u64, r["stacks"].as_u64().unwrap());
+    // One stack per leaking function, each with its own block: sites are
+    // not merged (the totals alone would not show it).
+    let leaks = summary["leaks"].as_array().unwrap();
+    let mut want: Vec<(u64, u64)> = leaks.iter().map(|l| (l["count"].as_u64().unwrap(), l["size_bytes"].as_u64().unwrap())).collect();
+    let mut got: Vec<(u64, u64)> =
+        stacks.iter().map(|s| (s["outstanding_count"].as_u64().unwrap(), s["outstanding_bytes"].as_u64().unwrap())).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{lines:?}\n{summary}");
 }
 
 #[test]
@@ -262,15 +272,18 @@ fn combined_ten_nine_same_as_default() {
 /// Stack lines keyed by where their first frame is (addresses change from
 /// run to run), with the numbers --combined must reproduce.
 fn by_site(stacks: &[Value]) -> std::collections::BTreeMap<String, [u64; 4]> {
-    stacks
+    let sites: std::collections::BTreeMap<_, _> = stacks
         .iter()
         .map(|s| {
             let f = &s["stack"][0];
-            let k = format!("{}+{}", f["module"].as_str().unwrap_or("?"), f["offset"].as_str().unwrap_or("?"));
+            let field = |k: &str| f[k].as_str().unwrap_or_else(|| panic!("first frame's {k} in {s}"));
+            let k = format!("{}+{}", field("module"), field("offset"));
             let n = |f: &str| s[f].as_u64().unwrap_or_else(|| panic!("{f} in {s}"));
             (k, [n("outstanding_bytes"), n("outstanding_count"), n("allocs"), n("frees")])
         })
-        .collect()
+        .collect();
+    assert_eq!(sites.len(), stacks.len(), "one stack per site: {stacks:?}");
+    sites
 }
 
 #[test]

@@ -19,8 +19,9 @@ fn every_tool_documents_its_output() {
     for (name, cmd) in xtask::tools() {
         let page = String::from_utf8(xtask::render(name, cmd).unwrap()).unwrap();
         assert!(page.contains(".SH NAME"), "{name}");
-        if name == "execsnoop" {
-            assert!(page.contains(".SH OUTPUT") && page.contains(".SH EXAMPLES"), "{name} lacks OUTPUT/EXAMPLES");
+        for section in [".SH OUTPUT", ".SH EXAMPLES", ".SH EXIT STATUS"] {
+            assert!(page.contains(section), "{name} lacks {section}");
         }
     }
+    assert_eq!(xtask::tools().len(), 5, "the five tools");
 }

@@ -170,7 +170,7 @@ fn process_by_syscall_matrix() {
     assert_eq!(cp[0]["count"], 200);
     assert_eq!(pp[0]["comm"], "syscount_work");
     // The child never calls close.
-    assert!(cell(child, "close").is_empty() || cell(child, "close")[0]["count"].as_u64().unwrap() < 4);
+    assert!(cell(child, "close").is_empty(), "{lines:?}");
     assert!(cell(parent, "close")[0]["count"].as_u64().unwrap() >= 4);
 
     // -P with -x: per process and errno.
@@ -287,6 +287,10 @@ fn intervals_partition_the_counts() {
     }
     assert_eq!(pending, 0, "rows after the last marker: {lines:?}");
     assert_eq!(total, 300, "intervals add up to the exact total");
+    // Three bursts 0.3 s apart land in three intervals (a burst that
+    // straddles a tick may split, but no interval holds two bursts).
+    let busy: Vec<u64> = markers.iter().map(|m| m["count"].as_u64().unwrap()).filter(|&c| c > 0).collect();
+    assert!(busy.len() >= 3 && busy.iter().all(|&c| c <= 100), "{busy:?}: {lines:?}");
 }
 
 #[test]
