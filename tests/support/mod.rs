@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -70,18 +70,26 @@ pub fn spawn_attached_with_log(tool: &str, args: &[&str]) -> (Child, BufReader<C
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {tool}: {e}"));
     let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A tool that hangs silently would block read_line forever: a watchdog
+    // kills it after a minute, which ends the read and fails the test.
+    let (attached, watchdog) = std::sync::mpsc::channel::<()>();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(60)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            signal(pid, libc::SIGKILL);
+        }
+    });
     let mut log = String::new();
     loop {
         let mut line = String::new();
         let n = err.read_line(&mut line).expect("reading tool stderr");
-        assert!(n > 0, "{tool} exited before attaching: {log}");
+        assert!(n > 0, "{tool} exited (or was killed after 60 s) before attaching: {log}");
         log.push_str(&line);
         if line.contains("attached") {
             break;
         }
-        assert!(Instant::now() < deadline, "{tool} did not attach in time");
     }
+    let _ = attached.send(());
     (child, err, log)
 }
 
