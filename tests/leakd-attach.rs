@@ -111,6 +111,12 @@ fn no_leak_exits_zero() {
     assert_eq!(r["outstanding_count"], 0, "{lines:?}");
     assert_eq!(r["outstanding_bytes"], 0);
     assert!(stacks.is_empty());
+    // Nothing left, yet every block was seen: one per allocating call but
+    // realloc(p, 0), which only frees (libc allocates nothing else here).
+    let calls = &leaker_summary(&out.stderr)["calls"];
+    let made = calls.as_object().unwrap().iter().filter(|(k, _)| *k != "free").map(|(_, v)| v.as_u64().unwrap()).sum::<u64>() - 1;
+    assert_eq!(r["allocs"], made, "{lines:?}");
+    assert_eq!(r["frees"], made, "{lines:?}");
 }
 
 fn wait_output(mut child: Child) -> (Option<i32>, Vec<u8>) {

@@ -662,6 +662,13 @@ impl Reporter {
                 add_stats(st, f);
             }
         }
+        // Every tracked block since the start, outstanding or not (shows
+        // that tracing saw the traffic even when nothing is left); summed
+        // before sites_gc folds idle sites away.
+        let mut all = sys::leakd_attach_stats::default();
+        for st in totals.values().chain(self.folded.values()) {
+            add_stats(&mut all, st);
+        }
         if !final_ {
             self.sites_gc(&totals, &live, &mut memo)?;
         }
@@ -701,6 +708,10 @@ impl Reporter {
         header["outstanding_bytes"] = json!(total_bytes);
         header["outstanding_count"] = json!(total_count);
         header["stacks"] = json!(groups.len());
+        let (allocs, frees) =
+            if sampling { (fixed_to_count(all.est_allocs), fixed_to_count(all.est_frees)) } else { (all.allocs, all.frees) };
+        header["allocs"] = json!(allocs);
+        header["frees"] = json!(frees);
         if let Some(n) = self.sample_bytes {
             header["estimated"] = json!(true);
             header["sample_bytes"] = json!(n);
