@@ -1,9 +1,9 @@
 //! leakd-attach end to end against the leaker: exact outstanding totals,
 //! the exit status, attaching by PID with a SIGUSR1-triggered workload,
-//! growth detection on a steady leak (and none once it plateaus),
-//! cumulative allocs/frees per stack, --combined agreeing with the default
-//! mode, --sample-bytes estimates, --symbolize, and idle stack ids being
-//! deleted.
+//! growth detection on a steady leak (and none once it plateaus), the age
+//! and size filters, cumulative allocs/frees per stack, --combined agreeing
+//! with the default mode, --sample-bytes estimates, --symbolize, and idle
+//! stack ids being deleted.
 
 mod support;
 
@@ -172,6 +172,42 @@ fn mixed_matches_leaker_summary() {
     want.sort();
     got.sort();
     assert_eq!(got, want, "{lines:?}\n{summary}");
+}
+
+#[test]
+fn older_than_leaves_out_young_blocks() {
+    if !bpf_available() {
+        return;
+    }
+    // The leaked block is about 0.3 s old when the leaker exits.
+    for (older_than, count, code) in [("5000", 0, 0), ("100", 1, 3)] {
+        let out = launched(&["--older-than", older_than], &[LEAKER, "ten-nine", "--linger", "0.3"]);
+        assert_eq!(out.status.code(), Some(code), "--older-than {older_than}: {}", String::from_utf8_lossy(&out.stderr));
+        let lines = json_lines(&out.stdout);
+        let (r, stacks) = final_report(&lines);
+        assert_eq!(r["outstanding_count"], count, "{lines:?}");
+        assert_eq!(r["outstanding_bytes"], 8 * count, "{lines:?}");
+        assert_eq!(stacks.len() as u64, count);
+        // Cumulative counts ignore age.
+        assert_eq!((r["allocs"].as_u64(), r["frees"].as_u64()), (Some(10), Some(9)), "{r}");
+    }
+}
+
+#[test]
+fn size_range_keeps_only_blocks_within_it() {
+    if !bpf_available() {
+        return;
+    }
+    // mixed leaks blocks of 40 to 5000 bytes; 1280 and 2560 are in range.
+    let out = launched(&["--top", "0", "--min-size", "1000", "--max-size", "3000"], &[LEAKER, "mixed", "--linger", "0.3"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 2, "{lines:?}");
+    assert_eq!(r["outstanding_bytes"], 1280 + 2560, "{lines:?}");
+    let mut sizes: Vec<u64> = stacks.iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![1280, 2560]);
 }
 
 #[test]
