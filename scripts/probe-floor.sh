@@ -1,0 +1,28 @@
+# Sourced by bench-alloc and bench-leak: the floor of the uprobe hits our
+# allocation tracers take per malloc+free pair (malloc's entry and return,
+# and one hit in free at an instruction the kernel emulates), measured with
+# bpftrace probes that do nothing, so no program on these probes can cost
+# less. malloc+0 (a push) stands for the emulated hit in free.
+
+# floor_measure LOOP N LIBC: run `LOOP N` (which prints its ns per pair on
+# stderr) under an empty probe at malloc+0, then under empty probes at
+# malloc's entry and return; sets floor_malloc0 and floor_mallocret (empty
+# when bpftrace failed).
+floor_measure() {
+    floor_malloc0=$(bpftrace -c "$1 $2" -e "uprobe:$3:malloc /0/ { }" 2>&1 | grep -E '^[0-9.]+$' | tail -1 || true)
+    floor_mallocret=$(bpftrace -c "$1 $2" -e "uprobe:$3:malloc /0/ { } uretprobe:$3:malloc /0/ { }" 2>&1 |
+        grep -E '^[0-9.]+$' | tail -1 || true)
+}
+
+# floor_report BARE SCRIPT: the floor in added ns, and the largest ratio to
+# SCRIPT's added ns (a peer's ns per pair) that it leaves any tool.
+floor_report() {
+    if [ -z "$floor_malloc0" ] || [ -z "$floor_mallocret" ] || [ -z "$2" ] || [ "$2" = NA ]; then
+        return 0
+    fi
+    awk -v t="$2" -v m="$floor_malloc0" -v r="$floor_mallocret" -v b="$1" 'BEGIN {
+        floor = (r - b) + (m - b)
+        if (floor <= 0) exit
+        printf "floor of three empty hits (entry+return, one emulated): %.1f ns added\n", floor
+        printf "bpftrace added overhead / that floor: %.1fx (the most any program on these probes could reach)\n", (t-b)/floor }'
+}
