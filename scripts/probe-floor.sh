@@ -14,8 +14,9 @@ floor_measure() {
         grep -E '^[0-9.]+$' | tail -1 || true)
 }
 
-# floor_report BARE SCRIPT: the floor in added ns, and the largest ratio to
-# SCRIPT's added ns (a peer's ns per pair) that it leaves any tool.
+# floor_report BARE SCRIPT (ns per pair of the bare loop and under the
+# peer's script): prints the floor in added ns, and the largest ratio of
+# the script's added ns to a tool's that the floor leaves possible.
 floor_report() {
     if [ -z "$floor_malloc0" ] || [ -z "$floor_mallocret" ] || [ -z "$2" ] || [ "$2" = NA ]; then
         return 0
