@@ -55,24 +55,17 @@ impl Output {
     /// Write one JSON value as one line.
     pub fn line(&mut self, v: &serde_json::Value) -> io::Result<()> {
         serde_json::to_writer(&mut self.w, v).map_err(io::Error::from).map_err(on_stdout)?;
-        self.w.write_all(b"\n").map_err(on_stdout)?;
-        if self.tty {
-            self.w.flush().map_err(on_stdout)?;
-        }
-        Ok(())
+        self.text("\n")
     }
 
     /// Write one line already serialized as a JSON object.
     pub fn json_line(&mut self, json: &[u8]) -> io::Result<()> {
         self.w.write_all(json).map_err(on_stdout)?;
-        self.w.write_all(b"\n").map_err(on_stdout)?;
-        if self.tty {
-            self.w.flush().map_err(on_stdout)?;
-        }
-        Ok(())
+        self.text("\n")
     }
 
-    /// Write text as is (for `--text` output).
+    /// Write text as is (for `--text` output, and the end of every line):
+    /// on a terminal each write is shown at once.
     pub fn text(&mut self, s: &str) -> io::Result<()> {
         self.w.write_all(s.as_bytes()).map_err(on_stdout)?;
         if self.tty {
