@@ -265,20 +265,19 @@ impl Handler for Printer {
         }
         if self.stack {
             let n = (e.nr_frames as usize).min(e.frames.len());
-            v["stack"] = Value::Array(stack_frames(&mut self.maps, e.pid, &e.frames[..n]));
+            let kept = kept_frames(&mut self.maps, e.pid, &e.frames[..n]);
+            v["stack"] = Value::Array(stack_frames(&mut self.maps, e.pid, &e.frames[..kept]));
         }
         out.line(&v)?;
         Ok(())
     }
 }
 
-/// Frames as printed (all return addresses): the first (the caller)
-/// is always kept; deeper ones come from a frame-pointer walk that produces
-/// garbage through code built without frame pointers, so those that do not
-/// point into an executable mapping are dropped, and the walk stops there.
+/// The frames of a stack as printed (all return addresses), for addresses
+/// already cut to [`kept_frames`].
 pub fn stack_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> Vec<Value> {
-    let kept = &addrs[..kept_frames(maps, pid, addrs)];
-    kept.iter()
+    addrs
+        .iter()
         .map(|&a| {
             let mut f = maps.frame(pid, a).unwrap_or_else(|| json!({ "addr": hex(a) }));
             // Every frame is where a call returns to; symres then reports
@@ -290,8 +289,10 @@ pub fn stack_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> Vec<Value>
 }
 
 /// How many of `addrs` make the stack: the first (the direct caller, right
-/// even without frame pointers) always, then those up to the first address
-/// outside an executable mapping (where a frame-pointer walk went astray).
+/// even without frame pointers) always; deeper ones come from a
+/// frame-pointer walk that produces garbage through code built without
+/// frame pointers, so the stack stops at the first address outside an
+/// executable mapping.
 pub fn kept_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> usize {
     let Some(rest) = addrs.get(1..) else { return 0 };
     1 + rest.iter().take_while(|&&a| maps.lookup(pid, a).is_some_and(|m| m.exec)).count()

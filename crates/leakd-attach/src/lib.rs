@@ -289,16 +289,8 @@ struct Group {
 impl Group {
     /// Count one live block of `size` bytes allocated at `ts_ns`.
     fn add_block(&mut self, size: u64, ts_ns: u64, sample_bytes: Option<u64>) {
-        if self.oldest_ts_ns.is_none_or(|t| ts_ns < t) {
-            self.oldest_ts_ns = Some(ts_ns);
-        }
-        self.bytes = self.bytes.saturating_add(size);
-        self.count = self.count.saturating_add(1);
-        if let Some(n) = sample_bytes {
-            let (wb, wc) = sample_weight(size, n);
-            self.est_bytes += wb;
-            self.est_count += wc;
-        }
+        let (est_bytes, est_count) = sample_bytes.map_or((0.0, 0.0), |n| sample_weight(size, n));
+        self.merge(&Group { bytes: size, count: 1, est_bytes, est_count, oldest_ts_ns: Some(ts_ns) });
     }
 
     fn merge(&mut self, o: &Group) {
@@ -315,7 +307,7 @@ impl Group {
 }
 
 /// What a stack line stands for: the process and the return addresses as
-/// printed (see [`allocsnoop::stack_frames`]). Without frame pointers the
+/// printed (cut by [`allocsnoop::kept_frames`]). Without frame pointers the
 /// kernel's walk goes on through stack garbage that can differ from call to
 /// call, so one call path may get several stack ids (and sites); they print
 /// the same frames and are merged into one line.
@@ -414,6 +406,16 @@ fn add_stats(a: &mut sys::leakd_attach_stats, b: &sys::leakd_attach_stats) {
     a.est_frees = a.est_frees.wrapping_add(b.est_frees);
     a.est_alloc_bytes = a.est_alloc_bytes.wrapping_add(b.est_alloc_bytes);
     a.est_free_bytes = a.est_free_bytes.wrapping_add(b.est_free_bytes);
+}
+
+/// Blocks allocated and freed as reported: counted, or estimated with
+/// sampling.
+fn allocs_frees(st: &sys::leakd_attach_stats, sampling: bool) -> (u64, u64) {
+    if sampling {
+        (fixed_to_count(st.est_allocs), fixed_to_count(st.est_frees))
+    } else {
+        (st.allocs, st.frees)
+    }
 }
 
 /// An estimated count kept by the kernel in units of 1/ONE, rounded.
@@ -708,8 +710,7 @@ impl Reporter {
         header["outstanding_bytes"] = json!(total_bytes);
         header["outstanding_count"] = json!(total_count);
         header["stacks"] = json!(groups.len());
-        let (allocs, frees) =
-            if sampling { (fixed_to_count(all.est_allocs), fixed_to_count(all.est_frees)) } else { (all.allocs, all.frees) };
+        let (allocs, frees) = allocs_frees(&all, sampling);
         header["allocs"] = json!(allocs);
         header["frees"] = json!(frees);
         if let Some(n) = self.sample_bytes {
@@ -729,8 +730,7 @@ impl Reporter {
         let n = if self.top == 0 { ranked.len() } else { self.top.min(ranked.len()) };
         for (k, g, rate, growing) in ranked.into_iter().take(n) {
             let st = line_totals.get(&k).copied().unwrap_or_default();
-            let (allocs, frees) =
-                if sampling { (fixed_to_count(st.est_allocs), fixed_to_count(st.est_frees)) } else { (st.allocs, st.frees) };
+            let (allocs, frees) = allocs_frees(&st, sampling);
             let (pid, addrs) = k;
             let caller = addrs.first().copied().unwrap_or(0);
             let stack = allocsnoop::stack_frames(&mut self.maps, pid, &addrs);
