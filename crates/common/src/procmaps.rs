@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -98,9 +99,23 @@ pub fn find(entries: &[MapEntry], addr: u64) -> Option<usize> {
 /// Cached maps of the processes seen in a stream, plus build ids per file.
 #[derive(Default)]
 pub struct MapsCache {
-    procs: HashMap<u32, Vec<MapEntry>>,
+    procs: HashMap<u32, ProcMaps>,
     build_ids: HashMap<PathBuf, Option<String>>,
 }
+
+struct ProcMaps {
+    entries: Vec<MapEntry>,
+    /// When a re-read last found nothing new (or nothing at all: the process
+    /// is gone). A stack walked through code without frame pointers ends in
+    /// garbage addresses that miss every time; re-reading the maps for each
+    /// would cost a file read per event, so misses within REREAD_AFTER of a
+    /// fruitless read are taken as unmapped.
+    settled: Option<Instant>,
+}
+
+/// How long a fruitless re-read of a process's maps stands. A library
+/// mapped meanwhile is seen at the first miss after that.
+const REREAD_AFTER: Duration = Duration::from_millis(100);
 
 impl MapsCache {
     pub fn new() -> Self {
@@ -108,9 +123,17 @@ impl MapsCache {
     }
 
     fn refresh(&mut self, pid: u32) {
-        if let Ok(maps) = read_maps(pid) {
-            if !maps.is_empty() {
-                self.procs.insert(pid, maps);
+        let now = Instant::now();
+        match read_maps(pid) {
+            Ok(entries) if !entries.is_empty() => {
+                let same = self.procs.get(&pid).is_some_and(|p| p.entries == entries);
+                self.procs.insert(pid, ProcMaps { entries, settled: same.then_some(now) });
+            }
+            // Gone (or a zombie, whose maps read empty): keep the last copy.
+            _ => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.settled = Some(now);
+                }
             }
         }
     }
@@ -121,24 +144,25 @@ impl MapsCache {
         self.refresh(pid);
     }
 
-    /// The mapping containing `addr`, refreshing the cached maps once when
-    /// it is not found (the process may have mapped it since).
+    /// The mapping containing `addr`, re-reading the maps when it is not
+    /// found (the process may have mapped it since), unless a re-read found
+    /// nothing new within REREAD_AFTER.
     pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
         let i = self.index_of(pid, addr)?;
-        self.procs.get(&pid)?.get(i)
+        self.procs.get(&pid)?.entries.get(i)
     }
 
     fn index_of(&mut self, pid: u32, addr: u64) -> Option<usize> {
-        if let Some(i) = self.procs.get(&pid).and_then(|m| find(m, addr)) {
-            return Some(i);
+        if let Some(p) = self.procs.get(&pid) {
+            if let Some(i) = find(&p.entries, addr) {
+                return Some(i);
+            }
+            if p.settled.is_some_and(|t| t.elapsed() < REREAD_AFTER) {
+                return None;
+            }
         }
         self.refresh(pid);
-        find(self.procs.get(&pid)?, addr)
-    }
-
-    /// The GNU build id of a mapped file, as lower-case hex.
-    pub fn build_id(&mut self, pid: u32, path: &Path) -> Option<String> {
-        cached_build_id(&mut self.build_ids, pid, path)
+        find(&self.procs.get(&pid)?.entries, addr)
     }
 
     /// A frame as our tools print it: `addr`, and when the address is in a
@@ -149,7 +173,7 @@ impl MapsCache {
         let i = self.index_of(pid, addr)?;
         // Field by field, so the mapping stays borrowed while the build-id
         // cache is updated.
-        let m = self.procs.get(&pid)?.get(i)?;
+        let m = self.procs.get(&pid)?.entries.get(i)?;
         if !m.exec {
             return None;
         }
