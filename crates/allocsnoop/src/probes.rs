@@ -17,7 +17,7 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
-use leakd_common::procmaps;
+use leakd_common::{bpf, procmaps};
 use leakd_common::{anyhow, bail, Context, Result};
 
 use crate::sys;
@@ -297,8 +297,8 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, ver
         None => UProbeScope::AllProcesses,
     };
     for prog in ["alloc_enter", "alloc_return", "free_enter"] {
-        let p: &mut UProbe = ebpf.program_mut(prog).ok_or_else(|| anyhow!("BPF program {prog} missing"))?.try_into()?;
-        p.load().with_context(|| format!("loading BPF program {prog}"))?;
+        let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
+        p.load().map_err(|e| bpf::load_error(prog, e, verbose))?;
     }
     for site in sites {
         if let Some(alias) = site.alias_of {
@@ -309,7 +309,7 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, ver
         }
         let progs: &[&str] = if is_free(site.op) { &["free_enter"] } else { &["alloc_enter", "alloc_return"] };
         for prog in progs {
-            let p: &mut UProbe = ebpf.program_mut(prog).ok_or_else(|| anyhow!("BPF program {prog} missing"))?.try_into()?;
+            let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(site.file_offset + site.probe_offset),
                 cookie: Some(site.op as u64),

@@ -110,7 +110,7 @@ fn is_eperm_source(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Turn a program load error into a message; the verifier log is printed to
 /// stderr when `verbose` is set, and otherwise hinted at.
-fn load_error(name: &str, e: ProgramError, verbose: u8) -> anyhow::Error {
+pub fn load_error(name: &str, e: ProgramError, verbose: u8) -> anyhow::Error {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             if verbose > 0 {
@@ -124,12 +124,19 @@ fn load_error(name: &str, e: ProgramError, verbose: u8) -> anyhow::Error {
     }
 }
 
+/// Program `name` of a loaded object, as the program type `T` it is (a
+/// tracepoint, a uprobe...).
+pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("BPF program {name} missing from object"))?;
+    p.try_into().with_context(|| format!("BPF program {name}"))
+}
+
 /// Load and attach a classic tracepoint program (`tracepoint/<category>/<name>`).
 pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str, verbose: u8) -> Result<()> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow!("BPF program {prog} missing from object"))?
-        .try_into()?;
+    let p: &mut TracePoint = program_mut(ebpf, prog)?;
     p.load().map_err(|e| load_error(prog, e, verbose))?;
     p.attach(category, name)
         .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
@@ -138,10 +145,7 @@ pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str
 
 /// Load and attach a BTF-typed tracepoint program (`tp_btf/<name>`).
 pub fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, name: &str, verbose: u8) -> Result<()> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow!("BPF program {prog} missing from object"))?
-        .try_into()?;
+    let p: &mut BtfTracePoint = program_mut(ebpf, prog)?;
     p.load(name, btf).map_err(|e| load_error(prog, e, verbose))?;
     p.attach().with_context(|| format!("attaching {prog} to tp_btf/{name}"))?;
     Ok(())
