@@ -428,11 +428,10 @@ fn fixed_to_count(v: u64) -> u64 {
 /// makes the kernel restart from the first key, so keys are de-duplicated
 /// and the walk is bounded; entries gone between "next key" and lookup are
 /// skipped.
-fn walk<K, V, D>(map: &BpfHashMap<MapData, K, V>, limit: usize, what: &str, id: impl Fn(&K) -> D) -> Result<Vec<(K, V)>>
+fn walk<K, V>(map: &BpfHashMap<MapData, K, V>, limit: usize, what: &str) -> Result<Vec<(K, V)>>
 where
-    K: aya::Pod,
+    K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod,
-    D: Eq + std::hash::Hash,
 {
     let mut seen = HashSet::new();
     let mut entries = Vec::new();
@@ -441,12 +440,12 @@ where
             break;
         }
         let key = key.map_err(|e| leakd_common::Error::new(e).context(format!("walking the {what} map")))?;
-        if seen.contains(&id(&key)) {
+        if seen.contains(&key) {
             continue;
         }
         match map.get(&key, 0) {
             Ok(v) => {
-                seen.insert(id(&key));
+                seen.insert(key);
                 entries.push((key, v));
             }
             Err(MapError::KeyNotFound) => {}
@@ -460,12 +459,12 @@ impl Reporter {
     /// Read every live block from the kernel map.
     fn snapshot(&self) -> Result<Vec<sys::leakd_attach_alloc>> {
         let limit = 2 * self.max_allocs as usize + 1024;
-        Ok(walk(&self.allocs, limit, "allocs", |k| *k)?.into_iter().map(|(_, v)| v).collect())
+        Ok(walk(&self.allocs, limit, "allocs")?.into_iter().map(|(_, v)| v).collect())
     }
 
     /// Per-site totals from the kernel.
     fn site_totals(&self) -> Result<HashMap<SiteKey, sys::leakd_attach_stats>> {
-        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites", |k| *k)?;
+        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites")?;
         Ok(entries.into_iter().collect())
     }
 
