@@ -4,14 +4,19 @@
 # bpftrace probes that do nothing, so no program on these probes can cost
 # less. malloc+0 (a push) stands for the emulated hit in free.
 
-# floor_measure LOOP N LIBC: run `LOOP N` (which prints its ns per pair on
-# stderr) under an empty probe at malloc+0, then under empty probes at
-# malloc's entry and return; sets floor_malloc0 and floor_mallocret (empty
-# when bpftrace failed).
+# bpftrace_loop LOOP N PROGRAM: run `LOOP N` (which prints its ns per pair
+# on stderr) under the bpftrace PROGRAM; prints that figure (nothing when
+# bpftrace failed).
+bpftrace_loop() {
+    bpftrace -c "$1 $2" -e "$3" 2>&1 | grep -E '^[0-9.]+$' | tail -1 || true
+}
+
+# floor_measure LOOP N LIBC: the loop under an empty probe at malloc+0, then
+# under empty probes at malloc's entry and return; sets floor_malloc0 and
+# floor_mallocret.
 floor_measure() {
-    floor_malloc0=$(bpftrace -c "$1 $2" -e "uprobe:$3:malloc /0/ { }" 2>&1 | grep -E '^[0-9.]+$' | tail -1 || true)
-    floor_mallocret=$(bpftrace -c "$1 $2" -e "uprobe:$3:malloc /0/ { } uretprobe:$3:malloc /0/ { }" 2>&1 |
-        grep -E '^[0-9.]+$' | tail -1 || true)
+    floor_malloc0=$(bpftrace_loop "$1" "$2" "uprobe:$3:malloc /0/ { }")
+    floor_mallocret=$(bpftrace_loop "$1" "$2" "uprobe:$3:malloc /0/ { } uretprobe:$3:malloc /0/ { }")
 }
 
 # floor_report BARE SCRIPT (ns per pair of the bare loop and under the
