@@ -13,16 +13,7 @@ use support::{bpf_available, json_lines, of_type, spawn_attached, LEAKER, LEAKER
 fn launched(args: &[&str], leaker: &str, scenario: &[&str]) -> (Vec<Value>, Value) {
     let out = Cmd::cargo_bin("allocsnoop").unwrap().args(args).arg("--").arg(leaker).args(scenario).output().unwrap();
     assert!(out.status.success(), "allocsnoop failed: {}", String::from_utf8_lossy(&out.stderr));
-    (json_lines(&out.stdout), summary(&out.stderr))
-}
-
-/// The leaker's own account of what it did (last JSON line on its stderr).
-fn summary(stderr: &[u8]) -> Value {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "leaker_summary")
-        .expect("leaker summary on stderr")
+    (json_lines(&out.stdout), support::leaker_summary(&out.stderr))
 }
 
 fn hexnum(v: &Value) -> u64 {
@@ -214,7 +205,7 @@ fn free_is_probed_past_its_first_instruction() {
     assert!(!line.contains("probe free+0 "), "free probed at offset 0: {line}");
     // And every free is still seen (realloc(p, 0)'s inner free is reported
     // as that realloc, not twice).
-    let sum = summary(&out.stderr);
+    let sum = support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let frees = of_type(&lines, "alloc").into_iter().filter(|e| e["op"] == "free").count();
     assert_eq!(frees as u64, sum["calls"]["free"].as_u64().unwrap());
@@ -236,20 +227,6 @@ fn errors_are_clear() {
     }
 }
 
-/// Build C sources into a fresh temp dir; returns the dir.
-fn build_c(name: &str, files: &[(&str, &str)], cmds: &[&[&str]]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("leakd-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (f, text) in files {
-        std::fs::write(dir.join(f), text).unwrap();
-    }
-    for cmd in cmds {
-        let st = Command::new(cmd[0]).args(&cmd[1..]).current_dir(&dir).status().unwrap();
-        assert!(st.success(), "{cmd:?}");
-    }
-    dir
-}
-
 #[test]
 fn other_allocator_with_lib_and_prefix() {
     if !bpf_available() {
@@ -264,7 +241,7 @@ void xx_free(void *p) { free(p); __asm__ volatile(""); }
 void *xx_malloc(size_t); void xx_free(void *);
 int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242); if (i) xx_free(p); } return 0; }
 "#;
-    let dir = build_c(
+    let dir = support::build_c(
         "xxalloc",
         &[("xx.c", lib), ("prog.c", prog)],
         &[&["gcc", "-O1", "-shared", "-fPIC", "-o", "libxx.so", "xx.c"], &["gcc", "-O1", "-o", "prog", "prog.c", "-L.", "-lxx", "-Wl,-rpath,$ORIGIN"]],
@@ -295,7 +272,7 @@ fn static_binary_is_detected() {
     let prog = r#"#include <stdlib.h>
 int main(void) { for (int i = 0; i < 3; i++) { void *volatile p = malloc(3333); free(p); } return 0; }
 "#;
-    let dir = build_c("static", &[("prog.c", prog)], &[&["gcc", "-O1", "-fno-builtin", "-static", "-o", "prog", "prog.c"]]);
+    let dir = support::build_c("static", &[("prog.c", prog)], &[&["gcc", "-O1", "-fno-builtin", "-static", "-o", "prog", "prog.c"]]);
     let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--"]).arg(dir.join("prog")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -373,7 +350,7 @@ int main(void) {
     return 0;
 }
 "#;
-    let dir = build_c("mmap", &[("prog.c", prog)], &[&["gcc", "-O1", "-o", "prog", "prog.c"]]);
+    let dir = support::build_c("mmap", &[("prog.c", prog)], &[&["gcc", "-O1", "-o", "prog", "prog.c"]]);
     let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--op", "mmap,munmap", "--"]).arg(dir.join("prog")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);

@@ -286,17 +286,8 @@ fn launched_command_is_stopped_when_the_run_ends_first() {
     }
 }
 
-#[test]
-fn execveat_is_traced() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("leakd-execveat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("execveat.c");
-    std::fs::write(
-        &src,
-        r#"#define _GNU_SOURCE
+/// Runs /bin/true through execveat(2) from a C program.
+const EXECVEAT_C: &str = r#"#define _GNU_SOURCE
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -306,12 +297,15 @@ int main(void) {
     syscall(SYS_execveat, AT_FDCWD, "/bin/true", argv, envp, 0);
     return 1;
 }
-"#,
-    )
-    .unwrap();
+"#;
+
+#[test]
+fn execveat_is_traced() {
+    if !bpf_available() {
+        return;
+    }
+    let dir = support::build_c("execveat", &[("execveat.c", EXECVEAT_C)], &[&["gcc", "-o", "execveat", "execveat.c"]]);
     let exe = dir.join("execveat");
-    let st = Command::new("gcc").arg("-o").arg(&exe).arg(&src).status().unwrap();
-    assert!(st.success());
     let lines = run_launched(&[], &[exe.to_str().unwrap()]);
     let execs = of_type(&lines, "exec");
     assert_eq!(execs.len(), 2, "{lines:?}");

@@ -28,15 +28,6 @@ fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
     (r, stacks)
 }
 
-/// The leaker's summary line from its stderr.
-fn leaker_summary(stderr: &[u8]) -> Value {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "leaker_summary")
-        .expect("leaker_summary on stderr")
-}
-
 /// Function containing a return address, by addr2line (None when it cannot run).
 fn function_at(module: &str, offset: &str) -> Option<String> {
     let off = u64::from_str_radix(offset.trim_start_matches("0x"), 16).ok()?;
@@ -113,7 +104,7 @@ fn no_leak_exits_zero() {
     assert!(stacks.is_empty());
     // Nothing left, yet every block was seen: one per allocating call but
     // realloc(p, 0), which only frees (libc allocates nothing else here).
-    let calls = &leaker_summary(&out.stderr)["calls"];
+    let calls = &support::leaker_summary(&out.stderr)["calls"];
     let made = calls.as_object().unwrap().iter().filter(|(k, _)| *k != "free").map(|(_, v)| v.as_u64().unwrap()).sum::<u64>() - 1;
     assert_eq!(r["allocs"], made, "{lines:?}");
     assert_eq!(r["frees"], made, "{lines:?}");
@@ -135,7 +126,7 @@ fn attach_by_pid() {
     let pid_s = pid.to_string();
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid_s]);
     // Keep draining the tool's stderr so it never blocks on it.
-    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::discard(tool_err);
     support::signal(pid, libc::SIGUSR1);
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
@@ -157,7 +148,7 @@ fn mixed_matches_leaker_summary() {
     }
     let out = launched(&["--top", "0"], &[LEAKER, "mixed", "--linger", "0.3"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = leaker_summary(&out.stderr);
+    let summary = support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let (r, stacks) = final_report(&lines);
     assert_eq!(r["outstanding_count"], summary["leaked_count"], "{lines:?}\n{summary}");
@@ -217,7 +208,7 @@ fn threads_leaker_part_matches_summary() {
     }
     let out = launched(&["--top", "0"], &[LEAKER, "threads", "--threads", "3", "--count", "2", "--linger", "0.3"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = leaker_summary(&out.stderr);
+    let summary = support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let (_, stacks) = final_report(&lines);
     let leaker = std::fs::canonicalize(LEAKER).unwrap();
@@ -239,11 +230,11 @@ fn steady_leak_is_growing() {
         return;
     }
     let (leaker, pid, err) = start_leaker(&["steady", "--size", "16384", "--interval", "0.05", "--max", "100000000"]);
-    std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
+    support::discard(err);
     let pid = pid.to_string();
     // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one.
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid, "-i", "0.5", "-d", "2.8"]);
-    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::discard(tool_err);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
     assert_eq!(code, Some(3));
@@ -278,11 +269,11 @@ fn plateaued_leak_is_not_growing() {
     // Four 64 KiB leaks within 0.2 s of the signal, then a plateau: the
     // leaker stays up, leaking nothing more.
     let (leaker, pid, err) = start_leaker(&["steady", "--size", "65536", "--interval", "0.05", "--max", "262144", "--wait-signal"]);
-    std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
+    support::discard(err);
     // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one: the
     // last periodic report's three-interval trend window is all plateau.
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "2.8"]);
-    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::discard(tool_err);
     support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
@@ -338,7 +329,7 @@ fn combined_mixed_same_as_default() {
     for args in [&["--top", "0"][..], &["--top", "0", "--combined"][..]] {
         let out = launched(args, &[LEAKER, "mixed", "--linger", "0.3"]);
         assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-        let summary = leaker_summary(&out.stderr);
+        let summary = support::leaker_summary(&out.stderr);
         let lines = json_lines(&out.stdout);
         let (r, stacks) = final_report(&lines);
         assert_eq!(r["outstanding_count"], summary["leaked_count"], "{args:?} {lines:?}\n{summary}");
@@ -369,7 +360,7 @@ fn sample_bytes_estimates_are_close() {
         args.extend_from_slice(mode);
         let out = launched(&args, &[LEAKER, "steady", "--size", &size_s, "--interval", "0", "--max", &max, "--linger", "0.3"]);
         assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-        let summary = leaker_summary(&out.stderr);
+        let summary = support::leaker_summary(&out.stderr);
         assert_eq!(summary["leaked_count"], count);
         let lines = json_lines(&out.stdout);
         let (r, stacks) = final_report(&lines);
@@ -411,12 +402,12 @@ fn idle_stacks_are_deleted() {
         return;
     }
     let (leaker, pid, err) = start_leaker(&["none", "--wait-signal", "--linger", "inf"]);
-    std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
+    support::discard(err);
     let pid_s = pid.to_string();
     let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
     support::signal(pid, libc::SIGUSR1);
     support::wait_for_log(&mut tool_err, "idle stack(s)", "leakd-attach ended before deleting a stack");
-    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::discard(tool_err);
     support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
@@ -463,13 +454,8 @@ fn deleted_stack_keeps_its_counts() {
     if !bpf_available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("leakd-attach-revive-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (src, exe) = (dir.join("revive.c"), dir.join("revive"));
-    std::fs::write(&src, REVIVE_C).unwrap();
-    let cc = Command::new("cc").args(["-O0", "-fno-omit-frame-pointer", "-o"]).arg(&exe).arg(&src).status().unwrap();
-    assert!(cc.success(), "compiling {}", src.display());
-    let mut prog = Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap();
+    let dir = support::build_c("attach-revive", &[("revive.c", REVIVE_C)], &[&["cc", "-O0", "-fno-omit-frame-pointer", "-o", "revive", "revive.c"]]);
+    let mut prog = Command::new(dir.join("revive")).stdout(Stdio::piped()).spawn().unwrap();
     let mut ready = String::new();
     BufReader::new(prog.stdout.take().unwrap()).read_line(&mut ready).unwrap();
     let prog = KillOnDrop(prog);
@@ -479,7 +465,7 @@ fn deleted_stack_keeps_its_counts() {
     let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
     support::signal(pid, libc::SIGUSR1);
     support::wait_for_log(&mut tool_err, "idle stack(s)", "leakd-attach ended before deleting a stack");
-    std::thread::spawn(move || std::io::copy(&mut tool_err.into_inner(), &mut std::io::sink()));
+    support::discard(tool_err);
     support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
     drop(prog);

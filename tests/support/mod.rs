@@ -166,3 +166,34 @@ pub fn assert_usage_errors(tool: &str, cases: &[(&[&str], &str)]) {
         assert!(err.contains(msg), "{args:?}: {err}");
     }
 }
+
+/// The leaker's own account of what it did (its leaker_summary line on
+/// stderr).
+pub fn leaker_summary(stderr: &[u8]) -> Value {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "leaker_summary")
+        .expect("leaker_summary on stderr")
+}
+
+/// Keep reading a tool's stderr in the background and throw it away, so
+/// the tool never blocks on a full pipe.
+pub fn discard(err: BufReader<ChildStderr>) {
+    std::thread::spawn(move || std::io::copy(&mut err.into_inner(), &mut std::io::sink()));
+}
+
+/// Write C sources into a fresh temp dir and run the build commands there;
+/// returns the dir.
+pub fn build_c(name: &str, files: &[(&str, &str)], cmds: &[&[&str]]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("leakd-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, text) in files {
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    for cmd in cmds {
+        let st = Command::new(cmd[0]).args(&cmd[1..]).current_dir(&dir).status().unwrap();
+        assert!(st.success(), "{cmd:?}");
+    }
+    dir
+}
