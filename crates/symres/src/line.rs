@@ -16,7 +16,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
 use crate::kallsyms::KERNEL_START;
-use crate::resolve::{parse_build_id, Outcome, Reason, Resolver};
+use crate::resolve::{Outcome, Reason, Resolver};
 use leakd_common::text::hex;
 
 /// Why a line was skipped.
@@ -345,7 +345,7 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
     };
     let build_id = match J::get(f, "build_id") {
         None | Some(J::Null) => None,
-        Some(J::Str(s)) => parse_build_id(s).map_err(|e| format!("build_id: {e}"))?,
+        Some(J::Str(s)) => r.parse_build_id(s).map_err(|e| format!("build_id: {e}"))?,
         Some(other) => return Err(format!("build_id: expected a hex string, got {}", other.short())),
     };
     let kernel = match J::get(f, "kernel") {

@@ -257,6 +257,9 @@ pub struct Resolver {
     /// frame costs one hash of its module string, not path building and
     /// file-system calls.
     by_name: FxHashMap<String, Vec<NameHit>>,
+    /// The last build id parsed, as written and as bytes: a stream repeats
+    /// a handful of ids, frame after frame.
+    last_build_id: Option<(String, BuildId)>,
 }
 
 struct PidMaps {
@@ -278,6 +281,7 @@ impl Resolver {
             kallsyms: None,
             generation: 0,
             by_name: FxHashMap::default(),
+            last_build_id: None,
         }
     }
 
@@ -285,6 +289,21 @@ impl Resolver {
     /// maps are reread at most once per batch when an address is missing.
     pub fn next_generation(&mut self) {
         self.generation += 1;
+    }
+
+    /// [`parse_build_id`] for a frame, reusing the last answer when the
+    /// frame repeats the last id.
+    pub fn parse_build_id(&mut self, s: &str) -> Result<Option<BuildId>, String> {
+        if let Some((text, id)) = &self.last_build_id {
+            if text == s.trim() {
+                return Ok(Some(*id));
+            }
+        }
+        let id = parse_build_id(s)?;
+        if let Some(id) = id {
+            self.last_build_id = Some((s.trim().to_string(), id));
+        }
+        Ok(id)
     }
 
     fn log(&self, level: u8, msg: impl FnOnce() -> String) {
@@ -968,5 +987,13 @@ mod tests {
         assert!(parse_build_id("abc").is_err());
         assert!(parse_build_id("zz").is_err());
         assert!(parse_build_id("é1").is_err());
+        // The per-frame path reuses the last id, and only that one.
+        let mut r = Resolver::new(Options::default());
+        let bytes = |r: &mut Resolver, s: &str| r.parse_build_id(s).map(|b| b.map(|b| b.to_vec()));
+        assert_eq!(bytes(&mut r, "ab01"), Ok(Some(vec![0xab, 0x01])));
+        assert_eq!(bytes(&mut r, " ab01 "), Ok(Some(vec![0xab, 0x01])));
+        assert_eq!(bytes(&mut r, "cd"), Ok(Some(vec![0xcd])));
+        assert!(bytes(&mut r, "zz").is_err());
+        assert_eq!(bytes(&mut r, ""), Ok(None));
     }
 }
