@@ -175,12 +175,6 @@ fn unit_context(secs: &DwarfSections, offset: usize) -> Option<Ctx> {
 /// Whether the abbreviations at `offset` use no form that refers outside
 /// the unit. `None` when they cannot be read.
 fn self_contained(mut r: Reader, offset: usize) -> Option<bool> {
-    const DW_FORM_REF_ADDR: u64 = 0x10;
-    const DW_FORM_INDIRECT: u64 = 0x16;
-    const DW_FORM_REF_SUP4: u64 = 0x1c;
-    const DW_FORM_IMPLICIT_CONST: u64 = 0x21;
-    const DW_FORM_REF_SUP8: u64 = 0x24;
-    const DW_FORM_GNU_REF_ALT: u64 = 0x1f20;
     r.skip(offset).ok()?;
     loop {
         let code = r.read_uleb128().ok()?;
@@ -195,11 +189,15 @@ fn self_contained(mut r: Reader, offset: usize) -> Option<bool> {
             if name == 0 && form == 0 {
                 break;
             }
-            match form {
-                DW_FORM_REF_ADDR | DW_FORM_INDIRECT | DW_FORM_REF_SUP4 | DW_FORM_REF_SUP8 | DW_FORM_GNU_REF_ALT => {
-                    return Some(false)
-                }
-                DW_FORM_IMPLICIT_CONST => {
+            match u16::try_from(form).map(gimli::DwForm) {
+                Ok(
+                    gimli::DW_FORM_ref_addr
+                    | gimli::DW_FORM_indirect
+                    | gimli::DW_FORM_ref_sup4
+                    | gimli::DW_FORM_ref_sup8
+                    | gimli::DW_FORM_GNU_ref_alt,
+                ) => return Some(false),
+                Ok(gimli::DW_FORM_implicit_const) => {
                     r.read_sleb128().ok()?;
                 }
                 _ => {}
@@ -213,17 +211,10 @@ mod tests {
     use super::*;
     use crate::elf::ElfFile;
 
-    type Frame = (Option<String>, Option<String>, Option<u32>);
-
-    fn frames(ctx: &Ctx, a: u64) -> Vec<Frame> {
+    /// The frames symres reports at `a` (with inlined ones).
+    fn frames(ctx: &Ctx, a: u64) -> Vec<crate::resolve::DwarfFrame> {
         let mut out = Vec::new();
-        if let Ok(mut it) = ctx.find_frames(a).skip_all_loads() {
-            while let Ok(Some(f)) = it.next() {
-                let name = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| n.to_string());
-                let (file, line) = f.location.map_or((None, None), |l| (l.file.map(str::to_string), l.line));
-                out.push((name, file, line));
-            }
-        }
+        crate::resolve::dwarf_frames(ctx, a, true, &mut Default::default(), &mut Default::default(), &mut out);
         out
     }
 
@@ -232,11 +223,11 @@ mod tests {
     #[test]
     fn unit_contexts_answer_like_the_full_context() {
         let exe = std::env::current_exe().unwrap();
-        let (Ok(a), Ok(b)) = (ElfFile::open(&exe), ElfFile::open(&exe)) else { panic!("cannot read {}", exe.display()) };
+        let Ok(elf) = ElfFile::open(&exe) else { panic!("cannot read {}", exe.display()) };
         // Test builds carry DWARF (the dev profile's default).
-        let (Some(da), Some(db)) = (a.dwarf, b.dwarf) else { panic!("{} has no DWARF", exe.display()) };
-        let full = db.context().unwrap();
-        let mut index = Index::new(da);
+        let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
+        let full = dwarf.context().unwrap();
+        let mut index = Index::new(dwarf);
         let addrs: Vec<u64> = index.ranges.iter().filter(|r| r.2 != AMBIGUOUS).flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2]).step_by(13).collect();
         assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
         let (mut by_unit, mut compared) = (0, 0);

@@ -216,7 +216,7 @@ type ModuleId = usize;
 /// (pid, build id) a module name was looked up with, and the answer.
 type NameHit = (Option<u32>, Option<Vec<u8>>, Result<ModuleId, Reason>);
 /// (function, file, line) of one DWARF frame.
-type DwarfFrame = (Option<Arc<str>>, Option<Arc<str>>, Option<u32>);
+pub(crate) type DwarfFrame = (Option<Arc<str>>, Option<Arc<str>>, Option<u32>);
 
 struct Module {
     /// Build id of the file whose segments are used (the binary, or the debug
@@ -728,7 +728,7 @@ pub fn fuzz_elf(data: &[u8]) {
 
 /// The frames addr2line reports at `vaddr`, innermost first (only the
 /// location, as one frame, without `want_inlined`).
-fn dwarf_frames(
+pub(crate) fn dwarf_frames(
     ctx: &addr2line::Context<Reader>,
     vaddr: u64,
     want_inlined: bool,
