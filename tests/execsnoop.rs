@@ -206,9 +206,7 @@ fn closed_stdout_exits_zero_promptly() {
 
 #[test]
 fn non_root_gets_a_clear_error() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = if root {
+    let mut cmd = if support::is_root() {
         let mut c = Cmd::new("setpriv");
         c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(bin("execsnoop"));
         c

@@ -12,9 +12,7 @@ use serde_json::Value;
 /// note; in CI (CI set to anything but "", "0" or "false") a missing
 /// privilege is a failure, never a skip.
 pub fn bpf_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
+    if is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false")) {
@@ -22,6 +20,12 @@ pub fn bpf_available() -> bool {
     }
     eprintln!("note: skipping BPF test: not root");
     false
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The leaker built with frame pointers.
