@@ -122,6 +122,19 @@ int enter_execveat(struct trace_event_raw_sys_enter *ctx)
 	return on_enter((const char *)ctx->args[1], (const char *const *)ctx->args[2]);
 }
 
+/* Record an argv of `total` bytes, of which data[] keeps the first
+ * EXECSNOOP_ARGS_MAX - 1 (the filename follows); returns the kept length.
+ * The one rule for both the successful and the failed exec. */
+static __always_inline __u64 clamp_args(struct execsnoop_event *e, __u64 total)
+{
+	e->args_total = total;
+	if (total > EXECSNOOP_ARGS_MAX - 1) {
+		e->args_truncated = 1;
+		return EXECSNOOP_ARGS_MAX - 1;
+	}
+	return total;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -142,12 +155,7 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	mm = BPF_CORE_READ(p, mm);
 	start = BPF_CORE_READ(mm, arg_start);
 	end = BPF_CORE_READ(mm, arg_end);
-	len = end > start ? end - start : 0;
-	e->args_total = len;
-	if (len > EXECSNOOP_ARGS_MAX - 1) {
-		len = EXECSNOOP_ARGS_MAX - 1;
-		e->args_truncated = 1;
-	}
+	len = clamp_args(e, end > start ? end - start : 0);
 	if (len && bpf_probe_read_user(e->data, len, (void *)start) == 0)
 		e->args_len = len;
 	put_filename(e, BPF_CORE_READ(bprm, filename), 0);
@@ -220,14 +228,9 @@ static __always_inline int on_exit(long ret)
 	n = bpf_loop(EXECSNOOP_FAILED_ARGV_MAX, read_arg, &w, 0);
 	e->args_truncated = w.truncated || n == EXECSNOOP_FAILED_ARGV_MAX;
 	/* The last argument read may run past EXECSNOOP_ARGS_MAX - 1 (into the
-	 * filename's room): cut it there, as the success path does, since
-	 * args_len is masked with EXECSNOOP_ARGS_MAX - 1 on use. */
-	e->args_len = w.off;
-	if (w.off > EXECSNOOP_ARGS_MAX - 1) {
-		e->args_len = EXECSNOOP_ARGS_MAX - 1;
-		e->args_truncated = 1;
-	}
-	e->args_total = w.off;
+	 * filename's room): cut there, since args_len is masked with
+	 * EXECSNOOP_ARGS_MAX - 1 on use. */
+	e->args_len = clamp_args(e, w.off);
 	put_filename(e, en->filename, 1);
 	submit(e);
 out:
