@@ -48,7 +48,7 @@ struct {
  * deletes the ids of sites that went idle (see sites_gc in lib.rs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, LEAKD_ATTACH_MAX_STACKS);
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, 127 * sizeof(__u64));
 } stacks SEC(".maps");

@@ -7,9 +7,10 @@
 
 /* stack_id when bpf_get_stackid failed: the block is grouped by caller. */
 #define LEAKD_ATTACH_NO_STACK 0xffffffffU
-/* Capacity of the `sites` map: twice the stack map's, since sites without
- * a stack are keyed by caller. */
-#define LEAKD_ATTACH_MAX_SITES 32768
+/* Capacity of the `stacks` map (distinct allocating stacks), and of the
+ * `sites` map: twice that, since sites without a stack are keyed by caller. */
+#define LEAKD_ATTACH_MAX_STACKS 16384
+#define LEAKD_ATTACH_MAX_SITES (2 * LEAKD_ATTACH_MAX_STACKS)
 
 /* Entries of the -ln(u) table used to draw exponential sampling intervals,
  * and of the table of g(x) = x / (e^x - 1) used to scale sampled blocks up
