@@ -76,7 +76,7 @@ impl<'a> J<'a> {
             J::Num(n) => {
                 let _ = write!(out, "{n}");
             }
-            J::Str(s) => write_str(out, s),
+            J::Str(s) => write_cow(out, s),
             J::Arr(a) => {
                 out.push(b'[');
                 for (i, v) in a.iter().enumerate() {
@@ -93,7 +93,7 @@ impl<'a> J<'a> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_str(out, k);
+                    write_cow(out, k);
                     out.push(b':');
                     v.write(out);
                 }
@@ -125,6 +125,22 @@ impl<'a> J<'a> {
         } else {
             s.into_owned()
         }
+    }
+}
+
+/// A string of the input line, written back. serde_json borrows a string
+/// only when it had no escape sequence, and rejects raw control characters,
+/// so a borrowed one is copied as it came, without looking for characters
+/// to escape (most of a line: paths, build ids, hex numbers, keys).
+fn write_cow(out: &mut Vec<u8>, s: &Cow<'_, str>) {
+    match s {
+        Cow::Borrowed(b) => {
+            out.reserve(b.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(b.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(o) => write_str(out, o),
     }
 }
 
