@@ -376,7 +376,7 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
         [
             "symres: error: line 2: not JSON: expected ident at line 1 column 2",
             "symres: error: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
-            "symres: error: line 5: stack[0].addr: not a 64-bit address: 1.2345678901234568e+29",
+            "symres: error: line 5: stack[0].addr: not a 64-bit address: 123456789012345678901234567890",
             "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
             "symres: error: line 8: stack: expected an array of frames, got \"nope\"",
             "symres: error: line 9: not a JSON object",

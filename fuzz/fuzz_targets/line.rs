@@ -7,11 +7,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut r = symres::Resolver::new(symres::Options::default());
     if let Ok(Some(out)) = r.process_line_bytes(data) {
-        // What we write must be JSON again.
-        assert!(serde_json_valid(&out));
+        // symres copies the line and adds fields: what it writes must be
+        // JSON again.
+        assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok(), "{}", String::from_utf8_lossy(&out));
     }
 });
-
-fn serde_json_valid(b: &[u8]) -> bool {
-    std::str::from_utf8(b).is_ok() && b.first() == Some(&b'{') && b.last() == Some(&b'}')
-}

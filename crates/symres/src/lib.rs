@@ -5,7 +5,7 @@
 //! path would cost events; resolving them afterwards, offline if need be,
 //! is this crate's job. It is a library as well as a filter so that
 //! leakd-attach can symbolize in process with the same code (`Resolver`,
-//! `Resolver::process_line`).
+//! `Resolver::process_line_into`).
 //!
 //! As a filter it must never hold back a live stream (output is flushed
 //! whenever the next read could block) and never give up on a whole stream
@@ -17,6 +17,7 @@ mod kallsyms;
 mod line;
 mod mmap;
 mod resolve;
+mod scan;
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
@@ -35,11 +36,11 @@ pub use resolve::fuzz_elf;
 pub use resolve::{demangle, Inlined, Options, Outcome, PidFrame, Reason, Resolution};
 
 /// The resolver with its caches; one per stream (or per leakd-attach run).
-pub struct Resolver(resolve::Resolver);
+pub struct Resolver(resolve::Resolver, line::Scratch);
 
 impl Resolver {
     pub fn new(opts: Options) -> Self {
-        Resolver(resolve::Resolver::new(opts))
+        Resolver(resolve::Resolver::new(opts), line::Scratch::default())
     }
 
     /// Resolve a file offset in a module, as recorded for a process that may
@@ -47,24 +48,33 @@ impl Resolver {
     /// unknown); an invalid one is treated as unknown.
     pub fn resolve_module_offset(&mut self, module: &std::path::Path, offset: u64, build_id: Option<&str>) -> Outcome {
         let id = build_id.and_then(|b| resolve::parse_build_id(b).ok().flatten());
-        self.0.resolve_module_offset(module, offset, id.as_deref(), None)
+        self.0.resolve_module_offset(module, offset, 0, id.as_deref(), None)
     }
 
     /// Resolve an address of a live process through its /proc/PID/maps.
     pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64) -> PidFrame {
         self.0.next_generation();
-        self.0.resolve_pid_addr(pid, addr, None)
+        self.0.resolve_pid_addr(pid, addr, 0, None)
     }
 
     /// Resolve a kernel address through /proc/kallsyms.
     pub fn resolve_kernel(&mut self, addr: u64) -> Outcome {
-        self.0.resolve_kernel(addr)
+        self.0.resolve_kernel(addr, 0)
     }
 
-    /// Add symbols to every frame of one JSON line (without its newline).
-    /// `Ok(None)`: the line has no frames; write it as it was, byte for byte.
+    /// Add symbols to every frame of one JSON line (without its newline),
+    /// appending the rewritten line to `out`. `Ok(false)`: the line has no
+    /// frames; write it as it was, byte for byte (`out` is left as it was,
+    /// as it is when the line is rejected).
+    pub fn process_line_into(&mut self, line: &[u8], out: &mut Vec<u8>) -> std::result::Result<bool, LineError> {
+        line::process_into(&mut self.0, &mut self.1, line, out)
+    }
+
+    /// `process_line_into` with a new buffer: `Ok(None)` when the line has
+    /// no frames.
     pub fn process_line_bytes(&mut self, line: &[u8]) -> std::result::Result<Option<Vec<u8>>, LineError> {
-        line::process(&mut self.0, line)
+        let mut out = Vec::new();
+        Ok(self.process_line_into(line, &mut out)?.then_some(out))
     }
 }
 
@@ -124,18 +134,24 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut lineno: u64 = 0;
     let mut malformed: u64 = 0;
     loop {
-        // Flush before any read that may block, so a live stream is never
-        // held back; in bulk input the buffer usually holds the next line.
-        if !input.buffer().contains(&b'\n') {
-            out.flush().context("writing to standard output")?;
-            if let Some(d) = deadline {
-                if !wait_readable(&stdin, d)? {
-                    break;
-                }
-            }
-        }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
+        }
+        // A whole line already buffered is handled where it lies.
+        let buffered = input.buffer();
+        if let Some(nl) = memchr::memchr(b'\n', buffered) {
+            lineno += 1;
+            malformed += line(&mut resolver, &buffered[..nl], lineno, &mut line_out, &mut out)?;
+            input.consume(nl + 1);
+            continue;
+        }
+        // The next read may block: flush first, so a live stream is never
+        // held back.
+        out.flush().context("writing to standard output")?;
+        if let Some(d) = deadline {
+            if !wait_readable(&stdin, d)? {
+                break;
+            }
         }
         buf.clear();
         let n = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).context("reading standard input")?;
@@ -149,28 +165,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
             malformed += 1;
             continue;
         }
-        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        // Blank lines have no frames: written unchanged, like any such line.
-        if text.iter().all(u8::is_ascii_whitespace) {
-            out.write_all(text)?;
-            out.write_all(b"\n")?;
-            continue;
-        }
-        // The rewritten line goes to a buffer reused from line to line (no
-        // allocation per line once it has grown), then out in one write.
-        line_out.clear();
-        match line::process_into(&mut resolver.0, text, &mut line_out) {
-            Ok(false) => line_out.extend_from_slice(text),
-            Ok(true) => {}
-            Err(e) => {
-                eprintln!("symres: error: line {lineno}: {e}");
-                malformed += 1;
-                continue;
-            }
-        }
-        line_out.push(b'\n');
-        out.write_all(&line_out)?;
+        malformed += line(&mut resolver, buf.strip_suffix(b"\n").unwrap_or(&buf), lineno, &mut line_out, &mut out)?;
     }
     out.flush().context("writing to standard output")?;
     // Tearing down every cached table costs ~5% of a large run; the process
@@ -179,6 +174,35 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     if malformed > 0 {
         eprintln!("symres: error: {malformed} malformed line(s) skipped");
         return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Write input line `lineno` (without its newline) resolved, or as it
+/// was when it has no frames; returns 1 when it is malformed (and skipped).
+/// `line_out` is a buffer reused from line to line.
+fn line(resolver: &mut Resolver, text: &[u8], lineno: u64, line_out: &mut Vec<u8>, out: &mut impl Write) -> Result<u64> {
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    // Blank lines have no frames: written unchanged, like any such line.
+    if text.iter().all(u8::is_ascii_whitespace) {
+        out.write_all(text)?;
+        out.write_all(b"\n")?;
+        return Ok(0);
+    }
+    line_out.clear();
+    match resolver.process_line_into(text, line_out) {
+        Ok(false) => {
+            out.write_all(text)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(true) => {
+            line_out.push(b'\n');
+            out.write_all(line_out)?;
+        }
+        Err(e) => {
+            eprintln!("symres: error: line {lineno}: {e}");
+            return Ok(1);
+        }
     }
     Ok(0)
 }

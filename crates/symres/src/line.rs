@@ -6,17 +6,15 @@
 //! field, instead of being half-resolved.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::fmt::Write as _;
-use std::io::Write;
+use std::hash::Hasher;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Number;
+use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::kallsyms::KERNEL_START;
 use crate::resolve::{Outcome, Reason, Resolver};
+use crate::scan::{self, Item, Member, Scan, Span};
 use leakd_common::text::hex;
 
 /// Why a line was skipped.
@@ -31,119 +29,50 @@ impl std::fmt::Display for LineError {
 
 impl std::error::Error for LineError {}
 
-/// Arrays with these names hold frames.
-const FRAME_ARRAYS: [&str; 2] = ["stack", "frames"];
-/// Frames are looked for this deep at most (serde_json refuses lines nested
-/// deeper than 128 levels).
-const MAX_DEPTH: usize = 64;
 /// Fields symres writes; stale ones from an earlier run are replaced.
 const OUR_FIELDS: [&str; 6] = ["sym", "sym_offset", "file", "line", "inlined", "reason"];
 
-/// A JSON value that borrows its strings from the input line and keeps
-/// object fields in order in a plain vector: symres only edits frames and
-/// writes everything back, so it needs neither a hash map per object nor a
-/// copy of every string (which serde_json::Value would cost, per frame).
-#[derive(Debug)]
-enum J<'a> {
-    Null,
-    Bool(bool),
-    Num(Number),
-    Str(Cow<'a, str>),
-    Arr(Vec<J<'a>>),
-    /// Fields, then symres's pre-rendered fields (`"sym":...`) if any.
-    Obj(Vec<(Cow<'a, str>, J<'a>)>, Option<Fields>),
-}
-
-#[derive(Debug, Clone)]
+/// What symres adds to one frame.
+#[derive(Clone)]
 enum Fields {
-    /// The cached answer, and how far to move its `sym_offset` (1 for a
-    /// return address, looked up one byte back).
-    Resolved(Arc<crate::resolve::Resolution>, u64),
+    /// The cached answer (shifted to the frame's address already).
+    Resolved(Arc<crate::resolve::Resolution>),
     Reason(Reason),
 }
 
-impl<'a> J<'a> {
-    fn get(fields: &'a [(Cow<'a, str>, J<'a>)], key: &str) -> Option<&'a J<'a>> {
-        // The last of duplicate keys wins, as in most JSON readers.
-        fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
+/// What symres adds to one frame: `module` and `offset` when they were
+/// found through the process's maps, then the answer.
+struct Added {
+    module: Option<String>,
+    offset: Option<u64>,
+    fields: Fields,
+}
 
-    fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            J::Null => out.extend_from_slice(b"null"),
-            J::Bool(true) => out.extend_from_slice(b"true"),
-            J::Bool(false) => out.extend_from_slice(b"false"),
-            J::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            J::Str(s) => write_cow(out, s),
-            J::Arr(a) => {
-                out.push(b'[');
-                for (i, v) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    v.write(out);
-                }
-                out.push(b']');
-            }
-            J::Obj(fields, extra) => {
-                out.push(b'{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_cow(out, k);
-                    out.push(b':');
-                    v.write(out);
-                }
-                if let Some(x) = extra {
-                    if !fields.is_empty() {
-                        out.push(b',');
-                    }
-                    match x {
-                        Fields::Resolved(r, shift) => r.write_json_fields(out, *shift),
-                        Fields::Reason(r) => {
-                            out.extend_from_slice(b"\"reason\":\"");
-                            out.extend_from_slice(r.as_str().as_bytes());
-                            out.push(b'"');
-                        }
-                    }
-                }
-                out.push(b'}');
-            }
-        }
-    }
+/// One frame of the line and its additions, placed before its closing
+/// brace.
+struct Edit {
+    open: usize,
+    close: usize,
+    /// The frame has members (a comma goes before the additions).
+    has_members: bool,
+    /// Members to drop (symres's own, from an earlier run): the frame is
+    /// rewritten from its kept members instead of copied.
+    stale: Option<std::ops::Range<usize>>,
+    added: Added,
+}
 
-    fn short(&self) -> String {
-        let mut b = Vec::new();
-        self.write(&mut b);
-        let s = String::from_utf8_lossy(&b);
-        if s.chars().count() > 40 {
-            let cut: String = s.chars().take(40).collect();
-            format!("{cut}...")
-        } else {
-            s.into_owned()
-        }
+/// A value of the line as written, shortened for a message.
+fn short(text: &str, v: Span) -> String {
+    let s = &text[v.start..v.end];
+    if s.chars().count() > 40 {
+        let cut: String = s.chars().take(40).collect();
+        format!("{cut}...")
+    } else {
+        s.to_string()
     }
 }
 
-/// A string of the input line, written back. serde_json borrows a string
-/// only when it had no escape sequence, and rejects raw control characters,
-/// so a borrowed one is copied as it came, without looking for characters
-/// to escape (most of a line: paths, build ids, hex numbers, keys).
-fn write_cow(out: &mut Vec<u8>, s: &Cow<'_, str>) {
-    match s {
-        Cow::Borrowed(b) => {
-            out.reserve(b.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(b.as_bytes());
-            out.push(b'"');
-        }
-        Cow::Owned(o) => write_str(out, o),
-    }
-}
-
+/// A string written into a frame, escaped as JSON requires.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     // Most strings (keys, paths, hex numbers) need no escaping: copy them.
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
@@ -157,243 +86,274 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-struct JVisitor;
-
-impl<'de> Visitor<'de> for JVisitor {
-    type Value = J<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<J<'de>, E> {
-        Ok(J::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<J<'de>, E> {
-        Ok(J::Num(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<J<'de>, E> {
-        Ok(J::Num(v.into()))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<J<'de>, E> {
-        Ok(Number::from_f64(v).map_or(J::Null, J::Num))
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<J<'de>, E> {
-        Ok(J::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<J<'de>, E> {
-        Ok(J::Str(Cow::Owned(v.to_string())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<J<'de>, E> {
-        Ok(J::Str(Cow::Owned(v)))
-    }
-    fn visit_unit<E>(self) -> Result<J<'de>, E> {
-        Ok(J::Null)
-    }
-    fn visit_none<E>(self) -> Result<J<'de>, E> {
-        Ok(J::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
-        // serde_json gives no size hint; stacks are about 16 frames deep.
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(16));
-        while let Some(x) = seq.next_element()? {
-            v.push(x);
-        }
-        Ok(J::Arr(v))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
-        // A frame has up to six fields (addr, module, offset, build id...).
-        let mut v = Vec::with_capacity(6);
-        while let Some((Key(k), x)) = map.next_entry::<Key<'de>, J<'de>>()? {
-            v.push((k, x));
-        }
-        Ok(J::Obj(v, None))
-    }
+/// What lines need besides the resolver, kept from line to line: buffers,
+/// and the answers by frame text.
+#[derive(Default)]
+pub struct Scratch {
+    scan: Scan,
+    edits: Vec<Edit>,
+    frames: FrameCache,
 }
 
-impl<'de> Deserialize<'de> for J<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JVisitor)
-    }
+/// Answers by frame text. A stream repeats its frames (the same stacks in
+/// every report, the same call sites in every event), and a frame seen
+/// before then costs a hash and a comparison instead of the parsing of its
+/// fields and the lookups. Frames answered through a live process's maps
+/// are not kept: the maps change.
+#[derive(Default)]
+struct FrameCache {
+    /// By the line's pid and the frame text's hash: the text, the answer.
+    map: FxHashMap<(Option<u32>, u64), CachedFrame>,
 }
 
-/// An object key, borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// A frame's text and its answer.
+type CachedFrame = (Box<[u8]>, Fields);
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KV;
-        impl<'de> Visitor<'de> for KV {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
+/// Frames remembered before the cache is reset.
+const MAX_CACHED_FRAMES: usize = 1 << 16;
+
+impl FrameCache {
+    fn hash(frame: &[u8]) -> u64 {
+        let mut h = FxHasher::default();
+        h.write(frame);
+        h.finish()
+    }
+
+    fn get(&self, pid: Option<u32>, frame: &[u8]) -> Option<&Fields> {
+        let (text, fields) = self.map.get(&(pid, Self::hash(frame)))?;
+        (**text == *frame).then_some(fields)
+    }
+
+    fn put(&mut self, pid: Option<u32>, frame: &[u8], fields: Fields) {
+        if self.map.len() >= MAX_CACHED_FRAMES {
+            self.map.clear();
         }
-        d.deserialize_str(KV)
+        self.map.insert((pid, Self::hash(frame)), (frame.into(), fields));
     }
 }
 
 /// Resolve every frame of `line`. `Ok(None)`: the line has no frames and is
 /// to be written unchanged.
+#[cfg(test)]
 pub fn process(resolver: &mut Resolver, line: &[u8]) -> Result<Option<Vec<u8>>, LineError> {
     let mut out = Vec::new();
-    Ok(process_into(resolver, line, &mut out)?.then_some(out))
+    Ok(process_into(resolver, &mut Scratch::default(), line, &mut out)?.then_some(out))
 }
 
-/// Like `process`, appending the rewritten line to `out` (a buffer the
-/// caller reuses) and returning whether it did; `out` is left as it was when
-/// the line has no frames or is rejected.
-pub fn process_into(resolver: &mut Resolver, line: &[u8], out: &mut Vec<u8>) -> Result<bool, LineError> {
-    // One UTF-8 check of the whole line is cheaper than serde_json's check
-    // of every string; a line that is not UTF-8 takes the byte path, which
-    // says where the bad byte is.
-    let parsed: Result<J<'_>, _> = match std::str::from_utf8(line) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(line),
-    };
-    let mut v = parsed.map_err(|e| LineError(format!("not JSON: {e}")))?;
-    let J::Obj(top, _) = &mut v else {
+/// serde_json's account of why `line` is not JSON.
+fn not_json(line: &[u8]) -> LineError {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Err(e) => LineError(format!("not JSON: {e}")),
+        // The scanner and serde_json disagree (a test guards against it).
+        Ok(_) => LineError("not JSON".into()),
+    }
+}
+
+/// Resolve every frame of `line`, appending the rewritten line to `out` (a
+/// buffer the caller reuses) and returning whether it did; `out` is left as
+/// it was when the line has no frames (to be written unchanged) or is
+/// rejected.
+///
+/// Everything but the frames' additions is copied from the line as it
+/// came, byte for byte.
+pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8], out: &mut Vec<u8>) -> Result<bool, LineError> {
+    let text = std::str::from_utf8(line).map_err(|_| not_json(line))?;
+    let Scratch { scan: s, edits, frames } = scratch;
+    s.scan(text).map_err(|_| not_json(line))?;
+    if !s.is_object {
         return Err(LineError("not a JSON object".into()));
-    };
-    let pid = match J::get(top, "pid") {
-        None | Some(J::Null) => None,
-        Some(p) => Some(
-            match p {
-                J::Num(n) => n.as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0),
-                _ => None,
-            }
-            .ok_or_else(|| LineError(format!("pid: expected a process ID, got {}", p.short())))?,
+    }
+    let pid = match s.pid {
+        None => None,
+        Some(v) if &text[v.start..v.end] == "null" => None,
+        Some(v) => Some(
+            text[v.start..v.end]
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| LineError(format!("pid: expected a process ID, got {}", short(text, v))))?,
         ),
     };
-    resolver.next_generation();
-    let mut found = false;
-    let mut path = String::new();
-    walk_object(resolver, top, pid, &mut found, &mut path, 0)?;
-    if !found {
+    if s.items.is_empty() {
         return Ok(false);
     }
-    out.reserve(line.len() * 3);
-    v.write(out);
+    resolver.next_generation();
+    edits.clear();
+    for item in &s.items {
+        match item {
+            Item::Frame { array, index, open, close, members } => {
+                let (open, close, has_members) = (*open, *close, !members.is_empty());
+                let whole = &line[open..=close];
+                if let Some(fields) = frames.get(pid, whole) {
+                    let added = Added { module: None, offset: None, fields: fields.clone() };
+                    edits.push(Edit { open, close, has_members, stale: None, added });
+                    continue;
+                }
+                let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid)
+                    .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[*array])))?;
+                if !stale && !live {
+                    frames.put(pid, whole, added.fields.clone());
+                }
+                let stale = stale.then(|| members.clone());
+                edits.push(Edit { open, close, has_members, stale, added });
+            }
+            Item::NotObject { array, index, value } => {
+                return Err(LineError(format!("{}[{index}]: a frame must be an object, got {}", s.arrays[*array], short(text, *value))));
+            }
+            Item::NotArray { array, value } => {
+                return Err(LineError(format!("{}: expected an array of frames, got {}", s.arrays[*array], short(text, *value))));
+            }
+        }
+    }
+    write(text, s, edits, out);
     Ok(true)
 }
 
-type Fieldz<'a> = Vec<(Cow<'a, str>, J<'a>)>;
+fn key<'a>(text: &'a str, m: &Member) -> Cow<'a, str> {
+    scan::string_at(text, m.key, m.key_escaped)
+}
 
-fn walk_object(
-    r: &mut Resolver,
-    obj: &mut Fieldz<'_>,
-    pid: Option<u32>,
-    found: &mut bool,
-    path: &mut String,
-    depth: usize,
-) -> Result<(), LineError> {
-    // Frames are never this deep: below it the line is left as it is.
-    if depth > MAX_DEPTH {
-        return Ok(());
-    }
-    for (k, v) in obj.iter_mut() {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(k);
-        if FRAME_ARRAYS.contains(&k.as_ref()) {
-            match v {
-                J::Arr(frames) => {
-                    for (i, f) in frames.iter_mut().enumerate() {
-                        let J::Obj(f, extra) = f else {
-                            return Err(LineError(format!("{path}[{i}]: a frame must be an object, got {}", f.short())));
-                        };
-                        *found = true;
-                        frame(r, f, extra, pid).map_err(|e| LineError(format!("{path}[{i}].{e}")))?;
+fn is_ours(text: &str, m: &Member) -> bool {
+    OUR_FIELDS.contains(&key(text, m).as_ref())
+}
+
+/// The line with every frame's additions.
+fn write(text: &str, s: &Scan, edits: &[Edit], out: &mut Vec<u8>) {
+    out.reserve(text.len() + edits.len() * 160);
+    let b = text.as_bytes();
+    let mut at = 0;
+    for e in edits {
+        let mut first = match &e.stale {
+            None => {
+                out.extend_from_slice(&b[at..e.close]);
+                !e.has_members
+            }
+            Some(members) => {
+                out.extend_from_slice(&b[at..e.open]);
+                out.push(b'{');
+                let mut first = true;
+                for m in s.members[members.clone()].iter().filter(|m| !is_ours(text, m)) {
+                    if !first {
+                        out.push(b',');
                     }
+                    let w = m.whole();
+                    out.extend_from_slice(&b[w.start..w.end]);
+                    first = false;
                 }
-                J::Null => {}
-                other => return Err(LineError(format!("{path}: expected an array of frames, got {}", other.short()))),
+                first
             }
+        };
+        let mut sep = |out: &mut Vec<u8>| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+        };
+        if let Some(m) = &e.added.module {
+            sep(out);
+            out.extend_from_slice(b"\"module\":");
+            write_str(out, m);
+        }
+        if let Some(o) = e.added.offset {
+            sep(out);
+            out.extend_from_slice(b"\"offset\":\"");
+            out.extend_from_slice(hex(o).as_bytes());
+            out.push(b'"');
+        }
+        sep(out);
+        match &e.added.fields {
+            Fields::Resolved(r) => out.extend_from_slice(r.json_fields().as_bytes()),
+            Fields::Reason(r) => {
+                out.extend_from_slice(b"\"reason\":\"");
+                out.extend_from_slice(r.as_str().as_bytes());
+                out.push(b'"');
+            }
+        }
+        if e.stale.is_some() {
+            out.push(b'}');
+            at = e.close + 1;
         } else {
-            walk_value(r, v, pid, found, path, depth + 1)?;
+            at = e.close;
         }
-        path.truncate(len);
     }
-    Ok(())
+    out.extend_from_slice(&b[at..]);
 }
 
-fn walk_value(
-    r: &mut Resolver,
-    v: &mut J<'_>,
-    pid: Option<u32>,
-    found: &mut bool,
-    path: &mut String,
-    depth: usize,
-) -> Result<(), LineError> {
-    match v {
-        J::Obj(o, _) => walk_object(r, o, pid, found, path, depth + 1),
-        J::Arr(a) => {
-            for (i, x) in a.iter_mut().enumerate() {
-                let len = path.len();
-                let _ = write!(path, "[{i}]");
-                walk_value(r, x, pid, found, path, depth + 1)?;
-                path.truncate(len);
+/// A value of a frame symres reads: its span, and whether it is a string
+/// with escape sequences.
+type Value = Option<(Span, bool)>;
+
+/// The fields of a frame symres reads (the last of duplicate keys wins, as
+/// in most JSON readers).
+#[derive(Default)]
+struct Given {
+    addr: Value,
+    offset: Value,
+    module: Value,
+    build_id: Value,
+    kernel: Value,
+    return_address: Value,
+}
+
+/// Resolve one frame; also says whether it holds symres's own fields from
+/// an earlier run, and whether it was answered through a live process's
+/// maps. Errors start with the field name.
+fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>) -> Result<(Added, bool, bool), String> {
+    let mut g = Given::default();
+    let mut stale = false;
+    for m in members {
+        let k = key(text, m);
+        let slot = match k.as_ref() {
+            "addr" => &mut g.addr,
+            "offset" => &mut g.offset,
+            "module" => &mut g.module,
+            "build_id" => &mut g.build_id,
+            "kernel" => &mut g.kernel,
+            "return_address" => &mut g.return_address,
+            k => {
+                stale |= OUR_FIELDS.contains(&k);
+                continue;
             }
-            Ok(())
-        }
-        _ => Ok(()),
+        };
+        *slot = (&text[m.value.start..m.value.end] != "null").then_some((m.value, m.value_escaped));
     }
-}
-
-/// Resolve one frame object in place. Errors start with the field name.
-fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: Option<u32>) -> Result<(), String> {
-    let addr = opt_u64(f, "addr")?;
-    let offset = opt_u64(f, "offset")?;
-    let module = match J::get(f, "module") {
-        None | Some(J::Null) => None,
-        // A clone of a borrowed Cow: no copy of the string.
-        Some(J::Str(s)) if !s.is_empty() => Some(s.clone()),
-        Some(other) => return Err(format!("module: expected a file name, got {}", other.short())),
+    let addr = opt_u64(text, g.addr, "addr")?;
+    let offset = opt_u64(text, g.offset, "offset")?;
+    let module = match g.module {
+        None => None,
+        Some(v) => match str_value(text, v) {
+            Some(s) if !s.is_empty() => Some(s),
+            _ => return Err(format!("module: expected a file name, got {}", short(text, v.0))),
+        },
     };
-    let build_id = match J::get(f, "build_id") {
-        None | Some(J::Null) => None,
-        Some(J::Str(s)) => r.parse_build_id(s).map_err(|e| format!("build_id: {e}"))?,
-        Some(other) => return Err(format!("build_id: expected a hex string, got {}", other.short())),
+    let build_id = match g.build_id {
+        None => None,
+        Some(v) => match str_value(text, v) {
+            Some(s) => r.parse_build_id(&s).map_err(|e| format!("build_id: {e}"))?,
+            None => return Err(format!("build_id: expected a hex string, got {}", short(text, v.0))),
+        },
     };
-    let kernel = match J::get(f, "kernel") {
-        None | Some(J::Null) => false,
-        Some(J::Bool(b)) => *b,
-        Some(other) => return Err(format!("kernel: expected true or false, got {}", other.short())),
-    };
+    let kernel = bool_value(text, g.kernel, "kernel")?;
 
     // Our tools' stack frames are return addresses: the call is the byte
     // before, and the next instruction may belong to another line (or, after
     // a call that never returns, another function).
-    let back = match J::get(f, "return_address") {
-        None | Some(J::Null) | Some(J::Bool(false)) => 0,
-        Some(J::Bool(true)) => 1,
-        Some(other) => return Err(format!("return_address: expected true or false, got {}", other.short())),
-    };
+    let back = u64::from(bool_value(text, g.return_address, "return_address")?);
+    let mut found_module = None;
+    let mut live = false;
+    let mut found_offset = None;
     let outcome: Outcome = match (addr, &module, offset) {
-        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back)),
-        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), build_id.as_deref(), pid),
+        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back),
+        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), back, build_id.as_deref(), pid),
         (Some(a), _, _) => match pid {
             Some(pid) => {
-                let mut pf = r.resolve_pid_addr(pid, a.saturating_sub(back), build_id.as_deref());
-                pf.offset = pf.offset.map(|o| o.wrapping_add(back));
+                live = true;
+                let pf = r.resolve_pid_addr(pid, a.saturating_sub(back), back, build_id.as_deref());
                 if module.is_none() {
-                    if let Some(m) = pf.module {
-                        f.push((Cow::Borrowed("module"), J::Str(Cow::Owned(m))));
-                    }
+                    found_module = pf.module;
                 }
                 if offset.is_none() {
-                    if let Some(o) = pf.offset {
-                        f.push((Cow::Borrowed("offset"), J::Str(Cow::Owned(hex(o)))));
-                    }
+                    found_offset = pf.offset;
                 }
                 pf.outcome
             }
@@ -402,34 +362,65 @@ fn frame(r: &mut Resolver, f: &mut Fieldz<'_>, extra: &mut Option<Fields>, pid: 
         (None, Some(_), None) => return Err("offset: missing (a frame with a module needs its file offset)".into()),
         (None, None, _) => return Err("addr: missing (a frame needs addr, or module and offset)".into()),
     };
-    if f.iter().any(|(k, _)| OUR_FIELDS.contains(&k.as_ref())) {
-        f.retain(|(k, _)| !OUR_FIELDS.contains(&k.as_ref()));
-    }
-    *extra = Some(match outcome {
-        Ok(res) => Fields::Resolved(res, back),
+    let fields = match outcome {
+        Ok(res) => Fields::Resolved(res),
         Err(reason) => Fields::Reason(reason),
-    });
-    Ok(())
+    };
+    Ok((Added { module: found_module, offset: found_offset, fields }, stale, live))
+}
+
+/// The contents of a string value, or `None` when it is not a string.
+fn str_value(text: &str, (v, escaped): (Span, bool)) -> Option<Cow<'_, str>> {
+    if text.as_bytes()[v.start] != b'"' {
+        return None;
+    }
+    Some(scan::string_at(text, Span { start: v.start + 1, end: v.end - 1 }, escaped))
+}
+
+/// 1 to 16 hex digits (every frame has two such numbers).
+fn parse_hex(h: &[u8]) -> Option<u64> {
+    if h.is_empty() || h.len() > 16 {
+        return None;
+    }
+    h.iter().try_fold(0u64, |n, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(d))
+    })
+}
+
+/// `true`, `false` or absent (false).
+fn bool_value(text: &str, v: Value, name: &str) -> Result<bool, String> {
+    match v.map(|(v, _)| (v, &text[v.start..v.end])) {
+        None | Some((_, "false")) => Ok(false),
+        Some((_, "true")) => Ok(true),
+        Some((v, _)) => Err(format!("{name}: expected true or false, got {}", short(text, v))),
+    }
 }
 
 /// An address or offset: `"0x1a2b"` (hex), `"6699"` (decimal string) or a
 /// JSON integer. Anything else, or anything above 2^64-1, is an error.
-fn opt_u64(f: &Fieldz<'_>, key: &str) -> Result<Option<u64>, String> {
-    match J::get(f, key) {
-        None | Some(J::Null) => Ok(None),
-        Some(J::Str(s)) => {
-            let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                Some(h) if !h.is_empty() && h.len() <= 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    u64::from_str_radix(h, 16).ok()
-                }
-                Some(_) => None,
-                None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-                None => None,
-            };
-            parsed.map(Some).ok_or_else(|| format!("{key}: not a 64-bit address: {}", J::Str(s.clone()).short()))
-        }
-        Some(J::Num(n)) => n.as_u64().map(Some).ok_or_else(|| format!("{key}: not a 64-bit address: {n}")),
-        Some(other) => Err(format!("{key}: expected a hex string like \"0x1234\", got {}", other.short())),
+fn opt_u64(text: &str, value: Value, key: &str) -> Result<Option<u64>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let v = value.0;
+    let raw = &text[v.start..v.end];
+    let not_address = || format!("{key}: not a 64-bit address: {}", short(text, v));
+    if let Some(s) = str_value(text, value) {
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(h) => parse_hex(h.as_bytes()),
+            None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+            None => None,
+        };
+        return parsed.map(Some).ok_or_else(not_address);
+    }
+    match raw.as_bytes()[0] {
+        b'0'..=b'9' => raw.parse().map(Some).map_err(|_| not_address()),
+        b'-' => Err(not_address()),
+        _ => Err(format!("{key}: expected a hex string like \"0x1234\", got {}", short(text, v))),
     }
 }
 
@@ -477,7 +468,7 @@ mod tests {
         );
         assert_eq!(
             run(r#"{"type":"a","stack":[{"addr":1e30}]}"#).unwrap_err(),
-            "stack[0].addr: not a 64-bit address: 1e+30"
+            "stack[0].addr: not a 64-bit address: 1e30"
         );
         assert_eq!(
             run(r#"{"type":"a","stack":[{"addr":-1}]}"#).unwrap_err(),
@@ -492,6 +483,114 @@ mod tests {
             run(r#"{"type":"a","stack":[{"module":"/x","offset":"0x1","build_id":"xyz"}]}"#).unwrap_err(),
             "stack[0].build_id: build_id must be an even number of hex digits, at most 128"
         );
+    }
+
+    #[test]
+    fn the_rest_of_a_line_is_copied_byte_for_byte() {
+        // Spaces, number forms and escapes that a parse-and-reserialize
+        // would have changed; frames get their fields before their brace.
+        let line = r#" { "type" : "a\u00e9\/", "n":[1.50, -0.0, 1e3],"stack":[ {"module":"/no/x", "offset":"0x10"} ,{"module":"/no/y","offset":16 } ] } "#;
+        let want = line
+            .replace(r#""0x10"}"#, r#""0x10","reason":"file_missing"}"#)
+            .replace("16 }", "16 ,\"reason\":\"file_missing\"}");
+        assert_eq!(run(line), Ok(Some(want)));
+    }
+
+    #[test]
+    fn output_fed_back_comes_out_the_same() {
+        // symres's own fields from an earlier run are replaced, not doubled:
+        // the frame is rewritten from its other members.
+        let line = r#"{"type":"a","stack":[{"addr":"0x1000"},{"module":"/no/x","offset":"0x10","x":[1]}]}"#;
+        let once = run(line).unwrap().unwrap();
+        assert_eq!(
+            once,
+            r#"{"type":"a","stack":[{"addr":"0x1000","reason":"unmapped"},{"module":"/no/x","offset":"0x10","x":[1],"reason":"file_missing"}]}"#
+        );
+        assert_eq!(run(&once), Ok(Some(once.clone())));
+        let stale = r#"{"stack":[{"sym":"old","module":"/no/x","line":3,"offset":"0x10","inlined":[]}]}"#;
+        assert_eq!(run(stale), Ok(Some(r#"{"stack":[{"module":"/no/x","offset":"0x10","reason":"file_missing"}]}"#.into())));
+    }
+
+    /// `v` with symres's fields taken out of every frame.
+    fn without_ours(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    if let (true, serde_json::Value::Array(frames)) = (scan::FRAME_ARRAYS.contains(&k.as_str()), &mut *x) {
+                        for f in frames.iter_mut().filter_map(|f| f.as_object_mut()) {
+                            f.retain(|k, _| !OUR_FIELDS.contains(&k.as_str()));
+                        }
+                    } else {
+                        without_ours(x);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(without_ours),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn mutated_lines_come_out_as_json_with_only_our_fields_added() {
+        let base = r#"{"type":"a","x":{"frames":[{"addr":"0xffffffff81000000","kernel":true}]},"stack":[{"addr":"0x1","module":"/no/a","offset":"0x10","build_id":"ab","return_address":true},{"module":"/no/b","offset":5,"sym":"s"}],"n":[1.5,"\u00e9"]}"#;
+        let alphabet = b"{}[]:,\"\\ 0123456789.eE+-xtruefalsnul";
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // One resolver, as in a stream (kallsyms is read once).
+        let mut r = Resolver::new(Options::default());
+        let mut scratch = Scratch::default();
+        let mut rewritten = 0;
+        for _ in 0..20_000 {
+            let mut b = base.as_bytes().to_vec();
+            for _ in 0..(next() % 3 + 1) {
+                let at = (next() % b.len() as u64) as usize;
+                let c = alphabet[(next() % alphabet.len() as u64) as usize];
+                if next() % 2 == 0 {
+                    b[at] = c;
+                } else {
+                    b.insert(at, c);
+                }
+            }
+            let Ok(text) = String::from_utf8(b) else { continue };
+            let mut out = Vec::new();
+            let Ok(true) = process_into(&mut r, &mut scratch, text.as_bytes(), &mut out) else { continue };
+            let out = String::from_utf8(out).unwrap();
+            let mut vout: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {text} -> {out}"));
+            let mut vin: serde_json::Value = serde_json::from_str(&text).unwrap();
+            without_ours(&mut vout);
+            without_ours(&mut vin);
+            assert_eq!(vout, vin, "{text} -> {out}");
+            rewritten += 1;
+        }
+        assert!(rewritten > 2_000, "only {rewritten} lines were rewritten");
+    }
+
+    #[test]
+    fn frames_are_cached_by_text_and_pid() {
+        let mut c = FrameCache::default();
+        c.put(Some(7), b"{\"a\":1}", Fields::Reason(Reason::Unmapped));
+        assert!(matches!(c.get(Some(7), b"{\"a\":1}"), Some(Fields::Reason(Reason::Unmapped))));
+        assert!(c.get(None, b"{\"a\":1}").is_none(), "another process's frame");
+        assert!(c.get(Some(7), b"{\"a\":2}").is_none());
+        // The same frame, repeated in a line and across lines, gets the same
+        // answer from the cache as from the lookups.
+        let mut r = Resolver::new(Options::default());
+        let mut scratch = Scratch::default();
+        let line = br#"{"stack":[{"module":"/no/x","offset":"0x10"},{"module":"/no/x","offset":"0x10"}]}"#;
+        let mut outs = Vec::new();
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            assert_eq!(process_into(&mut r, &mut scratch, line, &mut out), Ok(true));
+            outs.push(String::from_utf8(out).unwrap());
+        }
+        assert_eq!(scratch.frames.map.len(), 1);
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0].matches("\"reason\":\"file_missing\"").count(), 2, "{}", outs[0]);
     }
 
     #[test]

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use crate::elf::{self, ElfFile, LoadError, Reader};
 use crate::kallsyms::Kallsyms;
+use crate::line::write_str;
+use leakd_common::text::hex;
 use leakd_common::procmaps::{self, MapEntry};
 
 /// Why a frame was left unresolved (the `reason` field).
@@ -78,18 +80,16 @@ pub struct Resolution {
     pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     pub inlined: Vec<Inlined>,
-    /// The fields above as JSON object members, rendered once: those
-    /// before `sym_offset` and those after it (`sym_offset` itself is
-    /// written per frame, since return addresses shift it).
-    pub(crate) json: std::sync::OnceLock<(Box<str>, Box<str>)>,
+    /// The fields above as JSON object members, rendered once and copied
+    /// into every frame with this answer.
+    pub(crate) json: std::sync::OnceLock<Box<str>>,
 }
 
 impl Resolution {
     /// The same place, with `sym_offset` moved by `by` bytes: a return
     /// address is looked up one byte back (inside the call instruction, so
     /// file/line are those of the call), but its offset is reported as is.
-    /// (symres writes the shift without a copy: `write_json_fields`.)
-    #[cfg(test)]
+    /// Answers are cached shifted, so this runs once per address.
     pub fn shifted(&self, by: u64) -> Resolution {
         Resolution {
             sym: self.sym.clone(),
@@ -102,59 +102,35 @@ impl Resolution {
     }
 
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
-    /// a frame. Rendered once per address and reused for every frame.
-    pub fn json_fields(&self) -> String {
-        let mut o = Vec::new();
-        self.write_json_fields(&mut o, 0);
-        String::from_utf8(o).unwrap_or_default()
+    /// a frame. Rendered once per answer and reused for every frame.
+    pub fn json_fields(&self) -> &str {
+        self.json.get_or_init(|| self.render())
     }
 
-    /// Append `json_fields()` to `out`, with `sym_offset` moved by `shift`
-    /// bytes (see `shifted`), without building a shifted copy: everything
-    /// but the offset is rendered once per address and reused.
-    pub(crate) fn write_json_fields(&self, out: &mut Vec<u8>, shift: u64) {
-        let (head, tail) = self.json.get_or_init(|| self.render());
-        out.extend_from_slice(head.as_bytes());
+    fn render(&self) -> Box<str> {
+        let mut o = Vec::with_capacity(256);
+        place(&mut o, self.sym.as_deref(), None, None);
         if let Some(x) = self.sym_offset {
-            if !head.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"\"sym_offset\":\"");
-            // Cannot fail: writing to a Vec. The same text as text::hex.
-            let _ = write!(out, "{:#x}", x.wrapping_add(shift));
-            out.push(b'"');
+            key(&mut o, "sym_offset");
+            write_str(&mut o, &hex(x));
         }
-        if !tail.is_empty() {
-            if !head.is_empty() || self.sym_offset.is_some() {
-                out.push(b',');
-            }
-            out.extend_from_slice(tail.as_bytes());
-        }
-    }
-
-    /// The fields before `sym_offset` and those after it.
-    fn render(&self) -> (Box<str>, Box<str>) {
-        let mut head = Vec::new();
-        place(&mut head, self.sym.as_deref(), None, None);
-        let mut tail = Vec::new();
-        place(&mut tail, None, self.file.as_deref(), self.line);
+        place(&mut o, None, self.file.as_deref(), self.line);
         if !self.inlined.is_empty() {
-            key(&mut tail, "inlined");
-            tail.push(b'[');
+            key(&mut o, "inlined");
+            o.push(b'[');
             for (i, f) in self.inlined.iter().enumerate() {
                 if i > 0 {
-                    tail.push(b',');
+                    o.push(b',');
                 }
                 let mut inner = Vec::new();
                 place(&mut inner, f.sym.as_deref(), f.file.as_deref(), f.line);
-                tail.push(b'{');
-                tail.extend_from_slice(&inner);
-                tail.push(b'}');
+                o.push(b'{');
+                o.extend_from_slice(&inner);
+                o.push(b'}');
             }
-            tail.push(b']');
+            o.push(b']');
         }
-        let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default().into_boxed_str();
-        (text(head), text(tail))
+        String::from_utf8(o).unwrap_or_default().into_boxed_str()
     }
 }
 
@@ -163,7 +139,7 @@ fn key(o: &mut Vec<u8>, k: &str) {
     if !o.is_empty() {
         o.push(b',');
     }
-    crate::line::write_str(o, k);
+    write_str(o, k);
     o.push(b':');
 }
 
@@ -172,7 +148,7 @@ fn place(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Option<u3
     for (k, v) in [("sym", sym), ("file", file)] {
         if let Some(v) = v {
             key(o, k);
-            crate::line::write_str(o, v);
+            write_str(o, v);
         }
     }
     if let Some(l) = line {
@@ -183,6 +159,14 @@ fn place(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Option<u3
 }
 
 pub type Outcome = Result<Arc<Resolution>, Reason>;
+
+/// `outcome` for a frame `back` bytes after the address looked up.
+fn shift(outcome: Outcome, back: u64) -> Outcome {
+    match outcome {
+        Ok(r) if back != 0 => Ok(Arc::new(r.shifted(back))),
+        other => other,
+    }
+}
 
 /// A frame resolved through a live process's maps: the module and file
 /// offset found there, and the outcome.
@@ -227,7 +211,9 @@ struct Module {
     /// Built when the first address is looked up; `None` inside when the
     /// module has no (usable) DWARF.
     dwarf: Option<DwarfState>,
-    answers: FxHashMap<u64, Outcome>,
+    /// By address looked up, and how far back from the frame's (see
+    /// `Resolution::shifted`).
+    answers: FxHashMap<(u64, u64), Outcome>,
     demangled: FxHashMap<usize, Arc<str>>,
     files: FxHashMap<String, Arc<str>>,
     /// DWARF (linkage) name → demangled, since the same inlined functions
@@ -316,12 +302,14 @@ impl Resolver {
     /// process). `build_id` is the lower-case hex GNU build id, if known.
     /// With `pid`, the module is first looked for inside that process's mount
     /// namespace (/proc/PID/root).
-    pub fn resolve_module_offset(&mut self, module: &Path, offset: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
+    /// `back`: the frame is a return address, `back` bytes after the
+    /// address looked up (`offset`).
+    pub fn resolve_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
         let name = module.as_os_str().to_str();
         if let Some(hit) = name.and_then(|n| self.by_name.get(n)) {
             if let Some((_, _, r)) = hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id) {
                 let r = *r;
-                return r.and_then(|id| self.lookup_offset(id, offset));
+                return r.and_then(|id| self.lookup_offset(id, offset, back));
             }
         }
         let r = self.module_for_name(module, build_id, pid);
@@ -333,7 +321,7 @@ impl Resolver {
             }
             list.push((pid, build_id.map(<[u8]>::to_vec), r));
         }
-        r.and_then(|id| self.lookup_offset(id, offset))
+        r.and_then(|id| self.lookup_offset(id, offset, back))
     }
 
     fn module_for_name(&mut self, module: &Path, build_id: Option<&[u8]>, pid: Option<u32>) -> Result<ModuleId, Reason> {
@@ -347,8 +335,10 @@ impl Resolver {
         self.module_for(&candidates, module, build_id)
     }
 
-    /// Resolve an address of live process `pid` through /proc/PID/maps.
-    pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64, build_id: Option<&[u8]>) -> PidFrame {
+    /// Resolve an address of live process `pid` through /proc/PID/maps
+    /// (`back` as for `resolve_module_offset`; the offset returned is the
+    /// frame's, `back` bytes after `addr`'s).
+    pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>) -> PidFrame {
         let generation = self.generation;
         let stale = match self.pids.get(&pid) {
             None => true,
@@ -403,8 +393,8 @@ impl Resolver {
                 r
             }
         };
-        let outcome = id.and_then(|id| self.lookup_offset(id, offset));
-        PidFrame { module: Some(module_name), offset: Some(offset), outcome }
+        let outcome = id.and_then(|id| self.lookup_offset(id, offset, back));
+        PidFrame { module: Some(module_name), offset: Some(offset.wrapping_add(back)), outcome }
     }
 
     /// The file behind a mapping: through /proc/PID/root (other mount
@@ -419,8 +409,9 @@ impl Resolver {
         self.module_for(&candidates, path, build_id)
     }
 
-    /// Kernel text address, through /proc/kallsyms.
-    pub fn resolve_kernel(&mut self, addr: u64) -> Outcome {
+    /// Kernel text address, through /proc/kallsyms (`back` as for
+    /// `resolve_module_offset`).
+    pub fn resolve_kernel(&mut self, addr: u64, back: u64) -> Outcome {
         if self.kallsyms.is_none() {
             let k = Kallsyms::load(Path::new("/proc/kallsyms"));
             if let Err(r) = &k {
@@ -429,7 +420,7 @@ impl Resolver {
             self.kallsyms = Some(k);
         }
         match self.kallsyms.as_ref() {
-            Some(Ok(k)) => k.lookup(addr),
+            Some(Ok(k)) => shift(k.lookup(addr), back),
             Some(Err(r)) => Err(*r),
             None => Err(Reason::FileMissing),
         }
@@ -648,21 +639,23 @@ impl Resolver {
         found
     }
 
-    fn lookup_offset(&mut self, id: ModuleId, offset: u64) -> Outcome {
+    /// The answer at file offset `offset`, for a frame `back` bytes
+    /// further (a return address).
+    fn lookup_offset(&mut self, id: ModuleId, offset: u64, back: u64) -> Outcome {
         let verbose = self.opts.verbose;
         let inlined = self.opts.inlined;
         let m = &mut self.modules[id];
         let Some(vaddr) = elf::offset_to_vaddr(&m.segments, offset) else {
             return Err(Reason::Unmapped);
         };
-        if let Some(r) = m.answers.get(&vaddr) {
+        if let Some(r) = m.answers.get(&(vaddr, back)) {
             return r.clone();
         }
-        let r = m.lookup_vaddr(vaddr, inlined, verbose);
+        let r = shift(m.lookup_vaddr(vaddr, inlined, verbose), back);
         if m.answers.len() >= MAX_CACHED_ANSWERS {
             m.answers.clear();
         }
-        m.answers.insert(vaddr, r.clone());
+        m.answers.insert((vaddr, back), r.clone());
         r
     }
 }
@@ -721,8 +714,8 @@ pub fn fuzz_elf(data: &[u8]) {
     probes.extend((0..16u64).map(|i| i * 0x40 + 0x1000));
     let id = r.add_module(elf, None);
     for off in probes {
-        let _ = r.lookup_offset(id, off);
-        let _ = r.lookup_offset(id, off.wrapping_add(3));
+        let _ = r.lookup_offset(id, off, 0);
+        let _ = r.lookup_offset(id, off.wrapping_add(3), 1);
     }
 }
 
@@ -968,9 +961,6 @@ mod tests {
             json: Default::default(),
         };
         assert_eq!(r.json_fields(), r#""sym":"f","sym_offset":"0x10","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
-        let mut o = Vec::new();
-        r.write_json_fields(&mut o, 1);
-        assert_eq!(String::from_utf8(o).unwrap(), r.shifted(1).json_fields());
         assert_eq!(r.shifted(1).json_fields(), r#""sym":"f","sym_offset":"0x11","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
         let bare = Resolution { file: Some("a.c".into()), ..Default::default() };
         assert_eq!(bare.json_fields(), r#""file":"a.c""#);

@@ -1,0 +1,587 @@
+//! One pass over a JSON line that validates it and finds the frames.
+//!
+//! symres adds fields to frames and leaves every other byte of a line as it
+//! was, so it needs to know where frames are, not what the rest of the line
+//! holds. Building a tree of the line (serde_json's `Value`, or a borrowing
+//! one) and writing it back was most of symres's time on tracer output; this
+//! scanner records byte spans instead: the frame objects, their members, and
+//! the top-level `pid`.
+//!
+//! It must accept exactly the lines serde_json accepts, since those are the
+//! lines symres promises to handle. The grammar is checked here; the rare
+//! tokens whose validity also depends on their value (strings with escape
+//! sequences, which may hold lone surrogates; numbers with a fraction, an
+//! exponent or many digits, which may overflow) are handed to serde_json
+//! itself, and a test compares the two on generated lines.
+
+use std::borrow::Cow;
+
+/// Arrays with these names hold frames.
+pub const FRAME_ARRAYS: [&str; 2] = ["stack", "frames"];
+/// Frames are looked for in objects this deep at most (each object level
+/// counts two, each array level one), so a pathological line costs no more
+/// than the JSON nesting limit allows.
+const MAX_DEPTH: usize = 64;
+/// serde_json refuses lines nested deeper than this.
+const MAX_NESTING: usize = 127;
+
+/// A byte range of the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One member of a frame object: `"key": value`.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    /// The key, without its quotes.
+    pub key: Span,
+    /// The key has escape sequences (decode it before comparing).
+    pub key_escaped: bool,
+    pub value: Span,
+    /// The value is a string with escape sequences.
+    pub value_escaped: bool,
+}
+
+impl Member {
+    /// The member as written, from the key's opening quote to the value's
+    /// last byte.
+    pub fn whole(&self) -> Span {
+        Span { start: self.key.start - 1, end: self.value.end }
+    }
+}
+
+/// What was found where frames belong, in the order of the line.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A frame object: `open` is its `{`, `close` its `}`, and its members
+    /// are `members[range]` of the scan.
+    Frame { array: usize, index: usize, open: usize, close: usize, members: std::ops::Range<usize> },
+    /// An element of a frame array that is not an object.
+    NotObject { array: usize, index: usize, value: Span },
+    /// A frame array's value that is neither an array nor null.
+    NotArray { array: usize, value: Span },
+}
+
+/// The line is not JSON (serde_json says why).
+#[derive(Debug)]
+pub struct Invalid;
+
+type R<T> = Result<T, Invalid>;
+
+/// A path segment: an object key or an array index, for messages.
+#[derive(Clone, Copy)]
+enum Seg {
+    Key(Span, bool),
+    Index(usize),
+}
+
+/// The result of scanning a line. One is reused from line to line, so a
+/// stream costs no allocation per line once its vectors have grown.
+#[derive(Default)]
+pub struct Scan {
+    /// The top-level value is an object.
+    pub is_object: bool,
+    /// The value of the top-level `pid` (the last, when repeated).
+    pub pid: Option<Span>,
+    pub items: Vec<Item>,
+    pub members: Vec<Member>,
+    /// The path of each frame array (`stack`, `x.frames`), by `array`.
+    pub arrays: Vec<String>,
+    /// The path being scanned.
+    segs: Vec<Seg>,
+}
+
+impl Scan {
+    /// Scan `text`, one JSON value (a line), as serde_json would parse it.
+    pub fn scan(&mut self, text: &str) -> R<()> {
+        self.is_object = false;
+        self.pid = None;
+        self.items.clear();
+        self.members.clear();
+        self.arrays.clear();
+        self.segs.clear();
+        let mut s = Scanner { text, b: text.as_bytes(), i: 0, nesting: 0, escaped: false, out: self };
+        s.ws();
+        if s.peek() == Some(b'{') {
+            s.out.is_object = true;
+            s.object(Some(0))?;
+        } else {
+            s.value(None)?;
+        }
+        s.ws();
+        if s.i != s.b.len() {
+            return Err(Invalid);
+        }
+        Ok(())
+    }
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    nesting: usize,
+    /// The last string scanned had escape sequences.
+    escaped: bool,
+    out: &'a mut Scan,
+}
+
+/// The text of a string token's contents (`span` inside the quotes), with
+/// escape sequences decoded when it has any.
+#[inline]
+pub fn string_at<'a>(text: &'a str, span: Span, escaped: bool) -> Cow<'a, str> {
+    let raw = &text[span.start..span.end];
+    if !escaped {
+        return Cow::Borrowed(raw);
+    }
+    // The scan validated the token with serde_json already.
+    match serde_json::from_str::<String>(&text[span.start - 1..span.end + 1]) {
+        Ok(s) => Cow::Owned(s),
+        Err(_) => Cow::Borrowed(raw),
+    }
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> R<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    fn nest(&mut self) -> R<()> {
+        self.nesting += 1;
+        if self.nesting > MAX_NESTING {
+            return Err(Invalid);
+        }
+        Ok(())
+    }
+
+    /// One value. `walk`: the depth at which frames are looked for inside it
+    /// (`None`: not looked for: inside a frame, or too deep).
+    fn value(&mut self, walk: Option<usize>) -> R<Span> {
+        self.ws();
+        let start = self.i;
+        match self.peek().ok_or(Invalid)? {
+            b'{' => self.object(walk.map(|d| d + 1).filter(|&d| d <= MAX_DEPTH))?,
+            b'[' => {
+                self.nest()?;
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                } else {
+                    let mut index = 0;
+                    loop {
+                        self.out.segs.push(Seg::Index(index));
+                        self.value(walk.map(|d| d + 1))?;
+                        self.out.segs.pop();
+                        index += 1;
+                        self.ws();
+                        match self.peek() {
+                            Some(b',') => self.i += 1,
+                            Some(b']') => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return Err(Invalid),
+                        }
+                    }
+                }
+                self.nesting -= 1;
+            }
+            b'"' => {
+                self.string()?;
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return Err(Invalid),
+        }
+        Ok(Span { start, end: self.i })
+    }
+
+    fn literal(&mut self, word: &[u8]) -> R<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    /// A string token; returns its contents' span and whether it has escapes.
+    fn string(&mut self) -> R<(Span, bool)> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            self.skip_plain();
+            match self.peek().ok_or(Invalid)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.i += 1;
+                    match self.peek().ok_or(Invalid)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 1..self.i + 5).ok_or(Invalid)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(Invalid);
+                            }
+                            self.i += 5;
+                        }
+                        _ => return Err(Invalid),
+                    }
+                }
+                0..=0x1f => return Err(Invalid),
+                _ => self.i += 1,
+            }
+        }
+        let span = Span { start, end: self.i };
+        self.i += 1;
+        // Whether escapes decode (lone surrogates do not) is serde_json's call.
+        if escaped && serde_json::from_str::<String>(&self.text[start - 1..self.i]).is_err() {
+            return Err(Invalid);
+        }
+        self.escaped = escaped;
+        Ok((span, escaped))
+    }
+
+    /// Move past bytes that need no attention in a string (all but `"`,
+    /// `\\` and control characters), eight at a time: strings are most of
+    /// a line.
+    fn skip_plain(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        // The high bit of each byte of `x` below `n` (the classic bit trick:
+        // bytes above the first such byte may be flagged wrongly, the
+        // first is always right).
+        let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            let x = u64::from_le_bytes(w);
+            let special = below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) | below(x, 0x20);
+            if special != 0 {
+                // Little-endian: the lowest flagged bit is the first byte.
+                self.i += (special.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.i += 8;
+        }
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> R<()> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let mut simple = match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                true
+            }
+            Some(b'1'..=b'9') => self.digits() <= 18,
+            _ => return Err(Invalid),
+        };
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(Invalid);
+            }
+            simple = false;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(Invalid);
+            }
+            simple = false;
+        }
+        // Out-of-range numbers are serde_json's call too.
+        if !simple && serde_json::from_str::<serde_json::Number>(&self.text[start..self.i]).is_err() {
+            return Err(Invalid);
+        }
+        Ok(())
+    }
+
+    /// An object at `self.i`. `walk`: its depth when frames are looked for
+    /// among its members.
+    fn object(&mut self, walk: Option<usize>) -> R<()> {
+        self.nest()?;
+        let top = self.nesting == 1;
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.nesting -= 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            let (key, escaped) = self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            let k = string_at(self.text, key, escaped);
+            if top && k == "pid" {
+                let v = self.value(None)?;
+                self.out.pid = Some(v);
+            } else if walk.is_some() && FRAME_ARRAYS.contains(&k.as_ref()) {
+                self.out.segs.push(Seg::Key(key, escaped));
+                self.frame_array()?;
+                self.out.segs.pop();
+            } else {
+                self.out.segs.push(Seg::Key(key, escaped));
+                self.value(walk.map(|d| d + 1))?;
+                self.out.segs.pop();
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(Invalid),
+            }
+        }
+        self.nesting -= 1;
+        Ok(())
+    }
+
+    /// The value of a `stack` or `frames` member.
+    fn frame_array(&mut self) -> R<()> {
+        self.ws();
+        let array = self.out.arrays.len();
+        self.out.arrays.push(self.path());
+        match self.peek() {
+            Some(b'[') => {}
+            _ => {
+                let value = self.value(None)?;
+                if &self.b[value.start..value.end] != b"null" {
+                    self.out.items.push(Item::NotArray { array, value });
+                }
+                return Ok(());
+            }
+        }
+        self.nest()?;
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            self.nesting -= 1;
+            return Ok(());
+        }
+        let mut index = 0;
+        loop {
+            self.ws();
+            if self.peek() == Some(b'{') {
+                let open = self.i;
+                let first = self.out.members.len();
+                self.frame_object()?;
+                let members = first..self.out.members.len();
+                self.out.items.push(Item::Frame { array, index, open, close: self.i - 1, members });
+            } else {
+                let value = self.value(None)?;
+                self.out.items.push(Item::NotObject { array, index, value });
+            }
+            index += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(Invalid),
+            }
+        }
+        self.nesting -= 1;
+        Ok(())
+    }
+
+    /// A frame: an object whose members are recorded, not searched.
+    fn frame_object(&mut self) -> R<()> {
+        self.nest()?;
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.nesting -= 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            let (key, key_escaped) = self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            let value = self.value(None)?;
+            // A string value was the last string scanned.
+            let value_escaped = self.b[value.start] == b'"' && self.escaped;
+            self.out.members.push(Member { key, key_escaped, value, value_escaped });
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(Invalid),
+            }
+        }
+        self.nesting -= 1;
+        Ok(())
+    }
+
+    /// `a.b[2].stack`, for messages.
+    fn path(&self) -> String {
+        let mut p = String::new();
+        for s in &self.out.segs {
+            match *s {
+                Seg::Key(span, escaped) => {
+                    if !p.is_empty() {
+                        p.push('.');
+                    }
+                    p.push_str(&string_at(self.text, span, escaped));
+                }
+                Seg::Index(i) => {
+                    p.push('[');
+                    p.push_str(&i.to_string());
+                    p.push(']');
+                }
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(s: &str) -> R<Scan> {
+        let mut out = Scan::default();
+        out.scan(s).map(|()| out)
+    }
+
+    fn valid(s: &str) -> bool {
+        scan(s).is_ok()
+    }
+
+    /// serde_json's verdict, through the type symres used to parse lines
+    /// into (every string decoded, every number converted).
+    fn serde_valid(s: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(s).is_ok()
+    }
+
+    #[test]
+    fn accepts_what_serde_json_accepts() {
+        let cases = [
+            "{}", " { } ", "[]", "1", "-0", "-", "01", "1.", "1.5", ".5", "1e5", "1E+5", "1e", "1e-", "1.5e400", "-1e400",
+            "123456789012345678901234567890", &"9".repeat(400), "18446744073709551615", "-9223372036854775809",
+            "\"\"", "\"a\\u00e9\\n\"", "\"\\ud800\"", "\"\\ud83d\\ude00\"", "\"\\udc00\"", "\"\\x\"", "\"\\u12\"",
+            "\"tab\there\"", "true", "tru", "nul", "null ", "{\"a\":1,}", "{\"a\" 1}", "{\"a\":1 \"b\":2}", "[1,]",
+            "[1 2]", "{\"a\":[1,{\"b\":null}]}", "{\"stack\":[{\"addr\":\"0x1\"},7,null]}", "{} x", "{}}", "{1:2}",
+            "{\"stack\":{}}", "\u{feff}{}", "{\"k\":\"é\"}", "{\"k\":1}\n", "{\"k\":1}\r\n",
+        ];
+        for c in cases {
+            assert_eq!(valid(c), serde_valid(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn nesting_limit_is_serde_jsons() {
+        for n in 120..135 {
+            for (open, close) in [("[", "]"), ("{\"a\":", "}"), ("{\"stack\":[", "]}")] {
+                let s = format!("{}1{}", open.repeat(n), close.repeat(n));
+                assert_eq!(valid(&s), serde_valid(&s), "{open} x {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_lines_agree_with_serde_json() {
+        // Mutations of a realistic line: every verdict must match.
+        let base = r#"{"type":"alloc","pid":12,"x":[1.5,-2e3,"\u00e9\n"],"stack":[{"addr":"0x1","module":"/a b","offset":"0x10","build_id":"ab","return_address":true},{"kernel":false}]}"#;
+        let alphabet = b"{}[]:,\"\\ 0123456789.eE+-truefalsnul\x01xu";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut verdicts = [0; 2];
+        for _ in 0..50_000 {
+            let mut b = base.as_bytes().to_vec();
+            for _ in 0..(next() % 3 + 1) {
+                let at = (next() % b.len() as u64) as usize;
+                let c = alphabet[(next() % alphabet.len() as u64) as usize];
+                match next() % 3 {
+                    0 => b[at] = c,
+                    1 => b.insert(at, c),
+                    _ => {
+                        b.remove(at);
+                    }
+                }
+                if b.is_empty() {
+                    b.push(b'{');
+                }
+            }
+            let s = String::from_utf8(b).unwrap();
+            assert_eq!(valid(&s), serde_valid(&s), "{s}");
+            verdicts[usize::from(valid(&s))] += 1;
+        }
+        // Both verdicts, many times each: the mutations are not all fatal.
+        assert!(verdicts.iter().all(|&n| n > 5_000), "{verdicts:?}");
+    }
+
+    #[test]
+    fn finds_frames_members_pid_and_paths() {
+        let line = r#"{"pid":3,"a":[{"frames":[{"addr":"0x1", "k":[1]}, 5]}],"stack":null,"b":{"pid":4,"stack":"x"}}"#;
+        let s = scan(line).unwrap();
+        assert_eq!(&line[s.pid.unwrap().start..s.pid.unwrap().end], "3");
+        assert_eq!(s.arrays, ["a[0].frames", "stack", "b.stack"]);
+        assert_eq!(s.items.len(), 3);
+        let Item::Frame { open, close, members, .. } = s.items[0].clone() else { panic!() };
+        assert_eq!(&line[open..=close], r#"{"addr":"0x1", "k":[1]}"#);
+        let m: Vec<&str> = s.members[members].iter().map(|m| &line[m.whole().start..m.whole().end]).collect();
+        assert_eq!(m, [r#""addr":"0x1""#, r#""k":[1]"#]);
+        assert!(matches!(s.items[1], Item::NotObject { index: 1, .. }));
+        let Item::NotArray { array: 2, value } = s.items[2] else { panic!() };
+        assert_eq!(&line[value.start..value.end], "\"x\"");
+    }
+}
