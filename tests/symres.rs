@@ -460,3 +460,60 @@ fn live_stream_is_not_held_back() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "{err}");
 }
+
+/// File offset and size of `bin`'s .text (from readelf).
+fn text_section(bin: &Path) -> (u64, u64) {
+    let out = Command::new("readelf").arg("-SW").arg(bin).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.contains(" .text ")).unwrap_or_else(|| panic!("no .text in {text}"));
+    // [Nr] Name Type Address Off Size ...: fields after the name.
+    let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
+    (u64::from_str_radix(f[3], 16).unwrap(), u64::from_str_radix(f[4], 16).unwrap())
+}
+
+#[test]
+fn prebuilt_index_answers_like_dwarf_at_every_offset() {
+    let dir = TempDir::new("index");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (ix, empty) = (dir.path("ix"), dir.path("empty"));
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let built = symres(&["--index-dir", &p(&ix), "--build-index", &p(&prog)], "");
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    assert_eq!(built.lines.len(), 1, "{}", built.stdout);
+    let index = PathBuf::from(built.lines[0]["index"].as_str().unwrap());
+    assert_eq!(index, ix.join(format!("{}.index", build_id(&prog))));
+    assert!(built.lines[0]["pieces"].as_u64().unwrap() > 10, "{}", built.stdout);
+
+    // Every byte of .text, as return addresses and not.
+    let (off, size) = text_section(&prog);
+    let frames: Vec<String> = (off..off + size)
+        .map(|o| json!({"module": p(&prog), "offset": format!("{o:#x}"), "return_address": o % 2 == 0}).to_string())
+        .collect();
+    let input: String = frames.chunks(16).map(|c| format!("{{\"type\":\"t\",\"stack\":[{}]}}\n", c.join(","))).collect();
+    let with = symres(&["-v", "--index-dir", &p(&ix)], &input);
+    let without = symres(&["--index-dir", &p(&empty)], &input);
+    assert_eq!(with.code, 0, "{}", with.stderr);
+    assert!(with.stderr.contains("using the index"), "{}", with.stderr);
+    assert!(without.stdout.contains("\"sym\":\"target_function\""), "resolved at all");
+    assert_eq!(with.stdout, without.stdout, "the index answers as DWARF does");
+
+    // A damaged index is ignored, with a word under -v.
+    let data = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &data[..data.len() / 2]).unwrap();
+    let cut = symres(&["-v", "--index-dir", &p(&ix)], &input);
+    assert!(cut.stderr.contains("truncated, ignored"), "{}", cut.stderr);
+    assert_eq!(cut.stdout, without.stdout);
+
+    // Nothing to name an index by, or nothing to index: errors, exit 1.
+    let no_id = build_prog(&dir, "noid", &["-Wl,--build-id=none"]);
+    let bad = symres(&["--index-dir", &p(&ix), "--build-index", &p(&no_id), "/nonexistent/x"], "");
+    assert_eq!(bad.code, 1);
+    let errs: Vec<&str> = bad.stderr.lines().collect();
+    assert_eq!(
+        errs,
+        [
+            format!("symres: error: {}: no build id to name its index by", no_id.display()).as_str(),
+            "symres: error: /nonexistent/x: cannot load: file missing",
+        ]
+    );
+}

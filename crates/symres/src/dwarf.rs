@@ -99,6 +99,34 @@ impl Index {
         self.full.as_ref().and_then(|c| c.as_deref())
     }
 
+    /// Every address where a DWARF answer may change: the unit ranges of
+    /// .debug_aranges (which unit answers), line-table rows, and the ranges
+    /// of functions and inlined calls (for `symres --build-index`).
+    pub fn boundaries(&self, out: &mut Vec<u64>) -> gimli::Result<()> {
+        out.extend(self.ranges.iter().flat_map(|r| [r.0, r.1]));
+        let dwarf = self.secs.dwarf()?;
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let unit = dwarf.unit(header)?;
+            if let Some(program) = unit.line_program.clone() {
+                let mut rows = program.rows();
+                while let Some((_, row)) = rows.next_row()? {
+                    out.push(row.address());
+                }
+            }
+            let mut entries = unit.entries();
+            while let Some((_, entry)) = entries.next_dfs()? {
+                if matches!(entry.tag(), gimli::DW_TAG_subprogram | gimli::DW_TAG_inlined_subroutine) {
+                    let mut ranges = dwarf.die_ranges(&unit, entry)?;
+                    while let Some(r) = ranges.next()? {
+                        out.extend([r.begin, r.end]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn unit_of(&self, vaddr: u64) -> Option<usize> {
         let i = self.ranges.partition_point(|r| r.0 <= vaddr).checked_sub(1)?;
         let (_, end, u) = self.ranges[i];

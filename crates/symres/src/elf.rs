@@ -32,8 +32,22 @@ enum Backing {
 }
 
 impl Bytes {
-    fn heap(v: Vec<u8>) -> Bytes {
+    pub fn heap(v: Vec<u8>) -> Bytes {
         Bytes(Arc::new(Backing::Heap(v)))
+    }
+
+    /// A whole file: mapped (only the pages the parsers touch are ever
+    /// read; see crate::mmap for why that is safe even if the file
+    /// shrinks), or read when it cannot be mapped.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Bytes> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        if let Some(m) = usize::try_from(len).ok().and_then(|n| crate::mmap::Map::new(&f, n)) {
+            return Ok(Bytes(Arc::new(Backing::Map(m))));
+        }
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)?;
+        Ok(Bytes::heap(data))
     }
 }
 
@@ -141,6 +155,12 @@ impl SymbolTable {
         Some((i, s.addr))
     }
 
+    /// Every address where the symbol found may change: each symbol's
+    /// start, and the end of each sized one.
+    pub fn boundaries(&self) -> impl Iterator<Item = u64> + '_ {
+        self.syms.iter().flat_map(|s| [s.addr, s.addr.wrapping_add(s.size)])
+    }
+
     /// The name of symbol `i`; "" when it is not valid UTF-8 (or the file
     /// lied about where it is).
     pub fn name(&self, i: usize) -> &str {
@@ -203,11 +223,19 @@ impl DwarfSections {
 
     /// A context over the sections `get` gives by name (missing ones empty).
     pub fn context_with(&self, get: impl Fn(&str) -> Option<Reader>) -> Result<addr2line::Context<Reader>, gimli::Error> {
+        addr2line::Context::from_dwarf(self.dwarf_with(get)?)
+    }
+
+    /// The sections for gimli itself.
+    pub fn dwarf(&self) -> Result<gimli::Dwarf<Reader>, gimli::Error> {
+        self.dwarf_with(|name| self.section(name))
+    }
+
+    fn dwarf_with(&self, get: impl Fn(&str) -> Option<Reader>) -> Result<gimli::Dwarf<Reader>, gimli::Error> {
         let empty = Bytes::heap(Vec::new());
-        let dwarf = gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
+        gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
             Ok(get(id.name()).unwrap_or_else(|| EndianReader::new(empty.clone(), self.endian)))
-        })?;
-        addr2line::Context::from_dwarf(dwarf)
+        })
     }
 }
 
@@ -215,16 +243,7 @@ impl ElfFile {
     /// Read and parse `path`. Never panics on malformed files (goblin's
     /// parser is additionally fenced off with catch_unwind by the caller).
     pub fn open(path: &std::path::Path) -> Result<ElfFile, LoadError> {
-        let mut f = std::fs::File::open(path).map_err(LoadError::Missing)?;
-        let len = f.metadata().map_err(LoadError::Missing)?.len();
-        // Mapped: only the pages the parsers touch are ever read (see
-        // crate::mmap for why that is safe even if the file shrinks).
-        if let Some(m) = usize::try_from(len).ok().and_then(|n| crate::mmap::Map::new(&f, n)) {
-            return ElfFile::parse_shared(Bytes(Arc::new(Backing::Map(m))));
-        }
-        let mut data = Vec::new();
-        f.read_to_end(&mut data).map_err(LoadError::Missing)?;
-        ElfFile::parse_shared(Bytes::heap(data))
+        ElfFile::parse_shared(Bytes::open(path).map_err(LoadError::Missing)?)
     }
 
     pub fn parse(data: &[u8]) -> Result<ElfFile, LoadError> {

@@ -13,6 +13,7 @@
 
 mod dwarf;
 mod elf;
+mod index;
 mod kallsyms;
 mod line;
 mod mmap;
@@ -107,6 +108,18 @@ pub struct Cli {
     /// Do not report functions inlined at an address (the "inlined" field).
     #[arg(long)]
     no_inlined: bool,
+
+    /// Instead of reading standard input, index each FILE: answer every piece of its
+    /// code once and write the answers, named by the file's build id, to the index
+    /// directory. Later runs answer that build's addresses from its index, with a binary
+    /// search instead of parsing DWARF: worth it for large debug builds.
+    #[arg(long = "build-index", value_name = "FILE", num_args = 1.., conflicts_with = "no_inlined")]
+    build_index: Vec<PathBuf>,
+
+    /// Where indexes are written and looked for [default: $XDG_CACHE_HOME/leakd/symres,
+    /// else ~/.cache/leakd/symres].
+    #[arg(long = "index-dir", value_name = "DIR")]
+    index_dir: Option<PathBuf>,
 }
 
 pub fn command() -> clap::Command {
@@ -122,8 +135,12 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut resolver = Resolver::new(Options {
         debug_dirs: cli.debug_dirs.clone(),
         inlined: !cli.no_inlined,
+        index_dir: cli.index_dir.clone(),
         verbose: cli.run.verbose,
     });
+    if !cli.build_index.is_empty() {
+        return build_indexes(&mut resolver, &cli.build_index);
+    }
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let stdin = io::stdin();
     let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
@@ -176,6 +193,32 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// `--build-index`: one line per file indexed, errors on stderr.
+fn build_indexes(resolver: &mut Resolver, files: &[PathBuf]) -> Result<i32> {
+    let mut out = io::stdout().lock();
+    let mut failed = 0;
+    for f in files {
+        let t0 = Instant::now();
+        match resolver.0.build_index(f) {
+            Ok((index, pieces)) => {
+                let line = serde_json::json!({
+                    "type": "index",
+                    "module": leakd_common::text::bytes_to_string(f.as_os_str().as_encoded_bytes()),
+                    "index": leakd_common::text::bytes_to_string(index.as_os_str().as_encoded_bytes()),
+                    "pieces": pieces,
+                    "elapsed_ms": t0.elapsed().as_millis() as u64,
+                });
+                writeln!(out, "{line}").context("writing to standard output")?;
+            }
+            Err(e) => {
+                eprintln!("symres: error: {}: {e}", f.display());
+                failed += 1;
+            }
+        }
+    }
+    Ok(i32::from(failed > 0))
 }
 
 /// Write input line `lineno` (without its newline) resolved, or as it

@@ -10,7 +10,7 @@ use std::hash::Hasher;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::kallsyms::KERNEL_START;
 use crate::resolve::{Outcome, Reason, Resolver};
@@ -74,8 +74,8 @@ fn short(text: &str, v: Span) -> String {
 
 /// A string written into a frame, escaped as JSON requires.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Most strings (keys, paths, hex numbers) need no escaping: copy them.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    // Most strings (names, paths) need no escaping: copy them.
+    if scan::plain_prefix(s.as_bytes()) == s.len() {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -98,12 +98,16 @@ pub struct Scratch {
 /// Answers by frame text. A stream repeats its frames (the same stacks in
 /// every report, the same call sites in every event), and a frame seen
 /// before then costs a hash and a comparison instead of the parsing of its
-/// fields and the lookups. Frames answered through a live process's maps
-/// are not kept: the maps change.
+/// fields and the lookups. A frame is kept when it comes a second time:
+/// copying every frame of a stream of new addresses cost more than the
+/// cache saved. Frames answered through a live process's maps are not
+/// kept: the maps change.
 #[derive(Default)]
 struct FrameCache {
     /// By the line's pid and the frame text's hash: the text, the answer.
     map: FxHashMap<(Option<u32>, u64), CachedFrame>,
+    /// Frames seen once (their keys).
+    seen: FxHashSet<(Option<u32>, u64)>,
 }
 
 /// A frame's text and its answer.
@@ -113,22 +117,28 @@ type CachedFrame = (Box<[u8]>, Fields);
 const MAX_CACHED_FRAMES: usize = 1 << 16;
 
 impl FrameCache {
-    fn hash(frame: &[u8]) -> u64 {
+    fn key(pid: Option<u32>, frame: &[u8]) -> (Option<u32>, u64) {
         let mut h = FxHasher::default();
         h.write(frame);
-        h.finish()
+        (pid, h.finish())
     }
 
-    fn get(&self, pid: Option<u32>, frame: &[u8]) -> Option<&Fields> {
-        let (text, fields) = self.map.get(&(pid, Self::hash(frame)))?;
+    fn get(&self, key: (Option<u32>, u64), frame: &[u8]) -> Option<&Fields> {
+        let (text, fields) = self.map.get(&key)?;
         (**text == *frame).then_some(fields)
     }
 
-    fn put(&mut self, pid: Option<u32>, frame: &[u8], fields: Fields) {
+    fn put(&mut self, key: (Option<u32>, u64), frame: &[u8], fields: Fields) {
+        if self.seen.len() >= 4 * MAX_CACHED_FRAMES {
+            self.seen.clear();
+        }
+        if self.seen.insert(key) {
+            return;
+        }
         if self.map.len() >= MAX_CACHED_FRAMES {
             self.map.clear();
         }
-        self.map.insert((pid, Self::hash(frame)), (frame.into(), fields));
+        self.map.insert(key, (frame.into(), fields));
     }
 }
 
@@ -184,7 +194,8 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
             Item::Frame { array, index, open, close, members } => {
                 let (open, close, has_members) = (*open, *close, !members.is_empty());
                 let whole = &line[open..=close];
-                if let Some(fields) = frames.get(pid, whole) {
+                let key = FrameCache::key(pid, whole);
+                if let Some(fields) = frames.get(key, whole) {
                     let added = Added { module: None, offset: None, fields: fields.clone() };
                     edits.push(Edit { open, close, has_members, stale: None, added });
                     continue;
@@ -192,7 +203,7 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
                 let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid)
                     .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[*array])))?;
                 if !stale && !live {
-                    frames.put(pid, whole, added.fields.clone());
+                    frames.put(key, whole, added.fields.clone());
                 }
                 let stale = stale.then(|| members.clone());
                 edits.push(Edit { open, close, has_members, stale, added });
@@ -573,10 +584,16 @@ mod tests {
     #[test]
     fn frames_are_cached_by_text_and_pid() {
         let mut c = FrameCache::default();
-        c.put(Some(7), b"{\"a\":1}", Fields::Reason(Reason::Unmapped));
-        assert!(matches!(c.get(Some(7), b"{\"a\":1}"), Some(Fields::Reason(Reason::Unmapped))));
-        assert!(c.get(None, b"{\"a\":1}").is_none(), "another process's frame");
-        assert!(c.get(Some(7), b"{\"a\":2}").is_none());
+        let (f1, f2) = (&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]);
+        let k = |pid, f| FrameCache::key(pid, f);
+        c.put(k(Some(7), f1), f1, Fields::Reason(Reason::Unmapped));
+        assert!(c.get(k(Some(7), f1), f1).is_none(), "kept when seen twice");
+        c.put(k(Some(7), f1), f1, Fields::Reason(Reason::Unmapped));
+        assert!(matches!(c.get(k(Some(7), f1), f1), Some(Fields::Reason(Reason::Unmapped))));
+        assert!(c.get(k(None, f1), f1).is_none(), "another process's frame");
+        assert!(c.get(k(Some(7), f2), f2).is_none());
+        // A hash collision is a miss, not another frame's answer.
+        assert!(c.get(k(Some(7), f1), f2).is_none());
         // The same frame, repeated in a line and across lines, gets the same
         // answer from the cache as from the lookups.
         let mut r = Resolver::new(Options::default());

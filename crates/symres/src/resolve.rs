@@ -183,12 +183,15 @@ pub struct Options {
     pub debug_dirs: Vec<PathBuf>,
     /// Report inlined functions (costs a little time per new address).
     pub inlined: bool,
+    /// Where prebuilt indexes are looked for (`symres --build-index`);
+    /// `None`: the default cache directory.
+    pub index_dir: Option<PathBuf>,
     pub verbose: u8,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { debug_dirs: Vec::new(), inlined: true, verbose: 0 }
+        Options { debug_dirs: Vec::new(), inlined: true, index_dir: None, verbose: 0 }
     }
 }
 
@@ -211,6 +214,9 @@ struct Module {
     /// Built when the first address is looked up; `None` inside when the
     /// module has no (usable) DWARF.
     dwarf: Option<DwarfState>,
+    /// Prebuilt answers for the whole module, when an index was found for
+    /// its build id: then neither symbols nor DWARF are consulted.
+    index: Option<crate::index::Index>,
     /// By address looked up, and how far back from the frame's (see
     /// `Resolution::shifted`).
     answers: FxHashMap<(u64, u64), Outcome>,
@@ -533,6 +539,7 @@ impl Resolver {
 
     fn add_module(&mut self, elf: ElfFile, debug: Option<ElfFile>) -> ModuleId {
         let ElfFile { build_id, segments, symbols, dwarf, .. } = elf;
+        let index = build_id.as_deref().and_then(|id| self.load_index(id));
         let (symbols, dwarf) = match debug {
             Some(d) => {
                 let symbols = if d.symbols.len() > symbols.len() { d.symbols } else { symbols };
@@ -545,12 +552,62 @@ impl Resolver {
             segments,
             symbols,
             dwarf: Some(dwarf.map_or(DwarfState::Absent, DwarfState::Pending)),
+            index,
             answers: FxHashMap::default(),
             demangled: FxHashMap::default(),
             files: FxHashMap::default(),
             dwarf_names: FxHashMap::default(),
         });
         self.modules.len() - 1
+    }
+
+    fn index_dir(&self) -> Option<PathBuf> {
+        self.opts.index_dir.clone().or_else(crate::index::default_dir)
+    }
+
+    /// The prebuilt index of a module, if there is a usable one. An index
+    /// holds the answers with inlined functions, and only those.
+    fn load_index(&self, build_id: &[u8]) -> Option<crate::index::Index> {
+        if !self.opts.inlined {
+            return None;
+        }
+        let dir = self.index_dir()?;
+        match crate::index::Index::load(&dir, build_id) {
+            Ok(Some(ix)) => {
+                self.log(1, || format!("using the index {}/{} ({} pieces)", dir.display(), crate::index::file_name(build_id), ix.pieces()));
+                Some(ix)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.log(1, || e);
+                None
+            }
+        }
+    }
+
+    /// Build the index of the file at `path` and write it to the index
+    /// directory; returns the index's path and its number of pieces.
+    pub fn build_index(&mut self, path: &Path) -> Result<(PathBuf, usize), String> {
+        let id = self.load_path(path, path).map_err(|r| format!("cannot load: {}", r.as_str().replace('_', " ")))?;
+        let verbose = self.opts.verbose;
+        let dir = self.index_dir().ok_or("no index directory (set HOME, XDG_CACHE_HOME or --index-dir)")?;
+        let m = &mut self.modules[id];
+        let build_id = m.build_id.clone().ok_or("no build id to name its index by")?;
+        // Built from the symbols and DWARF, never from an older index.
+        m.index = None;
+        let mut addrs: Vec<u64> = m.symbols.boundaries().collect();
+        if let Some(dwarf) = dwarf_index(&mut m.dwarf) {
+            dwarf.boundaries(&mut addrs).map_err(|e| format!("unreadable DWARF: {e}"))?;
+        }
+        let ix = crate::index::Built::new(addrs, |a| m.lookup_vaddr(a, true, verbose));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let file = dir.join(crate::index::file_name(&build_id));
+        // Written aside and renamed: a reader never sees half an index.
+        let tmp = dir.join(format!(".{}.{}", crate::index::file_name(&build_id), std::process::id()));
+        std::fs::write(&tmp, ix.to_bytes(&build_id))
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok((file, ix.pieces()))
     }
 
     fn debug_dirs(&self) -> Vec<PathBuf> {
@@ -651,7 +708,10 @@ impl Resolver {
         if let Some(r) = m.answers.get(&(vaddr, back)) {
             return r.clone();
         }
-        let r = shift(m.lookup_vaddr(vaddr, inlined, verbose), back);
+        let r = m.lookup_vaddr(vaddr, inlined, verbose).map(|mut r| {
+            r.sym_offset = r.sym_offset.map(|o| o.wrapping_add(back));
+            Arc::new(r)
+        });
         if m.answers.len() >= MAX_CACHED_ANSWERS {
             m.answers.clear();
         }
@@ -660,8 +720,24 @@ impl Resolver {
     }
 }
 
+/// A module's DWARF lookup structures, set up on first use.
+fn dwarf_index(dwarf: &mut Option<DwarfState>) -> Option<&mut crate::dwarf::Index> {
+    if let Some(DwarfState::Pending(_)) = dwarf {
+        if let Some(DwarfState::Pending(secs)) = dwarf.take() {
+            *dwarf = Some(DwarfState::Ready(Box::new(crate::dwarf::Index::new(secs))));
+        }
+    }
+    match dwarf {
+        Some(DwarfState::Ready(index)) => Some(index),
+        _ => None,
+    }
+}
+
 impl Module {
-    fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool, verbose: u8) -> Outcome {
+    fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool, verbose: u8) -> Result<Resolution, Reason> {
+        if let Some(ix) = &mut self.index {
+            return ix.lookup(vaddr);
+        }
         let mut res = Resolution::default();
         if let Some((i, start)) = self.symbols.lookup(vaddr) {
             let name = match self.demangled.get(&i) {
@@ -676,12 +752,7 @@ impl Module {
             res.sym = (!name.is_empty()).then_some(name);
             res.sym_offset = Some(vaddr - start);
         }
-        if let Some(DwarfState::Pending(_)) = &self.dwarf {
-            if let Some(DwarfState::Pending(secs)) = self.dwarf.take() {
-                self.dwarf = Some(DwarfState::Ready(Box::new(crate::dwarf::Index::new(secs))));
-            }
-        }
-        if let Some(DwarfState::Ready(index)) = &mut self.dwarf {
+        if let Some(index) = dwarf_index(&mut self.dwarf) {
             let mut frames: Vec<DwarfFrame> = Vec::new();
             // A unit that .debug_aranges names but that knows nothing of the
             // address (code without line info) is the answer: no other unit
@@ -701,7 +772,7 @@ impl Module {
         if res.sym.is_none() && res.file.is_none() {
             return Err(Reason::NoSymbols);
         }
-        Ok(Arc::new(res))
+        Ok(res)
     }
 }
 
