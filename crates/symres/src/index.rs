@@ -26,7 +26,11 @@ use crate::elf::Bytes;
 use crate::resolve::{Inlined, Reason, Resolution};
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
+/// The format's version. An index also records the symres that wrote it:
+/// answers (demangling, say) may change between versions, so another
+/// version's index is ignored rather than trusted.
 const VERSION: u32 = 1;
+const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
 /// "None" for string ids, lines and answers.
 const NONE32: u32 = u32::MAX;
 /// "None" for symbol starts.
@@ -107,8 +111,8 @@ impl Built {
 
     /// The file's bytes, for the module with `build_id`.
     ///
-    /// Layout (little-endian): magic, version (u32), build id (u32 length,
-    /// bytes); the numbers of strings, answers and pieces (u32 each); where
+    /// Layout (little-endian): magic, version (u32), the writer (u32
+    /// length, bytes), build id (u32 length, bytes); the numbers of strings, answers and pieces (u32 each); where
     /// their tables start and where the blob starts and ends (u64 each);
     /// then the tables: per string its offset and length in the blob (u32,
     /// u32), per answer its offset in the blob (u32), the pieces' start
@@ -149,6 +153,8 @@ impl Built {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         put32(&mut out, VERSION);
+        put32(&mut out, WRITER.len() as u32);
+        out.extend_from_slice(WRITER.as_bytes());
         put32(&mut out, build_id.len() as u32);
         out.extend_from_slice(build_id);
         put32(&mut out, (string_table.len() / 8) as u32);
@@ -223,11 +229,17 @@ impl Index {
         if version != VERSION {
             return Err(format!("index version {version}, this symres reads {VERSION}"));
         }
-        let id_len = u32_at(d, 12).ok_or("truncated")? as usize;
-        if d.get(16..16 + id_len) != Some(build_id) {
+        let writer_len = u32_at(d, 12).ok_or("truncated")? as usize;
+        let writer = d.get(16..16 + writer_len).ok_or("truncated")?;
+        if writer != WRITER.as_bytes() {
+            return Err(format!("written by {}, not {WRITER}", String::from_utf8_lossy(writer)));
+        }
+        let at_id = 16 + writer_len;
+        let id_len = u32_at(d, at_id).ok_or("truncated")? as usize;
+        if d.get(at_id + 4..at_id + 4 + id_len) != Some(build_id) {
             return Err("index of another build".into());
         }
-        let h = 16 + id_len;
+        let h = at_id + 4 + id_len;
         let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
         let (n_strings, n_answers, n_pieces) = (count(0)?, count(1)?, count(2)?);
         let at = |i: usize| u64_at(d, h + 12 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated");
@@ -371,6 +383,11 @@ mod tests {
             assert_eq!(back.lookup(a), answer(a), "{a:#x}");
         }
         assert!(Index::parse(Bytes::heap(ix.to_bytes(&id)), &[0xab]).is_err_and(|e| e.contains("another build")));
+        // Another symres's index (its version changed by one byte).
+        let mut old = ix.to_bytes(&id);
+        let at = old.windows(WRITER.len()).position(|w| w == WRITER.as_bytes()).unwrap();
+        old[at + WRITER.len() - 1] ^= 1;
+        assert!(Index::parse(Bytes::heap(old), &id).is_err_and(|e| e.starts_with("written by symres")));
     }
 
     #[test]
