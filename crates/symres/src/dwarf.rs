@@ -15,6 +15,8 @@
 //! address its unit knows nothing about (code without line info) is left
 //! without DWARF: no other unit covers it.
 
+use std::cell::OnceCell;
+
 use gimli::Reader as _;
 
 use crate::elf::{DwarfSections, Reader};
@@ -27,10 +29,11 @@ type Span = (u64, u64, u32);
 /// Unit index of an address range claimed by more than one unit.
 const AMBIGUOUS: u32 = u32::MAX;
 
-/// A unit's context is built once; `None` inside means "use the full one".
+/// A unit and its context, built on first use (`None`: the unit is not
+/// self-contained, ask the full context).
 struct UnitSlot {
     offset: usize,
-    ctx: Option<Option<Box<Ctx>>>,
+    ctx: OnceCell<Option<Box<Ctx>>>,
 }
 
 pub struct Index {
@@ -38,15 +41,9 @@ pub struct Index {
     /// Sorted by begin, not overlapping.
     ranges: Vec<Span>,
     units: Vec<UnitSlot>,
-    /// The context over all units; `Some(None)` when it cannot be built.
-    full: Option<Option<Box<Ctx>>>,
-}
-
-/// Which context answers: a single unit's or the full one (the tests tell
-/// them apart; resolution uses either the same way).
-pub enum Which<'a> {
-    Unit(&'a Ctx),
-    Full(&'a Ctx),
+    /// The context over all units, built on first need (`None`: it cannot
+    /// be built). Once it exists it answers everything.
+    full: OnceCell<Option<Box<Ctx>>>,
 }
 
 impl Index {
@@ -54,32 +51,39 @@ impl Index {
     /// address goes to the full context).
     pub fn new(secs: DwarfSections) -> Index {
         let (ranges, units) = aranges(&secs).unwrap_or_default();
-        Index { secs, ranges, units, full: None }
+        Index { secs, ranges, units, full: OnceCell::new() }
     }
 
-    /// The unit context for `vaddr` when there is a usable one, else the
-    /// full context (`None` when even that cannot be built).
-    pub fn context_for(&mut self, vaddr: u64, verbose: u8) -> Option<Which<'_>> {
-        let unit = if self.full.is_none() { self.unit_of(vaddr) } else { None };
-        if let Some(u) = unit {
-            if self.units[u].ctx.is_none() {
-                let offset = self.units[u].offset;
-                let c = unit_context(&self.secs, offset).map(Box::new);
+    /// The context that answers `vaddr`: its unit's when that one is
+    /// usable, else the full one (`None` when even that cannot be built).
+    pub fn context_for(&mut self, vaddr: u64, verbose: u8) -> Option<&Ctx> {
+        let unit = match self.full.get() {
+            None => self.unit_of(vaddr).filter(|&u| self.unit_ctx(u, verbose).is_some()),
+            Some(_) => None,
+        };
+        match unit {
+            Some(u) => self.units[u].ctx.get().and_then(|c| c.as_deref()),
+            None => self.full(vaddr, verbose),
+        }
+    }
+
+    /// The context of unit `u`, `None` when it is not self-contained.
+    fn unit_ctx(&self, u: usize, verbose: u8) -> Option<&Ctx> {
+        let slot = &self.units[u];
+        slot.ctx
+            .get_or_init(|| {
+                let c = unit_context(&self.secs, slot.offset).map(Box::new);
                 if c.is_none() && verbose > 1 {
-                    eprintln!("symres: DWARF unit at {offset:#x} is not self-contained");
+                    eprintln!("symres: DWARF unit at {:#x} is not self-contained", slot.offset);
                 }
-                self.units[u].ctx = Some(c);
-            }
-        }
-        match unit.and_then(|u| self.units[u].ctx.as_ref()) {
-            Some(Some(_)) => unit.and_then(|u| self.units[u].ctx.as_ref()?.as_deref()).map(Which::Unit),
-            _ => self.full(vaddr, verbose).map(Which::Full),
-        }
+                c
+            })
+            .as_deref()
     }
 
     /// The context over all units, built on first use.
     pub fn full(&mut self, vaddr: u64, verbose: u8) -> Option<&Ctx> {
-        if self.full.is_none() {
+        if self.full.get().is_none() {
             if verbose > 1 {
                 eprintln!("symres: parsing all DWARF units ({vaddr:#x})");
             }
@@ -92,11 +96,11 @@ impl Index {
                     None
                 }
             };
-            self.full = Some(c);
+            let _ = self.full.set(c);
             // Unit contexts are no longer consulted.
-            self.units.iter_mut().for_each(|u| u.ctx = None);
+            self.units.iter_mut().for_each(|u| u.ctx = OnceCell::new());
         }
-        self.full.as_ref().and_then(|c| c.as_deref())
+        self.full.get().and_then(|c| c.as_deref())
     }
 
     /// Every address where a DWARF answer may change: the unit ranges of
@@ -145,7 +149,7 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     while let Some(h) = headers.next()? {
         let offset = h.debug_info_offset().0;
         let u = *by_offset.entry(offset).or_insert_with(|| {
-            units.push(UnitSlot { offset, ctx: None });
+            units.push(UnitSlot { offset, ctx: OnceCell::new() });
             units.len() - 1
         });
         let Some(u) = u32::try_from(u).ok().filter(|&u| u != AMBIGUOUS) else { break };
@@ -260,7 +264,8 @@ mod tests {
         assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
         let (mut by_unit, mut compared) = (0, 0);
         for a in addrs {
-            let Some(Which::Unit(ctx)) = index.context_for(a, 0) else { continue };
+            // Only addresses a unit context answers (not the full one).
+            let Some(ctx) = index.unit_of(a).and_then(|u| index.unit_ctx(u, 0)) else { continue };
             by_unit += 1;
             let mine = frames(ctx, a);
             if mine.is_empty() {

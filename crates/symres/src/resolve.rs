@@ -757,7 +757,7 @@ impl Module {
             // A unit that .debug_aranges names but that knows nothing of the
             // address (code without line info) is the answer: no other unit
             // covers it, and asking the full context would parse them all.
-            if let Some(crate::dwarf::Which::Unit(ctx) | crate::dwarf::Which::Full(ctx)) = index.context_for(vaddr, verbose) {
+            if let Some(ctx) = index.context_for(vaddr, verbose) {
                 dwarf_frames(ctx, vaddr, want_inlined, &mut self.dwarf_names, &mut self.files, &mut frames);
             }
             if let Some((name, file, line)) = frames.pop() {
