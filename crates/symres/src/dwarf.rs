@@ -259,7 +259,7 @@ mod tests {
         // Test builds carry DWARF (the dev profile's default).
         let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
         let full = dwarf.context().unwrap();
-        let mut index = Index::new(dwarf);
+        let index = Index::new(dwarf);
         let addrs: Vec<u64> = index.ranges.iter().filter(|r| r.2 != AMBIGUOUS).flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2]).step_by(13).collect();
         assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
         let (mut by_unit, mut compared) = (0, 0);
