@@ -30,8 +30,10 @@ extern "C" {
 #[derive(Debug)]
 pub struct Held {
     pid: Pid,
-    /// `None` once released.
-    go: Option<OwnedFd>,
+    /// Written to let the child exec.
+    go: OwnedFd,
+    /// Set once the child was told to exec: Drop then leaves it alone.
+    released: bool,
     exec_err: OwnedFd,
     display: String,
 }
@@ -119,7 +121,7 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
         ForkResult::Parent { child } => {
             drop(go_r);
             drop(err_w);
-            Ok(Held { pid: child, go: Some(go_w), exec_err: err_r, display: path.display().to_string() })
+            Ok(Held { pid: child, go: go_w, released: false, exec_err: err_r, display: path.display().to_string() })
         }
     }
 }
@@ -131,10 +133,9 @@ impl Held {
 
     /// Let the child exec; returns once it has (or reports why it could not).
     pub fn release(mut self) -> Result<Launched> {
-        let Some(go) = self.go.as_ref() else { bail!("command already released") };
-        // On failure `go` stays, and Drop kills and reaps the child.
-        nix::unistd::write(go, &[1u8]).context("releasing the launched command")?;
-        drop(self.go.take());
+        // On failure Drop kills and reaps the child.
+        nix::unistd::write(&self.go, &[1u8]).context("releasing the launched command")?;
+        self.released = true;
         let mut buf = [0u8; 4];
         // EOF (0 bytes) means the exec succeeded: the CLOEXEC pipe closed.
         let n = loop {
@@ -159,8 +160,7 @@ impl Drop for Held {
         // Never released (or the release failed): the child must not run
         // the command. Closing `go` alone is not enough if another child
         // forked meanwhile inherited it, so kill it, then reap it.
-        if let Some(go) = self.go.take() {
-            drop(go);
+        if !self.released {
             let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
             while let Err(nix::errno::Errno::EINTR) = waitpid(self.pid, None) {}
         }
