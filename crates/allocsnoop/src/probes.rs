@@ -249,36 +249,39 @@ pub fn find_allocator(pid: u32, prefix: &str) -> Result<(PathBuf, &'static str)>
             files.push(path);
         }
     }
+    // A container's files are not at the same path in our mount namespace:
+    // they are opened through /proc/PID/root when that is another root.
+    let same_root = std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
+    let rooted = |path: &Path| {
+        let p = procmaps::under_root(pid, path);
+        if same_root || !p.exists() {
+            path.to_path_buf()
+        } else {
+            p
+        }
+    };
+    // Known allocators first, in KNOWN's order; then any object defining
+    // malloc (a static binary), each object read once.
+    let mut tried = vec![false; files.len()];
     for (pat, kind) in KNOWN {
-        for f in &files {
+        for (f, tried) in files.iter().zip(tried.iter_mut()) {
             let base = f.file_name().and_then(|b| b.to_str()).unwrap_or("");
-            if base.starts_with(pat) {
-                let p = rooted(pid, f);
+            if base.starts_with(pat) && !*tried {
+                *tried = true;
+                let p = rooted(f);
                 if defines_malloc(&p, prefix) {
                     return Ok((p, kind));
                 }
             }
         }
     }
-    for f in &files {
-        let p = rooted(pid, f);
+    for (f, _) in files.iter().zip(&tried).filter(|(_, &t)| !t) {
+        let p = rooted(f);
         if defines_malloc(&p, prefix) {
             return Ok((p, "static"));
         }
     }
     bail!("process {pid} maps no object defining {prefix}malloc (use --lib PATH)")
-}
-
-/// A process's file as seen from its own mount namespace (a container's
-/// files are not at the same path in ours).
-fn rooted(pid: u32, path: &Path) -> PathBuf {
-    let same_root = std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
-    let p = procmaps::under_root(pid, path);
-    if same_root || !p.exists() {
-        path.to_path_buf()
-    } else {
-        p
-    }
 }
 
 /// The allocator an executable will use once exec'd: itself if it defines
