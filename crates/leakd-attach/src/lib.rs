@@ -33,6 +33,7 @@
 //! and added back if the stack allocates again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -310,8 +311,9 @@ impl Group {
 /// printed (cut by [`allocsnoop::kept_frames`]). Without frame pointers the
 /// kernel's walk goes on through stack garbage that can differ from call to
 /// call, so one call path may get several stack ids (and sites); they print
-/// the same frames and are merged into one line.
-type LineKey = (u32, Vec<u64>);
+/// the same frames and are merged into one line. Shared, not copied: a
+/// report uses each key in several tables (groups, totals, history).
+type LineKey = Rc<(u32, Vec<u64>)>;
 
 /// Outstanding bytes of one site at the last reports, oldest first.
 type History = VecDeque<(Instant, u64)>;
@@ -494,7 +496,7 @@ impl Reporter {
             addrs.push(k.caller);
         }
         addrs.truncate(allocsnoop::kept_frames(&mut self.maps, k.pid, &addrs));
-        let l = (k.pid, addrs);
+        let l = Rc::new((k.pid, addrs));
         memo.insert(*k, l.clone());
         l
     }
@@ -730,9 +732,9 @@ impl Reporter {
         for (k, g, rate, growing) in ranked.into_iter().take(n) {
             let st = line_totals.get(&k).copied().unwrap_or_default();
             let (allocs, frees) = allocs_frees(&st, sampling);
-            let (pid, addrs) = k;
+            let (pid, addrs) = &*k;
             let caller = addrs.first().copied().unwrap_or(0);
-            let stack = allocsnoop::stack_frames(&mut self.maps, pid, &addrs);
+            let stack = allocsnoop::stack_frames(&mut self.maps, *pid, addrs);
             let mut v = json!({
                 "type": "stack",
                 "pid": pid,
