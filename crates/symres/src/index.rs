@@ -400,11 +400,9 @@ mod tests {
         for n in 0..good.len() {
             assert!(parse(&good[..n]).is_err(), "truncated to {n}");
         }
-        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = crate::testing::rng(0x1234_5678_9abc_def1);
         for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = next();
             let mut bad = good.clone();
             let at = (seed % bad.len() as u64) as usize;
             bad[at] = (seed >> 32) as u8;

@@ -19,6 +19,8 @@ mod line;
 mod mmap;
 mod resolve;
 mod scan;
+#[cfg(test)]
+mod testing;
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;

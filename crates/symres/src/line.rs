@@ -545,28 +545,13 @@ mod tests {
     fn mutated_lines_come_out_as_json_with_only_our_fields_added() {
         let base = r#"{"type":"a","x":{"frames":[{"addr":"0xffffffff81000000","kernel":true}]},"stack":[{"addr":"0x1","module":"/no/a","offset":"0x10","build_id":"ab","return_address":true},{"module":"/no/b","offset":5,"sym":"s"}],"n":[1.5,"\u00e9"]}"#;
         let alphabet = b"{}[]:,\"\\ 0123456789.eE+-xtruefalsnul";
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::rng(0x2545_f491_4f6c_dd1d);
         // One resolver, as in a stream (kallsyms is read once).
         let mut r = Resolver::new(Options::default());
         let mut scratch = Scratch::default();
         let mut rewritten = 0;
         for _ in 0..20_000 {
-            let mut b = base.as_bytes().to_vec();
-            for _ in 0..(next() % 3 + 1) {
-                let at = (next() % b.len() as u64) as usize;
-                let c = alphabet[(next() % alphabet.len() as u64) as usize];
-                if next() % 2 == 0 {
-                    b[at] = c;
-                } else {
-                    b.insert(at, c);
-                }
-            }
+            let b = crate::testing::mutate(base.as_bytes(), alphabet, &mut next);
             let Ok(text) = String::from_utf8(b) else { continue };
             let mut out = Vec::new();
             let Ok(true) = process_into(&mut r, &mut scratch, text.as_bytes(), &mut out) else { continue };

@@ -996,13 +996,7 @@ mod tests {
         assert!(ElfFile::parse(&orig).is_ok(), "the unmutated file parses");
         fuzz_elf(&orig);
         let mut parsed = 0;
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::rng(0x9e37_79b9_7f4a_7c15);
         for i in 0..400 {
             let mut data = orig.clone();
             if i % 10 == 0 {
