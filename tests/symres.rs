@@ -266,8 +266,19 @@ fn live_process_resolved_from_addr_and_pid() {
     let dir = TempDir::new("live");
     let prog = build_prog(&dir, "live", &[]);
     let (child, line) = start_waiting(&prog);
-    let out = resolve(&[], &line);
+    // The same frames again with a null module and offset: filled in, not
+    // written twice.
+    let mut v: Value = serde_json::from_str(&line).unwrap();
+    let mut nulls = v["live"]["frames"].clone();
+    for f in nulls.as_array_mut().unwrap() {
+        f["module"] = Value::Null;
+        f["offset"] = Value::Null;
+    }
+    v["nulls"] = json!({ "frames": nulls });
+    let r = symres(&[], &v.to_string());
     finish(child);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = &r.lines[0];
     let live = &out["live"]["frames"];
     // Bare addresses were mapped through /proc/PID/maps to the same module
     // and offset the program computed itself, then resolved.
@@ -276,6 +287,9 @@ fn live_process_resolved_from_addr_and_pid() {
         assert_eq!(live[i]["offset"], out["stack"][i]["offset"], "{out}");
     }
     assert_prog_frames(live, &prog);
+    assert_eq!(out["nulls"]["frames"], *live, "{out}");
+    let n = live.as_array().unwrap().len();
+    assert_eq!(r.stdout.matches("\"module\":").count(), 2 * n + 2, "{}", r.stdout);
 }
 
 #[test]
@@ -359,6 +373,8 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
         "[1,2,3]",
         r#"{"type":"b"}"#,
         good.trim_end(),
+        // Blank to Rust, not to JSON.
+        "\u{c}",
     ]
     .join("\n");
     let r = symres(&[], &input);
@@ -380,7 +396,8 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
             "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
             "symres: error: line 8: stack: expected an array of frames, got \"nope\"",
             "symres: error: line 9: not a JSON object",
-            "symres: error: 6 malformed line(s) skipped",
+            "symres: error: line 12: not JSON: expected value at line 1 column 1",
+            "symres: error: 7 malformed line(s) skipped",
         ],
         "{}",
         r.stderr

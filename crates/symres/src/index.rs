@@ -121,7 +121,8 @@ impl Built {
     /// file u32, line u32, inlined count u32, then per inlined call symbol,
     /// file and line, u32 each). u32::MAX (u64::MAX for a start) stands for
     /// none.
-    pub fn to_bytes(&self, build_id: &[u8]) -> Vec<u8> {
+    /// `None` when the index would pass 4 GB (its offsets are 32-bit).
+    pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
         let mut blob = Vec::new();
         let mut strings: FxHashMap<Arc<str>, u32> = FxHashMap::default();
         let mut string_table = Vec::new();
@@ -178,9 +179,12 @@ impl Built {
             put32(&mut out, a.unwrap_or(NONE32));
         }
         out.extend_from_slice(&blob);
-        out
+        (out.len() <= u32::MAX as usize).then_some(out)
     }
 }
+
+/// Inlined calls read per answer at most (a lookup reports fewer).
+const MAX_INLINED: usize = 256;
 
 /// Pieces per fence entry (see `Index::fence`).
 const BLOCK: usize = 16;
@@ -230,16 +234,16 @@ impl Index {
             return Err(format!("index version {version}, this symres reads {VERSION}"));
         }
         let writer_len = u32_at(d, 12).ok_or("truncated")? as usize;
-        let writer = d.get(16..16 + writer_len).ok_or("truncated")?;
+        let writer = d.get(16..16usize.saturating_add(writer_len)).ok_or("truncated")?;
         if writer != WRITER.as_bytes() {
             return Err(format!("written by {}, not {WRITER}", String::from_utf8_lossy(writer)));
         }
         let at_id = 16 + writer_len;
         let id_len = u32_at(d, at_id).ok_or("truncated")? as usize;
-        if d.get(at_id + 4..at_id + 4 + id_len) != Some(build_id) {
+        if d.get(at_id + 4..(at_id + 4).saturating_add(id_len)) != Some(build_id) {
             return Err("index of another build".into());
         }
-        let h = at_id + 4 + id_len;
+        let h = at_id + 4 + build_id.len();
         let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
         let (n_strings, n_answers, n_pieces) = (count(0)?, count(1)?, count(2)?);
         let at = |i: usize| u64_at(d, h + 12 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated");
@@ -305,22 +309,22 @@ impl Index {
             made.insert(id, s.clone());
             Some(s)
         };
-        let mut r = rec;
-        let mut next = || {
-            let v = u32_at(blob, r).unwrap_or(NONE32);
-            r += 4;
-            v
-        };
-        let sym = string(next());
-        let start = u64::from(next()) | u64::from(next()) << 32;
-        let file = string(next());
-        let line = Some(next()).filter(|&l| l != NONE32);
-        // At most what the blob could hold.
-        let n = (next() as usize).min(blob.len() / 12);
+        let mut r = Cursor { blob, at: rec };
+        let sym = string(r.next());
+        let start = u64::from(r.next()) | u64::from(r.next()) << 32;
+        let file = string(r.next());
+        let line = Some(r.next()).filter(|&l| l != NONE32);
+        // At most what the rest of the blob holds, and no more than a
+        // lookup reports (a corrupt count must not make a huge frame).
+        let n = (r.next() as usize).min(blob.len().saturating_sub(r.at) / 12).min(MAX_INLINED);
         let mut inlined = Vec::with_capacity(n);
         for _ in 0..n {
-            let (s, f, l) = (next(), next(), next());
+            let (s, f, l) = (r.next(), r.next(), r.next());
             inlined.push(Inlined { sym: string(s), file: string(f), line: (l != NONE32).then_some(l) });
+        }
+        // As without an index: an answer names a function or a file.
+        if sym.is_none() && file.is_none() {
+            return Err(Reason::NoSymbols);
         }
         Ok(Resolution {
             sym,
@@ -341,6 +345,20 @@ impl Index {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         Index::parse(data, build_id).map(Some).map_err(|e| format!("{}: {e}, ignored", path.display()))
+    }
+}
+
+/// Reads an answer record, u32 by u32; past the blob's end it reads "none".
+struct Cursor<'a> {
+    blob: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn next(&mut self) -> u32 {
+        let v = u32_at(self.blob, self.at).unwrap_or(NONE32);
+        self.at = self.at.saturating_add(4);
+        v
     }
 }
 
@@ -378,22 +396,49 @@ mod tests {
         // 0x110 starts no new piece: same answer as 0x100 but for the offset.
         assert_eq!(ix.starts, [0, 0x100, 0x120, 0x140]);
         let id = [0xab, 0xcd];
-        let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id)), &id).unwrap();
+        let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in [0, 0xff, 0x100, 0x11f, 0x120, 0x13f, 0x140, u64::MAX] {
             assert_eq!(back.lookup(a), answer(a), "{a:#x}");
         }
-        assert!(Index::parse(Bytes::heap(ix.to_bytes(&id)), &[0xab]).is_err_and(|e| e.contains("another build")));
+        assert!(Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &[0xab]).is_err_and(|e| e.contains("another build")));
         // Another symres's index (its version changed by one byte).
-        let mut old = ix.to_bytes(&id);
+        let mut old = ix.to_bytes(&id).unwrap();
         let at = old.windows(WRITER.len()).position(|w| w == WRITER.as_bytes()).unwrap();
         old[at + WRITER.len() - 1] ^= 1;
         assert!(Index::parse(Bytes::heap(old), &id).is_err_and(|e| e.starts_with("written by symres")));
     }
 
     #[test]
+    fn damaged_records_give_no_answer_or_a_bounded_one() {
+        let id = [7];
+        let good = Built::new(vec![0x100, 0x120, 0x140], answer).to_bytes(&id).unwrap();
+        let parse = |b: Vec<u8>| Index::parse(Bytes::heap(b), &id).unwrap();
+        let ix = parse(good.clone());
+        // The answer of 0x100 (the first record): symbol, start, file,
+        // line, inlined count, then the inlined calls.
+        let rec = ix.blob.start + u32_at(&good, ix.answers_at).unwrap() as usize;
+        let set = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[rec + at..rec + at + v.len()].copy_from_slice(v);
+        // No symbol, no file (ids out of range): no answer, as without an
+        // index, not an empty one.
+        let mut bad = good.clone();
+        set(&mut bad, 0, &0xffff_fff0u32.to_le_bytes());
+        set(&mut bad, 4, &u64::MAX.to_le_bytes());
+        set(&mut bad, 12, &0xffff_fff0u32.to_le_bytes());
+        set(&mut bad, 20, &0u32.to_le_bytes());
+        assert_eq!(parse(bad).lookup(0x100), Err(Reason::NoSymbols));
+        // A huge count of inlined calls reads what the blob holds.
+        let mut bad = good.clone();
+        set(&mut bad, 20, &u32::MAX.to_le_bytes());
+        let blob_left = (ix.blob.end - rec - 24) / 12;
+        let r = parse(bad).lookup(0x100).unwrap();
+        assert!(r.inlined.len() <= blob_left.min(MAX_INLINED), "{}", r.inlined.len());
+        assert_eq!(r.sym.as_deref(), Some("f"));
+    }
+
+    #[test]
     fn corrupt_files_are_rejected_never_trusted() {
         let id = [1, 2, 3];
-        let good = Built::new(vec![0x100, 0x120, 0x140], answer).to_bytes(&id);
+        let good = Built::new(vec![0x100, 0x120, 0x140], answer).to_bytes(&id).unwrap();
         let parse = |b: &[u8]| Index::parse(Bytes::heap(b.to_vec()), &id);
         assert!(parse(&good).is_ok());
         // Cut anywhere before the blob's end: the tables no longer fit.

@@ -228,8 +228,9 @@ fn build_indexes(resolver: &mut Resolver, files: &[PathBuf]) -> Result<i32> {
 /// `line_out` is a buffer reused from line to line.
 fn line(resolver: &mut Resolver, text: &[u8], lineno: u64, line_out: &mut Vec<u8>, out: &mut impl Write) -> Result<u64> {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
-    // Blank lines have no frames: written unchanged, like any such line.
-    if text.iter().all(u8::is_ascii_whitespace) {
+    // Blank lines (JSON's whitespace only) have no frames: written
+    // unchanged, like any such line.
+    if text.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
         out.write_all(text)?;
         out.write_all(b"\n")?;
         return Ok(0);

@@ -224,8 +224,15 @@ fn key<'a>(text: &'a str, m: &Member) -> Cow<'a, str> {
     scan::string_at(text, m.key, m.key_escaped)
 }
 
-fn is_ours(text: &str, m: &Member) -> bool {
-    OUR_FIELDS.contains(&key(text, m).as_ref())
+/// Whether member `m` is left out when its frame is rewritten: symres's
+/// own fields from an earlier run, and a null `module` or `offset` that
+/// symres fills in (a JSON object must not have the key twice).
+fn replaced(text: &str, m: &Member, added: &Added) -> bool {
+    match key(text, m).as_ref() {
+        "module" => added.module.is_some(),
+        "offset" => added.offset.is_some(),
+        k => OUR_FIELDS.contains(&k),
+    }
 }
 
 /// The line with every frame's additions.
@@ -243,7 +250,7 @@ fn write(text: &str, s: &Scan, edits: &[Edit], out: &mut Vec<u8>) {
                 out.extend_from_slice(&b[at..e.open]);
                 out.push(b'{');
                 let mut first = true;
-                for m in s.members[members.clone()].iter().filter(|m| !is_ours(text, m)) {
+                for m in s.members[members.clone()].iter().filter(|m| !replaced(text, m, &e.added)) {
                     if !first {
                         out.push(b',');
                     }
@@ -306,18 +313,25 @@ struct Given {
     return_address: Value,
 }
 
-/// Resolve one frame; also says whether it holds symres's own fields from
-/// an earlier run, and whether it was answered through a live process's
-/// maps. Errors start with the field name.
+/// Resolve one frame; also says whether it must be rewritten (it holds
+/// members that `replaced` leaves out), and whether it was answered through
+/// a live process's maps. Errors start with the field name.
 fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>) -> Result<(Added, bool, bool), String> {
     let mut g = Given::default();
     let mut stale = false;
+    let (mut module_key, mut offset_key) = (false, false);
     for m in members {
         let k = key(text, m);
         let slot = match k.as_ref() {
             "addr" => &mut g.addr,
-            "offset" => &mut g.offset,
-            "module" => &mut g.module,
+            "offset" => {
+                offset_key = true;
+                &mut g.offset
+            }
+            "module" => {
+                module_key = true;
+                &mut g.module
+            }
             "build_id" => &mut g.build_id,
             "kernel" => &mut g.kernel,
             "return_address" => &mut g.return_address,
@@ -377,6 +391,8 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>) -> 
         Ok(res) => Fields::Resolved(res),
         Err(reason) => Fields::Reason(reason),
     };
+    // A null module or offset is replaced by the one found.
+    stale |= (module_key && found_module.is_some()) || (offset_key && found_offset.is_some());
     Ok((Added { module: found_module, offset: found_offset, fields }, stale, live))
 }
 

@@ -89,7 +89,8 @@ impl Resolution {
     /// The same place, with `sym_offset` moved by `by` bytes: a return
     /// address is looked up one byte back (inside the call instruction, so
     /// file/line are those of the call), but its offset is reported as is.
-    /// Answers are cached shifted, so this runs once per address.
+    /// Module answers are cached shifted, so this runs once per address
+    /// (kernel answers are not cached).
     pub fn shifted(&self, by: u64) -> Resolution {
         Resolution {
             sym: self.sym.clone(),
@@ -604,7 +605,8 @@ impl Resolver {
         let file = dir.join(crate::index::file_name(&build_id));
         // Written aside and renamed: a reader never sees half an index.
         let tmp = dir.join(format!(".{}.{}", crate::index::file_name(&build_id), std::process::id()));
-        std::fs::write(&tmp, ix.to_bytes(&build_id))
+        let bytes = ix.to_bytes(&build_id).ok_or("too large for an index (offsets are 32-bit)")?;
+        std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, &file))
             .map_err(|e| format!("{}: {e}", file.display()))?;
         Ok((file, ix.pieces()))

@@ -128,8 +128,6 @@ struct Scanner<'a> {
     out: &'a mut Scan,
 }
 
-/// The text of a string token's contents (`span` inside the quotes), with
-/// escape sequences decoded when it has any.
 /// How many bytes at the start of `b` need no attention in a JSON string
 /// (all but `"`, `\\` and control characters), found eight at a time:
 /// strings are most of a line, and most of what symres writes.
@@ -155,6 +153,8 @@ pub fn plain_prefix(b: &[u8]) -> usize {
     i + b[i..].iter().take_while(|&&c| c != b'"' && c != b'\\' && c >= 0x20).count()
 }
 
+/// The text of a string token's contents (`span` inside the quotes), with
+/// escape sequences decoded when it has any.
 #[inline]
 pub fn string_at<'a>(text: &'a str, span: Span, escaped: bool) -> Cow<'a, str> {
     let raw = &text[span.start..span.end];
@@ -365,7 +365,8 @@ impl<'a> Scanner<'a> {
         let top = self.nesting == 0;
         self.seq(b'{', b'}', |s, _| {
             let (key, escaped) = s.key()?;
-            let k = string_at(s.text, key, escaped);
+            // Keys matter only where frames (or the pid) are looked for.
+            let k = if top || walk.is_some() { string_at(s.text, key, escaped) } else { Cow::Borrowed("") };
             if top && k == "pid" {
                 let v = s.value(None)?;
                 s.out.pid = Some(v);
