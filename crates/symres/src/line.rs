@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::hash::Hasher;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -108,10 +109,17 @@ struct FrameCache {
     map: FxHashMap<(Option<u32>, u64), CachedFrame>,
     /// Frames seen once (their keys).
     seen: FxHashSet<(Option<u32>, u64)>,
+    /// The text of kept frames that are flat objects, by the hash of their
+    /// first `KNOWN_PREFIX` bytes: found again, they are not scanned again.
+    known: FxHashMap<u64, Rc<[u8]>>,
 }
 
+/// Bytes hashed to find a known frame (tracer frames are longer, and differ
+/// within them: their address comes first).
+const KNOWN_PREFIX: usize = 32;
+
 /// A frame's text and its answer.
-type CachedFrame = (Box<[u8]>, Fields);
+type CachedFrame = (Rc<[u8]>, Fields);
 
 /// Frames remembered before the cache is reset.
 const MAX_CACHED_FRAMES: usize = 1 << 16;
@@ -137,8 +145,30 @@ impl FrameCache {
         }
         if self.map.len() >= MAX_CACHED_FRAMES {
             self.map.clear();
+            self.known.clear();
         }
-        self.map.insert(key, (frame.into(), fields));
+        let text: Rc<[u8]> = frame.into();
+        // Flat: no value inside is an object or array (strings holding a
+        // brace count against it too, which only costs a scan).
+        if frame.len() >= KNOWN_PREFIX && !frame[1..].iter().any(|&b| b == b'{' || b == b'[') {
+            self.known.insert(Self::prefix_hash(frame), text.clone());
+        }
+        self.map.insert(key, (text, fields));
+    }
+
+    fn prefix_hash(b: &[u8]) -> u64 {
+        let mut h = FxHasher::default();
+        h.write(&b[..KNOWN_PREFIX]);
+        h.finish()
+    }
+
+    /// The length of the kept flat frame `rest` starts with, if any.
+    fn known_len(&self, rest: &[u8]) -> Option<usize> {
+        if rest.len() < KNOWN_PREFIX {
+            return None;
+        }
+        let text = self.known.get(&Self::prefix_hash(rest))?;
+        rest.starts_with(text).then_some(text.len())
     }
 }
 
@@ -169,7 +199,7 @@ fn not_json(line: &[u8]) -> LineError {
 pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8], out: &mut Vec<u8>) -> Result<bool, LineError> {
     let text = std::str::from_utf8(line).map_err(|_| not_json(line))?;
     let Scratch { scan: s, edits, frames } = scratch;
-    s.scan(text).map_err(|_| not_json(line))?;
+    s.scan(text, &|rest| frames.known_len(rest)).map_err(|_| not_json(line))?;
     if !s.is_object {
         return Err(LineError("not a JSON object".into()));
     }
@@ -189,32 +219,36 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
     }
     resolver.next_generation();
     edits.clear();
-    for item in &s.items {
-        match item {
-            Item::Frame { array, index, open, close, members } => {
-                let (open, close, has_members) = (*open, *close, !members.is_empty());
-                let whole = &line[open..=close];
-                let key = FrameCache::key(pid, whole);
-                if let Some(fields) = frames.get(key, whole) {
-                    let added = Added { module: None, offset: None, fields: fields.clone() };
-                    edits.push(Edit { open, close, has_members, stale: None, added });
-                    continue;
-                }
-                let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid)
-                    .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[*array])))?;
-                if !stale && !live {
-                    frames.put(key, whole, added.fields.clone());
-                }
-                let stale = stale.then(|| members.clone());
-                edits.push(Edit { open, close, has_members, stale, added });
-            }
+    for i in 0..s.items.len() {
+        let (array, index, open, close, members) = match &s.items[i] {
+            Item::Frame { array, index, open, close, members } => (*array, *index, *open, *close, Some(members.clone())),
+            Item::Known { array, index, open, close } => (*array, *index, *open, *close, None),
             Item::NotObject { array, index, value } => {
                 return Err(LineError(format!("{}[{index}]: a frame must be an object, got {}", s.arrays[*array], short(text, *value))));
             }
             Item::NotArray { array, value } => {
                 return Err(LineError(format!("{}: expected an array of frames, got {}", s.arrays[*array], short(text, *value))));
             }
+        };
+        // A known frame had members when it was answered.
+        let has_members = members.as_ref().is_none_or(|m| !m.is_empty());
+        let whole = &line[open..=close];
+        let key = FrameCache::key(pid, whole);
+        if let Some(fields) = frames.get(key, whole) {
+            let added = Added { module: None, offset: None, fields: fields.clone() };
+            edits.push(Edit { open, close, has_members, stale: None, added });
+            continue;
         }
+        // A known frame of another process (or forgotten since): its
+        // members after all.
+        let members = members.unwrap_or_else(|| s.frame_members(text, open));
+        let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid)
+            .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[array])))?;
+        if !stale && !live {
+            frames.put(key, whole, added.fields.clone());
+        }
+        let stale = stale.then_some(members);
+        edits.push(Edit { open, close, has_members, stale, added });
     }
     write(text, s, edits, out);
     Ok(true)
@@ -609,6 +643,17 @@ mod tests {
         assert_eq!(scratch.frames.map.len(), 1);
         assert_eq!(outs[0], outs[1]);
         assert_eq!(outs[0].matches("\"reason\":\"file_missing\"").count(), 2, "{}", outs[0]);
+        // The second time, the frames were known by their text, not scanned.
+        assert!(scratch.scan.items.iter().all(|i| matches!(i, Item::Known { .. })));
+        // Known text under another pid: its members are read after all.
+        let with_pid = br#"{"pid":7,"stack":[{"module":"/no/x","offset":"0x10"},{"module":"/no/x","offset":"0x10"}]}"#;
+        let mut out = Vec::new();
+        assert_eq!(process_into(&mut r, &mut scratch, with_pid, &mut out), Ok(true));
+        assert!(matches!(scratch.scan.items[0], Item::Known { .. }));
+        assert_eq!(String::from_utf8(out).unwrap(), outs[0].replace("{\"stack\"", "{\"pid\":7,\"stack\""));
+        // A known frame inside a line that is not JSON after it is no help.
+        let bad = br#"{"stack":[{"module":"/no/x","offset":"0x10"}}"#;
+        assert!(process_into(&mut r, &mut scratch, bad, &mut Vec::new()).is_err_and(|e| e.0.starts_with("not JSON")));
     }
 
     #[test]

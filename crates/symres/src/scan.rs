@@ -58,6 +58,9 @@ pub enum Item {
     /// A frame object: `open` is its `{`, `close` its `}`, and its members
     /// are `members[range]` of the scan.
     Frame { array: usize, index: usize, open: usize, close: usize, members: std::ops::Range<usize> },
+    /// A frame whose text is that of a frame seen before (see
+    /// `Scan::scan`): skipped, its members not recorded.
+    Known { array: usize, index: usize, open: usize, close: usize },
     /// An element of a frame array that is not an object.
     NotObject { array: usize, index: usize, value: Span },
     /// A frame array's value that is neither an array nor null.
@@ -95,14 +98,19 @@ pub struct Scan {
 
 impl Scan {
     /// Scan `text`, one JSON value (a line), as serde_json would parse it.
-    pub fn scan(&mut self, text: &str) -> R<()> {
+    ///
+    /// `known` gives the length of a frame seen before when the rest of the
+    /// line starts with its text: a stream repeats its frames, and such a
+    /// frame, a flat object that was checked whole, is skipped with one
+    /// comparison (an `Item::Known`) instead of being scanned again.
+    pub fn scan(&mut self, text: &str, known: &dyn Fn(&[u8]) -> Option<usize>) -> R<()> {
         self.is_object = false;
         self.pid = None;
         self.items.clear();
         self.members.clear();
         self.arrays.clear();
         self.segs.clear();
-        let mut s = Scanner { text, b: text.as_bytes(), i: 0, nesting: 0, escaped: false, out: self };
+        let mut s = Scanner { text, b: text.as_bytes(), i: 0, nesting: 0, escaped: false, known, out: self };
         s.ws();
         if s.peek() == Some(b'{') {
             s.out.is_object = true;
@@ -116,6 +124,17 @@ impl Scan {
         }
         Ok(())
     }
+
+    /// The members of the frame object at `open` of `text`, a line scanned
+    /// already (for a `Known` frame that needs them after all), as a range
+    /// of `members`.
+    pub fn frame_members(&mut self, text: &str, open: usize) -> std::ops::Range<usize> {
+        let first = self.members.len();
+        let mut s = Scanner { text, b: text.as_bytes(), i: open, nesting: 0, escaped: false, known: &|_| None, out: self };
+        // Cannot fail: the line was scanned whole.
+        let _ = s.frame_object();
+        first..self.members.len()
+    }
 }
 
 struct Scanner<'a> {
@@ -125,6 +144,7 @@ struct Scanner<'a> {
     nesting: usize,
     /// The last string scanned had escape sequences.
     escaped: bool,
+    known: &'a dyn Fn(&[u8]) -> Option<usize>,
     out: &'a mut Scan,
 }
 
@@ -396,7 +416,19 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         self.seq(b'[', b']', |s, index| {
-            if s.peek() == Some(b'{') {
+            let known = match s.peek() {
+                Some(b'{') => (s.known)(&s.b[s.i..]),
+                _ => None,
+            };
+            if let Some(len) = known {
+                // A flat object: one level below this array.
+                if s.nesting + 1 > MAX_NESTING {
+                    return Err(Invalid);
+                }
+                let open = s.i;
+                s.i += len;
+                s.out.items.push(Item::Known { array, index, open, close: s.i - 1 });
+            } else if s.peek() == Some(b'{') {
                 let open = s.i;
                 let first = s.out.members.len();
                 s.frame_object()?;
@@ -450,7 +482,7 @@ mod tests {
 
     fn scan(s: &str) -> R<Scan> {
         let mut out = Scan::default();
-        out.scan(s).map(|()| out)
+        out.scan(s, &|_| None).map(|()| out)
     }
 
     fn valid(s: &str) -> bool {
@@ -496,6 +528,30 @@ mod tests {
                     assert_eq!(plain_prefix(&b), first, "{c:#x} at {at} of {len}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn known_frames_are_skipped_but_the_line_still_checked() {
+        let frame = r#"{"addr":"0x1234","module":"/lib/x.so"}"#;
+        let known = |rest: &[u8]| rest.starts_with(frame.as_bytes()).then_some(frame.len());
+        let scan_known = |s: &str| {
+            let mut out = Scan::default();
+            out.scan(s, &known).map(|()| out)
+        };
+        let line = format!(r#"{{"stack":[{frame}, {frame} ,{{"addr":"0x1"}}]}}"#);
+        let s = scan_known(&line).unwrap();
+        assert!(matches!(s.items[..], [Item::Known { index: 0, .. }, Item::Known { index: 1, .. }, Item::Frame { index: 2, .. }]));
+        let Item::Known { open, close, .. } = s.items[1] else { panic!() };
+        assert_eq!(&line[open..=close], frame);
+        assert!(s.members.len() == 1, "only the unknown frame's members");
+        for bad in [format!(r#"{{"stack":[{frame}}}"#), format!(r#"{{"stack":[{frame}]"#), format!(r#"{{"stack":[{frame}x]}}"#)] {
+            assert!(scan_known(&bad).is_err(), "{bad}");
+        }
+        // At the nesting limit, a known frame counts as the object it is.
+        for n in 124..128 {
+            let deep = format!("{}{{\"stack\":[{frame}]}}{}", "[".repeat(n), "]".repeat(n));
+            assert_eq!(scan_known(&deep).is_ok(), serde_valid(&deep), "{n}");
         }
     }
 
