@@ -604,7 +604,12 @@ mod tests {
             let b = crate::testing::mutate(base.as_bytes(), alphabet, &mut next);
             let Ok(text) = String::from_utf8(b) else { continue };
             let mut out = Vec::new();
-            let Ok(true) = process_into(&mut r, &mut scratch, text.as_bytes(), &mut out) else { continue };
+            let first = process_into(&mut r, &mut scratch, text.as_bytes(), &mut out);
+            // Again, with the frames kept (and known) now: the same.
+            let mut again = Vec::new();
+            assert_eq!(process_into(&mut r, &mut scratch, text.as_bytes(), &mut again), first, "{text}");
+            assert_eq!(again, out, "{text}");
+            let Ok(true) = first else { continue };
             let out = String::from_utf8(out).unwrap();
             let mut vout: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {text} -> {out}"));
             let mut vin: serde_json::Value = serde_json::from_str(&text).unwrap();
