@@ -236,7 +236,10 @@ impl Index {
         let writer_len = u32_at(d, 12).ok_or("truncated")? as usize;
         let writer = d.get(16..16usize.saturating_add(writer_len)).ok_or("truncated")?;
         if writer != WRITER.as_bytes() {
-            return Err(format!("written by {}, not {WRITER}", String::from_utf8_lossy(writer)));
+            return Err(match std::str::from_utf8(writer) {
+                Ok(w) if w.len() <= 64 && w.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => format!("written by {w}, not {WRITER}"),
+                _ => format!("not written by {WRITER}"),
+            });
         }
         let at_id = 16 + writer_len;
         let id_len = u32_at(d, at_id).ok_or("truncated")? as usize;
@@ -405,7 +408,10 @@ mod tests {
         let mut old = ix.to_bytes(&id).unwrap();
         let at = old.windows(WRITER.len()).position(|w| w == WRITER.as_bytes()).unwrap();
         old[at + WRITER.len() - 1] ^= 1;
-        assert!(Index::parse(Bytes::heap(old), &id).is_err_and(|e| e.starts_with("written by symres")));
+        assert!(Index::parse(Bytes::heap(old.clone()), &id).is_err_and(|e| e.starts_with("written by symres")));
+        // Not a version at all (an older layout): not quoted.
+        old[at..at + WRITER.len()].fill(0xff);
+        assert!(Index::parse(Bytes::heap(old), &id).is_err_and(|e| e == format!("not written by {WRITER}")));
     }
 
     #[test]
