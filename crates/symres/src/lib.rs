@@ -41,6 +41,12 @@ pub use resolve::{demangle, Inlined, Options, Outcome, PidFrame, Reason, Resolut
 /// The resolver with its caches; one per stream (or per leakd-attach run).
 pub struct Resolver(resolve::Resolver, line::Scratch);
 
+// A resolver can be moved to another thread (checked at compile time).
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Resolver>()
+};
+
 impl Resolver {
     pub fn new(opts: Options) -> Self {
         Resolver(resolve::Resolver::new(opts), line::Scratch::default())

@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 use std::hash::Hasher;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -56,8 +55,8 @@ struct Edit {
     close: usize,
     /// The frame has members (a comma goes before the additions).
     has_members: bool,
-    /// Members to drop (symres's own, from an earlier run): the frame is
-    /// rewritten from its kept members instead of copied.
+    /// The frame's members when some are left out (see `replaced`): the
+    /// frame is then rewritten from the others instead of copied.
     stale: Option<std::ops::Range<usize>>,
     added: Added,
 }
@@ -111,7 +110,7 @@ struct FrameCache {
     seen: FxHashSet<(Option<u32>, u64)>,
     /// The text of kept frames that are flat objects, by the hash of their
     /// first `KNOWN_PREFIX` bytes: found again, they are not scanned again.
-    known: FxHashMap<u64, Rc<[u8]>>,
+    known: FxHashMap<u64, Arc<[u8]>>,
 }
 
 /// Bytes hashed to find a known frame (tracer frames are longer, and differ
@@ -119,7 +118,7 @@ struct FrameCache {
 const KNOWN_PREFIX: usize = 32;
 
 /// A frame's text and its answer.
-type CachedFrame = (Rc<[u8]>, Fields);
+type CachedFrame = (Arc<[u8]>, Fields);
 
 /// Frames remembered before the cache is reset.
 const MAX_CACHED_FRAMES: usize = 1 << 16;
@@ -147,7 +146,7 @@ impl FrameCache {
             self.map.clear();
             self.known.clear();
         }
-        let text: Rc<[u8]> = frame.into();
+        let text: Arc<[u8]> = frame.into();
         // Flat: no value inside is an object or array (strings holding a
         // brace count against it too, which only costs a scan).
         if frame.len() >= KNOWN_PREFIX && !frame[1..].iter().any(|&b| b == b'{' || b == b'[') {
