@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::resolve::{Outcome, Reason, Resolution};
+use crate::resolve::{Reason, Resolution};
 
 /// Lowest kernel address on x86-64 (and arm64 with 48-bit VAs).
 pub const KERNEL_START: u64 = 0xffff_8000_0000_0000;
@@ -51,13 +51,13 @@ impl Kallsyms {
         Kallsyms { syms }
     }
 
-    pub fn lookup(&self, addr: u64) -> Outcome {
+    pub fn lookup(&self, addr: u64) -> Result<Resolution, Reason> {
         let i = self.syms.partition_point(|s| s.0 <= addr).checked_sub(1).ok_or(Reason::Unmapped)?;
         let (start, name) = &self.syms[i];
         if addr - start > MAX_SYMBOL_SPAN || END_MARKERS.contains(&name.as_ref()) {
             return Err(Reason::Unmapped);
         }
-        Ok(Arc::new(Resolution { sym: Some(name.clone()), sym_offset: Some(addr - start), ..Default::default() }))
+        Ok(Resolution { sym: Some(name.clone()), sym_offset: Some(addr - start), ..Default::default() })
     }
 }
 

@@ -91,15 +91,8 @@ impl Resolution {
     /// file/line are those of the call), but its offset is reported as is.
     /// Module answers are cached shifted, so this runs once per address
     /// (kernel answers are not cached).
-    pub fn shifted(&self, by: u64) -> Resolution {
-        Resolution {
-            sym: self.sym.clone(),
-            sym_offset: self.sym_offset.map(|o| o.wrapping_add(by)),
-            file: self.file.clone(),
-            line: self.line,
-            inlined: self.inlined.clone(),
-            json: Default::default(),
-        }
+    pub fn shifted(self, by: u64) -> Resolution {
+        Resolution { sym_offset: self.sym_offset.map(|o| o.wrapping_add(by)), json: Default::default(), ..self }
     }
 
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
@@ -160,14 +153,6 @@ fn place(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Option<u3
 }
 
 pub type Outcome = Result<Arc<Resolution>, Reason>;
-
-/// `outcome` for a frame `back` bytes after the address looked up.
-fn shift(outcome: Outcome, back: u64) -> Outcome {
-    match outcome {
-        Ok(r) if back != 0 => Ok(Arc::new(r.shifted(back))),
-        other => other,
-    }
-}
 
 /// A frame resolved through a live process's maps: the module and file
 /// offset found there, and the outcome.
@@ -427,7 +412,7 @@ impl Resolver {
             self.kallsyms = Some(k);
         }
         match self.kallsyms.as_ref() {
-            Some(Ok(k)) => shift(k.lookup(addr), back),
+            Some(Ok(k)) => k.lookup(addr).map(|r| Arc::new(r.shifted(back))),
             Some(Err(r)) => Err(*r),
             None => Err(Reason::FileMissing),
         }
@@ -710,10 +695,7 @@ impl Resolver {
         if let Some(r) = m.answers.get(&(vaddr, back)) {
             return r.clone();
         }
-        let r = m.lookup_vaddr(vaddr, inlined, verbose).map(|mut r| {
-            r.sym_offset = r.sym_offset.map(|o| o.wrapping_add(back));
-            Arc::new(r)
-        });
+        let r = m.lookup_vaddr(vaddr, inlined, verbose).map(|r| Arc::new(r.shifted(back)));
         if m.answers.len() >= MAX_CACHED_ANSWERS {
             m.answers.clear();
         }
@@ -1028,7 +1010,7 @@ mod tests {
             json: Default::default(),
         };
         assert_eq!(r.json_fields(), r#""sym":"f","sym_offset":"0x10","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
-        assert_eq!(r.shifted(1).json_fields(), r#""sym":"f","sym_offset":"0x11","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
+        assert_eq!(r.clone().shifted(1).json_fields(), r#""sym":"f","sym_offset":"0x11","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
         let bare = Resolution { file: Some("a.c".into()), ..Default::default() };
         assert_eq!(bare.json_fields(), r#""file":"a.c""#);
         let off = Resolution { sym_offset: Some(0), line: Some(1), ..Default::default() };
