@@ -141,8 +141,11 @@ impl Index {
 /// Sorted address ranges of .debug_aranges, and the units they name.
 fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     let Some(section) = secs.section(".debug_aranges") else { return Ok(Default::default()) };
-    let aranges = gimli::DebugAranges::from(section);
-    let mut ranges = Vec::new();
+    // Read through a plain slice: the shared reader's clones cost an
+    // atomic count per entry, and a large build has tens of thousands.
+    let aranges = gimli::DebugAranges::new(section.bytes(), section.endian());
+    // At least 16 bytes per entry: one allocation.
+    let mut ranges = Vec::with_capacity(section.len() / 16);
     let mut units: Vec<UnitSlot> = Vec::new();
     let mut by_offset = rustc_hash::FxHashMap::default();
     let mut headers = aranges.headers();

@@ -92,17 +92,24 @@ struct Symbol {
 /// Longest name used; a longer one (a string table without NULs) is cut.
 const MAX_NAME: usize = 64 << 10;
 
-/// A function table sorted by address. Names stay where they are in the
-/// file's string tables, found and checked only when a symbol is used: a
-/// large binary has a hundred thousand names, and copying and validating
-/// them all was a good part of the time to a first answer.
+/// A function table, sorted by address once it has answered a few lookups.
+/// Names stay where they are in the file's string tables, found and checked
+/// only when a symbol is used: a large binary has a hundred thousand names,
+/// and copying and validating them all was a good part of the time to a
+/// first answer. So was sorting: a single line (symres in a shell, one
+/// stack) asks a handful of addresses, and a scan of the unsorted table
+/// answers each in microseconds, where the sort costs about a millisecond
+/// per 10,000 symbols.
 #[derive(Default)]
 #[allow(clippy::len_without_is_empty)]
 pub struct SymbolTable {
     syms: Vec<Symbol>,
-    /// `syms[i].addr`, searched alone: a binary search then touches an
-    /// eighth of the cache lines.
+    /// `syms[i].addr` once sorted (empty before), searched alone: a binary
+    /// search then touches an eighth of the cache lines.
     addrs: Vec<u64>,
+    sorted: bool,
+    /// Lookups answered by a scan so far.
+    scans: u32,
     /// The file, for names in it.
     file: Option<Bytes>,
     /// Where string tables 1 and 2 end in the file: a name never runs past
@@ -113,7 +120,28 @@ pub struct SymbolTable {
     arena: Vec<u8>,
 }
 
+/// A symbol `SymbolTable::lookup` found, for `SymbolTable::name`: where
+/// its name is (the same whether the table was sorted yet or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SymName {
+    at: u64,
+    table: u8,
+}
+
+/// Lookups answered by scanning before the table is sorted.
+const SCANS: u32 = 32;
+
+impl Symbol {
+    /// The sort key: address, then of symbols at the same address the best
+    /// first (sized over unsized, global over weak over local, then the
+    /// first seen). Total: `seq` is unique.
+    fn key(&self) -> u128 {
+        u128::from(self.addr) << 64 | u128::from(self.size == 0) << 48 | u128::from(self.rank) << 32 | u128::from(self.seq)
+    }
+}
+
 impl SymbolTable {
+    /// Function symbols kept (before symbols at one address are merged).
     pub fn len(&self) -> usize {
         self.syms.len()
     }
@@ -133,45 +161,62 @@ impl SymbolTable {
         self.syms.push(Symbol { addr, size, name_at: offset as u64, seq, rank, table });
     }
 
-    /// Sort by address; of symbols at the same address keep the best one
-    /// (sized over unsized, global over weak over local, then the first).
-    fn finish(&mut self) {
-        // Unstable but total: `seq` stands for "first". One integer key
-        // (address, unsized, rank, seq): a large binary has tens of
-        // thousands of symbols, sorted before the first answer.
-        self.syms.sort_unstable_by_key(|s| {
-            u128::from(s.addr) << 64 | u128::from(s.size == 0) << 48 | u128::from(s.rank) << 32 | u128::from(s.seq)
-        });
+    /// Sort by address, keeping the best of symbols at one address (see
+    /// `Symbol::key`).
+    fn sort(&mut self) {
+        if self.sorted {
+            return;
+        }
+        self.syms.sort_unstable_by_key(Symbol::key);
         self.syms.dedup_by_key(|s| s.addr);
-        self.syms.shrink_to_fit();
         self.addrs = self.syms.iter().map(|s| s.addr).collect();
+        self.sorted = true;
     }
 
-    /// The function containing `addr`: (index, start address).
-    pub fn lookup(&self, addr: u64) -> Option<(usize, u64)> {
-        let i = self.addrs.partition_point(|&a| a <= addr).checked_sub(1)?;
-        let s = self.syms.get(i)?;
+    /// The symbol the sorted table would find for `addr` (the best of those
+    /// at the highest address not above it), by a scan.
+    fn scan(&self, addr: u64) -> Option<&Symbol> {
+        let mut best: Option<&Symbol> = None;
+        for s in &self.syms {
+            if s.addr <= addr && best.is_none_or(|b| s.addr > b.addr || (s.addr == b.addr && s.key() < b.key())) {
+                best = Some(s);
+            }
+        }
+        best
+    }
+
+    /// The function containing `addr`: its name's place, and its start
+    /// address.
+    pub fn lookup(&mut self, addr: u64) -> Option<(SymName, u64)> {
+        let s = if self.sorted || self.scans >= SCANS {
+            self.sort();
+            let i = self.addrs.partition_point(|&a| a <= addr).checked_sub(1)?;
+            self.syms.get(i)?
+        } else {
+            self.scans += 1;
+            self.scan(addr)?
+        };
         if s.size > 0 && addr - s.addr >= s.size {
             return None;
         }
-        Some((i, s.addr))
+        Some((SymName { at: s.name_at, table: s.table }, s.addr))
     }
 
     /// Every address where the symbol found may change: each symbol's
     /// start, and the end of each sized one.
-    pub fn boundaries(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn boundaries(&mut self) -> impl Iterator<Item = u64> + '_ {
+        self.sort();
         self.syms.iter().flat_map(|s| [s.addr, s.addr.wrapping_add(s.size)])
     }
 
-    /// The name of symbol `i`; "" when it is not valid UTF-8 (or the file
-    /// lied about where it is).
-    pub fn name(&self, i: usize) -> &str {
-        let Some(s) = self.syms.get(i) else { return "" };
+    /// The name of a symbol found; "" when it is not valid UTF-8 (or the
+    /// file lied about where it is).
+    pub fn name(&self, s: SymName) -> &str {
         let (src, end): (&[u8], usize) = match s.table {
             0 => (&self.arena, self.arena.len()),
             t => (self.file.as_deref().unwrap_or_default(), self.table_end.get(usize::from(t) - 1).copied().unwrap_or(0)),
         };
-        let rest = usize::try_from(s.name_at).ok().and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME)))).unwrap_or_default();
+        let rest = usize::try_from(s.at).ok().and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME)))).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
@@ -282,9 +327,9 @@ impl ElfFile {
             let t = s.st_type();
             (t == sym::STT_FUNC || t == sym::STT_GNU_IFUNC) && s.st_shndx != 0 && s.st_value != 0
         };
-        // Sized up front (functions only): growing by doubling copied
-        // megabytes, and reserving for every symbol faulted in pages.
-        symbols.syms.reserve(elf.syms.iter().chain(elf.dynsyms.iter()).filter(|s| is_func(s)).count());
+        // Sized up front: growing by doubling copied megabytes. Room for
+        // every symbol: the pages of the unused part are never touched.
+        symbols.syms.reserve(elf.syms.len() + elf.dynsyms.len());
         let tables = [(&elf.syms, &elf.strtab, names.map(|n| n[0])), (&elf.dynsyms, &elf.dynstrtab, names.map(|n| n[1]))];
         for (t, (syms, strtab, raw)) in tables.into_iter().enumerate() {
             // Where the raw table starts in the file: names are used in place.
@@ -314,7 +359,6 @@ impl ElfFile {
                 }
             }
         }
-        symbols.finish();
 
         let build_id = build_id(&elf, data);
 
@@ -501,18 +545,53 @@ mod tests {
 
     #[test]
     fn symbol_lookup_respects_sizes() {
+        // Scanned (the first lookups), then sorted: the same answers.
+        for sorted in [false, true] {
+            let mut t = SymbolTable::default();
+            t.push("b", 0x2000, 0x10, 0);
+            t.push("a_local_alias", 0x1000, 0x100, 2);
+            t.push("a", 0x1000, 0x100, 0);
+            t.push("a_second", 0x1000, 0x100, 0);
+            t.push("nosize", 0x3000, 0, 0);
+            if sorted {
+                t.sort();
+            }
+            let mut name = |a: u64| t.lookup(a).map(|(n, s)| (t.name(n).to_string(), s));
+            assert_eq!(name(0x1000), Some(("a".into(), 0x1000)));
+            assert_eq!(name(0x10ff), Some(("a".into(), 0x1000)));
+            assert_eq!(name(0x1100), None);
+            assert_eq!(name(0x2008), Some(("b".into(), 0x2000)));
+            assert_eq!(name(0x3100), Some(("nosize".into(), 0x3000)));
+            assert_eq!(name(0xfff), None);
+            assert_eq!(t.sorted, sorted);
+        }
+    }
+
+    /// A scan finds what the sorted table finds, on tables with many
+    /// symbols sharing addresses, sizes and ranks.
+    #[test]
+    fn scanned_lookups_answer_like_sorted_ones() {
+        let mut next = crate::testing::rng(0x5eed_0f5c_a115_0001);
+        for _ in 0..50 {
+            let mut t = SymbolTable::default();
+            for i in 0..200 {
+                let r = next();
+                t.push(&format!("s{i}"), 0x1000 + (r % 64) * 8, (r >> 8) % 3 * 12, ((r >> 16) % 3) as u8);
+            }
+            let addrs: Vec<u64> = (0..SCANS).map(|_| 0xff8 + next() % 0x240).collect();
+            let scanned: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
+            assert!(!t.sorted);
+            t.sort();
+            let sorted: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
+            assert_eq!(scanned, sorted);
+        }
+        // And the table sorts itself after SCANS lookups.
         let mut t = SymbolTable::default();
-        t.push("b", 0x2000, 0x10, 0);
-        t.push("a", 0x1000, 0x100, 0);
-        t.push("a_local_alias", 0x1000, 0x100, 2);
-        t.push("nosize", 0x3000, 0, 0);
-        t.finish();
-        assert_eq!(t.lookup(0x1000).map(|(i, s)| (t.name(i), s)), Some(("a", 0x1000)));
-        assert_eq!(t.lookup(0x10ff).map(|(i, _)| t.name(i)), Some("a"));
-        assert_eq!(t.lookup(0x1100), None);
-        assert_eq!(t.lookup(0x2008).map(|(i, _)| t.name(i)), Some("b"));
-        assert_eq!(t.lookup(0x3100).map(|(i, _)| t.name(i)), Some("nosize"));
-        assert_eq!(t.lookup(0xfff), None);
+        t.push("f", 0x1000, 0x10, 0);
+        for _ in 0..=SCANS {
+            t.lookup(0x1000);
+        }
+        assert!(t.sorted);
     }
 
     #[test]

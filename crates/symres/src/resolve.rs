@@ -206,7 +206,7 @@ struct Module {
     /// By address looked up, and how far back from the frame's (see
     /// `Resolution::shifted`).
     answers: FxHashMap<(u64, u64), Outcome>,
-    demangled: FxHashMap<usize, Arc<str>>,
+    demangled: FxHashMap<elf::SymName, Arc<str>>,
     files: FxHashMap<String, Arc<str>>,
     /// DWARF (linkage) name → demangled, since the same inlined functions
     /// turn up at many addresses.
