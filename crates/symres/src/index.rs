@@ -24,14 +24,16 @@ use rustc_hash::FxHashMap;
 
 use crate::elf::Bytes;
 use crate::resolve::{Inlined, Reason, Resolution};
+use crate::scan::Scan;
+use std::fmt::Write as _;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
 /// answers (demangling, say) may change between versions, so another
 /// version's index is ignored rather than trusted.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
-/// "None" for string ids, lines and answers.
+/// "None" for answers.
 const NONE32: u32 = u32::MAX;
 /// "None" for symbol starts.
 const NONE64: u64 = u64::MAX;
@@ -71,6 +73,26 @@ impl Stored {
             line: r.line,
             inlined: r.inlined.clone(),
         }
+    }
+
+    /// The answer as symres writes it into a frame, in parts: `"sym":...`,
+    /// `"file":...` and `"line":...` (each rendered alone, so any may be
+    /// empty; `sym_offset` goes after the first), and the elements of
+    /// `"inlined"`. All but the line are shared by many answers.
+    fn rendered(&self) -> ([String; 3], Vec<String>) {
+        let sym = Resolution { sym: self.sym.clone(), ..Resolution::default() };
+        let file = Resolution { file: self.file.clone(), ..Resolution::default() };
+        let line = Resolution { line: self.line, ..Resolution::default() };
+        let inlined = self
+            .inlined
+            .iter()
+            .map(|f| {
+                let mut o = Vec::new();
+                f.write_json(&mut o);
+                String::from_utf8(o).unwrap_or_default()
+            })
+            .collect();
+        ([sym, file, line].map(|r| r.json_fields().to_string()), inlined)
     }
 }
 
@@ -112,45 +134,49 @@ impl Built {
     /// The file's bytes, for the module with `build_id`.
     ///
     /// Layout (little-endian): magic, version (u32), the writer (u32
-    /// length, bytes), build id (u32 length, bytes); the numbers of strings, answers and pieces (u32 each); where
-    /// their tables start and where the blob starts and ends (u64 each);
-    /// then the tables: per string its offset and length in the blob (u32,
-    /// u32), per answer its offset in the blob (u32), the pieces' start
-    /// addresses (u64, ascending), the pieces' answers (u32); then the
-    /// blob: the strings, and the answers (symbol u32, symbol start u64,
-    /// file u32, line u32, inlined count u32, then per inlined call symbol,
-    /// file and line, u32 each). u32::MAX (u64::MAX for a start) stands for
-    /// none.
+    /// length, bytes), build id (u32 length, bytes); the numbers of pieces
+    /// and blocks (u32 each); where the fence, the blocks and the blob
+    /// start and where the blob ends (u64 each). The fence: each block's
+    /// first start (u64). The blocks: BLOCK pieces each, their starts (u64,
+    /// ascending; u64::MAX past the last piece) then where their answers
+    /// are in the blob (u32; u32::MAX for none). The blob: the shared parts
+    /// of answers (`"sym":...`, `"file":...`, inlined calls `{...}`), each
+    /// written once, then the answers, each at a multiple of 8: the
+    /// symbol's start (u64; u64::MAX for none), where its `"sym"` and
+    /// `"file"` parts are and their lengths (u32, u32 each), the length of
+    /// its `"line"` part and the number of inlined calls (u32 each), where
+    /// each inlined call is and its length (u32, u32), the `"line"` part.
     /// `None` when the index would pass 4 GB (its offsets are 32-bit).
     pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
         let mut blob = Vec::new();
-        let mut strings: FxHashMap<Arc<str>, u32> = FxHashMap::default();
-        let mut string_table = Vec::new();
-        let mut id = |blob: &mut Vec<u8>, s: &Option<Arc<str>>| match s {
-            None => NONE32,
-            Some(s) => *strings.entry(s.clone()).or_insert_with(|| {
-                put32(&mut string_table, blob.len() as u32);
-                put32(&mut string_table, s.len() as u32);
-                blob.extend_from_slice(s.as_bytes());
-                (string_table.len() / 8 - 1) as u32
-            }),
-        };
-        let mut answer_table = Vec::new();
-        for s in &self.stored {
-            let mut rec = Vec::new();
-            put32(&mut rec, id(&mut blob, &s.sym));
-            rec.extend_from_slice(&s.sym_start.unwrap_or(NONE64).to_le_bytes());
-            put32(&mut rec, id(&mut blob, &s.file));
-            put32(&mut rec, s.line.unwrap_or(NONE32));
-            put32(&mut rec, s.inlined.len() as u32);
-            for f in &s.inlined {
-                put32(&mut rec, id(&mut blob, &f.sym));
-                put32(&mut rec, id(&mut blob, &f.file));
-                put32(&mut rec, f.line.unwrap_or(NONE32));
+        let mut shared: FxHashMap<String, (u32, u32)> = FxHashMap::default();
+        let mut records = Vec::with_capacity(self.stored.len());
+        let rendered: Vec<([String; 3], Vec<String>)> = self.stored.iter().map(Stored::rendered).collect();
+        for part in rendered.iter().flat_map(|(r, inlined)| r[..2].iter().chain(inlined)) {
+            if !shared.contains_key(part) {
+                shared.insert(part.clone(), (u32::try_from(blob.len()).ok()?, part.len() as u32));
+                blob.extend_from_slice(part.as_bytes());
             }
-            put32(&mut answer_table, blob.len() as u32);
-            blob.extend_from_slice(&rec);
         }
+        for (s, ([sym, file, line], inlined)) in self.stored.iter().zip(&rendered) {
+            blob.resize(blob.len().next_multiple_of(8), 0);
+            records.push(u32::try_from(blob.len()).ok()?);
+            blob.extend_from_slice(&s.sym_start.unwrap_or(NONE64).to_le_bytes());
+            for part in [sym, file] {
+                let (at, len) = shared[part];
+                put32(&mut blob, at);
+                put32(&mut blob, len);
+            }
+            put32(&mut blob, line.len() as u32);
+            put32(&mut blob, inlined.len() as u32);
+            for part in inlined {
+                let (at, len) = shared[part];
+                put32(&mut blob, at);
+                put32(&mut blob, len);
+            }
+            blob.extend_from_slice(line.as_bytes());
+        }
+        let n_blocks = self.starts.len().div_ceil(BLOCK);
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         put32(&mut out, VERSION);
@@ -158,25 +184,31 @@ impl Built {
         out.extend_from_slice(WRITER.as_bytes());
         put32(&mut out, build_id.len() as u32);
         out.extend_from_slice(build_id);
-        put32(&mut out, (string_table.len() / 8) as u32);
-        put32(&mut out, self.stored.len() as u32);
         put32(&mut out, self.starts.len() as u32);
-        let tables_at = out.len() + 6 * 8;
-        let strings_at = tables_at;
-        let answers_at = strings_at + string_table.len();
-        let starts_at = answers_at + answer_table.len();
-        let ids_at = starts_at + self.starts.len() * 8;
-        let blob_at = ids_at + self.answers.len() * 4;
-        for at in [strings_at, answers_at, starts_at, ids_at, blob_at, blob_at + blob.len()] {
+        put32(&mut out, n_blocks as u32);
+        let fence_at = out.len() + 4 * 8;
+        let blocks_at = fence_at + n_blocks * 8;
+        let blob_at = blocks_at + n_blocks * BLOCK_BYTES;
+        for at in [fence_at, blocks_at, blob_at, blob_at + blob.len()] {
             out.extend_from_slice(&(at as u64).to_le_bytes());
         }
-        out.extend_from_slice(&string_table);
-        out.extend_from_slice(&answer_table);
-        for s in &self.starts {
-            out.extend_from_slice(&s.to_le_bytes());
+        for b in 0..n_blocks {
+            out.extend_from_slice(&self.starts[b * BLOCK].to_le_bytes());
         }
-        for a in &self.answers {
-            put32(&mut out, a.unwrap_or(NONE32));
+        for b in 0..n_blocks {
+            let pieces = b * BLOCK..(b * BLOCK + BLOCK).min(self.starts.len());
+            for i in pieces.clone() {
+                out.extend_from_slice(&self.starts[i].to_le_bytes());
+            }
+            for _ in pieces.len()..BLOCK {
+                out.extend_from_slice(&NONE64.to_le_bytes());
+            }
+            for i in pieces.clone() {
+                put32(&mut out, self.answers[i].map_or(NONE32, |a| records[a as usize]));
+            }
+            for _ in pieces.len()..BLOCK {
+                put32(&mut out, NONE32);
+            }
         }
         out.extend_from_slice(&blob);
         (out.len() <= u32::MAX as usize).then_some(out)
@@ -186,29 +218,32 @@ impl Built {
 /// Inlined calls read per answer at most (a lookup reports fewer).
 const MAX_INLINED: usize = 256;
 
-/// Pieces per fence entry (see `Index::fence`).
+/// Pieces per block (see `Index`).
 const BLOCK: usize = 16;
+/// A block's size: the starts, then the answers.
+const BLOCK_BYTES: usize = BLOCK * 12;
 
 /// An index file, read in place: loading costs a check of its header and
-/// table bounds, so a large index does not slow a short run down.
+/// table bounds, so a large index does not slow a short run down. A lookup
+/// reads the fence (small, soon in cache), one block, and one answer, whose
+/// text is ready to copy: each cache miss was a good part of an address's
+/// cost.
 pub struct Index {
     data: Bytes,
-    /// Where each table starts in `data` (all checked to fit).
-    strings_at: usize,
-    answers_at: usize,
-    starts_at: usize,
-    ids_at: usize,
+    /// Where the fence and the blocks start in `data` (checked to fit).
+    fence_at: usize,
+    blocks_at: usize,
+    n_blocks: usize,
+    n_pieces: usize,
     /// The blob's range in `data`.
     blob: std::ops::Range<usize>,
-    n_strings: usize,
-    n_answers: usize,
-    n_pieces: usize,
-    /// Every BLOCK-th piece's start: a search touches this small array
-    /// (cache-resident), then one block of the file, instead of a dozen
-    /// scattered reads of the whole table.
-    fence: Vec<u64>,
-    /// Strings made so far, shared by the answers that use them.
-    made: FxHashMap<u32, Arc<str>>,
+    /// Answers found to be JSON object members, a bit per 8 bytes of blob
+    /// (answers are 8-aligned): the text is copied into frames, and a
+    /// damaged index must not make the output invalid JSON. Checked on
+    /// first use, not at load, which would read the whole file.
+    checked: Vec<u64>,
+    scan: Scan,
+    wrap: String,
 }
 
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
@@ -221,9 +256,9 @@ fn u64_at(d: &[u8], at: usize) -> Option<u64> {
 
 impl Index {
     /// Check the header of an index file for the module with `build_id`,
-    /// and that its tables fit in it. Records are checked when read: a
+    /// and that its tables fit in it. Answers are checked when read: a
     /// corrupt index gives wrong answers or none, never a read out of
-    /// bounds.
+    /// bounds or a line that is not JSON.
     pub fn parse(data: Bytes, build_id: &[u8]) -> Result<Index, String> {
         let d: &[u8] = &data;
         if d.get(..8) != Some(MAGIC.as_slice()) {
@@ -248,31 +283,27 @@ impl Index {
         }
         let h = at_id + 4 + build_id.len();
         let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
-        let (n_strings, n_answers, n_pieces) = (count(0)?, count(1)?, count(2)?);
-        let at = |i: usize| u64_at(d, h + 12 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated");
-        let (strings_at, answers_at, starts_at, ids_at, blob_at, blob_end) = (at(0)?, at(1)?, at(2)?, at(3)?, at(4)?, at(5)?);
+        let (n_pieces, n_blocks) = (count(0)?, count(1)?);
+        let at = |i: usize| u64_at(d, h + 8 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated");
+        let (fence_at, blocks_at, blob_at, blob_end) = (at(0)?, at(1)?, at(2)?, at(3)?);
         let fits = |start: usize, n: usize, size: usize| n.checked_mul(size).and_then(|len| start.checked_add(len)).is_some_and(|end| end <= d.len());
-        if !(fits(strings_at, n_strings, 8)
-            && fits(answers_at, n_answers, 4)
-            && fits(starts_at, n_pieces, 8)
-            && fits(ids_at, n_pieces, 4)
+        if !(n_blocks == n_pieces.div_ceil(BLOCK)
+            && fits(fence_at, n_blocks, 8)
+            && fits(blocks_at, n_blocks, BLOCK_BYTES)
             && blob_at <= blob_end
             && blob_end <= d.len())
         {
             return Err("truncated".into());
         }
-        let fence = (0..n_pieces).step_by(BLOCK).map(|i| u64_at(d, starts_at + 8 * i).unwrap_or(u64::MAX)).collect();
         Ok(Index {
-            strings_at,
-            answers_at,
-            starts_at,
-            ids_at,
-            blob: blob_at..blob_end,
-            n_strings,
-            n_answers,
+            fence_at,
+            blocks_at,
+            n_blocks,
             n_pieces,
-            fence,
-            made: FxHashMap::default(),
+            blob: blob_at..blob_end,
+            checked: Vec::new(),
+            scan: Scan::default(),
+            wrap: String::new(),
             data,
         })
     }
@@ -281,62 +312,98 @@ impl Index {
         self.n_pieces
     }
 
-    /// The piece holding `vaddr`.
-    fn piece(&self, vaddr: u64) -> Option<usize> {
+    /// Where the answer of the piece holding `vaddr` is in the blob.
+    fn record(&self, vaddr: u64) -> Option<usize> {
         let d: &[u8] = &self.data;
-        let block = self.fence.partition_point(|&s| s <= vaddr).checked_sub(1)?;
-        let (lo, hi) = (block * BLOCK, (block * BLOCK + BLOCK).min(self.n_pieces));
-        let start = |i: usize| u64_at(d, self.starts_at + 8 * i).unwrap_or(u64::MAX);
+        let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
+        // The last block whose first piece starts at or before `vaddr`.
+        let (mut lo, mut hi) = (0, self.n_blocks);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if first(mid) <= vaddr {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let block = self.blocks_at + BLOCK_BYTES * lo.checked_sub(1)?;
+        let starts = d.get(block..block + BLOCK_BYTES)?;
         // The last piece of the block that starts at or before `vaddr`.
-        (lo..hi).take_while(|&i| start(i) <= vaddr).last()
+        let i = (0..BLOCK).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
+        u32_at(starts, 8 * BLOCK + 4 * i).filter(|&r| r != NONE32).map(|r| r as usize)
     }
 
-    /// The answer at `vaddr`, as the lookup without an index gives it.
-    pub fn lookup(&mut self, vaddr: u64) -> Result<Resolution, Reason> {
-        let d: &[u8] = &self.data;
-        let i = self.piece(vaddr).ok_or(Reason::NoSymbols)?;
-        let a = u32_at(d, self.ids_at + 4 * i).filter(|&a| (a as usize) < self.n_answers).ok_or(Reason::NoSymbols)?;
-        let rec = u32_at(d, self.answers_at + 4 * a as usize).ok_or(Reason::NoSymbols)? as usize;
-        let blob = d.get(self.blob.clone()).unwrap_or_default();
-        let (strings_at, n_strings, made) = (self.strings_at, self.n_strings, &mut self.made);
-        let mut string = |id: u32| -> Option<Arc<str>> {
-            if let Some(s) = made.get(&id) {
-                return Some(s.clone());
-            }
-            if id as usize >= n_strings {
-                return None;
-            }
-            let at = strings_at + 8 * id as usize;
-            let (off, len) = (u32_at(d, at)? as usize, u32_at(d, at + 4)? as usize);
-            let s: Arc<str> = Arc::from(std::str::from_utf8(blob.get(off..off.checked_add(len)?)?).ok()?);
-            made.insert(id, s.clone());
-            Some(s)
-        };
-        let mut r = Cursor { blob, at: rec };
-        let sym = string(r.next());
-        let start = u64::from(r.next()) | u64::from(r.next()) << 32;
-        let file = string(r.next());
-        let line = Some(r.next()).filter(|&l| l != NONE32);
+    /// The answer at `vaddr` as JSON object members, ready for a frame,
+    /// with `sym_offset` moved by `back` (see `Resolution::shifted`): the
+    /// same text as the lookup without an index gives.
+    pub fn answer(&mut self, vaddr: u64, back: u64) -> Result<Arc<str>, Reason> {
+        let at = self.record(vaddr).ok_or(Reason::NoSymbols)?;
+        let blob = self.data.get(self.blob.clone()).unwrap_or_default();
+        let field = |i: usize| u32_at(blob, at + 8 + 4 * i).map(|n| n as usize);
+        let text = |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end)).and_then(|b| std::str::from_utf8(b).ok());
+        let part = |i: usize| text(field(2 * i)?, field(2 * i + 1)?);
         // At most what the rest of the blob holds, and no more than a
         // lookup reports (a corrupt count must not make a huge frame).
-        let n = (r.next() as usize).min(blob.len().saturating_sub(r.at) / 12).min(MAX_INLINED);
-        let mut inlined = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (s, f, l) = (r.next(), r.next(), r.next());
-            inlined.push(Inlined { sym: string(s), file: string(f), line: (l != NONE32).then_some(l) });
-        }
+        let n = field(5).unwrap_or(0).min(blob.len().saturating_sub(at + 32) / 8).min(MAX_INLINED);
+        let line_at = at + 32 + 8 * n;
+        let (Some(start), Some(sym), Some(file), Some(line)) = (u64_at(blob, at), part(0), part(1), text(line_at, field(4).unwrap_or(usize::MAX))) else {
+            return Err(Reason::NoSymbols);
+        };
         // As without an index: an answer names a function or a file.
-        if sym.is_none() && file.is_none() {
+        if sym.is_empty() && file.is_empty() {
             return Err(Reason::NoSymbols);
         }
-        Ok(Resolution {
-            sym,
-            sym_offset: (start != NONE64).then(|| vaddr.wrapping_sub(start)),
-            file,
-            line,
-            inlined,
-            json: Default::default(),
-        })
+        let inlined = || (0..n).map(|i| part(3 + i));
+        if inlined().any(|t| t.is_none()) {
+            return Err(Reason::NoSymbols);
+        }
+        let inlined = || inlined().flatten();
+        let (word, bit) = (at / 8 / 64, at / 8 % 64);
+        if self.checked.is_empty() {
+            self.checked = vec![0; blob.len().div_ceil(8 * 64)];
+        }
+        if self.checked.get(word).is_none_or(|w| w & 1 << bit == 0) {
+            let (scan, wrap) = (&mut self.scan, &mut self.wrap);
+            if ![sym, file, line].iter().all(|t| members(scan, wrap, t))
+                || !inlined().all(|t| t.strip_prefix('{').and_then(|t| t.strip_suffix('}')).is_some_and(|t| members(scan, wrap, t)))
+            {
+                return Err(Reason::NoSymbols);
+            }
+            if let Some(w) = self.checked.get_mut(word) {
+                *w |= 1 << bit;
+            }
+        }
+        let mut o = String::with_capacity(sym.len() + file.len() + line.len() + 40 + inlined().map(|t| t.len() + 1).sum::<usize>());
+        o.push_str(sym);
+        if start != NONE64 {
+            if !o.is_empty() {
+                o.push(',');
+            }
+            // Cannot fail: writing to a String.
+            let _ = write!(o, "\"sym_offset\":\"{:#x}\"", vaddr.wrapping_sub(start).wrapping_add(back));
+        }
+        for t in [file, line] {
+            if !t.is_empty() {
+                if !o.is_empty() {
+                    o.push(',');
+                }
+                o.push_str(t);
+            }
+        }
+        if n > 0 {
+            if !o.is_empty() {
+                o.push(',');
+            }
+            o.push_str("\"inlined\":[");
+            for (i, t) in inlined().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                o.push_str(t);
+            }
+            o.push(']');
+        }
+        Ok(o.into())
     }
 
     /// The index of `build_id` in `dir`, if there is a usable one.
@@ -351,18 +418,17 @@ impl Index {
     }
 }
 
-/// Reads an answer record, u32 by u32; past the blob's end it reads "none".
-struct Cursor<'a> {
-    blob: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn next(&mut self) -> u32 {
-        let v = u32_at(self.blob, self.at).unwrap_or(NONE32);
-        self.at = self.at.saturating_add(4);
-        v
+/// Whether `text` is JSON object members as symres writes them: what goes
+/// between a frame's braces, and on one line.
+fn members(scan: &mut Scan, wrap: &mut String, text: &str) -> bool {
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+        return false;
     }
+    wrap.clear();
+    wrap.push('{');
+    wrap.push_str(text);
+    wrap.push('}');
+    scan.scan(wrap, &|_| None).is_ok() && scan.is_object
 }
 
 fn put32(out: &mut Vec<u8>, v: u32) {
@@ -384,24 +450,37 @@ mod tests {
         }
     }
 
-    /// f at 0x100..0x140 (line 1 up to 0x120, then 2), nothing elsewhere.
+    /// f at 0x100..0x140 (line 1 up to 0x120, then 2), h at 0x150..0x160
+    /// (a name only: no offset, no file), nothing elsewhere.
     fn answer(a: u64) -> Result<Resolution, Reason> {
         match a {
             0x100..0x120 => Ok(res("f", a - 0x100, 1)),
             0x120..0x140 => Ok(res("f", a - 0x100, 2)),
+            0x150..0x160 => Ok(Resolution { sym: Some("h\n\"".into()), ..Resolution::default() }),
             _ => Err(Reason::NoSymbols),
         }
     }
 
+    /// The text the lookup's answer gives a frame `back` bytes further.
+    fn text(a: u64, back: u64) -> Result<String, Reason> {
+        answer(a).map(|r| r.shifted(back).json_fields().to_string())
+    }
+
+    fn built() -> Built {
+        Built::new(vec![0x140, 0x100, 0x120, 0x100, 0x110, 0x150, 0x160], answer)
+    }
+
     #[test]
     fn pieces_answer_like_the_lookup_and_survive_the_file() {
-        let ix = Built::new(vec![0x140, 0x100, 0x120, 0x100, 0x110], answer);
+        let ix = built();
         // 0x110 starts no new piece: same answer as 0x100 but for the offset.
-        assert_eq!(ix.starts, [0, 0x100, 0x120, 0x140]);
+        assert_eq!(ix.starts, [0, 0x100, 0x120, 0x140, 0x150, 0x160]);
         let id = [0xab, 0xcd];
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
-        for a in [0, 0xff, 0x100, 0x11f, 0x120, 0x13f, 0x140, u64::MAX] {
-            assert_eq!(back.lookup(a), answer(a), "{a:#x}");
+        for a in [0, 0xff, 0x100, 0x11f, 0x120, 0x13f, 0x140, 0x150, 0x15f, 0x160, u64::MAX] {
+            for b in [0, 1] {
+                assert_eq!(back.answer(a, b).map(|t| t.to_string()), text(a, b), "{a:#x}");
+            }
         }
         assert!(Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &[0xab]).is_err_and(|e| e.contains("another build")));
         // Another symres's index (its version changed by one byte).
@@ -414,41 +493,76 @@ mod tests {
         assert!(Index::parse(Bytes::heap(old), &id).is_err_and(|e| e == format!("not written by {WRITER}")));
     }
 
+    /// More pieces than a block holds: the fence leads to the right block.
     #[test]
-    fn damaged_records_give_no_answer_or_a_bounded_one() {
-        let id = [7];
-        let good = Built::new(vec![0x100, 0x120, 0x140], answer).to_bytes(&id).unwrap();
-        let parse = |b: Vec<u8>| Index::parse(Bytes::heap(b), &id).unwrap();
-        let ix = parse(good.clone());
-        // The answer of 0x100 (the first record): symbol, start, file,
-        // line, inlined count, then the inlined calls.
-        let rec = ix.blob.start + u32_at(&good, ix.answers_at).unwrap() as usize;
-        let set = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[rec + at..rec + at + v.len()].copy_from_slice(v);
-        // No symbol, no file (ids out of range): no answer, as without an
-        // index, not an empty one.
-        let mut bad = good.clone();
-        set(&mut bad, 0, &0xffff_fff0u32.to_le_bytes());
-        set(&mut bad, 4, &u64::MAX.to_le_bytes());
-        set(&mut bad, 12, &0xffff_fff0u32.to_le_bytes());
-        set(&mut bad, 20, &0u32.to_le_bytes());
-        assert_eq!(parse(bad).lookup(0x100), Err(Reason::NoSymbols));
-        // A huge count of inlined calls reads what the blob holds.
-        let mut bad = good.clone();
-        set(&mut bad, 20, &u32::MAX.to_le_bytes());
-        let blob_left = (ix.blob.end - rec - 24) / 12;
-        let r = parse(bad).lookup(0x100).unwrap();
-        assert!(r.inlined.len() <= blob_left.min(MAX_INLINED), "{}", r.inlined.len());
-        assert_eq!(r.sym.as_deref(), Some("f"));
+    fn many_blocks() {
+        let answer = |a: u64| if (0x1000..0x1000 + 1000 * 0x10).contains(&a) && a % 0x10 < 8 { Ok(res(&format!("f{}", a / 0x10), a % 0x10, 1)) } else { Err(Reason::NoSymbols) };
+        let addrs: Vec<u64> = (0..1000u64).flat_map(|i| [0x1000 + i * 0x10, 0x1008 + i * 0x10]).collect();
+        let ix = Built::new(addrs, answer);
+        assert!(ix.pieces() > 10 * BLOCK);
+        let id = [5];
+        let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
+        for a in (0xff0..0x1000 + 1001 * 0x10).step_by(3) {
+            assert_eq!(back.answer(a, 0).map(|t| t.to_string()), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");
+        }
+    }
+
+    /// The blob offset of the answer at `a`, and the parsed index.
+    fn record_of(good: &[u8], id: &[u8], a: u64) -> (Index, usize) {
+        let ix = Index::parse(Bytes::heap(good.to_vec()), id).unwrap();
+        let at = ix.record(a).unwrap();
+        (ix, at)
     }
 
     #[test]
-    fn corrupt_files_are_rejected_never_trusted() {
+    fn damaged_answers_give_no_answer_never_bad_json() {
+        let id = [7];
+        let good = built().to_bytes(&id).unwrap();
+        let (ix, rec) = record_of(&good, &id, 0x100);
+        let rec = ix.blob.start + rec;
+        let parse = |b: Vec<u8>| Index::parse(Bytes::heap(b), &id).unwrap();
+        // The answer of 0x100: the symbol's start (0), where its "sym" and
+        // "file" parts are and how long (8..24), the length of its "line"
+        // part (24), the number of inlined calls (28, here 1), where that
+        // one is and how long (32..40), the "line" part (40).
+        let set = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[rec + at..rec + at + v.len()].copy_from_slice(v);
+        // Parts out of range: no answer.
+        for (at, v) in [(8, u32::MAX), (12, u32::MAX), (16, u32::MAX), (20, u32::MAX), (24, u32::MAX), (32, u32::MAX), (36, u32::MAX), (8, 0xffff_fff0)] {
+            let mut bad = good.clone();
+            set(&mut bad, at, &v.to_le_bytes());
+            assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols), "{at} {v:#x}");
+        }
+        // Both parts empty: no answer, as without an index, not an empty one.
+        let mut bad = good.clone();
+        set(&mut bad, 12, &0u32.to_le_bytes());
+        set(&mut bad, 20, &0u32.to_le_bytes());
+        assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
+        // A "line" part that is not JSON members (a quote gone, a newline
+        // in it): no answer.
+        for (at, byte) in [(40, b'x'), (41, b'\n')] {
+            let mut bad = good.clone();
+            bad[rec + at] = byte;
+            assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols), "{at}");
+        }
+        // A huge count of inlined calls: bounded by what the blob holds
+        // (what it then reads is garbage: no answer).
+        let mut bad = good.clone();
+        set(&mut bad, 28, &u32::MAX.to_le_bytes());
+        assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
+    }
+
+    #[test]
+    fn corrupt_files_are_rejected_or_give_json() {
         let id = [1, 2, 3];
-        let good = Built::new(vec![0x100, 0x120, 0x140], answer).to_bytes(&id).unwrap();
+        let good = built().to_bytes(&id).unwrap();
         let parse = |b: &[u8]| Index::parse(Bytes::heap(b.to_vec()), &id);
         assert!(parse(&good).is_ok());
-        // Cut anywhere before the blob's end: the tables no longer fit.
-        for n in 0..good.len() {
+        // Cut anywhere before the blocks' end: they no longer fit.
+        let blocks_end = {
+            let ix = parse(&good).unwrap();
+            ix.blocks_at + ix.n_blocks * BLOCK_BYTES
+        };
+        for n in 0..blocks_end {
             assert!(parse(&good[..n]).is_err(), "truncated to {n}");
         }
         let mut next = crate::testing::rng(0x1234_5678_9abc_def1);
@@ -457,10 +571,16 @@ mod tests {
             let mut bad = good.clone();
             let at = (seed % bad.len() as u64) as usize;
             bad[at] = (seed >> 32) as u8;
-            if let Ok(mut ix) = parse(&bad) {
-                // Whatever it says, a lookup stays in bounds.
-                for a in [0, 0x100, 0x130, u64::MAX] {
-                    let _ = ix.lookup(a);
+            let cut = if seed >> 60 == 0 { at } else { bad.len() };
+            if let Ok(mut ix) = parse(&bad[..cut]) {
+                // Whatever it says, a lookup stays in bounds, and what it
+                // gives is JSON object members.
+                for a in [0, 0x100, 0x130, 0x150, u64::MAX] {
+                    if let Ok(t) = ix.answer(a, 1) {
+                        let line = format!("{{{t}}}");
+                        assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(), "{line}");
+                        assert!(!line.contains('\n'));
+                    }
                 }
             }
         }

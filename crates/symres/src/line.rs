@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::kallsyms::KERNEL_START;
-use crate::resolve::{Outcome, Reason, Resolver};
+use crate::resolve::{Answer, Reason, Resolver};
 use crate::scan::{self, Item, Member, Scan, Span};
 use leakd_common::text::hex;
 
@@ -35,8 +35,8 @@ const OUR_FIELDS: [&str; 6] = ["sym", "sym_offset", "file", "line", "inlined", "
 /// What symres adds to one frame.
 #[derive(Clone)]
 enum Fields {
-    /// The cached answer (shifted to the frame's address already).
-    Resolved(Arc<crate::resolve::Resolution>),
+    /// The answer (shifted to the frame's address already).
+    Resolved(Answer),
     Reason(Reason),
 }
 
@@ -313,7 +313,7 @@ fn write(text: &str, s: &Scan, edits: &[Edit], out: &mut Vec<u8>) {
         }
         sep(out);
         match &e.added.fields {
-            Fields::Resolved(r) => out.extend_from_slice(r.json_fields().as_bytes()),
+            Fields::Resolved(r) => out.extend_from_slice(r.json().as_bytes()),
             Fields::Reason(r) => {
                 out.extend_from_slice(b"\"reason\":\"");
                 out.extend_from_slice(r.as_str().as_bytes());
@@ -400,13 +400,13 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>) -> 
     let mut found_module = None;
     let mut live = false;
     let mut found_offset = None;
-    let outcome: Outcome = match (addr, &module, offset) {
-        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back),
-        (_, Some(m), Some(off)) => r.resolve_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), back, build_id.as_deref(), pid),
+    let outcome: Result<Answer, Reason> = match (addr, &module, offset) {
+        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made),
+        (_, Some(m), Some(off)) => r.answer_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), back, build_id.as_deref(), pid),
         (Some(a), _, _) => match pid {
             Some(pid) => {
                 live = true;
-                let pf = r.resolve_pid_addr(pid, a.saturating_sub(back), back, build_id.as_deref());
+                let pf = r.answer_pid_addr(pid, a.saturating_sub(back), back, build_id.as_deref());
                 if module.is_none() {
                     found_module = pf.module;
                 }

@@ -116,15 +116,22 @@ impl Resolution {
                 if i > 0 {
                     o.push(b',');
                 }
-                let mut inner = Vec::new();
-                place(&mut inner, f.sym.as_deref(), f.file.as_deref(), f.line);
-                o.push(b'{');
-                o.extend_from_slice(&inner);
-                o.push(b'}');
+                f.write_json(&mut o);
             }
             o.push(b']');
         }
         String::from_utf8(o).unwrap_or_default().into_boxed_str()
+    }
+}
+
+impl Inlined {
+    /// `{"sym":...,"file":...,"line":...}`, an element of `"inlined"`.
+    pub(crate) fn write_json(&self, o: &mut Vec<u8>) {
+        let mut inner = Vec::new();
+        place(&mut inner, self.sym.as_deref(), self.file.as_deref(), self.line);
+        o.push(b'{');
+        o.extend_from_slice(&inner);
+        o.push(b'}');
     }
 }
 
@@ -157,11 +164,33 @@ pub type Outcome = Result<Arc<Resolution>, Reason>;
 /// A frame resolved through a live process's maps: the module and file
 /// offset found there, and the outcome.
 #[derive(Debug, Clone)]
-pub struct PidFrame {
+pub struct PidFrame<T = Arc<Resolution>> {
     pub module: Option<String>,
     pub offset: Option<u64>,
-    pub outcome: Outcome,
+    pub outcome: Result<T, Reason>,
 }
+
+/// What symres writes into a frame of a line: an answer made from symbols
+/// and DWARF, or one read ready-made from an index.
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    Made(Arc<Resolution>),
+    Text(Arc<str>),
+}
+
+impl Answer {
+    /// The answer as JSON object members.
+    pub(crate) fn json(&self) -> &str {
+        match self {
+            Answer::Made(r) => r.json_fields(),
+            Answer::Text(t) => t,
+        }
+    }
+}
+
+/// The last step of a module frame's resolution: module, file offset and
+/// `back` to an answer.
+type Look<T> = fn(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -201,7 +230,8 @@ struct Module {
     /// module has no (usable) DWARF.
     dwarf: Option<DwarfState>,
     /// Prebuilt answers for the whole module, when an index was found for
-    /// its build id: then neither symbols nor DWARF are consulted.
+    /// its build id: lines are then answered from it, without symbols or
+    /// DWARF (the structured answers of `resolve_*` still come from those).
     index: Option<crate::index::Index>,
     /// By address looked up, and how far back from the frame's (see
     /// `Resolution::shifted`).
@@ -297,11 +327,21 @@ impl Resolver {
     /// `back`: the frame is a return address, `back` bytes after the
     /// address looked up (`offset`).
     pub fn resolve_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
+        self.module_offset_with(module, offset, back, build_id, pid, Resolver::lookup_offset)
+    }
+
+    /// `resolve_module_offset` for a line: from the module's index when it
+    /// has one.
+    pub(crate) fn answer_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Result<Answer, Reason> {
+        self.module_offset_with(module, offset, back, build_id, pid, Resolver::answer_offset)
+    }
+
+    fn module_offset_with<T>(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, look: Look<T>) -> Result<T, Reason> {
         let name = module.as_os_str().to_str();
         if let Some(hit) = name.and_then(|n| self.by_name.get(n)) {
             if let Some((_, _, r)) = hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id) {
                 let r = *r;
-                return r.and_then(|id| self.lookup_offset(id, offset, back));
+                return r.and_then(|id| look(self, id, offset, back));
             }
         }
         let r = self.module_for_name(module, build_id, pid);
@@ -313,7 +353,7 @@ impl Resolver {
             }
             list.push((pid, build_id.map(<[u8]>::to_vec), r));
         }
-        r.and_then(|id| self.lookup_offset(id, offset, back))
+        r.and_then(|id| look(self, id, offset, back))
     }
 
     fn module_for_name(&mut self, module: &Path, build_id: Option<&[u8]>, pid: Option<u32>) -> Result<ModuleId, Reason> {
@@ -331,6 +371,16 @@ impl Resolver {
     /// (`back` as for `resolve_module_offset`; the offset returned is the
     /// frame's, `back` bytes after `addr`'s).
     pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>) -> PidFrame {
+        self.pid_addr_with(pid, addr, back, build_id, Resolver::lookup_offset)
+    }
+
+    /// `resolve_pid_addr` for a line: from the module's index when it has
+    /// one.
+    pub(crate) fn answer_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>) -> PidFrame<Answer> {
+        self.pid_addr_with(pid, addr, back, build_id, Resolver::answer_offset)
+    }
+
+    fn pid_addr_with<T>(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>, look: Look<T>) -> PidFrame<T> {
         let generation = self.generation;
         let stale = match self.pids.get(&pid) {
             None => true,
@@ -385,7 +435,7 @@ impl Resolver {
                 r
             }
         };
-        let outcome = id.and_then(|id| self.lookup_offset(id, offset, back));
+        let outcome = id.and_then(|id| look(self, id, offset, back));
         PidFrame { module: Some(module_name), offset: Some(offset.wrapping_add(back)), outcome }
     }
 
@@ -579,8 +629,6 @@ impl Resolver {
         let dir = self.index_dir().ok_or("no index directory (set HOME, XDG_CACHE_HOME or --index-dir)")?;
         let m = &mut self.modules[id];
         let build_id = m.build_id.clone().ok_or("no build id to name its index by")?;
-        // Built from the symbols and DWARF, never from an older index.
-        m.index = None;
         let mut addrs: Vec<u64> = m.symbols.boundaries().collect();
         if let Some(dwarf) = dwarf_index(&mut m.dwarf) {
             dwarf.boundaries(&mut addrs).map_err(|e| format!("unreadable DWARF: {e}"))?;
@@ -683,6 +731,17 @@ impl Resolver {
         found
     }
 
+    /// `lookup_offset` as text for a line: read from the module's index
+    /// when it has one (as fast as the cache of answers, which it skips).
+    fn answer_offset(&mut self, id: ModuleId, offset: u64, back: u64) -> Result<Answer, Reason> {
+        let m = &mut self.modules[id];
+        if let Some(ix) = &mut m.index {
+            let vaddr = elf::offset_to_vaddr(&m.segments, offset).ok_or(Reason::Unmapped)?;
+            return ix.answer(vaddr, back).map(Answer::Text);
+        }
+        self.lookup_offset(id, offset, back).map(Answer::Made)
+    }
+
     /// The answer at file offset `offset`, for a frame `back` bytes
     /// further (a return address).
     fn lookup_offset(&mut self, id: ModuleId, offset: u64, back: u64) -> Outcome {
@@ -719,9 +778,6 @@ fn dwarf_index(dwarf: &mut Option<DwarfState>) -> Option<&mut crate::dwarf::Inde
 
 impl Module {
     fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool, verbose: u8) -> Result<Resolution, Reason> {
-        if let Some(ix) = &mut self.index {
-            return ix.lookup(vaddr);
-        }
         let mut res = Resolution::default();
         if let Some((i, start)) = self.symbols.lookup(vaddr) {
             let name = match self.demangled.get(&i) {
