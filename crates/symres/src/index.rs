@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use crate::elf::Bytes;
 use crate::resolve::{Inlined, Reason, Resolution};
 use crate::scan::Scan;
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
@@ -78,7 +78,8 @@ impl Stored {
     /// The answer as symres writes it into a frame, in parts: `"sym":...`,
     /// `"file":...` and `"line":...` (each rendered alone, so any may be
     /// empty; `sym_offset` goes after the first), and the elements of
-    /// `"inlined"`. All but the line are shared by many answers.
+    /// `"inlined"` without their braces. All but the line are shared by
+    /// many answers.
     fn rendered(&self) -> ([String; 3], Vec<String>) {
         let sym = Resolution { sym: self.sym.clone(), ..Resolution::default() };
         let file = Resolution { file: self.file.clone(), ..Resolution::default() };
@@ -89,7 +90,8 @@ impl Stored {
             .map(|f| {
                 let mut o = Vec::new();
                 f.write_json(&mut o);
-                String::from_utf8(o).unwrap_or_default()
+                let inner = o.get(1..o.len().saturating_sub(1)).unwrap_or_default();
+                String::from_utf8_lossy(inner).into_owned()
             })
             .collect();
         ([sym, file, line].map(|r| r.json_fields().to_string()), inlined)
@@ -140,21 +142,24 @@ impl Built {
     /// first start (u64). The blocks: BLOCK pieces each, their starts (u64,
     /// ascending; u64::MAX past the last piece) then where their answers
     /// are in the blob (u32; u32::MAX for none). The blob: the shared parts
-    /// of answers (`"sym":...`, `"file":...`, inlined calls `{...}`), each
-    /// written once, then the answers, each at a multiple of 8: the
+    /// of answers (`"sym":...`, `"file":...`, the members of an inlined
+    /// call), each written once, at a multiple of 8, as its length (u32)
+    /// and its bytes; then the answers, each at a multiple of 8: the
     /// symbol's start (u64; u64::MAX for none), where its `"sym"` and
-    /// `"file"` parts are and their lengths (u32, u32 each), the length of
-    /// its `"line"` part and the number of inlined calls (u32 each), where
-    /// each inlined call is and its length (u32, u32), the `"line"` part.
+    /// `"file"` parts are (u32 each), the length of its `"line"` part and
+    /// the number of inlined calls (u32 each), where each inlined call is
+    /// (u32), the `"line"` part.
     /// `None` when the index would pass 4 GB (its offsets are 32-bit).
     pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
         let mut blob = Vec::new();
-        let mut shared: FxHashMap<String, (u32, u32)> = FxHashMap::default();
+        let mut shared: FxHashMap<String, u32> = FxHashMap::default();
         let mut records = Vec::with_capacity(self.stored.len());
         let rendered: Vec<([String; 3], Vec<String>)> = self.stored.iter().map(Stored::rendered).collect();
         for part in rendered.iter().flat_map(|(r, inlined)| r[..2].iter().chain(inlined)) {
             if !shared.contains_key(part) {
-                shared.insert(part.clone(), (u32::try_from(blob.len()).ok()?, part.len() as u32));
+                blob.resize(blob.len().next_multiple_of(8), 0);
+                shared.insert(part.clone(), u32::try_from(blob.len()).ok()?);
+                put32(&mut blob, part.len() as u32);
                 blob.extend_from_slice(part.as_bytes());
             }
         }
@@ -162,17 +167,12 @@ impl Built {
             blob.resize(blob.len().next_multiple_of(8), 0);
             records.push(u32::try_from(blob.len()).ok()?);
             blob.extend_from_slice(&s.sym_start.unwrap_or(NONE64).to_le_bytes());
-            for part in [sym, file] {
-                let (at, len) = shared[part];
-                put32(&mut blob, at);
-                put32(&mut blob, len);
-            }
+            put32(&mut blob, shared[sym]);
+            put32(&mut blob, shared[file]);
             put32(&mut blob, line.len() as u32);
             put32(&mut blob, inlined.len() as u32);
             for part in inlined {
-                let (at, len) = shared[part];
-                put32(&mut blob, at);
-                put32(&mut blob, len);
+                put32(&mut blob, shared[part]);
             }
             blob.extend_from_slice(line.as_bytes());
         }
@@ -237,11 +237,13 @@ pub struct Index {
     n_pieces: usize,
     /// The blob's range in `data`.
     blob: std::ops::Range<usize>,
-    /// Answers found to be JSON object members, a bit per 8 bytes of blob
-    /// (answers are 8-aligned): the text is copied into frames, and a
-    /// damaged index must not make the output invalid JSON. Checked on
-    /// first use, not at load, which would read the whole file.
-    checked: Vec<u64>,
+    /// Answers whose "line" part, and shared parts, found to be UTF-8 JSON
+    /// object members, a bit per 8 bytes of blob (both are 8-aligned, and
+    /// a shared part's length is written with it): the text is copied into
+    /// frames, and a damaged index must not make the output invalid JSON.
+    /// Checked on first use, not at load, which would read the whole file.
+    checked_answers: Vec<u64>,
+    checked_parts: Vec<u64>,
     scan: Scan,
     wrap: String,
 }
@@ -301,7 +303,8 @@ impl Index {
             n_blocks,
             n_pieces,
             blob: blob_at..blob_end,
-            checked: Vec::new(),
+            checked_answers: Vec::new(),
+            checked_parts: Vec::new(),
             scan: Scan::default(),
             wrap: String::new(),
             data,
@@ -336,72 +339,70 @@ impl Index {
     /// The answer at `vaddr` as JSON object members, ready for a frame,
     /// with `sym_offset` moved by `back` (see `Resolution::shifted`): the
     /// same text as the lookup without an index gives.
-    pub fn answer(&mut self, vaddr: u64, back: u64) -> Result<Arc<str>, Reason> {
+    pub fn answer(&mut self, vaddr: u64, back: u64) -> Result<Arc<[u8]>, Reason> {
         let at = self.record(vaddr).ok_or(Reason::NoSymbols)?;
-        let blob = self.data.get(self.blob.clone()).unwrap_or_default();
+        if self.checked_answers.is_empty() {
+            let words = self.blob.len().div_ceil(8 * 64);
+            self.checked_answers = vec![0; words];
+            self.checked_parts = vec![0; words];
+        }
+        let Index { data, blob, checked_answers, checked_parts, scan, wrap, .. } = self;
+        let blob = data.get(blob.clone()).unwrap_or_default();
         let field = |i: usize| u32_at(blob, at + 8 + 4 * i).map(|n| n as usize);
-        let text = |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end)).and_then(|b| std::str::from_utf8(b).ok());
-        let part = |i: usize| text(field(2 * i)?, field(2 * i + 1)?);
         // At most what the rest of the blob holds, and no more than a
         // lookup reports (a corrupt count must not make a huge frame).
-        let n = field(5).unwrap_or(0).min(blob.len().saturating_sub(at + 32) / 8).min(MAX_INLINED);
-        let line_at = at + 32 + 8 * n;
-        let (Some(start), Some(sym), Some(file), Some(line)) = (u64_at(blob, at), part(0), part(1), text(line_at, field(4).unwrap_or(usize::MAX))) else {
+        let n = field(3).unwrap_or(0).min(blob.len().saturating_sub(at + 24) / 4).min(MAX_INLINED);
+        let line_at = at + 24 + 4 * n;
+        let text = |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end));
+        let (Some(start), Some(line)) = (u64_at(blob, at), text(line_at, field(2).unwrap_or(usize::MAX))) else {
+            return Err(Reason::NoSymbols);
+        };
+        if !checked(checked_answers, at, || members(scan, wrap, line)) {
+            return Err(Reason::NoSymbols);
+        }
+        let mut part = |i: usize| -> Option<&[u8]> {
+            let at = field(i)?;
+            let t = text(at + 4, u32_at(blob, at)? as usize)?;
+            checked(checked_parts, at, || members(scan, wrap, t)).then_some(t)
+        };
+        let (Some(sym), Some(file)) = (part(0), part(1)) else {
             return Err(Reason::NoSymbols);
         };
         // As without an index: an answer names a function or a file.
         if sym.is_empty() && file.is_empty() {
             return Err(Reason::NoSymbols);
         }
-        let inlined = || (0..n).map(|i| part(3 + i));
-        if inlined().any(|t| t.is_none()) {
-            return Err(Reason::NoSymbols);
-        }
-        let inlined = || inlined().flatten();
-        let (word, bit) = (at / 8 / 64, at / 8 % 64);
-        if self.checked.is_empty() {
-            self.checked = vec![0; blob.len().div_ceil(8 * 64)];
-        }
-        if self.checked.get(word).is_none_or(|w| w & 1 << bit == 0) {
-            let (scan, wrap) = (&mut self.scan, &mut self.wrap);
-            if ![sym, file, line].iter().all(|t| members(scan, wrap, t))
-                || !inlined().all(|t| t.strip_prefix('{').and_then(|t| t.strip_suffix('}')).is_some_and(|t| members(scan, wrap, t)))
-            {
-                return Err(Reason::NoSymbols);
-            }
-            if let Some(w) = self.checked.get_mut(word) {
-                *w |= 1 << bit;
-            }
-        }
-        let mut o = String::with_capacity(sym.len() + file.len() + line.len() + 40 + inlined().map(|t| t.len() + 1).sum::<usize>());
-        o.push_str(sym);
+        let mut o = Vec::with_capacity(sym.len() + file.len() + line.len() + 64);
+        o.extend_from_slice(sym);
         if start != NONE64 {
             if !o.is_empty() {
-                o.push(',');
+                o.push(b',');
             }
-            // Cannot fail: writing to a String.
+            // Cannot fail: writing to a Vec.
             let _ = write!(o, "\"sym_offset\":\"{:#x}\"", vaddr.wrapping_sub(start).wrapping_add(back));
         }
         for t in [file, line] {
             if !t.is_empty() {
                 if !o.is_empty() {
-                    o.push(',');
+                    o.push(b',');
                 }
-                o.push_str(t);
+                o.extend_from_slice(t);
             }
         }
         if n > 0 {
             if !o.is_empty() {
-                o.push(',');
+                o.push(b',');
             }
-            o.push_str("\"inlined\":[");
-            for (i, t) in inlined().enumerate() {
+            o.extend_from_slice(b"\"inlined\":[");
+            for i in 0..n {
                 if i > 0 {
-                    o.push(',');
+                    o.push(b',');
                 }
-                o.push_str(t);
+                o.push(b'{');
+                o.extend_from_slice(part(4 + i).ok_or(Reason::NoSymbols)?);
+                o.push(b'}');
             }
-            o.push(']');
+            o.push(b']');
         }
         Ok(o.into())
     }
@@ -418,10 +419,27 @@ impl Index {
     }
 }
 
+/// Whether the text at blob offset `at` has been found good, else
+/// whether `check` finds it so (remembered, a bit per 8 bytes).
+fn checked(bits: &mut [u64], at: usize, check: impl FnOnce() -> bool) -> bool {
+    let (word, bit) = (at / 8 / 64, at / 8 % 64);
+    let Some(w) = bits.get_mut(word) else { return false };
+    if *w & 1 << bit != 0 {
+        return true;
+    }
+    let good = check();
+    if good {
+        *w |= 1 << bit;
+    }
+    good
+}
+
 /// Whether `text` is JSON object members as symres writes them: what goes
-/// between a frame's braces, and on one line.
-fn members(scan: &mut Scan, wrap: &mut String, text: &str) -> bool {
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+/// between a frame's braces, in UTF-8, on one line; none at all, or at
+/// least one (it is joined to others with commas).
+fn members(scan: &mut Scan, wrap: &mut String, text: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(text) else { return false };
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') || (!text.is_empty() && text.trim_ascii().is_empty()) {
         return false;
     }
     wrap.clear();
@@ -479,7 +497,7 @@ mod tests {
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in [0, 0xff, 0x100, 0x11f, 0x120, 0x13f, 0x140, 0x150, 0x15f, 0x160, u64::MAX] {
             for b in [0, 1] {
-                assert_eq!(back.answer(a, b).map(|t| t.to_string()), text(a, b), "{a:#x}");
+                assert_eq!(back.answer(a, b).map(|t| String::from_utf8(t.to_vec()).unwrap()), text(a, b), "{a:#x}");
             }
         }
         assert!(Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &[0xab]).is_err_and(|e| e.contains("another build")));
@@ -503,7 +521,7 @@ mod tests {
         let id = [5];
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in (0xff0..0x1000 + 1001 * 0x10).step_by(3) {
-            assert_eq!(back.answer(a, 0).map(|t| t.to_string()), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");
+            assert_eq!(back.answer(a, 0).map(|t| String::from_utf8(t.to_vec()).unwrap()), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");
         }
     }
 
@@ -522,24 +540,27 @@ mod tests {
         let rec = ix.blob.start + rec;
         let parse = |b: Vec<u8>| Index::parse(Bytes::heap(b), &id).unwrap();
         // The answer of 0x100: the symbol's start (0), where its "sym" and
-        // "file" parts are and how long (8..24), the length of its "line"
-        // part (24), the number of inlined calls (28, here 1), where that
-        // one is and how long (32..40), the "line" part (40).
+        // "file" parts are (8, 12), the length of its "line" part (16), the
+        // number of inlined calls (20, here 1), where that one is (24), the
+        // "line" part (28).
         let set = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[rec + at..rec + at + v.len()].copy_from_slice(v);
         // Parts out of range: no answer.
-        for (at, v) in [(8, u32::MAX), (12, u32::MAX), (16, u32::MAX), (20, u32::MAX), (24, u32::MAX), (32, u32::MAX), (36, u32::MAX), (8, 0xffff_fff0)] {
+        for (at, v) in [(8, u32::MAX), (12, u32::MAX), (16, u32::MAX), (24, u32::MAX), (8, 0xffff_fff0)] {
             let mut bad = good.clone();
             set(&mut bad, at, &v.to_le_bytes());
             assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols), "{at} {v:#x}");
         }
-        // Both parts empty: no answer, as without an index, not an empty one.
+        // Both parts empty (the empty "file" part of 0x150's answer): no
+        // answer, as without an index, not an empty one.
+        let (_, h) = record_of(&good, &id, 0x150);
+        let empty = &good[ix.blob.start + h + 12..][..4];
         let mut bad = good.clone();
-        set(&mut bad, 12, &0u32.to_le_bytes());
-        set(&mut bad, 20, &0u32.to_le_bytes());
+        set(&mut bad, 8, empty);
+        set(&mut bad, 12, empty);
         assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
         // A "line" part that is not JSON members (a quote gone, a newline
         // in it): no answer.
-        for (at, byte) in [(40, b'x'), (41, b'\n')] {
+        for (at, byte) in [(28, b'x'), (29, b'\n')] {
             let mut bad = good.clone();
             bad[rec + at] = byte;
             assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols), "{at}");
@@ -547,7 +568,13 @@ mod tests {
         // A huge count of inlined calls: bounded by what the blob holds
         // (what it then reads is garbage: no answer).
         let mut bad = good.clone();
-        set(&mut bad, 28, &u32::MAX.to_le_bytes());
+        set(&mut bad, 20, &u32::MAX.to_le_bytes());
+        assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
+        // A shared part pointed to as it is (checked) and from four bytes
+        // on (where its length would be read from its text): no answer.
+        let sym_ref = u32_at(&good, rec + 8).unwrap();
+        let mut bad = good.clone();
+        set(&mut bad, 12, &(sym_ref + 4).to_le_bytes());
         assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
     }
 
@@ -571,13 +598,18 @@ mod tests {
             let mut bad = good.clone();
             let at = (seed % bad.len() as u64) as usize;
             bad[at] = (seed >> 32) as u8;
+            // Sometimes a second byte, near the first or anywhere.
+            if seed >> 40 & 3 == 0 {
+                let next_at = if seed >> 42 & 1 == 0 { (at + (seed >> 43) as usize % 8).min(bad.len() - 1) } else { next() as usize % bad.len() };
+                bad[next_at] = (seed >> 48) as u8;
+            }
             let cut = if seed >> 60 == 0 { at } else { bad.len() };
             if let Ok(mut ix) = parse(&bad[..cut]) {
                 // Whatever it says, a lookup stays in bounds, and what it
                 // gives is JSON object members.
                 for a in [0, 0x100, 0x130, 0x150, u64::MAX] {
                     if let Ok(t) = ix.answer(a, 1) {
-                        let line = format!("{{{t}}}");
+                        let line = format!("{{{}}}", std::str::from_utf8(&t).unwrap());
                         assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(), "{line}");
                         assert!(!line.contains('\n'));
                     }

@@ -313,7 +313,7 @@ fn write(text: &str, s: &Scan, edits: &[Edit], out: &mut Vec<u8>) {
         }
         sep(out);
         match &e.added.fields {
-            Fields::Resolved(r) => out.extend_from_slice(r.json().as_bytes()),
+            Fields::Resolved(r) => out.extend_from_slice(r.json()),
             Fields::Reason(r) => {
                 out.extend_from_slice(b"\"reason\":\"");
                 out.extend_from_slice(r.as_str().as_bytes());

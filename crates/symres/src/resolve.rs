@@ -175,14 +175,16 @@ pub struct PidFrame<T = Arc<Resolution>> {
 #[derive(Debug, Clone)]
 pub(crate) enum Answer {
     Made(Arc<Resolution>),
-    Text(Arc<str>),
+    /// JSON object members (checked, but not known to be UTF-8 if the
+    /// index file changed since).
+    Text(Arc<[u8]>),
 }
 
 impl Answer {
     /// The answer as JSON object members.
-    pub(crate) fn json(&self) -> &str {
+    pub(crate) fn json(&self) -> &[u8] {
         match self {
-            Answer::Made(r) => r.json_fields(),
+            Answer::Made(r) => r.json_fields().as_bytes(),
             Answer::Text(t) => t,
         }
     }
