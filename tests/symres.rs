@@ -408,6 +408,47 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
     assert_eq!(ok.stderr, "");
 }
 
+/// Input of many batches, resolved by several threads: the same output,
+/// in input order, and the same messages with the right line numbers, as
+/// with one thread.
+#[test]
+fn threads_keep_the_order_of_lines_and_messages() {
+    let dir = TempDir::new("threads");
+    let prog = build_prog(&dir, "prog", &[]);
+    let good = run_prog(&prog);
+    let block = [good.trim_end(), "not json", r#"{"type":"x","n":1}"#, r#"{"type":"a","stack":[{"addr":true}]}"#, ""];
+    let reps = 3000;
+    let mut input = String::new();
+    for i in 0..reps {
+        for l in block {
+            // Every line different, so lines cannot be mixed up unseen.
+            input.push_str(&l.replacen("\"type\":\"", &format!("\"i\":{i},\"type\":\""), 1));
+            input.push('\n');
+        }
+    }
+    assert!(input.len() > 4 << 18, "fewer bytes than four batches: {}", input.len());
+    let one = symres(&["-j", "1"], &input);
+    let three = symres(&["-j", "3"], &input);
+    assert_eq!(one.code, 1);
+    assert_eq!(three.code, 1);
+    assert!(one.stdout == three.stdout, "outputs differ");
+    assert_eq!(one.stderr, three.stderr);
+    let out: Vec<&str> = three.stdout.lines().collect();
+    assert_eq!(out.len(), 3 * reps);
+    for (i, l) in out.chunks(3).enumerate() {
+        assert!(l[0].starts_with(&format!("{{\"i\":{i},")) && l[0].contains("\"sym\":\"target_function\""), "{}", l[0]);
+        assert_eq!(l[1], format!("{{\"i\":{i},\"type\":\"x\",\"n\":1}}"));
+        assert_eq!(l[2], "");
+    }
+    let errs: Vec<&str> = three.stderr.lines().collect();
+    assert_eq!(errs.len(), 2 * reps + 1);
+    for i in 0..reps {
+        assert!(errs[2 * i].starts_with(&format!("symres: error: line {}: not JSON", 5 * i + 2)), "{}", errs[2 * i]);
+        assert!(errs[2 * i + 1].starts_with(&format!("symres: error: line {}: stack[0].addr", 5 * i + 4)), "{}", errs[2 * i + 1]);
+    }
+    assert_eq!(errs[2 * reps], format!("symres: error: {} malformed line(s) skipped", 2 * reps));
+}
+
 #[test]
 fn kernel_addresses_through_kallsyms() {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();

@@ -23,6 +23,7 @@ mod scan;
 mod testing;
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::sync::mpsc;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -128,6 +129,11 @@ pub struct Cli {
     /// else ~/.cache/leakd/symres].
     #[arg(long = "index-dir", value_name = "DIR")]
     index_dir: Option<PathBuf>,
+
+    /// Resolve with N threads, each with its own caches; lines are written in the order
+    /// they came [default: the CPUs available, at most 4].
+    #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
 }
 
 pub fn command() -> clap::Command {
@@ -140,39 +146,159 @@ const MAX_LINE_BYTES: usize = 64 << 20;
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    let mut resolver = Resolver::new(Options {
+    let opts = Options {
         debug_dirs: cli.debug_dirs.clone(),
         inlined: !cli.no_inlined,
         index_dir: cli.index_dir.clone(),
         verbose: cli.run.verbose,
-    });
+    };
     if !cli.build_index.is_empty() {
-        return build_indexes(&mut resolver, &cli.build_index);
+        return build_indexes(&mut Resolver::new(opts), &cli.build_index);
     }
+    let threads = match cli.threads {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_THREADS)),
+    };
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
+    let pool = &Pool::default();
+    let malformed = std::thread::scope(|scope| -> Result<u64> {
+        let mut to_workers = Vec::new();
+        let mut from_workers = Vec::new();
+        for _ in 0..threads {
+            let (batches, batch_rx) = mpsc::sync_channel::<Batch>(2);
+            let (done_tx, done) = mpsc::sync_channel::<Done>(2);
+            to_workers.push(Worker { batches, unborn: Some((batch_rx, done_tx)) });
+            from_workers.push(done);
+        }
+        let writer = scope.spawn(move || write_batches(from_workers, pool));
+        let spawn = |(batches, done)| {
+            let opts = opts.clone();
+            scope.spawn(move || worker(Resolver::new(opts), batches, done, pool));
+        };
+        let read = read_batches(deadline, to_workers, spawn, pool);
+        // The writer's error first: reading stops when it is gone (a
+        // closed pipe downstream), and says only that.
+        let malformed = writer.join().unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
+        read?;
+        Ok(malformed)
+    })?;
+    if malformed > 0 {
+        eprintln!("symres: error: {malformed} malformed line(s) skipped");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Threads used when none are asked for: symres is one stage of a
+/// pipeline, whose other stages want CPUs too.
+const MAX_DEFAULT_THREADS: usize = 4;
+
+/// Bytes of lines handed to a worker at once (about; fewer when the input
+/// pauses): threads cost nothing per line, and output starts early.
+const BATCH_BYTES: usize = 1 << 18;
+
+/// Buffers passed around again: a fresh one for every batch cost page
+/// faults (large allocations are mapped anew each time).
+#[derive(Default)]
+struct Pool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn get(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+    }
+
+    fn put(&self, mut b: Vec<u8>) {
+        b.clear();
+        if let Ok(mut p) = self.0.lock() {
+            // Enough for the batches in flight.
+            if p.len() < 32 {
+                p.push(b);
+            }
+        }
+    }
+}
+
+/// A worker's channels: its thread starts with its first batch (a single
+/// line, say, needs one).
+struct Worker {
+    batches: mpsc::SyncSender<Batch>,
+    unborn: Option<(mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)>,
+}
+
+/// Whole input lines for a worker.
+struct Batch {
+    /// The number of the first line.
+    first: u64,
+    /// Lines, each with its newline (but the last at the end of input).
+    text: Vec<u8>,
+    /// The line after these was longer than MAX_LINE_BYTES and skipped.
+    then_too_long: bool,
+    /// The next read may block: output is flushed after this batch, so a
+    /// live stream is never held back.
+    flush: bool,
+}
+
+/// A batch resolved.
+struct Done {
+    out: Vec<u8>,
+    /// Messages for stderr.
+    errors: Vec<u8>,
+    malformed: u64,
+    then_too_long: Option<u64>,
+    flush: bool,
+}
+
+/// Read stdin into batches, sent to the workers in turn (batch k to worker
+/// k mod n, so the writer knows whose result comes next), until end of
+/// input, the deadline, or a worker (then the writer) gone.
+fn read_batches(
+    deadline: Option<Instant>,
+    mut workers: Vec<Worker>,
+    mut spawn: impl FnMut((mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)),
+    pool: &Pool,
+) -> Result<()> {
     let stdin = io::stdin();
-    let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut input = BufReader::with_capacity(BATCH_BYTES, stdin.lock());
     let mut buf = Vec::new();
-    let mut line_out = Vec::new();
     let mut lineno: u64 = 0;
-    let mut malformed: u64 = 0;
+    let mut sent: usize = 0;
+    let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false };
+    // `false`: the worker is gone (the writer stopped); stop reading.
+    let mut send = |batch: &mut Batch, lineno: u64| -> bool {
+        let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false };
+        let b = std::mem::replace(batch, next);
+        let n = workers.len();
+        let w = &mut workers[sent % n];
+        if let Some(kit) = w.unborn.take() {
+            spawn(kit);
+        }
+        sent += 1;
+        w.batches.send(b).is_ok()
+    };
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        // A whole line already buffered is handled where it lies.
+        // Whole lines already buffered go as they are.
         let buffered = input.buffer();
-        if let Some(nl) = memchr::memchr(b'\n', buffered) {
-            lineno += 1;
-            malformed += line(&mut resolver, &buffered[..nl], lineno, &mut line_out, &mut out)?;
-            input.consume(nl + 1);
+        if let Some(last) = memchr::memrchr(b'\n', buffered) {
+            let lines = &buffered[..=last];
+            lineno += memchr::memchr_iter(b'\n', lines).count() as u64;
+            batch.text.extend_from_slice(lines);
+            input.consume(last + 1);
+            if batch.text.len() >= BATCH_BYTES && !send(&mut batch, lineno) {
+                return Ok(());
+            }
             continue;
         }
-        // The next read may block: flush first, so a live stream is never
-        // held back.
-        out.flush().context("writing to standard output")?;
+        // The next read may block: what is read so far goes now, to be
+        // written and flushed.
+        if !batch.text.is_empty() && !readable_now(&stdin) {
+            batch.flush = true;
+            if !send(&mut batch, lineno) {
+                return Ok(());
+            }
+        }
         if let Some(d) = deadline {
             if !wait_readable(&stdin, d)? {
                 break;
@@ -186,21 +312,73 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         lineno += 1;
         if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
             skip_rest_of_line(&mut input)?;
-            eprintln!("symres: error: line {lineno}: longer than {MAX_LINE_BYTES} bytes, skipped");
-            malformed += 1;
+            batch.then_too_long = true;
+            if !send(&mut batch, lineno) {
+                return Ok(());
+            }
             continue;
         }
-        malformed += line(&mut resolver, buf.strip_suffix(b"\n").unwrap_or(&buf), lineno, &mut line_out, &mut out)?;
+        batch.text.extend_from_slice(&buf);
+    }
+    if !batch.text.is_empty() || batch.then_too_long {
+        send(&mut batch, lineno);
+    }
+    Ok(())
+}
+
+/// Resolve batches until the reader is done (or the writer gone).
+fn worker(mut resolver: Resolver, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool) {
+    for b in batches {
+        let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
+        let mut lineno = b.first;
+        let mut rest = &b.text[..];
+        while !rest.is_empty() {
+            let (text, next) = match memchr::memchr(b'\n', rest) {
+                Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+                None => (rest, &[][..]),
+            };
+            d.malformed += line(&mut resolver, text, lineno, &mut d.out, &mut d.errors);
+            lineno += 1;
+            rest = next;
+        }
+        d.then_too_long = b.then_too_long.then_some(lineno);
+        pool.put(b.text);
+        if done.send(d).is_err() {
+            break;
+        }
+    }
+    // Tearing down every cached table costs ~5% of a large run; the process
+    // ends soon and the kernel frees it all at once.
+    std::mem::forget(resolver);
+}
+
+/// Write the workers' results in input order; the number of malformed
+/// lines.
+fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut malformed = 0;
+    for k in 0.. {
+        // Gone with nothing left: that was the last batch.
+        let Ok(d) = workers[k % workers.len()].recv() else { break };
+        out.write_all(&d.out).context("writing to standard output")?;
+        pool.put(d.out);
+        if !d.errors.is_empty() || d.then_too_long.is_some() {
+            // Messages about lines after those already written.
+            out.flush().context("writing to standard output")?;
+            let mut err = io::stderr().lock();
+            let _ = err.write_all(&d.errors);
+            if let Some(n) = d.then_too_long {
+                let _ = writeln!(err, "symres: error: line {n}: longer than {MAX_LINE_BYTES} bytes, skipped");
+            }
+        }
+        malformed += d.malformed + u64::from(d.then_too_long.is_some());
+        if d.flush {
+            out.flush().context("writing to standard output")?;
+        }
     }
     out.flush().context("writing to standard output")?;
-    // Tearing down every cached table costs ~5% of a large run; the process
-    // ends now and the kernel frees it all at once.
-    std::mem::forget(resolver);
-    if malformed > 0 {
-        eprintln!("symres: error: {malformed} malformed line(s) skipped");
-        return Ok(1);
-    }
-    Ok(0)
+    Ok(malformed)
 }
 
 /// `--build-index`: one line per file indexed, errors on stderr.
@@ -230,33 +408,29 @@ fn build_indexes(resolver: &mut Resolver, files: &[PathBuf]) -> Result<i32> {
 }
 
 /// Write input line `lineno` (without its newline) resolved, or as it
-/// was when it has no frames; returns 1 when it is malformed (and skipped).
-/// `line_out` is a buffer reused from line to line.
-fn line(resolver: &mut Resolver, text: &[u8], lineno: u64, line_out: &mut Vec<u8>, out: &mut impl Write) -> Result<u64> {
+/// was when it has no frames; returns 1 when it is malformed (and skipped,
+/// with a message in `errors`).
+fn line(resolver: &mut Resolver, text: &[u8], lineno: u64, out: &mut Vec<u8>, errors: &mut Vec<u8>) -> u64 {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     // Blank lines (JSON's whitespace only) have no frames: written
     // unchanged, like any such line.
     if text.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
-        out.write_all(text)?;
-        out.write_all(b"\n")?;
-        return Ok(0);
+        out.extend_from_slice(text);
+        out.push(b'\n');
+        return 0;
     }
-    line_out.clear();
-    match resolver.process_line_into(text, line_out) {
-        Ok(false) => {
-            out.write_all(text)?;
-            out.write_all(b"\n")?;
-        }
-        Ok(true) => {
-            line_out.push(b'\n');
-            out.write_all(line_out)?;
-        }
+    // Appended to `out` in place when resolved (left as it was otherwise).
+    match resolver.process_line_into(text, out) {
+        Ok(false) => out.extend_from_slice(text),
+        Ok(true) => {}
         Err(e) => {
-            eprintln!("symres: error: line {lineno}: {e}");
-            return Ok(1);
+            // Cannot fail: writing to a Vec.
+            let _ = writeln!(errors, "symres: error: line {lineno}: {e}");
+            return 1;
         }
     }
-    Ok(0)
+    out.push(b'\n');
+    0
 }
 
 fn skip_rest_of_line(input: &mut impl BufRead) -> Result<()> {
@@ -276,6 +450,14 @@ fn skip_rest_of_line(input: &mut impl BufRead) -> Result<()> {
             }
         }
     }
+}
+
+/// Whether a read of stdin would not block now (data, end of input, or an
+/// error to report).
+fn readable_now(stdin: &io::Stdin) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Wait until stdin is readable or `deadline` passes (false).
