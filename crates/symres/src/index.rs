@@ -339,7 +339,8 @@ impl Index {
     /// The answer at `vaddr` as JSON object members, ready for a frame,
     /// with `sym_offset` moved by `back` (see `Resolution::shifted`): the
     /// same text as the lookup without an index gives.
-    pub fn answer(&mut self, vaddr: u64, back: u64) -> Result<Arc<[u8]>, Reason> {
+    /// Appended to `o`, which is left as it was when there is none.
+    pub fn answer(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Result<(), Reason> {
         let at = self.record(vaddr).ok_or(Reason::NoSymbols)?;
         if self.checked_answers.is_empty() {
             let words = self.blob.len().div_ceil(8 * 64);
@@ -372,10 +373,10 @@ impl Index {
         if sym.is_empty() && file.is_empty() {
             return Err(Reason::NoSymbols);
         }
-        let mut o = Vec::with_capacity(sym.len() + file.len() + line.len() + 64);
+        let base = o.len();
         o.extend_from_slice(sym);
         if start != NONE64 {
-            if !o.is_empty() {
+            if o.len() > base {
                 o.push(b',');
             }
             // Cannot fail: writing to a Vec.
@@ -383,14 +384,14 @@ impl Index {
         }
         for t in [file, line] {
             if !t.is_empty() {
-                if !o.is_empty() {
+                if o.len() > base {
                     o.push(b',');
                 }
                 o.extend_from_slice(t);
             }
         }
         if n > 0 {
-            if !o.is_empty() {
+            if o.len() > base {
                 o.push(b',');
             }
             o.extend_from_slice(b"\"inlined\":[");
@@ -398,13 +399,17 @@ impl Index {
                 if i > 0 {
                     o.push(b',');
                 }
+                let Some(t) = part(4 + i) else {
+                    o.truncate(base);
+                    return Err(Reason::NoSymbols);
+                };
                 o.push(b'{');
-                o.extend_from_slice(part(4 + i).ok_or(Reason::NoSymbols)?);
+                o.extend_from_slice(t);
                 o.push(b'}');
             }
             o.push(b']');
         }
-        Ok(o.into())
+        Ok(())
     }
 
     /// The index of `build_id` in `dir`, if there is a usable one.
@@ -457,6 +462,22 @@ fn put32(out: &mut Vec<u8>, v: u32) {
 mod tests {
     use super::*;
 
+    impl Index {
+        /// `answer` as a string of its own.
+        fn text(&mut self, a: u64, back: u64) -> Result<String, Reason> {
+            let mut o = b"[before]".to_vec();
+            let r = self.answer(a, back, &mut o);
+            let t = o.strip_prefix(b"[before]").expect("what was there is kept");
+            match r {
+                Ok(()) => Ok(String::from_utf8(t.to_vec()).unwrap()),
+                Err(e) => {
+                    assert!(t.is_empty(), "no answer, nothing written");
+                    Err(e)
+                }
+            }
+        }
+    }
+
     fn res(sym: &str, off: u64, line: u32) -> Resolution {
         Resolution {
             sym: Some(sym.into()),
@@ -497,7 +518,7 @@ mod tests {
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in [0, 0xff, 0x100, 0x11f, 0x120, 0x13f, 0x140, 0x150, 0x15f, 0x160, u64::MAX] {
             for b in [0, 1] {
-                assert_eq!(back.answer(a, b).map(|t| String::from_utf8(t.to_vec()).unwrap()), text(a, b), "{a:#x}");
+                assert_eq!(back.text(a, b), text(a, b), "{a:#x}");
             }
         }
         assert!(Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &[0xab]).is_err_and(|e| e.contains("another build")));
@@ -521,7 +542,7 @@ mod tests {
         let id = [5];
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in (0xff0..0x1000 + 1001 * 0x10).step_by(3) {
-            assert_eq!(back.answer(a, 0).map(|t| String::from_utf8(t.to_vec()).unwrap()), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");
+            assert_eq!(back.text(a, 0), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");
         }
     }
 
@@ -548,7 +569,7 @@ mod tests {
         for (at, v) in [(8, u32::MAX), (12, u32::MAX), (16, u32::MAX), (24, u32::MAX), (8, 0xffff_fff0)] {
             let mut bad = good.clone();
             set(&mut bad, at, &v.to_le_bytes());
-            assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols), "{at} {v:#x}");
+            assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols), "{at} {v:#x}");
         }
         // Both parts empty (the empty "file" part of 0x150's answer): no
         // answer, as without an index, not an empty one.
@@ -557,25 +578,25 @@ mod tests {
         let mut bad = good.clone();
         set(&mut bad, 8, empty);
         set(&mut bad, 12, empty);
-        assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
+        assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols));
         // A "line" part that is not JSON members (a quote gone, a newline
         // in it): no answer.
         for (at, byte) in [(28, b'x'), (29, b'\n')] {
             let mut bad = good.clone();
             bad[rec + at] = byte;
-            assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols), "{at}");
+            assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols), "{at}");
         }
         // A huge count of inlined calls: bounded by what the blob holds
         // (what it then reads is garbage: no answer).
         let mut bad = good.clone();
         set(&mut bad, 20, &u32::MAX.to_le_bytes());
-        assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
+        assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols));
         // A shared part pointed to as it is (checked) and from four bytes
         // on (where its length would be read from its text): no answer.
         let sym_ref = u32_at(&good, rec + 8).unwrap();
         let mut bad = good.clone();
         set(&mut bad, 12, &(sym_ref + 4).to_le_bytes());
-        assert_eq!(parse(bad).answer(0x100, 0), Err(Reason::NoSymbols));
+        assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols));
     }
 
     #[test]
@@ -608,8 +629,8 @@ mod tests {
                 // Whatever it says, a lookup stays in bounds, and what it
                 // gives is JSON object members.
                 for a in [0, 0x100, 0x130, 0x150, u64::MAX] {
-                    if let Ok(t) = ix.answer(a, 1) {
-                        let line = format!("{{{}}}", std::str::from_utf8(&t).unwrap());
+                    if let Ok(t) = ix.text(a, 1) {
+                        let line = format!("{{{t}}}");
                         assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(), "{line}");
                         assert!(!line.contains('\n'));
                     }

@@ -92,6 +92,8 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 pub struct Scratch {
     scan: Scan,
     edits: Vec<Edit>,
+    /// The line's answers written as text (see `Answer::Written`).
+    texts: Vec<u8>,
     frames: FrameCache,
 }
 
@@ -135,13 +137,15 @@ impl FrameCache {
         (**text == *frame).then_some(fields)
     }
 
-    fn put(&mut self, key: (Option<u32>, u64), frame: &[u8], fields: Fields) {
+    /// Keep `frame`'s answer if it was seen before (`fields` makes it).
+    fn put(&mut self, key: (Option<u32>, u64), frame: &[u8], fields: impl FnOnce() -> Fields) {
         if self.seen.len() >= 4 * MAX_CACHED_FRAMES {
             self.seen.clear();
         }
         if self.seen.insert(key) {
             return;
         }
+        let fields = fields();
         if self.map.len() >= MAX_CACHED_FRAMES {
             self.map.clear();
             self.known.clear();
@@ -197,7 +201,7 @@ fn not_json(line: &[u8]) -> LineError {
 /// came, byte for byte.
 pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8], out: &mut Vec<u8>) -> Result<bool, LineError> {
     let text = std::str::from_utf8(line).map_err(|_| not_json(line))?;
-    let Scratch { scan: s, edits, frames } = scratch;
+    let Scratch { scan: s, edits, texts, frames } = scratch;
     s.scan(text, &|rest| frames.known_len(rest)).map_err(|_| not_json(line))?;
     if !s.is_object {
         return Err(LineError("not a JSON object".into()));
@@ -218,6 +222,7 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
     }
     resolver.next_generation();
     edits.clear();
+    texts.clear();
     for i in 0..s.items.len() {
         let (array, index, open, close, members) = match &s.items[i] {
             Item::Frame { array, index, open, close, members } => (*array, *index, *open, *close, Some(members.clone())),
@@ -241,15 +246,18 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
         // A known frame of another process (or forgotten since): its
         // members after all.
         let members = members.unwrap_or_else(|| s.frame_members(text, open));
-        let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid)
+        let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid, texts)
             .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[array])))?;
         if !stale && !live {
-            frames.put(key, whole, added.fields.clone());
+            frames.put(key, whole, || match &added.fields {
+                Fields::Resolved(a) => Fields::Resolved(a.owned(texts)),
+                f => f.clone(),
+            });
         }
         let stale = stale.then_some(members);
         edits.push(Edit { open, close, has_members, stale, added });
     }
-    write(text, s, edits, out);
+    write(text, s, edits, texts, out);
     Ok(true)
 }
 
@@ -269,7 +277,7 @@ fn replaced(text: &str, m: &Member, added: &Added) -> bool {
 }
 
 /// The line with every frame's additions.
-fn write(text: &str, s: &Scan, edits: &[Edit], out: &mut Vec<u8>) {
+fn write(text: &str, s: &Scan, edits: &[Edit], texts: &[u8], out: &mut Vec<u8>) {
     out.reserve(text.len() + edits.len() * 160);
     let b = text.as_bytes();
     let mut at = 0;
@@ -313,7 +321,7 @@ fn write(text: &str, s: &Scan, edits: &[Edit], out: &mut Vec<u8>) {
         }
         sep(out);
         match &e.added.fields {
-            Fields::Resolved(r) => out.extend_from_slice(r.json()),
+            Fields::Resolved(r) => out.extend_from_slice(r.json(texts)),
             Fields::Reason(r) => {
                 out.extend_from_slice(b"\"reason\":\"");
                 out.extend_from_slice(r.as_str().as_bytes());
@@ -349,7 +357,7 @@ struct Given {
 /// Resolve one frame; also says whether it must be rewritten (it holds
 /// members that `replaced` leaves out), and whether it was answered through
 /// a live process's maps. Errors start with the field name.
-fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>) -> Result<(Added, bool, bool), String> {
+fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, texts: &mut Vec<u8>) -> Result<(Added, bool, bool), String> {
     let mut g = Given::default();
     let mut stale = false;
     let (mut module_key, mut offset_key) = (false, false);
@@ -402,11 +410,11 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>) -> 
     let mut found_offset = None;
     let outcome: Result<Answer, Reason> = match (addr, &module, offset) {
         (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made),
-        (_, Some(m), Some(off)) => r.answer_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), back, build_id.as_deref(), pid),
+        (_, Some(m), Some(off)) => r.answer_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), back, build_id.as_deref(), pid, texts),
         (Some(a), _, _) => match pid {
             Some(pid) => {
                 live = true;
-                let pf = r.answer_pid_addr(pid, a.saturating_sub(back), back, build_id.as_deref());
+                let pf = r.answer_pid_addr(pid, a.saturating_sub(back), back, build_id.as_deref(), texts);
                 if module.is_none() {
                     found_module = pf.module;
                 }
@@ -625,9 +633,9 @@ mod tests {
         let mut c = FrameCache::default();
         let (f1, f2) = (&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]);
         let k = |pid, f| FrameCache::key(pid, f);
-        c.put(k(Some(7), f1), f1, Fields::Reason(Reason::Unmapped));
+        c.put(k(Some(7), f1), f1, || Fields::Reason(Reason::Unmapped));
         assert!(c.get(k(Some(7), f1), f1).is_none(), "kept when seen twice");
-        c.put(k(Some(7), f1), f1, Fields::Reason(Reason::Unmapped));
+        c.put(k(Some(7), f1), f1, || Fields::Reason(Reason::Unmapped));
         assert!(matches!(c.get(k(Some(7), f1), f1), Some(Fields::Reason(Reason::Unmapped))));
         assert!(c.get(k(None, f1), f1).is_none(), "another process's frame");
         assert!(c.get(k(Some(7), f2), f2).is_none());

@@ -178,21 +178,30 @@ pub(crate) enum Answer {
     /// JSON object members (checked, but not known to be UTF-8 if the
     /// index file changed since).
     Text(Arc<[u8]>),
+    /// Such text, written at this range of the line's buffer of answers
+    /// (a new frame's answer costs no allocation of its own).
+    Written(std::ops::Range<usize>),
 }
 
 impl Answer {
-    /// The answer as JSON object members.
-    pub(crate) fn json(&self) -> &[u8] {
+    /// The answer as JSON object members (`texts`: the buffer `Written`
+    /// answers are in).
+    pub(crate) fn json<'a>(&'a self, texts: &'a [u8]) -> &'a [u8] {
         match self {
             Answer::Made(r) => r.json_fields().as_bytes(),
             Answer::Text(t) => t,
+            Answer::Written(r) => texts.get(r.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The answer standing on its own (to be kept past the line).
+    pub(crate) fn owned(&self, texts: &[u8]) -> Answer {
+        match self {
+            Answer::Written(_) => Answer::Text(self.json(texts).into()),
+            a => a.clone(),
         }
     }
 }
-
-/// The last step of a module frame's resolution: module, file offset and
-/// `back` to an answer.
-type Look<T> = fn(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -334,11 +343,21 @@ impl Resolver {
 
     /// `resolve_module_offset` for a line: from the module's index when it
     /// has one.
-    pub(crate) fn answer_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Result<Answer, Reason> {
-        self.module_offset_with(module, offset, back, build_id, pid, Resolver::answer_offset)
+    /// An index's answer is written to `texts`.
+    pub(crate) fn answer_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
+        self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
     }
 
-    fn module_offset_with<T>(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, look: Look<T>) -> Result<T, Reason> {
+    /// The module, then `look` (module, file offset, `back`) for the answer.
+    fn module_offset_with<T>(
+        &mut self,
+        module: &Path,
+        offset: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+        pid: Option<u32>,
+        look: impl FnOnce(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>,
+    ) -> Result<T, Reason> {
         let name = module.as_os_str().to_str();
         if let Some(hit) = name.and_then(|n| self.by_name.get(n)) {
             if let Some((_, _, r)) = hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id) {
@@ -378,11 +397,19 @@ impl Resolver {
 
     /// `resolve_pid_addr` for a line: from the module's index when it has
     /// one.
-    pub(crate) fn answer_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>) -> PidFrame<Answer> {
-        self.pid_addr_with(pid, addr, back, build_id, Resolver::answer_offset)
+    pub(crate) fn answer_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>, texts: &mut Vec<u8>) -> PidFrame<Answer> {
+        self.pid_addr_with(pid, addr, back, build_id, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
     }
 
-    fn pid_addr_with<T>(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>, look: Look<T>) -> PidFrame<T> {
+    /// The mapping, then `look` (module, file offset, `back`) for the answer.
+    fn pid_addr_with<T>(
+        &mut self,
+        pid: u32,
+        addr: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+        look: impl FnOnce(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>,
+    ) -> PidFrame<T> {
         let generation = self.generation;
         let stale = match self.pids.get(&pid) {
             None => true,
@@ -734,12 +761,14 @@ impl Resolver {
     }
 
     /// `lookup_offset` as text for a line: read from the module's index
-    /// when it has one (as fast as the cache of answers, which it skips).
-    fn answer_offset(&mut self, id: ModuleId, offset: u64, back: u64) -> Result<Answer, Reason> {
+    /// when it has one (as fast as the cache of answers, which it skips),
+    /// and written to `texts`.
+    fn answer_offset(&mut self, id: ModuleId, offset: u64, back: u64, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
         let m = &mut self.modules[id];
         if let Some(ix) = &mut m.index {
             let vaddr = elf::offset_to_vaddr(&m.segments, offset).ok_or(Reason::Unmapped)?;
-            return ix.answer(vaddr, back).map(Answer::Text);
+            let start = texts.len();
+            return ix.answer(vaddr, back, texts).map(|()| Answer::Written(start..texts.len()));
         }
         self.lookup_offset(id, offset, back).map(Answer::Made)
     }
