@@ -226,14 +226,18 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         );
     }
     let mut out = Output::stdout();
-    let resolver = cli.symbolize.then(|| Resolver::new(SymOptions { verbose, ..SymOptions::default() }));
+    let symbolizer = cli.symbolize.then(|| Symbolizer {
+        resolver: Resolver::new(SymOptions { verbose, ..SymOptions::default() }),
+        line: Vec::new(),
+        out: Vec::new(),
+    });
     let mut reporter = Reporter {
         allocs,
         stacks,
         sites,
         combined: cli.combined,
         sample_bytes: cli.sample_bytes,
-        resolver,
+        symbolizer,
         folded: HashMap::new(),
         idle: HashMap::new(),
         lines: HashMap::new(),
@@ -318,13 +322,21 @@ type LineKey = Rc<(u32, Vec<u64>)>;
 /// Outstanding bytes of one site at the last reports, oldest first.
 type History = VecDeque<(Instant, u64)>;
 
+/// The resolver of --symbolize, and its buffers, reused from line to line.
+struct Symbolizer {
+    resolver: Resolver,
+    line: Vec<u8>,
+    out: Vec<u8>,
+}
+
 struct Reporter {
     allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc>,
     stacks: StackTraceMap<MapData>,
     sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats>,
     combined: bool,
     sample_bytes: Option<u64>,
-    resolver: Option<Resolver>,
+    /// With --symbolize.
+    symbolizer: Option<Symbolizer>,
     /// Cumulative counts of sites whose stack id was deleted, added back
     /// when the same stack allocates again.
     folded: HashMap<LineKey, sys::leakd_attach_stats>,
@@ -568,18 +580,20 @@ impl Reporter {
 
     /// Write a line, symbolized with --symbolize (exactly as `| symres`).
     fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
-        let Some(r) = self.resolver.as_mut() else {
+        let Some(Symbolizer { resolver, line, out: resolved }) = self.symbolizer.as_mut() else {
             out.line(&v)?;
             return Ok(());
         };
         // Serialized once; symres rewrites the bytes (or leaves them).
-        let line = serde_json::to_vec(&v).context("formatting a stack line")?;
-        match r.process_line_bytes(&line) {
-            Ok(Some(resolved)) => out.json_line(&resolved)?,
-            Ok(None) => out.json_line(&line)?,
+        line.clear();
+        serde_json::to_writer(&mut *line, &v).context("formatting a stack line")?;
+        resolved.clear();
+        match resolver.process_line_into(line, resolved) {
+            Ok(true) => out.json_line(resolved)?,
+            Ok(false) => out.json_line(line)?,
             Err(e) => {
                 eprintln!("leakd-attach: warning: symbolizing: {e}");
-                out.json_line(&line)?;
+                out.json_line(line)?;
             }
         }
         Ok(())
