@@ -167,7 +167,7 @@ impl FrameCache {
 
     /// The length of the kept flat frame `rest` starts with, if any.
     fn known_len(&self, rest: &[u8]) -> Option<usize> {
-        if rest.len() < KNOWN_PREFIX {
+        if rest.len() < KNOWN_PREFIX || self.known.is_empty() {
             return None;
         }
         let text = self.known.get(&Self::prefix_hash(rest))?;
