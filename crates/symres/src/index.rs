@@ -25,7 +25,6 @@ use rustc_hash::FxHashMap;
 use crate::elf::Bytes;
 use crate::resolve::{Inlined, Reason, Resolution};
 use crate::scan::Scan;
-use std::io::Write as _;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
@@ -379,8 +378,9 @@ impl Index {
             if o.len() > base {
                 o.push(b',');
             }
-            // Cannot fail: writing to a Vec.
-            let _ = write!(o, "\"sym_offset\":\"{:#x}\"", vaddr.wrapping_sub(start).wrapping_add(back));
+            o.extend_from_slice(b"\"sym_offset\":\"");
+            push_hex(o, vaddr.wrapping_sub(start).wrapping_add(back));
+            o.push(b'"');
         }
         for t in [file, line] {
             if !t.is_empty() {
@@ -444,7 +444,7 @@ fn checked(bits: &mut [u64], at: usize, check: impl FnOnce() -> bool) -> bool {
 /// least one (it is joined to others with commas).
 fn members(scan: &mut Scan, wrap: &mut String, text: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(text) else { return false };
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') || (!text.is_empty() && text.trim_ascii().is_empty()) {
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() || (!text.is_empty() && text.trim_ascii().is_empty()) {
         return false;
     }
     wrap.clear();
@@ -452,6 +452,16 @@ fn members(scan: &mut Scan, wrap: &mut String, text: &[u8]) -> bool {
     wrap.push_str(text);
     wrap.push('}');
     scan.scan(wrap, &|_| None).is_ok() && scan.is_object
+}
+
+/// `v` as `0x...`, as `format!("{v:#x}")` writes it (formatting cost ten
+/// times more, on every new frame).
+fn push_hex(o: &mut Vec<u8>, v: u64) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1) as usize;
+    o.extend_from_slice(b"0x");
+    for i in (0..digits).rev() {
+        o.push(b"0123456789abcdef"[(v >> (4 * i) & 0xf) as usize]);
+    }
 }
 
 fn put32(out: &mut Vec<u8>, v: u32) {
@@ -507,6 +517,15 @@ mod tests {
 
     fn built() -> Built {
         Built::new(vec![0x140, 0x100, 0x120, 0x100, 0x110, 0x150, 0x160], answer)
+    }
+
+    #[test]
+    fn hex_like_format() {
+        for v in [0, 1, 0xf, 0x10, 0xabc, 0x7fff_ffff, 0x1_0000_0000, u64::MAX - 1, u64::MAX] {
+            let mut o = Vec::new();
+            push_hex(&mut o, v);
+            assert_eq!(String::from_utf8(o).unwrap(), format!("{v:#x}"));
+        }
     }
 
     #[test]
