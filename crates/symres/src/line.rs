@@ -475,6 +475,12 @@ fn bool_value(text: &str, v: Value, name: &str) -> Result<bool, String> {
 fn opt_u64(text: &str, value: Value, key: &str) -> Result<Option<u64>, String> {
     let Some(value) = value else { return Ok(None) };
     let v = value.0;
+    // As our tracers write them: "0x" and hex digits, no escapes.
+    if let (Some(h), false) = (text.as_bytes()[v.start..v.end].strip_prefix(b"\"0x").and_then(|h| h.strip_suffix(b"\"")), value.1) {
+        if let Some(n) = parse_hex(h) {
+            return Ok(Some(n));
+        }
+    }
     let raw = &text[v.start..v.end];
     let not_address = || format!("{key}: not a 64-bit address: {}", short(text, v));
     if let Some(s) = str_value(text, value) {
