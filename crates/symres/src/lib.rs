@@ -225,6 +225,9 @@ struct Worker {
     unborn: Option<(mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)>,
 }
 
+/// How long read lines may wait for more before they go to a worker.
+const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Whole input lines for a worker.
 struct Batch {
     /// The number of the first line.
@@ -236,6 +239,8 @@ struct Batch {
     /// The next read may block: output is flushed after this batch, so a
     /// live stream is never held back.
     flush: bool,
+    /// When the batch was started (its lines were read since).
+    since: Instant,
 }
 
 /// A batch resolved.
@@ -262,10 +267,10 @@ fn read_batches(
     let mut buf = Vec::new();
     let mut lineno: u64 = 0;
     let mut sent: usize = 0;
-    let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false };
+    let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false, since: Instant::now() };
     // `false`: the worker is gone (the writer stopped); stop reading.
     let mut send = |batch: &mut Batch, lineno: u64| -> bool {
-        let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false };
+        let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false, since: Instant::now() };
         let b = std::mem::replace(batch, next);
         let n = workers.len();
         let w = &mut workers[sent % n];
@@ -291,9 +296,10 @@ fn read_batches(
             }
             continue;
         }
-        // The next read may block: what is read so far goes now, to be
-        // written and flushed.
-        if !batch.text.is_empty() && !readable_now(&stdin) {
+        // The next read may block (or the lines read so far have waited
+        // long enough: a stream that never pauses is not held back
+        // either): what is read so far goes now, to be written and flushed.
+        if !batch.text.is_empty() && (batch.since.elapsed() >= MAX_BATCH_WAIT || !readable_now(&stdin)) {
             batch.flush = true;
             if !send(&mut batch, lineno) {
                 return Ok(());
