@@ -498,7 +498,7 @@ fn live_stream_is_not_held_back() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
-        for _ in 0..2 {
+        for _ in 0..3 {
             let mut l = String::new();
             r.read_line(&mut l).unwrap();
             tx.send(l).unwrap();
@@ -508,10 +508,14 @@ fn live_stream_is_not_held_back() {
     stdin.write_all(b"{\"type\":\"hello\"}\n").unwrap();
     stdin.flush().unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "{\"type\":\"hello\"}\n");
-    stdin.write_all(good.as_bytes()).unwrap();
+    // With the start of a long next line in the same write (more than
+    // symres reads at once): the whole line is not held back while the
+    // rest of the other is awaited (found by review: it was, with threads).
+    stdin.write_all(format!("{}{{\"type\":\"{}", good, "p".repeat(300_000)).as_bytes()).unwrap();
     stdin.flush().unwrap();
     let l = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(l.contains("\"sym\":\"target_function\""), "{l}");
+    stdin.write_all(b"tial\"}\n").unwrap();
     drop(stdin);
     let status = child.wait().unwrap();
     let mut err = String::new();

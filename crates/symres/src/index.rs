@@ -236,15 +236,15 @@ pub struct Index {
     n_pieces: usize,
     /// The blob's range in `data`.
     blob: std::ops::Range<usize>,
-    /// Answers whose "line" part, and shared parts, found to be UTF-8 JSON
-    /// object members, a bit per 8 bytes of blob (both are 8-aligned, and
-    /// a shared part's length is written with it): the text is copied into
-    /// frames, and a damaged index must not make the output invalid JSON.
-    /// Checked on first use, not at load, which would read the whole file.
-    checked_answers: Vec<u64>,
-    checked_parts: Vec<u64>,
+    /// What was found to be UTF-8 JSON object members as symres writes
+    /// them, a bit per 8 bytes of blob: answers (their "line" part), and
+    /// shared parts by kind ("sym", "file", inlined call). Answers and parts
+    /// are 8-aligned, and a part's length is written with it, so one bit
+    /// stands for one text. The text is copied into frames, and a damaged
+    /// index must not break a line. Checked on first use, not at load,
+    /// which would read the whole file.
+    checked: [Vec<u64>; 4],
     scan: Scan,
-    wrap: String,
 }
 
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
@@ -302,10 +302,8 @@ impl Index {
             n_blocks,
             n_pieces,
             blob: blob_at..blob_end,
-            checked_answers: Vec::new(),
-            checked_parts: Vec::new(),
+            checked: Default::default(),
             scan: Scan::default(),
-            wrap: String::new(),
             data,
         })
     }
@@ -332,7 +330,8 @@ impl Index {
         let starts = d.get(block..block + BLOCK_BYTES)?;
         // The last piece of the block that starts at or before `vaddr`.
         let i = (0..BLOCK).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
-        u32_at(starts, 8 * BLOCK + 4 * i).filter(|&r| r != NONE32).map(|r| r as usize)
+        // Answers are 8-aligned (what `checked` relies on).
+        u32_at(starts, 8 * BLOCK + 4 * i).filter(|&r| r != NONE32 && r % 8 == 0).map(|r| r as usize)
     }
 
     /// The answer at `vaddr` as JSON object members, ready for a frame,
@@ -341,12 +340,12 @@ impl Index {
     /// Appended to `o`, which is left as it was when there is none.
     pub fn answer(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Result<(), Reason> {
         let at = self.record(vaddr).ok_or(Reason::NoSymbols)?;
-        if self.checked_answers.is_empty() {
+        if self.checked[0].is_empty() {
             let words = self.blob.len().div_ceil(8 * 64);
-            self.checked_answers = vec![0; words];
-            self.checked_parts = vec![0; words];
+            self.checked = std::array::from_fn(|_| vec![0; words]);
         }
-        let Index { data, blob, checked_answers, checked_parts, scan, wrap, .. } = self;
+        let Index { data, blob, checked: bits, scan, .. } = self;
+        let [checked_answers, checked_syms, checked_files, checked_inlined] = bits;
         let blob = data.get(blob.clone()).unwrap_or_default();
         let field = |i: usize| u32_at(blob, at + 8 + 4 * i).map(|n| n as usize);
         // At most what the rest of the blob holds, and no more than a
@@ -357,15 +356,17 @@ impl Index {
         let (Some(start), Some(line)) = (u64_at(blob, at), text(line_at, field(2).unwrap_or(usize::MAX))) else {
             return Err(Reason::NoSymbols);
         };
-        if !checked(checked_answers, at, || members(scan, wrap, line)) {
+        if !checked(checked_answers, at, || fields(scan, line, &["line"])) {
             return Err(Reason::NoSymbols);
         }
-        let mut part = |i: usize| -> Option<&[u8]> {
-            let at = field(i)?;
+        // Part `i` of the answer, with the keys it may have. Parts are
+        // 8-aligned: one bit of `checked_parts` stands for one part.
+        let mut part = |i: usize, bits: &mut [u64], keys: &[&str]| -> Option<&[u8]> {
+            let at = field(i).filter(|at| at % 8 == 0)?;
             let t = text(at + 4, u32_at(blob, at)? as usize)?;
-            checked(checked_parts, at, || members(scan, wrap, t)).then_some(t)
+            checked(bits, at, || fields(scan, t, keys)).then_some(t)
         };
-        let (Some(sym), Some(file)) = (part(0), part(1)) else {
+        let (Some(sym), Some(file)) = (part(0, checked_syms, &["sym"]), part(1, checked_files, &["file"])) else {
             return Err(Reason::NoSymbols);
         };
         // As without an index: an answer names a function or a file.
@@ -399,7 +400,7 @@ impl Index {
                 if i > 0 {
                     o.push(b',');
                 }
-                let Some(t) = part(4 + i) else {
+                let Some(t) = part(4 + i, checked_inlined, &["sym", "file", "line"]) else {
                     o.truncate(base);
                     return Err(Reason::NoSymbols);
                 };
@@ -439,19 +440,11 @@ fn checked(bits: &mut [u64], at: usize, check: impl FnOnce() -> bool) -> bool {
     good
 }
 
-/// Whether `text` is JSON object members as symres writes them: what goes
-/// between a frame's braces, in UTF-8, on one line; none at all, or at
-/// least one (it is joined to others with commas).
-fn members(scan: &mut Scan, wrap: &mut String, text: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(text) else { return false };
-    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() || (!text.is_empty() && text.trim_ascii().is_empty()) {
-        return false;
-    }
-    wrap.clear();
-    wrap.push('{');
-    wrap.push_str(text);
-    wrap.push('}');
-    scan.scan(wrap, &|_| None).is_ok() && scan.is_object
+/// Whether `text` is UTF-8 and object members with `keys` as symres
+/// writes them (see `Scan::fields`): a part of a frame, that cannot break
+/// the line it is copied into.
+fn fields(scan: &mut Scan, text: &[u8], keys: &[&str]) -> bool {
+    std::str::from_utf8(text).is_ok_and(|t| scan.fields(t, keys))
 }
 
 /// `v` as `0x...`, as `format!("{v:#x}")` writes it (formatting cost ten
@@ -616,6 +609,82 @@ mod tests {
         let mut bad = good.clone();
         set(&mut bad, 12, &(sym_ref + 4).to_le_bytes());
         assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols));
+    }
+
+    /// A pointer into the 8 bytes of a part already checked (4 bytes past
+    /// it, where its padding is read as a length) must not skip the check
+    /// (found by review: unchecked bytes came out in the line).
+    #[test]
+    fn unaligned_pointers_give_no_answer() {
+        let id = [7];
+        let good = built().to_bytes(&id).unwrap();
+        let (ix, rec100) = record_of(&good, &id, 0x100);
+        let (_, rec150) = record_of(&good, &id, 0x150);
+        let (rec100, rec150) = (ix.blob.start + rec100, ix.blob.start + rec150);
+        // The empty "file" part of 0x150's answer: its length (0), then
+        // padding.
+        let empty = u32_at(&good, rec150 + 12).unwrap() as usize;
+        assert_eq!(u32_at(&good, ix.blob.start + empty), Some(0));
+        let mut bad = good.clone();
+        bad[ix.blob.start + empty + 4..][..4].copy_from_slice(&24u32.to_le_bytes());
+        bad[rec100 + 12..][..4].copy_from_slice(&(empty as u32 + 4).to_le_bytes());
+        for first_150 in [false, true] {
+            let mut b = Index::parse(Bytes::heap(bad.clone()), &id).unwrap();
+            if first_150 {
+                assert!(b.text(0x150, 0).is_ok());
+            }
+            assert_eq!(b.text(0x100, 0), Err(Reason::NoSymbols), "0x150 first: {first_150}");
+        }
+        // An answer pointed to 8 bytes on (past its start, in its
+        // "line" part): refused as well.
+        let (ix, _) = record_of(&good, &id, 0x100);
+        let block = ix.blocks_at;
+        let mut bad = good.clone();
+        let i = (0..BLOCK).find(|&i| u64_at(&good, block + 8 * i) == Some(0x100)).unwrap();
+        let r = u32_at(&good, block + 8 * BLOCK + 4 * i).unwrap();
+        bad[block + 8 * BLOCK + 4 * i..][..4].copy_from_slice(&(r + 4).to_le_bytes());
+        assert_eq!(Index::parse(Bytes::heap(bad), &id).unwrap().text(0x100, 0), Err(Reason::NoSymbols));
+    }
+
+    /// Parts are refused unless they are what symres writes: flat members
+    /// with the part's keys, in order, once each, strings or small
+    /// numbers, no spaces.
+    #[test]
+    fn parts_must_be_what_symres_writes() {
+        let mut scan = Scan::default();
+        let sfl = ["sym", "file", "line"];
+        let good: [(&str, &[&str]); 6] = [
+            ("", &["sym"]),
+            ("\"sym\":\"f<T> \\\"x\\\"\"", &["sym"]),
+            ("\"file\":\"/a/b.c\"", &["file"]),
+            ("\"line\":4294967295", &["line"]),
+            ("\"sym\":\"g\",\"line\":9", &sfl),
+            ("\"sym\":\"g\",\"file\":\"a.c\",\"line\":9", &sfl),
+        ];
+        for (t, keys) in good {
+            assert!(fields(&mut scan, t.as_bytes(), keys), "{t}");
+        }
+        let deep = format!("\"sym\":{}1{}", "[".repeat(125), "]".repeat(125));
+        let bad: [(&str, &[&str]); 14] = [
+            (&deep, &["sym"]),
+            ("\"sym\":\"a\",\"sym\":\"b\"", &["sym"]),
+            ("\"file\":\"a\",\"sym\":\"b\"", &sfl),
+            ("\"module\":\"a\"", &sfl),
+            ("\"sym\":{}", &["sym"]),
+            ("\"sym\":[]", &["sym"]),
+            ("\"sym\":true", &["sym"]),
+            ("\"line\":-1", &["line"]),
+            ("\"line\":12345678901", &["line"]),
+            ("\"sym\":\"a\" ", &["sym"]),
+            (" ", &["sym"]),
+            ("\"sym\":\"a\",", &["sym"]),
+            ("\"sym\":\"a\nb\"", &["sym"]),
+            ("\"s\\u0079m\":\"a\"", &["sym"]),
+        ];
+        for (t, keys) in bad {
+            assert!(!fields(&mut scan, t.as_bytes(), keys), "{t}");
+        }
+        assert!(!fields(&mut scan, b"\"sym\":\"\xff\"", &["sym"]));
     }
 
     #[test]

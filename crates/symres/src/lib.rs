@@ -23,6 +23,7 @@ mod scan;
 mod testing;
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -161,6 +162,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     };
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let pool = &Pool::default();
+    // Set when the writer stops (a closed pipe downstream): the others
+    // stop too.
+    let gone = &AtomicBool::new(false);
     let malformed = std::thread::scope(|scope| -> Result<u64> {
         let mut to_workers = Vec::new();
         let mut from_workers = Vec::new();
@@ -170,12 +174,12 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
             to_workers.push(Worker { batches, unborn: Some((batch_rx, done_tx)) });
             from_workers.push(done);
         }
-        let writer = scope.spawn(move || write_batches(from_workers, pool));
+        let writer = scope.spawn(move || write_batches(from_workers, pool, gone));
         let spawn = |(batches, done)| {
             let opts = opts.clone();
-            scope.spawn(move || worker(Resolver::new(opts), batches, done, pool));
+            scope.spawn(move || worker(opts, batches, done, pool, gone));
         };
-        let read = read_batches(deadline, to_workers, spawn, pool);
+        let read = read_batches(deadline, to_workers, spawn, pool, gone);
         // The writer's error first: reading stops when it is gone (a
         // closed pipe downstream), and says only that.
         let malformed = writer.join().unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
@@ -208,6 +212,10 @@ impl Pool {
     }
 
     fn put(&self, mut b: Vec<u8>) {
+        // Not one grown by a huge line.
+        if b.capacity() > 4 * BATCH_BYTES {
+            return;
+        }
         b.clear();
         if let Ok(mut p) = self.0.lock() {
             // Enough for the batches in flight.
@@ -225,9 +233,6 @@ struct Worker {
     unborn: Option<(mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)>,
 }
 
-/// How long read lines may wait for more before they go to a worker.
-const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// Whole input lines for a worker.
 struct Batch {
     /// The number of the first line.
@@ -239,8 +244,6 @@ struct Batch {
     /// The next read may block: output is flushed after this batch, so a
     /// live stream is never held back.
     flush: bool,
-    /// When the batch was started (its lines were read since).
-    since: Instant,
 }
 
 /// A batch resolved.
@@ -255,22 +258,24 @@ struct Done {
 
 /// Read stdin into batches, sent to the workers in turn (batch k to worker
 /// k mod n, so the writer knows whose result comes next), until end of
-/// input, the deadline, or a worker (then the writer) gone.
+/// input, the deadline, or the writer gone (a closed pipe downstream:
+/// noticed after the next read).
 fn read_batches(
     deadline: Option<Instant>,
     mut workers: Vec<Worker>,
     mut spawn: impl FnMut((mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)),
     pool: &Pool,
+    writer_gone: &AtomicBool,
 ) -> Result<()> {
     let stdin = io::stdin();
     let mut input = BufReader::with_capacity(BATCH_BYTES, stdin.lock());
     let mut buf = Vec::new();
     let mut lineno: u64 = 0;
     let mut sent: usize = 0;
-    let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false, since: Instant::now() };
+    let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false };
     // `false`: the worker is gone (the writer stopped); stop reading.
     let mut send = |batch: &mut Batch, lineno: u64| -> bool {
-        let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false, since: Instant::now() };
+        let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false };
         let b = std::mem::replace(batch, next);
         let n = workers.len();
         let w = &mut workers[sent % n];
@@ -296,10 +301,10 @@ fn read_batches(
             }
             continue;
         }
-        // The next read may block (or the lines read so far have waited
-        // long enough: a stream that never pauses is not held back
-        // either): what is read so far goes now, to be written and flushed.
-        if !batch.text.is_empty() && (batch.since.elapsed() >= MAX_BATCH_WAIT || !readable_now(&stdin)) {
+        // The next read may block (even with data waiting: the rest of a
+        // line may not have come yet): what is read so far goes now, to be
+        // written and flushed, so a live stream is never held back.
+        if !batch.text.is_empty() {
             batch.flush = true;
             if !send(&mut batch, lineno) {
                 return Ok(());
@@ -312,7 +317,7 @@ fn read_batches(
         }
         buf.clear();
         let n = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).context("reading standard input")?;
-        if n == 0 {
+        if n == 0 || writer_gone.load(Ordering::Relaxed) {
             break;
         }
         lineno += 1;
@@ -332,9 +337,15 @@ fn read_batches(
     Ok(())
 }
 
-/// Resolve batches until the reader is done (or the writer gone).
-fn worker(mut resolver: Resolver, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool) {
+/// Resolve batches until the reader is done (or the writer gone). A panic
+/// in a line costs that line (reported as malformed) and the caches, not
+/// the batch or the stream.
+fn worker(opts: Options, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool, writer_gone: &AtomicBool) {
+    let mut resolver = Resolver::new(opts.clone());
     for b in batches {
+        if writer_gone.load(Ordering::Relaxed) {
+            break;
+        }
         let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
         let mut lineno = b.first;
         let mut rest = &b.text[..];
@@ -343,7 +354,20 @@ fn worker(mut resolver: Resolver, batches: mpsc::Receiver<Batch>, done: mpsc::Sy
                 Some(nl) => (&rest[..nl], &rest[nl + 1..]),
                 None => (rest, &[][..]),
             };
-            d.malformed += line(&mut resolver, text, lineno, &mut d.out, &mut d.errors);
+            let (out, errors) = (&mut d.out, &mut d.errors);
+            let at = (out.len(), errors.len());
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| line(&mut resolver, text, lineno, out, errors))) {
+                Ok(n) => d.malformed += n,
+                Err(_) => {
+                    // Whatever the line had written goes; so does the
+                    // resolver, whose caches may be half updated.
+                    d.out.truncate(at.0);
+                    d.errors.truncate(at.1);
+                    let _ = writeln!(d.errors, "symres: error: line {lineno}: internal error (a panic, reported above), skipped");
+                    d.malformed += 1;
+                    std::mem::forget(std::mem::replace(&mut resolver, Resolver::new(opts.clone())));
+                }
+            }
             lineno += 1;
             rest = next;
         }
@@ -360,7 +384,13 @@ fn worker(mut resolver: Resolver, batches: mpsc::Receiver<Batch>, done: mpsc::Sy
 
 /// Write the workers' results in input order; the number of malformed
 /// lines.
-fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64> {
+fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool, gone: &AtomicBool) -> Result<u64> {
+    let r = write_all_batches(workers, pool);
+    gone.store(true, Ordering::Relaxed);
+    r
+}
+
+fn write_all_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut malformed = 0;
@@ -456,14 +486,6 @@ fn skip_rest_of_line(input: &mut impl BufRead) -> Result<()> {
             }
         }
     }
-}
-
-/// Whether a read of stdin would not block now (data, end of input, or an
-/// error to report).
-fn readable_now(stdin: &io::Stdin) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Wait until stdin is readable or `deadline` passes (false).

@@ -125,6 +125,37 @@ impl Scan {
         Ok(())
     }
 
+    /// Whether `text` is object members as symres writes them into a frame
+    /// (the parts of an index's answers): keys from `keys`, in that order,
+    /// each at most once, each with a string or a small unsigned integer;
+    /// no spaces, nothing nested. Empty text is none.
+    pub fn fields(&mut self, text: &str, keys: &[&str]) -> bool {
+        let mut s = Scanner { text, b: text.as_bytes(), i: 0, nesting: 0, escaped: false, known: &|_| None, out: self };
+        let mut next_key = 0;
+        while s.i < s.b.len() {
+            if s.i > 0 && s.eat(b',').is_err() {
+                return false;
+            }
+            let Ok((key, escaped)) = s.string() else { return false };
+            let Some(k) = keys[next_key..].iter().position(|&k| !escaped && k.as_bytes() == &s.b[key.start..key.end]) else {
+                return false;
+            };
+            next_key += k + 1;
+            if s.eat(b':').is_err() {
+                return false;
+            }
+            let ok = match s.peek() {
+                Some(b'"') => s.string().is_ok(),
+                Some(b'0'..=b'9') => (1..=10).contains(&s.digits()),
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
     /// The members of the frame object at `open` of `text`, a line scanned
     /// already (for a `Known` frame that needs them after all), as a range
     /// of `members`.
