@@ -176,13 +176,7 @@ impl Built {
             blob.extend_from_slice(line.as_bytes());
         }
         let n_blocks = self.starts.len().div_ceil(BLOCK);
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        put32(&mut out, VERSION);
-        put32(&mut out, WRITER.len() as u32);
-        out.extend_from_slice(WRITER.as_bytes());
-        put32(&mut out, build_id.len() as u32);
-        out.extend_from_slice(build_id);
+        let mut out = header(build_id);
         put32(&mut out, self.starts.len() as u32);
         put32(&mut out, n_blocks as u32);
         let fence_at = out.len() + 4 * 8;
@@ -211,6 +205,47 @@ impl Built {
         }
         out.extend_from_slice(&blob);
         (out.len() <= u32::MAX as usize).then_some(out)
+    }
+}
+
+/// An index's first bytes, up to its counts: magic, version, writer,
+/// build id.
+fn header(build_id: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    put32(&mut out, VERSION);
+    put32(&mut out, WRITER.len() as u32);
+    out.extend_from_slice(WRITER.as_bytes());
+    put32(&mut out, build_id.len() as u32);
+    out.extend_from_slice(build_id);
+    out
+}
+
+/// For the fuzz target: `data` as an index after its header (from its
+/// counts on), looked up at its own pieces' starts and a few other
+/// addresses. A lookup must stay in bounds, and what it gives must be JSON
+/// object members without a line break.
+pub fn fuzz(data: &[u8]) {
+    let id = [0x5a];
+    let mut file = header(&id);
+    file.extend_from_slice(data);
+    let Ok(mut ix) = Index::parse(Bytes::heap(file), &id) else { return };
+    let d: Vec<u8> = ix.data.to_vec();
+    let starts = (0..ix.n_blocks.min(8)).flat_map(|b| (0..BLOCK).map(move |i| (b, i)));
+    let mut addrs: Vec<u64> = starts.filter_map(|(b, i)| u64_at(&d, ix.blocks_at + b * BLOCK_BYTES + 8 * i)).collect();
+    addrs.extend([0, 1, 0x1000, u64::MAX]);
+    let mut out = Vec::new();
+    for a in addrs {
+        for (a, back) in [(a, 0), (a.wrapping_add(1), 1)] {
+            out.clear();
+            if ix.answer(a, back, &mut out).is_ok() {
+                let line = format!("{{{}}}", std::str::from_utf8(&out).expect("UTF-8"));
+                assert!(!line.contains('\n'), "{line}");
+                assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(), "{line}");
+            } else {
+                assert!(out.is_empty());
+            }
+        }
     }
 }
 
@@ -685,6 +720,17 @@ mod tests {
             assert!(!fields(&mut scan, t.as_bytes(), keys), "{t}");
         }
         assert!(!fields(&mut scan, b"\"sym\":\"\xff\"", &["sym"]));
+    }
+
+    /// The fuzz target's entry, on a real index (its header cut off, as
+    /// in the fuzz corpus).
+    #[test]
+    fn fuzz_entry_reads_an_index() {
+        let id = [0x5a];
+        let good = built().to_bytes(&id).unwrap();
+        fuzz(&good[header(&id).len()..]);
+        let mut ix = Index::parse(Bytes::heap(good), &id).unwrap();
+        assert!(ix.text(0x100, 0).is_ok());
     }
 
     #[test]

@@ -37,6 +37,8 @@ use leakd_common::{Context, Result};
 pub use kallsyms::KERNEL_START;
 pub use line::LineError;
 #[doc(hidden)]
+pub use index::fuzz as fuzz_index;
+#[doc(hidden)]
 pub use resolve::fuzz_elf;
 pub use resolve::{demangle, Inlined, Options, Outcome, PidFrame, Reason, Resolution};
 
@@ -197,8 +199,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 /// pipeline, whose other stages want CPUs too.
 const MAX_DEFAULT_THREADS: usize = 4;
 
-/// Bytes of lines handed to a worker at once (about; fewer when the input
-/// pauses): threads cost nothing per line, and output starts early.
+/// Bytes read from stdin at once, and so the most (but for a longer line)
+/// of lines handed to a worker at once: threads then cost nothing per
+/// line. A batch goes before each read, so output never waits for input.
 const BATCH_BYTES: usize = 1 << 18;
 
 /// Buffers passed around again: a fresh one for every batch cost page
