@@ -142,8 +142,8 @@ impl Built {
     /// ascending; u64::MAX past the last piece) then where their answers
     /// are in the blob (u32; u32::MAX for none). The blob: the shared parts
     /// of answers (`"sym":...`, `"file":...`, the members of an inlined
-    /// call), each written once, at a multiple of 8, as its length (u32)
-    /// and its bytes; then the answers, each at a multiple of 8: the
+    /// call), each written once, at a multiple of 8, as its length and
+    /// kind (u32: the length below bit 30, the `Kind` above) and its bytes; then the answers, each at a multiple of 8: the
     /// symbol's start (u64; u64::MAX for none), where its `"sym"` and
     /// `"file"` parts are (u32 each), the length of its `"line"` part and
     /// the number of inlined calls (u32 each), where each inlined call is
@@ -151,14 +151,17 @@ impl Built {
     /// `None` when the index would pass 4 GB (its offsets are 32-bit).
     pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
         let mut blob = Vec::new();
-        let mut shared: FxHashMap<String, u32> = FxHashMap::default();
+        let mut shared: FxHashMap<(Kind, &str), u32> = FxHashMap::default();
         let mut records = Vec::with_capacity(self.stored.len());
         let rendered: Vec<([String; 3], Vec<String>)> = self.stored.iter().map(Stored::rendered).collect();
-        for part in rendered.iter().flat_map(|(r, inlined)| r[..2].iter().chain(inlined)) {
-            if !shared.contains_key(part) {
+        let parts = rendered.iter().flat_map(|([sym, file, _], inlined)| {
+            [(Kind::Sym, sym.as_str()), (Kind::File, file.as_str())].into_iter().chain(inlined.iter().map(|p| (Kind::Inlined, p.as_str())))
+        });
+        for (kind, part) in parts {
+            if !shared.contains_key(&(kind, part)) {
                 blob.resize(blob.len().next_multiple_of(8), 0);
-                shared.insert(part.clone(), u32::try_from(blob.len()).ok()?);
-                put32(&mut blob, part.len() as u32);
+                shared.insert((kind, part), u32::try_from(blob.len()).ok()?);
+                put32(&mut blob, u32::try_from(part.len()).ok().filter(|&n| n <= PART_LEN)? | (kind as u32) << 30);
                 blob.extend_from_slice(part.as_bytes());
             }
         }
@@ -166,12 +169,12 @@ impl Built {
             blob.resize(blob.len().next_multiple_of(8), 0);
             records.push(u32::try_from(blob.len()).ok()?);
             blob.extend_from_slice(&s.sym_start.unwrap_or(NONE64).to_le_bytes());
-            put32(&mut blob, shared[sym]);
-            put32(&mut blob, shared[file]);
+            put32(&mut blob, shared[&(Kind::Sym, sym.as_str())]);
+            put32(&mut blob, shared[&(Kind::File, file.as_str())]);
             put32(&mut blob, line.len() as u32);
             put32(&mut blob, inlined.len() as u32);
             for part in inlined {
-                put32(&mut blob, shared[part]);
+                put32(&mut blob, shared[&(Kind::Inlined, part.as_str())]);
             }
             blob.extend_from_slice(line.as_bytes());
         }
@@ -249,6 +252,29 @@ pub fn fuzz(data: &[u8]) {
     }
 }
 
+/// What a shared part of answers is, written with it: an index's parts
+/// are checked once each, for the keys of their kind, and must be of the
+/// kind their answer expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Sym = 0,
+    File = 1,
+    Inlined = 2,
+}
+
+impl Kind {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sym => &["sym"],
+            Kind::File => &["file"],
+            Kind::Inlined => &["sym", "file", "line"],
+        }
+    }
+}
+
+/// A part's length is below bit 30 of its length word.
+const PART_LEN: u32 = (1 << 30) - 1;
+
 /// Inlined calls read per answer at most (a lookup reports fewer).
 const MAX_INLINED: usize = 256;
 
@@ -271,14 +297,15 @@ pub struct Index {
     n_pieces: usize,
     /// The blob's range in `data`.
     blob: std::ops::Range<usize>,
-    /// What was found to be UTF-8 JSON object members as symres writes
-    /// them, a bit per 8 bytes of blob: answers (their "line" part), and
-    /// shared parts by kind ("sym", "file", inlined call). Answers and parts
-    /// are 8-aligned, and a part's length is written with it, so one bit
-    /// stands for one text. The text is copied into frames, and a damaged
-    /// index must not break a line. Checked on first use, not at load,
-    /// which would read the whole file.
-    checked: [Vec<u64>; 4],
+    /// Answers whose "line" part, and shared parts (for the keys of their
+    /// kind), found to be UTF-8 JSON object members as symres writes them,
+    /// a bit per 8 bytes of blob: answers and parts are 8-aligned, and a
+    /// part's length and kind are written with it, so one bit stands for
+    /// one text. The text is copied into frames, and a damaged index must
+    /// not break a line. Checked on first use, not at load, which would
+    /// read the whole file.
+    checked_answers: Vec<u64>,
+    checked_parts: Vec<u64>,
     scan: Scan,
 }
 
@@ -337,7 +364,8 @@ impl Index {
             n_blocks,
             n_pieces,
             blob: blob_at..blob_end,
-            checked: Default::default(),
+            checked_answers: Vec::new(),
+            checked_parts: Vec::new(),
             scan: Scan::default(),
             data,
         })
@@ -375,12 +403,12 @@ impl Index {
     /// Appended to `o`, which is left as it was when there is none.
     pub fn answer(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Result<(), Reason> {
         let at = self.record(vaddr).ok_or(Reason::NoSymbols)?;
-        if self.checked[0].is_empty() {
+        if self.checked_answers.is_empty() {
             let words = self.blob.len().div_ceil(8 * 64);
-            self.checked = std::array::from_fn(|_| vec![0; words]);
+            self.checked_answers = vec![0; words];
+            self.checked_parts = vec![0; words];
         }
-        let Index { data, blob, checked: bits, scan, .. } = self;
-        let [checked_answers, checked_syms, checked_files, checked_inlined] = bits;
+        let Index { data, blob, checked_answers, checked_parts, scan, .. } = self;
         let blob = data.get(blob.clone()).unwrap_or_default();
         let field = |i: usize| u32_at(blob, at + 8 + 4 * i).map(|n| n as usize);
         // At most what the rest of the blob holds, and no more than a
@@ -394,14 +422,17 @@ impl Index {
         if !checked(checked_answers, at, || fields(scan, line, &["line"])) {
             return Err(Reason::NoSymbols);
         }
-        // Part `i` of the answer, with the keys it may have. Parts are
-        // 8-aligned: one bit of `checked_parts` stands for one part.
-        let mut part = |i: usize, bits: &mut [u64], keys: &[&str]| -> Option<&[u8]> {
+        // Field `i` of the answer: a part of `kind`.
+        let mut part = |i: usize, kind: Kind| -> Option<&[u8]> {
             let at = field(i).filter(|at| at % 8 == 0)?;
-            let t = text(at + 4, u32_at(blob, at)? as usize)?;
-            checked(bits, at, || fields(scan, t, keys)).then_some(t)
+            let word = u32_at(blob, at)?;
+            if word >> 30 != kind as u32 {
+                return None;
+            }
+            let t = text(at + 4, (word & PART_LEN) as usize)?;
+            checked(checked_parts, at, || fields(scan, t, kind.keys())).then_some(t)
         };
-        let (Some(sym), Some(file)) = (part(0, checked_syms, &["sym"]), part(1, checked_files, &["file"])) else {
+        let (Some(sym), Some(file)) = (part(0, Kind::Sym), part(1, Kind::File)) else {
             return Err(Reason::NoSymbols);
         };
         // As without an index: an answer names a function or a file.
@@ -435,7 +466,7 @@ impl Index {
                 if i > 0 {
                     o.push(b',');
                 }
-                let Some(t) = part(4 + i, checked_inlined, &["sym", "file", "line"]) else {
+                let Some(t) = part(4 + i, Kind::Inlined) else {
                     o.truncate(base);
                     return Err(Reason::NoSymbols);
                 };
@@ -638,6 +669,11 @@ mod tests {
         let mut bad = good.clone();
         set(&mut bad, 20, &u32::MAX.to_le_bytes());
         assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols));
+        // A part of another kind (its "file" part as its "sym" part): no
+        // answer.
+        let mut bad = good.clone();
+        bad.copy_within(rec + 12..rec + 16, rec + 8);
+        assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols));
         // A shared part pointed to as it is (checked) and from four bytes
         // on (where its length would be read from its text): no answer.
         let sym_ref = u32_at(&good, rec + 8).unwrap();
@@ -659,9 +695,9 @@ mod tests {
         // The empty "file" part of 0x150's answer: its length (0), then
         // padding.
         let empty = u32_at(&good, rec150 + 12).unwrap() as usize;
-        assert_eq!(u32_at(&good, ix.blob.start + empty), Some(0));
+        assert_eq!(u32_at(&good, ix.blob.start + empty), Some((Kind::File as u32) << 30));
         let mut bad = good.clone();
-        bad[ix.blob.start + empty + 4..][..4].copy_from_slice(&24u32.to_le_bytes());
+        bad[ix.blob.start + empty + 4..][..4].copy_from_slice(&(24 | (Kind::File as u32) << 30).to_le_bytes());
         bad[rec100 + 12..][..4].copy_from_slice(&(empty as u32 + 4).to_le_bytes());
         for first_150 in [false, true] {
             let mut b = Index::parse(Bytes::heap(bad.clone()), &id).unwrap();
