@@ -158,9 +158,9 @@ impl Built {
             [(Kind::Sym, sym.as_str()), (Kind::File, file.as_str())].into_iter().chain(inlined.iter().map(|p| (Kind::Inlined, p.as_str())))
         });
         for (kind, part) in parts {
-            if !shared.contains_key(&(kind, part)) {
+            if let std::collections::hash_map::Entry::Vacant(e) = shared.entry((kind, part)) {
                 blob.resize(blob.len().next_multiple_of(8), 0);
-                shared.insert((kind, part), u32::try_from(blob.len()).ok()?);
+                e.insert(u32::try_from(blob.len()).ok()?);
                 put32(&mut blob, u32::try_from(part.len()).ok().filter(|&n| n <= PART_LEN)? | (kind as u32) << 30);
                 blob.extend_from_slice(part.as_bytes());
             }
