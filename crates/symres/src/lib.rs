@@ -134,9 +134,11 @@ pub struct Cli {
     index_dir: Option<PathBuf>,
 
     /// Resolve with N threads, each with its own caches; lines are written in the order
-    /// they came [default: the CPUs available, at most 4].
-    #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    threads: Option<u16>,
+    /// they came. Worth it for large inputs of mostly new addresses (a big debug build, an
+    /// index); a stream of recurring stacks gains nothing, and each thread parses the same
+    /// DWARF again.
+    #[arg(short = 'j', long = "threads", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
 }
 
 pub fn command() -> clap::Command {
@@ -158,10 +160,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index);
     }
-    let threads = match cli.threads {
-        Some(n) => usize::from(n),
-        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_THREADS)),
-    };
+    let threads = usize::from(cli.threads);
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let pool = &Pool::default();
     // Set when the writer stops (a closed pipe downstream): the others
@@ -194,10 +193,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     }
     Ok(0)
 }
-
-/// Threads used when none are asked for: symres is one stage of a
-/// pipeline, whose other stages want CPUs too.
-const MAX_DEFAULT_THREADS: usize = 4;
 
 /// Bytes read from stdin at once, and so the most (but for a longer line)
 /// of lines handed to a worker at once: threads then cost nothing per
