@@ -163,35 +163,77 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let threads = usize::from(cli.threads);
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let pool = &Pool::default();
-    // Set when the writer stops (a closed pipe downstream): the others
-    // stop too.
-    let gone = &AtomicBool::new(false);
-    let malformed = std::thread::scope(|scope| -> Result<u64> {
-        let mut to_workers = Vec::new();
-        let mut from_workers = Vec::new();
-        for _ in 0..threads {
-            let (batches, batch_rx) = mpsc::sync_channel::<Batch>(2);
-            let (done_tx, done) = mpsc::sync_channel::<Done>(2);
-            to_workers.push(Worker { batches, unborn: Some((batch_rx, done_tx)) });
-            from_workers.push(done);
+    let malformed = if threads == 1 {
+        // One thread does it all: no threads to start (a single line's
+        // wait), no handing over.
+        let mut resolver = Resolver::new(opts.clone());
+        let mut writer = Writer::new();
+        let mut io_error = None;
+        read_batches(deadline, pool, |b| match writer.put(resolve_batch(&mut resolver, &opts, b, pool), pool) {
+            Ok(()) => true,
+            Err(e) => {
+                io_error = Some(e);
+                false
+            }
+        })?;
+        // Tearing down every cached table costs ~5% of a large run; the
+        // process ends now and the kernel frees it all at once.
+        std::mem::forget(resolver);
+        if let Some(e) = io_error {
+            return Err(e);
         }
-        let writer = scope.spawn(move || write_batches(from_workers, pool, gone));
-        let spawn = |(batches, done)| {
-            let opts = opts.clone();
-            scope.spawn(move || worker(opts, batches, done, pool, gone));
-        };
-        let read = read_batches(deadline, to_workers, spawn, pool, gone);
-        // The writer's error first: reading stops when it is gone (a
-        // closed pipe downstream), and says only that.
-        let malformed = writer.join().unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
-        read?;
-        Ok(malformed)
-    })?;
+        writer.finish()?
+    } else {
+        run_threads(threads, &opts, deadline, pool)?
+    };
     if malformed > 0 {
         eprintln!("symres: error: {malformed} malformed line(s) skipped");
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Resolve with `threads` workers: the reader (this thread) sends batches
+/// to them in turn (batch k to worker k mod n, so the writer knows whose
+/// result comes next); a writer thread writes the results in input order.
+/// Returns the number of malformed lines.
+fn run_threads(threads: usize, opts: &Options, deadline: Option<Instant>, pool: &Pool) -> Result<u64> {
+    // Set when the writer stops (a closed pipe downstream): the others
+    // stop too.
+    let gone = &AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<u64> {
+        let mut workers = Vec::new();
+        let mut from_workers = Vec::new();
+        for _ in 0..threads {
+            let (batches, batch_rx) = mpsc::sync_channel::<Batch>(2);
+            let (done_tx, done) = mpsc::sync_channel::<Done>(2);
+            workers.push(Worker { batches, unborn: Some((batch_rx, done_tx)) });
+            from_workers.push(done);
+        }
+        let writer = scope.spawn(move || {
+            let r = write_batches(from_workers, pool);
+            gone.store(true, Ordering::Relaxed);
+            r
+        });
+        let mut sent = 0;
+        let read = read_batches(deadline, pool, |b| {
+            if gone.load(Ordering::Relaxed) {
+                return false;
+            }
+            let w = &mut workers[sent % threads];
+            if let Some((batches, done)) = w.unborn.take() {
+                scope.spawn(move || worker(opts, batches, done, pool, gone));
+            }
+            sent += 1;
+            w.batches.send(b).is_ok()
+        });
+        drop(workers);
+        // The writer's error first: reading stops when it is gone (a
+        // closed pipe downstream), and says only that.
+        let malformed = writer.join().unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
+        read?;
+        Ok(malformed)
+    })
 }
 
 /// Bytes read from stdin at once, and so the most (but for a longer line)
@@ -231,7 +273,7 @@ struct Worker {
     unborn: Option<(mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)>,
 }
 
-/// Whole input lines for a worker.
+/// Whole input lines, resolved together.
 struct Batch {
     /// The number of the first line.
     first: u64,
@@ -254,34 +296,17 @@ struct Done {
     flush: bool,
 }
 
-/// Read stdin into batches, sent to the workers in turn (batch k to worker
-/// k mod n, so the writer knows whose result comes next), until end of
-/// input, the deadline, or the writer gone (a closed pipe downstream:
-/// noticed after the next read).
-fn read_batches(
-    deadline: Option<Instant>,
-    mut workers: Vec<Worker>,
-    mut spawn: impl FnMut((mpsc::Receiver<Batch>, mpsc::SyncSender<Done>)),
-    pool: &Pool,
-    writer_gone: &AtomicBool,
-) -> Result<()> {
+/// Read stdin into batches for `send` until end of input, the deadline, or
+/// `send` says stop (false: the output is gone).
+fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Batch) -> bool) -> Result<()> {
     let stdin = io::stdin();
     let mut input = BufReader::with_capacity(BATCH_BYTES, stdin.lock());
     let mut buf = Vec::new();
     let mut lineno: u64 = 0;
-    let mut sent: usize = 0;
     let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false };
-    // `false`: the worker is gone (the writer stopped); stop reading.
     let mut send = |batch: &mut Batch, lineno: u64| -> bool {
         let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false };
-        let b = std::mem::replace(batch, next);
-        let n = workers.len();
-        let w = &mut workers[sent % n];
-        if let Some(kit) = w.unborn.take() {
-            spawn(kit);
-        }
-        sent += 1;
-        w.batches.send(b).is_ok()
+        send(std::mem::replace(batch, next))
     };
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -315,7 +340,7 @@ fn read_batches(
         }
         buf.clear();
         let n = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).context("reading standard input")?;
-        if n == 0 || writer_gone.load(Ordering::Relaxed) {
+        if n == 0 {
             break;
         }
         lineno += 1;
@@ -335,43 +360,46 @@ fn read_batches(
     Ok(())
 }
 
-/// Resolve batches until the reader is done (or the writer gone). A panic
-/// in a line costs that line (reported as malformed) and the caches, not
-/// the batch or the stream.
-fn worker(opts: Options, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool, writer_gone: &AtomicBool) {
+/// Resolve the lines of a batch. A panic in a line costs that line
+/// (reported as malformed) and the resolver's caches, not the batch or the
+/// stream.
+fn resolve_batch(resolver: &mut Resolver, opts: &Options, b: Batch, pool: &Pool) -> Done {
+    let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
+    let mut lineno = b.first;
+    let mut rest = &b.text[..];
+    while !rest.is_empty() {
+        let (text, next) = match memchr::memchr(b'\n', rest) {
+            Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+            None => (rest, &[][..]),
+        };
+        let (out, errors) = (&mut d.out, &mut d.errors);
+        let at = (out.len(), errors.len());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| line(resolver, text, lineno, out, errors))) {
+            Ok(n) => d.malformed += n,
+            Err(_) => {
+                // Whatever the line had written goes; so does the
+                // resolver, whose caches may be half updated.
+                d.out.truncate(at.0);
+                d.errors.truncate(at.1);
+                let _ = writeln!(d.errors, "symres: error: line {lineno}: internal error (a panic, reported above), skipped");
+                d.malformed += 1;
+                std::mem::forget(std::mem::replace(resolver, Resolver::new(opts.clone())));
+            }
+        }
+        lineno += 1;
+        rest = next;
+    }
+    d.then_too_long = b.then_too_long.then_some(lineno);
+    pool.put(b.text);
+    d
+}
+
+/// A worker thread: resolve batches until the reader is done (or the
+/// writer gone).
+fn worker(opts: &Options, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool, writer_gone: &AtomicBool) {
     let mut resolver = Resolver::new(opts.clone());
     for b in batches {
-        if writer_gone.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
-        let mut lineno = b.first;
-        let mut rest = &b.text[..];
-        while !rest.is_empty() {
-            let (text, next) = match memchr::memchr(b'\n', rest) {
-                Some(nl) => (&rest[..nl], &rest[nl + 1..]),
-                None => (rest, &[][..]),
-            };
-            let (out, errors) = (&mut d.out, &mut d.errors);
-            let at = (out.len(), errors.len());
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| line(&mut resolver, text, lineno, out, errors))) {
-                Ok(n) => d.malformed += n,
-                Err(_) => {
-                    // Whatever the line had written goes; so does the
-                    // resolver, whose caches may be half updated.
-                    d.out.truncate(at.0);
-                    d.errors.truncate(at.1);
-                    let _ = writeln!(d.errors, "symres: error: line {lineno}: internal error (a panic, reported above), skipped");
-                    d.malformed += 1;
-                    std::mem::forget(std::mem::replace(&mut resolver, Resolver::new(opts.clone())));
-                }
-            }
-            lineno += 1;
-            rest = next;
-        }
-        d.then_too_long = b.then_too_long.then_some(lineno);
-        pool.put(b.text);
-        if done.send(d).is_err() {
+        if writer_gone.load(Ordering::Relaxed) || done.send(resolve_batch(&mut resolver, opts, b, pool)).is_err() {
             break;
         }
     }
@@ -382,19 +410,30 @@ fn worker(opts: Options, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<
 
 /// Write the workers' results in input order; the number of malformed
 /// lines.
-fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool, gone: &AtomicBool) -> Result<u64> {
-    let r = write_all_batches(workers, pool);
-    gone.store(true, Ordering::Relaxed);
-    r
-}
-
-fn write_all_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64> {
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut malformed = 0;
+fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64> {
+    let mut w = Writer::new();
     for k in 0.. {
         // Gone with nothing left: that was the last batch.
         let Ok(d) = workers[k % workers.len()].recv() else { break };
+        w.put(d, pool)?;
+    }
+    w.finish()
+}
+
+/// Standard output, and the count of malformed lines.
+struct Writer {
+    out: BufWriter<io::StdoutLock<'static>>,
+    malformed: u64,
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer { out: BufWriter::with_capacity(1 << 16, io::stdout().lock()), malformed: 0 }
+    }
+
+    /// A batch's lines, then its messages.
+    fn put(&mut self, d: Done, pool: &Pool) -> Result<()> {
+        let out = &mut self.out;
         out.write_all(&d.out).context("writing to standard output")?;
         pool.put(d.out);
         if !d.errors.is_empty() || d.then_too_long.is_some() {
@@ -406,13 +445,17 @@ fn write_all_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<
                 let _ = writeln!(err, "symres: error: line {n}: longer than {MAX_LINE_BYTES} bytes, skipped");
             }
         }
-        malformed += d.malformed + u64::from(d.then_too_long.is_some());
+        self.malformed += d.malformed + u64::from(d.then_too_long.is_some());
         if d.flush {
             out.flush().context("writing to standard output")?;
         }
+        Ok(())
     }
-    out.flush().context("writing to standard output")?;
-    Ok(malformed)
+
+    fn finish(mut self) -> Result<u64> {
+        self.out.flush().context("writing to standard output")?;
+        Ok(self.malformed)
+    }
 }
 
 /// `--build-index`: one line per file indexed, errors on stderr.
