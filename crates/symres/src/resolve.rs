@@ -342,8 +342,7 @@ impl Resolver {
     }
 
     /// `resolve_module_offset` for a line: from the module's index when it
-    /// has one.
-    /// An index's answer is written to `texts`.
+    /// has one, written to `texts`.
     pub(crate) fn answer_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
         self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
     }
