@@ -498,7 +498,7 @@ fn live_stream_is_not_held_back() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
-        for _ in 0..3 {
+        for _ in 0..5 {
             let mut l = String::new();
             r.read_line(&mut l).unwrap();
             tx.send(l).unwrap();
@@ -516,6 +516,18 @@ fn live_stream_is_not_held_back() {
     let l = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(l.contains("\"sym\":\"target_function\""), "{l}");
     stdin.write_all(b"tial\"}\n").unwrap();
+    stdin.flush().unwrap();
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().ends_with("tial\"}\n"));
+    // A long line whose output is short (a stale "sym" replaced), then a
+    // short one, in one write: a batch filled by them is flushed too
+    // (found by review: its output waited for more input).
+    let stale = good.trim_end().replacen("[{", &format!("[{{\"sym\":\"{}\",", "x".repeat(300_000)), 1);
+    stdin.write_all(format!("{stale}\n{good}").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    for _ in 0..2 {
+        let l = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(l.contains("\"sym\":\"target_function\"") && l.len() < 10_000, "{}", &l[..l.len().min(200)]);
+    }
     drop(stdin);
     let status = child.wait().unwrap();
     let mut err = String::new();

@@ -30,7 +30,7 @@ const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
 /// answers (demangling, say) may change between versions, so another
 /// version's index is ignored rather than trusted.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
 /// "None" for answers.
 const NONE32: u32 = u32::MAX;
@@ -724,11 +724,12 @@ mod tests {
     fn parts_must_be_what_symres_writes() {
         let mut scan = Scan::default();
         let sfl = ["sym", "file", "line"];
-        let good: [(&str, &[&str]); 6] = [
+        let good: [(&str, &[&str]); 7] = [
             ("", &["sym"]),
             ("\"sym\":\"f<T> \\\"x\\\"\"", &["sym"]),
             ("\"file\":\"/a/b.c\"", &["file"]),
             ("\"line\":4294967295", &["line"]),
+            ("\"line\":0", &["line"]),
             ("\"sym\":\"g\",\"line\":9", &sfl),
             ("\"sym\":\"g\",\"file\":\"a.c\",\"line\":9", &sfl),
         ];
@@ -736,7 +737,10 @@ mod tests {
             assert!(fields(&mut scan, t.as_bytes(), keys), "{t}");
         }
         let deep = format!("\"sym\":{}1{}", "[".repeat(125), "]".repeat(125));
-        let bad: [(&str, &[&str]); 14] = [
+        let bad: [(&str, &[&str]); 16] = [
+            // JSON has no leading zeros (found by review: "line":04 passed).
+            ("\"line\":04", &["line"]),
+            ("\"line\":00", &["line"]),
             (&deep, &["sym"]),
             ("\"sym\":\"a\",\"sym\":\"b\"", &["sym"]),
             ("\"file\":\"a\",\"sym\":\"b\"", &sfl),

@@ -319,8 +319,13 @@ fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Bat
             lineno += memchr::memchr_iter(b'\n', lines).count() as u64;
             batch.text.extend_from_slice(lines);
             input.consume(last + 1);
-            if batch.text.len() >= BATCH_BYTES && !send(&mut batch, lineno) {
-                return Ok(());
+            // No whole line is left in the buffer: the next step is a
+            // read that may block, so this batch is flushed too.
+            if batch.text.len() >= BATCH_BYTES {
+                batch.flush = true;
+                if !send(&mut batch, lineno) {
+                    return Ok(());
+                }
             }
             continue;
         }

@@ -146,7 +146,12 @@ impl Scan {
             }
             let ok = match s.peek() {
                 Some(b'"') => s.string().is_ok(),
-                Some(b'0'..=b'9') => (1..=10).contains(&s.digits()),
+                Some(b'0'..=b'9') => {
+                    // JSON: no leading zero ("0" alone).
+                    let zero = s.peek() == Some(b'0');
+                    let n = s.digits();
+                    (1..=10).contains(&n) && !(zero && n > 1)
+                }
                 _ => false,
             };
             if !ok {
