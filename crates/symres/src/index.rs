@@ -25,6 +25,7 @@ use rustc_hash::FxHashMap;
 use crate::elf::Bytes;
 use crate::resolve::{Inlined, Reason, Resolution};
 use crate::scan::Scan;
+use leakd_common::text::push_hex;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
@@ -513,16 +514,6 @@ fn fields(scan: &mut Scan, text: &[u8], keys: &[&str]) -> bool {
     std::str::from_utf8(text).is_ok_and(|t| scan.fields(t, keys))
 }
 
-/// `v` as `0x...`, as `format!("{v:#x}")` writes it (formatting cost ten
-/// times more, on every new frame).
-fn push_hex(o: &mut Vec<u8>, v: u64) {
-    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1) as usize;
-    o.extend_from_slice(b"0x");
-    for i in (0..digits).rev() {
-        o.push(b"0123456789abcdef"[(v >> (4 * i) & 0xf) as usize]);
-    }
-}
-
 fn put32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -576,15 +567,6 @@ mod tests {
 
     fn built() -> Built {
         Built::new(vec![0x140, 0x100, 0x120, 0x100, 0x110, 0x150, 0x160], answer)
-    }
-
-    #[test]
-    fn hex_like_format() {
-        for v in [0, 1, 0xf, 0x10, 0xabc, 0x7fff_ffff, 0x1_0000_0000, u64::MAX - 1, u64::MAX] {
-            let mut o = Vec::new();
-            push_hex(&mut o, v);
-            assert_eq!(String::from_utf8(o).unwrap(), format!("{v:#x}"));
-        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::elf::{self, ElfFile, LoadError, Reader};
 use crate::kallsyms::Kallsyms;
 use crate::line::write_str;
-use leakd_common::text::hex;
+use leakd_common::text::push_hex;
 use leakd_common::procmaps::{self, MapEntry};
 
 /// Why a frame was left unresolved (the `reason` field).
@@ -106,7 +106,10 @@ impl Resolution {
         place(&mut o, self.sym.as_deref(), None, None);
         if let Some(x) = self.sym_offset {
             key(&mut o, "sym_offset");
-            write_str(&mut o, &hex(x));
+            // Hex digits: nothing to escape.
+            o.push(b'"');
+            push_hex(&mut o, x);
+            o.push(b'"');
         }
         place(&mut o, None, self.file.as_deref(), self.line);
         if !self.inlined.is_empty() {
