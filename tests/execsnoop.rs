@@ -206,19 +206,24 @@ fn closed_stdout_exits_zero_promptly() {
 
 #[test]
 fn non_root_gets_a_clear_error() {
-    let mut cmd = if support::is_root() {
-        let mut c = Cmd::new("setpriv");
-        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(bin("execsnoop"));
-        c
-    } else {
-        Cmd::new(bin("execsnoop"))
+    let as_user = |args: &[&str]| {
+        let mut cmd = if support::is_root() {
+            let mut c = Cmd::new("setpriv");
+            c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(bin("execsnoop"));
+            c
+        } else {
+            Cmd::new(bin("execsnoop"))
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty());
+        String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = as_user(&[]);
     assert!(err.starts_with("execsnoop: error: permission denied"), "{err}");
     assert!(err.contains("root"), "{err}");
-    assert!(out.stdout.is_empty());
+    // A mistyped PID is the first thing to hear about, privileges or not.
+    assert_eq!(as_user(&["-p", "4000000000"]), "execsnoop: error: no such process: 4000000000\n");
 }
 
 #[test]

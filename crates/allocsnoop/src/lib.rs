@@ -178,8 +178,9 @@ pub fn load_tracer(
     verbose: u8,
 ) -> Result<Tracer> {
     let (min, max) = probe.size_range()?;
-    bpf::preflight()?;
+    // A mistyped PID is reported whatever the privileges.
     let cgroup_id = target.check()?.unwrap_or(0);
+    bpf::preflight()?;
     let (lib, sites) = plan_for_target(probe, ops, target, verbose, tool)?;
     let held = if target.command.is_empty() { None } else { Some(launch::spawn_held(&target.command)?) };
     let pid = held.as_ref().map(|h| h.pid()).or(target.pid);

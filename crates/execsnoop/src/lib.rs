@@ -86,8 +86,9 @@ pub fn command() -> clap::Command {
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    bpf::preflight()?;
+    // A mistyped PID is reported whatever the privileges.
     let cgroup_id = cli.target.check()?.unwrap_or(0);
+    bpf::preflight()?;
     let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
     let filter = Filter::new(held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0), held.is_some(), cgroup_id);
 
