@@ -447,6 +447,12 @@ fn threads_keep_the_order_of_lines_and_messages() {
         assert!(errs[2 * i + 1].starts_with(&format!("symres: error: line {}: stack[0].addr", 5 * i + 4)), "{}", errs[2 * i + 1]);
     }
     assert_eq!(errs[2 * reps], format!("symres: error: {} malformed line(s) skipped", 2 * reps));
+    // Each thread loads the program; -v says so once.
+    let verbose = symres(&["-v", "-j", "3"], &input);
+    assert!(verbose.stdout == three.stdout, "outputs differ under -v");
+    let loaded: Vec<&str> = verbose.stderr.lines().filter(|l| l.starts_with("symres: loaded")).collect();
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert!(loaded[0].contains(&*prog.to_string_lossy()), "{}", loaded[0]);
 }
 
 #[test]

@@ -11,11 +11,18 @@
 //! no reference into other units (DW_FORM_ref_addr and the like, which
 //! would be read against the wrong offsets) and not a split-DWARF skeleton.
 //! Units that are not and addresses outside .debug_aranges go to the full
-//! context, built on first need; once it exists it answers everything. An
-//! address its unit knows nothing about (code without line info) is left
+//! context, built on first need, and only those (a self-contained unit
+//! answers the same either way, and the full context has a single lock;
+//! see below). An address its unit knows nothing about (code without line info) is left
 //! without DWARF: no other unit covers it.
+//!
+//! Parsing a unit's lines and functions is most of the cost of a new
+//! address in a large binary, so resolving threads share one `Index` per
+//! file: a unit is parsed once, by the first thread that needs
+//! it, and each context is used under its own lock (addr2line parses
+//! lazily inside lookups, so a context is not `Sync` by itself).
 
-use std::cell::OnceCell;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use gimli::Reader as _;
 
@@ -29,11 +36,14 @@ type Span = (u64, u64, u32);
 /// Unit index of an address range claimed by more than one unit.
 const AMBIGUOUS: u32 = u32::MAX;
 
+/// A context, parsed further by each lookup that needs more of it.
+type Slot = OnceLock<Option<Box<Mutex<Ctx>>>>;
+
 /// A unit and its context, built on first use (`None`: the unit is not
 /// self-contained, ask the full context).
 struct UnitSlot {
     offset: usize,
-    ctx: OnceCell<Option<Box<Ctx>>>,
+    ctx: Slot,
 }
 
 pub struct Index {
@@ -42,8 +52,24 @@ pub struct Index {
     ranges: Vec<Span>,
     units: Vec<UnitSlot>,
     /// The context over all units, built on first need (`None`: it cannot
-    /// be built). Once it exists it answers everything.
-    full: OnceCell<Option<Box<Ctx>>>,
+    /// be built).
+    full: Slot,
+}
+
+// Shared between resolving threads (checked at compile time).
+const _: () = {
+    const fn sync<T: Send + Sync>() {}
+    sync::<Index>()
+};
+
+/// A context in use (the lock held while a lookup parses it further).
+pub type CtxGuard<'a> = MutexGuard<'a, Ctx>;
+
+/// Lock a context. A thread that panicked while holding it (caught per
+/// line) left it as addr2line's lazy cells are after an unwind: parts
+/// not yet parsed are parsed again.
+fn lock(m: &Mutex<Ctx>) -> CtxGuard<'_> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Index {
@@ -51,28 +77,26 @@ impl Index {
     /// address goes to the full context).
     pub fn new(secs: DwarfSections) -> Index {
         let (ranges, units) = aranges(&secs).unwrap_or_default();
-        Index { secs, ranges, units, full: OnceCell::new() }
+        Index { secs, ranges, units, full: OnceLock::new() }
     }
 
-    /// The context that answers `vaddr`: its unit's when that one is
-    /// usable, else the full one (`None` when even that cannot be built).
-    pub fn context_for(&mut self, vaddr: u64, verbose: u8) -> Option<&Ctx> {
-        let unit = match self.full.get() {
-            None => self.unit_of(vaddr).filter(|&u| self.unit_ctx(u, verbose).is_some()),
-            Some(_) => None,
-        };
-        match unit {
-            Some(u) => self.units[u].ctx.get().and_then(|c| c.as_deref()),
-            None => self.full(vaddr, verbose),
+    /// The context that answers `vaddr`, locked: its unit's when that one
+    /// is usable, else the full one (`None` when even that cannot be built).
+    pub fn context_for(&self, vaddr: u64, verbose: u8) -> Option<CtxGuard<'_>> {
+        // Unit contexts even once the full one exists: its one lock would
+        // make threads take turns.
+        match self.unit_of(vaddr).and_then(|u| self.unit_ctx(u, verbose)) {
+            Some(c) => Some(lock(c)),
+            None => self.full(vaddr, verbose).map(lock),
         }
     }
 
     /// The context of unit `u`, `None` when it is not self-contained.
-    fn unit_ctx(&self, u: usize, verbose: u8) -> Option<&Ctx> {
+    fn unit_ctx(&self, u: usize, verbose: u8) -> Option<&Mutex<Ctx>> {
         let slot = &self.units[u];
         slot.ctx
             .get_or_init(|| {
-                let c = unit_context(&self.secs, slot.offset).map(Box::new);
+                let c = unit_context(&self.secs, slot.offset).map(|c| Box::new(Mutex::new(c)));
                 if c.is_none() && verbose > 1 {
                     eprintln!("symres: DWARF unit at {:#x} is not self-contained", slot.offset);
                 }
@@ -82,25 +106,23 @@ impl Index {
     }
 
     /// The context over all units, built on first use.
-    pub fn full(&mut self, vaddr: u64, verbose: u8) -> Option<&Ctx> {
-        if self.full.get().is_none() {
-            if verbose > 1 {
-                eprintln!("symres: parsing all DWARF units ({vaddr:#x})");
-            }
-            let c = match self.secs.context() {
-                Ok(c) => Some(Box::new(c)),
-                Err(e) => {
-                    if verbose > 0 {
-                        eprintln!("symres: unusable DWARF: {e}");
-                    }
-                    None
+    fn full(&self, vaddr: u64, verbose: u8) -> Option<&Mutex<Ctx>> {
+        self.full
+            .get_or_init(|| {
+                if verbose > 1 {
+                    eprintln!("symres: parsing all DWARF units ({vaddr:#x})");
                 }
-            };
-            let _ = self.full.set(c);
-            // Unit contexts are no longer consulted.
-            self.units.iter_mut().for_each(|u| u.ctx = OnceCell::new());
-        }
-        self.full.get().and_then(|c| c.as_deref())
+                match self.secs.context() {
+                    Ok(c) => Some(Box::new(Mutex::new(c))),
+                    Err(e) => {
+                        if verbose > 0 {
+                            eprintln!("symres: unusable DWARF: {e}");
+                        }
+                        None
+                    }
+                }
+            })
+            .as_deref()
     }
 
     /// Every address where a DWARF answer may change: the unit ranges of
@@ -152,7 +174,7 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     while let Some(h) = headers.next()? {
         let offset = h.debug_info_offset().0;
         let u = *by_offset.entry(offset).or_insert_with(|| {
-            units.push(UnitSlot { offset, ctx: OnceCell::new() });
+            units.push(UnitSlot { offset, ctx: OnceLock::new() });
             units.len() - 1
         });
         let Some(u) = u32::try_from(u).ok().filter(|&u| u != AMBIGUOUS) else { break };
@@ -270,7 +292,7 @@ mod tests {
             // Only addresses a unit context answers (not the full one).
             let Some(ctx) = index.unit_of(a).and_then(|u| index.unit_ctx(u, 0)) else { continue };
             by_unit += 1;
-            let mine = frames(ctx, a);
+            let mine = frames(&lock(ctx), a);
             if mine.is_empty() {
                 continue;
             }

@@ -56,6 +56,13 @@ impl Resolver {
         Resolver(resolve::Resolver::new(opts), line::Scratch::default())
     }
 
+    /// Another resolver with the same options, for another thread: it has
+    /// caches of its own but shares this one's parsed DWARF (most of what
+    /// a new address costs in a large binary).
+    pub fn fresh(&self) -> Self {
+        Resolver(self.0.fresh(), line::Scratch::default())
+    }
+
     /// Resolve a file offset in a module, as recorded for a process that may
     /// have exited. `build_id` is the GNU build id in hex ("" or `None` when
     /// unknown); an invalid one is treated as unknown.
@@ -133,12 +140,11 @@ pub struct Cli {
     #[arg(long = "index-dir", value_name = "DIR")]
     index_dir: Option<PathBuf>,
 
-    /// Resolve with N threads, each with its own caches; lines are written in the order
-    /// they came. Worth it for large inputs of mostly new addresses (a big debug build, an
-    /// index); a stream of recurring stacks gains nothing, and each thread parses the same
-    /// DWARF again.
-    #[arg(short = 'j', long = "threads", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    threads: u16,
+    /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
+    /// DWARF; each has its own caches of answers. Lines are written in the order they came.
+    /// -j1 resolves in the thread that reads and writes.
+    #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
 }
 
 pub fn command() -> clap::Command {
@@ -160,16 +166,16 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index);
     }
-    let threads = usize::from(cli.threads);
+    let threads = cli.threads.map_or_else(default_threads, usize::from);
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let pool = &Pool::default();
     let malformed = if threads == 1 {
         // One thread does it all: no threads to start (a single line's
         // wait), no handing over.
-        let mut resolver = Resolver::new(opts.clone());
+        let mut resolver = Resolver::new(opts);
         let mut writer = Writer::new();
         let mut io_error = None;
-        read_batches(deadline, pool, |b| match writer.put(resolve_batch(&mut resolver, &opts, b, pool), pool) {
+        read_batches(deadline, pool, |b| match writer.put(resolve_batch(&mut resolver, b, pool), pool) {
             Ok(()) => true,
             Err(e) => {
                 io_error = Some(e);
@@ -184,7 +190,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         }
         writer.finish()?
     } else {
-        run_threads(threads, &opts, deadline, pool)?
+        run_threads(threads, &Resolver::new(opts), deadline, pool)?
     };
     if malformed > 0 {
         eprintln!("symres: error: {malformed} malformed line(s) skipped");
@@ -193,11 +199,19 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     Ok(0)
 }
 
+/// One resolving thread per CPU symres may run on, at most 4: each thread
+/// keeps its own caches of answers and symbol tables, so memory grows with
+/// the count.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// Resolve with `threads` workers: the reader (this thread) sends batches
 /// to them in turn (batch k to worker k mod n, so the writer knows whose
 /// result comes next); a writer thread writes the results in input order.
-/// Returns the number of malformed lines.
-fn run_threads(threads: usize, opts: &Options, deadline: Option<Instant>, pool: &Pool) -> Result<u64> {
+/// Each worker's resolver is a `fresh` one of `first`'s. Returns the
+/// number of malformed lines.
+fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool: &Pool) -> Result<u64> {
     // Set when the writer stops (a closed pipe downstream): the others
     // stop too.
     let gone = &AtomicBool::new(false);
@@ -222,7 +236,8 @@ fn run_threads(threads: usize, opts: &Options, deadline: Option<Instant>, pool: 
             }
             let w = &mut workers[sent % threads];
             if let Some((batches, done)) = w.unborn.take() {
-                scope.spawn(move || worker(opts, batches, done, pool, gone));
+                let resolver = first.fresh();
+                scope.spawn(move || worker(resolver, batches, done, pool, gone));
             }
             sent += 1;
             w.batches.send(b).is_ok()
@@ -368,7 +383,7 @@ fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Bat
 /// Resolve the lines of a batch. A panic in a line costs that line
 /// (reported as malformed) and the resolver's caches, not the batch or the
 /// stream.
-fn resolve_batch(resolver: &mut Resolver, opts: &Options, b: Batch, pool: &Pool) -> Done {
+fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
     let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
     let mut lineno = b.first;
     let mut rest = &b.text[..];
@@ -383,12 +398,14 @@ fn resolve_batch(resolver: &mut Resolver, opts: &Options, b: Batch, pool: &Pool)
             Ok(n) => d.malformed += n,
             Err(_) => {
                 // Whatever the line had written goes; so does the
-                // resolver, whose caches may be half updated.
+                // resolver, whose caches may be half updated (the shared
+                // DWARF is only ever parsed further, see crate::dwarf).
                 d.out.truncate(at.0);
                 d.errors.truncate(at.1);
                 let _ = writeln!(d.errors, "symres: error: line {lineno}: internal error (a panic, reported above), skipped");
                 d.malformed += 1;
-                std::mem::forget(std::mem::replace(resolver, Resolver::new(opts.clone())));
+                let fresh = resolver.fresh();
+                std::mem::forget(std::mem::replace(resolver, fresh));
             }
         }
         lineno += 1;
@@ -401,10 +418,9 @@ fn resolve_batch(resolver: &mut Resolver, opts: &Options, b: Batch, pool: &Pool)
 
 /// A worker thread: resolve batches until the reader is done (or the
 /// writer gone).
-fn worker(opts: &Options, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool, writer_gone: &AtomicBool) {
-    let mut resolver = Resolver::new(opts.clone());
+fn worker(mut resolver: Resolver, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool, writer_gone: &AtomicBool) {
     for b in batches {
-        if writer_gone.load(Ordering::Relaxed) || done.send(resolve_batch(&mut resolver, opts, b, pool)).is_err() {
+        if writer_gone.load(Ordering::Relaxed) || done.send(resolve_batch(&mut resolver, b, pool)).is_err() {
             break;
         }
     }

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::elf::{self, ElfFile, LoadError, Reader};
 use crate::kallsyms::Kallsyms;
@@ -243,6 +243,8 @@ struct Module {
     /// Built when the first address is looked up; `None` inside when the
     /// module has no (usable) DWARF.
     dwarf: Option<DwarfState>,
+    /// Where the DWARF index is shared with other resolvers.
+    shared: Shared,
     /// Prebuilt answers for the whole module, when an index was found for
     /// its build id: lines are then answered from it, without symbols or
     /// DWARF (the structured answers of `resolve_*` still come from those).
@@ -258,15 +260,17 @@ struct Module {
 }
 
 enum DwarfState {
-    Pending(elf::DwarfSections),
-    Ready(Box<crate::dwarf::Index>),
+    /// Not needed yet; the file's identity, when known, names its index
+    /// among the shared ones.
+    Pending(elf::DwarfSections, Option<FileKey>),
+    Ready(Arc<crate::dwarf::Index>),
     Absent,
 }
 
 pub struct Resolver {
     opts: Options,
     modules: Vec<Module>,
-    by_inode: HashMap<(u64, u64, u64, i64), ModuleId>,
+    by_inode: HashMap<FileKey, ModuleId>,
     /// Path as given (or as built from /proc) → loaded module or failure.
     by_path: HashMap<PathBuf, Result<ModuleId, Reason>>,
     /// Debug file by build id → module, or `None` when not installed.
@@ -282,6 +286,9 @@ pub struct Resolver {
     /// The last build id parsed, as written and as bytes: a stream repeats
     /// a handful of ids, frame after frame.
     last_build_id: Option<(String, BuildId)>,
+    /// DWARF indexes and messages, shared with the resolvers made by
+    /// [`Resolver::fresh`].
+    shared: Shared,
 }
 
 struct PidMaps {
@@ -293,6 +300,12 @@ struct PidMaps {
 
 impl Resolver {
     pub fn new(opts: Options) -> Self {
+        Self::sharing(opts, Shared::default())
+    }
+
+    /// A resolver with caches of its own but for the DWARF indexes in
+    /// `shared`.
+    fn sharing(opts: Options, shared: Shared) -> Self {
         Resolver {
             opts,
             modules: Vec::new(),
@@ -304,7 +317,15 @@ impl Resolver {
             generation: 0,
             by_name: FxHashMap::default(),
             last_build_id: None,
+            shared,
         }
+    }
+
+    /// Another resolver with the same options that shares this one's
+    /// DWARF indexes (for another thread: the parsed DWARF of a large
+    /// binary is most of what a new address costs).
+    pub fn fresh(&self) -> Self {
+        Self::sharing(self.opts.clone(), self.shared.clone())
     }
 
     /// Mark the start of a new batch of frames (one input line): a process's
@@ -328,9 +349,14 @@ impl Resolver {
         Ok(id)
     }
 
+    /// A message under -v, once: each thread's resolver meets the same
+    /// files and the same failures (each is cached per resolver).
     fn log(&self, level: u8, msg: impl FnOnce() -> String) {
         if self.opts.verbose >= level {
-            eprintln!("symres: {}", msg());
+            let msg = msg();
+            if self.shared.first_time(&msg) {
+                eprintln!("symres: {msg}");
+            }
         }
     }
 
@@ -539,8 +565,7 @@ impl Resolver {
 
     fn reload_if_changed(&mut self, path: &Path, nominal: &Path, old: ModuleId) -> Result<ModuleId, Reason> {
         let md = std::fs::metadata(path).map_err(|_| Reason::FileMissing)?;
-        let key = (md.dev(), md.ino(), md.size(), md.mtime());
-        if self.by_inode.get(&key) == Some(&old) {
+        if self.by_inode.get(&file_key(&md)) == Some(&old) {
             return Ok(old);
         }
         self.by_path.remove(path);
@@ -565,13 +590,13 @@ impl Resolver {
                 return Err(Reason::FileMissing);
             }
         };
-        let key = (md.dev(), md.ino(), md.size(), md.mtime());
+        let key = file_key(&md);
         if let Some(&id) = self.by_inode.get(&key) {
             return Ok(id);
         }
         let elf = self.open_elf(path)?;
         let debug = if elf.dwarf.is_none() { self.find_debug_file(&elf, nominal, path) } else { None };
-        let id = self.add_module(elf, debug);
+        let id = self.add_module(elf, debug, Some(key));
         self.by_inode.insert(key, id);
         Ok(id)
     }
@@ -604,7 +629,9 @@ impl Resolver {
         }
     }
 
-    fn add_module(&mut self, elf: ElfFile, debug: Option<ElfFile>) -> ModuleId {
+    /// `key`: the identity of the file (the same file gives the same
+    /// DWARF), under which its DWARF index is shared.
+    fn add_module(&mut self, elf: ElfFile, debug: Option<ElfFile>, key: Option<FileKey>) -> ModuleId {
         let ElfFile { build_id, segments, symbols, dwarf, .. } = elf;
         let index = build_id.as_deref().and_then(|id| self.load_index(id));
         let (symbols, dwarf) = match debug {
@@ -618,7 +645,8 @@ impl Resolver {
             build_id,
             segments,
             symbols,
-            dwarf: Some(dwarf.map_or(DwarfState::Absent, DwarfState::Pending)),
+            dwarf: Some(dwarf.map_or(DwarfState::Absent, |d| DwarfState::Pending(d, key))),
+            shared: self.shared.clone(),
             index,
             answers: FxHashMap::default(),
             demangled: FxHashMap::default(),
@@ -661,7 +689,7 @@ impl Resolver {
         let m = &mut self.modules[id];
         let build_id = m.build_id.clone().ok_or("no build id to name its index by")?;
         let mut addrs: Vec<u64> = m.symbols.boundaries().collect();
-        if let Some(dwarf) = dwarf_index(&mut m.dwarf) {
+        if let Some(dwarf) = dwarf_index(&mut m.dwarf, &m.shared) {
             dwarf.boundaries(&mut addrs).map_err(|e| format!("unreadable DWARF: {e}"))?;
         }
         let ix = crate::index::Built::new(addrs, |a| m.lookup_vaddr(a, true, verbose));
@@ -753,7 +781,8 @@ impl Resolver {
             if let Ok(d) = self.open_elf(&p) {
                 if d.build_id.as_deref() == Some(id) && !d.segments.is_empty() {
                     self.log(1, || format!("using debug file {} by build id", p.display()));
-                    found = Some(self.add_module(d, None));
+                    let key = std::fs::metadata(&p).ok().map(|md| file_key(&md));
+                    found = Some(self.add_module(d, None, key));
                     break;
                 }
             }
@@ -796,11 +825,48 @@ impl Resolver {
     }
 }
 
-/// A module's DWARF lookup structures, set up on first use.
-fn dwarf_index(dwarf: &mut Option<DwarfState>) -> Option<&mut crate::dwarf::Index> {
-    if let Some(DwarfState::Pending(_)) = dwarf {
-        if let Some(DwarfState::Pending(secs)) = dwarf.take() {
-            *dwarf = Some(DwarfState::Ready(Box::new(crate::dwarf::Index::new(secs))));
+/// Identity of a file: device, inode, size and modification time.
+type FileKey = (u64, u64, u64, i64);
+
+fn file_key(md: &std::fs::Metadata) -> FileKey {
+    (md.dev(), md.ino(), md.size(), md.mtime())
+}
+
+/// What the resolvers made from one another by [`Resolver::fresh`] share.
+#[derive(Clone, Default)]
+struct Shared(Arc<SharedInner>);
+
+#[derive(Default)]
+struct SharedInner {
+    /// The DWARF indexes of the files loaded so far.
+    dwarf: Mutex<FxHashMap<FileKey, Arc<crate::dwarf::Index>>>,
+    /// Messages said under -v, so that a file loaded by each thread is
+    /// reported once.
+    said: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    /// The DWARF index of the file `key`, made from `secs` unless another
+    /// resolver already made it.
+    fn dwarf(&self, key: Option<FileKey>, secs: elf::DwarfSections) -> Arc<crate::dwarf::Index> {
+        let Some(key) = key else { return Arc::new(crate::dwarf::Index::new(secs)) };
+        let mut map = self.0.dwarf.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_insert_with(|| Arc::new(crate::dwarf::Index::new(secs))).clone()
+    }
+
+    /// Whether `msg` is said for the first time.
+    fn first_time(&self, msg: &str) -> bool {
+        let mut said = self.0.said.lock().unwrap_or_else(|e| e.into_inner());
+        !said.contains(msg) && said.insert(msg.to_string())
+    }
+}
+
+/// A module's DWARF lookup structures, set up on first use (or found
+/// among the shared ones).
+fn dwarf_index<'a>(dwarf: &'a mut Option<DwarfState>, shared: &Shared) -> Option<&'a crate::dwarf::Index> {
+    if let Some(DwarfState::Pending(..)) = dwarf {
+        if let Some(DwarfState::Pending(secs, key)) = dwarf.take() {
+            *dwarf = Some(DwarfState::Ready(shared.dwarf(key, secs)));
         }
     }
     match dwarf {
@@ -825,13 +891,13 @@ impl Module {
             res.sym = (!name.is_empty()).then_some(name);
             res.sym_offset = Some(vaddr - start);
         }
-        if let Some(index) = dwarf_index(&mut self.dwarf) {
+        if let Some(index) = dwarf_index(&mut self.dwarf, &self.shared) {
             let mut frames: Vec<DwarfFrame> = Vec::new();
             // A unit that .debug_aranges names but that knows nothing of the
             // address (code without line info) is the answer: no other unit
             // covers it, and asking the full context would parse them all.
             if let Some(ctx) = index.context_for(vaddr, verbose) {
-                dwarf_frames(ctx, vaddr, want_inlined, &mut self.dwarf_names, &mut self.files, &mut frames);
+                dwarf_frames(&ctx, vaddr, want_inlined, &mut self.dwarf_names, &mut self.files, &mut frames);
             }
             if let Some((name, file, line)) = frames.pop() {
                 res.file = file;
@@ -856,7 +922,7 @@ pub fn fuzz_elf(data: &[u8]) {
     let mut r = Resolver::new(Options::default());
     let mut probes: Vec<u64> = elf.segments.iter().flat_map(|s| [s.offset, s.offset.wrapping_add(s.filesz / 2)]).collect();
     probes.extend((0..16u64).map(|i| i * 0x40 + 0x1000));
-    let id = r.add_module(elf, None);
+    let id = r.add_module(elf, None, None);
     for off in probes {
         let _ = r.lookup_offset(id, off, 0);
         let _ = r.lookup_offset(id, off.wrapping_add(3), 1);
@@ -1051,6 +1117,36 @@ mod tests {
             "<cpp_demangle::ast::LambdaSig as core::fmt::Debug>::fmt"
         );
         assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE.llvm.42"), "foo::bar");
+    }
+
+    /// Resolvers made by `fresh` use one parsed DWARF index per file, made
+    /// by whichever asks first, and answer the same from it; a resolver
+    /// made anew has its own.
+    #[test]
+    fn fresh_resolvers_share_parsed_dwarf() {
+        let exe = std::env::current_exe().unwrap();
+        let mut a = Resolver::new(Options::default());
+        let mut b = a.fresh();
+        let mut other = Resolver::new(Options::default());
+        let ia = a.load_path(&exe, &exe).unwrap();
+        let addrs: Vec<u64> = a.modules[ia].symbols.boundaries().step_by(97).collect();
+        let mut with_lines = 0;
+        for r in [&mut a, &mut b, &mut other] {
+            let id = r.load_path(&exe, &exe).unwrap();
+            let answers: Vec<_> = addrs.iter().map(|&v| r.modules[id].lookup_vaddr(v, true, 0)).collect();
+            with_lines = answers.iter().filter(|x| x.as_ref().is_ok_and(|x| x.line.is_some())).count();
+            assert!(with_lines > 20, "{with_lines} of {} answers have a line", addrs.len());
+        }
+        let index = |r: &Resolver| match r.modules.last().and_then(|m| m.dwarf.as_ref()) {
+            Some(DwarfState::Ready(ix)) => ix.clone(),
+            _ => panic!("no DWARF index after {with_lines} lookups"),
+        };
+        assert!(Arc::ptr_eq(&index(&a), &index(&b)));
+        assert!(!Arc::ptr_eq(&index(&a), &index(&other)));
+        for &v in &addrs {
+            let id = a.modules.len() - 1;
+            assert_eq!(a.modules[id].lookup_vaddr(v, true, 0), b.modules[id].lookup_vaddr(v, true, 0), "at {v:#x}");
+        }
     }
 
     /// A poor man's fuzzer that runs with every `cargo test`: a real binary
