@@ -54,6 +54,13 @@ pub fn push_hex(o: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// `push_hex` as a JSON string, `"0x..."` (hex digits need no escaping).
+pub fn push_hex_string(o: &mut Vec<u8>, v: u64) {
+    o.push(b'"');
+    push_hex(o, v);
+    o.push(b'"');
+}
+
 /// Bytes (a build id) as lower-case hex digits, two per byte.
 pub fn hex_bytes(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -147,5 +154,8 @@ mod tests {
         for v in [1, 0xf, 0x10, 0xabc, 0x7fff_ffff, 0x1_0000_0000, u64::MAX - 1, u64::MAX] {
             assert_eq!(hex(v), format!("{v:#x}"));
         }
+        let mut o = b"x".to_vec();
+        push_hex_string(&mut o, 0xabc);
+        assert_eq!(o, b"x\"0xabc\"");
     }
 }

@@ -23,9 +23,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::elf::Bytes;
-use crate::resolve::{Inlined, Reason, Resolution};
+use crate::resolve::{members, write_answer, Inlined, Reason, Resolution};
 use crate::scan::Scan;
-use leakd_common::text::push_hex;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
@@ -80,21 +79,12 @@ impl Stored {
     /// empty; `sym_offset` goes after the first), and the elements of
     /// `"inlined"` without their braces. All but the line are shared by
     /// many answers.
-    fn rendered(&self) -> ([String; 3], Vec<String>) {
-        let sym = Resolution { sym: self.sym.clone(), ..Resolution::default() };
-        let file = Resolution { file: self.file.clone(), ..Resolution::default() };
-        let line = Resolution { line: self.line, ..Resolution::default() };
-        let inlined = self
-            .inlined
-            .iter()
-            .map(|f| {
-                let mut o = Vec::new();
-                f.write_json(&mut o);
-                let inner = o.get(1..o.len().saturating_sub(1)).unwrap_or_default();
-                String::from_utf8_lossy(inner).into_owned()
-            })
-            .collect();
-        ([sym, file, line].map(|r| r.json_fields().to_string()), inlined)
+    fn rendered(&self) -> ([Vec<u8>; 3], Vec<Vec<u8>>) {
+        let sym = members(self.sym.as_deref(), None, None);
+        let file = members(None, self.file.as_deref(), None);
+        let line = members(None, None, self.line);
+        let inlined = self.inlined.iter().map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line)).collect();
+        ([sym, file, line], inlined)
     }
 }
 
@@ -152,32 +142,32 @@ impl Built {
     /// `None` when the index would pass 4 GB (its offsets are 32-bit).
     pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
         let mut blob = Vec::new();
-        let mut shared: FxHashMap<(Kind, &str), u32> = FxHashMap::default();
+        let mut shared: FxHashMap<(Kind, &[u8]), u32> = FxHashMap::default();
         let mut records = Vec::with_capacity(self.stored.len());
-        let rendered: Vec<([String; 3], Vec<String>)> = self.stored.iter().map(Stored::rendered).collect();
+        let rendered: Vec<_> = self.stored.iter().map(Stored::rendered).collect();
         let parts = rendered.iter().flat_map(|([sym, file, _], inlined)| {
-            [(Kind::Sym, sym.as_str()), (Kind::File, file.as_str())].into_iter().chain(inlined.iter().map(|p| (Kind::Inlined, p.as_str())))
+            [(Kind::Sym, &sym[..]), (Kind::File, &file[..])].into_iter().chain(inlined.iter().map(|p| (Kind::Inlined, &p[..])))
         });
         for (kind, part) in parts {
             if let std::collections::hash_map::Entry::Vacant(e) = shared.entry((kind, part)) {
                 blob.resize(blob.len().next_multiple_of(8), 0);
                 e.insert(u32::try_from(blob.len()).ok()?);
                 put32(&mut blob, u32::try_from(part.len()).ok().filter(|&n| n <= PART_LEN)? | (kind as u32) << 30);
-                blob.extend_from_slice(part.as_bytes());
+                blob.extend_from_slice(part);
             }
         }
         for (s, ([sym, file, line], inlined)) in self.stored.iter().zip(&rendered) {
             blob.resize(blob.len().next_multiple_of(8), 0);
             records.push(u32::try_from(blob.len()).ok()?);
             blob.extend_from_slice(&s.sym_start.unwrap_or(NONE64).to_le_bytes());
-            put32(&mut blob, shared[&(Kind::Sym, sym.as_str())]);
-            put32(&mut blob, shared[&(Kind::File, file.as_str())]);
+            put32(&mut blob, shared[&(Kind::Sym, &sym[..])]);
+            put32(&mut blob, shared[&(Kind::File, &file[..])]);
             put32(&mut blob, line.len() as u32);
             put32(&mut blob, inlined.len() as u32);
             for part in inlined {
-                put32(&mut blob, shared[&(Kind::Inlined, part.as_str())]);
+                put32(&mut blob, shared[&(Kind::Inlined, &part[..])]);
             }
-            blob.extend_from_slice(line.as_bytes());
+            blob.extend_from_slice(line);
         }
         let n_blocks = self.starts.len().div_ceil(BLOCK);
         let mut out = header(build_id);
@@ -440,42 +430,10 @@ impl Index {
         if sym.is_empty() && file.is_empty() {
             return Err(Reason::NoSymbols);
         }
-        let base = o.len();
-        o.extend_from_slice(sym);
-        if start != NONE64 {
-            if o.len() > base {
-                o.push(b',');
-            }
-            o.extend_from_slice(b"\"sym_offset\":\"");
-            push_hex(o, vaddr.wrapping_sub(start).wrapping_add(back));
-            o.push(b'"');
-        }
-        for t in [file, line] {
-            if !t.is_empty() {
-                if o.len() > base {
-                    o.push(b',');
-                }
-                o.extend_from_slice(t);
-            }
-        }
-        if n > 0 {
-            if o.len() > base {
-                o.push(b',');
-            }
-            o.extend_from_slice(b"\"inlined\":[");
-            for i in 0..n {
-                if i > 0 {
-                    o.push(b',');
-                }
-                let Some(t) = part(4 + i, Kind::Inlined) else {
-                    o.truncate(base);
-                    return Err(Reason::NoSymbols);
-                };
-                o.push(b'{');
-                o.extend_from_slice(t);
-                o.push(b'}');
-            }
-            o.push(b']');
+        let sym_offset = (start != NONE64).then(|| vaddr.wrapping_sub(start).wrapping_add(back));
+        let inlined = (0..n).map(|i| part(4 + i, Kind::Inlined));
+        if !write_answer(o, sym, sym_offset, file, line, inlined) {
+            return Err(Reason::NoSymbols);
         }
         Ok(())
     }

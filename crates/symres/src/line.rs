@@ -15,7 +15,7 @@ use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use crate::kallsyms::KERNEL_START;
 use crate::resolve::{Answer, Reason, Resolver};
 use crate::scan::{self, Item, Member, Scan, Span};
-use leakd_common::text::push_hex;
+use leakd_common::text::push_hex_string;
 
 /// Why a line was skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,9 +315,8 @@ fn write(text: &str, s: &Scan, edits: &[Edit], texts: &[u8], out: &mut Vec<u8>) 
         }
         if let Some(o) = e.added.offset {
             sep(out);
-            out.extend_from_slice(b"\"offset\":\"");
-            push_hex(out, o);
-            out.push(b'"');
+            out.extend_from_slice(b"\"offset\":");
+            push_hex_string(out, o);
         }
         sep(out);
         match &e.added.fields {

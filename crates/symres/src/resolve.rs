@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use crate::elf::{self, ElfFile, LoadError, Reader};
 use crate::kallsyms::Kallsyms;
 use crate::line::write_str;
-use leakd_common::text::push_hex;
+use leakd_common::text::push_hex_string;
 use leakd_common::procmaps::{self, MapEntry};
 
 /// Why a frame was left unresolved (the `reason` field).
@@ -103,63 +103,89 @@ impl Resolution {
 
     fn render(&self) -> Box<str> {
         let mut o = Vec::with_capacity(256);
-        place(&mut o, self.sym.as_deref(), None, None);
-        if let Some(x) = self.sym_offset {
-            key(&mut o, "sym_offset");
-            // Hex digits: nothing to escape.
-            o.push(b'"');
-            push_hex(&mut o, x);
-            o.push(b'"');
-        }
-        place(&mut o, None, self.file.as_deref(), self.line);
-        if !self.inlined.is_empty() {
-            key(&mut o, "inlined");
-            o.push(b'[');
-            for (i, f) in self.inlined.iter().enumerate() {
-                if i > 0 {
-                    o.push(b',');
-                }
-                f.write_json(&mut o);
-            }
-            o.push(b']');
-        }
+        let [sym, file, line] = [members(self.sym.as_deref(), None, None), members(None, self.file.as_deref(), None), members(None, None, self.line)];
+        let inlined: Vec<Vec<u8>> = self.inlined.iter().map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line)).collect();
+        write_answer(&mut o, &sym, self.sym_offset, &file, &line, inlined.iter().map(|i| Some(&i[..])));
         String::from_utf8(o).unwrap_or_default().into_boxed_str()
     }
 }
 
-impl Inlined {
-    /// `{"sym":...,"file":...,"line":...}`, an element of `"inlined"`.
-    pub(crate) fn write_json(&self, o: &mut Vec<u8>) {
-        let mut inner = Vec::new();
-        place(&mut inner, self.sym.as_deref(), self.file.as_deref(), self.line);
-        o.push(b'{');
-        o.extend_from_slice(&inner);
-        o.push(b'}');
+/// The members an answer adds to a frame, from their parts: `sym`,
+/// `sym_offset`, `file`, `line` and `inlined`, in that order, each left
+/// out when absent (an empty part). A part is member text as [`members`]
+/// writes it; each inlined call is the members of one element of
+/// `"inlined"`. Resolutions and index answers are both written by this,
+/// so they agree byte for byte. False (and `o` as it was) when an inlined
+/// part is missing (`None`, from a damaged index).
+pub(crate) fn write_answer<'a>(
+    o: &mut Vec<u8>,
+    sym: &[u8],
+    sym_offset: Option<u64>,
+    file: &[u8],
+    line: &[u8],
+    inlined: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+) -> bool {
+    let base = o.len();
+    let sep = |o: &mut Vec<u8>| {
+        if o.len() > base {
+            o.push(b',');
+        }
+    };
+    o.extend_from_slice(sym);
+    if let Some(x) = sym_offset {
+        sep(o);
+        o.extend_from_slice(b"\"sym_offset\":");
+        push_hex_string(o, x);
     }
+    for t in [file, line] {
+        if !t.is_empty() {
+            sep(o);
+            o.extend_from_slice(t);
+        }
+    }
+    if inlined.len() > 0 {
+        sep(o);
+        o.extend_from_slice(b"\"inlined\":[");
+        for (i, t) in inlined.enumerate() {
+            let Some(t) = t else {
+                o.truncate(base);
+                return false;
+            };
+            if i > 0 {
+                o.push(b',');
+            }
+            o.push(b'{');
+            o.extend_from_slice(t);
+            o.push(b'}');
+        }
+        o.push(b']');
+    }
+    true
 }
 
-/// `"k":`, after a comma when `o` already holds members.
-fn key(o: &mut Vec<u8>, k: &str) {
-    if !o.is_empty() {
-        o.push(b',');
-    }
-    write_str(o, k);
-    o.push(b':');
-}
-
-/// The known ones of `"sym"`, `"file"` and `"line"`, as object members.
-fn place(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Option<u32>) {
+/// The known ones of `"sym"`, `"file"` and `"line"`, as object members
+/// (empty when none is).
+pub(crate) fn members(sym: Option<&str>, file: Option<&str>, line: Option<u32>) -> Vec<u8> {
+    let mut o = Vec::new();
+    let key = |o: &mut Vec<u8>, k: &str| {
+        if !o.is_empty() {
+            o.push(b',');
+        }
+        write_str(o, k);
+        o.push(b':');
+    };
     for (k, v) in [("sym", sym), ("file", file)] {
         if let Some(v) = v {
-            key(o, k);
-            write_str(o, v);
+            key(&mut o, k);
+            write_str(&mut o, v);
         }
     }
     if let Some(l) = line {
-        key(o, "line");
+        key(&mut o, "line");
         // Cannot fail: writing to a Vec.
         let _ = write!(o, "{l}");
     }
+    o
 }
 
 pub type Outcome = Result<Arc<Resolution>, Reason>;
