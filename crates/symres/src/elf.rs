@@ -13,7 +13,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use gimli::{EndianReader, RunTimeEndian};
-use goblin::elf::{program_header::PT_LOAD, section_header, sym, Elf};
+use goblin::elf::{program_header::{PF_X, PT_LOAD}, section_header, sym, Elf};
 
 /// The reader addr2line works on: ranges of the file's bytes (or of a
 /// decompressed section), shared by reference count.
@@ -74,6 +74,8 @@ pub struct Segment {
     pub offset: u64,
     pub vaddr: u64,
     pub filesz: u64,
+    /// Executable (PF_X): code.
+    pub exec: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -319,7 +321,7 @@ impl ElfFile {
             .program_headers
             .iter()
             .filter(|p| p.p_type == PT_LOAD)
-            .map(|p| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz })
+            .map(|p| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz, exec: p.p_flags & PF_X != 0 })
             .collect();
 
         let mut symbols = SymbolTable { file: Some(file.clone()), ..SymbolTable::default() };
@@ -451,6 +453,11 @@ fn parse_lazily(data: &[u8]) -> Option<(Elf<'_>, Option<[&[u8]; 2]>)> {
 }
 
 /// The ELF address that file offset `offset` is loaded at.
+/// Whether `vaddr` is in an executable segment.
+pub fn is_code(segments: &[Segment], vaddr: u64) -> bool {
+    segments.iter().any(|s| s.exec && vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+}
+
 pub fn offset_to_vaddr(segments: &[Segment], offset: u64) -> Option<u64> {
     segments
         .iter()

@@ -29,8 +29,10 @@ use crate::scan::Scan;
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
 /// answers (demangling, say) may change between versions, so another
-/// version's index is ignored rather than trusted.
-const VERSION: u32 = 3;
+/// version's index is ignored rather than trusted. The version is raised
+/// too when the answers change within one (4: no DWARF answers outside
+/// executable segments).
+const VERSION: u32 = 4;
 const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
 /// "None" for answers.
 const NONE32: u32 = u32::MAX;

@@ -917,7 +917,10 @@ impl Module {
             res.sym = (!name.is_empty()).then_some(name);
             res.sym_offset = Some(vaddr - start);
         }
-        if let Some(index) = dwarf_index(&mut self.dwarf, &self.shared) {
+        // Outside code, DWARF knows only the ranges of functions the linker
+        // dropped, which it leaves at address 0 (addr2line answers "??").
+        let code = elf::is_code(&self.segments, vaddr);
+        if let Some(index) = dwarf_index(&mut self.dwarf, &self.shared).filter(|_| code) {
             let mut frames: Vec<DwarfFrame> = Vec::new();
             // A unit that .debug_aranges names but that knows nothing of the
             // address (code without line info) is the answer: no other unit
@@ -1173,6 +1176,27 @@ mod tests {
             let id = a.modules.len() - 1;
             assert_eq!(a.modules[id].lookup_vaddr(v, true, 0), b.modules[id].lookup_vaddr(v, true, 0), "at {v:#x}");
         }
+    }
+
+    /// Outside code (the ELF header, read-only data) DWARF knows only the
+    /// functions the linker dropped, left at address 0: a Rust debug build
+    /// (this test binary) has them. Nothing is answered from them.
+    #[test]
+    fn no_dwarf_answers_outside_code() {
+        let exe = std::env::current_exe().unwrap();
+        let mut r = Resolver::new(Options::default());
+        let id = r.load_path(&exe, &exe).unwrap();
+        let m = &mut r.modules[id];
+        let data: Vec<u64> = m.segments.iter().filter(|s| !s.exec).flat_map(|s| [s.vaddr, s.vaddr + 0x10, s.vaddr + s.filesz / 2]).collect();
+        assert!(data.len() >= 3, "{:?}", m.segments);
+        for v in data {
+            let a = m.lookup_vaddr(v, true, 0);
+            assert!(a.as_ref().map_or(true, |a| a.file.is_none() && a.line.is_none() && a.inlined.is_empty()), "{v:#x}: {a:?}");
+        }
+        // Code still is.
+        let starts: Vec<u64> = m.symbols.boundaries().step_by(2).step_by(101).collect();
+        let with_file = starts.iter().filter(|&&a| m.lookup_vaddr(a, true, 0).is_ok_and(|a| a.file.is_some())).count();
+        assert!(with_file * 2 > starts.len(), "{with_file} of {}", starts.len());
     }
 
     /// A poor man's fuzzer that runs with every `cargo test`: a real binary
