@@ -158,6 +158,19 @@ fn non_pie_binary() {
     assert_eq!(out["stack"][0]["addr"].as_str().unwrap().len(), "0x401126".len(), "{out}");
 }
 
+/// Without .debug_aranges (as clang writes C by default), every unit is
+/// found by its own ranges.
+#[test]
+fn binary_without_aranges() {
+    let dir = TempDir::new("noaranges");
+    let prog = build_prog(&dir, "noaranges", &[]);
+    sh(Command::new("objcopy").arg("--remove-section=.debug_aranges").arg(&prog));
+    let sections = Command::new("readelf").arg("-SW").arg(&prog).output().unwrap();
+    assert!(!String::from_utf8_lossy(&sections.stdout).contains(".debug_aranges"));
+    let line = run_prog(&prog);
+    assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
+}
+
 #[test]
 fn stripped_binary_with_build_id_debug_file() {
     let dir = TempDir::new("strip");

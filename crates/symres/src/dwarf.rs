@@ -13,7 +13,9 @@
 //! Units that are not and addresses outside .debug_aranges go to the full
 //! context, built on first need, and only those (a self-contained unit
 //! answers the same either way, and the full context has a single lock;
-//! see below). An address its unit knows nothing about (code without line info) is left
+//! see below). Addresses outside .debug_aranges don't when it covers every
+//! unit with code (a Rust build's functions without line info): no unit
+//! knows them, and the full context would only say so. An address its unit knows nothing about (code without line info) is left
 //! without DWARF: no other unit covers it.
 //!
 //! Parsing a unit's lines and functions is most of the cost of a new
@@ -54,6 +56,9 @@ pub struct Index {
     /// The context over all units, built on first need (`None`: it cannot
     /// be built).
     full: Slot,
+    /// Whether .debug_aranges covers every unit with code (see
+    /// `aranges_complete`), found out on first need.
+    complete: OnceLock<bool>,
 }
 
 // Shared between resolving threads (checked at compile time).
@@ -77,7 +82,7 @@ impl Index {
     /// address goes to the full context).
     pub fn new(secs: DwarfSections) -> Index {
         let (ranges, units) = aranges(&secs).unwrap_or_default();
-        Index { secs, ranges, units, full: OnceLock::new() }
+        Index { secs, ranges, units, full: OnceLock::new(), complete: OnceLock::new() }
     }
 
     /// The context that answers `vaddr`, locked: its unit's when that one
@@ -85,10 +90,19 @@ impl Index {
     pub fn context_for(&self, vaddr: u64, verbose: u8) -> Option<CtxGuard<'_>> {
         // Unit contexts even once the full one exists: its one lock would
         // make threads take turns.
-        match self.unit_of(vaddr).and_then(|u| self.unit_ctx(u, verbose)) {
-            Some(c) => Some(lock(c)),
-            None => self.full(vaddr, verbose).map(lock),
+        if let Some(c) = self.unit_of(vaddr).and_then(|u| self.unit_ctx(u, verbose)) {
+            return Some(lock(c));
         }
+        // Outside every range of .debug_aranges, only a unit it leaves out
+        // could know the address; when there is none, building the full
+        // context (a walk over every unit, a fifth of a cold run over a
+        // large build) would only say that no unit does.
+        let i = self.ranges.partition_point(|r| r.0 <= vaddr);
+        let outside = i == 0 || vaddr >= self.ranges[i - 1].1;
+        if outside && *self.complete.get_or_init(|| aranges_complete(&self.secs, &self.units).unwrap_or(false)) {
+            return None;
+        }
+        self.full(vaddr, verbose).map(lock)
     }
 
     /// The context of unit `u`, `None` when it is not self-contained.
@@ -205,6 +219,41 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     Ok((out, units))
 }
 
+/// Whether every unit that may know an address has a set in
+/// .debug_aranges (`units`): all others are type or partial units, or
+/// compilation units that declare no code (no DW_AT_low_pc, DW_AT_ranges,
+/// nor rows in their line program, from which addr2line would take their
+/// ranges). A split-DWARF skeleton counts as left out.
+fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot]) -> gimli::Result<bool> {
+    let covered: rustc_hash::FxHashSet<usize> = units.iter().map(|u| u.offset).collect();
+    let dwarf = secs.dwarf()?;
+    let mut headers = dwarf.units();
+    while let Some(header) = headers.next()? {
+        match header.type_() {
+            gimli::UnitType::Compilation => {}
+            gimli::UnitType::Skeleton(_) | gimli::UnitType::SplitCompilation(_) => return Ok(false),
+            _ => continue,
+        }
+        if header.offset().as_debug_info_offset().is_some_and(|o| covered.contains(&o.0)) {
+            continue;
+        }
+        let unit = dwarf.unit(header)?;
+        let mut entries = unit.entries();
+        let Some((_, root)) = entries.next_dfs()? else { continue };
+        for at in [gimli::DW_AT_low_pc, gimli::DW_AT_high_pc, gimli::DW_AT_ranges] {
+            if root.attr(at)?.is_some() {
+                return Ok(false);
+            }
+        }
+        if let Some(program) = unit.line_program.clone() {
+            if program.rows().next_row()?.is_some() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// A context over the single unit at `offset` of .debug_info, when that
 /// unit is self-contained (see the module docs).
 fn unit_context(secs: &DwarfSections, offset: usize) -> Option<Ctx> {
@@ -273,6 +322,34 @@ mod tests {
         let mut out = Vec::new();
         crate::resolve::dwarf_frames(ctx, a, true, &mut Default::default(), &mut Default::default(), &mut out);
         out
+    }
+
+    /// Code outside .debug_aranges (functions without line info) in a Rust
+    /// debug build whose units all have a set: no DWARF, as the full
+    /// context says too, without building it.
+    #[test]
+    fn outside_complete_aranges_no_full_context() {
+        let exe = std::env::current_exe().unwrap();
+        let Ok(elf) = ElfFile::open(&exe) else { panic!("cannot read {}", exe.display()) };
+        let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
+        let full = dwarf.context().unwrap();
+        let index = Index::new(dwarf);
+        let mut symbols = elf.symbols;
+        let outside: Vec<u64> = symbols
+            .boundaries()
+            .step_by(2)
+            .filter(|&a| {
+                let i = index.ranges.partition_point(|r| r.0 <= a);
+                i == 0 || a >= index.ranges[i - 1].1
+            })
+            .collect();
+        assert!(!outside.is_empty(), "every function is in .debug_aranges");
+        for &a in &outside {
+            assert!(index.context_for(a, 0).is_none(), "{a:#x}");
+            assert_eq!(frames(&full, a), vec![], "{a:#x}");
+        }
+        assert_eq!(index.complete.get(), Some(&true));
+        assert!(index.full.get().is_none(), "the full context was built");
     }
 
     /// A unit context must answer exactly as the full one does, on a real
