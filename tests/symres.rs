@@ -570,12 +570,16 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     let prog = build_prog(&dir, "prog", &[]);
     let (ix, empty) = (dir.path("ix"), dir.path("empty"));
     let p = |p: &Path| p.to_str().unwrap().to_string();
-    let built = symres(&["--index-dir", &p(&ix), "--build-index", &p(&prog)], "");
+    let built = symres(&["-j", "3", "--index-dir", &p(&ix), "--build-index", &p(&prog)], "");
     assert_eq!(built.code, 0, "{}", built.stderr);
     assert_eq!(built.lines.len(), 1, "{}", built.stdout);
     let index = PathBuf::from(built.lines[0]["index"].as_str().unwrap());
     assert_eq!(index, ix.join(format!("{}.index", build_id(&prog))));
     assert!(built.lines[0]["pieces"].as_u64().unwrap() > 10, "{}", built.stdout);
+    // Built by three threads or by one: the same bytes.
+    let one = dir.path("one");
+    assert_eq!(symres(&["-j", "1", "--index-dir", &p(&one), "--build-index", &p(&prog)], "").code, 0);
+    assert!(std::fs::read(&index).unwrap() == std::fs::read(one.join(index.file_name().unwrap())).unwrap(), "-j1 and -j3 indexes differ");
 
     // Every byte of .text, as return addresses and not.
     let (off, size) = text_section(&prog);

@@ -141,28 +141,24 @@ impl Index {
 
     /// Every address where a DWARF answer may change: the unit ranges of
     /// .debug_aranges (which unit answers), line-table rows, and the ranges
-    /// of functions and inlined calls (for `symres --build-index`).
-    pub fn boundaries(&self, out: &mut Vec<u64>) -> gimli::Result<()> {
+    /// of functions and inlined calls (for `symres --build-index`). Units
+    /// are read by `threads` threads, in turn.
+    pub fn boundaries(&self, out: &mut Vec<u64>, threads: usize) -> gimli::Result<()> {
         out.extend(self.ranges.iter().flat_map(|r| [r.0, r.1]));
-        let dwarf = self.secs.dwarf()?;
+        let dwarf = &self.secs.dwarf()?;
+        let mut headers = Vec::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
-            let unit = dwarf.unit(header)?;
-            if let Some(program) = unit.line_program.clone() {
-                let mut rows = program.rows();
-                while let Some((_, row)) = rows.next_row()? {
-                    out.push(row.address());
-                }
-            }
-            let mut entries = unit.entries();
-            while let Some((_, entry)) = entries.next_dfs()? {
-                if matches!(entry.tag(), gimli::DW_TAG_subprogram | gimli::DW_TAG_inlined_subroutine) {
-                    let mut ranges = dwarf.die_ranges(&unit, entry)?;
-                    while let Some(r) = ranges.next()? {
-                        out.extend([r.begin, r.end]);
-                    }
-                }
-            }
+            headers.push(header);
+        }
+        let threads = threads.clamp(1, headers.len().max(1));
+        let headers = &headers;
+        let parts: Vec<gimli::Result<Vec<u64>>> = std::thread::scope(|scope| {
+            let each = (0..threads).map(|t| scope.spawn(move || unit_boundaries(dwarf, headers.iter().skip(t).step_by(threads))));
+            each.collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        for p in parts {
+            out.extend(p?);
         }
         Ok(())
     }
@@ -172,6 +168,30 @@ impl Index {
         let (_, end, u) = self.ranges[i];
         (vaddr < end && u != AMBIGUOUS).then_some(u as usize)
     }
+}
+
+/// `Index::boundaries` of some units.
+fn unit_boundaries<'a>(dwarf: &gimli::Dwarf<Reader>, headers: impl Iterator<Item = &'a gimli::UnitHeader<Reader>>) -> gimli::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for header in headers {
+        let unit = dwarf.unit(header.clone())?;
+        if let Some(program) = unit.line_program.clone() {
+            let mut rows = program.rows();
+            while let Some((_, row)) = rows.next_row()? {
+                out.push(row.address());
+            }
+        }
+        let mut entries = unit.entries();
+        while let Some((_, entry)) = entries.next_dfs()? {
+            if matches!(entry.tag(), gimli::DW_TAG_subprogram | gimli::DW_TAG_inlined_subroutine) {
+                let mut ranges = dwarf.die_ranges(&unit, entry)?;
+                while let Some(r) = ranges.next()? {
+                    out.extend([r.begin, r.end]);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Sorted address ranges of .debug_aranges, and the units they name.

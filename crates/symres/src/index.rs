@@ -90,7 +90,16 @@ impl Stored {
     }
 }
 
+/// Where pieces may start: `addrs` and 0, sorted, without repeats.
+fn cuts(mut addrs: Vec<u64>) -> Vec<u64> {
+    addrs.push(0);
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs
+}
+
 /// A module's pieces and their answers, as built (`to_bytes` writes them).
+#[derive(Default)]
 pub struct Built {
     starts: Vec<u64>,
     answers: Vec<Option<u32>>,
@@ -103,26 +112,49 @@ impl Built {
     }
 
     /// Pieces from `addrs` (every address where an answer may change; any
-    /// order, repeats allowed) and `answer`, the lookup.
-    pub fn new(mut addrs: Vec<u64>, mut answer: impl FnMut(u64) -> Result<Resolution, Reason>) -> Built {
-        addrs.push(0);
-        addrs.sort_unstable();
-        addrs.dedup();
-        let mut ix = Built { starts: Vec::new(), answers: Vec::new(), stored: Vec::new() };
-        let mut last: Option<Option<Stored>> = None;
-        for a in addrs {
-            let s = answer(a).ok().map(|r| Stored::of(a, &r));
-            if last.as_ref() == Some(&s) {
-                continue;
+    /// order, repeats allowed), looked up by threads, one per answerer
+    /// (each with a resolver of its own), each over a range of the
+    /// addresses. The pieces do not depend on the number of threads.
+    pub fn new_threaded<F>(addrs: Vec<u64>, answerers: Vec<F>) -> Built
+    where
+        F: FnMut(u64) -> Result<Resolution, Reason> + Send,
+    {
+        let addrs = cuts(addrs);
+        let size = addrs.len().div_ceil(answerers.len().max(1)).max(1);
+        let parts: Vec<Built> = std::thread::scope(|scope| {
+            let threads: Vec<_> = addrs.chunks(size).zip(answerers).map(|(c, f)| scope.spawn(move || Built::of_cuts(c, f))).collect();
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut ix = Built::default();
+        for p in parts {
+            for (a, i) in p.starts.into_iter().zip(p.answers) {
+                ix.push(a, i.map(|i| p.stored[i as usize].clone()));
             }
-            ix.starts.push(a);
-            ix.answers.push(s.as_ref().map(|s| {
-                ix.stored.push(s.clone());
-                (ix.stored.len() - 1) as u32
-            }));
-            last = Some(s);
         }
         ix
+    }
+
+    /// Pieces from sorted, distinct addresses.
+    fn of_cuts(addrs: &[u64], mut answer: impl FnMut(u64) -> Result<Resolution, Reason>) -> Built {
+        let mut ix = Built::default();
+        for &a in addrs {
+            ix.push(a, answer(a).ok().map(|r| Stored::of(a, &r)));
+        }
+        ix
+    }
+
+    /// A piece starting at `a`, unless the answer is the one before.
+    fn push(&mut self, a: u64, s: Option<Stored>) {
+        if let Some(last) = self.answers.last() {
+            if last.map(|i| &self.stored[i as usize]) == s.as_ref() {
+                return;
+            }
+        }
+        self.starts.push(a);
+        self.answers.push(s.map(|s| {
+            self.stored.push(s);
+            (self.stored.len() - 1) as u32
+        }));
     }
 
     /// The file's bytes, for the module with `build_id`.
@@ -526,7 +558,7 @@ mod tests {
     }
 
     fn built() -> Built {
-        Built::new(vec![0x140, 0x100, 0x120, 0x100, 0x110, 0x150, 0x160], answer)
+        Built::new_threaded(vec![0x140, 0x100, 0x120, 0x100, 0x110, 0x150, 0x160], vec![answer])
     }
 
     #[test]
@@ -557,9 +589,21 @@ mod tests {
     fn many_blocks() {
         let answer = |a: u64| if (0x1000..0x1000 + 1000 * 0x10).contains(&a) && a % 0x10 < 8 { Ok(res(&format!("f{}", a / 0x10), a % 0x10, 1)) } else { Err(Reason::NoSymbols) };
         let addrs: Vec<u64> = (0..1000u64).flat_map(|i| [0x1000 + i * 0x10, 0x1008 + i * 0x10]).collect();
-        let ix = Built::new(addrs, answer);
+        let ix = Built::new_threaded(addrs.clone(), vec![answer]);
         assert!(ix.pieces() > 10 * BLOCK);
         let id = [5];
+        // Threads cut the addresses in ranges; the pieces are the same,
+        // though a run of one answer spans the cuts.
+        let mid = 0x1000 + 400 * 0x10;
+        let same = |a: u64| if a < mid { answer(a) } else { Ok(res("g", a - mid, 1)) };
+        let one = Built::new_threaded(addrs.clone(), vec![same]);
+        // 0, then 400 functions and the gaps after them, then one run.
+        assert_eq!(one.pieces(), 1 + 800 + 1);
+        let one = one.to_bytes(&id);
+        for n in [2, 3, 7] {
+            assert!(Built::new_threaded(addrs.clone(), vec![same; n]).to_bytes(&id) == one, "{n} threads");
+        }
+        assert_eq!(Built::new_threaded(addrs.clone(), vec![answer; 3]).to_bytes(&id), ix.to_bytes(&id));
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in (0xff0..0x1000 + 1001 * 0x10).step_by(3) {
             assert_eq!(back.text(a, 0), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");

@@ -163,10 +163,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         index_dir: cli.index_dir.clone(),
         verbose: cli.run.verbose,
     };
-    if !cli.build_index.is_empty() {
-        return build_indexes(&mut Resolver::new(opts), &cli.build_index);
-    }
     let threads = cli.threads.map_or_else(default_threads, usize::from);
+    if !cli.build_index.is_empty() {
+        return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);
+    }
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let pool = &Pool::default();
     let malformed = if threads == 1 {
@@ -480,12 +480,12 @@ impl Writer {
 }
 
 /// `--build-index`: one line per file indexed, errors on stderr.
-fn build_indexes(resolver: &mut Resolver, files: &[PathBuf]) -> Result<i32> {
+fn build_indexes(resolver: &mut Resolver, files: &[PathBuf], threads: usize) -> Result<i32> {
     let mut out = io::stdout().lock();
     let mut failed = 0;
     for f in files {
         let t0 = Instant::now();
-        match resolver.0.build_index(f) {
+        match resolver.0.build_index(f, threads) {
             Ok((index, pieces)) => {
                 let line = serde_json::json!({
                     "type": "index",

@@ -707,18 +707,34 @@ impl Resolver {
     }
 
     /// Build the index of the file at `path` and write it to the index
-    /// directory; returns the index's path and its number of pieces.
-    pub fn build_index(&mut self, path: &Path) -> Result<(PathBuf, usize), String> {
-        let id = self.load_path(path, path).map_err(|r| format!("cannot load: {}", r.as_str().replace('_', " ")))?;
+    /// directory, with `threads` threads looking up; returns the index's
+    /// path and its number of pieces.
+    pub fn build_index(&mut self, path: &Path, threads: usize) -> Result<(PathBuf, usize), String> {
+        let cannot_load = |r: Reason| format!("cannot load: {}", r.as_str().replace('_', " "));
+        let id = self.load_path(path, path).map_err(cannot_load)?;
         let verbose = self.opts.verbose;
         let dir = self.index_dir().ok_or("no index directory (set HOME, XDG_CACHE_HOME or --index-dir)")?;
         let m = &mut self.modules[id];
         let build_id = m.build_id.clone().ok_or("no build id to name its index by")?;
         let mut addrs: Vec<u64> = m.symbols.boundaries().collect();
         if let Some(dwarf) = dwarf_index(&mut m.dwarf, &m.shared) {
-            dwarf.boundaries(&mut addrs).map_err(|e| format!("unreadable DWARF: {e}"))?;
+            dwarf.boundaries(&mut addrs, threads).map_err(|e| format!("unreadable DWARF: {e}"))?;
         }
-        let ix = crate::index::Built::new(addrs, |a| m.lookup_vaddr(a, true, verbose));
+        // The other threads' resolvers share this one's DWARF.
+        let mut others = Vec::new();
+        for _ in 1..threads {
+            let mut r = self.fresh();
+            let id = r.load_path(path, path).map_err(cannot_load)?;
+            others.push((r, id));
+        }
+        type Answerer<'a> = Box<dyn FnMut(u64) -> Result<Resolution, Reason> + Send + 'a>;
+        let m = &mut self.modules[id];
+        let mut answerers: Vec<Answerer> = vec![Box::new(|a| m.lookup_vaddr(a, true, verbose))];
+        for (r, id) in &mut others {
+            let m = &mut r.modules[*id];
+            answerers.push(Box::new(|a| m.lookup_vaddr(a, true, verbose)));
+        }
+        let ix = crate::index::Built::new_threaded(addrs, answerers);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let file = dir.join(crate::index::file_name(&build_id));
         // Written aside and renamed: a reader never sees half an index.
