@@ -15,14 +15,15 @@
 //! answers the same either way, and the full context has a single lock;
 //! see below). Addresses outside .debug_aranges don't when it covers every
 //! unit with code (a Rust build's functions without line info): no unit
-//! knows them, and the full context would only say so. An address its unit knows nothing about (code without line info) is left
-//! without DWARF: no other unit covers it.
+//! knows them, and the full context would only say so. An address its unit
+//! knows nothing about (code without line info) is left without DWARF: no
+//! other unit covers it.
 //!
 //! Parsing a unit's lines and functions is most of the cost of a new
 //! address in a large binary, so resolving threads share one `Index` per
-//! file: a unit is parsed once, by the first thread that needs
-//! it, and each context is used under its own lock (addr2line parses
-//! lazily inside lookups, so a context is not `Sync` by itself).
+//! file: a unit is parsed once, by the first thread that needs it, and
+//! each context is used under its own lock (addr2line parses lazily inside
+//! lookups, so a context is not `Sync` by itself).
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
