@@ -142,7 +142,7 @@ pub struct Cli {
 
     /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
     /// DWARF; each has its own caches of answers. Lines are written in the order they came.
-    /// -j1 resolves in the thread that reads and writes.
+    /// -j1 resolves in the thread that reads and writes. --build-index uses them too.
     #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: Option<u16>,
 }
