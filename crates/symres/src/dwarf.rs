@@ -338,6 +338,17 @@ mod tests {
     use super::*;
     use crate::elf::ElfFile;
 
+    /// This test binary's symbols, full DWARF context and index: a real
+    /// Rust debug build with hundreds of units (test builds carry DWARF, the
+    /// dev profile's default).
+    fn this_test_binary() -> (crate::elf::SymbolTable, Ctx, Index) {
+        let exe = std::env::current_exe().unwrap();
+        let Ok(elf) = ElfFile::open(&exe) else { panic!("cannot read {}", exe.display()) };
+        let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
+        let full = dwarf.context().unwrap();
+        (elf.symbols, full, Index::new(dwarf))
+    }
+
     /// The frames symres reports at `a` (with inlined ones).
     fn frames(ctx: &Ctx, a: u64) -> Vec<crate::resolve::DwarfFrame> {
         let mut out = Vec::new();
@@ -350,12 +361,7 @@ mod tests {
     /// context says too, without building it.
     #[test]
     fn outside_complete_aranges_no_full_context() {
-        let exe = std::env::current_exe().unwrap();
-        let Ok(elf) = ElfFile::open(&exe) else { panic!("cannot read {}", exe.display()) };
-        let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
-        let full = dwarf.context().unwrap();
-        let index = Index::new(dwarf);
-        let mut symbols = elf.symbols;
+        let (mut symbols, full, index) = this_test_binary();
         let outside: Vec<u64> = symbols
             .boundaries()
             .step_by(2)
@@ -377,12 +383,7 @@ mod tests {
     /// Rust debug build (this test binary) with hundreds of units.
     #[test]
     fn unit_contexts_answer_like_the_full_context() {
-        let exe = std::env::current_exe().unwrap();
-        let Ok(elf) = ElfFile::open(&exe) else { panic!("cannot read {}", exe.display()) };
-        // Test builds carry DWARF (the dev profile's default).
-        let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
-        let full = dwarf.context().unwrap();
-        let index = Index::new(dwarf);
+        let (_, full, index) = this_test_binary();
         let addrs: Vec<u64> = index.ranges.iter().filter(|r| r.2 != AMBIGUOUS).flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2]).step_by(13).collect();
         assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
         let (mut by_unit, mut compared) = (0, 0);
