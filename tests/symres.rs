@@ -171,6 +171,27 @@ fn binary_without_aranges() {
     assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
 }
 
+/// A set of .debug_aranges that lists none of its unit's code (its one
+/// entry cut in half): the unit is still found by its own ranges, as
+/// addr2line finds it.
+#[test]
+fn aranges_set_missing_its_units_code() {
+    let dir = TempDir::new("cutaranges");
+    let prog = build_prog(&dir, "cutaranges", &[]);
+    let raw = dir.path("aranges");
+    sh(Command::new("objcopy").arg(format!("--dump-section=.debug_aranges={}", raw.display())).arg(&prog).arg(dir.path("scratch")));
+    let mut set = std::fs::read(&raw).unwrap();
+    // One 32-bit DWARF set: header, padding, one (address, length) entry of
+    // 16 bytes and the 16-byte terminator; keep the entry's address only.
+    assert_eq!(set.len(), 48, "one set expected");
+    set.truncate(24);
+    set[..4].copy_from_slice(&20u32.to_le_bytes());
+    std::fs::write(&raw, &set).unwrap();
+    sh(Command::new("objcopy").arg(format!("--update-section=.debug_aranges={}", raw.display())).arg(&prog));
+    let line = run_prog(&prog);
+    assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
+}
+
 #[test]
 fn stripped_binary_with_build_id_debug_file() {
     let dir = TempDir::new("strip");
@@ -580,6 +601,12 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     let one = dir.path("one");
     assert_eq!(symres(&["-j", "1", "--index-dir", &p(&one), "--build-index", &p(&prog)], "").code, 0);
     assert!(std::fs::read(&index).unwrap() == std::fs::read(one.join(index.file_name().unwrap())).unwrap(), "-j1 and -j3 indexes differ");
+    // From the debug file alone (segments with no bytes in the file): the
+    // same answers, file and line included.
+    let (debug, from_debug) = (dir.path("prog.debug"), dir.path("from_debug"));
+    sh(Command::new("objcopy").arg("--only-keep-debug").arg(&prog).arg(&debug));
+    assert_eq!(symres(&["--index-dir", &p(&from_debug), "--build-index", &p(&debug)], "").code, 0);
+    assert!(std::fs::read(&index).unwrap() == std::fs::read(from_debug.join(index.file_name().unwrap())).unwrap(), "the debug file's index differs");
 
     // Every byte of .text, as return addresses and not.
     let (off, size) = text_section(&prog);

@@ -87,7 +87,9 @@ impl Index {
     }
 
     /// The context that answers `vaddr`, locked: its unit's when that one
-    /// is usable, else the full one (`None` when even that cannot be built).
+    /// is usable, else the full one. `None` when no unit can know it (it is
+    /// outside .debug_aranges, which lists all code), or the full context
+    /// cannot be built.
     pub fn context_for(&self, vaddr: u64, verbose: u8) -> Option<CtxGuard<'_>> {
         // Unit contexts even once the full one exists: its one lock would
         // make threads take turns.
@@ -100,7 +102,7 @@ impl Index {
         // large build) would only say that no unit does.
         let i = self.ranges.partition_point(|r| r.0 <= vaddr);
         let outside = i == 0 || vaddr >= self.ranges[i - 1].1;
-        if outside && *self.complete.get_or_init(|| aranges_complete(&self.secs, &self.units).unwrap_or(false)) {
+        if outside && *self.complete.get_or_init(|| aranges_complete(&self.secs, &self.units, &self.ranges).unwrap_or(false)) {
             return None;
         }
         self.full(vaddr, verbose).map(lock)
@@ -214,11 +216,17 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
         });
         let Some(u) = u32::try_from(u).ok().filter(|&u| u != AMBIGUOUS) else { break };
         let mut entries = h.entries();
-        // Errors in one set (address overflow) end that set only.
-        while let Ok(Some(e)) = entries.next() {
-            if e.length() != 0 {
-                let r = e.range();
-                ranges.push((r.begin, r.end, u));
+        // As addr2line reads a set: an entry whose end overflows is skipped
+        // (rustc writes one for a unit holding a single variable); a
+        // malformed one ends the set.
+        loop {
+            match entries.next() {
+                Ok(Some(e)) if e.length() != 0 => {
+                    let r = e.range();
+                    ranges.push((r.begin, r.end, u));
+                }
+                Ok(Some(_)) | Err(gimli::Error::AddressOverflow) => {}
+                Ok(None) | Err(_) => break,
             }
         }
     }
@@ -240,12 +248,16 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     Ok((out, units))
 }
 
-/// Whether every unit that may know an address has a set in
-/// .debug_aranges (`units`): all others are type or partial units, or
-/// compilation units that declare no code (no DW_AT_low_pc, DW_AT_ranges,
-/// nor rows in their line program, from which addr2line would take their
-/// ranges). A split-DWARF skeleton counts as left out.
-fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot]) -> gimli::Result<bool> {
+/// Whether .debug_aranges lists all the code of every unit (`units` have a
+/// set, `spans` are the sets' ranges): all other units are type or partial
+/// units, or compilation units that declare no code (no DW_AT_low_pc,
+/// DW_AT_ranges, nor rows in their line program, from which addr2line
+/// would take their ranges), and the code a unit declares in its root is
+/// all in the spans (addr2line prefers DW_AT_ranges to a set, which could
+/// leave some out). Only code counts: outside it, DWARF knows the ranges of
+/// dropped functions, which no set lists. A split-DWARF skeleton counts as
+/// left out.
+fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot], spans: &[Span]) -> gimli::Result<bool> {
     let covered: rustc_hash::FxHashSet<usize> = units.iter().map(|u| u.offset).collect();
     let dwarf = secs.dwarf()?;
     let mut headers = dwarf.units();
@@ -255,10 +267,17 @@ fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot]) -> gimli::Result<b
             gimli::UnitType::Skeleton(_) | gimli::UnitType::SplitCompilation(_) => return Ok(false),
             _ => continue,
         }
-        if header.offset().as_debug_info_offset().is_some_and(|o| covered.contains(&o.0)) {
+        let has_set = header.offset().as_debug_info_offset().is_some_and(|o| covered.contains(&o.0));
+        let unit = dwarf.unit(header)?;
+        if has_set {
+            let mut ranges = dwarf.unit_ranges(&unit)?;
+            while let Some(r) = ranges.next()? {
+                if !in_spans(r, &secs.code, spans) {
+                    return Ok(false);
+                }
+            }
             continue;
         }
-        let unit = dwarf.unit(header)?;
         let mut entries = unit.entries();
         let Some((_, root)) = entries.next_dfs()? else { continue };
         for at in [gimli::DW_AT_low_pc, gimli::DW_AT_high_pc, gimli::DW_AT_ranges] {
@@ -273,6 +292,22 @@ fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot]) -> gimli::Result<b
         }
     }
     Ok(true)
+}
+
+/// Whether the part of `r` inside `code` is covered by `spans` (sorted,
+/// not overlapping, perhaps adjacent).
+fn in_spans(r: gimli::Range, code: &[(u64, u64)], spans: &[Span]) -> bool {
+    code.iter().all(|&(cb, ce)| {
+        let (mut at, end) = (r.begin.max(cb), r.end.min(ce));
+        while at < end {
+            let i = spans.partition_point(|s| s.0 <= at);
+            if i == 0 || at >= spans[i - 1].1 {
+                return false;
+            }
+            at = spans[i - 1].1;
+        }
+        true
+    })
 }
 
 /// A context over the single unit at `offset` of .debug_info, when that

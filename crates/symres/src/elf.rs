@@ -74,6 +74,9 @@ pub struct Segment {
     pub offset: u64,
     pub vaddr: u64,
     pub filesz: u64,
+    /// Size in memory: a debug file's segments keep it, with no bytes in
+    /// the file (p_filesz 0).
+    pub memsz: u64,
     /// Executable (PF_X): code.
     pub exec: bool,
 }
@@ -257,6 +260,9 @@ pub struct DwarfSections {
     /// decompressed copy.
     sections: Vec<(String, Reader)>,
     endian: RunTimeEndian,
+    /// The file's executable segments, [begin, end) addresses: the only
+    /// addresses symres asks DWARF about.
+    pub code: Vec<(u64, u64)>,
 }
 
 impl DwarfSections {
@@ -317,11 +323,11 @@ impl ElfFile {
         };
         let endian = if elf.little_endian { RunTimeEndian::Little } else { RunTimeEndian::Big };
 
-        let segments = elf
+        let segments: Vec<Segment> = elf
             .program_headers
             .iter()
             .filter(|p| p.p_type == PT_LOAD)
-            .map(|p| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz, exec: p.p_flags & PF_X != 0 })
+            .map(|p| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 })
             .collect();
 
         let mut symbols = SymbolTable { file: Some(file.clone()), ..SymbolTable::default() };
@@ -408,7 +414,8 @@ impl ElfFile {
             has_info |= name == ".debug_info";
             debug_secs.push((name.to_string(), reader));
         }
-        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian });
+        let code = segments.iter().filter(|s| s.exec).map(|s| (s.vaddr, s.vaddr.saturating_add(s.memsz))).collect();
+        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }
@@ -452,12 +459,12 @@ fn parse_lazily(data: &[u8]) -> Option<(Elf<'_>, Option<[&[u8]; 2]>)> {
     Some((elf, Some(raw)))
 }
 
-/// The ELF address that file offset `offset` is loaded at.
 /// Whether `vaddr` is in an executable segment.
 pub fn is_code(segments: &[Segment], vaddr: u64) -> bool {
-    segments.iter().any(|s| s.exec && vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+    segments.iter().any(|s| s.exec && vaddr >= s.vaddr && vaddr - s.vaddr < s.memsz)
 }
 
+/// The ELF address that file offset `offset` is loaded at.
 pub fn offset_to_vaddr(segments: &[Segment], offset: u64) -> Option<u64> {
     segments
         .iter()
