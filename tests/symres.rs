@@ -192,6 +192,19 @@ fn aranges_set_missing_its_units_code() {
     assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
 }
 
+/// Compressed debug sections (as Debian's debug files have them), inflated
+/// when first read.
+#[test]
+fn compressed_debug_sections() {
+    let dir = TempDir::new("gz");
+    let prog = build_prog(&dir, "gz", &["-gz=zlib"]);
+    let sections = Command::new("readelf").arg("-SW").arg(&prog).output().unwrap();
+    let info = String::from_utf8_lossy(&sections.stdout).lines().find(|l| l.contains(".debug_info")).map(str::to_string);
+    assert!(info.as_deref().is_some_and(|l| l.split_whitespace().rev().nth(3).is_some_and(|f| f.contains('C'))), "not compressed: {info:?}");
+    let line = run_prog(&prog);
+    assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
+}
+
 #[test]
 fn stripped_binary_with_build_id_debug_file() {
     let dir = TempDir::new("strip");

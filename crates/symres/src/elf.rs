@@ -256,19 +256,32 @@ pub struct ElfFile {
 }
 
 pub struct DwarfSections {
-    /// Section name → its bytes, a checked range of the file's buffer or a
-    /// decompressed copy.
-    sections: Vec<(String, Reader)>,
+    /// Section name → its bytes, a checked range of the file's buffer.
+    sections: Vec<(String, Section)>,
     endian: RunTimeEndian,
     /// The file's executable segments, [begin, end) addresses: the only
     /// addresses symres asks DWARF about.
     pub code: Vec<(u64, u64)>,
 }
 
+/// A compressed section (SHF_COMPRESSED) is inflated on first use: some are
+/// never read (.debug_loc), and a resolving thread that loads a file another
+/// one has loaded uses that one's DWARF and drops its own unread.
+enum Section {
+    Plain(Reader),
+    Compressed { raw: Reader, chdr: Chdr, inflated: std::sync::OnceLock<Option<Reader>> },
+}
+
 impl DwarfSections {
-    /// A section by name, `None` when the file does not have it.
+    /// A section by name, `None` when the file does not have it or its
+    /// compressed data is corrupt (its header was checked on loading).
     pub fn section(&self, name: &str) -> Option<Reader> {
-        self.sections.iter().find(|(s, _)| s == name).map(|(_, r)| r.clone())
+        match &self.sections.iter().find(|(s, _)| s == name)?.1 {
+            Section::Plain(r) => Some(r.clone()),
+            Section::Compressed { raw, chdr, inflated } => inflated
+                .get_or_init(|| inflate(raw.bytes(), *chdr).ok().map(|b| EndianReader::new(Bytes::heap(b), self.endian)))
+                .clone(),
+        }
     }
 
     /// The context over all units.
@@ -398,21 +411,22 @@ impl ElfFile {
                     continue;
                 }
             };
-            let reader = if sh.sh_flags & u64::from(section_header::SHF_COMPRESSED) != 0 {
-                match decompress(bytes, elf.is_64, elf.little_endian) {
-                    Ok(b) => EndianReader::new(Bytes::heap(b), endian),
+            // In bounds: section_bytes checked sh_offset + sh_size.
+            let start = bytes.as_ptr() as usize - data.as_ptr() as usize;
+            let raw = EndianReader::new(file.clone(), endian).range(start..start + bytes.len());
+            let section = if sh.sh_flags & u64::from(section_header::SHF_COMPRESSED) != 0 {
+                match Chdr::parse(bytes, elf.is_64, elf.little_endian) {
+                    Ok(chdr) => Section::Compressed { raw, chdr, inflated: Default::default() },
                     Err(e) => {
                         dwarf_error = Some(format!("{name}: {e}"));
                         continue;
                     }
                 }
             } else {
-                // In bounds: section_bytes checked sh_offset + sh_size.
-                let start = bytes.as_ptr() as usize - data.as_ptr() as usize;
-                EndianReader::new(file.clone(), endian).range(start..start + bytes.len())
+                Section::Plain(raw)
             };
             has_info |= name == ".debug_info";
-            debug_secs.push((name.to_string(), reader));
+            debug_secs.push((name.to_string(), section));
         }
         let code = segments.iter().filter(|s| s.exec).map(|s| (s.vaddr, s.vaddr.saturating_add(s.memsz))).collect();
         let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code });
@@ -502,39 +516,53 @@ fn parse_debuglink(b: &[u8], little: bool) -> Option<(String, u32)> {
     (!name.is_empty() && !name.contains('/')).then_some((name, crc))
 }
 
-/// SHF_COMPRESSED sections: an Elf{32,64}_Chdr, then zlib data.
-fn decompress(b: &[u8], is_64: bool, little: bool) -> Result<Vec<u8>, String> {
-    const ELFCOMPRESS_ZLIB: u32 = 1;
-    let rd32 = |at: usize| -> Option<u32> {
-        let a: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-        Some(if little { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) })
-    };
-    let rd64 = |at: usize| -> Option<u64> {
-        let a: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
-        Some(if little { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) })
-    };
-    let (ty, size, hdr) = if is_64 {
-        (rd32(0), rd64(8), 24)
-    } else {
-        (rd32(0), rd32(4).map(u64::from), 12)
-    };
-    let (Some(ty), Some(size)) = (ty, size) else { return Err("truncated compression header".into()) };
-    if ty != ELFCOMPRESS_ZLIB {
-        return Err(format!("unsupported compression type {ty}"));
+/// The header of an SHF_COMPRESSED section (Elf{32,64}_Chdr, then zlib
+/// data): the uncompressed size and where the data starts.
+#[derive(Debug, Clone, Copy)]
+struct Chdr {
+    size: u64,
+    data_at: usize,
+}
+
+impl Chdr {
+    fn parse(b: &[u8], is_64: bool, little: bool) -> Result<Chdr, String> {
+        const ELFCOMPRESS_ZLIB: u32 = 1;
+        let rd32 = |at: usize| -> Option<u32> {
+            let a: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+            Some(if little { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) })
+        };
+        let rd64 = |at: usize| -> Option<u64> {
+            let a: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+            Some(if little { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) })
+        };
+        let (ty, size, data_at) = if is_64 {
+            (rd32(0), rd64(8), 24)
+        } else {
+            (rd32(0), rd32(4).map(u64::from), 12)
+        };
+        let (Some(ty), Some(size)) = (ty, size) else { return Err("truncated compression header".into()) };
+        if ty != ELFCOMPRESS_ZLIB {
+            return Err(format!("unsupported compression type {ty}"));
+        }
+        // Refuse absurd sizes from corrupt headers before allocating.
+        if size > (b.len() as u64).saturating_mul(1032).max(1 << 20) {
+            return Err("implausible uncompressed size".into());
+        }
+        Ok(Chdr { size, data_at })
     }
-    // Refuse absurd sizes from corrupt headers before allocating.
-    if size > (b.len() as u64).saturating_mul(1032).max(1 << 20) {
-        return Err("implausible uncompressed size".into());
-    }
+}
+
+/// The data of a compressed section `b` whose header is `chdr`.
+fn inflate(b: &[u8], chdr: Chdr) -> Result<Vec<u8>, String> {
     // Reserve no more than a plausible amount up front: a corrupt header
     // may claim gigabytes, and a failed allocation aborts (catch_unwind
     // cannot stop that); the buffer grows as real data arrives.
-    let mut out = Vec::with_capacity(usize::try_from(size.min(64 << 20)).unwrap_or(0));
-    flate2::read::ZlibDecoder::new(b.get(hdr..).unwrap_or_default())
-        .take(size)
+    let mut out = Vec::with_capacity(usize::try_from(chdr.size.min(64 << 20)).unwrap_or(0));
+    flate2::read::ZlibDecoder::new(b.get(chdr.data_at..).unwrap_or_default())
+        .take(chdr.size)
         .read_to_end(&mut out)
         .map_err(|e| format!("zlib: {e}"))?;
-    if out.len() as u64 != size {
+    if out.len() as u64 != chdr.size {
         return Err("compressed data is truncated".into());
     }
     Ok(out)

@@ -891,9 +891,15 @@ impl Shared {
     /// The DWARF index of the file `key`, made from `secs` unless another
     /// resolver already made it.
     fn dwarf(&self, key: Option<FileKey>, secs: elf::DwarfSections) -> Arc<crate::dwarf::Index> {
-        let Some(key) = key else { return Arc::new(crate::dwarf::Index::new(secs)) };
-        let mut map = self.0.dwarf.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key).or_insert_with(|| Arc::new(crate::dwarf::Index::new(secs))).clone()
+        let lock = || self.0.dwarf.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = key.and_then(|k| lock().get(&k).cloned()) {
+            return index;
+        }
+        // Made unlocked (it reads .debug_aranges): the other threads go on
+        // with other files; should two make one at once, the first kept wins.
+        let index = Arc::new(crate::dwarf::Index::new(secs));
+        let Some(key) = key else { return index };
+        lock().entry(key).or_insert(index).clone()
     }
 
     /// Whether `msg` is said for the first time.
