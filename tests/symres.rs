@@ -224,6 +224,16 @@ fn stripped_binary_with_build_id_debug_file() {
 
     let out = resolve(&["--debug-dir", debug_dir.to_str().unwrap()], &line);
     assert_prog_frames(&out["stack"], &stripped);
+
+    // The binary gone, frames with its build id: the debug file alone maps
+    // the file offsets (its program headers lost them).
+    std::fs::remove_file(&stripped).unwrap();
+    let mut with_id: Value = serde_json::from_str(&line).unwrap();
+    for f in with_id["stack"].as_array_mut().unwrap() {
+        f["build_id"] = json!(id);
+    }
+    let out = resolve(&["--debug-dir", debug_dir.to_str().unwrap()], &with_id.to_string());
+    assert_prog_frames(&out["stack"], &stripped);
 }
 
 #[test]

@@ -336,12 +336,17 @@ impl ElfFile {
         };
         let endian = if elf.little_endian { RunTimeEndian::Little } else { RunTimeEndian::Big };
 
-        let segments: Vec<Segment> = elf
-            .program_headers
-            .iter()
-            .filter(|p| p.p_type == PT_LOAD)
-            .map(|p| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 })
-            .collect();
+        let loads: Vec<&goblin::elf::ProgramHeader> = elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD).collect();
+        // A debug file: its code sections are there without their bytes.
+        let debug_only = elf.section_headers.iter().any(|sh| {
+            sh.sh_type == section_header::SHT_NOBITS && sh.sh_flags & u64::from(section_header::SHF_EXECINSTR) != 0 && sh.sh_size > 0
+        });
+        let segments: Vec<Segment> = if debug_only {
+            binary_layout(&loads)
+        } else {
+            let seg = |p: &&goblin::elf::ProgramHeader| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 };
+            loads.iter().map(seg).collect()
+        };
 
         let mut symbols = SymbolTable { file: Some(file.clone()), ..SymbolTable::default() };
         let is_func = |s: &sym::Sym| {
@@ -473,6 +478,33 @@ fn parse_lazily(data: &[u8]) -> Option<(Elf<'_>, Option<[&[u8]; 2]>)> {
     Some((elf, Some(raw)))
 }
 
+/// The segments of the binary a debug file (objcopy --only-keep-debug) was
+/// made from. The debug file keeps the binary's program headers but not
+/// their file offsets, and our tracers report file offsets: when the binary
+/// is gone, only its debug file can map them. Linkers lay segments out in
+/// address order, each at the first offset after the one before that is
+/// congruent to its address modulo its alignment (ld.bfd, gold and lld
+/// alike); a segment's size in the file is its size in memory up to the
+/// first writable one (whose .bss has no bytes in the file), after which
+/// the layout is not known and no segment is given.
+fn binary_layout(loads: &[&goblin::elf::ProgramHeader]) -> Vec<Segment> {
+    let mut loads = loads.to_vec();
+    loads.sort_by_key(|p| p.p_vaddr);
+    let mut out = Vec::new();
+    let mut end = 0u64;
+    for p in loads {
+        let align = if p.p_align.is_power_of_two() { p.p_align } else { 1 };
+        let offset = end + (p.p_vaddr.wrapping_sub(end) & (align - 1));
+        out.push(Segment { offset, vaddr: p.p_vaddr, filesz: p.p_memsz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 });
+        if p.p_flags & goblin::elf::program_header::PF_W != 0 {
+            break;
+        }
+        let Some(e) = offset.checked_add(p.p_memsz) else { break };
+        end = e;
+    }
+    out
+}
+
 /// Whether `vaddr` is in an executable segment.
 pub fn is_code(segments: &[Segment], vaddr: u64) -> bool {
     segments.iter().any(|s| s.exec && vaddr >= s.vaddr && vaddr - s.vaddr < s.memsz)
@@ -576,6 +608,38 @@ pub fn crc32(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A debug file's inferred layout is its binary's, for the layouts of
+    /// ld.bfd (with and without separate code, PIE or not, 2 MiB pages),
+    /// gold, and lld (this test binary, as rustc links it).
+    #[test]
+    fn debug_file_segments_are_the_binarys() {
+        let dir = std::env::temp_dir().join(format!("symres-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/symres/prog.c");
+        let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+        let mut binaries = vec![std::env::current_exe().unwrap()];
+        for (i, flags) in ["", "-no-pie", "-Wl,-z,noseparate-code", "-fuse-ld=gold", "-no-pie -Wl,-z,max-page-size=0x200000"].iter().enumerate() {
+            let out = dir.join(format!("prog{i}"));
+            run(std::process::Command::new("gcc").args(["-g", "-O1"]).arg(&src).args(flags.split_whitespace()).arg("-o").arg(&out));
+            binaries.push(out);
+        }
+        for bin in &binaries {
+            let debug = dir.join("debug");
+            run(std::process::Command::new("objcopy").arg("--only-keep-debug").arg(bin).arg(&debug));
+            let (Ok(b), Ok(d)) = (ElfFile::open(bin), ElfFile::open(&debug)) else { panic!("cannot read {}", bin.display()) };
+            let key = |s: &Segment| (s.offset, s.vaddr, s.filesz, s.exec);
+            // Up to the first writable segment, which is the last given.
+            let want: Vec<_> = b.segments.iter().take(d.segments.len()).map(key).collect();
+            let got: Vec<_> = d.segments.iter().map(key).collect();
+            let n = got.len();
+            assert!(n >= 2 && n <= b.segments.len(), "{}: {got:x?}", bin.display());
+            assert_eq!(got[..n - 1], want[..n - 1], "{}", bin.display());
+            assert_eq!((got[n - 1].0, got[n - 1].1), (want[n - 1].0, want[n - 1].1), "{}", bin.display());
+            assert!(got.iter().any(|s| s.3), "{}: no code", bin.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn debuglink_is_name_then_aligned_crc() {
