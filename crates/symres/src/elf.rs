@@ -494,7 +494,7 @@ fn binary_layout(loads: &[&goblin::elf::ProgramHeader]) -> Vec<Segment> {
     let mut end = 0u64;
     for p in loads {
         let align = if p.p_align.is_power_of_two() { p.p_align } else { 1 };
-        let offset = end + (p.p_vaddr.wrapping_sub(end) & (align - 1));
+        let Some(offset) = end.checked_add(p.p_vaddr.wrapping_sub(end) & (align - 1)) else { break };
         out.push(Segment { offset, vaddr: p.p_vaddr, filesz: p.p_memsz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 });
         if p.p_flags & goblin::elf::program_header::PF_W != 0 {
             break;
