@@ -192,6 +192,27 @@ fn aranges_set_missing_its_units_code() {
     assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
 }
 
+/// Without a symbol table, DWARF names the functions (and gives no offset
+/// into them).
+#[test]
+fn names_from_dwarf_without_a_symbol_table() {
+    let dir = TempDir::new("nosymtab");
+    let full = build_prog(&dir, "full", &[]);
+    let prog = dir.path("nosymtab");
+    sh(Command::new("strip").args(["--strip-all", "--keep-section=.debug_*", "-o"]).arg(&prog).arg(&full));
+    let sections = Command::new("readelf").arg("-SW").arg(&prog).output().unwrap();
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(!sections.contains(".symtab") && sections.contains(".debug_info"), "{sections}");
+    let line = run_prog(&prog);
+    let out = resolve(&[], &line);
+    let frames = &out["stack"];
+    assert_eq!(frames[0]["sym"], "target_function", "{frames}");
+    assert_eq!(frames[0]["line"], marker("prog.c", "target"));
+    assert!(frames[0].get("sym_offset").is_none(), "{frames}");
+    assert_eq!(frames[1]["sym"], "outer_function", "{frames}");
+    assert_eq!(frames[1]["inlined"][0]["sym"], "inner_helper", "{frames}");
+}
+
 /// Compressed debug sections (as Debian's debug files have them), inflated
 /// when first read.
 #[test]

@@ -387,7 +387,7 @@ mod tests {
     /// The frames symres reports at `a` (with inlined ones).
     fn frames(ctx: &Ctx, a: u64) -> Vec<crate::resolve::DwarfFrame> {
         let mut out = Vec::new();
-        crate::resolve::dwarf_frames(ctx, a, true, &mut Default::default(), &mut Default::default(), &mut out);
+        crate::resolve::dwarf_frames(ctx, a, true, true, &mut Default::default(), &mut Default::default(), &mut out);
         out
     }
 

@@ -102,10 +102,18 @@ impl Resolution {
     }
 
     fn render(&self) -> Box<str> {
-        let mut o = Vec::with_capacity(256);
-        let [sym, file, line] = [members(self.sym.as_deref(), None, None), members(None, self.file.as_deref(), None), members(None, None, self.line)];
-        let inlined: Vec<Vec<u8>> = self.inlined.iter().map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line)).collect();
-        write_answer(&mut o, &sym, self.sym_offset, &file, &line, inlined.iter().map(|i| Some(&i[..])));
+        // The parts, one after another in one buffer (a fresh vector for
+        // each was a tenth of a cold run over a large build).
+        let mut parts = Vec::with_capacity(512);
+        let mut part = |sym: Option<&str>, file: Option<&str>, line: Option<u32>| {
+            let start = parts.len();
+            members_into(&mut parts, sym, file, line);
+            start..parts.len()
+        };
+        let [sym, file, line] = [part(self.sym.as_deref(), None, None), part(None, self.file.as_deref(), None), part(None, None, self.line)];
+        let inlined: Vec<_> = self.inlined.iter().map(|f| part(f.sym.as_deref(), f.file.as_deref(), f.line)).collect();
+        let mut o = Vec::with_capacity(parts.len() + 64);
+        write_answer(&mut o, &parts[sym], self.sym_offset, &parts[file], &parts[line], inlined.iter().map(|r| Some(&parts[r.clone()])));
         String::from_utf8(o).unwrap_or_default().into_boxed_str()
     }
 }
@@ -167,8 +175,15 @@ pub(crate) fn write_answer<'a>(
 /// (empty when none is).
 pub(crate) fn members(sym: Option<&str>, file: Option<&str>, line: Option<u32>) -> Vec<u8> {
     let mut o = Vec::new();
+    members_into(&mut o, sym, file, line);
+    o
+}
+
+/// `members`, appended to `o`.
+fn members_into(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Option<u32>) {
+    let base = o.len();
     let key = |o: &mut Vec<u8>, k: &str| {
-        if !o.is_empty() {
+        if o.len() > base {
             o.push(b',');
         }
         write_str(o, k);
@@ -176,16 +191,15 @@ pub(crate) fn members(sym: Option<&str>, file: Option<&str>, line: Option<u32>) 
     };
     for (k, v) in [("sym", sym), ("file", file)] {
         if let Some(v) = v {
-            key(&mut o, k);
-            write_str(&mut o, v);
+            key(o, k);
+            write_str(o, v);
         }
     }
     if let Some(l) = line {
-        key(&mut o, "line");
+        key(o, "line");
         // Cannot fail: writing to a Vec.
         let _ = write!(o, "{l}");
     }
-    o
 }
 
 pub type Outcome = Result<Arc<Resolution>, Reason>;
@@ -280,9 +294,9 @@ struct Module {
     answers: FxHashMap<(u64, u64), Outcome>,
     demangled: FxHashMap<elf::SymName, Arc<str>>,
     files: FxHashMap<String, Arc<str>>,
-    /// DWARF (linkage) name → demangled, since the same inlined functions
+    /// DWARF (linkage) names, demangled, since the same inlined functions
     /// turn up at many addresses.
-    dwarf_names: FxHashMap<String, Arc<str>>,
+    dwarf_names: NameCache,
 }
 
 enum DwarfState {
@@ -948,7 +962,9 @@ impl Module {
             // address (code without line info) is the answer: no other unit
             // covers it, and asking the full context would parse them all.
             if let Some(ctx) = index.context_for(vaddr, verbose) {
-                dwarf_frames(&ctx, vaddr, want_inlined, &mut self.dwarf_names, &mut self.files, &mut frames);
+                // The outermost function is the symbol's, when there is one.
+                let outer_name = res.sym.is_none();
+                dwarf_frames(&ctx, vaddr, want_inlined, outer_name, &mut self.dwarf_names, &mut self.files, &mut frames);
             }
             if let Some((name, file, line)) = frames.pop() {
                 res.file = file;
@@ -980,28 +996,43 @@ pub fn fuzz_elf(data: &[u8]) {
     }
 }
 
+/// Demangled DWARF names by where their bytes lie (address, length): the
+/// sections stay mapped as long as the module, and a hit then costs neither
+/// a UTF-8 check nor hashing a long mangled name.
+pub(crate) type NameCache = FxHashMap<(usize, usize), Arc<str>>;
+
 /// The frames addr2line reports at `vaddr`, innermost first (only the
-/// location, as one frame, without `want_inlined`).
+/// location, as one frame, without `want_inlined`). The outermost frame is
+/// named only with `outer_name`.
 pub(crate) fn dwarf_frames(
     ctx: &addr2line::Context<Reader>,
     vaddr: u64,
     want_inlined: bool,
-    names: &mut FxHashMap<String, Arc<str>>,
+    outer_name: bool,
+    names: &mut NameCache,
     files: &mut FxHashMap<String, Arc<str>>,
     frames: &mut Vec<DwarfFrame>,
 ) {
     if want_inlined {
         if let Ok(mut it) = ctx.find_frames(vaddr).skip_all_loads() {
+            // Each frame is named once the next one shows it is not the last.
+            let mut unnamed: Option<Reader> = None;
             while let Ok(Some(f)) = it.next() {
-                let name = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| demangle_cached(names, &n));
+                if let (Some(raw), Some(last)) = (unnamed.take(), frames.last_mut()) {
+                    last.0 = Some(demangle_cached(names, &raw));
+                }
+                unnamed = f.function.map(|n| n.name);
                 let (file, line) = match f.location {
                     Some(l) => (l.file.map(|s| intern(files, s)), l.line),
                     None => (None, None),
                 };
-                frames.push((name, file, line));
+                frames.push((None, file, line));
                 if frames.len() >= 256 {
                     break;
                 }
+            }
+            if let (true, Some(raw), Some(last)) = (outer_name, unnamed, frames.last_mut()) {
+                last.0 = Some(demangle_cached(names, &raw));
             }
         }
     } else if let Ok(Some(l)) = ctx.find_location(vaddr) {
@@ -1009,13 +1040,9 @@ pub(crate) fn dwarf_frames(
     }
 }
 
-fn demangle_cached(cache: &mut FxHashMap<String, Arc<str>>, raw: &str) -> Arc<str> {
-    if let Some(a) = cache.get(raw) {
-        return a.clone();
-    }
-    let a: Arc<str> = Arc::from(demangle(raw));
-    cache.insert(raw.to_string(), a.clone());
-    a
+fn demangle_cached(cache: &mut NameCache, raw: &Reader) -> Arc<str> {
+    let bytes = raw.bytes();
+    cache.entry((bytes.as_ptr() as usize, bytes.len())).or_insert_with(|| Arc::from(demangle(&String::from_utf8_lossy(bytes)))).clone()
 }
 
 fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
