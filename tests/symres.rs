@@ -171,25 +171,36 @@ fn binary_without_aranges() {
     assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
 }
 
-/// A set of .debug_aranges that lists none of its unit's code (its one
-/// entry cut in half): the unit is still found by its own ranges, as
-/// addr2line finds it.
+/// A set of .debug_aranges that lists only part of the DW_AT_ranges of its
+/// unit (all entries but the first emptied), or none of its code (its one
+/// entry cut in half): the code left out is still found by the unit's own
+/// ranges, as addr2line finds it.
 #[test]
 fn aranges_set_missing_its_units_code() {
-    let dir = TempDir::new("cutaranges");
-    let prog = build_prog(&dir, "cutaranges", &[]);
-    let raw = dir.path("aranges");
-    sh(Command::new("objcopy").arg(format!("--dump-section=.debug_aranges={}", raw.display())).arg(&prog).arg(dir.path("scratch")));
-    let mut set = std::fs::read(&raw).unwrap();
-    // One 32-bit DWARF set: header, padding, one (address, length) entry of
-    // 16 bytes and the 16-byte terminator; keep the entry's address only.
-    assert_eq!(set.len(), 48, "one set expected");
-    set.truncate(24);
-    set[..4].copy_from_slice(&20u32.to_le_bytes());
-    std::fs::write(&raw, &set).unwrap();
-    sh(Command::new("objcopy").arg(format!("--update-section=.debug_aranges={}", raw.display())).arg(&prog));
-    let line = run_prog(&prog);
-    assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
+    for (name, cut) in [("short", false), ("cut", true)] {
+        let dir = TempDir::new(name);
+        // A function per section: the unit has DW_AT_ranges.
+        let prog = build_prog(&dir, name, if cut { &[] } else { &["-ffunction-sections"] });
+        let raw = dir.path("aranges");
+        sh(Command::new("objcopy").arg(format!("--dump-section=.debug_aranges={}", raw.display())).arg(&prog).arg(dir.path("scratch")));
+        let mut set = std::fs::read(&raw).unwrap();
+        // One 32-bit DWARF set: a 16-byte header (with padding), (address,
+        // length) entries of 16 bytes, a 16-byte terminator.
+        assert_eq!(u32::from_le_bytes(set[..4].try_into().unwrap()) as usize + 4, set.len(), "one set expected");
+        if cut {
+            assert_eq!(set.len(), 48, "one entry expected");
+            set.truncate(24);
+            set[..4].copy_from_slice(&20u32.to_le_bytes());
+        } else {
+            assert!(set.len() >= 64, "several entries expected");
+            let n = set.len();
+            set[40..n - 16].chunks_mut(16).for_each(|e| e[8..].fill(0));
+        }
+        std::fs::write(&raw, &set).unwrap();
+        sh(Command::new("objcopy").arg(format!("--update-section=.debug_aranges={}", raw.display())).arg(&prog));
+        let line = run_prog(&prog);
+        assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
+    }
 }
 
 /// Without a symbol table, DWARF names the functions (and gives no offset
@@ -224,6 +235,19 @@ fn compressed_debug_sections() {
     assert!(info.as_deref().is_some_and(|l| l.split_whitespace().rev().nth(3).is_some_and(|f| f.contains('C'))), "not compressed: {info:?}");
     let line = run_prog(&prog);
     assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
+
+    // Its .debug_info's compressed data damaged: no file or line, and a
+    // word under -v, once.
+    let (off, size) = section(&prog, ".debug_info");
+    let mut bytes = std::fs::read(&prog).unwrap();
+    let data = (off + 24) as usize..(off + size) as usize;
+    bytes[data].iter_mut().skip(8).for_each(|b| *b ^= 0x5a);
+    std::fs::write(&prog, bytes).unwrap();
+    let r = symres(&["-v"], &line);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.lines[0]["stack"][0]["sym"], "target_function", "{}", r.stdout);
+    assert!(r.lines[0]["stack"][0].get("file").is_none(), "{}", r.stdout);
+    assert_eq!(r.stderr.matches(".debug_info: zlib").count(), 1, "{}", r.stderr);
 }
 
 #[test]
@@ -619,11 +643,11 @@ fn live_stream_is_not_held_back() {
     assert!(status.success(), "{err}");
 }
 
-/// File offset and size of `bin`'s .text (from readelf).
-fn text_section(bin: &Path) -> (u64, u64) {
+/// File offset and size of `bin`'s section `name` (from readelf).
+fn section(bin: &Path, name: &str) -> (u64, u64) {
     let out = Command::new("readelf").arg("-SW").arg(bin).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    let line = text.lines().find(|l| l.contains(" .text ")).unwrap_or_else(|| panic!("no .text in {text}"));
+    let line = text.lines().find(|l| l.contains(&format!(" {name} "))).unwrap_or_else(|| panic!("no {name} in {text}"));
     // [Nr] Name Type Address Off Size ...: fields after the name.
     let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
     (u64::from_str_radix(f[3], 16).unwrap(), u64::from_str_radix(f[4], 16).unwrap())
@@ -653,7 +677,7 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     assert!(std::fs::read(&index).unwrap() == std::fs::read(from_debug.join(index.file_name().unwrap())).unwrap(), "the debug file's index differs");
 
     // Every byte of .text, as return addresses and not.
-    let (off, size) = text_section(&prog);
+    let (off, size) = section(&prog, ".text");
     let frames: Vec<String> = (off..off + size)
         .map(|o| json!({"module": p(&prog), "offset": format!("{o:#x}"), "return_address": o % 2 == 0}).to_string())
         .collect();

@@ -47,6 +47,9 @@ type Slot = OnceLock<Option<Box<Mutex<Ctx>>>>;
 struct UnitSlot {
     offset: usize,
     ctx: Slot,
+    /// Its set listed some code (addr2line takes the unit's ranges from
+    /// elsewhere when it did not).
+    listed: bool,
 }
 
 pub struct Index {
@@ -211,7 +214,7 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     while let Some(h) = headers.next()? {
         let offset = h.debug_info_offset().0;
         let u = *by_offset.entry(offset).or_insert_with(|| {
-            units.push(UnitSlot { offset, ctx: OnceLock::new() });
+            units.push(UnitSlot { offset, ctx: OnceLock::new(), listed: false });
             units.len() - 1
         });
         let Some(u) = u32::try_from(u).ok().filter(|&u| u != AMBIGUOUS) else { break };
@@ -224,6 +227,7 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
                 Ok(Some(e)) if e.length() != 0 => {
                     let r = e.range();
                     ranges.push((r.begin, r.end, u));
+                    units[u as usize].listed = true;
                 }
                 Ok(Some(_)) | Err(gimli::Error::AddressOverflow) => {}
                 Ok(None) | Err(_) => break,
@@ -248,17 +252,17 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     Ok((out, units))
 }
 
-/// Whether .debug_aranges lists all the code of every unit (`units` have a
-/// set, `spans` are the sets' ranges): all other units are type or partial
-/// units, or compilation units that declare no code (no DW_AT_low_pc,
-/// DW_AT_ranges, nor rows in their line program, from which addr2line
-/// would take their ranges), and the code a unit declares in its root is
-/// all in the spans (addr2line prefers DW_AT_ranges to a set, which could
-/// leave some out). Only code counts: outside it, DWARF knows the ranges of
-/// dropped functions, which no set lists. A split-DWARF skeleton counts as
-/// left out.
+/// Whether .debug_aranges lists all the code addr2line knows of every unit
+/// (`units`' sets, `spans` their ranges): the units without a set listing
+/// code are type or partial units, or compilation units that declare no
+/// code (no DW_AT_low_pc, DW_AT_ranges, nor rows in their line program,
+/// from which addr2line would take their ranges), and the DW_AT_ranges of a
+/// unit with a set (which addr2line prefers to the set) are all in the
+/// spans. Only code counts: outside it, DWARF knows the ranges of dropped
+/// functions, which no set lists. A split-DWARF skeleton counts as left
+/// out.
 fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot], spans: &[Span]) -> gimli::Result<bool> {
-    let covered: rustc_hash::FxHashSet<usize> = units.iter().map(|u| u.offset).collect();
+    let covered: rustc_hash::FxHashSet<usize> = units.iter().filter(|u| u.listed).map(|u| u.offset).collect();
     let dwarf = secs.dwarf()?;
     let mut headers = dwarf.units();
     while let Some(header) = headers.next()? {
@@ -269,8 +273,14 @@ fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot], spans: &[Span]) ->
         }
         let has_set = header.offset().as_debug_info_offset().is_some_and(|o| covered.contains(&o.0));
         let unit = dwarf.unit(header)?;
+        let mut entries = unit.entries();
+        let Some((_, root)) = entries.next_dfs()? else { continue };
         if has_set {
-            let mut ranges = dwarf.unit_ranges(&unit)?;
+            // addr2line takes a unit's code from DW_AT_ranges before its set
+            // (and from its set before DW_AT_low_pc and DW_AT_high_pc).
+            let Some(value) = root.attr_value(gimli::DW_AT_ranges)? else { continue };
+            let Some(offset) = dwarf.attr_ranges_offset(&unit, value)? else { continue };
+            let mut ranges = dwarf.ranges(&unit, offset)?;
             while let Some(r) = ranges.next()? {
                 if !in_spans(r, &secs.code, spans) {
                     return Ok(false);
@@ -278,8 +288,6 @@ fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot], spans: &[Span]) ->
             }
             continue;
         }
-        let mut entries = unit.entries();
-        let Some((_, root)) = entries.next_dfs()? else { continue };
         for at in [gimli::DW_AT_low_pc, gimli::DW_AT_high_pc, gimli::DW_AT_ranges] {
             if root.attr(at)?.is_some() {
                 return Ok(false);

@@ -256,12 +256,16 @@ pub struct ElfFile {
 }
 
 pub struct DwarfSections {
-    /// Section name → its bytes, a checked range of the file's buffer.
+    /// Section name → its bytes: a checked range of the file's buffer, or
+    /// of a copy inflated on first use.
     sections: Vec<(String, Section)>,
     endian: RunTimeEndian,
     /// The file's executable segments, [begin, end) addresses: the only
     /// addresses symres asks DWARF about.
     pub code: Vec<(u64, u64)>,
+    /// Whether to say on stderr that a compressed section is corrupt (found
+    /// only when it is first read); set by the resolver.
+    pub verbose: u8,
 }
 
 /// A compressed section (SHF_COMPRESSED) is inflated on first use: some are
@@ -269,7 +273,7 @@ pub struct DwarfSections {
 /// one has loaded uses that one's DWARF and drops its own unread.
 enum Section {
     Plain(Reader),
-    Compressed { raw: Reader, chdr: Chdr, inflated: std::sync::OnceLock<Option<Reader>> },
+    Compressed { raw: Reader, chdr: Chdr, inflated: std::sync::OnceLock<Result<Reader, String>> },
 }
 
 impl DwarfSections {
@@ -279,8 +283,15 @@ impl DwarfSections {
         match &self.sections.iter().find(|(s, _)| s == name)?.1 {
             Section::Plain(r) => Some(r.clone()),
             Section::Compressed { raw, chdr, inflated } => inflated
-                .get_or_init(|| inflate(raw.bytes(), *chdr).ok().map(|b| EndianReader::new(Bytes::heap(b), self.endian)))
-                .clone(),
+                .get_or_init(|| {
+                    let r = inflate(raw.bytes(), *chdr).map(|b| EndianReader::new(Bytes::heap(b), self.endian));
+                    if let (Err(e), 1..) = (&r, self.verbose) {
+                        eprintln!("symres: {name}: {e}, left out");
+                    }
+                    r
+                })
+                .clone()
+                .ok(),
         }
     }
 
@@ -337,10 +348,12 @@ impl ElfFile {
         let endian = if elf.little_endian { RunTimeEndian::Little } else { RunTimeEndian::Big };
 
         let loads: Vec<&goblin::elf::ProgramHeader> = elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD).collect();
-        // A debug file: its code sections are there without their bytes.
+        // A debug file whose program headers lost their offsets: its code
+        // sections are there without their bytes, and so is some of its code
+        // segment (eu-strip keeps the headers as they were).
         let debug_only = elf.section_headers.iter().any(|sh| {
             sh.sh_type == section_header::SHT_NOBITS && sh.sh_flags & u64::from(section_header::SHF_EXECINSTR) != 0 && sh.sh_size > 0
-        });
+        }) && loads.iter().any(|p| p.p_flags & PF_X != 0 && p.p_filesz < p.p_memsz);
         let segments: Vec<Segment> = if debug_only {
             binary_layout(&loads)
         } else {
@@ -433,8 +446,8 @@ impl ElfFile {
             has_info |= name == ".debug_info";
             debug_secs.push((name.to_string(), section));
         }
-        let code = segments.iter().filter(|s| s.exec).map(|s| (s.vaddr, s.vaddr.saturating_add(s.memsz))).collect();
-        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code });
+        let code = loads.iter().filter(|p| p.p_flags & PF_X != 0).map(|p| (p.p_vaddr, p.p_vaddr.saturating_add(p.p_memsz))).collect();
+        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code, verbose: 0 });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }

@@ -31,8 +31,9 @@ const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// answers (demangling, say) may change between versions, so another
 /// version's index is ignored rather than trusted. The version is raised
 /// too when the answers change within one (4: no DWARF answers outside
-/// executable segments).
-const VERSION: u32 = 4;
+/// executable segments; 5: file and line in an index built from a debug
+/// file).
+const VERSION: u32 = 5;
 const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
 /// "None" for answers.
 const NONE32: u32 = u32::MAX;

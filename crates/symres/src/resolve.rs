@@ -685,7 +685,10 @@ impl Resolver {
             build_id,
             segments,
             symbols,
-            dwarf: Some(dwarf.map_or(DwarfState::Absent, |d| DwarfState::Pending(d, key))),
+            dwarf: Some(dwarf.map_or(DwarfState::Absent, |mut d| {
+                d.verbose = self.opts.verbose;
+                DwarfState::Pending(d, key)
+            })),
             shared: self.shared.clone(),
             index,
             answers: FxHashMap::default(),
@@ -996,9 +999,12 @@ pub fn fuzz_elf(data: &[u8]) {
     }
 }
 
-/// Demangled DWARF names by where their bytes lie (address, length): the
-/// sections stay mapped as long as the module, and a hit then costs neither
-/// a UTF-8 check nor hashing a long mangled name.
+/// Demangled DWARF names by where their bytes lie (address, length), so
+/// that a hit costs neither a UTF-8 check nor hashing a long mangled name.
+/// Every name lies in the buffers of one module's DWARF index (the file's
+/// mapping, or sections inflated from it), which the module holds as long
+/// as this cache: an address is never reused for another name. Never share
+/// one cache between modules.
 pub(crate) type NameCache = FxHashMap<(usize, usize), Arc<str>>;
 
 /// The frames addr2line reports at `vaddr`, innermost first (only the
