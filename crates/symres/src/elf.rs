@@ -350,7 +350,7 @@ impl ElfFile {
         let loads: Vec<&goblin::elf::ProgramHeader> = elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD).collect();
         // A debug file whose program headers lost their offsets: its code
         // sections are there without their bytes, and so is some of its code
-        // segment (eu-strip keeps the headers as they were).
+        // segment (headers kept as they were are read as they are).
         let debug_only = elf.section_headers.iter().any(|sh| {
             sh.sh_type == section_header::SHT_NOBITS && sh.sh_flags & u64::from(section_header::SHF_EXECINSTR) != 0 && sh.sh_size > 0
         }) && loads.iter().any(|p| p.p_flags & PF_X != 0 && p.p_filesz < p.p_memsz);
