@@ -919,12 +919,22 @@ impl Shared {
         lock().entry(key).or_insert(index).clone()
     }
 
-    /// Whether `msg` is said for the first time.
+    /// Whether `msg` is said for the first time, as far as the last
+    /// `MAX_SAID` messages go: a long run under -v meets a message per
+    /// process that exits, and keeping them all would grow without bound.
     fn first_time(&self, msg: &str) -> bool {
         let mut said = self.0.said.lock().unwrap_or_else(|e| e.into_inner());
-        !said.contains(msg) && said.insert(msg.to_string())
+        if said.contains(msg) {
+            return false;
+        }
+        if said.len() >= MAX_SAID {
+            said.clear();
+        }
+        said.insert(msg.to_string())
     }
 }
+
+const MAX_SAID: usize = 1 << 14;
 
 /// A module's DWARF lookup structures, set up on first use (or found
 /// among the shared ones).
@@ -1206,6 +1216,22 @@ mod tests {
     /// Resolvers made by `fresh` use one parsed DWARF index per file, made
     /// by whichever asks first, and answer the same from it; a resolver
     /// made anew has its own.
+    /// Said once, until so many others were said that the first is
+    /// forgotten.
+    #[test]
+    fn messages_said_once_within_a_bound() {
+        let shared = Shared::default();
+        assert!(shared.first_time("a"));
+        assert!(!shared.first_time("a"));
+        for i in 1..MAX_SAID {
+            assert!(shared.first_time(&i.to_string()));
+        }
+        assert!(!shared.first_time("a"));
+        assert!(shared.first_time("one too many"));
+        assert!(shared.first_time("a"));
+        assert!(shared.0.said.lock().unwrap().len() <= MAX_SAID);
+    }
+
     #[test]
     fn fresh_resolvers_share_parsed_dwarf() {
         let exe = std::env::current_exe().unwrap();
