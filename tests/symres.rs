@@ -323,6 +323,14 @@ fn shared_library_frames() {
     assert_eq!(f["sym"], "lib_function", "{f}");
     assert_eq!(f["file"], fixture("lib.c").to_str().unwrap());
     assert_eq!(f["line"], marker("lib.c", "lib_call"));
+
+    // A line needing two units for the first use (one per module): with
+    // threads, parsed at once, and the same answers.
+    let one = symres(&["-j", "1", "-vv"], &line);
+    let two = symres(&["-j", "2", "-vv"], &line);
+    assert!(one.stdout == two.stdout, "outputs differ");
+    assert!(two.stderr.contains("symres: parsed 2 DWARF units at once on 2 threads"), "{}", two.stderr);
+    assert!(!one.stderr.contains("at once"), "{}", one.stderr);
 }
 
 fn rust_prog(dir: &TempDir, mangling: &str) -> String {

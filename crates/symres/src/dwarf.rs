@@ -169,6 +169,12 @@ impl Index {
         Ok(())
     }
 
+    /// The unit of `vaddr` when its context is not made yet (a first use
+    /// will parse it): by which a line's first uses are told apart.
+    pub fn cold_unit(&self, vaddr: u64) -> Option<usize> {
+        self.unit_of(vaddr).filter(|&u| self.units[u].ctx.get().is_none())
+    }
+
     fn unit_of(&self, vaddr: u64) -> Option<usize> {
         let i = self.ranges.partition_point(|r| r.0 <= vaddr).checked_sub(1)?;
         let (_, end, u) = self.ranges[i];

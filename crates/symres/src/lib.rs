@@ -142,7 +142,8 @@ pub struct Cli {
 
     /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
     /// DWARF; each has its own caches of answers. Lines are written in the order they came.
-    /// -j1 resolves in the thread that reads and writes. --build-index uses them too.
+    /// -j1 resolves in the thread that reads and writes. A line that comes alone has the DWARF
+    /// units it needs first parsed on N threads at once. --build-index uses them too.
     #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: Option<u16>,
 }
@@ -162,8 +163,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         inlined: !cli.no_inlined,
         index_dir: cli.index_dir.clone(),
         verbose: cli.run.verbose,
+        warm_threads: 0,
     };
     let threads = cli.threads.map_or_else(default_threads, usize::from);
+    let opts = Options { warm_threads: threads, ..opts };
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);
     }
@@ -384,6 +387,7 @@ fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Bat
 /// (reported as malformed) and the resolver's caches, not the batch or the
 /// stream.
 fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
+    resolver.0.set_warm(b.text.len() <= WARM_BATCH_BYTES);
     let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
     let mut lineno = b.first;
     let mut rest = &b.text[..];
@@ -415,6 +419,10 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
     pool.put(b.text);
     d
 }
+
+/// A batch this small (a few lines: a live stream, or a single line) has
+/// its lines' DWARF units parsed at once on several threads.
+const WARM_BATCH_BYTES: usize = 16 << 10;
 
 /// A worker thread: resolve batches until the reader is done (or the
 /// writer gone).

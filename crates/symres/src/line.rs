@@ -221,6 +221,9 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
         return Ok(false);
     }
     resolver.next_generation();
+    if resolver.warm_threads > 1 {
+        warm(resolver, text, s, pid);
+    }
     edits.clear();
     texts.clear();
     for i in 0..s.items.len() {
@@ -353,10 +356,37 @@ struct Given {
     return_address: Value,
 }
 
-/// Resolve one frame; also says whether it must be rewritten (it holds
-/// members that `replaced` leaves out), and whether it was answered through
-/// a live process's maps. Errors start with the field name.
-fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, texts: &mut Vec<u8>) -> Result<(Added, bool, bool), String> {
+/// Parse the DWARF units the line's frames (module and offset) will use
+/// for the first time at once, on the resolver's warm threads.
+fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
+    let mut targets = Vec::new();
+    for item in &s.items {
+        let Item::Frame { members, .. } = item else { continue };
+        let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { continue };
+        if let (Some(module), Some(offset)) = (&p.module, p.offset) {
+            targets.extend(r.cold_target(Path::new(module.as_ref()), offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
+        }
+    }
+    r.warm(targets);
+}
+
+/// A frame's members, read.
+struct Parsed<'a> {
+    addr: Option<u64>,
+    offset: Option<u64>,
+    module: Option<Cow<'a, str>>,
+    build_id: Option<crate::resolve::BuildId>,
+    kernel: bool,
+    /// 1 for a return address (see `frame`).
+    back: u64,
+    /// Fields symres adds were there already.
+    stale: bool,
+    module_key: bool,
+    offset_key: bool,
+}
+
+/// Read a frame's members (errors start with the field name).
+fn parse_frame<'a>(r: &mut Resolver, text: &'a str, members: &[Member]) -> Result<Parsed<'a>, String> {
     let mut g = Given::default();
     let mut stale = false;
     let (mut module_key, mut offset_key) = (false, false);
@@ -399,11 +429,19 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, tex
         },
     };
     let kernel = bool_value(text, g.kernel, "kernel")?;
-
-    // Our tools' stack frames are return addresses: the call is the byte
-    // before, and the next instruction may belong to another line (or, after
-    // a call that never returns, another function).
     let back = u64::from(bool_value(text, g.return_address, "return_address")?);
+    Ok(Parsed { addr, offset, module, build_id, kernel, back, stale, module_key, offset_key })
+}
+
+/// Resolve one frame; also says whether it must be rewritten (it holds
+/// members that `replaced` leaves out), and whether it was answered through
+/// a live process's maps. Errors start with the field name.
+fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, texts: &mut Vec<u8>) -> Result<(Added, bool, bool), String> {
+    let Parsed { addr, offset, module, build_id, kernel, back, mut stale, module_key, offset_key } = parse_frame(r, text, members)?;
+
+    // Our tools' stack frames are return addresses (`back`): the call is
+    // the byte before, and the next instruction may belong to another line
+    // (or, after a call that never returns, another function).
     let mut found_module = None;
     let mut live = false;
     let mut found_offset = None;

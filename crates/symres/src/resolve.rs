@@ -256,11 +256,14 @@ pub struct Options {
     /// `None`: the default cache directory.
     pub index_dir: Option<PathBuf>,
     pub verbose: u8,
+    /// Threads that may parse the DWARF units one line needs at once, when
+    /// lines come few at a time (see `Resolver::set_warm`); 0 or 1: none.
+    pub warm_threads: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { debug_dirs: Vec::new(), inlined: true, index_dir: None, verbose: 0 }
+        Options { debug_dirs: Vec::new(), inlined: true, index_dir: None, verbose: 0, warm_threads: 0 }
     }
 }
 
@@ -329,6 +332,9 @@ pub struct Resolver {
     /// DWARF indexes and messages, shared with the resolvers made by
     /// [`Resolver::fresh`].
     shared: Shared,
+    /// Threads that may parse the DWARF units a line needs at once (see
+    /// `warm`); 1 or 0: none.
+    pub(crate) warm_threads: usize,
 }
 
 struct PidMaps {
@@ -347,6 +353,7 @@ impl Resolver {
     /// `shared`.
     fn sharing(opts: Options, shared: Shared) -> Self {
         Resolver {
+            warm_threads: opts.warm_threads,
             opts,
             modules: Vec::new(),
             by_inode: HashMap::new(),
@@ -366,6 +373,14 @@ impl Resolver {
     /// binary is most of what a new address costs).
     pub fn fresh(&self) -> Self {
         Self::sharing(self.opts.clone(), self.shared.clone())
+    }
+
+    /// Whether the next lines parse the DWARF units each needs at once
+    /// (`Options::warm_threads`): worth it when lines come few at a time
+    /// and a first line waits for every unit it needs; with many lines at
+    /// hand, the resolving threads are busy with them already.
+    pub(crate) fn set_warm(&mut self, on: bool) {
+        self.warm_threads = if on { self.opts.warm_threads } else { 0 };
     }
 
     /// Mark the start of a new batch of frames (one input line): a process's
@@ -414,6 +429,35 @@ impl Resolver {
     /// has one, written to `texts`.
     pub(crate) fn answer_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
         self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
+    }
+
+    /// `warm` on this resolver's warm threads (said under -vv).
+    pub(crate) fn warm(&self, targets: Vec<ColdTarget>) {
+        let threads = self.warm_threads;
+        let n = warm(targets, threads);
+        if n > 0 && self.opts.verbose > 1 {
+            eprintln!("symres: parsed {n} DWARF units at once on {} threads", threads.min(n));
+        }
+    }
+
+    /// Where answering the frame (`module`, `offset`, ...) would parse a
+    /// DWARF unit for the first time: the file's DWARF index, the address,
+    /// and the unit. `None` when it would not (an index, a cached answer,
+    /// a unit in use, no DWARF).
+    pub(crate) fn cold_target(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Option<ColdTarget> {
+        let found = self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
+            let m = &mut r.modules[id];
+            let vaddr = elf::offset_to_vaddr(&m.segments, offset).ok_or(Reason::Unmapped)?;
+            if m.index.is_some() || m.answers.contains_key(&(vaddr, back)) || !elf::is_code(&m.segments, vaddr) {
+                return Err(Reason::Unmapped);
+            }
+            dwarf_index(&mut m.dwarf, &m.shared);
+            match &m.dwarf {
+                Some(DwarfState::Ready(index)) => index.cold_unit(vaddr).map(|u| (index.clone(), vaddr, u)).ok_or(Reason::Unmapped),
+                _ => Err(Reason::Unmapped),
+            }
+        });
+        found.ok()
     }
 
     /// The module, then `look` (module, file offset, `back`) for the answer.
@@ -1009,6 +1053,41 @@ pub fn fuzz_elf(data: &[u8]) {
     }
 }
 
+/// A DWARF unit a line will use for the first time: the file's index, an
+/// address in the unit, and the unit.
+pub(crate) type ColdTarget = (Arc<crate::dwarf::Index>, u64, usize);
+
+/// Parse the units of `targets` for their first use with up to `threads`
+/// threads, this one among them, so that a line needing many units waits
+/// for the slowest parse rather than for their sum. Each unit is parsed as
+/// answering its address parses it (its context, line program and
+/// functions), and so only once: the answers that follow find it ready.
+/// Returns how many units were parsed at once (0: too few to bother).
+pub(crate) fn warm(mut targets: Vec<ColdTarget>, threads: usize) -> usize {
+    targets.sort_by_key(|t| (Arc::as_ptr(&t.0), t.2));
+    targets.dedup_by_key(|t| (Arc::as_ptr(&t.0), t.2));
+    if targets.len() < 2 || threads < 2 {
+        return 0;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        while let Some((index, vaddr, _)) = targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            if let Some(ctx) = index.context_for(*vaddr, 0) {
+                if let Ok(mut frames) = ctx.find_frames(*vaddr).skip_all_loads() {
+                    while let Ok(Some(_)) = frames.next() {}
+                }
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.min(targets.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    targets.len()
+}
+
 /// Demangled DWARF names by where their bytes lie (address, length), so
 /// that a hit costs neither a UTF-8 check nor hashing a long mangled name.
 /// Every name lies in the buffers of one module's DWARF index (the file's
@@ -1230,6 +1309,30 @@ mod tests {
         assert!(shared.first_time("one too many"));
         assert!(shared.first_time("a"));
         assert!(shared.0.said.lock().unwrap().len() <= MAX_SAID);
+    }
+
+    /// Units parsed at once on three threads answer as units parsed on
+    /// first use: the same answers as a resolver of its own, and no unit
+    /// left cold.
+    #[test]
+    fn units_warmed_at_once_answer_the_same() {
+        let exe = std::env::current_exe().unwrap();
+        let mut a = Resolver::new(Options::default());
+        let mut other = Resolver::new(Options::default());
+        let id = a.load_path(&exe, &exe).unwrap();
+        let addrs: Vec<u64> = a.modules[id].symbols.boundaries().step_by(53).collect();
+        let m = &mut a.modules[id];
+        dwarf_index(&mut m.dwarf, &m.shared);
+        let Some(DwarfState::Ready(index)) = &m.dwarf else { panic!("no DWARF index") };
+        let index = index.clone();
+        let targets: Vec<ColdTarget> = addrs.iter().filter_map(|&v| index.cold_unit(v).map(|u| (index.clone(), v, u))).collect();
+        let units = warm(targets, 3);
+        assert!(units > 20, "{units} units warmed");
+        assert!(addrs.iter().all(|&v| index.cold_unit(v).is_none()), "a unit left cold");
+        let other_id = other.load_path(&exe, &exe).unwrap();
+        for &v in &addrs {
+            assert_eq!(a.modules[id].lookup_vaddr(v, true, 0), other.modules[other_id].lookup_vaddr(v, true, 0), "at {v:#x}");
+        }
     }
 
     #[test]
