@@ -328,8 +328,8 @@ fn shared_library_frames() {
     // threads, parsed at once, and the same answers.
     let one = symres(&["-j", "1", "-vv"], &line);
     let two = symres(&["-j", "2", "-vv"], &line);
-    assert!(one.stdout == two.stdout, "outputs differ");
-    assert!(two.stderr.contains("symres: parsed 2 DWARF units at once on 2 threads"), "{}", two.stderr);
+    assert_eq!(one.stdout, two.stdout);
+    assert!(two.stderr.contains("symres: parsing 2 DWARF units at once on 2 threads"), "{}", two.stderr);
     assert!(!one.stderr.contains("at once"), "{}", one.stderr);
 }
 

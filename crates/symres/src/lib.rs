@@ -143,7 +143,8 @@ pub struct Cli {
     /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
     /// DWARF; each has its own caches of answers. Lines are written in the order they came.
     /// -j1 resolves in the thread that reads and writes. A line that comes alone has the DWARF
-    /// units it needs first parsed on N threads at once. --build-index uses them too.
+    /// units its frames (module and offset) need first parsed on N threads at once.
+    /// --build-index uses them too.
     #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: Option<u16>,
 }
@@ -387,7 +388,8 @@ fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Bat
 /// (reported as malformed) and the resolver's caches, not the batch or the
 /// stream.
 fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
-    resolver.0.set_warm(b.text.len() <= WARM_BATCH_BYTES);
+    let few = memchr::memchr_iter(b'\n', &b.text).take(WARM_LINES + 1).count() <= WARM_LINES;
+    resolver.0.set_warm(few);
     let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
     let mut lineno = b.first;
     let mut rest = &b.text[..];
@@ -410,6 +412,7 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
                 d.malformed += 1;
                 let fresh = resolver.fresh();
                 std::mem::forget(std::mem::replace(resolver, fresh));
+                resolver.0.set_warm(few);
             }
         }
         lineno += 1;
@@ -420,9 +423,9 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
     d
 }
 
-/// A batch this small (a few lines: a live stream, or a single line) has
-/// its lines' DWARF units parsed at once on several threads.
-const WARM_BATCH_BYTES: usize = 16 << 10;
+/// A batch of this many lines or fewer (a live stream, or a single line)
+/// has its lines' DWARF units parsed at once on several threads.
+const WARM_LINES: usize = 4;
 
 /// A worker thread: resolve batches until the reader is done (or the
 /// writer gone).

@@ -357,12 +357,17 @@ struct Given {
 }
 
 /// Parse the DWARF units the line's frames (module and offset) will use
-/// for the first time at once, on the resolver's warm threads.
+/// for the first time at once, on the resolver's warm threads. Up to the
+/// first frame in error, where answering the line stops too.
 fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
     let mut targets = Vec::new();
     for item in &s.items {
-        let Item::Frame { members, .. } = item else { continue };
-        let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { continue };
+        let members = match item {
+            Item::Frame { members, .. } => members,
+            Item::Known { .. } => continue,
+            Item::NotObject { .. } | Item::NotArray { .. } => break,
+        };
+        let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { break };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
             targets.extend(r.cold_target(Path::new(module.as_ref()), offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
         }

@@ -434,16 +434,17 @@ impl Resolver {
     /// `warm` on this resolver's warm threads (said under -vv).
     pub(crate) fn warm(&self, targets: Vec<ColdTarget>) {
         let threads = self.warm_threads;
-        let n = warm(targets, threads);
+        let n = warm(targets, threads, self.opts.inlined, self.opts.verbose);
         if n > 0 && self.opts.verbose > 1 {
-            eprintln!("symres: parsed {n} DWARF units at once on {} threads", threads.min(n));
+            eprintln!("symres: parsing {n} DWARF units at once on {} threads", threads.min(n));
         }
     }
 
     /// Where answering the frame (`module`, `offset`, ...) would parse a
     /// DWARF unit for the first time: the file's DWARF index, the address,
-    /// and the unit. `None` when it would not (an index, a cached answer,
-    /// a unit in use, no DWARF).
+    /// and the unit (one that .debug_aranges names). `None` otherwise: the
+    /// module has an index, the answer is cached, the unit's context is
+    /// made already, or there is no such module, code or DWARF.
     pub(crate) fn cold_target(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Option<ColdTarget> {
         let found = self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
             let m = &mut r.modules[id];
@@ -1060,10 +1061,10 @@ pub(crate) type ColdTarget = (Arc<crate::dwarf::Index>, u64, usize);
 /// Parse the units of `targets` for their first use with up to `threads`
 /// threads, this one among them, so that a line needing many units waits
 /// for the slowest parse rather than for their sum. Each unit is parsed as
-/// answering its address parses it (its context, line program and
-/// functions), and so only once: the answers that follow find it ready.
-/// Returns how many units were parsed at once (0: too few to bother).
-pub(crate) fn warm(mut targets: Vec<ColdTarget>, threads: usize) -> usize {
+/// answering its address parses it (its context and line program, and with
+/// `inlined` its functions), and so only once: the answers that follow find
+/// it ready. Returns how many units were aimed at (0: too few to bother).
+pub(crate) fn warm(mut targets: Vec<ColdTarget>, threads: usize, inlined: bool, verbose: u8) -> usize {
     targets.sort_by_key(|t| (Arc::as_ptr(&t.0), t.2));
     targets.dedup_by_key(|t| (Arc::as_ptr(&t.0), t.2));
     if targets.len() < 2 || threads < 2 {
@@ -1072,16 +1073,20 @@ pub(crate) fn warm(mut targets: Vec<ColdTarget>, threads: usize) -> usize {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || {
         while let Some((index, vaddr, _)) = targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-            if let Some(ctx) = index.context_for(*vaddr, 0) {
-                if let Ok(mut frames) = ctx.find_frames(*vaddr).skip_all_loads() {
-                    while let Ok(Some(_)) = frames.next() {}
-                }
+            let Some(ctx) = index.context_for(*vaddr, verbose) else { continue };
+            if !inlined {
+                let _ = ctx.find_location(*vaddr);
+            } else if let Ok(mut frames) = ctx.find_frames(*vaddr).skip_all_loads() {
+                while let Ok(Some(_)) = frames.next() {}
             }
         }
     };
     std::thread::scope(|s| {
         for _ in 1..threads.min(targets.len()) {
-            s.spawn(work);
+            // A thread that cannot be made leaves its share to the others.
+            if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+                break;
+            }
         }
         work();
     });
@@ -1326,7 +1331,7 @@ mod tests {
         let Some(DwarfState::Ready(index)) = &m.dwarf else { panic!("no DWARF index") };
         let index = index.clone();
         let targets: Vec<ColdTarget> = addrs.iter().filter_map(|&v| index.cold_unit(v).map(|u| (index.clone(), v, u))).collect();
-        let units = warm(targets, 3);
+        let units = warm(targets, 3, true, 0);
         assert!(units > 20, "{units} units warmed");
         assert!(addrs.iter().all(|&v| index.cold_unit(v).is_none()), "a unit left cold");
         let other_id = other.load_path(&exe, &exe).unwrap();
