@@ -1297,9 +1297,6 @@ mod tests {
         assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE.llvm.42"), "foo::bar");
     }
 
-    /// Resolvers made by `fresh` use one parsed DWARF index per file, made
-    /// by whichever asks first, and answer the same from it; a resolver
-    /// made anew has its own.
     /// Said once, until so many others were said that the first is
     /// forgotten.
     #[test]
@@ -1340,6 +1337,9 @@ mod tests {
         }
     }
 
+    /// Resolvers made by `fresh` use one parsed DWARF index per file, made
+    /// by whichever asks first, and answer the same from it; a resolver
+    /// made anew has its own.
     #[test]
     fn fresh_resolvers_share_parsed_dwarf() {
         let exe = std::env::current_exe().unwrap();
