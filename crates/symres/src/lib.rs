@@ -159,15 +159,14 @@ const MAX_LINE_BYTES: usize = 64 << 20;
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
+    let threads = cli.threads.map_or_else(default_threads, usize::from);
     let opts = Options {
         debug_dirs: cli.debug_dirs.clone(),
         inlined: !cli.no_inlined,
         index_dir: cli.index_dir.clone(),
         verbose: cli.run.verbose,
-        warm_threads: 0,
+        warm_threads: threads,
     };
-    let threads = cli.threads.map_or_else(default_threads, usize::from);
-    let opts = Options { warm_threads: threads, ..opts };
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);
     }

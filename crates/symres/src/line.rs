@@ -221,7 +221,7 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
         return Ok(false);
     }
     resolver.next_generation();
-    if resolver.warm_threads > 1 {
+    if resolver.warms() {
         warm(resolver, text, s, pid);
     }
     edits.clear();
@@ -357,7 +357,7 @@ struct Given {
 }
 
 /// Parse the DWARF units the line's frames (module and offset) will use
-/// for the first time at once, on the resolver's warm threads. Up to the
+/// for the first time at once (`Resolver::warm`). Up to the
 /// first frame in error, where answering the line stops too.
 fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
     let mut targets = Vec::new();

@@ -332,9 +332,8 @@ pub struct Resolver {
     /// DWARF indexes and messages, shared with the resolvers made by
     /// [`Resolver::fresh`].
     shared: Shared,
-    /// Threads that may parse the DWARF units a line needs at once (see
-    /// `warm`); 1 or 0: none.
-    pub(crate) warm_threads: usize,
+    /// Whether lines now come few at a time (see `set_warm`).
+    warm: bool,
 }
 
 struct PidMaps {
@@ -353,7 +352,7 @@ impl Resolver {
     /// `shared`.
     fn sharing(opts: Options, shared: Shared) -> Self {
         Resolver {
-            warm_threads: opts.warm_threads,
+            warm: true,
             opts,
             modules: Vec::new(),
             by_inode: HashMap::new(),
@@ -380,7 +379,12 @@ impl Resolver {
     /// and a first line waits for every unit it needs; with many lines at
     /// hand, the resolving threads are busy with them already.
     pub(crate) fn set_warm(&mut self, on: bool) {
-        self.warm_threads = if on { self.opts.warm_threads } else { 0 };
+        self.warm = on;
+    }
+
+    /// Whether a line's units are parsed at once now (see `set_warm`).
+    pub(crate) fn warms(&self) -> bool {
+        self.warm && self.opts.warm_threads > 1
     }
 
     /// Mark the start of a new batch of frames (one input line): a process's
@@ -431,10 +435,10 @@ impl Resolver {
         self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
     }
 
-    /// `warm` on this resolver's warm threads (said under -vv).
+    /// `warm_units` on `Options::warm_threads` threads (said under -vv).
     pub(crate) fn warm(&self, targets: Vec<ColdTarget>) {
-        let threads = self.warm_threads;
-        let n = warm(targets, threads, self.opts.inlined, self.opts.verbose);
+        let threads = self.opts.warm_threads;
+        let n = warm_units(targets, threads, self.opts.inlined, self.opts.verbose);
         if n > 0 && self.opts.verbose > 1 {
             eprintln!("symres: parsing {n} DWARF units at once on {} threads", threads.min(n));
         }
@@ -448,17 +452,13 @@ impl Resolver {
     pub(crate) fn cold_target(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Option<ColdTarget> {
         let found = self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
             let m = &mut r.modules[id];
-            let vaddr = elf::offset_to_vaddr(&m.segments, offset).ok_or(Reason::Unmapped)?;
-            if m.index.is_some() || m.answers.contains_key(&(vaddr, back)) || !elf::is_code(&m.segments, vaddr) {
-                return Err(Reason::Unmapped);
-            }
+            let vaddr = elf::offset_to_vaddr(&m.segments, offset).filter(|&v| elf::is_code(&m.segments, v));
+            let Some(vaddr) = vaddr.filter(|&v| m.index.is_none() && !m.answers.contains_key(&(v, back))) else { return Ok(None) };
             dwarf_index(&mut m.dwarf, &m.shared);
-            match &m.dwarf {
-                Some(DwarfState::Ready(index)) => index.cold_unit(vaddr).map(|u| (index.clone(), vaddr, u)).ok_or(Reason::Unmapped),
-                _ => Err(Reason::Unmapped),
-            }
+            let Some(DwarfState::Ready(index)) = &m.dwarf else { return Ok(None) };
+            Ok(index.cold_unit(vaddr).map(|u| (index.clone(), vaddr, u)))
         });
-        found.ok()
+        found.ok().flatten()
     }
 
     /// The module, then `look` (module, file offset, `back`) for the answer.
@@ -1064,7 +1064,7 @@ pub(crate) type ColdTarget = (Arc<crate::dwarf::Index>, u64, usize);
 /// answering its address parses it (its context and line program, and with
 /// `inlined` its functions), and so only once: the answers that follow find
 /// it ready. Returns how many units were aimed at (0: too few to bother).
-pub(crate) fn warm(mut targets: Vec<ColdTarget>, threads: usize, inlined: bool, verbose: u8) -> usize {
+pub(crate) fn warm_units(mut targets: Vec<ColdTarget>, threads: usize, inlined: bool, verbose: u8) -> usize {
     targets.sort_by_key(|t| (Arc::as_ptr(&t.0), t.2));
     targets.dedup_by_key(|t| (Arc::as_ptr(&t.0), t.2));
     if targets.len() < 2 || threads < 2 {
@@ -1328,7 +1328,7 @@ mod tests {
         let Some(DwarfState::Ready(index)) = &m.dwarf else { panic!("no DWARF index") };
         let index = index.clone();
         let targets: Vec<ColdTarget> = addrs.iter().filter_map(|&v| index.cold_unit(v).map(|u| (index.clone(), v, u))).collect();
-        let units = warm(targets, 3, true, 0);
+        let units = warm_units(targets, 3, true, 0);
         assert!(units > 20, "{units} units warmed");
         assert!(addrs.iter().all(|&v| index.cold_unit(v).is_none()), "a unit left cold");
         let other_id = other.load_path(&exe, &exe).unwrap();
