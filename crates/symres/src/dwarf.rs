@@ -50,6 +50,8 @@ struct UnitSlot {
     /// Its set listed some code (addr2line takes the unit's ranges from
     /// elsewhere when it did not).
     listed: bool,
+    /// Bytes of code its set lists: what its parse costs goes with it.
+    code_bytes: u64,
 }
 
 pub struct Index {
@@ -175,6 +177,12 @@ impl Index {
         self.unit_of(vaddr).filter(|&u| self.units[u].ctx.get().is_none())
     }
 
+    /// How much code .debug_aranges lists for unit `u`: the larger, the
+    /// longer its parse.
+    pub fn unit_code_bytes(&self, u: usize) -> u64 {
+        self.units.get(u).map_or(0, |s| s.code_bytes)
+    }
+
     fn unit_of(&self, vaddr: u64) -> Option<usize> {
         let i = self.ranges.partition_point(|r| r.0 <= vaddr).checked_sub(1)?;
         let (_, end, u) = self.ranges[i];
@@ -220,7 +228,7 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
     while let Some(h) = headers.next()? {
         let offset = h.debug_info_offset().0;
         let u = *by_offset.entry(offset).or_insert_with(|| {
-            units.push(UnitSlot { offset, ctx: OnceLock::new(), listed: false });
+            units.push(UnitSlot { offset, ctx: OnceLock::new(), listed: false, code_bytes: 0 });
             units.len() - 1
         });
         let Some(u) = u32::try_from(u).ok().filter(|&u| u != AMBIGUOUS) else { break };
@@ -233,29 +241,35 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
                 Ok(Some(e)) if e.length() != 0 => {
                     let r = e.range();
                     ranges.push((r.begin, r.end, u));
-                    units[u as usize].listed = true;
+                    let slot = &mut units[u as usize];
+                    slot.listed = true;
+                    slot.code_bytes = slot.code_bytes.saturating_add(e.length());
                 }
                 Ok(Some(_)) | Err(gimli::Error::AddressOverflow) => {}
                 Ok(None) | Err(_) => break,
             }
         }
     }
-    ranges.sort_unstable_by_key(|r| r.0);
-    // Addresses claimed by two units are ambiguous: the merged span goes to
-    // the full context.
-    let mut out: Vec<Span> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.0 < last.1 => {
-                if last.2 != r.2 {
-                    last.2 = AMBIGUOUS;
-                }
-                last.1 = last.1.max(r.1);
-            }
-            _ => out.push(r),
+    merge_spans(&mut ranges);
+    Ok((ranges, units))
+}
+
+/// Sort `spans` by begin and merge those that overlap; addresses claimed by
+/// two units are ambiguous: the merged span goes to the full context.
+/// Merged in place: a second table of a large build's tens of thousands of
+/// ranges cost a page fault per 4 KiB written.
+fn merge_spans(spans: &mut Vec<Span>) {
+    spans.sort_unstable_by_key(|r| r.0);
+    spans.dedup_by(|r, last| {
+        if r.0 >= last.1 {
+            return false;
         }
-    }
-    Ok((out, units))
+        if last.2 != r.2 {
+            last.2 = AMBIGUOUS;
+        }
+        last.1 = last.1.max(r.1);
+        true
+    });
 }
 
 /// Whether .debug_aranges lists all the code addr2line knows of every unit
@@ -426,6 +440,36 @@ mod tests {
         }
         assert_eq!(index.complete.get(), Some(&true));
         assert!(index.full.get().is_none(), "the full context was built");
+    }
+
+    #[test]
+    fn overlapping_spans_merge_and_two_units_make_them_ambiguous() {
+        let mut spans = vec![(0x60, 0x70, 2), (0x10, 0x20, 0), (0x30, 0x40, 1), (0x18, 0x28, 0), (0x28, 0x30, 1), (0x38, 0x50, 1), (0x65, 0x68, 2), (0x68, 0x80, 3)];
+        merge_spans(&mut spans);
+        // Adjacent spans stay apart; one inside another (0x65) merges
+        // into it; a second unit's makes the whole span ambiguous.
+        assert_eq!(spans, vec![(0x10, 0x28, 0), (0x28, 0x30, 1), (0x30, 0x50, 1), (0x60, 0x80, AMBIGUOUS)]);
+    }
+
+    /// Each unit's code is the sum of its set's entries: at least what its
+    /// own merged spans cover, and nothing for a unit whose set lists none.
+    #[test]
+    fn units_code_bytes_are_their_sets() {
+        let (_, _, index) = this_test_binary();
+        let mut spanned = vec![0u64; index.units.len()];
+        for &(b, e, u) in &index.ranges {
+            if u != AMBIGUOUS {
+                spanned[u as usize] += e - b;
+            }
+        }
+        let mut compared = 0;
+        for (u, slot) in index.units.iter().enumerate() {
+            assert_eq!(slot.listed, index.unit_code_bytes(u) > 0, "unit {u}");
+            assert!(index.unit_code_bytes(u) >= spanned[u], "unit {u}: {} < {}", index.unit_code_bytes(u), spanned[u]);
+            compared += usize::from(spanned[u] > 0);
+        }
+        assert!(compared > 50, "{compared} units with spans");
+        assert_eq!(index.unit_code_bytes(index.units.len()), 0);
     }
 
     /// A unit context must answer exactly as the full one does, on a real

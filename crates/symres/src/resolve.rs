@@ -1070,6 +1070,11 @@ pub(crate) fn warm_units(mut targets: Vec<ColdTarget>, threads: usize, inlined: 
     if targets.len() < 2 || threads < 2 {
         return 0;
     }
+    // Largest first: each thread takes the next unit when it is done, so
+    // the longest parses start at once and the short ones fill in after
+    // (one thread taking the two largest in turn took as long as no
+    // threads at all).
+    targets.sort_by_key(|t| std::cmp::Reverse(t.0.unit_code_bytes(t.2)));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || {
         while let Some((index, vaddr, _)) = targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
