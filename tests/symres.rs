@@ -147,6 +147,32 @@ fn pie_binary_resolved_after_exit_from_module_and_offset() {
     assert_eq!(out["live"]["frames"][0], json!({"addr": out["stack"][0]["addr"], "reason": "no_process"}));
 }
 
+/// A module whose name is not UTF-8 comes in written by our tools' rule
+/// (each bad byte as \xHH), and is read back by it; the frame keeps the
+/// name as it came.
+#[test]
+fn non_utf8_module_name_read_back_by_the_rule() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("nonutf8");
+    let prog = build_prog(&dir, "prog", &[]);
+    let mut line: Value = serde_json::from_str(&run_prog(&prog)).unwrap();
+    let odd = dir.path("x").with_file_name(std::ffi::OsStr::from_bytes(b"prog\xff"));
+    std::fs::copy(&prog, &odd).unwrap();
+    let written = format!("{}/prog\\xff", dir.0.to_str().unwrap());
+    for f in line["stack"].as_array_mut().unwrap() {
+        f["module"] = json!(written);
+    }
+    let out = resolve(&[], &line.to_string());
+    let f0 = &out["stack"][0];
+    assert_eq!((&f0["module"], &f0["sym"], &f0["line"]), (&json!(written), &json!("target_function"), &json!(marker("prog.c", "target"))), "{f0}");
+    assert_eq!(out["stack"][1]["sym"], "outer_function", "{out}");
+    // The name read as it is names no file.
+    std::fs::rename(&odd, dir.path("moved")).unwrap();
+    std::fs::copy(&prog, Path::new(&written)).unwrap();
+    let out = resolve(&[], &line.to_string());
+    assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
+}
+
 #[test]
 fn non_pie_binary() {
     let dir = TempDir::new("nopie");

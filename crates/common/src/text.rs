@@ -23,6 +23,34 @@ pub fn bytes_to_string(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes `s` stands for under the rule, when it holds `\xHH` sequences
+/// that the rule writes: those decoded. `None` when `s` stands for its own
+/// bytes (a valid name may hold the characters `\x41`: the rule would have
+/// written the byte they decode to as itself, so they are left alone).
+pub fn string_to_bytes(s: &str) -> Option<Vec<u8>> {
+    if !s.contains("\\x") {
+        return None;
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let (mut i, mut decoded) = (0, false);
+    while i < b.len() {
+        let hex = b.get(i + 2..i + 4).filter(|h| b[i] == b'\\' && b[i + 1] == b'x' && h.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+        match hex.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+                decoded = true;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    (decoded && bytes_to_string(&out) == s).then_some(out)
+}
+
 /// Bytes up to the first NUL (a C string in a fixed-size buffer).
 pub fn until_nul(bytes: &[u8]) -> &[u8] {
     match bytes.iter().position(|&b| b == 0) {
@@ -126,6 +154,19 @@ mod tests {
         assert_eq!(bytes_to_string(b"caf\xc3\xa9"), "café");
         assert_eq!(bytes_to_string(b"a\xffb\xfe"), "a\\xffb\\xfe");
         assert_eq!(bytes_to_string(b"\xc3"), "\\xc3");
+    }
+
+    #[test]
+    fn strings_written_by_the_rule_read_back() {
+        for bytes in [&b"a\xffb\xfe"[..], b"\xc3", b"caf\xc3\xa9\xff", b"\\x\xff", b"/tmp/nu\xff/prog"] {
+            let s = bytes_to_string(bytes);
+            assert_eq!(string_to_bytes(&s).as_deref(), Some(bytes), "{s}");
+        }
+        // Text that stands for itself: no escapes, escapes the rule would
+        // not write (a valid byte, upper case, cut short), or a mix.
+        for s in ["plain", "caf\u{e9}", "\\x41", "\\xFF", "\\xf", "\\x", "a\\x41\\xff"] {
+            assert_eq!(string_to_bytes(s), None, "{s}");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use std::borrow::Cow;
 use std::hash::Hasher;
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -206,6 +207,10 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
     if !s.is_object {
         return Err(LineError("not a JSON object".into()));
     }
+    // A line without frames goes out as it came, whatever its pid says.
+    if s.items.is_empty() {
+        return Ok(false);
+    }
     let pid = match s.pid {
         None => None,
         Some(v) if &text[v.start..v.end] == "null" => None,
@@ -217,9 +222,6 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
                 .ok_or_else(|| LineError(format!("pid: expected a process ID, got {}", short(text, v))))?,
         ),
     };
-    if s.items.is_empty() {
-        return Ok(false);
-    }
     resolver.next_generation();
     if resolver.warms() {
         warm(resolver, text, s, pid);
@@ -369,10 +371,19 @@ fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
         };
         let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { break };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
-            targets.extend(r.cold_target(Path::new(module.as_ref()), offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
+            targets.extend(r.cold_target(&module_path(module), offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
         }
     }
     r.warm(targets);
+}
+
+/// The file a frame's `module` names: read back by the rule our tools
+/// write non-UTF-8 names by (each bad byte as `\xHH`).
+fn module_path(module: &str) -> Cow<'_, Path> {
+    match leakd_common::text::string_to_bytes(module) {
+        Some(bytes) => Cow::Owned(PathBuf::from(std::ffi::OsString::from_vec(bytes))),
+        None => Cow::Borrowed(Path::new(module)),
+    }
 }
 
 /// A frame's members, read.
@@ -452,7 +463,7 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, tex
     let mut found_offset = None;
     let outcome: Result<Answer, Reason> = match (addr, &module, offset) {
         (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made),
-        (_, Some(m), Some(off)) => r.answer_module_offset(Path::new(m.as_ref()), off.saturating_sub(back), back, build_id.as_deref(), pid, texts),
+        (_, Some(m), Some(off)) => r.answer_module_offset(&module_path(m), off.saturating_sub(back), back, build_id.as_deref(), pid, texts),
         (Some(a), _, _) => match pid {
             Some(pid) => {
                 live = true;
@@ -594,7 +605,11 @@ mod tests {
             run(r#"{"type":"a","x":{"frames":[{"module":"/bin/true"}]}}"#).unwrap_err(),
             "x.frames[0].offset: missing (a frame with a module needs its file offset)"
         );
-        assert_eq!(run(r#"{"type":"a","pid":"12","stack":[]}"#).unwrap_err(), "pid: expected a process ID, got \"12\"");
+        assert_eq!(run(r#"{"type":"a","pid":"12","stack":[{"addr":"0x1"}]}"#).unwrap_err(), "pid: expected a process ID, got \"12\"");
+        // A line without frames is written unchanged, whatever its pid.
+        for line in [r#"{"type":"exec","pid":"12"}"#, r#"{"type":"a","pid":0,"stack":[]}"#, r#"{"pid":-1}"#] {
+            assert_eq!(run(line), Ok(None), "{line}");
+        }
         assert_eq!(
             run(r#"{"type":"a","stack":[{"module":"/x","offset":"0x1","build_id":"xyz"}]}"#).unwrap_err(),
             "stack[0].build_id: build_id must be an even number of hex digits, at most 128"

@@ -18,9 +18,9 @@ use std::borrow::Cow;
 
 /// Arrays with these names hold frames.
 pub const FRAME_ARRAYS: [&str; 2] = ["stack", "frames"];
-/// Frames are looked for in objects this deep at most (each object level
-/// counts two, each array level one), so a pathological line costs no more
-/// than the JSON nesting limit allows.
+/// Frames are looked for in objects this many levels (of objects and
+/// arrays) below the line's own at most, so a pathological line costs no
+/// more than the JSON nesting limit allows.
 const MAX_DEPTH: usize = 64;
 /// serde_json refuses lines nested deeper than this.
 const MAX_NESTING: usize = 127;
@@ -432,7 +432,9 @@ impl<'a> Scanner<'a> {
             if walk.is_some() && FRAME_ARRAYS.contains(&k.as_ref()) {
                 s.frame_array()?;
             } else {
-                s.value(walk.map(|d| d + 1))?;
+                // A member is at its object's level: `value` counts the
+                // level its own object or array opens.
+                s.value(walk)?;
             }
             s.out.segs.pop();
             Ok(())
@@ -588,6 +590,23 @@ mod tests {
         for n in 124..128 {
             let deep = format!("{}{{\"stack\":[{frame}]}}{}", "[".repeat(n), "]".repeat(n));
             assert_eq!(scan_known(&deep).is_ok(), serde_valid(&deep), "{n}");
+        }
+    }
+
+    /// Frames are found in objects down to MAX_DEPTH levels below the
+    /// line's, whether the levels are objects or arrays, and not below.
+    #[test]
+    fn frames_are_looked_for_down_to_max_depth() {
+        let frame = r#"{"stack":[{"addr":"0x1"}]}"#;
+        for n in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1] {
+            let objects = format!("{}{frame}{}", "{\"a\":".repeat(n), "}".repeat(n));
+            let arrays = format!("{{\"a\":{}{frame}{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
+            let mixed = format!("{}{frame}{}", "{\"a\":[".repeat(n / 2), "]}".repeat(n / 2));
+            for line in [&objects, &arrays, &mixed] {
+                let levels = if line == &mixed { n / 2 * 2 } else { n };
+                let found = scan(line).unwrap().items.len();
+                assert_eq!(found, usize::from(levels <= MAX_DEPTH), "{levels} levels: {line}");
+            }
         }
     }
 
