@@ -340,8 +340,21 @@ struct PidMaps {
     /// Why not, when the maps cannot be read.
     entries: Result<Vec<MapEntry>, Reason>,
     modules: Vec<Option<Result<ModuleId, Reason>>>,
+    /// When the maps were read, and when last used (input lines).
     generation: u64,
+    used: u64,
 }
+
+/// Processes whose maps are kept: a long run meets processes without end,
+/// but those still in the stream are the ones used lately (the half used
+/// longest ago goes when full; an exited one's maps cannot be read again).
+const MAX_PIDS: usize = 4096;
+
+/// Entries kept in each cache keyed by what the input names (paths, module
+/// names, build ids not installed): a long run meets new ones without end
+/// (a path per process under /proc), and each is cheap to find again (a
+/// file already loaded is found by its identity).
+const MAX_KEYS: usize = 1 << 14;
 
 impl Resolver {
     pub fn new(opts: Options) -> Self {
@@ -480,6 +493,9 @@ impl Resolver {
         }
         let r = self.module_for_name(module, build_id, pid);
         if let Some(n) = name {
+            if self.by_name.len() >= MAX_KEYS && !self.by_name.contains_key(n) {
+                self.by_name.clear();
+            }
             let list = self.by_name.entry(n.to_string()).or_default();
             // Bounded: many PIDs naming one module are fine, unbounded growth is not.
             if list.len() >= 64 {
@@ -524,9 +540,12 @@ impl Resolver {
         look: impl FnOnce(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>,
     ) -> PidFrame<T> {
         let generation = self.generation;
-        let stale = match self.pids.get(&pid) {
+        let stale = match self.pids.get_mut(&pid) {
             None => true,
-            Some(m) => m.generation != generation && m.entries.as_deref().map_or(true, |e| procmaps::find(e, addr).is_none()),
+            Some(m) => {
+                m.used = generation;
+                m.generation != generation && m.entries.as_deref().map_or(true, |e| procmaps::find(e, addr).is_none())
+            }
         };
         if stale {
             let entries = procmaps::read_maps(pid).map_err(|e| {
@@ -538,7 +557,13 @@ impl Resolver {
                 }
             });
             let n = entries.as_ref().map_or(0, Vec::len);
-            self.pids.insert(pid, PidMaps { entries, modules: vec![None; n], generation });
+            if self.pids.len() >= MAX_PIDS && !self.pids.contains_key(&pid) {
+                let mut used: Vec<u64> = self.pids.values().map(|p| p.used).collect();
+                let mid = used.len() / 2;
+                let median = *used.select_nth_unstable(mid).1;
+                self.pids.retain(|_, p| p.used > median);
+            }
+            self.pids.insert(pid, PidMaps { entries, modules: vec![None; n], generation, used: generation });
         }
         let Some(pm) = self.pids.get(&pid) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
@@ -662,6 +687,9 @@ impl Resolver {
             return *r;
         }
         let r = self.load_path_uncached(path, nominal);
+        if self.by_path.len() >= MAX_KEYS {
+            self.by_path.clear();
+        }
         self.by_path.insert(path.to_path_buf(), r);
         r
     }
@@ -890,6 +918,10 @@ impl Resolver {
                     break;
                 }
             }
+        }
+        if self.by_build_id.len() >= MAX_KEYS {
+            // Those found stay: each names a module (made once).
+            self.by_build_id.retain(|_, m| m.is_some());
         }
         self.by_build_id.insert(id.to_vec(), found);
         found
@@ -1300,6 +1332,32 @@ mod tests {
             "<cpp_demangle::ast::LambdaSig as core::fmt::Debug>::fmt"
         );
         assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE.llvm.42"), "foo::bar");
+    }
+
+    /// A long run meets new processes, paths, module names and build ids
+    /// without end: what is kept of them stays bounded, and a process still
+    /// in the stream keeps its maps.
+    #[test]
+    fn caches_keyed_by_input_stay_bounded() {
+        let mut r = Resolver::new(Options::default());
+        let me = std::process::id();
+        let addr = caches_keyed_by_input_stay_bounded as *const () as u64;
+        let mut sizes = (0, 0, 0, 0);
+        for i in 0..(MAX_KEYS + 100) as u32 {
+            r.next_generation();
+            assert!(r.resolve_pid_addr(me, addr, 0, None).outcome.is_ok());
+            // Above any pid_max: no such process, whose failure is kept too.
+            assert_eq!(r.resolve_pid_addr(0x4000_0000 + i, 0x1000, 0, None).outcome.err(), Some(Reason::NoProcess));
+            let gone = format!("/no/such/dir/{i}");
+            assert_eq!(r.resolve_module_offset(Path::new(&gone), 0x10, 0, Some(&i.to_le_bytes()), Some(me)).err(), Some(Reason::FileMissing));
+            sizes = (sizes.0.max(r.pids.len()), sizes.1.max(r.by_path.len()), sizes.2.max(r.by_name.len()), sizes.3.max(r.by_build_id.len()));
+        }
+        // Each bound reached, none passed (paths come two per frame: rooted
+        // and as given).
+        assert_eq!((sizes.0, sizes.2, sizes.3), (MAX_PIDS, MAX_KEYS, MAX_KEYS));
+        assert!((MAX_KEYS - 1..=MAX_KEYS).contains(&sizes.1), "{} paths", sizes.1);
+        assert!(r.pids.contains_key(&me), "the process in use lost its maps");
+        assert_eq!(r.pids[&me].generation, 1, "its maps were read again");
     }
 
     /// Said once, until so many others were said that the first is
