@@ -173,6 +173,31 @@ fn non_utf8_module_name_read_back_by_the_rule() {
     assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
 }
 
+/// A symbol whose name is not UTF-8 is named by the same rule (each bad
+/// byte as \xHH), not left out.
+#[test]
+fn non_utf8_symbol_name_written_by_the_rule() {
+    let dir = TempDir::new("weird");
+    let src = dir.path("weird.c");
+    std::fs::write(&src, "void weird(void) __asm__(\"weird\\377\");\nvoid weird(void) {}\nint main(void) { weird(); return 0; }\n").unwrap();
+    let bin = dir.path("weird");
+    sh(Command::new("gcc").args(["-g0", "-O0", "-fPIE", "-pie"]).arg(&src).arg("-o").arg(&bin));
+    let nm = Command::new("nm").arg(&bin).output().unwrap().stdout;
+    let addr = nm
+        .split(|&b| b == b'\n')
+        .find(|l| l.ends_with(b" T weird\xff"))
+        .map(|l| u64::from_str_radix(std::str::from_utf8(&l[..16]).unwrap(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no weird\\xff in {}", String::from_utf8_lossy(&nm)));
+    // A PIE's code lies at its file offset (checked on .text).
+    let out = Command::new("readelf").arg("-SW").arg(&bin).output().unwrap().stdout;
+    let text = String::from_utf8(out).unwrap();
+    let f: Vec<&str> = text.lines().find(|l| l.contains(" .text ")).unwrap().split(']').nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(f[2].trim_start_matches('0'), f[3].trim_start_matches('0'), "{text}");
+    let line = json!({"type": "t", "stack": [{"module": bin.to_str().unwrap(), "offset": format!("{:#x}", addr + 1)}]});
+    let out = resolve(&[], &line.to_string());
+    assert_eq!((&out["stack"][0]["sym"], &out["stack"][0]["sym_offset"]), (&json!("weird\\xff"), &json!("0x1")), "{out}");
+}
+
 #[test]
 fn non_pie_binary() {
     let dir = TempDir::new("nopie");

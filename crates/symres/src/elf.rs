@@ -214,16 +214,25 @@ impl SymbolTable {
         self.syms.iter().flat_map(|s| [s.addr, s.addr.wrapping_add(s.size)])
     }
 
-    /// The name of a symbol found; "" when it is not valid UTF-8 (or the
-    /// file lied about where it is).
-    pub fn name(&self, s: SymName) -> &str {
+    /// The name of a symbol found, its bytes that are not UTF-8 written by
+    /// our tools' rule (`\xHH`); "" when the file lied about where it is.
+    pub fn name(&self, s: SymName) -> std::borrow::Cow<'_, str> {
         let (src, end): (&[u8], usize) = match s.table {
             0 => (&self.arena, self.arena.len()),
             t => (self.file.as_deref().unwrap_or_default(), self.table_end.get(usize::from(t) - 1).copied().unwrap_or(0)),
         };
         let rest = usize::try_from(s.at).ok().and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME)))).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+        text_of(&rest[..end])
+    }
+}
+
+/// Bytes as text: in place when they are UTF-8, else by our tools' rule
+/// (each bad byte as `\xHH`), which loses nothing.
+pub fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => std::borrow::Cow::Owned(leakd_common::text::bytes_to_string(bytes)),
     }
 }
 

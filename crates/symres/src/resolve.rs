@@ -1034,12 +1034,12 @@ impl Module {
             let name = match self.demangled.get(&i) {
                 Some(n) => n.clone(),
                 None => {
-                    let n: Arc<str> = Arc::from(demangle(self.symbols.name(i)));
+                    let n: Arc<str> = Arc::from(demangle(&self.symbols.name(i)));
                     self.demangled.insert(i, n.clone());
                     n
                 }
             };
-            // A name that is not UTF-8 reads as "": DWARF may name it.
+            // A name the file does not hold reads as "": DWARF may name it.
             res.sym = (!name.is_empty()).then_some(name);
             res.sym_offset = Some(vaddr - start);
         }
@@ -1179,7 +1179,7 @@ pub(crate) fn dwarf_frames(
 
 fn demangle_cached(cache: &mut NameCache, raw: &Reader) -> Arc<str> {
     let bytes = raw.bytes();
-    cache.entry((bytes.as_ptr() as usize, bytes.len())).or_insert_with(|| Arc::from(demangle(&String::from_utf8_lossy(bytes)))).clone()
+    cache.entry((bytes.as_ptr() as usize, bytes.len())).or_insert_with(|| Arc::from(demangle(&elf::text_of(bytes)))).clone()
 }
 
 fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
