@@ -198,6 +198,32 @@ fn non_utf8_symbol_name_written_by_the_rule() {
     assert_eq!((&out["stack"][0]["sym"], &out["stack"][0]["sym_offset"]), (&json!("weird\\xff"), &json!("0x1")), "{out}");
 }
 
+/// A thread that cannot be made (a limit on processes) is an error that
+/// says so, not a panic; -j1 needs none.
+#[test]
+fn threads_that_cannot_start_are_an_error() {
+    let dir = TempDir::new("nproc");
+    let prog = build_prog(&dir, "prog", &[]);
+    let line = run_prog(&prog);
+    let run = |j: &str| {
+        // Over the limit from the start: root is exempt, so run as nobody.
+        let mut cmd = Command::new(if support::is_root() { "setpriv" } else { "prlimit" });
+        if support::is_root() {
+            cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "prlimit"]);
+        }
+        let mut child = cmd.arg("--nproc=1").arg(support::bin("symres")).arg(j).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(line.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, stdout, stderr) = run("-j2");
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
+    assert!(stderr.starts_with("symres: error: cannot start the writing thread (-j1 needs none): "), "{stderr}");
+    let (code, stdout, stderr) = run("-j1");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_prog_frames(&serde_json::from_str::<Value>(&stdout).unwrap()["stack"], &prog);
+}
+
 #[test]
 fn non_pie_binary() {
     let dir = TempDir::new("nopie");

@@ -227,12 +227,18 @@ fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool
             workers.push(Worker { batches, unborn: Some((batch_rx, done_tx)) });
             from_workers.push(done);
         }
-        let writer = scope.spawn(move || {
-            let r = write_batches(from_workers, pool);
-            gone.store(true, Ordering::Relaxed);
-            r
-        });
+        // A thread that cannot be made (a limit on processes) is an error,
+        // not a panic: the output would lack every line after its first.
+        let spawn = std::thread::Builder::new;
+        let writer = spawn()
+            .spawn_scoped(scope, move || {
+                let r = write_batches(from_workers, pool);
+                gone.store(true, Ordering::Relaxed);
+                r
+            })
+            .context("cannot start the writing thread (-j1 needs none)")?;
         let mut sent = 0;
+        let mut unstarted = None;
         let read = read_batches(deadline, pool, |b| {
             if gone.load(Ordering::Relaxed) {
                 return false;
@@ -240,7 +246,10 @@ fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool
             let w = &mut workers[sent % threads];
             if let Some((batches, done)) = w.unborn.take() {
                 let resolver = first.fresh();
-                scope.spawn(move || worker(resolver, batches, done, pool, gone));
+                if let Err(e) = spawn().spawn_scoped(scope, move || worker(resolver, batches, done, pool, gone)) {
+                    unstarted = Some(e);
+                    return false;
+                }
             }
             sent += 1;
             w.batches.send(b).is_ok()
@@ -249,6 +258,9 @@ fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool
         // The writer's error first: reading stops when it is gone (a
         // closed pipe downstream), and says only that.
         let malformed = writer.join().unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
+        if let Some(e) = unstarted {
+            return Err(leakd_common::anyhow!(e).context("cannot start a resolving thread (-j1 needs none)"));
+        }
         read?;
         Ok(malformed)
     })
