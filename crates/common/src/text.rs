@@ -23,6 +23,14 @@ pub fn bytes_to_string(bytes: &[u8]) -> String {
     out
 }
 
+/// `bytes_to_string`, without a copy when the bytes are UTF-8 already.
+pub fn to_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => std::borrow::Cow::Owned(bytes_to_string(bytes)),
+    }
+}
+
 /// The bytes `s` stands for under the rule, when it holds `\xHH` sequences
 /// that the rule writes: those decoded. `None` when `s` stands for its own
 /// bytes (a valid name may hold the characters `\x41`: the rule would have

@@ -223,16 +223,7 @@ impl SymbolTable {
         };
         let rest = usize::try_from(s.at).ok().and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME)))).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        text_of(&rest[..end])
-    }
-}
-
-/// Bytes as text: in place when they are UTF-8, else by our tools' rule
-/// (each bad byte as `\xHH`), which loses nothing.
-pub fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => std::borrow::Cow::Owned(leakd_common::text::bytes_to_string(bytes)),
+        leakd_common::text::to_text(&rest[..end])
     }
 }
 

@@ -65,10 +65,12 @@ impl Resolver {
 
     /// Resolve a file offset in a module, as recorded for a process that may
     /// have exited. `build_id` is the GNU build id in hex ("" or `None` when
-    /// unknown); an invalid one is treated as unknown.
+    /// unknown); an invalid one is treated as unknown. The module is named
+    /// as in a frame (by our tools' non-UTF-8 rule).
     pub fn resolve_module_offset(&mut self, module: &std::path::Path, offset: u64, build_id: Option<&str>) -> Outcome {
         let id = build_id.and_then(|b| resolve::parse_build_id(b).ok().flatten());
-        self.0.resolve_module_offset(module, offset, 0, id.as_deref(), None)
+        let name = leakd_common::text::to_text(module.as_os_str().as_encoded_bytes());
+        self.0.resolve_module_offset(&name, offset, 0, id.as_deref(), None)
     }
 
     /// Resolve an address of a live process through its /proc/PID/maps.

@@ -7,8 +7,6 @@
 
 use std::borrow::Cow;
 use std::hash::Hasher;
-use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -371,19 +369,10 @@ fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
         };
         let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { break };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
-            targets.extend(r.cold_target(&module_path(module), offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
+            targets.extend(r.cold_target(module, offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
         }
     }
     r.warm(targets);
-}
-
-/// The file a frame's `module` names: read back by the rule our tools
-/// write non-UTF-8 names by (each bad byte as `\xHH`).
-fn module_path(module: &str) -> Cow<'_, Path> {
-    match leakd_common::text::string_to_bytes(module) {
-        Some(bytes) => Cow::Owned(PathBuf::from(std::ffi::OsString::from_vec(bytes))),
-        None => Cow::Borrowed(Path::new(module)),
-    }
 }
 
 /// A frame's members, read.
@@ -463,7 +452,7 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, tex
     let mut found_offset = None;
     let outcome: Result<Answer, Reason> = match (addr, &module, offset) {
         (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made),
-        (_, Some(m), Some(off)) => r.answer_module_offset(&module_path(m), off.saturating_sub(back), back, build_id.as_deref(), pid, texts),
+        (_, Some(m), Some(off)) => r.answer_module_offset(m, off.saturating_sub(back), back, build_id.as_deref(), pid, texts),
         (Some(a), _, _) => match pid {
             Some(pid) => {
                 live = true;

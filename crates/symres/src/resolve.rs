@@ -8,11 +8,12 @@
 //! Failures are cached too: a missing file is looked for once, not once per
 //! frame.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write as _;
 
 use rustc_hash::FxHashMap;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -438,13 +439,13 @@ impl Resolver {
     /// namespace (/proc/PID/root).
     /// `back`: the frame is a return address, `back` bytes after the
     /// address looked up (`offset`).
-    pub fn resolve_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
+    pub fn resolve_module_offset(&mut self, module: &str, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
         self.module_offset_with(module, offset, back, build_id, pid, Resolver::lookup_offset)
     }
 
     /// `resolve_module_offset` for a line: from the module's index when it
     /// has one, written to `texts`.
-    pub(crate) fn answer_module_offset(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
+    pub(crate) fn answer_module_offset(&mut self, module: &str, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
         self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
     }
 
@@ -462,7 +463,7 @@ impl Resolver {
     /// and the unit (one that .debug_aranges names). `None` otherwise: the
     /// module has an index, the answer is cached, the unit's context is
     /// made already, or there is no such module, code or DWARF.
-    pub(crate) fn cold_target(&mut self, module: &Path, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Option<ColdTarget> {
+    pub(crate) fn cold_target(&mut self, module: &str, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Option<ColdTarget> {
         let found = self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
             let m = &mut r.modules[id];
             let vaddr = elf::offset_to_vaddr(&m.segments, offset).filter(|&v| elf::is_code(&m.segments, v));
@@ -475,34 +476,33 @@ impl Resolver {
     }
 
     /// The module, then `look` (module, file offset, `back`) for the answer.
+    /// `module` is the name as frames write it, and the key of its cache: a
+    /// hit costs one hash, and only a miss turns it into a path.
     fn module_offset_with<T>(
         &mut self,
-        module: &Path,
+        module: &str,
         offset: u64,
         back: u64,
         build_id: Option<&[u8]>,
         pid: Option<u32>,
         look: impl FnOnce(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>,
     ) -> Result<T, Reason> {
-        let name = module.as_os_str().to_str();
-        if let Some(hit) = name.and_then(|n| self.by_name.get(n)) {
+        if let Some(hit) = self.by_name.get(module) {
             if let Some((_, _, r)) = hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id) {
                 let r = *r;
                 return r.and_then(|id| look(self, id, offset, back));
             }
         }
-        let r = self.module_for_name(module, build_id, pid);
-        if let Some(n) = name {
-            if self.by_name.len() >= MAX_KEYS && !self.by_name.contains_key(n) {
-                self.by_name.clear();
-            }
-            let list = self.by_name.entry(n.to_string()).or_default();
-            // Bounded: many PIDs naming one module are fine, unbounded growth is not.
-            if list.len() >= 64 {
-                list.clear();
-            }
-            list.push((pid, build_id.map(<[u8]>::to_vec), r));
+        let r = self.module_for_name(&module_path(module), build_id, pid);
+        if self.by_name.len() >= MAX_KEYS && !self.by_name.contains_key(module) {
+            self.by_name.clear();
         }
+        let list = self.by_name.entry(module.to_string()).or_default();
+        // Bounded: many PIDs naming one module are fine, unbounded growth is not.
+        if list.len() >= 64 {
+            list.clear();
+        }
+        list.push((pid, build_id.map(<[u8]>::to_vec), r));
         r.and_then(|id| look(self, id, offset, back))
     }
 
@@ -1086,6 +1086,15 @@ pub fn fuzz_elf(data: &[u8]) {
     }
 }
 
+/// The file a frame's `module` names: read back by the rule our tools
+/// write non-UTF-8 names by (each bad byte as `\xHH`).
+fn module_path(module: &str) -> Cow<'_, Path> {
+    match leakd_common::text::string_to_bytes(module) {
+        Some(bytes) => Cow::Owned(PathBuf::from(std::ffi::OsString::from_vec(bytes))),
+        None => Cow::Borrowed(Path::new(module)),
+    }
+}
+
 /// A DWARF unit a line will use for the first time: the file's index, an
 /// address in the unit, and the unit.
 pub(crate) type ColdTarget = (Arc<crate::dwarf::Index>, u64, usize);
@@ -1179,7 +1188,7 @@ pub(crate) fn dwarf_frames(
 
 fn demangle_cached(cache: &mut NameCache, raw: &Reader) -> Arc<str> {
     let bytes = raw.bytes();
-    cache.entry((bytes.as_ptr() as usize, bytes.len())).or_insert_with(|| Arc::from(demangle(&elf::text_of(bytes)))).clone()
+    cache.entry((bytes.as_ptr() as usize, bytes.len())).or_insert_with(|| Arc::from(demangle(&leakd_common::text::to_text(bytes)))).clone()
 }
 
 fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
@@ -1349,7 +1358,7 @@ mod tests {
             // Above any pid_max: no such process, whose failure is kept too.
             assert_eq!(r.resolve_pid_addr(0x4000_0000 + i, 0x1000, 0, None).outcome.err(), Some(Reason::NoProcess));
             let gone = format!("/no/such/dir/{i}");
-            assert_eq!(r.resolve_module_offset(Path::new(&gone), 0x10, 0, Some(&i.to_le_bytes()), Some(me)).err(), Some(Reason::FileMissing));
+            assert_eq!(r.resolve_module_offset(&gone, 0x10, 0, Some(&i.to_le_bytes()), Some(me)).err(), Some(Reason::FileMissing));
             sizes = (sizes.0.max(r.pids.len()), sizes.1.max(r.by_path.len()), sizes.2.max(r.by_name.len()), sizes.3.max(r.by_build_id.len()));
         }
         // Each bound reached, none passed (paths come two per frame: rooted
