@@ -352,9 +352,10 @@ struct PidMaps {
 const MAX_PIDS: usize = 4096;
 
 /// Entries kept in each cache keyed by what the input names (paths, module
-/// names, build ids not installed): a long run meets new ones without end
-/// (a path per process under /proc), and each is cheap to find again (a
-/// file already loaded is found by its identity).
+/// names, build ids not installed, messages said under -v): a long run
+/// meets new ones without end (a path per process under /proc), and each
+/// is cheap to find again (a file already loaded is found by its
+/// identity).
 const MAX_KEYS: usize = 1 << 14;
 
 impl Resolver {
@@ -997,21 +998,19 @@ impl Shared {
     }
 
     /// Whether `msg` is said for the first time, as far as the last
-    /// `MAX_SAID` messages go: a long run under -v meets a message per
+    /// `MAX_KEYS` messages go: a long run under -v meets a message per
     /// process that exits, and keeping them all would grow without bound.
     fn first_time(&self, msg: &str) -> bool {
         let mut said = self.0.said.lock().unwrap_or_else(|e| e.into_inner());
         if said.contains(msg) {
             return false;
         }
-        if said.len() >= MAX_SAID {
+        if said.len() >= MAX_KEYS {
             said.clear();
         }
         said.insert(msg.to_string())
     }
 }
-
-const MAX_SAID: usize = 1 << 14;
 
 /// A module's DWARF lookup structures, set up on first use (or found
 /// among the shared ones).
@@ -1106,16 +1105,15 @@ pub(crate) type ColdTarget = (Arc<crate::dwarf::Index>, u64, usize);
 /// `inlined` its functions), and so only once: the answers that follow find
 /// it ready. Returns how many units were aimed at (0: too few to bother).
 pub(crate) fn warm_units(mut targets: Vec<ColdTarget>, threads: usize, inlined: bool, verbose: u8) -> usize {
-    targets.sort_by_key(|t| (Arc::as_ptr(&t.0), t.2));
+    // Largest first: each thread takes the next unit when it is done, so
+    // the longest parses start at once and the short ones fill in after
+    // (one thread taking the two largest in turn took as long as no
+    // threads at all). A unit's targets end up side by side, to keep one.
+    targets.sort_by_key(|t| (std::cmp::Reverse(t.0.unit_code_bytes(t.2)), Arc::as_ptr(&t.0), t.2));
     targets.dedup_by_key(|t| (Arc::as_ptr(&t.0), t.2));
     if targets.len() < 2 || threads < 2 {
         return 0;
     }
-    // Largest first: each thread takes the next unit when it is done, so
-    // the longest parses start at once and the short ones fill in after
-    // (one thread taking the two largest in turn took as long as no
-    // threads at all).
-    targets.sort_by_key(|t| std::cmp::Reverse(t.0.unit_code_bytes(t.2)));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || {
         while let Some((index, vaddr, _)) = targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
@@ -1376,13 +1374,13 @@ mod tests {
         let shared = Shared::default();
         assert!(shared.first_time("a"));
         assert!(!shared.first_time("a"));
-        for i in 1..MAX_SAID {
+        for i in 1..MAX_KEYS {
             assert!(shared.first_time(&i.to_string()));
         }
         assert!(!shared.first_time("a"));
         assert!(shared.first_time("one too many"));
         assert!(shared.first_time("a"));
-        assert!(shared.0.said.lock().unwrap().len() <= MAX_SAID);
+        assert!(shared.0.said.lock().unwrap().len() <= MAX_KEYS);
     }
 
     /// Units parsed at once on three threads answer as units parsed on
