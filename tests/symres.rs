@@ -189,10 +189,8 @@ fn non_utf8_symbol_name_written_by_the_rule() {
         .map(|l| u64::from_str_radix(std::str::from_utf8(&l[..16]).unwrap(), 16).unwrap())
         .unwrap_or_else(|| panic!("no weird\\xff in {}", String::from_utf8_lossy(&nm)));
     // A PIE's code lies at its file offset (checked on .text).
-    let out = Command::new("readelf").arg("-SW").arg(&bin).output().unwrap().stdout;
-    let text = String::from_utf8(out).unwrap();
-    let f: Vec<&str> = text.lines().find(|l| l.contains(" .text ")).unwrap().split(']').nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(f[2].trim_start_matches('0'), f[3].trim_start_matches('0'), "{text}");
+    let [text_addr, text_off, _] = section_header(&bin, ".text");
+    assert_eq!(text_addr, text_off);
     let line = json!({"type": "t", "stack": [{"module": bin.to_str().unwrap(), "offset": format!("{:#x}", addr + 1)}]});
     let out = resolve(&[], &line.to_string());
     assert_eq!((&out["stack"][0]["sym"], &out["stack"][0]["sym_offset"]), (&json!("weird\\xff"), &json!("0x1")), "{out}");
@@ -728,14 +726,20 @@ fn live_stream_is_not_held_back() {
     assert!(status.success(), "{err}");
 }
 
-/// File offset and size of `bin`'s section `name` (from readelf).
-fn section(bin: &Path, name: &str) -> (u64, u64) {
+/// Address, file offset and size of `bin`'s section `name` (from readelf).
+fn section_header(bin: &Path, name: &str) -> [u64; 3] {
     let out = Command::new("readelf").arg("-SW").arg(bin).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let line = text.lines().find(|l| l.contains(&format!(" {name} "))).unwrap_or_else(|| panic!("no {name} in {text}"));
     // [Nr] Name Type Address Off Size ...: fields after the name.
     let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
-    (u64::from_str_radix(f[3], 16).unwrap(), u64::from_str_radix(f[4], 16).unwrap())
+    [2, 3, 4].map(|i| u64::from_str_radix(f[i], 16).unwrap())
+}
+
+/// File offset and size of `bin`'s section `name`.
+fn section(bin: &Path, name: &str) -> (u64, u64) {
+    let [_, off, size] = section_header(bin, name);
+    (off, size)
 }
 
 #[test]
