@@ -491,6 +491,47 @@ fn deleted_binary_of_live_process_via_map_files() {
     assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
 }
 
+/// A container's binary: its path exists only in the mount namespace of
+/// the process. Module + offset with the line's pid reach it through
+/// /proc/PID/root; live addresses too, through /proc/PID/maps (or through
+/// /proc/PID/map_files, which root can open as well: this test cannot tell
+/// which of the two was taken for them).
+#[test]
+fn binary_of_another_mount_namespace_via_proc_root() {
+    if !support::root_available("mount namespace") {
+        return;
+    }
+    let dir = TempDir::new("mntns");
+    let prog = build_prog(&dir, "prog", &[]);
+    // Empty here; in the namespace, a tmpfs holding the program.
+    let root = dir.path("container");
+    std::fs::create_dir(&root).unwrap();
+    let inside = root.join("prog");
+    let script = r#"mount -t tmpfs none "$1" && cp "$2" "$1/prog" && exec "$1/prog" wait"#;
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
+        .arg(&root)
+        .arg(&prog)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(!line.is_empty(), "the program did not start in its namespace");
+    assert!(!inside.exists(), "{} is visible outside its namespace", inside.display());
+    let out = resolve(&[], &line);
+    // Without the pid, module + offset names a file this namespace lacks.
+    let mut alone: Value = serde_json::from_str(&line).unwrap();
+    alone.as_object_mut().unwrap().remove("pid");
+    alone.as_object_mut().unwrap().remove("live");
+    let without = resolve(&[], &alone.to_string());
+    finish(child);
+    assert_prog_frames(&out["live"]["frames"], &inside);
+    assert_prog_frames(&out["stack"], &inside);
+    assert_eq!(without["stack"][0]["reason"], "file_missing", "{without}");
+}
+
 #[test]
 fn build_id_mismatch_and_match() {
     let dir = TempDir::new("buildid");

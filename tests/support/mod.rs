@@ -8,17 +8,22 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Whether BPF tests can run here. Outside CI a non-root run skips them with a
-/// note; in CI (CI set to anything but "", "0" or "false") a missing
-/// privilege is a failure, never a skip.
+/// Whether BPF tests can run here (see `root_available`).
 pub fn bpf_available() -> bool {
+    root_available("BPF")
+}
+
+/// Whether tests of `what` that need root can run here. Outside CI a
+/// non-root run skips them with a note; in CI (CI set to anything but "",
+/// "0" or "false") a missing privilege is a failure, never a skip.
+pub fn root_available(what: &str) -> bool {
     if is_root() {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false")) {
-        panic!("BPF tests must run as root in CI (CI is set), refusing to skip");
+        panic!("{what} tests must run as root in CI (CI is set), refusing to skip");
     }
-    eprintln!("note: skipping BPF test: not root");
+    eprintln!("note: skipping {what} test: not root");
     false
 }
 
