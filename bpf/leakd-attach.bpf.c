@@ -25,6 +25,8 @@
 #include "alloc.bpf.h"
 #include "leakd-attach.h"
 
+#define EEXIST 17
+
 /* Only blocks whose requested size is within [min_size, max_size] are kept. */
 const volatile __u64 min_size = 0;
 const volatile __u64 max_size = ~0ULL;
@@ -191,7 +193,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 {
 	struct leakd_attach_alloc a = {};
 	struct leakd_attach_stats *s;
-	long id;
+	long id, err;
 
 	/* realloc frees its argument when it succeeds, and glibc's realloc(p, 0)
 	 * frees p and returns NULL. Delete first: the new block may be at the
@@ -224,7 +226,16 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
-	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
+	err = bpf_map_update_elem(&allocs, &addr, &a, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		/* Tracked still, yet malloc hands the address out again: the
+		 * block's free went unseen (freed through a path no probe is on).
+		 * It is not live: count its free, or its stack's allocs - frees
+		 * would no longer be what is outstanding. */
+		untrack(addr);
+		err = bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY);
+	}
+	if (err) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
 		count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, (__u64)-1);
 	}

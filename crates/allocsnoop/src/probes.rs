@@ -294,6 +294,19 @@ pub fn allocator_for_exec(exe: &Path, prefix: &str) -> Result<(PathBuf, &'static
 }
 
 /// Attach the shared entry/return/free programs at every site.
+/// The sites to probe (not aliases) and their programs, in the order they
+/// are attached. Frees first: a block is tracked once its allocator's
+/// return probe is live, and its free must be seen from then on (a free
+/// missed while the other probes attach would leave leakd-attach a block
+/// that was never outstanding). An allocator's entry before its return: a
+/// return probe live before its entry probe would find the calls then in
+/// flight unmatched.
+fn attach_order(sites: &[Site]) -> impl Iterator<Item = (&Site, &'static [&'static str])> {
+    let live = sites.iter().filter(|s| s.alias_of.is_none());
+    let frees = live.clone().filter(|s| is_free(s.op)).map(|s| (s, &["free_enter"][..]));
+    frees.chain(live.filter(|s| !is_free(s.op)).map(|s| (s, &["alloc_enter", "alloc_return"][..])))
+}
+
 pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, verbose: u8, tool: &str) -> Result<()> {
     let scope = match pid.and_then(NonZeroU32::new) {
         Some(p) => UProbeScope::OneProcess(p),
@@ -304,13 +317,11 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, ver
         p.load().map_err(|e| bpf::load_error(prog, e, verbose))?;
     }
     for site in sites {
-        if let Some(alias) = site.alias_of {
-            if verbose > 0 {
-                eprintln!("{tool}: {} is the same function as {}: reported as {}", site.symbol, op_name(alias), op_name(alias));
-            }
-            continue;
+        if let (Some(alias), 1..) = (site.alias_of, verbose) {
+            eprintln!("{tool}: {} is the same function as {}: reported as {}", site.symbol, op_name(alias), op_name(alias));
         }
-        let progs: &[&str] = if is_free(site.op) { &["free_enter"] } else { &["alloc_enter", "alloc_return"] };
+    }
+    for (site, progs) in attach_order(sites) {
         for prog in progs {
             let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
             let point = UProbeAttachPoint {
@@ -336,6 +347,17 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, ver
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frees_attach_first_and_entries_before_returns() {
+        let site = |op: u32, alias_of: Option<u32>| Site { op, symbol: op_name(op).into(), file_offset: 0, probe_offset: 0, why: String::new(), alias_of };
+        let malloc = sys::alloc_op_ALLOC_OP_MALLOC;
+        let memalign = sys::alloc_op_ALLOC_OP_MEMALIGN;
+        let sites = [site(malloc, None), site(OP_FREE, None), site(memalign, None), site(sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC, Some(memalign)), site(OP_MUNMAP, None)];
+        let order: Vec<(u32, &[&str])> = attach_order(&sites).map(|(s, p)| (s.op, p)).collect();
+        let alloc: &[&str] = &["alloc_enter", "alloc_return"];
+        assert_eq!(order, [(OP_FREE, &["free_enter"][..]), (OP_MUNMAP, &["free_enter"][..]), (malloc, alloc), (memalign, alloc)]);
+    }
 
     #[test]
     fn skips_test_to_reach_je() {
