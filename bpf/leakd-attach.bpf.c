@@ -1,4 +1,4 @@
-/* leakd-attach: keep every live heap block in a hash map (address -> size,
+/* leakd-attach: keep every live heap block in a hash map (process and address -> size,
  * time, stack id) instead of streaming events. Frees delete entries, so the
  * map *is* the set of outstanding allocations and user space only has to
  * read it at report time: the cost per call is one map update or delete,
@@ -41,7 +41,7 @@ const volatile __u32 g_table[LEAKD_ATTACH_G_ENTRIES] = {};
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1000000);
-	__type(key, __u64);
+	__type(key, struct leakd_attach_block);
 	__type(value, struct leakd_attach_alloc);
 } allocs SEC(".maps");
 
@@ -169,10 +169,22 @@ static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_
 	return s;
 }
 
+/* The key of the calling process's block at `addr`. */
+static __always_inline struct leakd_attach_block block_key(__u64 addr)
+{
+	struct leakd_attach_block k = {
+		.addr = addr,
+		.pid = bpf_get_current_pid_tgid() >> 32,
+	};
+
+	return k;
+}
+
 /* Forget a tracked block (free, or the old block of a realloc). */
 static __always_inline void untrack(__u64 addr)
 {
-	struct leakd_attach_alloc *found = bpf_map_lookup_elem(&allocs, &addr);
+	struct leakd_attach_block key = block_key(addr);
+	struct leakd_attach_alloc *found = bpf_map_lookup_elem(&allocs, &key);
 	struct leakd_attach_alloc a;
 	struct leakd_attach_stats *s;
 
@@ -181,7 +193,7 @@ static __always_inline void untrack(__u64 addr)
 	a = *found;
 	/* Only the caller whose delete succeeds counts the free (a double free
 	 * racing on two threads must not count twice). */
-	if (bpf_map_delete_elem(&allocs, &addr))
+	if (bpf_map_delete_elem(&allocs, &key))
 		return;
 	s = site_stats(&a);
 	if (s)
@@ -191,6 +203,7 @@ static __always_inline void untrack(__u64 addr)
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed)
 {
+	struct leakd_attach_block key = block_key(addr);
 	struct leakd_attach_alloc a = {};
 	struct leakd_attach_stats *s;
 	long id, err;
@@ -210,7 +223,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	a.ts_ns = bpf_ktime_get_ns();
 	/* In the return probe the instruction pointer is the return address. */
 	a.caller = PT_REGS_IP((struct pt_regs *)ctx);
-	a.pid = bpf_get_current_pid_tgid() >> 32;
+	a.pid = key.pid;
 	/* ...and the user stack walk starts at the caller. */
 	id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 	if (id < 0) {
@@ -226,14 +239,14 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
-	err = bpf_map_update_elem(&allocs, &addr, &a, BPF_NOEXIST);
+	err = bpf_map_update_elem(&allocs, &key, &a, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		/* Tracked still, yet malloc hands the address out again: the
 		 * block's free went unseen (freed through a path no probe is on).
 		 * It is not live: count its free, or its stack's allocs - frees
 		 * would no longer be what is outstanding. */
 		untrack(addr);
-		err = bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY);
+		err = bpf_map_update_elem(&allocs, &key, &a, BPF_ANY);
 	}
 	if (err) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);

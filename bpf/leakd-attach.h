@@ -1,5 +1,5 @@
-/* leakd-attach's kernel/user-space contract: the value kept per live block
- * in the `allocs` hash map (key: the block's address) and the per-site
+/* leakd-attach's kernel/user-space contract: the key and value kept per
+ * live block in the `allocs` hash map and the per-site
  * totals kept in the `sites` hash map. The only definition; Rust mirrors it
  * with bindgen, so only fixed-size integer types here. */
 #ifndef LEAKD_ATTACH_H
@@ -20,6 +20,15 @@
 #define LEAKD_ATTACH_G_STEPS 256
 /* Fixed-point unit of the tables and of the estimated counts (1.0). */
 #define LEAKD_ATTACH_ONE 65536
+
+/* A live block: its address in its process. Addresses repeat between the
+ * processes of a system-wide or --cgroup run, and a block is only ever
+ * freed by its own process. */
+struct leakd_attach_block {
+	__u64 addr;
+	__u32 pid; /* tgid */
+	__u32 pad;
+};
 
 struct leakd_attach_alloc {
 	__u64 size;     /* requested size in bytes */

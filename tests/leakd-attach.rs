@@ -635,6 +635,79 @@ fn block_freed_unseen_counts_as_freed_when_its_address_returns() {
     assert_eq!(code, Some(0), "{lines:?}");
 }
 
+/// Leaks a block, then forks a child that frees its copy of it.
+const FORK_FREE_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(void)
+{
+	char line[16];
+	char *p = malloc(4099);
+	p[0] = 1;
+	pid_t c = fork();
+	if (c == 0) {
+		free(p);
+		_exit(0);
+	}
+	waitpid(c, NULL, 0);
+	printf("done\n");
+	fflush(stdout);
+	while (fgets(line, sizeof line, stdin)) {}
+	return 0;
+}
+"#;
+
+/// Traced by cgroup (every process of it), a forked child freeing its copy
+/// of a block leaves the parent's block outstanding: the same address in
+/// two processes is two blocks.
+#[test]
+fn a_childs_free_leaves_its_parents_block() {
+    if !bpf_available() {
+        return;
+    }
+    let dir = support::build_c("attach-fork", &[("fork.c", FORK_FREE_C)], &[&["cc", "-O0", "-o", "fork", "fork.c"]]);
+    let root = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .map(|f| f[1].to_string())
+        .expect("a cgroup2 mount");
+    let cg = format!("{root}/leakd-attach-fork-{}", std::process::id());
+    std::fs::create_dir(&cg).unwrap();
+    // Only blocks of this size: the shell that execs the program allocates too.
+    let (tool, tool_err) = spawn_attached("leakd-attach", &["--cgroup", &cg, "--min-size", "4099", "--max-size", "4099"]);
+    support::discard(tool_err);
+    let prog = dir.join("fork");
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {}", prog.display())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut done = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut done).unwrap();
+    assert_eq!(done.trim(), "done");
+    support::interrupt(&tool);
+    let (code, stdout) = wait_output(tool);
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir(&cg);
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines = json_lines(&stdout);
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 1, "{lines:?}");
+    assert_eq!(r["outstanding_bytes"], 4099, "{lines:?}");
+    assert_eq!(r["allocs"], 1, "{lines:?}");
+    assert_eq!(r["frees"], 0, "{lines:?}");
+    assert_eq!(stacks.len(), 1, "{lines:?}");
+    assert_eq!(stacks[0]["pid"], child.id(), "{lines:?}");
+    assert_eq!(code, Some(3), "{lines:?}");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     support::assert_usage_errors(

@@ -67,6 +67,9 @@ unsafe impl aya::Pod for sys::leakd_attach_alloc {}
 unsafe impl aya::Pod for sys::leakd_attach_site {}
 // SAFETY: see leakd_attach_site.
 unsafe impl aya::Pod for sys::leakd_attach_stats {}
+// SAFETY: leakd_attach_block is u64 + 2 x u32 (explicit padding field),
+// #[repr(C)] integers only.
+unsafe impl aya::Pod for sys::leakd_attach_block {}
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakd-attach.bpf.o"));
 
@@ -209,7 +212,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let allocsnoop::Tracer { mut ebpf, held, pid } =
         allocsnoop::load_tracer("leakd-attach", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
 
-    let allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc> = bpf::take_map(&mut ebpf, "allocs")?;
+    let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> = bpf::take_map(&mut ebpf, "allocs")?;
     let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> = bpf::take_map(&mut ebpf, "sites")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
@@ -330,7 +333,7 @@ struct Symbolizer {
 }
 
 struct Reporter {
-    allocs: BpfHashMap<MapData, u64, sys::leakd_attach_alloc>,
+    allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc>,
     stacks: StackTraceMap<MapData>,
     sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats>,
     combined: bool,
