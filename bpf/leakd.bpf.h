@@ -100,10 +100,13 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(leakd_exit, struct task_struct *p)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid);
-	__u32 pid = BPF_CORE_READ(p, pid);
 
-	/* Forget a process only when its last thread (the leader) goes. */
-	if (tgid == pid)
+	/* Forget a process only when its last thread goes: the main thread
+	 * may exit first (pthread_exit) and leave the others running, and
+	 * forking. do_exit counts the thread out of signal->live before this
+	 * tracepoint, so the last one reads 0 (two exiting at once may both:
+	 * deleting twice is harmless). */
+	if (BPF_CORE_READ(p, signal, live.counter) == 0)
 		bpf_map_delete_elem(&leakd_tracked, &tgid);
 	return 0;
 }

@@ -318,6 +318,71 @@ fn execveat_is_traced() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The main thread exits first (pthread_exit); another thread then forks
+/// and execs a child.
+const LEADER_EXITS_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Whether the main thread has exited (it stays a zombie thread). */
+static int leader_gone(void)
+{
+	char path[64], stat[256];
+	snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)getpid());
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 1;
+	int n = fread(stat, 1, sizeof stat - 1, f);
+	fclose(f);
+	stat[n > 0 ? n : 0] = 0;
+	char *s = strrchr(stat, ')');
+	return s && (s[2] == 'Z' || s[2] == 'X');
+}
+
+static void *later(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < 5000 && !leader_gone(); i++)
+		usleep(1000);
+	if (!leader_gone())
+		_exit(2);
+	pid_t c = fork();
+	if (c == 0) {
+		execl("/bin/true", "true", "after-leader-exit", (char *)0);
+		_exit(127);
+	}
+	waitpid(c, NULL, 0);
+	return NULL;
+}
+
+int main(void)
+{
+	pthread_t t;
+	pthread_create(&t, NULL, later, NULL);
+	pthread_exit(NULL);
+}
+"#;
+
+/// A launched command whose main thread exits before its other threads is
+/// still followed: the child one of them forks later is traced.
+#[test]
+fn children_followed_after_the_main_thread_exits() {
+    if !bpf_available() {
+        return;
+    }
+    let dir = support::build_c("leader-exits", &[("leader.c", LEADER_EXITS_C)], &[&["gcc", "-pthread", "-o", "leader", "leader.c"]]);
+    let exe = dir.join("leader");
+    let lines = run_launched(&[], &[exe.to_str().unwrap()]);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 2, "{lines:?}");
+    assert_eq!(execs[1]["argv"], json!(["true", "after-leader-exit"]), "{lines:?}");
+    assert_eq!(execs[1]["ppid"], execs[0]["pid"], "{lines:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn uid_filter() {
     if !bpf_available() {
