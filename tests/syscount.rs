@@ -80,6 +80,19 @@ fn launched_command_counts_are_exact() {
     assert!(of_type(&lines, "lost").is_empty());
 }
 
+/// Counting starts at the command's execve: nothing the launcher does
+/// after the release is counted (/bin/true sets no signal handler).
+#[test]
+fn launched_command_counts_start_at_its_exec() {
+    if !bpf_available() {
+        return;
+    }
+    let lines = run(&["-T", "0"], &["/bin/true"]);
+    assert_eq!(one(&lines, "syscall", "execve")["count"], 1, "{lines:?}");
+    assert_eq!(one(&lines, "syscall", "exit_group")["count"], 1, "{lines:?}");
+    assert!(rows(&lines, "syscall", "rt_sigaction").is_empty(), "{lines:?}");
+}
+
 #[test]
 fn syscall_filter_and_top() {
     if !bpf_available() {

@@ -97,6 +97,11 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
                 // gives up, leaving this child stuck forever.
                 libc::close(go_w.as_raw_fd());
                 libc::close(err_r.as_raw_fd());
+                // Rust ignores SIGPIPE; ignored signals survive exec, and the
+                // command should get the default behaviour. Reset before the
+                // release: a tracer counts from there, and this call is not
+                // the command's.
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 let mut b = 0u8;
                 loop {
                     let n = libc::read(go, (&mut b as *mut u8).cast(), 1);
@@ -109,9 +114,6 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
                     // The parent gave up (error before release): never run.
                     libc::_exit(127);
                 }
-                // Rust ignores SIGPIPE; ignored signals survive exec, and the
-                // command should get the default behaviour.
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 libc::execve(c_path.as_ptr(), ptrs.as_ptr(), environ);
                 let errno = *libc::__errno_location();
                 libc::write(err, (&errno as *const i32).cast(), std::mem::size_of::<i32>());
