@@ -117,6 +117,13 @@ struct ProcMaps {
 /// mapped meanwhile is seen at the first miss after that.
 const REREAD_AFTER: Duration = Duration::from_millis(100);
 
+/// Processes whose maps are kept before those that are gone are dropped
+/// (a system-wide stream meets every process that runs).
+const MAX_PROCS: usize = 4096;
+
+/// Files whose build id is kept before the record starts over.
+const MAX_BUILD_IDS: usize = 16384;
+
 impl MapsCache {
     pub fn new() -> Self {
         Self::default()
@@ -124,17 +131,18 @@ impl MapsCache {
 
     fn refresh(&mut self, pid: u32) {
         let now = Instant::now();
+        if !self.procs.contains_key(&pid) && self.procs.len() >= MAX_PROCS {
+            self.procs.retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        }
         match read_maps(pid) {
             Ok(entries) if !entries.is_empty() => {
                 let same = self.procs.get(&pid).is_some_and(|p| p.entries == entries);
                 self.procs.insert(pid, ProcMaps { entries, settled: same.then_some(now) });
             }
-            // Gone (or a zombie, whose maps read empty): keep the last copy.
-            _ => {
-                if let Some(p) = self.procs.get_mut(&pid) {
-                    p.settled = Some(now);
-                }
-            }
+            // Gone (or a zombie, whose maps read empty): keep the last copy,
+            // or remember that there is none, so that the process's next
+            // events do not each try again.
+            _ => self.procs.entry(pid).or_insert_with(|| ProcMaps { entries: Vec::new(), settled: None }).settled = Some(now),
         }
     }
 
@@ -194,6 +202,9 @@ impl MapsCache {
 fn cached_build_id(cache: &mut HashMap<PathBuf, Option<String>>, pid: u32, path: &Path) -> Option<String> {
     if let Some(b) = cache.get(path) {
         return b.clone();
+    }
+    if cache.len() >= MAX_BUILD_IDS {
+        cache.clear();
     }
     let id = read_build_id(&under_root(pid, path)).or_else(|| read_build_id(path));
     cache.insert(path.to_path_buf(), id.clone());
@@ -261,6 +272,25 @@ pub fn read_build_id(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_without_maps_is_remembered_and_gone_ones_make_room() {
+        let mut c = MapsCache::new();
+        // No such process (above any pid_max): a miss is remembered, not
+        // read again at once.
+        let ghost = u32::MAX - 1;
+        assert!(c.lookup(ghost, 0x1000).is_none());
+        assert!(c.procs.get(&ghost).is_some_and(|p| p.entries.is_empty() && p.settled.is_some()));
+        // Full of processes that are gone: they go; this one's are read.
+        let me = std::process::id();
+        for pid in (u32::MAX - MAX_PROCS as u32)..u32::MAX {
+            c.procs.insert(pid, ProcMaps { entries: Vec::new(), settled: None });
+        }
+        assert!(c.procs.len() >= MAX_PROCS);
+        let code = a_process_without_maps_is_remembered_and_gone_ones_make_room as usize as u64;
+        assert!(c.lookup(me, code).is_some_and(|m| m.exec));
+        assert_eq!(c.procs.len(), 1, "only the live process is kept");
+    }
 
     #[test]
     fn parses_paths_with_spaces_deleted_and_anonymous() {
