@@ -287,7 +287,7 @@ mod tests {
             c.procs.insert(pid, ProcMaps { entries: Vec::new(), settled: None });
         }
         assert!(c.procs.len() >= MAX_PROCS);
-        let code = a_process_without_maps_is_remembered_and_gone_ones_make_room as usize as u64;
+        let code = a_process_without_maps_is_remembered_and_gone_ones_make_room as *const () as usize as u64;
         assert!(c.lookup(me, code).is_some_and(|m| m.exec));
         assert_eq!(c.procs.len(), 1, "only the live process is kept");
     }
