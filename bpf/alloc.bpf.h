@@ -154,8 +154,10 @@ int BPF_KRETPROBE(alloc_return)
 		if (failed)
 			addr = 0;
 	} else {
-		/* realloc(p, 0) returns NULL after freeing p: not a failure. */
-		failed = ret == 0 && !(op == ALLOC_OP_REALLOC && p->size == 0 && p->old_addr);
+		/* realloc(p, 0) returns NULL after freeing p, and so does
+		 * reallocarray(p, 0, n) (a realloc): not a failure. */
+		failed = ret == 0 && !((op == ALLOC_OP_REALLOC || op == ALLOC_OP_REALLOCARRAY) &&
+				       p->size == 0 && p->old_addr);
 	}
 	on_alloc(ctx, op, addr, p->old_addr, p->size, p->align, failed);
 	p->sp = 0;

@@ -264,6 +264,39 @@ int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// realloc(p, 0) and reallocarray(p, 0, n) free p and return NULL in
+/// glibc: not failures.
+#[test]
+fn zero_size_realloc_frees_and_is_not_a_failure() {
+    if !bpf_available() {
+        return;
+    }
+    let prog = r#"#include <stdlib.h>
+#include <stdio.h>
+int main(void)
+{
+	void *volatile p = malloc(5555), *volatile q = malloc(6666);
+	void *volatile a = realloc(p, 0), *volatile b = reallocarray(q, 0, 8);
+	return a != NULL || b != NULL;
+}
+"#;
+    let dir = support::build_c("realloc0", &[("prog.c", prog)], &[&["gcc", "-O1", "-fno-builtin", "-o", "prog", "prog.c"]]);
+    let out = Cmd::cargo_bin("allocsnoop").unwrap().arg("--").arg(dir.join("prog")).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let events = of_type(&lines, "alloc");
+    let mallocs: Vec<_> = events.iter().filter(|e| e["op"] == "malloc" && (e["size_bytes"] == 5555 || e["size_bytes"] == 6666)).collect();
+    assert_eq!(mallocs.len(), 2, "{events:?}");
+    for (op, block) in [("realloc", mallocs[0]), ("reallocarray", mallocs[1])] {
+        let e: Vec<_> = events.iter().filter(|e| e["op"] == op).collect();
+        assert_eq!(e.len(), 1, "{events:?}");
+        assert_eq!(e[0]["old_addr"], block["addr"], "{events:?}");
+        assert_eq!(e[0]["addr"], "0x0", "{events:?}");
+        assert!(e[0].get("failed").is_none(), "{op}(p, 0) freed p: {events:?}");
+    }
+}
+
 #[test]
 fn static_binary_is_detected() {
     if !bpf_available() {
