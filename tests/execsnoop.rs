@@ -242,6 +242,17 @@ fn bad_input_is_an_error_not_a_panic() {
             assert!(String::from_utf8_lossy(&out.stderr).contains("process 2 is a kernel thread"));
         }
     }
+    // A thread's ID (this test's own thread, alive meanwhile) names its process.
+    let me = std::process::id();
+    let tid = std::thread::spawn(|| {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-p", &tid.to_string()]).output().unwrap();
+        (tid, out)
+    });
+    let (tid, out) = tid.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("execsnoop: error: {tid} is a thread of process {me}: give the process ID (-p {me})\n"));
     let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--comm", "("]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "bad regex is a usage error");
 }

@@ -63,9 +63,19 @@ impl TargetArgs {
             if is_kernel_thread(pid) {
                 bail!("process {pid} is a kernel thread: it has no user space to trace");
             }
+            // /proc/TID exists too (unlisted), but the tools filter by process.
+            if let Some(tgid) = thread_group(pid).filter(|&t| t != pid) {
+                bail!("{pid} is a thread of process {tgid}: give the process ID (-p {tgid})");
+            }
         }
         self.cgroup.as_deref().map(cgroup_id).transpose()
     }
+}
+
+/// The process (thread group) a thread ID belongs to.
+fn thread_group(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
 /// PF_KTHREAD in the flags field of /proc/PID/stat.
