@@ -120,7 +120,7 @@ fn mixed_every_api_with_exact_sizes() {
     );
     // Alignments as passed.
     for (size, align) in [(640, 64), (1280, 128), (2560, 256)] {
-        assert!(events.iter().any(|e| e["size_bytes"] == size && e["align"] == align), "{size}/{align}");
+        assert!(events.iter().any(|e| e["size_bytes"] == size && e["align_bytes"] == align), "{size}/{align}");
     }
     // What stays live is exactly what the leaker says it leaked.
     let mut live: Vec<u64> = live_blocks(&events).into_values().collect();

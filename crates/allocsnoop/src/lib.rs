@@ -250,7 +250,7 @@ impl Handler for Printer {
             e.op,
             sys::alloc_op_ALLOC_OP_POSIX_MEMALIGN | sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC | sys::alloc_op_ALLOC_OP_MEMALIGN
         ) {
-            v["align"] = json!(e.align);
+            v["align_bytes"] = json!(e.align);
         }
         if e.failed != 0 {
             v["failed"] = json!(true);
