@@ -3,10 +3,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
@@ -91,6 +93,59 @@ fn launched_command_counts_start_at_its_exec() {
     assert_eq!(one(&lines, "syscall", "execve")["count"], 1, "{lines:?}");
     assert_eq!(one(&lines, "syscall", "exit_group")["count"], 1, "{lines:?}");
     assert!(rows(&lines, "syscall", "rt_sigaction").is_empty(), "{lines:?}");
+}
+
+/// A long run over short-lived processes keeps room for new ones: the
+/// rows of a process that has exited are dropped once reported. The
+/// workload runs /bin/true once per line it reads, and gets a line after
+/// each interval marker, so at most two of them are ever in the table; the
+/// twelve of them together would not fit in it.
+#[test]
+fn rows_of_exited_processes_make_room() {
+    if !bpf_available() {
+        return;
+    }
+    let fifo = std::env::temp_dir().join(format!("leakd-syscount-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: path is a valid NUL-terminated string.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let script = format!("exec 3<{}; while read -r _ <&3; do /bin/true; done", fifo.display());
+    let mut tool = Command::new(support::bin("syscount"))
+        .args(["-M", "-T", "0", "-i", "0.1", "--max-rows", "100", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Non-blocking, so that a shell that never comes fails the test instead
+    // of hanging it.
+    let t0 = std::time::Instant::now();
+    let mut feed = loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+            Ok(f) => break Some(f),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && t0.elapsed() < Duration::from_secs(60) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("the workload never opened its FIFO: {e}"),
+        }
+    };
+    let _ = std::fs::remove_file(&fifo);
+    let mut lines = Vec::new();
+    let mut fed = 0;
+    for line in BufReader::new(tool.stdout.take().unwrap()).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let (true, Some(f)) = (v["type"] == "interval", &mut feed) {
+            f.write_all(b"x\n").unwrap();
+            fed += 1;
+            if fed == 12 {
+                // The shell reads the end of its input and exits, and so does syscount.
+                feed = None;
+            }
+        }
+        lines.push(v);
+    }
+    assert!(tool.wait().unwrap().success());
+    assert!(of_type(&lines, "lost").is_empty(), "{lines:?}");
+    let execs: Vec<_> = of_type(&lines, "process_syscall").into_iter().filter(|r| r["syscall"] == "execve" && r["comm"] == "true").collect();
+    assert_eq!(execs.len(), 12, "{lines:?}");
+    assert!(execs.iter().all(|r| r["count"] == 1), "{execs:?}");
 }
 
 #[test]

@@ -110,6 +110,12 @@ pub(crate) struct CountArgs {
     /// Print a human-readable table instead of JSON lines.
     #[arg(long)]
     pub text: bool,
+
+    /// Rows (by process, syscall and error) the kernel keeps at once with -P, -M, -x or
+    /// -e; calls that would need more are reported lost (map_full). The rows of a
+    /// process that has exited are dropped once reported.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rows: u32,
 }
 
 /// Largest errno the kernel returns (its -4095..-1 error convention).
@@ -199,15 +205,11 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         .override_global("filter_syscalls", &g_filter_sys, true)
         .override_global("syscall_wanted", &wanted, true);
     // Maps an option does not use shrink to one entry.
-    if !keyed {
-        loader.map_max_entries("keyed_counts", 1);
-    }
+    loader.map_max_entries("keyed_counts", if keyed { opts.max_rows } else { 1 });
     if !opts.hist {
         loader.map_max_entries("hists", 1);
     }
-    if !grouping.process {
-        loader.map_max_entries("comms", 1);
-    }
+    loader.map_max_entries("comms", if grouping.process { opts.max_rows } else { 1 });
     let mut ebpf = bpf::load(&mut loader, OBJECT)?;
     let verbose = cli.run.verbose;
     let btf = bpf::kernel_btf()?;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
 use serde_json::{json, Map, Value};
 
@@ -219,6 +219,39 @@ impl Reporter {
                 out.line(v)?;
             }
             out.line(&marker)?;
+        }
+        self.forget_exited()
+    }
+
+    /// Drop the rows of processes that have exited, now that their last
+    /// calls are reported: a long run meets a new process at every fork of
+    /// its workload, and the kernel's table would fill up. (Should the PID
+    /// be reused between the read and the delete, the new process's first
+    /// calls would be lost with them.)
+    fn forget_exited(&mut self) -> Result<()> {
+        let Counters::Hash(h) = &mut self.counters else { return Ok(()) };
+        if !self.grouping.process {
+            return Ok(());
+        }
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let gone: Vec<RowKey> = self
+            .prev
+            .keys()
+            .filter(|k| !*alive.entry(k.tgid).or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists()))
+            .copied()
+            .collect();
+        for k in gone {
+            let key = sys::syscount_key { tgid: k.tgid, nr: k.nr, err: k.err };
+            match h.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(leakd_common::Error::new(e).context("dropping the rows of an exited process")),
+            }
+            self.prev.remove(&k);
+        }
+        if let Some(c) = &mut self.comms {
+            for (tgid, _) in alive.into_iter().filter(|(_, a)| !a) {
+                let _ = c.remove(&tgid);
+            }
         }
         Ok(())
     }
