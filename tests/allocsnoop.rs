@@ -404,16 +404,9 @@ fn system_wide_without_pid() {
     // Without -p or a command every process is probed. The test still
     // filters by a cgroup of its own: other tracers running in parallel
     // (other tests) would otherwise trace each other's output work.
-    let root = std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&"cgroup2"))
-        .map(|f| f[1].to_string())
-        .expect("a cgroup2 mount");
-    let cg = format!("{root}/leakd-allocsnoop-{}", std::process::id());
-    std::fs::create_dir(&cg).unwrap();
-    let (tool, _err) = spawn_attached("allocsnoop", &["--cgroup", &cg, "-d", "60"]);
+    let cgroup = support::TestCgroup::new("allocsnoop");
+    let cg = &cgroup.0;
+    let (tool, _err) = spawn_attached("allocsnoop", &["--cgroup", cg, "-d", "60"]);
     let out = Command::new("sh")
         .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {LEAKER} ten-nine")])
         .output()
@@ -421,7 +414,7 @@ fn system_wide_without_pid() {
     let pid = serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stderr).lines().next().unwrap()).unwrap()["pid"].clone();
     support::interrupt(&tool);
     let out = tool.wait_with_output().unwrap();
-    let _ = std::fs::remove_dir(&cg);
+    drop(cgroup);
     assert!(out.status.success());
     let lines = json_lines(&out.stdout);
     let events = of_type(&lines, "alloc");

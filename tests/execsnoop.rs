@@ -409,25 +409,16 @@ fn uid_filter() {
     assert_eq!(execs[0]["uid"], 65534);
 }
 
-/// Where the cgroup v2 hierarchy is mounted.
-fn cgroup2_root() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f.get(2) == Some(&"cgroup2")).map(|f| f[1].to_string())
-}
-
 #[test]
 fn cgroup_filter() {
     if !bpf_available() {
         return;
     }
-    let root = cgroup2_root().expect("a cgroup2 mount");
-    let cg = format!("{root}/leakd-test-{}", std::process::id());
-    std::fs::create_dir(&cg).unwrap();
+    let cgroup = support::TestCgroup::new("execsnoop");
+    let cg = &cgroup.0;
     let script = format!("/bin/true outside; echo $$ > {cg}/cgroup.procs; /bin/true inside");
-    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
-    let lines = run_launched(&["--cgroup", &cg], &["sh", "-c", &script]);
-    // The launched shell has exited, so the cgroup is empty again.
-    let _ = std::fs::remove_dir(&cg);
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cg).unwrap());
+    let lines = run_launched(&["--cgroup", cg], &["sh", "-c", &script]);
     let execs = of_type(&lines, "exec");
     assert_eq!(execs.len(), 1, "{lines:?}");
     assert_eq!(execs[0]["argv"], json!(["/bin/true", "inside"]));

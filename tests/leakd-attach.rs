@@ -110,6 +110,18 @@ fn no_leak_exits_zero() {
     assert_eq!(r["frees"], made, "{lines:?}");
 }
 
+/// Start a test program that prints "ready PID" once set up (killed when
+/// dropped); the rest of its output.
+fn start_ready(mut cmd: Command) -> (KillOnDrop, u32, BufReader<std::process::ChildStdout>) {
+    let mut prog = KillOnDrop(cmd.stdout(Stdio::piped()).spawn().unwrap());
+    let mut out = BufReader::new(prog.0.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    let pid = prog.0.id();
+    assert_eq!(ready.trim(), format!("ready {pid}"));
+    (prog, pid, out)
+}
+
 fn wait_output(mut child: Child) -> (Option<i32>, Vec<u8>) {
     let mut stdout = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
@@ -455,12 +467,7 @@ fn deleted_stack_keeps_its_counts() {
         return;
     }
     let dir = support::build_c("attach-revive", &[("revive.c", REVIVE_C)], &[&["cc", "-O0", "-fno-omit-frame-pointer", "-o", "revive", "revive.c"]]);
-    let mut prog = Command::new(dir.join("revive")).stdout(Stdio::piped()).spawn().unwrap();
-    let mut ready = String::new();
-    BufReader::new(prog.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let prog = KillOnDrop(prog);
-    let pid = prog.0.id();
-    assert_eq!(ready.trim(), format!("ready {pid}"));
+    let (prog, pid, _out) = start_ready(Command::new(dir.join("revive")));
     let pid_s = pid.to_string();
     let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
     support::signal(pid, libc::SIGUSR1);
@@ -523,13 +530,7 @@ fn attached_mid_churn_reports_no_phantom_leaks() {
     }
     let dir = support::build_c("attach-churn", &[("churn.c", CHURN_C)], &[&["cc", "-O1", "-o", "churn", "churn.c"]]);
     for mode in [&[][..], &["--combined"][..]] {
-        let mut prog = Command::new(dir.join("churn")).stdout(Stdio::piped()).spawn().unwrap();
-        let mut out = BufReader::new(prog.stdout.take().unwrap());
-        let mut ready = String::new();
-        out.read_line(&mut ready).unwrap();
-        let prog = KillOnDrop(prog);
-        let pid = prog.0.id();
-        assert_eq!(ready.trim(), format!("ready {pid}"));
+        let (prog, pid, mut out) = start_ready(Command::new(dir.join("churn")));
         let pid_s = pid.to_string();
         let mut args = vec!["-p", &pid_s];
         args.extend_from_slice(mode);
@@ -607,13 +608,11 @@ fn block_freed_unseen_counts_as_freed_when_its_address_returns() {
             &["cc", "-O0", "-o", "prog", "prog.c", "-L.", "-lslot", "-Wl,-rpath,$ORIGIN"],
         ],
     );
-    let mut prog = Command::new(dir.join("prog")).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(prog.stdout.take().unwrap());
-    let mut stdin = prog.stdin.take().unwrap();
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
-    let prog = KillOnDrop(prog);
-    let pid_s = prog.0.id().to_string();
+    let mut cmd = Command::new(dir.join("prog"));
+    cmd.stdin(Stdio::piped());
+    let (mut prog, pid, mut out) = start_ready(cmd);
+    let mut stdin = prog.0.stdin.take().unwrap();
+    let pid_s = pid.to_string();
     let lib = dir.join("libslot.so");
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid_s, "--lib", lib.to_str().unwrap(), "--prefix", "slot_"]);
     support::discard(tool_err);
@@ -669,17 +668,10 @@ fn a_childs_free_leaves_its_parents_block() {
         return;
     }
     let dir = support::build_c("attach-fork", &[("fork.c", FORK_FREE_C)], &[&["cc", "-O0", "-o", "fork", "fork.c"]]);
-    let root = std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&"cgroup2"))
-        .map(|f| f[1].to_string())
-        .expect("a cgroup2 mount");
-    let cg = format!("{root}/leakd-attach-fork-{}", std::process::id());
-    std::fs::create_dir(&cg).unwrap();
+    let cgroup = support::TestCgroup::new("attach-fork");
+    let cg = &cgroup.0;
     // Only blocks of this size: the shell that execs the program allocates too.
-    let (tool, tool_err) = spawn_attached("leakd-attach", &["--cgroup", &cg, "--min-size", "4099", "--max-size", "4099"]);
+    let (tool, tool_err) = spawn_attached("leakd-attach", &["--cgroup", cg, "--min-size", "4099", "--max-size", "4099"]);
     support::discard(tool_err);
     let prog = dir.join("fork");
     let mut child = Command::new("sh")
@@ -695,7 +687,7 @@ fn a_childs_free_leaves_its_parents_block() {
     let (code, stdout) = wait_output(tool);
     drop(child.stdin.take());
     child.wait().unwrap();
-    let _ = std::fs::remove_dir(&cg);
+    drop(cgroup);
     let _ = std::fs::remove_dir_all(&dir);
     let lines = json_lines(&stdout);
     let (r, stacks) = final_report(&lines);

@@ -206,3 +206,28 @@ pub fn build_c(name: &str, files: &[(&str, &str)], cmds: &[&[&str]]) -> std::pat
     }
     dir
 }
+
+/// A cgroup v2 of the test's own (`tag` names it), removed when dropped
+/// (rmdir: the processes moved into it must have exited by then).
+pub struct TestCgroup(pub String);
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .map(|f| f[1].to_string())
+            .expect("a cgroup2 mount");
+        let cg = format!("{root}/leakd-{tag}-{}", std::process::id());
+        std::fs::create_dir(&cg).unwrap_or_else(|e| panic!("creating {cg}: {e}"));
+        TestCgroup(cg)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
