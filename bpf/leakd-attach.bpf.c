@@ -1,5 +1,5 @@
-/* leakd-attach: keep every live heap block in a hash map (process and address -> size,
- * time, stack id) instead of streaming events. Frees delete entries, so the
+/* leakd-attach: keep every live heap block in a hash map ((process, address)
+ * -> size, time, stack id) instead of streaming events. Frees delete entries, so the
  * map *is* the set of outstanding allocations and user space only has to
  * read it at report time: the cost per call is one map update or delete,
  * with nothing crossing to user space. The probe logic (which calls nest,

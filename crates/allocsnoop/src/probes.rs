@@ -293,7 +293,6 @@ pub fn allocator_for_exec(exe: &Path, prefix: &str) -> Result<(PathBuf, &'static
     find_allocator(std::process::id(), prefix)
 }
 
-/// Attach the shared entry/return/free programs at every site.
 /// The sites to probe (not aliases) and their programs, in the order they
 /// are attached. Frees first: a block is tracked once its allocator's
 /// return probe is live, and its free must be seen from then on (a free
@@ -307,6 +306,7 @@ fn attach_order(sites: &[Site]) -> impl Iterator<Item = (&Site, &'static [&'stat
     frees.chain(live.filter(|s| !is_free(s.op)).map(|s| (s, &["alloc_enter", "alloc_return"][..])))
 }
 
+/// Attach the shared entry/return/free programs at every site.
 pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, verbose: u8, tool: &str) -> Result<()> {
     let scope = match pid.and_then(NonZeroU32::new) {
         Some(p) => UProbeScope::OneProcess(p),
