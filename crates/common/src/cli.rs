@@ -57,7 +57,7 @@ impl TargetArgs {
     /// filter on, if any.
     pub fn check(&self) -> Result<Option<u64>> {
         if let Some(pid) = self.pid {
-            if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            if pid == 0 || !crate::procmaps::process_exists(pid) {
                 bail!("no such process: {pid}");
             }
             if is_kernel_thread(pid) {

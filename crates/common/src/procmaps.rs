@@ -96,11 +96,21 @@ pub fn find(entries: &[MapEntry], addr: u64) -> Option<usize> {
     (addr < entries[i].end).then_some(i)
 }
 
+/// Whether process (or thread) `pid` exists: its /proc entry does (a
+/// zombie's too, until it is reaped).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Cached maps of the processes seen in a stream, plus build ids per file.
 #[derive(Default)]
 pub struct MapsCache {
     procs: HashMap<u32, ProcMaps>,
     build_ids: HashMap<PathBuf, Option<String>>,
+    /// How many processes make the next sweep of those that are gone (0:
+    /// MAX_PROCS): twice what a sweep left, so that a system with more
+    /// live processes than that is not swept at each new one.
+    next_sweep: usize,
 }
 
 struct ProcMaps {
@@ -118,7 +128,9 @@ struct ProcMaps {
 const REREAD_AFTER: Duration = Duration::from_millis(100);
 
 /// Processes whose maps are kept before those that are gone are dropped
-/// (a system-wide stream meets every process that runs).
+/// (a system-wide stream meets every process that runs). A gone process's
+/// last copy is kept for its events still queued, which come before those
+/// of thousands of processes after it.
 const MAX_PROCS: usize = 4096;
 
 /// Files whose build id is kept before the record starts over.
@@ -131,8 +143,9 @@ impl MapsCache {
 
     fn refresh(&mut self, pid: u32) {
         let now = Instant::now();
-        if !self.procs.contains_key(&pid) && self.procs.len() >= MAX_PROCS {
-            self.procs.retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        if !self.procs.contains_key(&pid) && self.procs.len() >= self.next_sweep.max(MAX_PROCS) {
+            self.procs.retain(|&pid, _| process_exists(pid));
+            self.next_sweep = 2 * self.procs.len();
         }
         match read_maps(pid) {
             Ok(entries) if !entries.is_empty() => {

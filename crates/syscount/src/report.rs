@@ -5,7 +5,7 @@
 //! an increment that lands during the read is simply part of the next
 //! interval, instead of being wiped by a clear that raced with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
+use leakd_common::procmaps::process_exists;
 use leakd_common::text::c_string;
 use leakd_common::bpf;
 use leakd_common::{Context, Result};
@@ -163,6 +164,9 @@ impl Reporter {
     /// Print the rows of what was counted since the last report, then the
     /// interval marker.
     pub fn report(&mut self, out: &mut Output) -> Result<()> {
+        // Before the read: a process gone by then has made its last call,
+        // so once this report has printed its rows they can go.
+        let gone = self.exited();
         let now = self.read()?;
         let mut rows: Vec<(RowKey, Totals)> = now
             .iter()
@@ -220,27 +224,31 @@ impl Reporter {
             }
             out.line(&marker)?;
         }
-        self.forget_exited()
+        self.forget(&gone)
     }
 
-    /// Drop the rows of processes that have exited, now that their last
-    /// calls are reported: a long run meets a new process at every fork of
-    /// its workload, and the kernel's table would fill up. (Should the PID
-    /// be reused between the read and the delete, the new process's first
-    /// calls would be lost with them.)
-    fn forget_exited(&mut self) -> Result<()> {
-        let Counters::Hash(h) = &mut self.counters else { return Ok(()) };
+    /// The processes of the rows read so far that have exited (with -P or
+    /// -M; none otherwise).
+    fn exited(&self) -> HashSet<u32> {
         if !self.grouping.process {
+            return HashSet::new();
+        }
+        let tgids: HashSet<u32> = self.prev.keys().map(|k| k.tgid).collect();
+        tgids.into_iter().filter(|&t| !process_exists(t)).collect()
+    }
+
+    /// Drop the rows and names of processes `gone` (exited before the last
+    /// read, so all their calls are reported): a long run meets a new
+    /// process at every fork of its workload, and the kernel's table would
+    /// fill up. (A PID reused before the delete would lose its new
+    /// process's first calls with them.)
+    fn forget(&mut self, gone: &HashSet<u32>) -> Result<()> {
+        let Counters::Hash(h) = &mut self.counters else { return Ok(()) };
+        if gone.is_empty() {
             return Ok(());
         }
-        let mut alive: HashMap<u32, bool> = HashMap::new();
-        let gone: Vec<RowKey> = self
-            .prev
-            .keys()
-            .filter(|k| !*alive.entry(k.tgid).or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists()))
-            .copied()
-            .collect();
-        for k in gone {
+        let rows: Vec<RowKey> = self.prev.keys().filter(|k| gone.contains(&k.tgid)).copied().collect();
+        for k in rows {
             let key = sys::syscount_key { tgid: k.tgid, nr: k.nr, err: k.err };
             match h.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -249,8 +257,8 @@ impl Reporter {
             self.prev.remove(&k);
         }
         if let Some(c) = &mut self.comms {
-            for (tgid, _) in alive.into_iter().filter(|(_, a)| !a) {
-                let _ = c.remove(&tgid);
+            for tgid in gone {
+                let _ = c.remove(tgid);
             }
         }
         Ok(())
