@@ -294,16 +294,23 @@ pub fn allocator_for_exec(exe: &Path, prefix: &str) -> Result<(PathBuf, &'static
 }
 
 /// The sites to probe (not aliases) and their programs, in the order they
-/// are attached. Frees first: a block is tracked once its allocator's
-/// return probe is live, and its free must be seen from then on (a free
-/// missed while the other probes attach would leave leakd-attach a block
-/// that was never outstanding). An allocator's entry before its return: a
-/// return probe live before its entry probe would find the calls then in
-/// flight unmatched.
+/// are attached: whatever frees a block before whatever only allocates
+/// one. A block is tracked once its allocator's return probe is live, and
+/// from then on its end must be seen, by free (munmap) or by the realloc
+/// that moves or frees it; one missed while the other probes attach would
+/// leave leakd-attach a block that was never outstanding. An allocator's
+/// entry before its return: a return probe live before its entry probe
+/// would find the calls then in flight unmatched.
 fn attach_order(sites: &[Site]) -> impl Iterator<Item = (&Site, &'static [&'static str])> {
-    let live = sites.iter().filter(|s| s.alias_of.is_none());
-    let frees = live.clone().filter(|s| is_free(s.op)).map(|s| (s, &["free_enter"][..]));
-    frees.chain(live.filter(|s| !is_free(s.op)).map(|s| (s, &["alloc_enter", "alloc_return"][..])))
+    let rank = |s: &&Site| match s.op {
+        op if is_free(op) => 0,
+        sys::alloc_op_ALLOC_OP_REALLOC | sys::alloc_op_ALLOC_OP_REALLOCARRAY => 1,
+        _ => 2,
+    };
+    let mut live: Vec<&Site> = sites.iter().filter(|s| s.alias_of.is_none()).collect();
+    // Stable: within a rank, the sites keep their order.
+    live.sort_by_key(rank);
+    live.into_iter().map(|s| (s, if is_free(s.op) { &["free_enter"][..] } else { &["alloc_enter", "alloc_return"][..] }))
 }
 
 /// Attach the shared entry/return/free programs at every site.
@@ -353,10 +360,22 @@ mod tests {
         let site = |op: u32, alias_of: Option<u32>| Site { op, symbol: op_name(op).into(), file_offset: 0, probe_offset: 0, why: String::new(), alias_of };
         let malloc = sys::alloc_op_ALLOC_OP_MALLOC;
         let memalign = sys::alloc_op_ALLOC_OP_MEMALIGN;
-        let sites = [site(malloc, None), site(OP_FREE, None), site(memalign, None), site(sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC, Some(memalign)), site(OP_MUNMAP, None)];
+        let realloc = sys::alloc_op_ALLOC_OP_REALLOC;
+        let sites = [
+            site(malloc, None),
+            site(realloc, None),
+            site(OP_FREE, None),
+            site(memalign, None),
+            site(sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC, Some(memalign)),
+            site(sys::alloc_op_ALLOC_OP_REALLOCARRAY, None),
+            site(OP_MUNMAP, None),
+        ];
         let order: Vec<(u32, &[&str])> = attach_order(&sites).map(|(s, p)| (s.op, p)).collect();
-        let alloc: &[&str] = &["alloc_enter", "alloc_return"];
-        assert_eq!(order, [(OP_FREE, &["free_enter"][..]), (OP_MUNMAP, &["free_enter"][..]), (malloc, alloc), (memalign, alloc)]);
+        let (free, alloc): (&[&str], &[&str]) = (&["free_enter"], &["alloc_enter", "alloc_return"]);
+        assert_eq!(
+            order,
+            [(OP_FREE, free), (OP_MUNMAP, free), (realloc, alloc), (sys::alloc_op_ALLOC_OP_REALLOCARRAY, alloc), (malloc, alloc), (memalign, alloc)]
+        );
     }
 
     #[test]
