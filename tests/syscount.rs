@@ -83,13 +83,16 @@ fn launched_command_counts_are_exact() {
 }
 
 /// Counting starts at the command's execve: nothing the launcher does
-/// after the release is counted (/bin/true sets no signal handler).
+/// after the release is counted (the command, a C program doing nothing,
+/// sets no signal handler).
 #[test]
 fn launched_command_counts_start_at_its_exec() {
     if !bpf_available() {
         return;
     }
-    let lines = run(&["-T", "0"], &["/bin/true"]);
+    let dir = support::build_c("syscount-nothing", &[("nothing.c", "int main(void) { return 0; }\n")], &[&["gcc", "-o", "nothing", "nothing.c"]]);
+    let lines = run(&["-T", "0"], &[dir.join("nothing").to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(one(&lines, "syscall", "execve")["count"], 1, "{lines:?}");
     assert_eq!(one(&lines, "syscall", "exit_group")["count"], 1, "{lines:?}");
     assert!(rows(&lines, "syscall", "rt_sigaction").is_empty(), "{lines:?}");
