@@ -215,10 +215,14 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 		untrack(old_addr);
 	if (!addr || failed)
 		return;
-	if (size < min_size || size > max_size)
+	if (size < min_size || size > max_size || !sampled(size)) {
+		/* Not kept: a block still tracked at this address had its free
+		 * go unseen (see the insert below), and no insert will find it.
+		 * Only runs that filter pay for the lookup. */
+		if (min_size || max_size != ~0ULL || sample_bytes)
+			untrack(addr);
 		return;
-	if (!sampled(size))
-		return;
+	}
 	a.size = size;
 	a.ts_ns = bpf_ktime_get_ns();
 	/* In the return probe the instruction pointer is the return address. */
