@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use assert_cmd::Command as Cmd;
@@ -113,10 +113,8 @@ fn no_leak_exits_zero() {
 /// Start a test program that prints "ready PID" once set up (killed when
 /// dropped); the rest of its output.
 fn start_ready(mut cmd: Command) -> (KillOnDrop, u32, BufReader<std::process::ChildStdout>) {
-    let mut prog = KillOnDrop(cmd.stdout(Stdio::piped()).spawn().unwrap());
-    let mut out = BufReader::new(prog.0.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
+    let (prog, out, ready) = support::spawn_first_line(&mut cmd);
+    let prog = KillOnDrop(prog);
     let pid = prog.0.id();
     assert_eq!(ready.trim(), format!("ready {pid}"));
     (prog, pid, out)
@@ -624,7 +622,7 @@ fn block_freed_unseen_counts_as_freed_when_its_address_returns() {
     // Sizes of the two blocks, extra options, allocs and frees counted.
     for (sizes, extra, counted) in [(&["64", "64"][..], &[][..], 2), (&["200", "64", "keep"][..], &["--min-size", "100"][..], 1)] {
         let mut cmd = Command::new(dir.join("prog"));
-        cmd.args(sizes).stdin(Stdio::piped());
+        cmd.args(sizes);
         let (mut prog, pid, mut out) = start_ready(cmd);
         let mut stdin = prog.0.stdin.take().unwrap();
         let pid_s = pid.to_string();
@@ -691,14 +689,7 @@ fn a_childs_free_leaves_its_parents_block() {
     let (tool, tool_err) = spawn_attached("leakd-attach", &["--cgroup", cg, "--min-size", "4099", "--max-size", "4099"]);
     support::discard(tool_err);
     let prog = dir.join("fork");
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {}", prog.display())])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut done = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut done).unwrap();
+    let (mut child, _, done) = support::spawn_first_line(Command::new("sh").args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {}", prog.display())]));
     assert_eq!(done.trim(), "done");
     support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);

@@ -435,9 +435,7 @@ fn rust_names_are_demangled_legacy_and_v0() {
 
 /// Start a test program that waits for stdin EOF; its line of output.
 fn start_waiting(prog: &Path) -> (Child, String) {
-    let mut child = Command::new(prog).arg("wait").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (child, _, line) = support::spawn_first_line(Command::new(prog).arg("wait"));
     (child, line)
 }
 
@@ -508,16 +506,9 @@ fn binary_of_another_mount_namespace_via_proc_root() {
     std::fs::create_dir(&root).unwrap();
     let inside = root.join("prog");
     let script = r#"mount -t tmpfs none "$1" && cp "$2" "$1/prog" && exec "$1/prog" wait"#;
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
-        .arg(&root)
-        .arg(&prog)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]).arg(&root).arg(&prog);
+    let (child, _, line) = support::spawn_first_line(&mut unshare);
     assert!(!line.is_empty(), "the program did not start in its namespace");
     assert!(!inside.exists(), "{} is visible outside its namespace", inside.display());
     let out = resolve(&[], &line);

@@ -207,6 +207,17 @@ pub fn build_c(name: &str, files: &[(&str, &str)], cmds: &[&[&str]]) -> std::pat
     dir
 }
 
+/// Start `cmd` with its standard input and output piped, and read the first
+/// line it writes (a test program saying it is set up): the child, the rest
+/// of its output, and that line ("" when it wrote none).
+pub fn spawn_first_line(cmd: &mut Command) -> (Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("reading the child's output");
+    (child, out, line)
+}
+
 /// A cgroup v2 of the test's own (`tag` names it), removed when dropped
 /// (rmdir: the processes moved into it must have exited by then).
 pub struct TestCgroup(pub String);
