@@ -30,9 +30,7 @@ pub fn preflight() -> Result<()> {
 }
 
 fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+    u64::from_str_radix(&crate::procmaps::status_field("self", "CapEff")?, 16).ok()
 }
 
 fn ensure_tracefs() -> Result<()> {

@@ -74,8 +74,7 @@ impl TargetArgs {
 
 /// The process (thread group) a thread ID belongs to.
 fn thread_group(tid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
+    crate::procmaps::status_field(&tid.to_string(), "Tgid")?.parse().ok()
 }
 
 /// PF_KTHREAD in the flags field of /proc/PID/stat.

@@ -96,6 +96,14 @@ pub fn find(entries: &[MapEntry], addr: u64) -> Option<usize> {
     (addr < entries[i].end).then_some(i)
 }
 
+/// Field `name` of /proc/`pid`/status (`pid` a number or "self"), its
+/// value trimmed.
+pub fn status_field(pid: &str, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    Some(value.trim().to_string())
+}
+
 /// Whether process (or thread) `pid` exists: its /proc entry does (a
 /// zombie's too, until it is reaped).
 pub fn process_exists(pid: u32) -> bool {
