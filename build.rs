@@ -15,7 +15,11 @@ fn main() {
     let profile_dir = out.ancestors().nth(3).map(PathBuf::from);
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     for (name, flags, env_name) in [
-        ("leaker", &["-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"][..], "LEAKER_FP"),
+        (
+            "leaker",
+            &["-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"][..],
+            "LEAKER_FP",
+        ),
         ("leaker-nofp", &["-O2", "-fomit-frame-pointer"][..], "LEAKER_NOFP"),
     ] {
         let bin = out.join(name);

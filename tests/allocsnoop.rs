@@ -11,7 +11,14 @@ use serde_json::Value;
 use support::{bpf_available, json_lines, of_type, spawn_attached, LEAKER, LEAKER_NOFP};
 
 fn launched(args: &[&str], leaker: &str, scenario: &[&str]) -> (Vec<Value>, Value) {
-    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(args).arg("--").arg(leaker).args(scenario).output().unwrap();
+    let out = Cmd::cargo_bin("allocsnoop")
+        .unwrap()
+        .args(args)
+        .arg("--")
+        .arg(leaker)
+        .args(scenario)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "allocsnoop failed: {}", String::from_utf8_lossy(&out.stderr));
     (json_lines(&out.stdout), support::leaker_summary(&out.stderr))
 }
@@ -51,7 +58,10 @@ fn live_blocks(events: &[&Value]) -> HashMap<u64, u64> {
 
 fn assert_ten_nine(lines: &[Value]) {
     let events = of_type(lines, "alloc");
-    assert!(events.iter().all(|e| e["comm"] != "allocsnoop"), "launcher allocated between fork and exec");
+    assert!(
+        events.iter().all(|e| e["comm"] != "allocsnoop"),
+        "launcher allocated between fork and exec"
+    );
     let mallocs: Vec<_> = events.iter().filter(|e| e["op"] == "malloc").collect();
     let frees: Vec<_> = events.iter().filter(|e| e["op"] == "free").collect();
     assert_eq!(mallocs.len(), 10, "{events:?}");
@@ -111,8 +121,21 @@ fn mixed_every_api_with_exact_sizes() {
     let calls = &sum["calls"];
     let all_calls: u64 = calls.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(events.len() as u64, all_calls, "no event beyond the leaker's calls: {by_op:?}");
-    for op in ["malloc", "calloc", "realloc", "reallocarray", "posix_memalign", "valloc", "pvalloc", "free"] {
-        assert_eq!(by_op.get(op).copied().unwrap_or(0), calls[op].as_u64().unwrap(), "{op}: {by_op:?}");
+    for op in [
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "posix_memalign",
+        "valloc",
+        "pvalloc",
+        "free",
+    ] {
+        assert_eq!(
+            by_op.get(op).copied().unwrap_or(0),
+            calls[op].as_u64().unwrap(),
+            "{op}: {by_op:?}"
+        );
     }
     assert_eq!(
         by_op.get("memalign").copied().unwrap_or(0),
@@ -120,12 +143,20 @@ fn mixed_every_api_with_exact_sizes() {
     );
     // Alignments as passed.
     for (size, align) in [(640, 64), (1280, 128), (2560, 256)] {
-        assert!(events.iter().any(|e| e["size_bytes"] == size && e["align_bytes"] == align), "{size}/{align}");
+        assert!(
+            events.iter().any(|e| e["size_bytes"] == size && e["align_bytes"] == align),
+            "{size}/{align}"
+        );
     }
     // What stays live is exactly what the leaker says it leaked.
     let mut live: Vec<u64> = live_blocks(&events).into_values().collect();
     live.sort();
-    let mut leaked: Vec<u64> = sum["leaks"].as_array().unwrap().iter().map(|l| l["size_bytes"].as_u64().unwrap()).collect();
+    let mut leaked: Vec<u64> = sum["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size_bytes"].as_u64().unwrap())
+        .collect();
     leaked.sort();
     assert_eq!(live, leaked);
 }
@@ -136,12 +167,16 @@ fn size_and_op_filters() {
         return;
     }
     let (lines, _) = launched(&["--min-size", "1000", "--max-size", "1010"], LEAKER, &["mixed"]);
-    let allocs: Vec<_> = of_type(&lines, "alloc").into_iter().filter(|e| e["op"] != "free").collect();
+    let allocs: Vec<_> =
+        of_type(&lines, "alloc").into_iter().filter(|e| e["op"] != "free").collect();
     // The matched blocks of sizes 1001..=1008 in leaker.c's mixed scenario.
     let mut sizes: Vec<u64> = allocs.iter().map(|e| e["size_bytes"].as_u64().unwrap()).collect();
     sizes.sort();
     assert_eq!(sizes, (1001..=1008).collect::<Vec<u64>>());
-    assert!(allocs.iter().all(|e| (1000..=1010).contains(&e["size_bytes"].as_u64().unwrap())), "{allocs:?}");
+    assert!(
+        allocs.iter().all(|e| (1000..=1010).contains(&e["size_bytes"].as_u64().unwrap())),
+        "{allocs:?}"
+    );
     let (lines, _) = launched(&["--op", "free"], LEAKER, &["ten-nine"]);
     let events = of_type(&lines, "alloc");
     assert_eq!(events.len(), 9);
@@ -181,7 +216,10 @@ fn stack_first_frame_is_the_calling_function_without_frame_pointers() {
         for e in &events {
             let f0 = &e["stack"][0];
             let module = f0["module"].as_str().unwrap_or_else(|| panic!("no module: {e}"));
-            assert_eq!(std::fs::canonicalize(module).unwrap(), std::fs::canonicalize(leaker).unwrap());
+            assert_eq!(
+                std::fs::canonicalize(module).unwrap(),
+                std::fs::canonicalize(leaker).unwrap()
+            );
             assert_eq!(f0["build_id"].as_str().map(str::len), Some(40));
             let func = function_at(module, hexnum(&f0["offset"]));
             let want = if e["op"] == "malloc" { "leak_ten_nine_alloc" } else { "ten_nine_free" };
@@ -199,7 +237,8 @@ fn free_is_probed_past_its_first_instruction() {
     if !bpf_available() {
         return;
     }
-    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--", LEAKER, "none"]).output().unwrap();
+    let out =
+        Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--", LEAKER, "none"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err.lines().find(|l| l.contains("probe free+")).unwrap_or_else(|| panic!("{err}"));
     assert!(!line.contains("probe free+0 "), "free probed at offset 0: {line}");
@@ -217,11 +256,20 @@ fn errors_are_clear() {
     assert_eq!(out.status.code(), Some(2), "bad usage");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'bogus' for '--op"));
     if bpf_available() {
-        let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--lib", "/nonexistent.so", "-p", "1"]).output().unwrap();
+        let out = Cmd::cargo_bin("allocsnoop")
+            .unwrap()
+            .args(["--lib", "/nonexistent.so", "-p", "1"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
         // A device would be read forever, a FIFO would block: refused.
-        let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--lib", "/dev/zero", "-p", "1"]).timeout(Duration::from_secs(20)).output().unwrap();
+        let out = Cmd::cargo_bin("allocsnoop")
+            .unwrap()
+            .args(["--lib", "/dev/zero", "-p", "1"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/zero: not a regular file"));
     }
@@ -244,13 +292,24 @@ int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242
     let dir = support::build_c(
         "xxalloc",
         &[("xx.c", lib), ("prog.c", prog)],
-        &[&["gcc", "-O1", "-shared", "-fPIC", "-o", "libxx.so", "xx.c"], &["gcc", "-O1", "-o", "prog", "prog.c", "-L.", "-lxx", "-Wl,-rpath,$ORIGIN"]],
+        &[
+            &["gcc", "-O1", "-shared", "-fPIC", "-o", "libxx.so", "xx.c"],
+            &["gcc", "-O1", "-o", "prog", "prog.c", "-L.", "-lxx", "-Wl,-rpath,$ORIGIN"],
+        ],
     );
     let lib_path = dir.join("libxx.so");
     let (lines, _) = {
         let out = Cmd::cargo_bin("allocsnoop")
             .unwrap()
-            .args(["--lib", lib_path.to_str().unwrap(), "--prefix", "xx_", "--op", "malloc,free", "--"])
+            .args([
+                "--lib",
+                lib_path.to_str().unwrap(),
+                "--prefix",
+                "xx_",
+                "--op",
+                "malloc,free",
+                "--",
+            ])
             .arg(dir.join("prog"))
             .output()
             .unwrap();
@@ -258,7 +317,11 @@ int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242
         (json_lines(&out.stdout), ())
     };
     let events = of_type(&lines, "alloc");
-    assert_eq!(events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 4242).count(), 5, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 4242).count(),
+        5,
+        "{events:?}"
+    );
     assert_eq!(events.iter().filter(|e| e["op"] == "free").count(), 4, "{events:?}");
     assert_eq!(events.len(), 9);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -280,13 +343,21 @@ int main(void)
 	return a != NULL || b != NULL;
 }
 "#;
-    let dir = support::build_c("realloc0", &[("prog.c", prog)], &[&["gcc", "-O1", "-fno-builtin", "-o", "prog", "prog.c"]]);
-    let out = Cmd::cargo_bin("allocsnoop").unwrap().arg("--").arg(dir.join("prog")).output().unwrap();
+    let dir = support::build_c(
+        "realloc0",
+        &[("prog.c", prog)],
+        &[&["gcc", "-O1", "-fno-builtin", "-o", "prog", "prog.c"]],
+    );
+    let out =
+        Cmd::cargo_bin("allocsnoop").unwrap().arg("--").arg(dir.join("prog")).output().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
     let events = of_type(&lines, "alloc");
-    let mallocs: Vec<_> = events.iter().filter(|e| e["op"] == "malloc" && (e["size_bytes"] == 5555 || e["size_bytes"] == 6666)).collect();
+    let mallocs: Vec<_> = events
+        .iter()
+        .filter(|e| e["op"] == "malloc" && (e["size_bytes"] == 5555 || e["size_bytes"] == 6666))
+        .collect();
     assert_eq!(mallocs.len(), 2, "{events:?}");
     for (op, block) in [("realloc", mallocs[0]), ("reallocarray", mallocs[1])] {
         let e: Vec<_> = events.iter().filter(|e| e["op"] == op).collect();
@@ -305,21 +376,35 @@ fn static_binary_is_detected() {
     let prog = r#"#include <stdlib.h>
 int main(void) { for (int i = 0; i < 3; i++) { void *volatile p = malloc(3333); free(p); } return 0; }
 "#;
-    let dir = support::build_c("static", &[("prog.c", prog)], &[&["gcc", "-O1", "-fno-builtin", "-static", "-o", "prog", "prog.c"]]);
-    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--"]).arg(dir.join("prog")).output().unwrap();
+    let dir = support::build_c(
+        "static",
+        &[("prog.c", prog)],
+        &[&["gcc", "-O1", "-fno-builtin", "-static", "-o", "prog", "prog.c"]],
+    );
+    let out = Cmd::cargo_bin("allocsnoop")
+        .unwrap()
+        .args(["-v", "--"])
+        .arg(dir.join("prog"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("(static)"), "{err}");
     let lines = json_lines(&out.stdout);
     let events = of_type(&lines, "alloc");
-    assert_eq!(events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 3333).count(), 3, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| e["op"] == "malloc" && e["size_bytes"] == 3333).count(),
+        3,
+        "{events:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Line number (1-based) of the first line of leaker.c containing `needle`
 /// after the line containing `after`.
 fn leaker_line(after: &str, needle: &str) -> u64 {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/leaker/leaker.c")).unwrap();
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/leaker/leaker.c")).unwrap();
     let start = src.lines().position(|l| l.contains(after)).unwrap();
     (src.lines().skip(start).position(|l| l.contains(needle)).unwrap() + start + 1) as u64
 }
@@ -363,8 +448,12 @@ fn jemalloc_in_a_running_process_is_detected() {
         .map(|d| d.path().join("libjemalloc.so.2"))
         .find(|p| p.exists())
         .expect("libjemalloc.so.2 (installed by scripts/setup)");
-    let (leaker, pid, _err) = support::start_leaker_env(&["ten-nine", "--wait-signal"], &[("LD_PRELOAD", jemalloc.as_os_str())]);
-    let (tool, _tool_err, log) = support::spawn_attached_with_log("allocsnoop", &["-p", &pid.to_string()]);
+    let (leaker, pid, _err) = support::start_leaker_env(
+        &["ten-nine", "--wait-signal"],
+        &[("LD_PRELOAD", jemalloc.as_os_str())],
+    );
+    let (tool, _tool_err, log) =
+        support::spawn_attached_with_log("allocsnoop", &["-p", &pid.to_string()]);
     assert!(log.contains("(jemalloc)"), "{log}");
     release_ten_nine(leaker, pid, tool);
 }
@@ -383,12 +472,21 @@ int main(void) {
     return 0;
 }
 "#;
-    let dir = support::build_c("mmap", &[("prog.c", prog)], &[&["gcc", "-O1", "-o", "prog", "prog.c"]]);
-    let out = Cmd::cargo_bin("allocsnoop").unwrap().args(["--op", "mmap,munmap", "--"]).arg(dir.join("prog")).output().unwrap();
+    let dir =
+        support::build_c("mmap", &[("prog.c", prog)], &[&["gcc", "-O1", "-o", "prog", "prog.c"]]);
+    let out = Cmd::cargo_bin("allocsnoop")
+        .unwrap()
+        .args(["--op", "mmap,munmap", "--"])
+        .arg(dir.join("prog"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
     let events = of_type(&lines, "alloc");
-    let ops: Vec<(&str, u64)> = events.iter().map(|e| (e["op"].as_str().unwrap(), e["size_bytes"].as_u64().unwrap())).collect();
+    let ops: Vec<(&str, u64)> = events
+        .iter()
+        .map(|e| (e["op"].as_str().unwrap(), e["size_bytes"].as_u64().unwrap()))
+        .collect();
     assert_eq!(ops, vec![("mmap", 12288), ("munmap", 4096), ("munmap", 8192)], "{events:?}");
     let base = hexnum(&events[0]["addr"]);
     assert_eq!(hexnum(&events[1]["addr"]), base);
@@ -411,7 +509,10 @@ fn system_wide_without_pid() {
         .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {LEAKER} ten-nine")])
         .output()
         .unwrap();
-    let pid = serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stderr).lines().next().unwrap()).unwrap()["pid"].clone();
+    let pid =
+        serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stderr).lines().next().unwrap())
+            .unwrap()["pid"]
+            .clone();
     support::interrupt(&tool);
     let out = tool.wait_with_output().unwrap();
     drop(cgroup);

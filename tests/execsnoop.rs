@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command as Cmd;
 use serde_json::{json, Value};
-use support::{bpf_available, bin, json_lines, of_type, spawn_attached};
+use support::{bin, bpf_available, json_lines, of_type, spawn_attached};
 
 fn run_launched(extra: &[&str], cmd: &[&str]) -> Vec<Value> {
-    let out = Cmd::cargo_bin("execsnoop").unwrap().args(extra).arg("--").args(cmd).output().unwrap();
+    let out =
+        Cmd::cargo_bin("execsnoop").unwrap().args(extra).arg("--").args(cmd).output().unwrap();
     assert!(out.status.success(), "execsnoop failed: {}", String::from_utf8_lossy(&out.stderr));
     json_lines(&out.stdout)
 }
@@ -71,7 +72,10 @@ fn missing_file_reports_enoent() {
     assert_eq!(failed[0]["filename"], "/nonexistent/leakd-test");
     assert_eq!(failed[0]["argv"], json!(["/nonexistent/leakd-test", "x"]));
     // --failed keeps only that one.
-    let lines = run_launched(&["--failed"], &["sh", "-c", "/nonexistent/leakd-test y 2>/dev/null; /bin/true; exit 0"]);
+    let lines = run_launched(
+        &["--failed"],
+        &["sh", "-c", "/nonexistent/leakd-test y 2>/dev/null; /bin/true; exit 0"],
+    );
     let execs = of_type(&lines, "exec");
     assert_eq!(execs.len(), 1, "{lines:?}");
     assert_eq!(execs[0]["argv"], json!(["/nonexistent/leakd-test", "y"]));
@@ -209,7 +213,8 @@ fn non_root_gets_a_clear_error() {
     let as_user = |args: &[&str]| {
         let mut cmd = if support::is_root() {
             let mut c = Cmd::new("setpriv");
-            c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(bin("execsnoop"));
+            c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(bin("execsnoop"));
             c
         } else {
             Cmd::new(bin("execsnoop"))
@@ -230,14 +235,22 @@ fn non_root_gets_a_clear_error() {
 fn bad_input_is_an_error_not_a_panic() {
     let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-p", "4000000000"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "execsnoop: error: no such process: 4000000000\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "execsnoop: error: no such process: 4000000000\n"
+    );
     if bpf_available() {
-        let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--", "no-such-command-leakd"]).output().unwrap();
+        let out = Cmd::cargo_bin("execsnoop")
+            .unwrap()
+            .args(["--", "no-such-command-leakd"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
         // kthreadd (pid 2, outside PID namespaces) has no user space.
         if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
-            let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-p", "2", "-d", "1"]).output().unwrap();
+            let out =
+                Cmd::cargo_bin("execsnoop").unwrap().args(["-p", "2", "-d", "1"]).output().unwrap();
             assert_eq!(out.status.code(), Some(1));
             assert!(String::from_utf8_lossy(&out.stderr).contains("process 2 is a kernel thread"));
         }
@@ -247,12 +260,18 @@ fn bad_input_is_an_error_not_a_panic() {
     let tid = std::thread::spawn(|| {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
-        let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-p", &tid.to_string()]).output().unwrap();
+        let out =
+            Cmd::cargo_bin("execsnoop").unwrap().args(["-p", &tid.to_string()]).output().unwrap();
         (tid, out)
     });
     let (tid, out) = tid.join().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("execsnoop: error: {tid} is a thread of process {me}: give the process ID (-p {me})\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "execsnoop: error: {tid} is a thread of process {me}: give the process ID (-p {me})\n"
+        )
+    );
     let out = Cmd::cargo_bin("execsnoop").unwrap().args(["--comm", "("]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "bad regex is a usage error");
 }
@@ -270,7 +289,11 @@ fn sigint_and_duration_end_cleanly() {
     support::signal(tool.id(), libc::SIGHUP);
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "SIGHUP (a closed terminal) ends the run cleanly");
-    let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-d", "0.5", "--comm", "^leakd-no-such$"]).output().unwrap();
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .args(["-d", "0.5", "--comm", "^leakd-no-such$"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "--duration: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty());
 }
@@ -281,11 +304,18 @@ fn launched_command_is_stopped_when_the_run_ends_first() {
         return;
     }
     let start = Instant::now();
-    let out = Cmd::cargo_bin("execsnoop").unwrap().args(["-d", "1", "--", "sh", "-c", "exec sleep 60"]).output().unwrap();
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .args(["-d", "1", "--", "sh", "-c", "exec sleep 60"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(start.elapsed() < Duration::from_secs(30), "execsnoop waited for its command");
     let lines = json_lines(&out.stdout);
-    let sleep = of_type(&lines, "exec").into_iter().find(|e| e["comm"] == "sleep").unwrap_or_else(|| panic!("{lines:?}"));
+    let sleep = of_type(&lines, "exec")
+        .into_iter()
+        .find(|e| e["comm"] == "sleep")
+        .unwrap_or_else(|| panic!("{lines:?}"));
     let pid = sleep["pid"].as_u64().unwrap();
     // SIGTERM ends it; its parent (execsnoop) is gone, so it is reaped by
     // init, or seen as a zombie until then.
@@ -293,8 +323,17 @@ fn launched_command_is_stopped_when_the_run_ends_first() {
     loop {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => break,
-            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => break,
-            Ok(stat) => assert!(Instant::now() < deadline, "the launched command still runs: {stat}"),
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z')) =>
+            {
+                break
+            }
+            Ok(stat) => {
+                assert!(Instant::now() < deadline, "the launched command still runs: {stat}")
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -318,7 +357,11 @@ fn execveat_is_traced() {
     if !bpf_available() {
         return;
     }
-    let dir = support::build_c("execveat", &[("execveat.c", EXECVEAT_C)], &[&["gcc", "-o", "execveat", "execveat.c"]]);
+    let dir = support::build_c(
+        "execveat",
+        &[("execveat.c", EXECVEAT_C)],
+        &[&["gcc", "-o", "execveat", "execveat.c"]],
+    );
     let exe = dir.join("execveat");
     let lines = run_launched(&[], &[exe.to_str().unwrap()]);
     let execs = of_type(&lines, "exec");
@@ -384,7 +427,11 @@ fn children_followed_after_the_main_thread_exits() {
     if !bpf_available() {
         return;
     }
-    let dir = support::build_c("leader-exits", &[("leader.c", LEADER_EXITS_C)], &[&["gcc", "-pthread", "-o", "leader", "leader.c"]]);
+    let dir = support::build_c(
+        "leader-exits",
+        &[("leader.c", LEADER_EXITS_C)],
+        &[&["gcc", "-pthread", "-o", "leader", "leader.c"]],
+    );
     let exe = dir.join("leader");
     let lines = run_launched(&[], &[exe.to_str().unwrap()]);
     let execs = of_type(&lines, "exec");

@@ -13,10 +13,20 @@ use std::time::Duration;
 
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
-use support::{bpf_available, json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER, LEAKER_NOFP};
+use support::{
+    bpf_available, json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER,
+    LEAKER_NOFP,
+};
 
 fn launched(args: &[&str], cmd: &[&str]) -> Output {
-    Cmd::cargo_bin("leakd-attach").unwrap().args(args).arg("--").args(cmd).timeout(Duration::from_secs(60)).output().unwrap()
+    Cmd::cargo_bin("leakd-attach")
+        .unwrap()
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap()
 }
 
 /// The report marker lines, and the stack lines of the final report.
@@ -34,7 +44,11 @@ fn function_at(module: &str, offset: &str) -> Option<String> {
     // A return address points after the call: look up the call itself. For
     // the leaker (a PIE whose text is mapped at its file offset) the file
     // offset is the address addr2line wants.
-    let out = Command::new("addr2line").args(["-f", "-i", "-e", module]).arg(format!("{:#x}", off - 1)).output().ok()?;
+    let out = Command::new("addr2line")
+        .args(["-f", "-i", "-e", module])
+        .arg(format!("{:#x}", off - 1))
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -50,7 +64,12 @@ fn check_ten_nine_with(leaker: &str, args: &[&str]) -> Value {
     // so frames resolve to modules even on a loaded machine (a command that
     // exits before its maps are read has bare-address frames).
     let out = launched(args, &[leaker, "ten-nine", "--linger", "0.3"]);
-    assert_eq!(out.status.code(), Some(3), "leaks found => exit 3; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "leaks found => exit 3; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out.stdout);
     let (r, stacks) = final_report(&lines);
     assert_eq!(r["outstanding_count"], 1, "{lines:?}");
@@ -65,9 +84,11 @@ fn check_ten_nine_with(leaker: &str, args: &[&str]) -> Value {
     assert_eq!(s["allocs"], 10, "{s}");
     assert_eq!(s["frees"], 9, "{s}");
     let frame = &s["stack"][0];
-    let module = frame["module"].as_str().unwrap_or_else(|| panic!("first frame has a module: {s}"));
+    let module =
+        frame["module"].as_str().unwrap_or_else(|| panic!("first frame has a module: {s}"));
     assert_eq!(std::fs::canonicalize(module).unwrap(), std::fs::canonicalize(leaker).unwrap());
-    let func = function_at(module, frame["offset"].as_str().unwrap()).expect("addr2line (binutils) names the first frame");
+    let func = function_at(module, frame["offset"].as_str().unwrap())
+        .expect("addr2line (binutils) names the first frame");
     assert!(func.contains("leak_ten_nine_alloc"), "first frame is in leak_ten_nine_alloc: {func}");
     s.clone()
 }
@@ -105,7 +126,14 @@ fn no_leak_exits_zero() {
     // Nothing left, yet every block was seen: one per allocating call but
     // realloc(p, 0), which only frees (libc allocates nothing else here).
     let calls = &support::leaker_summary(&out.stderr)["calls"];
-    let made = calls.as_object().unwrap().iter().filter(|(k, _)| *k != "free").map(|(_, v)| v.as_u64().unwrap()).sum::<u64>() - 1;
+    let made = calls
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "free")
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum::<u64>()
+        - 1;
     assert_eq!(r["allocs"], made, "{lines:?}");
     assert_eq!(r["frees"], made, "{lines:?}");
 }
@@ -167,9 +195,16 @@ fn mixed_matches_leaker_summary() {
     // One stack per leaking function, each with its own block: sites are
     // not merged (the totals alone would not show it).
     let leaks = summary["leaks"].as_array().unwrap();
-    let mut want: Vec<(u64, u64)> = leaks.iter().map(|l| (l["count"].as_u64().unwrap(), l["size_bytes"].as_u64().unwrap())).collect();
-    let mut got: Vec<(u64, u64)> =
-        stacks.iter().map(|s| (s["outstanding_count"].as_u64().unwrap(), s["outstanding_bytes"].as_u64().unwrap())).collect();
+    let mut want: Vec<(u64, u64)> = leaks
+        .iter()
+        .map(|l| (l["count"].as_u64().unwrap(), l["size_bytes"].as_u64().unwrap()))
+        .collect();
+    let mut got: Vec<(u64, u64)> = stacks
+        .iter()
+        .map(|s| {
+            (s["outstanding_count"].as_u64().unwrap(), s["outstanding_bytes"].as_u64().unwrap())
+        })
+        .collect();
     want.sort();
     got.sort();
     assert_eq!(got, want, "{lines:?}\n{summary}");
@@ -183,7 +218,12 @@ fn older_than_leaves_out_young_blocks() {
     // The leaked block is about 0.3 s old when the leaker exits.
     for (older_than, count, code) in [("5000", 0, 0), ("100", 1, 3)] {
         let out = launched(&["--older-than", older_than], &[LEAKER, "ten-nine", "--linger", "0.3"]);
-        assert_eq!(out.status.code(), Some(code), "--older-than {older_than}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "--older-than {older_than}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines = json_lines(&out.stdout);
         let (r, stacks) = final_report(&lines);
         assert_eq!(r["outstanding_count"], count, "{lines:?}");
@@ -200,13 +240,17 @@ fn size_range_keeps_only_blocks_within_it() {
         return;
     }
     // mixed leaks blocks of 40 to 5000 bytes; 1280 and 2560 are in range.
-    let out = launched(&["--top", "0", "--min-size", "1000", "--max-size", "3000"], &[LEAKER, "mixed", "--linger", "0.3"]);
+    let out = launched(
+        &["--top", "0", "--min-size", "1000", "--max-size", "3000"],
+        &[LEAKER, "mixed", "--linger", "0.3"],
+    );
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
     let (r, stacks) = final_report(&lines);
     assert_eq!(r["outstanding_count"], 2, "{lines:?}");
     assert_eq!(r["outstanding_bytes"], 1280 + 2560, "{lines:?}");
-    let mut sizes: Vec<u64> = stacks.iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).collect();
+    let mut sizes: Vec<u64> =
+        stacks.iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).collect();
     sizes.sort();
     assert_eq!(sizes, vec![1280, 2560]);
 }
@@ -216,20 +260,33 @@ fn threads_leaker_part_matches_summary() {
     if !bpf_available() {
         return;
     }
-    let out = launched(&["--top", "0"], &[LEAKER, "threads", "--threads", "3", "--count", "2", "--linger", "0.3"]);
+    let out = launched(
+        &["--top", "0"],
+        &[LEAKER, "threads", "--threads", "3", "--count", "2", "--linger", "0.3"],
+    );
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let summary = support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let (_, stacks) = final_report(&lines);
     let leaker = std::fs::canonicalize(LEAKER).unwrap();
     let in_leaker = |s: &Value| {
-        s["stack"][0]["module"].as_str().is_some_and(|m| std::fs::canonicalize(m).is_ok_and(|m| m == leaker))
+        s["stack"][0]["module"]
+            .as_str()
+            .is_some_and(|m| std::fs::canonicalize(m).is_ok_and(|m| m == leaker))
     };
     let sum = |f: &str, mine: bool| -> u64 {
         stacks.iter().filter(|s| in_leaker(s) == mine).map(|s| s[f].as_u64().unwrap()).sum()
     };
-    assert_eq!(sum("outstanding_bytes", true), summary["leaked_bytes"].as_u64().unwrap(), "{lines:?}");
-    assert_eq!(sum("outstanding_count", true), summary["leaked_count"].as_u64().unwrap(), "{lines:?}");
+    assert_eq!(
+        sum("outstanding_bytes", true),
+        summary["leaked_bytes"].as_u64().unwrap(),
+        "{lines:?}"
+    );
+    assert_eq!(
+        sum("outstanding_count", true),
+        summary["leaked_count"].as_u64().unwrap(),
+        "{lines:?}"
+    );
     // glibc's per-thread DTV: calloc(17, 16) for each thread, not the leaker's.
     assert_eq!(sum("outstanding_bytes", false), 3 * 272, "{lines:?}");
 }
@@ -239,7 +296,8 @@ fn steady_leak_is_growing() {
     if !bpf_available() {
         return;
     }
-    let (leaker, pid, err) = start_leaker(&["steady", "--size", "16384", "--interval", "0.05", "--max", "100000000"]);
+    let (leaker, pid, err) =
+        start_leaker(&["steady", "--size", "16384", "--interval", "0.05", "--max", "100000000"]);
     support::discard(err);
     let pid = pid.to_string();
     // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one.
@@ -253,7 +311,10 @@ fn steady_leak_is_growing() {
     assert!(reports.len() >= 5, "{lines:?}");
     // The last periodic report: its trend window is exactly 3 intervals
     // (the final one's last interval is cut short by -d).
-    let i = lines.iter().rposition(|v| v["type"] == "report" && v["final"] == false).expect("a periodic report");
+    let i = lines
+        .iter()
+        .rposition(|v| v["type"] == "report" && v["final"] == false)
+        .expect("a periodic report");
     let top = &lines[i + 1];
     assert_eq!(top["type"], "stack", "{lines:?}");
     assert_eq!(top["growing"], true, "{lines:?}");
@@ -278,18 +339,31 @@ fn plateaued_leak_is_not_growing() {
     }
     // Four 64 KiB leaks within 0.2 s of the signal, then a plateau: the
     // leaker stays up, leaking nothing more.
-    let (leaker, pid, err) = start_leaker(&["steady", "--size", "65536", "--interval", "0.05", "--max", "262144", "--wait-signal"]);
+    let (leaker, pid, err) = start_leaker(&[
+        "steady",
+        "--size",
+        "65536",
+        "--interval",
+        "0.05",
+        "--max",
+        "262144",
+        "--wait-signal",
+    ]);
     support::discard(err);
     // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one: the
     // last periodic report's three-interval trend window is all plateau.
-    let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "2.8"]);
+    let (tool, tool_err) =
+        spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "2.8"]);
     support::discard(tool_err);
     support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
     assert_eq!(code, Some(3), "leaks found => exit 3");
     let lines = json_lines(&stdout);
-    let i = lines.iter().rposition(|v| v["type"] == "report" && v["final"] == false).expect("a periodic report");
+    let i = lines
+        .iter()
+        .rposition(|v| v["type"] == "report" && v["final"] == false)
+        .expect("a periodic report");
     let (_, stacks) = final_report(&lines);
     for s in [&lines[i + 1], &stacks[0]] {
         assert_eq!(s["type"], "stack", "{lines:?}");
@@ -320,7 +394,8 @@ fn by_site(stacks: &[Value]) -> std::collections::BTreeMap<String, [u64; 4]> {
         .iter()
         .map(|s| {
             let f = &s["stack"][0];
-            let field = |k: &str| f[k].as_str().unwrap_or_else(|| panic!("first frame's {k} in {s}"));
+            let field =
+                |k: &str| f[k].as_str().unwrap_or_else(|| panic!("first frame's {k} in {s}"));
             let k = format!("{}+{}", field("module"), field("offset"));
             let n = |f: &str| s[f].as_u64().unwrap_or_else(|| panic!("{f} in {s}"));
             (k, [n("outstanding_bytes"), n("outstanding_count"), n("allocs"), n("frees")])
@@ -342,8 +417,14 @@ fn combined_mixed_same_as_default() {
         let summary = support::leaker_summary(&out.stderr);
         let lines = json_lines(&out.stdout);
         let (r, stacks) = final_report(&lines);
-        assert_eq!(r["outstanding_count"], summary["leaked_count"], "{args:?} {lines:?}\n{summary}");
-        assert_eq!(r["outstanding_bytes"], summary["leaked_bytes"], "{args:?} {lines:?}\n{summary}");
+        assert_eq!(
+            r["outstanding_count"], summary["leaked_count"],
+            "{args:?} {lines:?}\n{summary}"
+        );
+        assert_eq!(
+            r["outstanding_bytes"], summary["leaked_bytes"],
+            "{args:?} {lines:?}\n{summary}"
+        );
         assert_eq!(stacks.len() as u64, r["stacks"].as_u64().unwrap());
         sites.push(by_site(&stacks));
     }
@@ -368,7 +449,21 @@ fn sample_bytes_estimates_are_close() {
     for mode in [&[][..], &["--combined"][..]] {
         let mut args = vec!["--top", "0", "--sample-bytes", "4096"];
         args.extend_from_slice(mode);
-        let out = launched(&args, &[LEAKER, "steady", "--size", &size_s, "--interval", "0", "--max", &max, "--linger", "0.3"]);
+        let out = launched(
+            &args,
+            &[
+                LEAKER,
+                "steady",
+                "--size",
+                &size_s,
+                "--interval",
+                "0",
+                "--max",
+                &max,
+                "--linger",
+                "0.3",
+            ],
+        );
         assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
         let summary = support::leaker_summary(&out.stderr);
         assert_eq!(summary["leaked_count"], count);
@@ -376,7 +471,8 @@ fn sample_bytes_estimates_are_close() {
         let (r, stacks) = final_report(&lines);
         assert_eq!(r["estimated"], true, "{r}");
         assert_eq!(r["sample_bytes"], 4096, "{r}");
-        let steady: Vec<&Value> = stacks.iter().filter(|s| s["outstanding_bytes"].as_u64().unwrap() > 100_000).collect();
+        let steady: Vec<&Value> =
+            stacks.iter().filter(|s| s["outstanding_bytes"].as_u64().unwrap() > 100_000).collect();
         assert_eq!(steady.len(), 1, "{mode:?} {lines:?}");
         let s = steady[0];
         assert_eq!(s["estimated"], true, "{s}");
@@ -414,9 +510,14 @@ fn idle_stacks_are_deleted() {
     let (leaker, pid, err) = start_leaker(&["none", "--wait-signal", "--linger", "inf"]);
     support::discard(err);
     let pid_s = pid.to_string();
-    let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
+    let (tool, mut tool_err) =
+        spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
     support::signal(pid, libc::SIGUSR1);
-    support::wait_for_log(&mut tool_err, "idle stack(s)", "leakd-attach ended before deleting a stack");
+    support::wait_for_log(
+        &mut tool_err,
+        "idle stack(s)",
+        "leakd-attach ended before deleting a stack",
+    );
     support::discard(tool_err);
     support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);
@@ -464,12 +565,21 @@ fn deleted_stack_keeps_its_counts() {
     if !bpf_available() {
         return;
     }
-    let dir = support::build_c("attach-revive", &[("revive.c", REVIVE_C)], &[&["cc", "-O0", "-fno-omit-frame-pointer", "-o", "revive", "revive.c"]]);
+    let dir = support::build_c(
+        "attach-revive",
+        &[("revive.c", REVIVE_C)],
+        &[&["cc", "-O0", "-fno-omit-frame-pointer", "-o", "revive", "revive.c"]],
+    );
     let (prog, pid, _out) = start_ready(Command::new(dir.join("revive")));
     let pid_s = pid.to_string();
-    let (tool, mut tool_err) = spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
+    let (tool, mut tool_err) =
+        spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
     support::signal(pid, libc::SIGUSR1);
-    support::wait_for_log(&mut tool_err, "idle stack(s)", "leakd-attach ended before deleting a stack");
+    support::wait_for_log(
+        &mut tool_err,
+        "idle stack(s)",
+        "leakd-attach ended before deleting a stack",
+    );
     support::discard(tool_err);
     support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
@@ -532,7 +642,11 @@ fn attached_mid_churn_reports_no_phantom_leaks() {
     if !bpf_available() {
         return;
     }
-    let dir = support::build_c("attach-churn", &[("churn.c", CHURN_C)], &[&["cc", "-O1", "-fno-builtin", "-o", "churn", "churn.c"]]);
+    let dir = support::build_c(
+        "attach-churn",
+        &[("churn.c", CHURN_C)],
+        &[&["cc", "-O1", "-fno-builtin", "-o", "churn", "churn.c"]],
+    );
     for mode in [&[][..], &["--combined"][..]] {
         let (prog, pid, mut out) = start_ready(Command::new(dir.join("churn")));
         let pid_s = pid.to_string();
@@ -620,7 +734,10 @@ fn block_freed_unseen_counts_as_freed_when_its_address_returns() {
     );
     let lib = dir.join("libslot.so");
     // Sizes of the two blocks, extra options, allocs and frees counted.
-    for (sizes, extra, counted) in [(&["64", "64"][..], &[][..], 2), (&["200", "64", "keep"][..], &["--min-size", "100"][..], 1)] {
+    for (sizes, extra, counted) in [
+        (&["64", "64"][..], &[][..], 2),
+        (&["200", "64", "keep"][..], &["--min-size", "100"][..], 1),
+    ] {
         let mut cmd = Command::new(dir.join("prog"));
         cmd.args(sizes);
         let (mut prog, pid, mut out) = start_ready(cmd);
@@ -682,14 +799,24 @@ fn a_childs_free_leaves_its_parents_block() {
     if !bpf_available() {
         return;
     }
-    let dir = support::build_c("attach-fork", &[("fork.c", FORK_FREE_C)], &[&["cc", "-O0", "-o", "fork", "fork.c"]]);
+    let dir = support::build_c(
+        "attach-fork",
+        &[("fork.c", FORK_FREE_C)],
+        &[&["cc", "-O0", "-o", "fork", "fork.c"]],
+    );
     let cgroup = support::TestCgroup::new("attach-fork");
     let cg = &cgroup.0;
     // Only blocks of this size: the shell that execs the program allocates too.
-    let (tool, tool_err) = spawn_attached("leakd-attach", &["--cgroup", cg, "--min-size", "4099", "--max-size", "4099"]);
+    let (tool, tool_err) = spawn_attached(
+        "leakd-attach",
+        &["--cgroup", cg, "--min-size", "4099", "--max-size", "4099"],
+    );
     support::discard(tool_err);
     let prog = dir.join("fork");
-    let (mut child, _, done) = support::spawn_first_line(Command::new("sh").args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {}", prog.display())]));
+    let (mut child, _, done) = support::spawn_first_line(
+        Command::new("sh")
+            .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {}", prog.display())]),
+    );
     assert_eq!(done.trim(), "done");
     support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);
@@ -731,9 +858,16 @@ fn lost_events_make_a_clean_result_incomplete() {
     if !bpf_available() {
         return;
     }
-    let out = launched(&["--max-allocs", "1", "--min-size", "8", "--max-size", "8"], &[LEAKER, "ten-nine"]);
+    let out = launched(
+        &["--max-allocs", "1", "--min-size", "8", "--max-size", "8"],
+        &[LEAKER, "ten-nine"],
+    );
     let lines = json_lines(&out.stdout);
-    let lost: u64 = of_type(&lines, "lost").iter().filter(|l| l["reason"] == "map_full").map(|l| l["count"].as_u64().unwrap()).sum();
+    let lost: u64 = of_type(&lines, "lost")
+        .iter()
+        .filter(|l| l["reason"] == "map_full")
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(lost, 9, "{lines:?}");
     let (r, _) = final_report(&lines);
     assert_eq!(r["outstanding_count"], 0, "{lines:?}");

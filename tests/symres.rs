@@ -25,7 +25,10 @@ fn fixture(name: &str) -> PathBuf {
 fn marker(file: &str, marker: &str) -> u64 {
     let text = std::fs::read_to_string(fixture(file)).unwrap();
     let tag = format!("@{marker}");
-    let i = text.lines().position(|l| l.contains(&tag)).unwrap_or_else(|| panic!("{tag} not in {file}"));
+    let i = text
+        .lines()
+        .position(|l| l.contains(&tag))
+        .unwrap_or_else(|| panic!("{tag} not in {file}"));
     i as u64 + 1
 }
 
@@ -64,7 +67,12 @@ fn sh(cmd: &mut Command) {
 fn build_prog(dir: &TempDir, name: &str, flags: &[&str]) -> PathBuf {
     let out = dir.path(name);
     // Flags after the source, so that -l finds what the source needs.
-    sh(Command::new("gcc").args(["-g", "-O1", "-Wl,--build-id"]).arg(fixture("prog.c")).args(flags).arg("-o").arg(&out));
+    sh(Command::new("gcc")
+        .args(["-g", "-O1", "-Wl,--build-id"])
+        .arg(fixture("prog.c"))
+        .args(flags)
+        .arg("-o")
+        .arg(&out));
     out
 }
 
@@ -85,10 +93,16 @@ struct Run {
 }
 
 fn symres(args: &[&str], input: &str) -> Run {
-    let out = Cmd::cargo_bin("symres").unwrap().args(args).write_stdin(input.to_string()).output().unwrap();
+    let out = Cmd::cargo_bin("symres")
+        .unwrap()
+        .args(args)
+        .write_stdin(input.to_string())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     // Blank input lines come out blank; the JSON ones are checked here.
-    let nonblank: String = stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{l}\n")).collect();
+    let nonblank: String =
+        stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{l}\n")).collect();
     Run {
         lines: json_lines(nonblank.as_bytes()),
         stdout,
@@ -144,7 +158,10 @@ fn pie_binary_resolved_after_exit_from_module_and_offset() {
     assert_prog_frames(&out["stack"], &prog);
     // The process is gone: bare addresses (addr + pid) cannot be resolved,
     // and say why.
-    assert_eq!(out["live"]["frames"][0], json!({"addr": out["stack"][0]["addr"], "reason": "no_process"}));
+    assert_eq!(
+        out["live"]["frames"][0],
+        json!({"addr": out["stack"][0]["addr"], "reason": "no_process"})
+    );
 }
 
 /// A module whose name is not UTF-8 comes in written by our tools' rule
@@ -164,7 +181,11 @@ fn non_utf8_module_name_read_back_by_the_rule() {
     }
     let out = resolve(&[], &line.to_string());
     let f0 = &out["stack"][0];
-    assert_eq!((&f0["module"], &f0["sym"], &f0["line"]), (&json!(written), &json!("target_function"), &json!(marker("prog.c", "target"))), "{f0}");
+    assert_eq!(
+        (&f0["module"], &f0["sym"], &f0["line"]),
+        (&json!(written), &json!("target_function"), &json!(marker("prog.c", "target"))),
+        "{f0}"
+    );
     assert_eq!(out["stack"][1]["sym"], "outer_function", "{out}");
     // The name read as it is names no file.
     std::fs::rename(&odd, dir.path("moved")).unwrap();
@@ -193,7 +214,11 @@ fn non_utf8_symbol_name_written_by_the_rule() {
     assert_eq!(text_addr, text_off);
     let line = json!({"type": "t", "stack": [{"module": bin.to_str().unwrap(), "offset": format!("{:#x}", addr + 1)}]});
     let out = resolve(&[], &line.to_string());
-    assert_eq!((&out["stack"][0]["sym"], &out["stack"][0]["sym_offset"]), (&json!("weird\\xff"), &json!("0x1")), "{out}");
+    assert_eq!(
+        (&out["stack"][0]["sym"], &out["stack"][0]["sym_offset"]),
+        (&json!("weird\\xff"), &json!("0x1")),
+        "{out}"
+    );
 }
 
 /// A thread that cannot be made (a limit on processes) is an error that
@@ -209,14 +234,29 @@ fn threads_that_cannot_start_are_an_error() {
         if support::is_root() {
             cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "prlimit"]);
         }
-        let mut child = cmd.arg("--nproc=1").arg(support::bin("symres")).arg(j).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .arg("--nproc=1")
+            .arg(support::bin("symres"))
+            .arg(j)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(line.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     };
     let (code, stdout, stderr) = run("-j2");
     assert_eq!((code, stdout.as_str()), (Some(1), ""), "{stderr}");
-    assert!(stderr.starts_with("symres: error: cannot start the writing thread (-j1 needs none): "), "{stderr}");
+    assert!(
+        stderr.starts_with("symres: error: cannot start the writing thread (-j1 needs none): "),
+        "{stderr}"
+    );
     let (code, stdout, stderr) = run("-j1");
     assert_eq!(code, Some(0), "{stderr}");
     assert_prog_frames(&serde_json::from_str::<Value>(&stdout).unwrap()["stack"], &prog);
@@ -257,11 +297,18 @@ fn aranges_set_missing_its_units_code() {
         // A function per section: the unit has DW_AT_ranges.
         let prog = build_prog(&dir, name, if cut { &[] } else { &["-ffunction-sections"] });
         let raw = dir.path("aranges");
-        sh(Command::new("objcopy").arg(format!("--dump-section=.debug_aranges={}", raw.display())).arg(&prog).arg(dir.path("scratch")));
+        sh(Command::new("objcopy")
+            .arg(format!("--dump-section=.debug_aranges={}", raw.display()))
+            .arg(&prog)
+            .arg(dir.path("scratch")));
         let mut set = std::fs::read(&raw).unwrap();
         // One 32-bit DWARF set: a 16-byte header (with padding), (address,
         // length) entries of 16 bytes, a 16-byte terminator.
-        assert_eq!(u32::from_le_bytes(set[..4].try_into().unwrap()) as usize + 4, set.len(), "one set expected");
+        assert_eq!(
+            u32::from_le_bytes(set[..4].try_into().unwrap()) as usize + 4,
+            set.len(),
+            "one set expected"
+        );
         if cut {
             assert_eq!(set.len(), 48, "one entry expected");
             set.truncate(24);
@@ -272,7 +319,9 @@ fn aranges_set_missing_its_units_code() {
             set[40..n - 16].chunks_mut(16).for_each(|e| e[8..].fill(0));
         }
         std::fs::write(&raw, &set).unwrap();
-        sh(Command::new("objcopy").arg(format!("--update-section=.debug_aranges={}", raw.display())).arg(&prog));
+        sh(Command::new("objcopy")
+            .arg(format!("--update-section=.debug_aranges={}", raw.display()))
+            .arg(&prog));
         let line = run_prog(&prog);
         assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
     }
@@ -285,7 +334,10 @@ fn names_from_dwarf_without_a_symbol_table() {
     let dir = TempDir::new("nosymtab");
     let full = build_prog(&dir, "full", &[]);
     let prog = dir.path("nosymtab");
-    sh(Command::new("strip").args(["--strip-all", "--keep-section=.debug_*", "-o"]).arg(&prog).arg(&full));
+    sh(Command::new("strip")
+        .args(["--strip-all", "--keep-section=.debug_*", "-o"])
+        .arg(&prog)
+        .arg(&full));
     let sections = Command::new("readelf").arg("-SW").arg(&prog).output().unwrap();
     let sections = String::from_utf8_lossy(&sections.stdout);
     assert!(!sections.contains(".symtab") && sections.contains(".debug_info"), "{sections}");
@@ -306,8 +358,18 @@ fn compressed_debug_sections() {
     let dir = TempDir::new("gz");
     let prog = build_prog(&dir, "gz", &["-gz=zlib"]);
     let sections = Command::new("readelf").arg("-SW").arg(&prog).output().unwrap();
-    let info = String::from_utf8_lossy(&sections.stdout).lines().find(|l| l.contains(".debug_info")).map(str::to_string);
-    assert!(info.as_deref().is_some_and(|l| l.split_whitespace().rev().nth(3).is_some_and(|f| f.contains('C'))), "not compressed: {info:?}");
+    let info = String::from_utf8_lossy(&sections.stdout)
+        .lines()
+        .find(|l| l.contains(".debug_info"))
+        .map(str::to_string);
+    assert!(
+        info.as_deref().is_some_and(|l| l
+            .split_whitespace()
+            .rev()
+            .nth(3)
+            .is_some_and(|f| f.contains('C'))),
+        "not compressed: {info:?}"
+    );
     let line = run_prog(&prog);
     assert_prog_frames(&resolve(&[], &line)["stack"], &prog);
 
@@ -333,7 +395,10 @@ fn stripped_binary_with_build_id_debug_file() {
     let id = build_id(&prog);
     let debug_dir = dir.path("debug");
     std::fs::create_dir_all(debug_dir.join(".build-id").join(&id[..2])).unwrap();
-    sh(Command::new("objcopy").arg("--only-keep-debug").arg(&prog).arg(debug_dir.join(".build-id").join(&id[..2]).join(format!("{}.debug", &id[2..]))));
+    sh(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&prog)
+        .arg(debug_dir.join(".build-id").join(&id[..2]).join(format!("{}.debug", &id[2..]))));
     sh(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&prog));
     let line = run_prog(&stripped);
 
@@ -366,7 +431,10 @@ fn stripped_binary_with_gnu_debuglink() {
     sh(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&prog));
     std::fs::remove_file(&prog).unwrap();
     // objcopy computes the CRC from the file; it records the base name.
-    sh(Command::new("objcopy").arg(format!("--add-gnu-debuglink={}", debug.display())).arg(&stripped).current_dir(&dir.0));
+    sh(Command::new("objcopy")
+        .arg(format!("--add-gnu-debuglink={}", debug.display()))
+        .arg(&stripped)
+        .current_dir(&dir.0));
     let line = run_prog(&stripped);
     let out = resolve(&[], &line);
     assert_prog_frames(&out["stack"], &stripped);
@@ -384,11 +452,20 @@ fn stripped_binary_with_gnu_debuglink() {
 fn shared_library_frames() {
     let dir = TempDir::new("lib");
     let lib = dir.path("libsymrestest.so");
-    sh(Command::new("gcc").args(["-g", "-O1", "-shared", "-fPIC"]).arg(fixture("lib.c")).arg("-o").arg(&lib));
+    sh(Command::new("gcc")
+        .args(["-g", "-O1", "-shared", "-fPIC"])
+        .arg(fixture("lib.c"))
+        .arg("-o")
+        .arg(&lib));
     let prog = build_prog(
         &dir,
         "withlib",
-        &["-DWITH_LIB", &format!("-L{}", dir.0.display()), "-lsymrestest", &format!("-Wl,-rpath,{}", dir.0.display())],
+        &[
+            "-DWITH_LIB",
+            &format!("-L{}", dir.0.display()),
+            "-lsymrestest",
+            &format!("-Wl,-rpath,{}", dir.0.display()),
+        ],
     );
     let line = run_prog(&prog);
     let out = resolve(&[], &line);
@@ -404,7 +481,11 @@ fn shared_library_frames() {
     let one = symres(&["-j", "1", "-vv"], &line);
     let two = symres(&["-j", "2", "-vv"], &line);
     assert_eq!(one.stdout, two.stdout);
-    assert!(two.stderr.contains("symres: parsing 2 DWARF units at once on 2 threads"), "{}", two.stderr);
+    assert!(
+        two.stderr.contains("symres: parsing 2 DWARF units at once on 2 threads"),
+        "{}",
+        two.stderr
+    );
     assert!(!one.stderr.contains("at once"), "{}", one.stderr);
 }
 
@@ -423,7 +504,9 @@ fn rust_prog(dir: &TempDir, mangling: &str) -> String {
 #[test]
 fn rust_names_are_demangled_legacy_and_v0() {
     let dir = TempDir::new("rust");
-    for (mangling, want) in [("legacy", "rustprog::Leaky<T>::hold_on"), ("v0", "<rustprog::Leaky<u32>>::hold_on")] {
+    for (mangling, want) in
+        [("legacy", "rustprog::Leaky<T>::hold_on"), ("v0", "<rustprog::Leaky<u32>>::hold_on")]
+    {
         let out = resolve(&[], &rust_prog(&dir, mangling));
         let f = &out["stack"][0];
         assert_eq!(f["sym"], want, "{mangling}: {f}");
@@ -507,7 +590,10 @@ fn binary_of_another_mount_namespace_via_proc_root() {
     let inside = root.join("prog");
     let script = r#"mount -t tmpfs none "$1" && cp "$2" "$1/prog" && exec "$1/prog" wait"#;
     let mut unshare = Command::new("unshare");
-    unshare.args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]).arg(&root).arg(&prog);
+    unshare
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
+        .arg(&root)
+        .arg(&prog);
     let (child, _, line) = support::spawn_first_line(&mut unshare);
     assert!(!line.is_empty(), "the program did not start in its namespace");
     assert!(!inside.exists(), "{} is visible outside its namespace", inside.display());
@@ -568,8 +654,17 @@ fn missing_corrupt_and_unmapped_frames_carry_a_reason() {
     ]})
     .to_string();
     let out = resolve(&[], &input);
-    let reasons: Vec<&str> = out["stack"].as_array().unwrap().iter().map(|f| f["reason"].as_str().unwrap_or("-")).collect();
-    assert_eq!(reasons, ["corrupt_elf", "corrupt_elf", "file_missing", "unmapped", "corrupt_elf", "no_symbols"], "{out}");
+    let reasons: Vec<&str> = out["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["corrupt_elf", "corrupt_elf", "file_missing", "unmapped", "corrupt_elf", "no_symbols"],
+        "{out}"
+    );
 }
 
 #[test]
@@ -633,7 +728,13 @@ fn threads_keep_the_order_of_lines_and_messages() {
     let dir = TempDir::new("threads");
     let prog = build_prog(&dir, "prog", &[]);
     let good = run_prog(&prog);
-    let block = [good.trim_end(), "not json", r#"{"type":"x","n":1}"#, r#"{"type":"a","stack":[{"addr":true}]}"#, ""];
+    let block = [
+        good.trim_end(),
+        "not json",
+        r#"{"type":"x","n":1}"#,
+        r#"{"type":"a","stack":[{"addr":true}]}"#,
+        "",
+    ];
     let reps = 3000;
     let mut input = String::new();
     for i in 0..reps {
@@ -653,21 +754,36 @@ fn threads_keep_the_order_of_lines_and_messages() {
     let out: Vec<&str> = three.stdout.lines().collect();
     assert_eq!(out.len(), 3 * reps);
     for (i, l) in out.chunks(3).enumerate() {
-        assert!(l[0].starts_with(&format!("{{\"i\":{i},")) && l[0].contains("\"sym\":\"target_function\""), "{}", l[0]);
+        assert!(
+            l[0].starts_with(&format!("{{\"i\":{i},"))
+                && l[0].contains("\"sym\":\"target_function\""),
+            "{}",
+            l[0]
+        );
         assert_eq!(l[1], format!("{{\"i\":{i},\"type\":\"x\",\"n\":1}}"));
         assert_eq!(l[2], "");
     }
     let errs: Vec<&str> = three.stderr.lines().collect();
     assert_eq!(errs.len(), 2 * reps + 1);
     for i in 0..reps {
-        assert!(errs[2 * i].starts_with(&format!("symres: error: line {}: not JSON", 5 * i + 2)), "{}", errs[2 * i]);
-        assert!(errs[2 * i + 1].starts_with(&format!("symres: error: line {}: stack[0].addr", 5 * i + 4)), "{}", errs[2 * i + 1]);
+        assert!(
+            errs[2 * i].starts_with(&format!("symres: error: line {}: not JSON", 5 * i + 2)),
+            "{}",
+            errs[2 * i]
+        );
+        assert!(
+            errs[2 * i + 1]
+                .starts_with(&format!("symres: error: line {}: stack[0].addr", 5 * i + 4)),
+            "{}",
+            errs[2 * i + 1]
+        );
     }
     assert_eq!(errs[2 * reps], format!("symres: error: {} malformed line(s) skipped", 2 * reps));
     // Each thread loads the program; -v says so once.
     let verbose = symres(&["-v", "-j", "3"], &input);
     assert!(verbose.stdout == three.stdout, "outputs differ under -v");
-    let loaded: Vec<&str> = verbose.stderr.lines().filter(|l| l.starts_with("symres: loaded")).collect();
+    let loaded: Vec<&str> =
+        verbose.stderr.lines().filter(|l| l.starts_with("symres: loaded")).collect();
     assert_eq!(loaded.len(), 1, "{loaded:?}");
     assert!(loaded[0].contains(&*prog.to_string_lossy()), "{}", loaded[0]);
 }
@@ -688,18 +804,23 @@ fn kernel_addresses_through_kallsyms() {
         .collect();
     syms.sort();
     // Pick a symbol that has its address to itself and room for +0x10.
-    let unique = syms.windows(3).find(|w| w[0].0 < w[1].0 && w[1].0 + 0x10 < w[2].0 && w[1].0 >= 0xffff_8000_0000_0000);
+    let unique = syms
+        .windows(3)
+        .find(|w| w[0].0 < w[1].0 && w[1].0 + 0x10 < w[2].0 && w[1].0 >= 0xffff_8000_0000_0000);
     let Some(w) = unique else {
         // No readable kallsyms: only unprivileged, or with kptr_restrict=2.
-        let restricted = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").is_ok_and(|v| v.trim() == "2");
+        let restricted = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
+            .is_ok_and(|v| v.trim() == "2");
         assert!(!support::is_root() || restricted, "root reads kernel addresses in /proc/kallsyms");
-        let input = json!({"type": "t", "stack": [{"addr": "0xffffffff81000010", "kernel": true}]}).to_string();
+        let input = json!({"type": "t", "stack": [{"addr": "0xffffffff81000010", "kernel": true}]})
+            .to_string();
         let out = resolve(&[], &input);
         assert_eq!(out["stack"][0]["reason"], "no_symbols", "{out}");
         return;
     };
     let (start, name) = w[1];
-    let input = json!({"type": "t", "stack": [{"addr": format!("{:#x}", start + 0x10)}]}).to_string();
+    let input =
+        json!({"type": "t", "stack": [{"addr": format!("{:#x}", start + 0x10)}]}).to_string();
     let out = resolve(&[], &input);
     assert_eq!(out["stack"][0]["sym"], name, "{out}");
     assert_eq!(out["stack"][0]["sym_offset"], "0x10");
@@ -744,12 +865,17 @@ fn live_stream_is_not_held_back() {
     // A long line whose output is short (a stale "sym" replaced), then a
     // short one, in one write: a batch filled by them is flushed too
     // (found by review: its output waited for more input).
-    let stale = good.trim_end().replacen("[{", &format!("[{{\"sym\":\"{}\",", "x".repeat(300_000)), 1);
+    let stale =
+        good.trim_end().replacen("[{", &format!("[{{\"sym\":\"{}\",", "x".repeat(300_000)), 1);
     stdin.write_all(format!("{stale}\n{good}").as_bytes()).unwrap();
     stdin.flush().unwrap();
     for _ in 0..2 {
         let l = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(l.contains("\"sym\":\"target_function\"") && l.len() < 10_000, "{}", &l[..l.len().min(200)]);
+        assert!(
+            l.contains("\"sym\":\"target_function\"") && l.len() < 10_000,
+            "{}",
+            &l[..l.len().min(200)]
+        );
     }
     drop(stdin);
     let status = child.wait().unwrap();
@@ -762,7 +888,10 @@ fn live_stream_is_not_held_back() {
 fn section_header(bin: &Path, name: &str) -> [u64; 3] {
     let out = Command::new("readelf").arg("-SW").arg(bin).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    let line = text.lines().find(|l| l.contains(&format!(" {name} "))).unwrap_or_else(|| panic!("no {name} in {text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" {name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
     // [Nr] Name Type Address Off Size ...: fields after the name.
     let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
     [2, 3, 4].map(|i| u64::from_str_radix(f[i], 16).unwrap())
@@ -788,21 +917,38 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     assert!(built.lines[0]["pieces"].as_u64().unwrap() > 10, "{}", built.stdout);
     // Built by three threads or by one: the same bytes.
     let one = dir.path("one");
-    assert_eq!(symres(&["-j", "1", "--index-dir", &p(&one), "--build-index", &p(&prog)], "").code, 0);
-    assert!(std::fs::read(&index).unwrap() == std::fs::read(one.join(index.file_name().unwrap())).unwrap(), "-j1 and -j3 indexes differ");
+    assert_eq!(
+        symres(&["-j", "1", "--index-dir", &p(&one), "--build-index", &p(&prog)], "").code,
+        0
+    );
+    assert!(
+        std::fs::read(&index).unwrap()
+            == std::fs::read(one.join(index.file_name().unwrap())).unwrap(),
+        "-j1 and -j3 indexes differ"
+    );
     // From the debug file alone (segments with no bytes in the file): the
     // same answers, file and line included.
     let (debug, from_debug) = (dir.path("prog.debug"), dir.path("from_debug"));
     sh(Command::new("objcopy").arg("--only-keep-debug").arg(&prog).arg(&debug));
     assert_eq!(symres(&["--index-dir", &p(&from_debug), "--build-index", &p(&debug)], "").code, 0);
-    assert!(std::fs::read(&index).unwrap() == std::fs::read(from_debug.join(index.file_name().unwrap())).unwrap(), "the debug file's index differs");
+    assert!(
+        std::fs::read(&index).unwrap()
+            == std::fs::read(from_debug.join(index.file_name().unwrap())).unwrap(),
+        "the debug file's index differs"
+    );
 
     // Every byte of .text, as return addresses and not.
     let (off, size) = section(&prog, ".text");
     let frames: Vec<String> = (off..off + size)
-        .map(|o| json!({"module": p(&prog), "offset": format!("{o:#x}"), "return_address": o % 2 == 0}).to_string())
+        .map(|o| {
+            json!({"module": p(&prog), "offset": format!("{o:#x}"), "return_address": o % 2 == 0})
+                .to_string()
+        })
         .collect();
-    let input: String = frames.chunks(16).map(|c| format!("{{\"type\":\"t\",\"stack\":[{}]}}\n", c.join(","))).collect();
+    let input: String = frames
+        .chunks(16)
+        .map(|c| format!("{{\"type\":\"t\",\"stack\":[{}]}}\n", c.join(",")))
+        .collect();
     let with = symres(&["-v", "--index-dir", &p(&ix)], &input);
     let without = symres(&["--index-dir", &p(&empty)], &input);
     assert_eq!(with.code, 0, "{}", with.stderr);
@@ -825,7 +971,8 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     assert_eq!(
         errs,
         [
-            format!("symres: error: {}: no build id to name its index by", no_id.display()).as_str(),
+            format!("symres: error: {}: no build id to name its index by", no_id.display())
+                .as_str(),
             "symres: error: /nonexistent/x: cannot load: file missing",
         ]
     );

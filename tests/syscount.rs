@@ -23,7 +23,12 @@ fn workload() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join("syscount_work");
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/syscount_work.c");
-        let st = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(src).status().expect("running gcc");
+        let st = Command::new("gcc")
+            .args(["-O2", "-o"])
+            .arg(&bin)
+            .arg(src)
+            .status()
+            .expect("running gcc");
         assert!(st.success(), "gcc failed on {src}");
         std::fs::copy(&bin, dir.join("other_work")).unwrap();
         bin
@@ -90,7 +95,11 @@ fn launched_command_counts_start_at_its_exec() {
     if !bpf_available() {
         return;
     }
-    let dir = support::build_c("syscount-nothing", &[("nothing.c", "int main(void) { return 0; }\n")], &[&["gcc", "-o", "nothing", "nothing.c"]]);
+    let dir = support::build_c(
+        "syscount-nothing",
+        &[("nothing.c", "int main(void) { return 0; }\n")],
+        &[&["gcc", "-o", "nothing", "nothing.c"]],
+    );
     let lines = run(&["-T", "0"], &[dir.join("nothing").to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(one(&lines, "syscall", "execve")["count"], 1, "{lines:?}");
@@ -126,7 +135,12 @@ fn rows_of_exited_processes_make_room() {
     let mut feed = loop {
         match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
             Ok(f) => break Some(f),
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && t0.elapsed() < Duration::from_secs(60) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO)
+                    && t0.elapsed() < Duration::from_secs(60) =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
             Err(e) => panic!("the workload never opened its FIFO: {e}"),
         }
     };
@@ -237,7 +251,10 @@ fn process_by_syscall_matrix() {
     let lines = run(&["-M", "-T", "0"], &[w(), "300", "4", "200", pf.to_str().unwrap()]);
     let (parent, child) = read_pids(&pf);
     let cell = |pid: u64, sc: &str| -> Vec<&Value> {
-        of_type(&lines, "process_syscall").into_iter().filter(|r| r["pid"] == pid && r["syscall"] == sc).collect()
+        of_type(&lines, "process_syscall")
+            .into_iter()
+            .filter(|r| r["pid"] == pid && r["syscall"] == sc)
+            .collect()
     };
     let pp = cell(parent, "getppid");
     let cp = cell(child, "getppid");
@@ -297,7 +314,11 @@ fn comm_filter_is_exact() {
     // Children are followed (sh itself calls getppid for $PPID, so look by name).
     let lines = run(&["-P", "-T", "0", "-s", "getppid"], &["sh", "-c", &script]);
     let by = |comm: &str| -> Vec<u64> {
-        of_type(&lines, "process").iter().filter(|p| p["comm"] == comm).map(|p| p["count"].as_u64().unwrap()).collect()
+        of_type(&lines, "process")
+            .iter()
+            .filter(|p| p["comm"] == comm)
+            .map(|p| p["count"].as_u64().unwrap())
+            .collect()
     };
     assert_eq!(by("syscount_work"), vec![100], "{lines:?}");
     assert_eq!(by("other_work"), vec![50], "{lines:?}");
@@ -334,7 +355,10 @@ fn intervals_partition_the_counts() {
     }
     let script = format!("{w} 100 0; sleep 0.3; {w} 100 0; sleep 0.3; {w} 100 0", w = w());
     // --comm: sh calls getppid too.
-    let lines = run(&["-i", "0.1", "-T", "0", "-s", "getppid", "--comm", "syscount_work"], &["sh", "-c", &script]);
+    let lines = run(
+        &["-i", "0.1", "-T", "0", "-s", "getppid", "--comm", "syscount_work"],
+        &["sh", "-c", &script],
+    );
     let markers = of_type(&lines, "interval");
     assert!(markers.len() >= 2, "the run spans several intervals: {lines:?}");
     // Markers are numbered 1, 2, 3... and each closes its own rows.
@@ -366,7 +390,8 @@ fn intervals_partition_the_counts() {
     assert_eq!(total, 300, "intervals add up to the exact total");
     // Three bursts 0.3 s apart land in three intervals (a burst that
     // straddles a tick may split, but no interval holds two bursts).
-    let busy: Vec<u64> = markers.iter().map(|m| m["count"].as_u64().unwrap()).filter(|&c| c > 0).collect();
+    let busy: Vec<u64> =
+        markers.iter().map(|m| m["count"].as_u64().unwrap()).filter(|&c| c > 0).collect();
     assert!(busy.len() >= 3 && busy.iter().all(|&c| c <= 100), "{busy:?}: {lines:?}");
 }
 

@@ -1,3 +1,7 @@
 fn main() {
-    std::process::exit(leakd_common::main(allocsnoop::command(), std::env::args_os(), allocsnoop::run));
+    std::process::exit(leakd_common::main(
+        allocsnoop::command(),
+        std::env::args_os(),
+        allocsnoop::run,
+    ));
 }

@@ -1,3 +1,7 @@
 fn main() {
-    std::process::exit(leakd_common::main(execsnoop::command(), std::env::args_os(), execsnoop::run));
+    std::process::exit(leakd_common::main(
+        execsnoop::command(),
+        std::env::args_os(),
+        execsnoop::run,
+    ));
 }

@@ -1,3 +1,7 @@
 fn main() {
-    std::process::exit(leakd_common::main(leakd_attach::command(), std::env::args_os(), leakd_attach::run));
+    std::process::exit(leakd_common::main(
+        leakd_attach::command(),
+        std::env::args_os(),
+        leakd_attach::run,
+    ));
 }

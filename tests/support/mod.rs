@@ -48,7 +48,8 @@ pub fn json_lines(stdout: &[u8]) -> Vec<Value> {
     let text = std::str::from_utf8(stdout).expect("stdout is UTF-8");
     text.lines()
         .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
             assert!(v.get("type").and_then(Value::as_str).is_some(), "line without \"type\": {l}");
             v
         })
@@ -70,7 +71,10 @@ pub fn spawn_attached(tool: &str, args: &[&str]) -> (Child, BufReader<ChildStder
 
 /// As [`spawn_attached`], also returning what the tool printed to stderr up
 /// to and including its "attached" line.
-pub fn spawn_attached_with_log(tool: &str, args: &[&str]) -> (Child, BufReader<ChildStderr>, String) {
+pub fn spawn_attached_with_log(
+    tool: &str,
+    args: &[&str],
+) -> (Child, BufReader<ChildStderr>, String) {
     let mut child = Command::new(bin(tool))
         .arg("-v")
         .args(args)
@@ -84,7 +88,9 @@ pub fn spawn_attached_with_log(tool: &str, args: &[&str]) -> (Child, BufReader<C
     let (attached, watchdog) = std::sync::mpsc::channel::<()>();
     let pid = child.id();
     std::thread::spawn(move || {
-        if watchdog.recv_timeout(Duration::from_secs(60)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+        if watchdog.recv_timeout(Duration::from_secs(60))
+            == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
             signal(pid, libc::SIGKILL);
         }
     });
@@ -126,7 +132,10 @@ impl Drop for KillOnDrop {
 /// Start the leaker (with extra environment) and wait for its ready line:
 /// its allocator is mapped then, so -p can find it. Returns it, its pid and
 /// its stderr.
-pub fn start_leaker_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (KillOnDrop, u32, BufReader<ChildStderr>) {
+pub fn start_leaker_env(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (KillOnDrop, u32, BufReader<ChildStderr>) {
     let mut cmd = Command::new(LEAKER);
     cmd.args(args).stderr(Stdio::piped());
     for (k, v) in env {
@@ -141,7 +150,8 @@ pub fn start_leaker_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Kil
         assert!(err.read_line(&mut line).unwrap() > 0, "leaker exited before ready");
         if let Ok(v) = serde_json::from_str::<Value>(&line) {
             if v["type"] == "leaker_ready" {
-                let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("leaker pid");
+                let pid =
+                    v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("leaker pid");
                 return (leaker, pid, err);
             }
         }
@@ -210,8 +220,14 @@ pub fn build_c(name: &str, files: &[(&str, &str)], cmds: &[&[&str]]) -> std::pat
 /// Start `cmd` with its standard input and output piped, and read the first
 /// line it writes (a test program saying it is set up): the child, the rest
 /// of its output, and that line ("" when it wrote none).
-pub fn spawn_first_line(cmd: &mut Command) -> (Child, BufReader<std::process::ChildStdout>, String) {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+pub fn spawn_first_line(
+    cmd: &mut Command,
+) -> (Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
     let mut line = String::new();
     out.read_line(&mut line).expect("reading the child's output");

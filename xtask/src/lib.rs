@@ -23,7 +23,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// Render the page for `name` from its command and hand-written sections.
 pub fn render(name: &str, cmd: clap::Command) -> std::io::Result<Vec<u8>> {
-    let man = clap_mangen::Man::new(cmd.name(name.to_owned().leak() as &'static str)).section("8").manual("leakd");
+    let man = clap_mangen::Man::new(cmd.name(name.to_owned().leak() as &'static str))
+        .section("8")
+        .manual("leakd");
     let mut buf = Vec::new();
     man.render_title(&mut buf)?;
     man.render_name_section(&mut buf)?;

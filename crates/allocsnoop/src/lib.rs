@@ -87,7 +87,9 @@ impl ProbeArgs {
     pub fn size_range(&self) -> Result<(u64, u64)> {
         let (min, max) = (self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX));
         if min > max {
-            return Err(leakd_common::usage_error(format!("--min-size {min} is larger than --max-size {max}: nothing would match")));
+            return Err(leakd_common::usage_error(format!(
+                "--min-size {min} is larger than --max-size {max}: nothing would match"
+            )));
         }
         Ok((min, max))
     }
@@ -98,7 +100,11 @@ pub fn command() -> clap::Command {
 }
 
 /// Choose the allocator object for a target (see [`probes::find_allocator`]).
-pub fn resolve_lib(args: &ProbeArgs, pid: Option<u32>, exe: Option<&std::path::Path>) -> Result<(PathBuf, &'static str)> {
+pub fn resolve_lib(
+    args: &ProbeArgs,
+    pid: Option<u32>,
+    exe: Option<&std::path::Path>,
+) -> Result<(PathBuf, &'static str)> {
     if let Some(lib) = &args.lib {
         // What is not a regular file is refused where it is read (probes).
         if !lib.exists() {
@@ -118,7 +124,10 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
     if !only.is_empty() {
         return only
             .iter()
-            .map(|n| probes::op_from_name(n.trim()).ok_or_else(|| anyhow!("--op: unknown operation '{n}'")))
+            .map(|n| {
+                probes::op_from_name(n.trim())
+                    .ok_or_else(|| anyhow!("--op: unknown operation '{n}'"))
+            })
             .collect();
     }
     let mut ops = probes::HEAP_OPS.to_vec();
@@ -182,7 +191,8 @@ pub fn load_tracer(
     let cgroup_id = target.check()?.unwrap_or(0);
     bpf::preflight()?;
     let (lib, sites) = plan_for_target(probe, ops, target, verbose, tool)?;
-    let held = if target.command.is_empty() { None } else { Some(launch::spawn_held(&target.command)?) };
+    let held =
+        if target.command.is_empty() { None } else { Some(launch::spawn_held(&target.command)?) };
     let pid = held.as_ref().map(|h| h.pid()).or(target.pid);
     // Uprobes are scoped to the process (its mm) by the kernel; the BPF
     // filter then only needs the cgroup.
@@ -204,7 +214,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let stack = u8::from(cli.stack);
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
-    let Tracer { mut ebpf, held, .. } = load_tracer("allocsnoop", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
+    let Tracer { mut ebpf, held, .. } =
+        load_tracer("allocsnoop", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
@@ -248,7 +259,9 @@ impl Handler for Printer {
         }
         if matches!(
             e.op,
-            sys::alloc_op_ALLOC_OP_POSIX_MEMALIGN | sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC | sys::alloc_op_ALLOC_OP_MEMALIGN
+            sys::alloc_op_ALLOC_OP_POSIX_MEMALIGN
+                | sys::alloc_op_ALLOC_OP_ALIGNED_ALLOC
+                | sys::alloc_op_ALLOC_OP_MEMALIGN
         ) {
             v["align_bytes"] = json!(e.align);
         }

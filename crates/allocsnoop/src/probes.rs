@@ -17,8 +17,8 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
-use leakd_common::{bpf, procmaps};
 use leakd_common::{anyhow, bail, Context, Result};
+use leakd_common::{bpf, procmaps};
 
 use crate::sys;
 
@@ -113,7 +113,10 @@ pub fn choose_probe_offset(code: &[u8], vaddr: u64) -> ProbeChoice {
         let off = ins.ip() - vaddr;
         if is_emulated(&ins) {
             if off > 0 && branch_targets(code, vaddr, ins.ip()) {
-                return ProbeChoice { offset: 0, why: "a branch in the function targets the emulated instruction".into() };
+                return ProbeChoice {
+                    offset: 0,
+                    why: "a branch in the function targets the emulated instruction".into(),
+                };
             }
             let why = if skipped.is_empty() {
                 format!("{:?} is emulated", ins.mnemonic())
@@ -123,7 +126,10 @@ pub fn choose_probe_offset(code: &[u8], vaddr: u64) -> ProbeChoice {
             return ProbeChoice { offset: off, why };
         }
         if !is_skippable(&ins) {
-            return ProbeChoice { offset: 0, why: format!("{:?} is neither emulated nor skippable", ins.mnemonic()) };
+            return ProbeChoice {
+                offset: 0,
+                why: format!("{:?} is neither emulated nor skippable", ins.mnemonic()),
+            };
         }
         skipped.push(format!("{:?}", ins.mnemonic()).to_lowercase());
     }
@@ -134,11 +140,16 @@ pub fn choose_probe_offset(code: &[u8], vaddr: u64) -> ProbeChoice {
 fn is_emulated(ins: &iced_x86::Instruction) -> bool {
     match ins.flow_control() {
         FlowControl::Call | FlowControl::UnconditionalBranch => {
-            matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16)
+            matches!(
+                ins.op0_kind(),
+                OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
+            )
         }
         FlowControl::ConditionalBranch => ins.is_jcc_short_or_near(),
         FlowControl::Next => {
-            ins.mnemonic() == Mnemonic::Push && ins.op0_kind() == OpKind::Register && ins.op0_register().is_gpr64()
+            ins.mnemonic() == Mnemonic::Push
+                && ins.op0_kind() == OpKind::Register
+                && ins.op0_register().is_gpr64()
         }
         _ => false,
     }
@@ -169,7 +180,8 @@ fn branch_targets(code: &[u8], vaddr: u64, target: u64) -> bool {
 /// probed once.
 pub fn plan(path: &Path, prefix: &str, ops: &[u32]) -> Result<(Vec<Site>, Vec<String>)> {
     let data = read_regular(path)?;
-    let elf = Elf::parse(&data).map_err(|e| anyhow!("{}: not a valid ELF file: {e}", path.display()))?;
+    let elf =
+        Elf::parse(&data).map_err(|e| anyhow!("{}: not a valid ELF file: {e}", path.display()))?;
     let mut sites: Vec<Site> = Vec::new();
     let mut missing = Vec::new();
     for &op in ops {
@@ -189,7 +201,14 @@ pub fn plan(path: &Path, prefix: &str, ops: &[u32]) -> Result<(Vec<Site>, Vec<St
         let len = size.clamp(1, 4096) as usize;
         let code = data.get(file_offset as usize..).map(|c| &c[..len.min(c.len())]).unwrap_or(&[]);
         let choice = choose_probe_offset(code, vaddr);
-        sites.push(Site { op, symbol: name, file_offset, probe_offset: choice.offset, why: choice.why, alias_of: None });
+        sites.push(Site {
+            op,
+            symbol: name,
+            file_offset,
+            probe_offset: choice.offset,
+            why: choice.why,
+            alias_of: None,
+        });
     }
     Ok((sites, missing))
 }
@@ -251,7 +270,8 @@ pub fn find_allocator(pid: u32, prefix: &str) -> Result<(PathBuf, &'static str)>
     }
     // A container's files are not at the same path in our mount namespace:
     // they are opened through /proc/PID/root when that is another root.
-    let same_root = std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
+    let same_root =
+        std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
     let rooted = |path: &Path| {
         let p = procmaps::under_root(pid, path);
         if same_root || !p.exists() {
@@ -310,11 +330,20 @@ fn attach_order(sites: &[Site]) -> impl Iterator<Item = (&Site, &'static [&'stat
     let mut live: Vec<&Site> = sites.iter().filter(|s| s.alias_of.is_none()).collect();
     // Stable: within a rank, the sites keep their order.
     live.sort_by_key(rank);
-    live.into_iter().map(|s| (s, if is_free(s.op) { &["free_enter"][..] } else { &["alloc_enter", "alloc_return"][..] }))
+    live.into_iter().map(|s| {
+        (s, if is_free(s.op) { &["free_enter"][..] } else { &["alloc_enter", "alloc_return"][..] })
+    })
 }
 
 /// Attach the shared entry/return/free programs at every site.
-pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, verbose: u8, tool: &str) -> Result<()> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    lib: &Path,
+    sites: &[Site],
+    pid: Option<u32>,
+    verbose: u8,
+    tool: &str,
+) -> Result<()> {
     let scope = match pid.and_then(NonZeroU32::new) {
         Some(p) => UProbeScope::OneProcess(p),
         None => UProbeScope::AllProcesses,
@@ -325,17 +354,26 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>, ver
     }
     for site in sites {
         if let (Some(alias), 1..) = (site.alias_of, verbose) {
-            eprintln!("{tool}: {} is the same function as {}: reported as {}", site.symbol, op_name(alias), op_name(alias));
+            eprintln!(
+                "{tool}: {} is the same function as {}: reported as {}",
+                site.symbol,
+                op_name(alias),
+                op_name(alias)
+            );
         }
     }
     for (site, progs) in attach_order(sites) {
         for prog in progs {
             let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(site.file_offset + site.probe_offset),
+                location: UProbeAttachLocation::AbsoluteOffset(
+                    site.file_offset + site.probe_offset,
+                ),
                 cookie: Some(site.op as u64),
             };
-            p.attach(point, lib, scope).with_context(|| format!("attaching {prog} to {}:{}", lib.display(), site.symbol))?;
+            p.attach(point, lib, scope).with_context(|| {
+                format!("attaching {prog} to {}:{}", lib.display(), site.symbol)
+            })?;
         }
         if verbose > 0 {
             eprintln!(
@@ -357,7 +395,14 @@ mod tests {
 
     #[test]
     fn frees_attach_first_and_entries_before_returns() {
-        let site = |op: u32, alias_of: Option<u32>| Site { op, symbol: op_name(op).into(), file_offset: 0, probe_offset: 0, why: String::new(), alias_of };
+        let site = |op: u32, alias_of: Option<u32>| Site {
+            op,
+            symbol: op_name(op).into(),
+            file_offset: 0,
+            probe_offset: 0,
+            why: String::new(),
+            alias_of,
+        };
         let malloc = sys::alloc_op_ALLOC_OP_MALLOC;
         let memalign = sys::alloc_op_ALLOC_OP_MEMALIGN;
         let realloc = sys::alloc_op_ALLOC_OP_REALLOC;
@@ -374,7 +419,14 @@ mod tests {
         let (free, alloc): (&[&str], &[&str]) = (&["free_enter"], &["alloc_enter", "alloc_return"]);
         assert_eq!(
             order,
-            [(OP_FREE, free), (OP_MUNMAP, free), (realloc, alloc), (sys::alloc_op_ALLOC_OP_REALLOCARRAY, alloc), (malloc, alloc), (memalign, alloc)]
+            [
+                (OP_FREE, free),
+                (OP_MUNMAP, free),
+                (realloc, alloc),
+                (sys::alloc_op_ALLOC_OP_REALLOCARRAY, alloc),
+                (malloc, alloc),
+                (memalign, alloc)
+            ]
         );
     }
 

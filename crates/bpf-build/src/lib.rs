@@ -27,7 +27,9 @@ const CLANG_CANDIDATES: &[&str] = &["clang-19", "clang-16", "clang-14", "clang"]
 pub fn build(tool: &str) {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bpf_dir = find_bpf_dir();
-    for entry in fs::read_dir(&bpf_dir).unwrap_or_else(|e| fail(&format!("{}: {e}", bpf_dir.display()))) {
+    for entry in
+        fs::read_dir(&bpf_dir).unwrap_or_else(|e| fail(&format!("{}: {e}", bpf_dir.display())))
+    {
         let Ok(entry) = entry else { continue };
         let p = entry.path();
         if matches!(p.extension().and_then(|e| e.to_str()), Some("c" | "h")) {
@@ -76,7 +78,10 @@ pub fn mirror(stem: &str) {
 fn mirror_header(bpf_dir: &Path, stem: &str, out: &Path) {
     let header = bpf_dir.join(format!("{stem}.h"));
     let bindings = bindgen::Builder::default()
-        .header_contents("wrapper.h", &format!("#include <linux/types.h>\n#include \"{}\"\n", header.display()))
+        .header_contents(
+            "wrapper.h",
+            &format!("#include <linux/types.h>\n#include \"{}\"\n", header.display()),
+        )
         .allowlist_file(format!("{}.*", regex_escape(&bpf_dir.display().to_string())))
         .derive_default(true)
         .derive_debug(false)
@@ -94,7 +99,8 @@ fn mirror_header(bpf_dir: &Path, stem: &str, out: &Path) {
 }
 
 fn find_bpf_dir() -> PathBuf {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     for dir in manifest.ancestors() {
         let candidate = dir.join("bpf");
         if candidate.join("leakd.bpf.h").is_file() {
@@ -132,7 +138,8 @@ fn generate_vmlinux_h(path: &Path) {
     if !output.status.success() {
         fail(&format!("bpftool btf dump failed: {}", String::from_utf8_lossy(&output.stderr)));
     }
-    fs::write(path, output.stdout).unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+    fs::write(path, output.stdout)
+        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
 }
 
 fn regex_escape(s: &str) -> String {

@@ -46,8 +46,14 @@ fn ensure_tracefs() -> Result<()> {
             _ => {}
         }
     }
-    nix::mount::mount(Some("tracefs"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("tracefs is not mounted and mounting it on {TRACEFS} failed"))?;
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("tracefs is not mounted and mounting it on {TRACEFS} failed"))?;
     Ok(())
 }
 
@@ -64,7 +70,12 @@ impl Filter {
     /// `tgid` 0 means every process; `follow_children` also traces the
     /// descendants of `tgid` (for a launched command).
     pub fn new(tgid: u32, follow_children: bool, cgroup_id: u64) -> Self {
-        Filter { tgid, follow_children: u8::from(follow_children), cgroup_id, self_tgid: std::process::id() }
+        Filter {
+            tgid,
+            follow_children: u8::from(follow_children),
+            cgroup_id,
+            self_tgid: std::process::id(),
+        }
     }
 
     pub fn follows_children(&self) -> bool {
@@ -86,9 +97,9 @@ pub fn load(loader: &mut EbpfLoader<'_>, object: &[u8]) -> Result<Ebpf> {
     // in 0.14; only the BPF side touches them.
     loader.allow_unsupported_maps();
     loader.load(object).map_err(|e| match e {
-        EbpfError::MapError(ref m) if is_eperm_source(m) => anyhow!(
-            "permission denied creating BPF maps: needs root (or CAP_BPF and CAP_PERFMON)"
-        ),
+        EbpfError::MapError(ref m) if is_eperm_source(m) => {
+            anyhow!("permission denied creating BPF maps: needs root (or CAP_BPF and CAP_PERFMON)")
+        }
         other => anyhow::Error::new(other).context("loading the BPF object"),
     })
 }
@@ -112,7 +123,9 @@ pub fn load_error(name: &str, e: ProgramError, verbose: u8) -> anyhow::Error {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             if verbose > 0 {
-                eprintln!("--- verifier log for {name} ---\n{verifier_log}\n--- end of verifier log ---");
+                eprintln!(
+                    "--- verifier log for {name} ---\n{verifier_log}\n--- end of verifier log ---"
+                );
                 anyhow!("the kernel's BPF verifier rejected program {name}: {io_error}")
             } else {
                 anyhow!("the kernel's BPF verifier rejected program {name}: {io_error} (rerun with -v for the verifier log)")
@@ -128,12 +141,19 @@ pub fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("BPF program {name} missing from object"))?;
+    let p =
+        ebpf.program_mut(name).ok_or_else(|| anyhow!("BPF program {name} missing from object"))?;
     p.try_into().with_context(|| format!("BPF program {name}"))
 }
 
 /// Load and attach a classic tracepoint program (`tracepoint/<category>/<name>`).
-pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str, verbose: u8) -> Result<()> {
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+    verbose: u8,
+) -> Result<()> {
     let p: &mut TracePoint = program_mut(ebpf, prog)?;
     p.load().map_err(|e| load_error(prog, e, verbose))?;
     p.attach(category, name)
@@ -142,7 +162,13 @@ pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str
 }
 
 /// Load and attach a BTF-typed tracepoint program (`tp_btf/<name>`).
-pub fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, name: &str, verbose: u8) -> Result<()> {
+pub fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    prog: &str,
+    name: &str,
+    verbose: u8,
+) -> Result<()> {
     let p: &mut BtfTracePoint = program_mut(ebpf, prog)?;
     p.load(name, btf).map_err(|e| load_error(prog, e, verbose))?;
     p.attach().with_context(|| format!("attaching {prog} to tp_btf/{name}"))?;
@@ -161,7 +187,8 @@ pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8)
         return Ok(());
     }
     let mut tracked: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
-        ebpf.map_mut("leakd_tracked").ok_or_else(|| anyhow!("map leakd_tracked missing from object"))?,
+        ebpf.map_mut("leakd_tracked")
+            .ok_or_else(|| anyhow!("map leakd_tracked missing from object"))?,
     )?;
     tracked.insert(filter.tgid, 1, 0).context("seeding the tracked-process map")?;
     attach_btf_tracepoint(ebpf, btf, "leakd_fork", "sched_process_fork", verbose)?;
@@ -175,7 +202,8 @@ pub fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the BPF object"))?;
+    let map =
+        ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the BPF object"))?;
     T::try_from(map).with_context(|| format!("opening map {name}"))
 }
 

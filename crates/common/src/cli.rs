@@ -83,7 +83,9 @@ fn is_kernel_thread(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // The comm field may hold spaces and parentheses: fields start after the
     // last ')'. Then: state ppid pgrp session tty_nr tpgid flags.
-    let flags = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
+    let flags = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
     flags.is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
@@ -94,7 +96,8 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
     if !md.is_dir() {
         bail!("cgroup {}: not a directory", path.display());
     }
-    let fs = nix::sys::statfs::statfs(path).with_context(|| format!("cgroup {}", path.display()))?;
+    let fs =
+        nix::sys::statfs::statfs(path).with_context(|| format!("cgroup {}", path.display()))?;
     if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
         bail!("cgroup {}: not in a cgroup v2 filesystem", path.display());
     }

@@ -59,20 +59,33 @@ impl EventLoop {
         sig_r.set_nonblocking(true)?;
         // SIGHUP too: a closed terminal ends the run like Ctrl-C, with the
         // final lines written; unless it is ignored (`nohup`), which stays so.
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        for sig in
+            [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        {
             if sig == signal_hook::consts::SIGHUP && is_ignored(sig) {
                 continue;
             }
-            signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?).context("installing signal handler")?;
+            signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?)
+                .context("installing signal handler")?;
         }
-        Ok(EventLoop { sig_r, target: None, deadline: duration.map(|d| Instant::now() + d), interval })
+        Ok(EventLoop {
+            sig_r,
+            target: None,
+            deadline: duration.map(|d| Instant::now() + d),
+            interval,
+        })
     }
 
     /// Start on the target once the probes are attached: watch a `-p`
     /// process, or release the held command and watch it. `on_target` sees
     /// the target's pid first (e.g. to read its mappings, which vanish when
     /// it exits).
-    pub fn start_target(&mut self, pid: Option<u32>, held: Option<Held>, mut on_target: impl FnMut(u32)) -> Result<()> {
+    pub fn start_target(
+        &mut self,
+        pid: Option<u32>,
+        held: Option<Held>,
+        mut on_target: impl FnMut(u32),
+    ) -> Result<()> {
         if let Some(pid) = pid {
             on_target(pid);
             self.watch(pid, None)?;
@@ -92,7 +105,8 @@ impl EventLoop {
         // no memory is passed.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("watching process {pid}"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("watching process {pid}"));
         }
         // SAFETY: fd is a freshly created descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -137,7 +151,8 @@ impl EventLoop {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(e).context("poll"),
                 }
-                let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+                let ready =
+                    |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
                 (ready(0), ready(1), self.target.is_some() && ready(2))
             };
             if let Some(r) = ring.as_deref_mut() {
@@ -153,7 +168,8 @@ impl EventLoop {
                 break End::Signal;
             }
             if target_ready {
-                let status = self.target.as_ref().and_then(|(_, l)| l.as_ref()).and_then(Launched::reap);
+                let status =
+                    self.target.as_ref().and_then(|(_, l)| l.as_ref()).and_then(Launched::reap);
                 break End::TargetExited(status);
             }
             let now = Instant::now();
@@ -227,7 +243,12 @@ const CLOCK_EVERY: usize = 256;
 
 /// Handle events until the ring is empty (`false`) or `until` has passed
 /// (`true`: more may be waiting).
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, handler: &mut dyn Handler, until: Instant) -> Result<bool> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mut Output,
+    handler: &mut dyn Handler,
+    until: Instant,
+) -> Result<bool> {
     loop {
         for _ in 0..CLOCK_EVERY {
             let Some(item) = ring.next() else { return Ok(false) };

@@ -57,7 +57,8 @@ pub fn resolve(cmd: &OsStr) -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let path =
+        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join(cmd);
         if is_exec(&candidate) {
@@ -71,7 +72,8 @@ pub fn resolve(cmd: &OsStr) -> Result<PathBuf> {
 pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
     let Some(first) = argv.first() else { bail!("no command given after --") };
     let path = resolve(first)?;
-    let c_path = CString::new(path.as_os_str().as_bytes()).context("command path contains a NUL byte")?;
+    let c_path =
+        CString::new(path.as_os_str().as_bytes()).context("command path contains a NUL byte")?;
     let c_args: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -123,7 +125,13 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
         ForkResult::Parent { child } => {
             drop(go_r);
             drop(err_w);
-            Ok(Held { pid: child, go: go_w, released: false, exec_err: err_r, display: path.display().to_string() })
+            Ok(Held {
+                pid: child,
+                go: go_w,
+                released: false,
+                exec_err: err_r,
+                display: path.display().to_string(),
+            })
         }
     }
 }
@@ -185,7 +193,9 @@ fn wait_for_exe_mapping(pid: u32) {
     };
     for _ in 0..200 {
         match crate::procmaps::read_maps(pid) {
-            Ok(maps) if maps.iter().any(|m| m.exec && m.path.as_deref() == Some(exe.as_path())) => return,
+            Ok(maps) if maps.iter().any(|m| m.exec && m.path.as_deref() == Some(exe.as_path())) => {
+                return
+            }
             Ok(_) => std::thread::sleep(std::time::Duration::from_micros(250)),
             Err(_) => return,
         }

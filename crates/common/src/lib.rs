@@ -90,6 +90,7 @@ pub fn usage_error(msg: impl Into<String>) -> Error {
 
 /// Whether an error (or anything in its chain) is EPIPE on output.
 pub fn is_broken_pipe(e: &Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
 }

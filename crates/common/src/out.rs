@@ -39,7 +39,11 @@ impl Output {
         // SAFETY: fd 1 is open for the life of the process; ManuallyDrop keeps
         // the File from closing it.
         let f = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-        Output { w: BufWriter::with_capacity(1 << 16, StdoutFd(f)), tty: io::stdout().is_terminal(), plain: false }
+        Output {
+            w: BufWriter::with_capacity(1 << 16, StdoutFd(f)),
+            tty: io::stdout().is_terminal(),
+            plain: false,
+        }
     }
 
     /// Human-readable output (a tool's `--text`): shared writers such as the

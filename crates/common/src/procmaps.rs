@@ -163,7 +163,12 @@ impl MapsCache {
             // Gone (or a zombie, whose maps read empty): keep the last copy,
             // or remember that there is none, so that the process's next
             // events do not each try again.
-            _ => self.procs.entry(pid).or_insert_with(|| ProcMaps { entries: Vec::new(), settled: None }).settled = Some(now),
+            _ => {
+                self.procs
+                    .entry(pid)
+                    .or_insert_with(|| ProcMaps { entries: Vec::new(), settled: None })
+                    .settled = Some(now)
+            }
         }
     }
 
@@ -220,7 +225,11 @@ impl MapsCache {
 }
 
 /// A file's build id, read once per path.
-fn cached_build_id(cache: &mut HashMap<PathBuf, Option<String>>, pid: u32, path: &Path) -> Option<String> {
+fn cached_build_id(
+    cache: &mut HashMap<PathBuf, Option<String>>,
+    pid: u32,
+    path: &Path,
+) -> Option<String> {
     if let Some(b) = cache.get(path) {
         return b.clone();
     }
@@ -281,7 +290,9 @@ pub fn read_build_id(path: &Path) -> Option<String> {
                 break;
             }
             const NT_GNU_BUILD_ID: u32 = 3;
-            if ntype == NT_GNU_BUILD_ID && notes.get(name_start..name_start + namesz) == Some(b"GNU\0") {
+            if ntype == NT_GNU_BUILD_ID
+                && notes.get(name_start..name_start + namesz) == Some(b"GNU\0")
+            {
                 return Some(crate::text::hex_bytes(&notes[desc_start..desc_start + descsz]));
             }
             p = next;
@@ -308,7 +319,8 @@ mod tests {
             c.procs.insert(pid, ProcMaps { entries: Vec::new(), settled: None });
         }
         assert!(c.procs.len() >= MAX_PROCS);
-        let code = a_process_without_maps_is_remembered_and_gone_ones_make_room as *const () as usize as u64;
+        let code = a_process_without_maps_is_remembered_and_gone_ones_make_room as *const ()
+            as usize as u64;
         assert!(c.lookup(me, code).is_some_and(|m| m.exec));
         assert_eq!(c.procs.len(), 1, "only the live process is kept");
     }

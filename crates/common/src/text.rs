@@ -43,8 +43,15 @@ pub fn string_to_bytes(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(b.len());
     let (mut i, mut decoded) = (0, false);
     while i < b.len() {
-        let hex = b.get(i + 2..i + 4).filter(|h| b[i] == b'\\' && b[i + 1] == b'x' && h.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
-        match hex.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+        let hex = b.get(i + 2..i + 4).filter(|h| {
+            b[i] == b'\\'
+                && b[i + 1] == b'x'
+                && h.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        match hex
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
             Some(v) => {
                 out.push(v);
                 i += 4;
@@ -166,7 +173,9 @@ mod tests {
 
     #[test]
     fn strings_written_by_the_rule_read_back() {
-        for bytes in [&b"a\xffb\xfe"[..], b"\xc3", b"caf\xc3\xa9\xff", b"\\x\xff", b"/tmp/nu\xff/prog"] {
+        for bytes in
+            [&b"a\xffb\xfe"[..], b"\xc3", b"caf\xc3\xa9\xff", b"\\x\xff", b"/tmp/nu\xff/prog"]
+        {
             let s = bytes_to_string(bytes);
             assert_eq!(string_to_bytes(&s).as_deref(), Some(bytes), "{s}");
         }

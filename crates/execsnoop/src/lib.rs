@@ -89,8 +89,16 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     // A mistyped PID is reported whatever the privileges.
     let cgroup_id = cli.target.check()?.unwrap_or(0);
     bpf::preflight()?;
-    let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
-    let filter = Filter::new(held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0), held.is_some(), cgroup_id);
+    let held = if cli.target.command.is_empty() {
+        None
+    } else {
+        Some(launch::spawn_held(&cli.target.command)?)
+    };
+    let filter = Filter::new(
+        held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
+        held.is_some(),
+        cgroup_id,
+    );
 
     let uid = cli.filters.uid.unwrap_or(u32::MAX);
     let ppid = cli.filters.ppid.unwrap_or(0);

@@ -199,7 +199,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
     let usr1 = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1)).context("installing SIGUSR1 handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+        .context("installing SIGUSR1 handler")?;
 
     let mut loader = EbpfLoader::new();
     let sample_bytes = cli.sample_bytes.unwrap_or(0);
@@ -209,12 +210,21 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
-    let allocsnoop::Tracer { mut ebpf, held, pid } =
-        allocsnoop::load_tracer("leakd-attach", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
+    let allocsnoop::Tracer { mut ebpf, held, pid } = allocsnoop::load_tracer(
+        "leakd-attach",
+        OBJECT,
+        loader,
+        &cli.probe,
+        &ops,
+        &cli.target,
+        verbose,
+    )?;
 
-    let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> = bpf::take_map(&mut ebpf, "allocs")?;
+    let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
+        bpf::take_map(&mut ebpf, "allocs")?;
     let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
-    let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> = bpf::take_map(&mut ebpf, "sites")?;
+    let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
+        bpf::take_map(&mut ebpf, "sites")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
     let mut maps = MapsCache::new();
@@ -298,7 +308,13 @@ impl Group {
     /// Count one live block of `size` bytes allocated at `ts_ns`.
     fn add_block(&mut self, size: u64, ts_ns: u64, sample_bytes: Option<u64>) {
         let (est_bytes, est_count) = sample_bytes.map_or((0.0, 0.0), |n| sample_weight(size, n));
-        self.merge(&Group { bytes: size, count: 1, est_bytes, est_count, oldest_ts_ns: Some(ts_ns) });
+        self.merge(&Group {
+            bytes: size,
+            count: 1,
+            est_bytes,
+            est_count,
+            oldest_ts_ns: Some(ts_ns),
+        });
     }
 
     fn merge(&mut self, o: &Group) {
@@ -456,7 +472,8 @@ where
         if steps >= limit {
             break;
         }
-        let key = key.map_err(|e| leakd_common::Error::new(e).context(format!("walking the {what} map")))?;
+        let key = key
+            .map_err(|e| leakd_common::Error::new(e).context(format!("walking the {what} map")))?;
         if seen.contains(&key) {
             continue;
         }
@@ -466,7 +483,9 @@ where
                 entries.push((key, v));
             }
             Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(leakd_common::Error::new(e).context(format!("reading the {what} map"))),
+            Err(e) => {
+                return Err(leakd_common::Error::new(e).context(format!("reading the {what} map")))
+            }
         }
     }
     Ok(entries)
@@ -528,7 +547,8 @@ impl Reporter {
         live: &HashSet<SiteKey>,
         memo: &mut HashMap<SiteKey, LineKey>,
     ) -> Result<()> {
-        let idle_now = |k: &SiteKey, st: &sys::leakd_attach_stats| st.allocs == st.frees && !live.contains(k);
+        let idle_now =
+            |k: &SiteKey, st: &sys::leakd_attach_stats| st.allocs == st.frees && !live.contains(k);
         let mut stack_ok: HashMap<u32, bool> = HashMap::new();
         let mut candidates = Vec::new();
         for (k, st) in totals {
@@ -544,7 +564,9 @@ impl Reporter {
         self.idle = totals.iter().map(|(k, st)| (*k, st.allocs)).collect();
         let mut deleted_stacks: HashSet<u32> = HashSet::new();
         for k in candidates {
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && !stack_ok.get(&k.stack_id).copied().unwrap_or(false) {
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK
+                && !stack_ok.get(&k.stack_id).copied().unwrap_or(false)
+            {
                 continue;
             }
             // Before the stack is gone.
@@ -554,7 +576,11 @@ impl Reporter {
                 // id (same stack, same hash bucket).
                 match self.stacks.remove(&k.stack_id) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(leakd_common::Error::new(e).context("deleting from the stacks map")),
+                    Err(e) => {
+                        return Err(
+                            leakd_common::Error::new(e).context("deleting from the stacks map")
+                        )
+                    }
                 }
             }
             // Read again right before deleting, to lose as little as possible
@@ -566,12 +592,17 @@ impl Reporter {
             };
             match self.sites.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(leakd_common::Error::new(e).context("deleting from the sites map")),
+                Err(e) => {
+                    return Err(leakd_common::Error::new(e).context("deleting from the sites map"))
+                }
             }
             self.idle.remove(&k);
             memo.remove(&k);
             if self.verbose > 2 {
-                eprintln!("leakd-attach: folding {line:x?}: {} allocs, {} frees", st.allocs, st.frees);
+                eprintln!(
+                    "leakd-attach: folding {line:x?}: {} allocs, {} frees",
+                    st.allocs, st.frees
+                );
             }
             add_stats(self.folded.entry(line).or_default(), &st);
         }
@@ -740,7 +771,8 @@ impl Reporter {
         let mut ranked: Vec<(LineKey, Group, f64, bool)> = groups
             .into_iter()
             .map(|(k, g)| {
-                let (rate, growing) = self.history.get(&k).map_or((0.0, false), |h| growth(h, self.trend));
+                let (rate, growing) =
+                    self.history.get(&k).map_or((0.0, false), |h| growth(h, self.trend));
                 (k, g, rate, growing)
             })
             .collect();
@@ -784,15 +816,25 @@ mod tests {
     #[test]
     fn growth_needs_a_rise_at_every_step() {
         let t = Instant::now();
-        let h: History = [(t, 0), (t + Duration::from_secs(1), 10), (t + Duration::from_secs(2), 20), (t + Duration::from_secs(3), 30)]
-            .into_iter()
-            .collect();
+        let h: History = [
+            (t, 0),
+            (t + Duration::from_secs(1), 10),
+            (t + Duration::from_secs(2), 20),
+            (t + Duration::from_secs(3), 30),
+        ]
+        .into_iter()
+        .collect();
         let (rate, growing) = growth(&h, 3);
         assert!((rate - 10.0).abs() < 1e-9);
         assert!(growing);
-        let flat: History = [(t, 10), (t + Duration::from_secs(1), 20), (t + Duration::from_secs(2), 20), (t + Duration::from_secs(3), 30)]
-            .into_iter()
-            .collect();
+        let flat: History = [
+            (t, 10),
+            (t + Duration::from_secs(1), 20),
+            (t + Duration::from_secs(2), 20),
+            (t + Duration::from_secs(3), 30),
+        ]
+        .into_iter()
+        .collect();
         assert!(!growth(&flat, 3).1);
         // Too short a history is never "growing".
         let short: History = [(t, 10), (t + Duration::from_secs(1), 20)].into_iter().collect();

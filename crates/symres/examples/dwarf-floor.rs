@@ -35,7 +35,12 @@ fn run() -> Result<(), String> {
             .section_headers
             .iter()
             .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(id.name()))
-            .and_then(|sh| data.get(usize::try_from(sh.sh_offset).ok()?..usize::try_from(sh.sh_offset.checked_add(sh.sh_size)?).ok()?))
+            .and_then(|sh| {
+                data.get(
+                    usize::try_from(sh.sh_offset).ok()?
+                        ..usize::try_from(sh.sh_offset.checked_add(sh.sh_size)?).ok()?,
+                )
+            })
             .unwrap_or_default();
         Ok(EndianSlice::new(bytes, endian))
     };

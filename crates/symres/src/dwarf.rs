@@ -107,7 +107,11 @@ impl Index {
         // large build) would only say that no unit does.
         let i = self.ranges.partition_point(|r| r.0 <= vaddr);
         let outside = i == 0 || vaddr >= self.ranges[i - 1].1;
-        if outside && *self.complete.get_or_init(|| aranges_complete(&self.secs, &self.units, &self.ranges).unwrap_or(false)) {
+        if outside
+            && *self.complete.get_or_init(|| {
+                aranges_complete(&self.secs, &self.units, &self.ranges).unwrap_or(false)
+            })
+        {
             return None;
         }
         self.full(vaddr, verbose).map(lock)
@@ -162,8 +166,13 @@ impl Index {
         let threads = threads.clamp(1, headers.len().max(1));
         let headers = &headers;
         let parts: Vec<gimli::Result<Vec<u64>>> = std::thread::scope(|scope| {
-            let each = (0..threads).map(|t| scope.spawn(move || unit_boundaries(dwarf, headers.iter().skip(t).step_by(threads))));
-            each.collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+            let each = (0..threads).map(|t| {
+                scope.spawn(move || unit_boundaries(dwarf, headers.iter().skip(t).step_by(threads)))
+            });
+            each.collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
         });
         for p in parts {
             out.extend(p?);
@@ -191,7 +200,10 @@ impl Index {
 }
 
 /// `Index::boundaries` of some units.
-fn unit_boundaries<'a>(dwarf: &gimli::Dwarf<Reader>, headers: impl Iterator<Item = &'a gimli::UnitHeader<Reader>>) -> gimli::Result<Vec<u64>> {
+fn unit_boundaries<'a>(
+    dwarf: &gimli::Dwarf<Reader>,
+    headers: impl Iterator<Item = &'a gimli::UnitHeader<Reader>>,
+) -> gimli::Result<Vec<u64>> {
     let mut out = Vec::new();
     for header in headers {
         let unit = dwarf.unit(header.clone())?;
@@ -281,17 +293,25 @@ fn merge_spans(spans: &mut Vec<Span>) {
 /// spans. Only code counts: outside it, DWARF knows the ranges of dropped
 /// functions, which no set lists. A split-DWARF skeleton counts as left
 /// out.
-fn aranges_complete(secs: &DwarfSections, units: &[UnitSlot], spans: &[Span]) -> gimli::Result<bool> {
-    let covered: rustc_hash::FxHashSet<usize> = units.iter().filter(|u| u.listed).map(|u| u.offset).collect();
+fn aranges_complete(
+    secs: &DwarfSections,
+    units: &[UnitSlot],
+    spans: &[Span],
+) -> gimli::Result<bool> {
+    let covered: rustc_hash::FxHashSet<usize> =
+        units.iter().filter(|u| u.listed).map(|u| u.offset).collect();
     let dwarf = secs.dwarf()?;
     let mut headers = dwarf.units();
     while let Some(header) = headers.next()? {
         match header.type_() {
             gimli::UnitType::Compilation => {}
-            gimli::UnitType::Skeleton(_) | gimli::UnitType::SplitCompilation(_) => return Ok(false),
+            gimli::UnitType::Skeleton(_) | gimli::UnitType::SplitCompilation(_) => {
+                return Ok(false)
+            }
             _ => continue,
         }
-        let has_set = header.offset().as_debug_info_offset().is_some_and(|o| covered.contains(&o.0));
+        let has_set =
+            header.offset().as_debug_info_offset().is_some_and(|o| covered.contains(&o.0));
         let unit = dwarf.unit(header)?;
         let mut entries = unit.entries();
         let Some((_, root)) = entries.next_dfs()? else { continue };
@@ -342,7 +362,9 @@ fn in_spans(r: gimli::Range, code: &[(u64, u64)], spans: &[Span]) -> bool {
 /// unit is self-contained (see the module docs).
 fn unit_context(secs: &DwarfSections, offset: usize) -> Option<Ctx> {
     let info = secs.section(".debug_info")?;
-    let header = gimli::DebugInfo::from(info.clone()).header_from_offset(gimli::DebugInfoOffset(offset)).ok()?;
+    let header = gimli::DebugInfo::from(info.clone())
+        .header_from_offset(gimli::DebugInfoOffset(offset))
+        .ok()?;
     if !matches!(header.type_(), gimli::UnitType::Compilation) {
         return None;
     }
@@ -415,7 +437,15 @@ mod tests {
     /// The frames symres reports at `a` (with inlined ones).
     fn frames(ctx: &Ctx, a: u64) -> Vec<crate::resolve::DwarfFrame> {
         let mut out = Vec::new();
-        crate::resolve::dwarf_frames(ctx, a, true, true, &mut Default::default(), &mut Default::default(), &mut out);
+        crate::resolve::dwarf_frames(
+            ctx,
+            a,
+            true,
+            true,
+            &mut Default::default(),
+            &mut Default::default(),
+            &mut out,
+        );
         out
     }
 
@@ -444,11 +474,23 @@ mod tests {
 
     #[test]
     fn overlapping_spans_merge_and_two_units_make_them_ambiguous() {
-        let mut spans = vec![(0x60, 0x70, 2), (0x10, 0x20, 0), (0x30, 0x40, 1), (0x18, 0x28, 0), (0x28, 0x30, 1), (0x38, 0x50, 1), (0x65, 0x68, 2), (0x68, 0x80, 3)];
+        let mut spans = vec![
+            (0x60, 0x70, 2),
+            (0x10, 0x20, 0),
+            (0x30, 0x40, 1),
+            (0x18, 0x28, 0),
+            (0x28, 0x30, 1),
+            (0x38, 0x50, 1),
+            (0x65, 0x68, 2),
+            (0x68, 0x80, 3),
+        ];
         merge_spans(&mut spans);
         // Adjacent spans stay apart; one inside another (0x65) merges
         // into it; a second unit's makes the whole span ambiguous.
-        assert_eq!(spans, vec![(0x10, 0x28, 0), (0x28, 0x30, 1), (0x30, 0x50, 1), (0x60, 0x80, AMBIGUOUS)]);
+        assert_eq!(
+            spans,
+            vec![(0x10, 0x28, 0), (0x28, 0x30, 1), (0x30, 0x50, 1), (0x60, 0x80, AMBIGUOUS)]
+        );
     }
 
     /// Each unit's code is the sum of its set's entries: at least what its
@@ -465,7 +507,12 @@ mod tests {
         let mut compared = 0;
         for (u, slot) in index.units.iter().enumerate() {
             assert_eq!(slot.listed, index.unit_code_bytes(u) > 0, "unit {u}");
-            assert!(index.unit_code_bytes(u) >= spanned[u], "unit {u}: {} < {}", index.unit_code_bytes(u), spanned[u]);
+            assert!(
+                index.unit_code_bytes(u) >= spanned[u],
+                "unit {u}: {} < {}",
+                index.unit_code_bytes(u),
+                spanned[u]
+            );
             compared += usize::from(spanned[u] > 0);
         }
         assert!(compared > 50, "{compared} units with spans");
@@ -477,7 +524,13 @@ mod tests {
     #[test]
     fn unit_contexts_answer_like_the_full_context() {
         let (_, full, index) = this_test_binary();
-        let addrs: Vec<u64> = index.ranges.iter().filter(|r| r.2 != AMBIGUOUS).flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2]).step_by(13).collect();
+        let addrs: Vec<u64> = index
+            .ranges
+            .iter()
+            .filter(|r| r.2 != AMBIGUOUS)
+            .flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2])
+            .step_by(13)
+            .collect();
         assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
         let (mut by_unit, mut compared) = (0, 0);
         for a in addrs {

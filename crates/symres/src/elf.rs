@@ -13,7 +13,10 @@ use std::io::Read;
 use std::sync::Arc;
 
 use gimli::{EndianReader, RunTimeEndian};
-use goblin::elf::{program_header::{PF_X, PT_LOAD}, section_header, sym, Elf};
+use goblin::elf::{
+    program_header::{PF_X, PT_LOAD},
+    section_header, sym, Elf,
+};
 
 /// The reader addr2line works on: ranges of the file's bytes (or of a
 /// decompressed section), shared by reference count.
@@ -141,7 +144,10 @@ impl Symbol {
     /// first (sized over unsized, global over weak over local, then the
     /// first seen). Total: `seq` is unique.
     fn key(&self) -> u128 {
-        u128::from(self.addr) << 64 | u128::from(self.size == 0) << 48 | u128::from(self.rank) << 32 | u128::from(self.seq)
+        u128::from(self.addr) << 64
+            | u128::from(self.size == 0) << 48
+            | u128::from(self.rank) << 32
+            | u128::from(self.seq)
     }
 }
 
@@ -183,7 +189,9 @@ impl SymbolTable {
     fn scan(&self, addr: u64) -> Option<&Symbol> {
         let mut best: Option<&Symbol> = None;
         for s in &self.syms {
-            if s.addr <= addr && best.is_none_or(|b| s.addr > b.addr || (s.addr == b.addr && s.key() < b.key())) {
+            if s.addr <= addr
+                && best.is_none_or(|b| s.addr > b.addr || (s.addr == b.addr && s.key() < b.key()))
+            {
                 best = Some(s);
             }
         }
@@ -219,9 +227,15 @@ impl SymbolTable {
     pub fn name(&self, s: SymName) -> std::borrow::Cow<'_, str> {
         let (src, end): (&[u8], usize) = match s.table {
             0 => (&self.arena, self.arena.len()),
-            t => (self.file.as_deref().unwrap_or_default(), self.table_end.get(usize::from(t) - 1).copied().unwrap_or(0)),
+            t => (
+                self.file.as_deref().unwrap_or_default(),
+                self.table_end.get(usize::from(t) - 1).copied().unwrap_or(0),
+            ),
         };
-        let rest = usize::try_from(s.at).ok().and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME)))).unwrap_or_default();
+        let rest = usize::try_from(s.at)
+            .ok()
+            .and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME))))
+            .unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         leakd_common::text::to_text(&rest[..end])
     }
@@ -284,7 +298,8 @@ impl DwarfSections {
             Section::Plain(r) => Some(r.clone()),
             Section::Compressed { raw, chdr, inflated } => inflated
                 .get_or_init(|| {
-                    let r = inflate(raw.bytes(), *chdr).map(|b| EndianReader::new(Bytes::heap(b), self.endian));
+                    let r = inflate(raw.bytes(), *chdr)
+                        .map(|b| EndianReader::new(Bytes::heap(b), self.endian));
                     if let (Err(e), 1..) = (&r, self.verbose) {
                         eprintln!("symres: {name}: {e}, left out");
                     }
@@ -301,7 +316,10 @@ impl DwarfSections {
     }
 
     /// A context over the sections `get` gives by name (missing ones empty).
-    pub fn context_with(&self, get: impl Fn(&str) -> Option<Reader>) -> Result<addr2line::Context<Reader>, gimli::Error> {
+    pub fn context_with(
+        &self,
+        get: impl Fn(&str) -> Option<Reader>,
+    ) -> Result<addr2line::Context<Reader>, gimli::Error> {
         addr2line::Context::from_dwarf(self.dwarf_with(get)?)
     }
 
@@ -310,7 +328,10 @@ impl DwarfSections {
         self.dwarf_with(|name| self.section(name))
     }
 
-    fn dwarf_with(&self, get: impl Fn(&str) -> Option<Reader>) -> Result<gimli::Dwarf<Reader>, gimli::Error> {
+    fn dwarf_with(
+        &self,
+        get: impl Fn(&str) -> Option<Reader>,
+    ) -> Result<gimli::Dwarf<Reader>, gimli::Error> {
         let empty = Bytes::heap(Vec::new());
         gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
             Ok(get(id.name()).unwrap_or_else(|| EndianReader::new(empty.clone(), self.endian)))
@@ -347,17 +368,27 @@ impl ElfFile {
         };
         let endian = if elf.little_endian { RunTimeEndian::Little } else { RunTimeEndian::Big };
 
-        let loads: Vec<&goblin::elf::ProgramHeader> = elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD).collect();
+        let loads: Vec<&goblin::elf::ProgramHeader> =
+            elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD).collect();
         // A debug file whose program headers lost their offsets: its code
         // sections are there without their bytes, and so is some of its code
         // segment (headers kept as they were are read as they are).
-        let debug_only = elf.section_headers.iter().any(|sh| {
-            sh.sh_type == section_header::SHT_NOBITS && sh.sh_flags & u64::from(section_header::SHF_EXECINSTR) != 0 && sh.sh_size > 0
-        }) && loads.iter().any(|p| p.p_flags & PF_X != 0 && p.p_filesz < p.p_memsz);
+        let debug_only =
+            elf.section_headers.iter().any(|sh| {
+                sh.sh_type == section_header::SHT_NOBITS
+                    && sh.sh_flags & u64::from(section_header::SHF_EXECINSTR) != 0
+                    && sh.sh_size > 0
+            }) && loads.iter().any(|p| p.p_flags & PF_X != 0 && p.p_filesz < p.p_memsz);
         let segments: Vec<Segment> = if debug_only {
             binary_layout(&loads)
         } else {
-            let seg = |p: &&goblin::elf::ProgramHeader| Segment { offset: p.p_offset, vaddr: p.p_vaddr, filesz: p.p_filesz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 };
+            let seg = |p: &&goblin::elf::ProgramHeader| Segment {
+                offset: p.p_offset,
+                vaddr: p.p_vaddr,
+                filesz: p.p_filesz,
+                memsz: p.p_memsz,
+                exec: p.p_flags & PF_X != 0,
+            };
             loads.iter().map(seg).collect()
         };
 
@@ -369,7 +400,10 @@ impl ElfFile {
         // Sized up front: growing by doubling copied megabytes. Room for
         // every symbol: the pages of the unused part are never touched.
         symbols.syms.reserve(elf.syms.len() + elf.dynsyms.len());
-        let tables = [(&elf.syms, &elf.strtab, names.map(|n| n[0])), (&elf.dynsyms, &elf.dynstrtab, names.map(|n| n[1]))];
+        let tables = [
+            (&elf.syms, &elf.strtab, names.map(|n| n[0])),
+            (&elf.dynsyms, &elf.dynstrtab, names.map(|n| n[1])),
+        ];
         for (t, (syms, strtab, raw)) in tables.into_iter().enumerate() {
             // Where the raw table starts in the file: names are used in place.
             // (An absent table is an empty slice from elsewhere: no base.)
@@ -387,7 +421,13 @@ impl ElfFile {
                     (Some(r), Some(base)) => {
                         // Checked here only as far as "non-empty, in the table".
                         if r.get(s.st_name).is_some_and(|&b| b != 0) {
-                            symbols.push_in_file(t as u8 + 1, base + s.st_name, s.st_value, s.st_size, rank);
+                            symbols.push_in_file(
+                                t as u8 + 1,
+                                base + s.st_name,
+                                s.st_value,
+                                s.st_size,
+                                rank,
+                            );
                         }
                     }
                     _ => {
@@ -408,7 +448,8 @@ impl ElfFile {
         for sh in &elf.section_headers {
             let Some(name) = elf.shdr_strtab.get_at(sh.sh_name) else { continue };
             if name == ".gnu_debuglink" {
-                debuglink = section_bytes(data, sh).and_then(|b| parse_debuglink(b, elf.little_endian));
+                debuglink =
+                    section_bytes(data, sh).and_then(|b| parse_debuglink(b, elf.little_endian));
                 continue;
             }
             if !name.starts_with(".debug_") && !name.starts_with(".zdebug_") {
@@ -446,8 +487,13 @@ impl ElfFile {
             has_info |= name == ".debug_info";
             debug_secs.push((name.to_string(), section));
         }
-        let code = loads.iter().filter(|p| p.p_flags & PF_X != 0).map(|p| (p.p_vaddr, p.p_vaddr.saturating_add(p.p_memsz))).collect();
-        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code, verbose: 0 });
+        let code = loads
+            .iter()
+            .filter(|p| p.p_flags & PF_X != 0)
+            .map(|p| (p.p_vaddr, p.p_vaddr.saturating_add(p.p_memsz)))
+            .collect();
+        let dwarf =
+            has_info.then_some(DwarfSections { sections: debug_secs, endian, code, verbose: 0 });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }
@@ -469,19 +515,23 @@ fn parse_lazily(data: &[u8]) -> Option<(Elf<'_>, Option<[&[u8]; 2]>)> {
     let container = header.container().ok()?;
     let ctx = Ctx::new(container, header.endianness().ok()?);
     let mut elf = Elf::lazy_parse(header).ok()?;
-    elf.program_headers = ProgramHeader::parse(data, header.e_phoff as usize, header.e_phnum as usize, ctx).ok()?;
-    elf.section_headers = SectionHeader::parse(data, header.e_shoff as usize, header.e_shnum as usize, ctx).ok()?;
+    elf.program_headers =
+        ProgramHeader::parse(data, header.e_phoff as usize, header.e_phnum as usize, ctx).ok()?;
+    elf.section_headers =
+        SectionHeader::parse(data, header.e_shoff as usize, header.e_shnum as usize, ctx).ok()?;
     let bytes_of = |sh: &section_header::SectionHeader| section_bytes(data, sh);
     let shstr = elf.section_headers.get(usize::from(header.e_shstrndx)).and_then(bytes_of)?;
     elf.shdr_strtab = goblin::strtab::Strtab::parse(shstr, 0, shstr.len(), 0).ok()?;
     let entsize = if container == Container::Big { 24 } else { 16 };
     let mut raw: [&[u8]; 2] = [&[], &[]];
-    for (i, ty) in [section_header::SHT_SYMTAB, section_header::SHT_DYNSYM].into_iter().enumerate() {
+    for (i, ty) in [section_header::SHT_SYMTAB, section_header::SHT_DYNSYM].into_iter().enumerate()
+    {
         let Some(sh) = elf.section_headers.iter().rfind(|sh| sh.sh_type == ty) else { continue };
         bytes_of(sh)?;
         let count = usize::try_from(sh.sh_size / entsize).ok()?;
         let syms = Symtab::parse(data, usize::try_from(sh.sh_offset).ok()?, count, ctx).ok()?;
-        raw[i] = elf.section_headers.get(sh.sh_link as usize).and_then(bytes_of).unwrap_or_default();
+        raw[i] =
+            elf.section_headers.get(sh.sh_link as usize).and_then(bytes_of).unwrap_or_default();
         if i == 0 {
             elf.syms = syms;
         } else {
@@ -507,8 +557,16 @@ fn binary_layout(loads: &[&goblin::elf::ProgramHeader]) -> Vec<Segment> {
     let mut end = 0u64;
     for p in loads {
         let align = if p.p_align.is_power_of_two() { p.p_align } else { 1 };
-        let Some(offset) = end.checked_add(p.p_vaddr.wrapping_sub(end) & (align - 1)) else { break };
-        out.push(Segment { offset, vaddr: p.p_vaddr, filesz: p.p_memsz, memsz: p.p_memsz, exec: p.p_flags & PF_X != 0 });
+        let Some(offset) = end.checked_add(p.p_vaddr.wrapping_sub(end) & (align - 1)) else {
+            break;
+        };
+        out.push(Segment {
+            offset,
+            vaddr: p.p_vaddr,
+            filesz: p.p_memsz,
+            memsz: p.p_memsz,
+            exec: p.p_flags & PF_X != 0,
+        });
         if p.p_flags & goblin::elf::program_header::PF_W != 0 {
             break;
         }
@@ -580,12 +638,11 @@ impl Chdr {
             let a: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
             Some(if little { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) })
         };
-        let (ty, size, data_at) = if is_64 {
-            (rd32(0), rd64(8), 24)
-        } else {
-            (rd32(0), rd32(4).map(u64::from), 12)
+        let (ty, size, data_at) =
+            if is_64 { (rd32(0), rd64(8), 24) } else { (rd32(0), rd32(4).map(u64::from), 12) };
+        let (Some(ty), Some(size)) = (ty, size) else {
+            return Err("truncated compression header".into());
         };
-        let (Some(ty), Some(size)) = (ty, size) else { return Err("truncated compression header".into()) };
         if ty != ELFCOMPRESS_ZLIB {
             return Err(format!("unsupported compression type {ty}"));
         }
@@ -629,18 +686,39 @@ mod tests {
     fn debug_file_segments_are_the_binarys() {
         let dir = std::env::temp_dir().join(format!("symres-layout-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/symres/prog.c");
-        let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/symres/prog.c");
+        let run =
+            |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
         let mut binaries = vec![std::env::current_exe().unwrap()];
-        for (i, flags) in ["", "-no-pie", "-Wl,-z,noseparate-code", "-fuse-ld=gold", "-no-pie -Wl,-z,max-page-size=0x200000"].iter().enumerate() {
+        for (i, flags) in [
+            "",
+            "-no-pie",
+            "-Wl,-z,noseparate-code",
+            "-fuse-ld=gold",
+            "-no-pie -Wl,-z,max-page-size=0x200000",
+        ]
+        .iter()
+        .enumerate()
+        {
             let out = dir.join(format!("prog{i}"));
-            run(std::process::Command::new("gcc").args(["-g", "-O1"]).arg(&src).args(flags.split_whitespace()).arg("-o").arg(&out));
+            run(std::process::Command::new("gcc")
+                .args(["-g", "-O1"])
+                .arg(&src)
+                .args(flags.split_whitespace())
+                .arg("-o")
+                .arg(&out));
             binaries.push(out);
         }
         for bin in &binaries {
             let debug = dir.join("debug");
-            run(std::process::Command::new("objcopy").arg("--only-keep-debug").arg(bin).arg(&debug));
-            let (Ok(b), Ok(d)) = (ElfFile::open(bin), ElfFile::open(&debug)) else { panic!("cannot read {}", bin.display()) };
+            run(std::process::Command::new("objcopy")
+                .arg("--only-keep-debug")
+                .arg(bin)
+                .arg(&debug));
+            let (Ok(b), Ok(d)) = (ElfFile::open(bin), ElfFile::open(&debug)) else {
+                panic!("cannot read {}", bin.display())
+            };
             let key = |s: &Segment| (s.offset, s.vaddr, s.filesz, s.exec);
             // Up to the first writable segment, which is the last given.
             let want: Vec<_> = b.segments.iter().take(d.segments.len()).map(key).collect();
@@ -648,7 +726,12 @@ mod tests {
             let n = got.len();
             assert!(n >= 2 && n <= b.segments.len(), "{}: {got:x?}", bin.display());
             assert_eq!(got[..n - 1], want[..n - 1], "{}", bin.display());
-            assert_eq!((got[n - 1].0, got[n - 1].1), (want[n - 1].0, want[n - 1].1), "{}", bin.display());
+            assert_eq!(
+                (got[n - 1].0, got[n - 1].1),
+                (want[n - 1].0, want[n - 1].1),
+                "{}",
+                bin.display()
+            );
             assert!(got.iter().any(|s| s.3), "{}: no code", bin.display());
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -695,7 +778,12 @@ mod tests {
             let mut t = SymbolTable::default();
             for i in 0..200 {
                 let r = next();
-                t.push(&format!("s{i}"), 0x1000 + (r % 64) * 8, (r >> 8) % 3 * 12, ((r >> 16) % 3) as u8);
+                t.push(
+                    &format!("s{i}"),
+                    0x1000 + (r % 64) * 8,
+                    (r >> 8) % 3 * 12,
+                    ((r >> 16) % 3) as u8,
+                );
             }
             let addrs: Vec<u64> = (0..SCANS).map(|_| 0xff8 + next() % 0x240).collect();
             let scanned: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
@@ -715,7 +803,10 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
-        assert!(matches!(ElfFile::parse(b"\x7fELF\x02\x01\x01garbage"), Err(LoadError::Corrupt(_))));
+        assert!(matches!(
+            ElfFile::parse(b"\x7fELF\x02\x01\x01garbage"),
+            Err(LoadError::Corrupt(_))
+        ));
         assert!(matches!(ElfFile::parse(b""), Err(LoadError::Corrupt(_))));
     }
 }

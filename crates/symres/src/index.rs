@@ -86,7 +86,11 @@ impl Stored {
         let sym = members(self.sym.as_deref(), None, None);
         let file = members(None, self.file.as_deref(), None);
         let line = members(None, None, self.line);
-        let inlined = self.inlined.iter().map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line)).collect();
+        let inlined = self
+            .inlined
+            .iter()
+            .map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line))
+            .collect();
         ([sym, file, line], inlined)
     }
 }
@@ -123,8 +127,15 @@ impl Built {
         let addrs = cuts(addrs);
         let size = addrs.len().div_ceil(answerers.len().max(1)).max(1);
         let parts: Vec<Built> = std::thread::scope(|scope| {
-            let threads: Vec<_> = addrs.chunks(size).zip(answerers).map(|(c, f)| scope.spawn(move || Built::of_cuts(c, f))).collect();
-            threads.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+            let threads: Vec<_> = addrs
+                .chunks(size)
+                .zip(answerers)
+                .map(|(c, f)| scope.spawn(move || Built::of_cuts(c, f)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
         });
         let mut ix = Built::default();
         for p in parts {
@@ -181,13 +192,19 @@ impl Built {
         let mut records = Vec::with_capacity(self.stored.len());
         let rendered: Vec<_> = self.stored.iter().map(Stored::rendered).collect();
         let parts = rendered.iter().flat_map(|([sym, file, _], inlined)| {
-            [(Kind::Sym, &sym[..]), (Kind::File, &file[..])].into_iter().chain(inlined.iter().map(|p| (Kind::Inlined, &p[..])))
+            [(Kind::Sym, &sym[..]), (Kind::File, &file[..])]
+                .into_iter()
+                .chain(inlined.iter().map(|p| (Kind::Inlined, &p[..])))
         });
         for (kind, part) in parts {
             if let std::collections::hash_map::Entry::Vacant(e) = shared.entry((kind, part)) {
                 blob.resize(blob.len().next_multiple_of(8), 0);
                 e.insert(u32::try_from(blob.len()).ok()?);
-                put32(&mut blob, u32::try_from(part.len()).ok().filter(|&n| n <= PART_LEN)? | (kind as u32) << 30);
+                put32(
+                    &mut blob,
+                    u32::try_from(part.len()).ok().filter(|&n| n <= PART_LEN)?
+                        | (kind as u32) << 30,
+                );
                 blob.extend_from_slice(part);
             }
         }
@@ -261,7 +278,8 @@ pub fn fuzz(data: &[u8]) {
     let Ok(mut ix) = Index::parse(Bytes::heap(file), &id) else { return };
     let d: Vec<u8> = ix.data.to_vec();
     let starts = (0..ix.n_blocks.min(8)).flat_map(|b| (0..BLOCK).map(move |i| (b, i)));
-    let mut addrs: Vec<u64> = starts.filter_map(|(b, i)| u64_at(&d, ix.blocks_at + b * BLOCK_BYTES + 8 * i)).collect();
+    let mut addrs: Vec<u64> =
+        starts.filter_map(|(b, i)| u64_at(&d, ix.blocks_at + b * BLOCK_BYTES + 8 * i)).collect();
     addrs.extend([0, 1, 0x1000, u64::MAX]);
     let mut out = Vec::new();
     for a in addrs {
@@ -270,7 +288,11 @@ pub fn fuzz(data: &[u8]) {
             if ix.answer(a, back, &mut out).is_ok() {
                 let line = format!("{{{}}}", std::str::from_utf8(&out).expect("UTF-8"));
                 assert!(!line.contains('\n'), "{line}");
-                assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(), "{line}");
+                assert!(
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line)
+                        .is_ok(),
+                    "{line}"
+                );
             } else {
                 assert!(out.is_empty());
             }
@@ -361,7 +383,9 @@ impl Index {
         let writer = d.get(16..16usize.saturating_add(writer_len)).ok_or("truncated")?;
         if writer != WRITER.as_bytes() {
             return Err(match std::str::from_utf8(writer) {
-                Ok(w) if w.len() <= 64 && w.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => format!("written by {w}, not {WRITER}"),
+                Ok(w) if w.len() <= 64 && w.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+                    format!("written by {w}, not {WRITER}")
+                }
                 _ => format!("not written by {WRITER}"),
             });
         }
@@ -373,9 +397,15 @@ impl Index {
         let h = at_id + 4 + build_id.len();
         let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
         let (n_pieces, n_blocks) = (count(0)?, count(1)?);
-        let at = |i: usize| u64_at(d, h + 8 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated");
+        let at = |i: usize| {
+            u64_at(d, h + 8 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated")
+        };
         let (fence_at, blocks_at, blob_at, blob_end) = (at(0)?, at(1)?, at(2)?, at(3)?);
-        let fits = |start: usize, n: usize, size: usize| n.checked_mul(size).and_then(|len| start.checked_add(len)).is_some_and(|end| end <= d.len());
+        let fits = |start: usize, n: usize, size: usize| {
+            n.checked_mul(size)
+                .and_then(|len| start.checked_add(len))
+                .is_some_and(|end| end <= d.len())
+        };
         if !(n_blocks == n_pieces.div_ceil(BLOCK)
             && fits(fence_at, n_blocks, 8)
             && fits(blocks_at, n_blocks, BLOCK_BYTES)
@@ -418,7 +448,8 @@ impl Index {
         let block = self.blocks_at + BLOCK_BYTES * lo.checked_sub(1)?;
         let starts = d.get(block..block + BLOCK_BYTES)?;
         // The last piece of the block that starts at or before `vaddr`.
-        let i = (0..BLOCK).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
+        let i =
+            (0..BLOCK).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
         // Answers are 8-aligned (what `checked` relies on).
         u32_at(starts, 8 * BLOCK + 4 * i).filter(|&r| r != NONE32 && r % 8 == 0).map(|r| r as usize)
     }
@@ -441,8 +472,11 @@ impl Index {
         // lookup reports (a corrupt count must not make a huge frame).
         let n = field(3).unwrap_or(0).min(blob.len().saturating_sub(at + 24) / 4).min(MAX_INLINED);
         let line_at = at + 24 + 4 * n;
-        let text = |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end));
-        let (Some(start), Some(line)) = (u64_at(blob, at), text(line_at, field(2).unwrap_or(usize::MAX))) else {
+        let text =
+            |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end));
+        let (Some(start), Some(line)) =
+            (u64_at(blob, at), text(line_at, field(2).unwrap_or(usize::MAX)))
+        else {
             return Err(Reason::NoSymbols);
         };
         if !checked(checked_answers, at, || fields(scan, line, &["line"])) {
@@ -481,7 +515,9 @@ impl Index {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        Index::parse(data, build_id).map(Some).map_err(|e| format!("{}: {e}, ignored", path.display()))
+        Index::parse(data, build_id)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}, ignored", path.display()))
     }
 }
 
@@ -574,22 +610,32 @@ mod tests {
                 assert_eq!(back.text(a, b), text(a, b), "{a:#x}");
             }
         }
-        assert!(Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &[0xab]).is_err_and(|e| e.contains("another build")));
+        assert!(Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &[0xab])
+            .is_err_and(|e| e.contains("another build")));
         // Another symres's index (its version changed by one byte).
         let mut old = ix.to_bytes(&id).unwrap();
         let at = old.windows(WRITER.len()).position(|w| w == WRITER.as_bytes()).unwrap();
         old[at + WRITER.len() - 1] ^= 1;
-        assert!(Index::parse(Bytes::heap(old.clone()), &id).is_err_and(|e| e.starts_with("written by symres")));
+        assert!(Index::parse(Bytes::heap(old.clone()), &id)
+            .is_err_and(|e| e.starts_with("written by symres")));
         // Not a version at all (an older layout): not quoted.
         old[at..at + WRITER.len()].fill(0xff);
-        assert!(Index::parse(Bytes::heap(old), &id).is_err_and(|e| e == format!("not written by {WRITER}")));
+        assert!(Index::parse(Bytes::heap(old), &id)
+            .is_err_and(|e| e == format!("not written by {WRITER}")));
     }
 
     /// More pieces than a block holds: the fence leads to the right block.
     #[test]
     fn many_blocks() {
-        let answer = |a: u64| if (0x1000..0x1000 + 1000 * 0x10).contains(&a) && a % 0x10 < 8 { Ok(res(&format!("f{}", a / 0x10), a % 0x10, 1)) } else { Err(Reason::NoSymbols) };
-        let addrs: Vec<u64> = (0..1000u64).flat_map(|i| [0x1000 + i * 0x10, 0x1008 + i * 0x10]).collect();
+        let answer = |a: u64| {
+            if (0x1000..0x1000 + 1000 * 0x10).contains(&a) && a % 0x10 < 8 {
+                Ok(res(&format!("f{}", a / 0x10), a % 0x10, 1))
+            } else {
+                Err(Reason::NoSymbols)
+            }
+        };
+        let addrs: Vec<u64> =
+            (0..1000u64).flat_map(|i| [0x1000 + i * 0x10, 0x1008 + i * 0x10]).collect();
         let ix = Built::new_threaded(addrs.clone(), vec![answer]);
         assert!(ix.pieces() > 10 * BLOCK);
         let id = [5];
@@ -602,9 +648,15 @@ mod tests {
         assert_eq!(one.pieces(), 1 + 800 + 1);
         let one = one.to_bytes(&id);
         for n in [2, 3, 7] {
-            assert!(Built::new_threaded(addrs.clone(), vec![same; n]).to_bytes(&id) == one, "{n} threads");
+            assert!(
+                Built::new_threaded(addrs.clone(), vec![same; n]).to_bytes(&id) == one,
+                "{n} threads"
+            );
         }
-        assert_eq!(Built::new_threaded(addrs.clone(), vec![answer; 3]).to_bytes(&id), ix.to_bytes(&id));
+        assert_eq!(
+            Built::new_threaded(addrs.clone(), vec![answer; 3]).to_bytes(&id),
+            ix.to_bytes(&id)
+        );
         let mut back = Index::parse(Bytes::heap(ix.to_bytes(&id).unwrap()), &id).unwrap();
         for a in (0xff0..0x1000 + 1001 * 0x10).step_by(3) {
             assert_eq!(back.text(a, 0), answer(a).map(|r| r.json_fields().to_string()), "{a:#x}");
@@ -629,9 +681,13 @@ mod tests {
         // "file" parts are (8, 12), the length of its "line" part (16), the
         // number of inlined calls (20, here 1), where that one is (24), the
         // "line" part (28).
-        let set = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[rec + at..rec + at + v.len()].copy_from_slice(v);
+        let set = |b: &mut Vec<u8>, at: usize, v: &[u8]| {
+            b[rec + at..rec + at + v.len()].copy_from_slice(v)
+        };
         // Parts out of range: no answer.
-        for (at, v) in [(8, u32::MAX), (12, u32::MAX), (16, u32::MAX), (24, u32::MAX), (8, 0xffff_fff0)] {
+        for (at, v) in
+            [(8, u32::MAX), (12, u32::MAX), (16, u32::MAX), (24, u32::MAX), (8, 0xffff_fff0)]
+        {
             let mut bad = good.clone();
             set(&mut bad, at, &v.to_le_bytes());
             assert_eq!(parse(bad).text(0x100, 0), Err(Reason::NoSymbols), "{at} {v:#x}");
@@ -684,7 +740,8 @@ mod tests {
         let empty = u32_at(&good, rec150 + 12).unwrap() as usize;
         assert_eq!(u32_at(&good, ix.blob.start + empty), Some((Kind::File as u32) << 30));
         let mut bad = good.clone();
-        bad[ix.blob.start + empty + 4..][..4].copy_from_slice(&(24 | (Kind::File as u32) << 30).to_le_bytes());
+        bad[ix.blob.start + empty + 4..][..4]
+            .copy_from_slice(&(24 | (Kind::File as u32) << 30).to_le_bytes());
         bad[rec100 + 12..][..4].copy_from_slice(&(empty as u32 + 4).to_le_bytes());
         for first_150 in [false, true] {
             let mut b = Index::parse(Bytes::heap(bad.clone()), &id).unwrap();
@@ -701,7 +758,10 @@ mod tests {
         let i = (0..BLOCK).find(|&i| u64_at(&good, block + 8 * i) == Some(0x100)).unwrap();
         let r = u32_at(&good, block + 8 * BLOCK + 4 * i).unwrap();
         bad[block + 8 * BLOCK + 4 * i..][..4].copy_from_slice(&(r + 4).to_le_bytes());
-        assert_eq!(Index::parse(Bytes::heap(bad), &id).unwrap().text(0x100, 0), Err(Reason::NoSymbols));
+        assert_eq!(
+            Index::parse(Bytes::heap(bad), &id).unwrap().text(0x100, 0),
+            Err(Reason::NoSymbols)
+        );
     }
 
     /// Parts are refused unless they are what symres writes: flat members
@@ -782,7 +842,11 @@ mod tests {
             bad[at] = (seed >> 32) as u8;
             // Sometimes a second byte, near the first or anywhere.
             if seed >> 40 & 3 == 0 {
-                let next_at = if seed >> 42 & 1 == 0 { (at + (seed >> 43) as usize % 8).min(bad.len() - 1) } else { next() as usize % bad.len() };
+                let next_at = if seed >> 42 & 1 == 0 {
+                    (at + (seed >> 43) as usize % 8).min(bad.len() - 1)
+                } else {
+                    next() as usize % bad.len()
+                };
                 bad[next_at] = (seed >> 48) as u8;
             }
             let cut = if seed >> 60 == 0 { at } else { bad.len() };
@@ -792,7 +856,13 @@ mod tests {
                 for a in [0, 0x100, 0x130, 0x150, u64::MAX] {
                     if let Ok(t) = ix.text(a, 1) {
                         let line = format!("{{{t}}}");
-                        assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(), "{line}");
+                        assert!(
+                            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                                &line
+                            )
+                            .is_ok(),
+                            "{line}"
+                        );
                         assert!(!line.contains('\n'));
                     }
                 }

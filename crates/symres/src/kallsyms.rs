@@ -37,7 +37,9 @@ impl Kallsyms {
         let mut syms = Vec::new();
         for line in text.lines() {
             let mut it = line.split_ascii_whitespace();
-            let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else { continue };
+            let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
             if !matches!(ty, "t" | "T" | "w" | "W") {
                 continue;
             }
@@ -52,12 +54,17 @@ impl Kallsyms {
     }
 
     pub fn lookup(&self, addr: u64) -> Result<Resolution, Reason> {
-        let i = self.syms.partition_point(|s| s.0 <= addr).checked_sub(1).ok_or(Reason::Unmapped)?;
+        let i =
+            self.syms.partition_point(|s| s.0 <= addr).checked_sub(1).ok_or(Reason::Unmapped)?;
         let (start, name) = &self.syms[i];
         if addr - start > MAX_SYMBOL_SPAN || END_MARKERS.contains(&name.as_ref()) {
             return Err(Reason::Unmapped);
         }
-        Ok(Resolution { sym: Some(name.clone()), sym_offset: Some(addr - start), ..Default::default() })
+        Ok(Resolution {
+            sym: Some(name.clone()),
+            sym_offset: Some(addr - start),
+            ..Default::default()
+        })
     }
 }
 

@@ -23,10 +23,10 @@ mod scan;
 mod testing;
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
@@ -34,10 +34,10 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use leakd_common::cli::RunArgs;
 use leakd_common::{Context, Result};
 
-pub use kallsyms::KERNEL_START;
-pub use line::LineError;
 #[doc(hidden)]
 pub use index::fuzz as fuzz_index;
+pub use kallsyms::KERNEL_START;
+pub use line::LineError;
 #[doc(hidden)]
 pub use resolve::fuzz_elf;
 pub use resolve::{demangle, Inlined, Options, Outcome, PidFrame, Reason, Resolution};
@@ -67,7 +67,12 @@ impl Resolver {
     /// have exited. `build_id` is the GNU build id in hex ("" or `None` when
     /// unknown); an invalid one is treated as unknown. The module is named
     /// as in a frame (by our tools' non-UTF-8 rule).
-    pub fn resolve_module_offset(&mut self, module: &std::path::Path, offset: u64, build_id: Option<&str>) -> Outcome {
+    pub fn resolve_module_offset(
+        &mut self,
+        module: &std::path::Path,
+        offset: u64,
+        build_id: Option<&str>,
+    ) -> Outcome {
         let id = build_id.and_then(|b| resolve::parse_build_id(b).ok().flatten());
         let name = leakd_common::text::to_text(module.as_os_str().as_encoded_bytes());
         self.0.resolve_module_offset(&name, offset, 0, id.as_deref(), None)
@@ -88,13 +93,20 @@ impl Resolver {
     /// appending the rewritten line to `out`. `Ok(false)`: the line has no
     /// frames; write it as it was, byte for byte (`out` is left as it was,
     /// as it is when the line is rejected).
-    pub fn process_line_into(&mut self, line: &[u8], out: &mut Vec<u8>) -> std::result::Result<bool, LineError> {
+    pub fn process_line_into(
+        &mut self,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<bool, LineError> {
         line::process_into(&mut self.0, &mut self.1, line, out)
     }
 
     /// `process_line_into` with a new buffer: `Ok(None)` when the line has
     /// no frames.
-    pub fn process_line_bytes(&mut self, line: &[u8]) -> std::result::Result<Option<Vec<u8>>, LineError> {
+    pub fn process_line_bytes(
+        &mut self,
+        line: &[u8],
+    ) -> std::result::Result<Option<Vec<u8>>, LineError> {
         let mut out = Vec::new();
         Ok(self.process_line_into(line, &mut out)?.then_some(out))
     }
@@ -180,11 +192,13 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         let mut resolver = Resolver::new(opts);
         let mut writer = Writer::new();
         let mut io_error = None;
-        read_batches(deadline, pool, |b| match writer.put(resolve_batch(&mut resolver, b, pool), pool) {
-            Ok(()) => true,
-            Err(e) => {
-                io_error = Some(e);
-                false
+        read_batches(deadline, pool, |b| {
+            match writer.put(resolve_batch(&mut resolver, b, pool), pool) {
+                Ok(()) => true,
+                Err(e) => {
+                    io_error = Some(e);
+                    false
+                }
             }
         })?;
         // Tearing down every cached table costs ~5% of a large run; the
@@ -216,7 +230,12 @@ fn default_threads() -> usize {
 /// result comes next); a writer thread writes the results in input order.
 /// Each worker's resolver is a `fresh` one of `first`'s. Returns the
 /// number of malformed lines.
-fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool: &Pool) -> Result<u64> {
+fn run_threads(
+    threads: usize,
+    first: &Resolver,
+    deadline: Option<Instant>,
+    pool: &Pool,
+) -> Result<u64> {
     // Set when the writer stops (a closed pipe downstream): the others
     // stop too.
     let gone = &AtomicBool::new(false);
@@ -248,7 +267,9 @@ fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool
             let w = &mut workers[sent % threads];
             if let Some((batches, done)) = w.unborn.take() {
                 let resolver = first.fresh();
-                if let Err(e) = spawn().spawn_scoped(scope, move || worker(resolver, batches, done, pool, gone)) {
+                if let Err(e) =
+                    spawn().spawn_scoped(scope, move || worker(resolver, batches, done, pool, gone))
+                {
                     unstarted = Some(e);
                     return false;
                 }
@@ -259,9 +280,12 @@ fn run_threads(threads: usize, first: &Resolver, deadline: Option<Instant>, pool
         drop(workers);
         // The writer's error first: reading stops when it is gone (a
         // closed pipe downstream), and says only that.
-        let malformed = writer.join().unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
+        let malformed = writer
+            .join()
+            .unwrap_or_else(|_| Err(leakd_common::anyhow!("the writing thread panicked")))?;
         if let Some(e) = unstarted {
-            return Err(leakd_common::anyhow!(e).context("cannot start a resolving thread (-j1 needs none)"));
+            return Err(leakd_common::anyhow!(e)
+                .context("cannot start a resolving thread (-j1 needs none)"));
         }
         read?;
         Ok(malformed)
@@ -330,14 +354,19 @@ struct Done {
 
 /// Read stdin into batches for `send` until end of input, the deadline, or
 /// `send` says stop (false: the output is gone).
-fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Batch) -> bool) -> Result<()> {
+fn read_batches(
+    deadline: Option<Instant>,
+    pool: &Pool,
+    mut send: impl FnMut(Batch) -> bool,
+) -> Result<()> {
     let stdin = io::stdin();
     let mut input = BufReader::with_capacity(BATCH_BYTES, stdin.lock());
     let mut buf = Vec::new();
     let mut lineno: u64 = 0;
     let mut batch = Batch { first: 1, text: Vec::new(), then_too_long: false, flush: false };
     let mut send = |batch: &mut Batch, lineno: u64| -> bool {
-        let next = Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false };
+        let next =
+            Batch { first: lineno + 1, text: pool.get(), then_too_long: false, flush: false };
         send(std::mem::replace(batch, next))
     };
     loop {
@@ -376,7 +405,10 @@ fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Bat
             }
         }
         buf.clear();
-        let n = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).context("reading standard input")?;
+        let n = (&mut input)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .context("reading standard input")?;
         if n == 0 {
             break;
         }
@@ -403,7 +435,13 @@ fn read_batches(deadline: Option<Instant>, pool: &Pool, mut send: impl FnMut(Bat
 fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
     let few = memchr::memchr_iter(b'\n', &b.text).take(WARM_LINES + 1).count() <= WARM_LINES;
     resolver.0.set_warm(few);
-    let mut d = Done { out: pool.get(), errors: Vec::new(), malformed: 0, then_too_long: None, flush: b.flush };
+    let mut d = Done {
+        out: pool.get(),
+        errors: Vec::new(),
+        malformed: 0,
+        then_too_long: None,
+        flush: b.flush,
+    };
     let mut lineno = b.first;
     let mut rest = &b.text[..];
     while !rest.is_empty() {
@@ -413,7 +451,9 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
         };
         let (out, errors) = (&mut d.out, &mut d.errors);
         let at = (out.len(), errors.len());
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| line(resolver, text, lineno, out, errors))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            line(resolver, text, lineno, out, errors)
+        })) {
             Ok(n) => d.malformed += n,
             Err(_) => {
                 // Whatever the line had written goes; so does the
@@ -442,9 +482,17 @@ const WARM_LINES: usize = 4;
 
 /// A worker thread: resolve batches until the reader is done (or the
 /// writer gone).
-fn worker(mut resolver: Resolver, batches: mpsc::Receiver<Batch>, done: mpsc::SyncSender<Done>, pool: &Pool, writer_gone: &AtomicBool) {
+fn worker(
+    mut resolver: Resolver,
+    batches: mpsc::Receiver<Batch>,
+    done: mpsc::SyncSender<Done>,
+    pool: &Pool,
+    writer_gone: &AtomicBool,
+) {
     for b in batches {
-        if writer_gone.load(Ordering::Relaxed) || done.send(resolve_batch(&mut resolver, b, pool)).is_err() {
+        if writer_gone.load(Ordering::Relaxed)
+            || done.send(resolve_batch(&mut resolver, b, pool)).is_err()
+        {
             break;
         }
     }
@@ -487,7 +535,10 @@ impl Writer {
             let mut err = io::stderr().lock();
             let _ = err.write_all(&d.errors);
             if let Some(n) = d.then_too_long {
-                let _ = writeln!(err, "symres: error: line {n}: longer than {MAX_LINE_BYTES} bytes, skipped");
+                let _ = writeln!(
+                    err,
+                    "symres: error: line {n}: longer than {MAX_LINE_BYTES} bytes, skipped"
+                );
             }
         }
         self.malformed += d.malformed + u64::from(d.then_too_long.is_some());
@@ -532,7 +583,13 @@ fn build_indexes(resolver: &mut Resolver, files: &[PathBuf], threads: usize) -> 
 /// Write input line `lineno` (without its newline) resolved, or as it
 /// was when it has no frames; returns 1 when it is malformed (and skipped,
 /// with a message in `errors`).
-fn line(resolver: &mut Resolver, text: &[u8], lineno: u64, out: &mut Vec<u8>, errors: &mut Vec<u8>) -> u64 {
+fn line(
+    resolver: &mut Resolver,
+    text: &[u8],
+    lineno: u64,
+    out: &mut Vec<u8>,
+    errors: &mut Vec<u8>,
+) -> u64 {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     // Blank lines (JSON's whitespace only) have no frames: written
     // unchanged, like any such line.
@@ -582,7 +639,8 @@ fn wait_readable(stdin: &io::Stdin, deadline: Instant) -> Result<bool> {
         if left.is_zero() {
             return Ok(false);
         }
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, ms) {
             Ok(0) => continue,

@@ -198,7 +198,12 @@ fn not_json(line: &[u8]) -> LineError {
 ///
 /// Everything but the frames' additions is copied from the line as it
 /// came, byte for byte.
-pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8], out: &mut Vec<u8>) -> Result<bool, LineError> {
+pub fn process_into(
+    resolver: &mut Resolver,
+    scratch: &mut Scratch,
+    line: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, LineError> {
     let text = std::str::from_utf8(line).map_err(|_| not_json(line))?;
     let Scratch { scan: s, edits, texts, frames } = scratch;
     s.scan(text, &|rest| frames.known_len(rest)).map_err(|_| not_json(line))?;
@@ -212,13 +217,11 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
     let pid = match s.pid {
         None => None,
         Some(v) if &text[v.start..v.end] == "null" => None,
-        Some(v) => Some(
-            text[v.start..v.end]
-                .parse::<u32>()
-                .ok()
-                .filter(|&p| p > 0)
-                .ok_or_else(|| LineError(format!("pid: expected a process ID, got {}", short(text, v))))?,
-        ),
+        Some(v) => {
+            Some(text[v.start..v.end].parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| {
+                LineError(format!("pid: expected a process ID, got {}", short(text, v)))
+            })?)
+        }
     };
     resolver.next_generation();
     if resolver.warms() {
@@ -228,13 +231,23 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
     texts.clear();
     for i in 0..s.items.len() {
         let (array, index, open, close, members) = match &s.items[i] {
-            Item::Frame { array, index, open, close, members } => (*array, *index, *open, *close, Some(members.clone())),
+            Item::Frame { array, index, open, close, members } => {
+                (*array, *index, *open, *close, Some(members.clone()))
+            }
             Item::Known { array, index, open, close } => (*array, *index, *open, *close, None),
             Item::NotObject { array, index, value } => {
-                return Err(LineError(format!("{}[{index}]: a frame must be an object, got {}", s.arrays[*array], short(text, *value))));
+                return Err(LineError(format!(
+                    "{}[{index}]: a frame must be an object, got {}",
+                    s.arrays[*array],
+                    short(text, *value)
+                )));
             }
             Item::NotArray { array, value } => {
-                return Err(LineError(format!("{}: expected an array of frames, got {}", s.arrays[*array], short(text, *value))));
+                return Err(LineError(format!(
+                    "{}: expected an array of frames, got {}",
+                    s.arrays[*array],
+                    short(text, *value)
+                )));
             }
         };
         // A known frame had members when it was answered.
@@ -249,8 +262,9 @@ pub fn process_into(resolver: &mut Resolver, scratch: &mut Scratch, line: &[u8],
         // A known frame of another process (or forgotten since): its
         // members after all.
         let members = members.unwrap_or_else(|| s.frame_members(text, open));
-        let (added, stale, live) = frame(resolver, text, &s.members[members.clone()], pid, texts)
-            .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[array])))?;
+        let (added, stale, live) =
+            frame(resolver, text, &s.members[members.clone()], pid, texts)
+                .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[array])))?;
         if !stale && !live {
             frames.put(key, whole, || match &added.fields {
                 Fields::Resolved(a) => Fields::Resolved(a.owned(texts)),
@@ -294,7 +308,8 @@ fn write(text: &str, s: &Scan, edits: &[Edit], texts: &[u8], out: &mut Vec<u8>) 
                 out.extend_from_slice(&b[at..e.open]);
                 out.push(b'{');
                 let mut first = true;
-                for m in s.members[members.clone()].iter().filter(|m| !replaced(text, m, &e.added)) {
+                for m in s.members[members.clone()].iter().filter(|m| !replaced(text, m, &e.added))
+                {
                     if !first {
                         out.push(b',');
                     }
@@ -369,7 +384,13 @@ fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
         };
         let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { break };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
-            targets.extend(r.cold_target(module, offset.saturating_sub(p.back), p.back, p.build_id.as_deref(), pid));
+            targets.extend(r.cold_target(
+                module,
+                offset.saturating_sub(p.back),
+                p.back,
+                p.build_id.as_deref(),
+                pid,
+            ));
         }
     }
     r.warm(targets);
@@ -391,7 +412,11 @@ struct Parsed<'a> {
 }
 
 /// Read a frame's members (errors start with the field name).
-fn parse_frame<'a>(r: &mut Resolver, text: &'a str, members: &[Member]) -> Result<Parsed<'a>, String> {
+fn parse_frame<'a>(
+    r: &mut Resolver,
+    text: &'a str,
+    members: &[Member],
+) -> Result<Parsed<'a>, String> {
     let mut g = Given::default();
     let mut stale = false;
     let (mut module_key, mut offset_key) = (false, false);
@@ -430,7 +455,9 @@ fn parse_frame<'a>(r: &mut Resolver, text: &'a str, members: &[Member]) -> Resul
         None => None,
         Some(v) => match str_value(text, v) {
             Some(s) => r.parse_build_id(&s).map_err(|e| format!("build_id: {e}"))?,
-            None => return Err(format!("build_id: expected a hex string, got {}", short(text, v.0))),
+            None => {
+                return Err(format!("build_id: expected a hex string, got {}", short(text, v.0)))
+            }
         },
     };
     let kernel = bool_value(text, g.kernel, "kernel")?;
@@ -441,8 +468,15 @@ fn parse_frame<'a>(r: &mut Resolver, text: &'a str, members: &[Member]) -> Resul
 /// Resolve one frame; also says whether it must be rewritten (it holds
 /// members that `replaced` leaves out), and whether it was answered through
 /// a live process's maps. Errors start with the field name.
-fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, texts: &mut Vec<u8>) -> Result<(Added, bool, bool), String> {
-    let Parsed { addr, offset, module, build_id, kernel, back, mut stale, module_key, offset_key } = parse_frame(r, text, members)?;
+fn frame(
+    r: &mut Resolver,
+    text: &str,
+    members: &[Member],
+    pid: Option<u32>,
+    texts: &mut Vec<u8>,
+) -> Result<(Added, bool, bool), String> {
+    let Parsed { addr, offset, module, build_id, kernel, back, mut stale, module_key, offset_key } =
+        parse_frame(r, text, members)?;
 
     // Our tools' stack frames are return addresses (`back`): the call is
     // the byte before, and the next instruction may belong to another line
@@ -451,12 +485,27 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, tex
     let mut live = false;
     let mut found_offset = None;
     let outcome: Result<Answer, Reason> = match (addr, &module, offset) {
-        (Some(a), None, _) if kernel || a >= KERNEL_START => r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made),
-        (_, Some(m), Some(off)) => r.answer_module_offset(m, off.saturating_sub(back), back, build_id.as_deref(), pid, texts),
+        (Some(a), None, _) if kernel || a >= KERNEL_START => {
+            r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made)
+        }
+        (_, Some(m), Some(off)) => r.answer_module_offset(
+            m,
+            off.saturating_sub(back),
+            back,
+            build_id.as_deref(),
+            pid,
+            texts,
+        ),
         (Some(a), _, _) => match pid {
             Some(pid) => {
                 live = true;
-                let pf = r.answer_pid_addr(pid, a.saturating_sub(back), back, build_id.as_deref(), texts);
+                let pf = r.answer_pid_addr(
+                    pid,
+                    a.saturating_sub(back),
+                    back,
+                    build_id.as_deref(),
+                    texts,
+                );
                 if module.is_none() {
                     found_module = pf.module;
                 }
@@ -467,8 +516,12 @@ fn frame(r: &mut Resolver, text: &str, members: &[Member], pid: Option<u32>, tex
             }
             None => Err(Reason::Unmapped),
         },
-        (None, Some(_), None) => return Err("offset: missing (a frame with a module needs its file offset)".into()),
-        (None, None, _) => return Err("addr: missing (a frame needs addr, or module and offset)".into()),
+        (None, Some(_), None) => {
+            return Err("offset: missing (a frame with a module needs its file offset)".into())
+        }
+        (None, None, _) => {
+            return Err("addr: missing (a frame needs addr, or module and offset)".into())
+        }
     };
     let fields = match outcome {
         Ok(res) => Fields::Resolved(res),
@@ -518,7 +571,10 @@ fn opt_u64(text: &str, value: Value, key: &str) -> Result<Option<u64>, String> {
     let Some(value) = value else { return Ok(None) };
     let v = value.0;
     // As our tracers write them: "0x" and hex digits, no escapes.
-    if let (Some(h), false) = (text.as_bytes()[v.start..v.end].strip_prefix(b"\"0x").and_then(|h| h.strip_suffix(b"\"")), value.1) {
+    if let (Some(h), false) = (
+        text.as_bytes()[v.start..v.end].strip_prefix(b"\"0x").and_then(|h| h.strip_suffix(b"\"")),
+        value.1,
+    ) {
         if let Some(n) = parse_hex(h) {
             return Ok(Some(n));
         }
@@ -547,7 +603,9 @@ mod tests {
 
     fn run(line: &str) -> Result<Option<String>, String> {
         let mut r = Resolver::new(Options::default());
-        process(&mut r, line.as_bytes()).map(|o| o.map(|b| String::from_utf8(b).unwrap())).map_err(|e| e.0)
+        process(&mut r, line.as_bytes())
+            .map(|o| o.map(|b| String::from_utf8(b).unwrap()))
+            .map_err(|e| e.0)
     }
 
     #[test]
@@ -576,8 +634,14 @@ mod tests {
     fn malformed_lines_say_what_is_wrong() {
         assert!(run("not json").unwrap_err().starts_with("not JSON"));
         assert_eq!(run("[1]").unwrap_err(), "not a JSON object");
-        assert_eq!(run(r#"{"type":"a","stack":5}"#).unwrap_err(), "stack: expected an array of frames, got 5");
-        assert_eq!(run(r#"{"type":"a","stack":[7]}"#).unwrap_err(), "stack[0]: a frame must be an object, got 7");
+        assert_eq!(
+            run(r#"{"type":"a","stack":5}"#).unwrap_err(),
+            "stack: expected an array of frames, got 5"
+        );
+        assert_eq!(
+            run(r#"{"type":"a","stack":[7]}"#).unwrap_err(),
+            "stack[0]: a frame must be an object, got 7"
+        );
         assert_eq!(
             run(r#"{"type":"a","stack":[{"addr":"0x1ffffffffffffffff"}]}"#).unwrap_err(),
             "stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\""
@@ -594,13 +658,19 @@ mod tests {
             run(r#"{"type":"a","x":{"frames":[{"module":"/bin/true"}]}}"#).unwrap_err(),
             "x.frames[0].offset: missing (a frame with a module needs its file offset)"
         );
-        assert_eq!(run(r#"{"type":"a","pid":"12","stack":[{"addr":"0x1"}]}"#).unwrap_err(), "pid: expected a process ID, got \"12\"");
+        assert_eq!(
+            run(r#"{"type":"a","pid":"12","stack":[{"addr":"0x1"}]}"#).unwrap_err(),
+            "pid: expected a process ID, got \"12\""
+        );
         // A line without frames is written unchanged, whatever its pid.
-        for line in [r#"{"type":"exec","pid":"12"}"#, r#"{"type":"a","pid":0,"stack":[]}"#, r#"{"pid":-1}"#] {
+        for line in
+            [r#"{"type":"exec","pid":"12"}"#, r#"{"type":"a","pid":0,"stack":[]}"#, r#"{"pid":-1}"#]
+        {
             assert_eq!(run(line), Ok(None), "{line}");
         }
         assert_eq!(
-            run(r#"{"type":"a","stack":[{"module":"/x","offset":"0x1","build_id":"xyz"}]}"#).unwrap_err(),
+            run(r#"{"type":"a","stack":[{"module":"/x","offset":"0x1","build_id":"xyz"}]}"#)
+                .unwrap_err(),
             "stack[0].build_id: build_id must be an even number of hex digits, at most 128"
         );
     }
@@ -627,8 +697,14 @@ mod tests {
             r#"{"type":"a","stack":[{"addr":"0x1000","reason":"unmapped"},{"module":"/no/x","offset":"0x10","x":[1],"reason":"file_missing"}]}"#
         );
         assert_eq!(run(&once), Ok(Some(once.clone())));
-        let stale = r#"{"stack":[{"sym":"old","module":"/no/x","line":3,"offset":"0x10","inlined":[]}]}"#;
-        assert_eq!(run(stale), Ok(Some(r#"{"stack":[{"module":"/no/x","offset":"0x10","reason":"file_missing"}]}"#.into())));
+        let stale =
+            r#"{"stack":[{"sym":"old","module":"/no/x","line":3,"offset":"0x10","inlined":[]}]}"#;
+        assert_eq!(
+            run(stale),
+            Ok(Some(
+                r#"{"stack":[{"module":"/no/x","offset":"0x10","reason":"file_missing"}]}"#.into()
+            ))
+        );
     }
 
     /// `v` with symres's fields taken out of every frame.
@@ -636,7 +712,9 @@ mod tests {
         match v {
             serde_json::Value::Object(o) => {
                 for (k, x) in o.iter_mut() {
-                    if let (true, serde_json::Value::Array(frames)) = (scan::FRAME_ARRAYS.contains(&k.as_str()), &mut *x) {
+                    if let (true, serde_json::Value::Array(frames)) =
+                        (scan::FRAME_ARRAYS.contains(&k.as_str()), &mut *x)
+                    {
                         for f in frames.iter_mut().filter_map(|f| f.as_object_mut()) {
                             f.retain(|k, _| !OUR_FIELDS.contains(&k.as_str()));
                         }
@@ -666,11 +744,16 @@ mod tests {
             let first = process_into(&mut r, &mut scratch, text.as_bytes(), &mut out);
             // Again, with the frames kept (and known) now: the same.
             let mut again = Vec::new();
-            assert_eq!(process_into(&mut r, &mut scratch, text.as_bytes(), &mut again), first, "{text}");
+            assert_eq!(
+                process_into(&mut r, &mut scratch, text.as_bytes(), &mut again),
+                first,
+                "{text}"
+            );
             assert_eq!(again, out, "{text}");
             let Ok(true) = first else { continue };
             let out = String::from_utf8(out).unwrap();
-            let mut vout: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {text} -> {out}"));
+            let mut vout: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {text} -> {out}"));
             let mut vin: serde_json::Value = serde_json::from_str(&text).unwrap();
             without_ours(&mut vout);
             without_ours(&mut vin);
@@ -697,7 +780,8 @@ mod tests {
         // answer from the cache as from the lookups.
         let mut r = Resolver::new(Options::default());
         let mut scratch = Scratch::default();
-        let line = br#"{"stack":[{"module":"/no/x","offset":"0x10"},{"module":"/no/x","offset":"0x10"}]}"#;
+        let line =
+            br#"{"stack":[{"module":"/no/x","offset":"0x10"},{"module":"/no/x","offset":"0x10"}]}"#;
         let mut outs = Vec::new();
         for _ in 0..2 {
             let mut out = Vec::new();
@@ -714,10 +798,14 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(process_into(&mut r, &mut scratch, with_pid, &mut out), Ok(true));
         assert!(matches!(scratch.scan.items[0], Item::Known { .. }));
-        assert_eq!(String::from_utf8(out).unwrap(), outs[0].replace("{\"stack\"", "{\"pid\":7,\"stack\""));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            outs[0].replace("{\"stack\"", "{\"pid\":7,\"stack\"")
+        );
         // A known frame inside a line that is not JSON after it is no help.
         let bad = br#"{"stack":[{"module":"/no/x","offset":"0x10"}}"#;
-        assert!(process_into(&mut r, &mut scratch, bad, &mut Vec::new()).is_err_and(|e| e.0.starts_with("not JSON")));
+        assert!(process_into(&mut r, &mut scratch, bad, &mut Vec::new())
+            .is_err_and(|e| e.0.starts_with("not JSON")));
     }
 
     #[test]

@@ -37,7 +37,8 @@ static INSTALL: Once = Once::new();
 static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The handler that was there before ours (a `libc::sigaction`, boxed and
 /// leaked once, so the signal handler can read it).
-static OLD: std::sync::atomic::AtomicPtr<libc::sigaction> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static OLD: std::sync::atomic::AtomicPtr<libc::sigaction> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 /// A whole file mapped read-only.
 #[derive(Debug)]
@@ -68,7 +69,16 @@ impl Map {
         // SAFETY: a fresh private read-only mapping chosen by the kernel
         // (no MAP_FIXED), so no existing memory is affected; the result is
         // checked for MAP_FAILED.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return None;
         }
@@ -122,7 +132,9 @@ fn install_handler() {
         // signature, and the old action is kept for chaining.
         unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+            act.sa_sigaction = on_sigbus
+                as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                as usize;
             act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
             libc::sigemptyset(&mut act.sa_mask);
             let old: *mut libc::sigaction = Box::into_raw(Box::new(std::mem::zeroed()));
@@ -154,7 +166,14 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             // of a truncated file should see. mmap is a plain system call,
             // safe to make in a signal handler.
             let r = unsafe {
-                libc::mmap(at as *mut libc::c_void, page, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0)
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
             };
             if r != libc::MAP_FAILED {
                 return;
@@ -180,7 +199,8 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             libc::sigaction(libc::SIGBUS, old, std::ptr::null_mut());
             libc::raise(libc::SIGBUS);
         } else if (*old).sa_flags & libc::SA_SIGINFO != 0 {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute(h);
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                std::mem::transmute(h);
             f(sig, info, ctx);
         } else {
             let f: extern "C" fn(libc::c_int) = std::mem::transmute(h);

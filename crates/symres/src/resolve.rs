@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use crate::elf::{self, ElfFile, LoadError, Reader};
 use crate::kallsyms::Kallsyms;
 use crate::line::write_str;
-use leakd_common::text::push_hex_string;
 use leakd_common::procmaps::{self, MapEntry};
+use leakd_common::text::push_hex_string;
 
 /// Why a frame was left unresolved (the `reason` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,7 +93,11 @@ impl Resolution {
     /// Module answers are cached shifted, so this runs once per address
     /// (kernel answers are not cached).
     pub fn shifted(self, by: u64) -> Resolution {
-        Resolution { sym_offset: self.sym_offset.map(|o| o.wrapping_add(by)), json: Default::default(), ..self }
+        Resolution {
+            sym_offset: self.sym_offset.map(|o| o.wrapping_add(by)),
+            json: Default::default(),
+            ..self
+        }
     }
 
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
@@ -111,10 +115,25 @@ impl Resolution {
             members_into(&mut parts, sym, file, line);
             start..parts.len()
         };
-        let [sym, file, line] = [part(self.sym.as_deref(), None, None), part(None, self.file.as_deref(), None), part(None, None, self.line)];
-        let inlined: Vec<_> = self.inlined.iter().map(|f| part(f.sym.as_deref(), f.file.as_deref(), f.line)).collect();
+        let [sym, file, line] = [
+            part(self.sym.as_deref(), None, None),
+            part(None, self.file.as_deref(), None),
+            part(None, None, self.line),
+        ];
+        let inlined: Vec<_> = self
+            .inlined
+            .iter()
+            .map(|f| part(f.sym.as_deref(), f.file.as_deref(), f.line))
+            .collect();
         let mut o = Vec::with_capacity(parts.len() + 64);
-        write_answer(&mut o, &parts[sym], self.sym_offset, &parts[file], &parts[line], inlined.iter().map(|r| Some(&parts[r.clone()])));
+        write_answer(
+            &mut o,
+            &parts[sym],
+            self.sym_offset,
+            &parts[file],
+            &parts[line],
+            inlined.iter().map(|r| Some(&parts[r.clone()])),
+        );
         String::from_utf8(o).unwrap_or_default().into_boxed_str()
     }
 }
@@ -264,7 +283,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { debug_dirs: Vec::new(), inlined: true, index_dir: None, verbose: 0, warm_threads: 0 }
+        Options {
+            debug_dirs: Vec::new(),
+            inlined: true,
+            index_dir: None,
+            verbose: 0,
+            warm_threads: 0,
+        }
     }
 }
 
@@ -440,14 +465,31 @@ impl Resolver {
     /// namespace (/proc/PID/root).
     /// `back`: the frame is a return address, `back` bytes after the
     /// address looked up (`offset`).
-    pub fn resolve_module_offset(&mut self, module: &str, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Outcome {
+    pub fn resolve_module_offset(
+        &mut self,
+        module: &str,
+        offset: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+        pid: Option<u32>,
+    ) -> Outcome {
         self.module_offset_with(module, offset, back, build_id, pid, Resolver::lookup_offset)
     }
 
     /// `resolve_module_offset` for a line: from the module's index when it
     /// has one, written to `texts`.
-    pub(crate) fn answer_module_offset(&mut self, module: &str, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
-        self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
+    pub(crate) fn answer_module_offset(
+        &mut self,
+        module: &str,
+        offset: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+        pid: Option<u32>,
+        texts: &mut Vec<u8>,
+    ) -> Result<Answer, Reason> {
+        self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
+            r.answer_offset(id, offset, back, texts)
+        })
     }
 
     /// `warm_units` on `Options::warm_threads` threads (said under -vv).
@@ -464,15 +506,28 @@ impl Resolver {
     /// and the unit (one that .debug_aranges names). `None` otherwise: the
     /// module has an index, the answer is cached, the unit's context is
     /// made already, or there is no such module, code or DWARF.
-    pub(crate) fn cold_target(&mut self, module: &str, offset: u64, back: u64, build_id: Option<&[u8]>, pid: Option<u32>) -> Option<ColdTarget> {
-        let found = self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
-            let m = &mut r.modules[id];
-            let vaddr = elf::offset_to_vaddr(&m.segments, offset).filter(|&v| elf::is_code(&m.segments, v));
-            let Some(vaddr) = vaddr.filter(|&v| m.index.is_none() && !m.answers.contains_key(&(v, back))) else { return Ok(None) };
-            dwarf_index(&mut m.dwarf, &m.shared);
-            let Some(DwarfState::Ready(index)) = &m.dwarf else { return Ok(None) };
-            Ok(index.cold_unit(vaddr).map(|u| (index.clone(), vaddr, u)))
-        });
+    pub(crate) fn cold_target(
+        &mut self,
+        module: &str,
+        offset: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+        pid: Option<u32>,
+    ) -> Option<ColdTarget> {
+        let found =
+            self.module_offset_with(module, offset, back, build_id, pid, |r, id, offset, back| {
+                let m = &mut r.modules[id];
+                let vaddr = elf::offset_to_vaddr(&m.segments, offset)
+                    .filter(|&v| elf::is_code(&m.segments, v));
+                let Some(vaddr) =
+                    vaddr.filter(|&v| m.index.is_none() && !m.answers.contains_key(&(v, back)))
+                else {
+                    return Ok(None);
+                };
+                dwarf_index(&mut m.dwarf, &m.shared);
+                let Some(DwarfState::Ready(index)) = &m.dwarf else { return Ok(None) };
+                Ok(index.cold_unit(vaddr).map(|u| (index.clone(), vaddr, u)))
+            });
         found.ok().flatten()
     }
 
@@ -489,7 +544,9 @@ impl Resolver {
         look: impl FnOnce(&mut Resolver, ModuleId, u64, u64) -> Result<T, Reason>,
     ) -> Result<T, Reason> {
         if let Some(hit) = self.by_name.get(module) {
-            if let Some((_, _, r)) = hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id) {
+            if let Some((_, _, r)) =
+                hit.iter().find(|(p, b, _)| *p == pid && b.as_deref() == build_id)
+            {
                 let r = *r;
                 return r.and_then(|id| look(self, id, offset, back));
             }
@@ -507,7 +564,12 @@ impl Resolver {
         r.and_then(|id| look(self, id, offset, back))
     }
 
-    fn module_for_name(&mut self, module: &Path, build_id: Option<&[u8]>, pid: Option<u32>) -> Result<ModuleId, Reason> {
+    fn module_for_name(
+        &mut self,
+        module: &Path,
+        build_id: Option<&[u8]>,
+        pid: Option<u32>,
+    ) -> Result<ModuleId, Reason> {
         let mut candidates = Vec::with_capacity(2);
         if let Some(pid) = pid {
             if module.is_absolute() {
@@ -521,14 +583,29 @@ impl Resolver {
     /// Resolve an address of live process `pid` through /proc/PID/maps
     /// (`back` as for `resolve_module_offset`; the offset returned is the
     /// frame's, `back` bytes after `addr`'s).
-    pub fn resolve_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>) -> PidFrame {
+    pub fn resolve_pid_addr(
+        &mut self,
+        pid: u32,
+        addr: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+    ) -> PidFrame {
         self.pid_addr_with(pid, addr, back, build_id, Resolver::lookup_offset)
     }
 
     /// `resolve_pid_addr` for a line: from the module's index when it has
     /// one.
-    pub(crate) fn answer_pid_addr(&mut self, pid: u32, addr: u64, back: u64, build_id: Option<&[u8]>, texts: &mut Vec<u8>) -> PidFrame<Answer> {
-        self.pid_addr_with(pid, addr, back, build_id, |r, id, offset, back| r.answer_offset(id, offset, back, texts))
+    pub(crate) fn answer_pid_addr(
+        &mut self,
+        pid: u32,
+        addr: u64,
+        back: u64,
+        build_id: Option<&[u8]>,
+        texts: &mut Vec<u8>,
+    ) -> PidFrame<Answer> {
+        self.pid_addr_with(pid, addr, back, build_id, |r, id, offset, back| {
+            r.answer_offset(id, offset, back, texts)
+        })
     }
 
     /// The mapping, then `look` (module, file offset, `back`) for the answer.
@@ -545,7 +622,8 @@ impl Resolver {
             None => true,
             Some(m) => {
                 m.used = generation;
-                m.generation != generation && m.entries.as_deref().map_or(true, |e| procmaps::find(e, addr).is_none())
+                m.generation != generation
+                    && m.entries.as_deref().map_or(true, |e| procmaps::find(e, addr).is_none())
             }
         };
         if stale {
@@ -564,7 +642,10 @@ impl Resolver {
                 let median = *used.select_nth_unstable(mid).1;
                 self.pids.retain(|_, p| p.used > median);
             }
-            self.pids.insert(pid, PidMaps { entries, modules: vec![None; n], generation, used: generation });
+            self.pids.insert(
+                pid,
+                PidMaps { entries, modules: vec![None; n], generation, used: generation },
+            );
         }
         let Some(pm) = self.pids.get(&pid) else {
             return PidFrame { module: None, offset: None, outcome: Err(Reason::Unmapped) };
@@ -586,7 +667,11 @@ impl Resolver {
         let offset = (addr - entry.start).wrapping_add(entry.offset);
         if module_name.starts_with('[') {
             // [vdso], [vsyscall]: code without a file.
-            return PidFrame { module: Some(module_name), offset: None, outcome: Err(Reason::NoSymbols) };
+            return PidFrame {
+                module: Some(module_name),
+                offset: None,
+                outcome: Err(Reason::NoSymbols),
+            };
         }
         let id = match pm.modules.get(idx).copied().flatten() {
             Some(r) => r,
@@ -610,9 +695,16 @@ impl Resolver {
     /// The file behind a mapping: through /proc/PID/root (other mount
     /// namespaces) when it is still the mapped file, else through
     /// /proc/PID/map_files (deleted or replaced files).
-    fn module_of_mapping(&mut self, pid: u32, entry: &MapEntry, path: &Path, build_id: Option<&[u8]>) -> Result<ModuleId, Reason> {
+    fn module_of_mapping(
+        &mut self,
+        pid: u32,
+        entry: &MapEntry,
+        path: &Path,
+        build_id: Option<&[u8]>,
+    ) -> Result<ModuleId, Reason> {
         let rooted = procmaps::under_root(pid, path);
-        let map_file = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
+        let map_file =
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
         let same_file = !entry.deleted
             && std::fs::metadata(&rooted).is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
         let candidates = if same_file { vec![rooted, map_file] } else { vec![map_file, rooted] };
@@ -638,7 +730,12 @@ impl Resolver {
 
     /// Find (loading if needed) the first candidate file whose build id
     /// matches; failing that, the debug file with that build id.
-    fn module_for(&mut self, candidates: &[PathBuf], nominal: &Path, build_id: Option<&[u8]>) -> Result<ModuleId, Reason> {
+    fn module_for(
+        &mut self,
+        candidates: &[PathBuf],
+        nominal: &Path,
+        build_id: Option<&[u8]>,
+    ) -> Result<ModuleId, Reason> {
         let mut failure = Reason::FileMissing;
         for path in candidates {
             match self.load_path(path, nominal) {
@@ -652,7 +749,9 @@ impl Resolver {
                                     return Ok(id2);
                                 }
                             }
-                            self.log(1, || format!("{}: build id differs from the frame's", path.display()));
+                            self.log(1, || {
+                                format!("{}: build id differs from the frame's", path.display())
+                            });
                             failure = Reason::BuildIdMismatch;
                         }
                         _ => return Ok(id),
@@ -674,7 +773,12 @@ impl Resolver {
         Err(failure)
     }
 
-    fn reload_if_changed(&mut self, path: &Path, nominal: &Path, old: ModuleId) -> Result<ModuleId, Reason> {
+    fn reload_if_changed(
+        &mut self,
+        path: &Path,
+        nominal: &Path,
+        old: ModuleId,
+    ) -> Result<ModuleId, Reason> {
         let md = std::fs::metadata(path).map_err(|_| Reason::FileMissing)?;
         if self.by_inode.get(&file_key(&md)) == Some(&old) {
             return Ok(old);
@@ -709,7 +813,8 @@ impl Resolver {
             return Ok(id);
         }
         let elf = self.open_elf(path)?;
-        let debug = if elf.dwarf.is_none() { self.find_debug_file(&elf, nominal, path) } else { None };
+        let debug =
+            if elf.dwarf.is_none() { self.find_debug_file(&elf, nominal, path) } else { None };
         let id = self.add_module(elf, debug, Some(key));
         self.by_inode.insert(key, id);
         Ok(id)
@@ -718,7 +823,8 @@ impl Resolver {
     fn open_elf(&self, path: &Path) -> Result<ElfFile, Reason> {
         // goblin is fuzzed and its errors are handled, but a panic deep in a
         // parser must cost one frame, not the whole stream.
-        let r = std::panic::catch_unwind(|| ElfFile::open(path)).unwrap_or_else(|_| Err(LoadError::Corrupt("parser panicked".into())));
+        let r = std::panic::catch_unwind(|| ElfFile::open(path))
+            .unwrap_or_else(|_| Err(LoadError::Corrupt("parser panicked".into())));
         match r {
             Ok(e) => {
                 self.log(1, || {
@@ -745,7 +851,12 @@ impl Resolver {
 
     /// `key`: the identity of the file (the same file gives the same
     /// DWARF), under which its DWARF index is shared.
-    fn add_module(&mut self, elf: ElfFile, debug: Option<ElfFile>, key: Option<FileKey>) -> ModuleId {
+    fn add_module(
+        &mut self,
+        elf: ElfFile,
+        debug: Option<ElfFile>,
+        key: Option<FileKey>,
+    ) -> ModuleId {
         let ElfFile { build_id, segments, symbols, dwarf, .. } = elf;
         let index = build_id.as_deref().and_then(|id| self.load_index(id));
         let (symbols, dwarf) = match debug {
@@ -786,7 +897,14 @@ impl Resolver {
         let dir = self.index_dir()?;
         match crate::index::Index::load(&dir, build_id) {
             Ok(Some(ix)) => {
-                self.log(1, || format!("using the index {}/{} ({} pieces)", dir.display(), crate::index::file_name(build_id), ix.pieces()));
+                self.log(1, || {
+                    format!(
+                        "using the index {}/{} ({} pieces)",
+                        dir.display(),
+                        crate::index::file_name(build_id),
+                        ix.pieces()
+                    )
+                });
                 Some(ix)
             }
             Ok(None) => None,
@@ -804,7 +922,9 @@ impl Resolver {
         let cannot_load = |r: Reason| format!("cannot load: {}", r.as_str().replace('_', " "));
         let id = self.load_path(path, path).map_err(cannot_load)?;
         let verbose = self.opts.verbose;
-        let dir = self.index_dir().ok_or("no index directory (set HOME, XDG_CACHE_HOME or --index-dir)")?;
+        let dir = self
+            .index_dir()
+            .ok_or("no index directory (set HOME, XDG_CACHE_HOME or --index-dir)")?;
         let m = &mut self.modules[id];
         let build_id = m.build_id.clone().ok_or("no build id to name its index by")?;
         let mut addrs: Vec<u64> = m.symbols.boundaries().collect();
@@ -829,7 +949,8 @@ impl Resolver {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let file = dir.join(crate::index::file_name(&build_id));
         // Written aside and renamed: a reader never sees half an index.
-        let tmp = dir.join(format!(".{}.{}", crate::index::file_name(&build_id), std::process::id()));
+        let tmp =
+            dir.join(format!(".{}.{}", crate::index::file_name(&build_id), std::process::id()));
         let bytes = ix.to_bytes(&build_id).ok_or("too large for an index (offsets are 32-bit)")?;
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, &file))
@@ -848,7 +969,10 @@ impl Resolver {
             return Vec::new();
         }
         let hex = leakd_common::text::hex_bytes(id);
-        self.debug_dirs().into_iter().map(|d| d.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..]))).collect()
+        self.debug_dirs()
+            .into_iter()
+            .map(|d| d.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..])))
+            .collect()
     }
 
     /// The separate debug file of a stripped binary, searched the way gdb
@@ -861,7 +985,9 @@ impl Resolver {
                 }
                 match self.open_elf(&p) {
                     Ok(d) if d.build_id.as_deref() == Some(id.as_slice()) => return Some(d),
-                    Ok(_) => self.log(1, || format!("{}: build id does not match, ignored", p.display())),
+                    Ok(_) => {
+                        self.log(1, || format!("{}: build id does not match, ignored", p.display()))
+                    }
                     Err(_) => {}
                 }
             }
@@ -886,7 +1012,9 @@ impl Resolver {
             }
             let Ok(data) = std::fs::read(&p) else { continue };
             if elf::crc32(&data) != *crc {
-                self.log(1, || format!("{}: CRC does not match .gnu_debuglink, ignored", p.display()));
+                self.log(1, || {
+                    format!("{}: CRC does not match .gnu_debuglink, ignored", p.display())
+                });
                 continue;
             }
             match std::panic::catch_unwind(move || ElfFile::parse_owned(data)) {
@@ -931,7 +1059,13 @@ impl Resolver {
     /// `lookup_offset` as text for a line: read from the module's index
     /// when it has one (as fast as the cache of answers, which it skips),
     /// and written to `texts`.
-    fn answer_offset(&mut self, id: ModuleId, offset: u64, back: u64, texts: &mut Vec<u8>) -> Result<Answer, Reason> {
+    fn answer_offset(
+        &mut self,
+        id: ModuleId,
+        offset: u64,
+        back: u64,
+        texts: &mut Vec<u8>,
+    ) -> Result<Answer, Reason> {
         let m = &mut self.modules[id];
         if let Some(ix) = &mut m.index {
             let vaddr = elf::offset_to_vaddr(&m.segments, offset).ok_or(Reason::Unmapped)?;
@@ -1014,7 +1148,10 @@ impl Shared {
 
 /// A module's DWARF lookup structures, set up on first use (or found
 /// among the shared ones).
-fn dwarf_index<'a>(dwarf: &'a mut Option<DwarfState>, shared: &Shared) -> Option<&'a crate::dwarf::Index> {
+fn dwarf_index<'a>(
+    dwarf: &'a mut Option<DwarfState>,
+    shared: &Shared,
+) -> Option<&'a crate::dwarf::Index> {
     if let Some(DwarfState::Pending(..)) = dwarf {
         if let Some(DwarfState::Pending(secs, key)) = dwarf.take() {
             *dwarf = Some(DwarfState::Ready(shared.dwarf(key, secs)));
@@ -1027,7 +1164,12 @@ fn dwarf_index<'a>(dwarf: &'a mut Option<DwarfState>, shared: &Shared) -> Option
 }
 
 impl Module {
-    fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool, verbose: u8) -> Result<Resolution, Reason> {
+    fn lookup_vaddr(
+        &mut self,
+        vaddr: u64,
+        want_inlined: bool,
+        verbose: u8,
+    ) -> Result<Resolution, Reason> {
         let mut res = Resolution::default();
         if let Some((i, start)) = self.symbols.lookup(vaddr) {
             let name = match self.demangled.get(&i) {
@@ -1053,7 +1195,15 @@ impl Module {
             if let Some(ctx) = index.context_for(vaddr, verbose) {
                 // The outermost function is the symbol's, when there is one.
                 let outer_name = res.sym.is_none();
-                dwarf_frames(&ctx, vaddr, want_inlined, outer_name, &mut self.dwarf_names, &mut self.files, &mut frames);
+                dwarf_frames(
+                    &ctx,
+                    vaddr,
+                    want_inlined,
+                    outer_name,
+                    &mut self.dwarf_names,
+                    &mut self.files,
+                    &mut frames,
+                );
             }
             if let Some((name, file, line)) = frames.pop() {
                 res.file = file;
@@ -1061,7 +1211,10 @@ impl Module {
                 if res.sym.is_none() {
                     res.sym = name;
                 }
-                res.inlined = frames.into_iter().map(|(sym, file, line)| Inlined { sym, file, line }).collect();
+                res.inlined = frames
+                    .into_iter()
+                    .map(|(sym, file, line)| Inlined { sym, file, line })
+                    .collect();
             }
         }
         if res.sym.is_none() && res.file.is_none() {
@@ -1076,7 +1229,8 @@ impl Module {
 pub fn fuzz_elf(data: &[u8]) {
     let Ok(elf) = ElfFile::parse(data) else { return };
     let mut r = Resolver::new(Options::default());
-    let mut probes: Vec<u64> = elf.segments.iter().flat_map(|s| [s.offset, s.offset.wrapping_add(s.filesz / 2)]).collect();
+    let mut probes: Vec<u64> =
+        elf.segments.iter().flat_map(|s| [s.offset, s.offset.wrapping_add(s.filesz / 2)]).collect();
     probes.extend((0..16u64).map(|i| i * 0x40 + 0x1000));
     let id = r.add_module(elf, None, None);
     for off in probes {
@@ -1104,7 +1258,12 @@ pub(crate) type ColdTarget = (Arc<crate::dwarf::Index>, u64, usize);
 /// answering its address parses it (its context and line program, and with
 /// `inlined` its functions), and so only once: the answers that follow find
 /// it ready. Returns how many units were aimed at (0: too few to bother).
-pub(crate) fn warm_units(mut targets: Vec<ColdTarget>, threads: usize, inlined: bool, verbose: u8) -> usize {
+pub(crate) fn warm_units(
+    mut targets: Vec<ColdTarget>,
+    threads: usize,
+    inlined: bool,
+    verbose: u8,
+) -> usize {
     // Largest first: each thread takes the next unit when it is done, so
     // the longest parses start at once and the short ones fill in after
     // (one thread taking the two largest in turn took as long as no
@@ -1116,7 +1275,9 @@ pub(crate) fn warm_units(mut targets: Vec<ColdTarget>, threads: usize, inlined: 
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || {
-        while let Some((index, vaddr, _)) = targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+        while let Some((index, vaddr, _)) =
+            targets.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        {
             let Some(ctx) = index.context_for(*vaddr, verbose) else { continue };
             if !inlined {
                 let _ = ctx.find_location(*vaddr);
@@ -1186,7 +1347,10 @@ pub(crate) fn dwarf_frames(
 
 fn demangle_cached(cache: &mut NameCache, raw: &Reader) -> Arc<str> {
     let bytes = raw.bytes();
-    cache.entry((bytes.as_ptr() as usize, bytes.len())).or_insert_with(|| Arc::from(demangle(&leakd_common::text::to_text(bytes)))).clone()
+    cache
+        .entry((bytes.as_ptr() as usize, bytes.len()))
+        .or_insert_with(|| Arc::from(demangle(&leakd_common::text::to_text(bytes))))
+        .clone()
 }
 
 fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
@@ -1303,7 +1467,10 @@ pub fn parse_build_id(s: &str) -> Result<Option<BuildId>, String> {
         return Ok(None);
     }
     if s.len() % 2 != 0 || s.len() > 2 * BUILD_ID_MAX {
-        return Err(format!("build_id must be an even number of hex digits, at most {}", 2 * BUILD_ID_MAX));
+        return Err(format!(
+            "build_id must be an even number of hex digits, at most {}",
+            2 * BUILD_ID_MAX
+        ));
     }
     let digit = |c: u8| char::from(c).to_digit(16).ok_or_else(|| "build_id is not hex".to_string());
     let mut id = BuildId { len: (s.len() / 2) as u8, bytes: [0; BUILD_ID_MAX] };
@@ -1330,7 +1497,9 @@ mod tests {
         assert_eq!(demangle("main"), "main");
         assert_eq!(demangle("_Z"), "_Z");
         assert_eq!(
-            demangle("_$LT$$u5b$u8$u5d$$u20$as$u20$scroll..pread..Pread$LT$Ctx$C$E$GT$$GT$::gread_with"),
+            demangle(
+                "_$LT$$u5b$u8$u5d$$u20$as$u20$scroll..pread..Pread$LT$Ctx$C$E$GT$$GT$::gread_with"
+            ),
             "<[u8] as scroll::pread::Pread<Ctx,E>>::gread_with"
         );
         assert_eq!(demangle("a$b"), "a$b");
@@ -1354,10 +1523,21 @@ mod tests {
             r.next_generation();
             assert!(r.resolve_pid_addr(me, addr, 0, None).outcome.is_ok());
             // Above any pid_max: no such process, whose failure is kept too.
-            assert_eq!(r.resolve_pid_addr(0x4000_0000 + i, 0x1000, 0, None).outcome.err(), Some(Reason::NoProcess));
+            assert_eq!(
+                r.resolve_pid_addr(0x4000_0000 + i, 0x1000, 0, None).outcome.err(),
+                Some(Reason::NoProcess)
+            );
             let gone = format!("/no/such/dir/{i}");
-            assert_eq!(r.resolve_module_offset(&gone, 0x10, 0, Some(&i.to_le_bytes()), Some(me)).err(), Some(Reason::FileMissing));
-            sizes = (sizes.0.max(r.pids.len()), sizes.1.max(r.by_path.len()), sizes.2.max(r.by_name.len()), sizes.3.max(r.by_build_id.len()));
+            assert_eq!(
+                r.resolve_module_offset(&gone, 0x10, 0, Some(&i.to_le_bytes()), Some(me)).err(),
+                Some(Reason::FileMissing)
+            );
+            sizes = (
+                sizes.0.max(r.pids.len()),
+                sizes.1.max(r.by_path.len()),
+                sizes.2.max(r.by_name.len()),
+                sizes.3.max(r.by_build_id.len()),
+            );
         }
         // Each bound reached, none passed (paths come two per frame: rooted
         // and as given).
@@ -1397,13 +1577,20 @@ mod tests {
         dwarf_index(&mut m.dwarf, &m.shared);
         let Some(DwarfState::Ready(index)) = &m.dwarf else { panic!("no DWARF index") };
         let index = index.clone();
-        let targets: Vec<ColdTarget> = addrs.iter().filter_map(|&v| index.cold_unit(v).map(|u| (index.clone(), v, u))).collect();
+        let targets: Vec<ColdTarget> = addrs
+            .iter()
+            .filter_map(|&v| index.cold_unit(v).map(|u| (index.clone(), v, u)))
+            .collect();
         let units = warm_units(targets, 3, true, 0);
         assert!(units > 20, "{units} units warmed");
         assert!(addrs.iter().all(|&v| index.cold_unit(v).is_none()), "a unit left cold");
         let other_id = other.load_path(&exe, &exe).unwrap();
         for &v in &addrs {
-            assert_eq!(a.modules[id].lookup_vaddr(v, true, 0), other.modules[other_id].lookup_vaddr(v, true, 0), "at {v:#x}");
+            assert_eq!(
+                a.modules[id].lookup_vaddr(v, true, 0),
+                other.modules[other_id].lookup_vaddr(v, true, 0),
+                "at {v:#x}"
+            );
         }
     }
 
@@ -1421,8 +1608,10 @@ mod tests {
         let mut with_lines = 0;
         for r in [&mut a, &mut b, &mut other] {
             let id = r.load_path(&exe, &exe).unwrap();
-            let answers: Vec<_> = addrs.iter().map(|&v| r.modules[id].lookup_vaddr(v, true, 0)).collect();
-            with_lines = answers.iter().filter(|x| x.as_ref().is_ok_and(|x| x.line.is_some())).count();
+            let answers: Vec<_> =
+                addrs.iter().map(|&v| r.modules[id].lookup_vaddr(v, true, 0)).collect();
+            with_lines =
+                answers.iter().filter(|x| x.as_ref().is_ok_and(|x| x.line.is_some())).count();
             assert!(with_lines > 20, "{with_lines} of {} answers have a line", addrs.len());
         }
         let index = |r: &Resolver| match r.modules.last().and_then(|m| m.dwarf.as_ref()) {
@@ -1433,7 +1622,11 @@ mod tests {
         assert!(!Arc::ptr_eq(&index(&a), &index(&other)));
         for &v in &addrs {
             let id = a.modules.len() - 1;
-            assert_eq!(a.modules[id].lookup_vaddr(v, true, 0), b.modules[id].lookup_vaddr(v, true, 0), "at {v:#x}");
+            assert_eq!(
+                a.modules[id].lookup_vaddr(v, true, 0),
+                b.modules[id].lookup_vaddr(v, true, 0),
+                "at {v:#x}"
+            );
         }
     }
 
@@ -1446,15 +1639,27 @@ mod tests {
         let mut r = Resolver::new(Options::default());
         let id = r.load_path(&exe, &exe).unwrap();
         let m = &mut r.modules[id];
-        let data: Vec<u64> = m.segments.iter().filter(|s| !s.exec).flat_map(|s| [s.vaddr, s.vaddr + 0x10, s.vaddr + s.filesz / 2]).collect();
+        let data: Vec<u64> = m
+            .segments
+            .iter()
+            .filter(|s| !s.exec)
+            .flat_map(|s| [s.vaddr, s.vaddr + 0x10, s.vaddr + s.filesz / 2])
+            .collect();
         assert!(data.len() >= 3, "{:?}", m.segments);
         for v in data {
             let a = m.lookup_vaddr(v, true, 0);
-            assert!(a.as_ref().map_or(true, |a| a.file.is_none() && a.line.is_none() && a.inlined.is_empty()), "{v:#x}: {a:?}");
+            assert!(
+                a.as_ref()
+                    .map_or(true, |a| a.file.is_none() && a.line.is_none() && a.inlined.is_empty()),
+                "{v:#x}: {a:?}"
+            );
         }
         // Code still is.
         let starts: Vec<u64> = m.symbols.boundaries().step_by(2).step_by(101).collect();
-        let with_file = starts.iter().filter(|&&a| m.lookup_vaddr(a, true, 0).is_ok_and(|a| a.file.is_some())).count();
+        let with_file = starts
+            .iter()
+            .filter(|&&a| m.lookup_vaddr(a, true, 0).is_ok_and(|a| a.file.is_some()))
+            .count();
         assert!(with_file * 2 > starts.len(), "{with_file} of {}", starts.len());
     }
 
@@ -1467,7 +1672,8 @@ mod tests {
         let bin = dir.join("prog");
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/symres/prog.c");
         // gcc is on every machine this builds on (the leaker needs it).
-        let ok = std::process::Command::new("gcc").args(["-g", "-O1", "-o"]).arg(&bin).arg(src).status();
+        let ok =
+            std::process::Command::new("gcc").args(["-g", "-O1", "-o"]).arg(&bin).arg(src).status();
         assert!(ok.is_ok_and(|s| s.success()), "gcc builds the fixture");
         let orig = std::fs::read(&bin).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -1503,8 +1709,14 @@ mod tests {
             inlined: vec![Inlined { sym: Some("g".into()), file: None, line: Some(4) }],
             json: Default::default(),
         };
-        assert_eq!(r.json_fields(), r#""sym":"f","sym_offset":"0x10","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
-        assert_eq!(r.clone().shifted(1).json_fields(), r#""sym":"f","sym_offset":"0x11","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#);
+        assert_eq!(
+            r.json_fields(),
+            r#""sym":"f","sym_offset":"0x10","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#
+        );
+        assert_eq!(
+            r.clone().shifted(1).json_fields(),
+            r#""sym":"f","sym_offset":"0x11","file":"a.c","line":3,"inlined":[{"sym":"g","line":4}]"#
+        );
         let bare = Resolution { file: Some("a.c".into()), ..Default::default() };
         assert_eq!(bare.json_fields(), r#""file":"a.c""#);
         let off = Resolution { sym_offset: Some(0), line: Some(1), ..Default::default() };
@@ -1513,7 +1725,10 @@ mod tests {
 
     #[test]
     fn build_ids() {
-        assert_eq!(parse_build_id("ab01").map(|b| b.map(|b| b.to_vec())), Ok(Some(vec![0xab, 0x01])));
+        assert_eq!(
+            parse_build_id("ab01").map(|b| b.map(|b| b.to_vec())),
+            Ok(Some(vec![0xab, 0x01]))
+        );
         assert_eq!(parse_build_id(&"0f".repeat(64)).map(|b| b.map(|b| b.len())), Ok(Some(64)));
         assert!(parse_build_id(&"0f".repeat(65)).is_err());
         assert_eq!(parse_build_id(""), Ok(None));

@@ -110,7 +110,15 @@ impl Scan {
         self.members.clear();
         self.arrays.clear();
         self.segs.clear();
-        let mut s = Scanner { text, b: text.as_bytes(), i: 0, nesting: 0, escaped: false, known, out: self };
+        let mut s = Scanner {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+            nesting: 0,
+            escaped: false,
+            known,
+            out: self,
+        };
         s.ws();
         if s.peek() == Some(b'{') {
             s.out.is_object = true;
@@ -130,14 +138,25 @@ impl Scan {
     /// each at most once, each with a string or a small unsigned integer;
     /// no spaces, nothing nested. Empty text is none.
     pub fn fields(&mut self, text: &str, keys: &[&str]) -> bool {
-        let mut s = Scanner { text, b: text.as_bytes(), i: 0, nesting: 0, escaped: false, known: &|_| None, out: self };
+        let mut s = Scanner {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+            nesting: 0,
+            escaped: false,
+            known: &|_| None,
+            out: self,
+        };
         let mut next_key = 0;
         while s.i < s.b.len() {
             if s.i > 0 && s.eat(b',').is_err() {
                 return false;
             }
             let Ok((key, escaped)) = s.string() else { return false };
-            let Some(k) = keys[next_key..].iter().position(|&k| !escaped && k.as_bytes() == &s.b[key.start..key.end]) else {
+            let Some(k) = keys[next_key..]
+                .iter()
+                .position(|&k| !escaped && k.as_bytes() == &s.b[key.start..key.end])
+            else {
                 return false;
             };
             next_key += k + 1;
@@ -166,7 +185,15 @@ impl Scan {
     /// of `members`.
     pub fn frame_members(&mut self, text: &str, open: usize) -> std::ops::Range<usize> {
         let first = self.members.len();
-        let mut s = Scanner { text, b: text.as_bytes(), i: open, nesting: 0, escaped: false, known: &|_| None, out: self };
+        let mut s = Scanner {
+            text,
+            b: text.as_bytes(),
+            i: open,
+            nesting: 0,
+            escaped: false,
+            known: &|_| None,
+            out: self,
+        };
         // Cannot fail: the line was scanned whole.
         let _ = s.frame_object();
         first..self.members.len()
@@ -199,7 +226,9 @@ pub fn plain_prefix(b: &[u8]) -> usize {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
         let x = u64::from_le_bytes(w);
-        let special = below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) | below(x, 0x20);
+        let special = below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+            | below(x, 0x20);
         if special != 0 {
             // Little-endian: the lowest flagged bit is the first byte.
             return i + (special.trailing_zeros() / 8) as usize;
@@ -368,7 +397,8 @@ impl<'a> Scanner<'a> {
             simple = false;
         }
         // Out-of-range numbers are serde_json's call too.
-        if !simple && serde_json::from_str::<serde_json::Number>(&self.text[start..self.i]).is_err() {
+        if !simple && serde_json::from_str::<serde_json::Number>(&self.text[start..self.i]).is_err()
+        {
             return Err(Invalid);
         }
         Ok(())
@@ -378,7 +408,12 @@ impl<'a> Scanner<'a> {
     /// scans each element (a value, or a key and its value), given its
     /// index. (Inlined into each caller: 5% fewer instructions per line.)
     #[inline(always)]
-    fn seq(&mut self, open: u8, close: u8, mut item: impl FnMut(&mut Self, usize) -> R<()>) -> R<()> {
+    fn seq(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self, usize) -> R<()>,
+    ) -> R<()> {
         self.nest()?;
         self.eat(open)?;
         self.ws();
@@ -422,7 +457,11 @@ impl<'a> Scanner<'a> {
         self.seq(b'{', b'}', |s, _| {
             let (key, escaped) = s.key()?;
             // Keys matter only where frames (or the pid) are looked for.
-            let k = if top || walk.is_some() { string_at(s.text, key, escaped) } else { Cow::Borrowed("") };
+            let k = if top || walk.is_some() {
+                string_at(s.text, key, escaped)
+            } else {
+                Cow::Borrowed("")
+            };
             if top && k == "pid" {
                 let v = s.value(None)?;
                 s.out.pid = Some(v);
@@ -536,12 +575,53 @@ mod tests {
     #[test]
     fn accepts_what_serde_json_accepts() {
         let cases = [
-            "{}", " { } ", "[]", "1", "-0", "-", "01", "1.", "1.5", ".5", "1e5", "1E+5", "1e", "1e-", "1.5e400", "-1e400",
-            "123456789012345678901234567890", &"9".repeat(400), "18446744073709551615", "-9223372036854775809",
-            "\"\"", "\"a\\u00e9\\n\"", "\"\\ud800\"", "\"\\ud83d\\ude00\"", "\"\\udc00\"", "\"\\x\"", "\"\\u12\"",
-            "\"tab\there\"", "true", "tru", "nul", "null ", "{\"a\":1,}", "{\"a\" 1}", "{\"a\":1 \"b\":2}", "[1,]",
-            "[1 2]", "{\"a\":[1,{\"b\":null}]}", "{\"stack\":[{\"addr\":\"0x1\"},7,null]}", "{} x", "{}}", "{1:2}",
-            "{\"stack\":{}}", "\u{feff}{}", "{\"k\":\"é\"}", "{\"k\":1}\n", "{\"k\":1}\r\n",
+            "{}",
+            " { } ",
+            "[]",
+            "1",
+            "-0",
+            "-",
+            "01",
+            "1.",
+            "1.5",
+            ".5",
+            "1e5",
+            "1E+5",
+            "1e",
+            "1e-",
+            "1.5e400",
+            "-1e400",
+            "123456789012345678901234567890",
+            &"9".repeat(400),
+            "18446744073709551615",
+            "-9223372036854775809",
+            "\"\"",
+            "\"a\\u00e9\\n\"",
+            "\"\\ud800\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\udc00\"",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"tab\there\"",
+            "true",
+            "tru",
+            "nul",
+            "null ",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{\"a\":1 \"b\":2}",
+            "[1,]",
+            "[1 2]",
+            "{\"a\":[1,{\"b\":null}]}",
+            "{\"stack\":[{\"addr\":\"0x1\"},7,null]}",
+            "{} x",
+            "{}}",
+            "{1:2}",
+            "{\"stack\":{}}",
+            "\u{feff}{}",
+            "{\"k\":\"é\"}",
+            "{\"k\":1}\n",
+            "{\"k\":1}\r\n",
         ];
         for c in cases {
             assert_eq!(valid(c), serde_valid(c), "{c:?}");
@@ -555,14 +635,29 @@ mod tests {
             assert_eq!(plain_prefix(&plain), len);
             for at in 0..len {
                 // Specials, and bytes right next to them that are not.
-                for (c, special) in [(b'"', true), (b'\\', true), (0, true), (0x1f, true), (0x20, false), (0xc3, false), (b'#', false), (b']', false)] {
+                for (c, special) in [
+                    (b'"', true),
+                    (b'\\', true),
+                    (0, true),
+                    (0x1f, true),
+                    (0x20, false),
+                    (0xc3, false),
+                    (b'#', false),
+                    (b']', false),
+                ] {
                     let mut b = plain.clone();
                     b[at] = c;
                     // A special byte later must not hide behind an earlier one.
                     if at + 1 < len {
                         b[len - 1] = b'"';
                     }
-                    let first = if special { at } else if at + 1 < len { len - 1 } else { len };
+                    let first = if special {
+                        at
+                    } else if at + 1 < len {
+                        len - 1
+                    } else {
+                        len
+                    };
                     assert_eq!(plain_prefix(&b), first, "{c:#x} at {at} of {len}");
                 }
             }
@@ -579,11 +674,22 @@ mod tests {
         };
         let line = format!(r#"{{"stack":[{frame}, {frame} ,{{"addr":"0x1"}}]}}"#);
         let s = scan_known(&line).unwrap();
-        assert!(matches!(s.items[..], [Item::Known { index: 0, .. }, Item::Known { index: 1, .. }, Item::Frame { index: 2, .. }]));
+        assert!(matches!(
+            s.items[..],
+            [
+                Item::Known { index: 0, .. },
+                Item::Known { index: 1, .. },
+                Item::Frame { index: 2, .. }
+            ]
+        ));
         let Item::Known { open, close, .. } = s.items[1] else { panic!() };
         assert_eq!(&line[open..=close], frame);
         assert!(s.members.len() == 1, "only the unknown frame's members");
-        for bad in [format!(r#"{{"stack":[{frame}}}"#), format!(r#"{{"stack":[{frame}]"#), format!(r#"{{"stack":[{frame}x]}}"#)] {
+        for bad in [
+            format!(r#"{{"stack":[{frame}}}"#),
+            format!(r#"{{"stack":[{frame}]"#),
+            format!(r#"{{"stack":[{frame}x]}}"#),
+        ] {
             assert!(scan_known(&bad).is_err(), "{bad}");
         }
         // At the nesting limit, a known frame counts as the object it is.
@@ -646,7 +752,8 @@ mod tests {
         assert_eq!(s.items.len(), 3);
         let Item::Frame { open, close, members, .. } = s.items[0].clone() else { panic!() };
         assert_eq!(&line[open..=close], r#"{"addr":"0x1", "k":[1]}"#);
-        let m: Vec<&str> = s.members[members].iter().map(|m| &line[m.whole().start..m.whole().end]).collect();
+        let m: Vec<&str> =
+            s.members[members].iter().map(|m| &line[m.whole().start..m.whole().end]).collect();
         assert_eq!(m, [r#""addr":"0x1""#, r#""k":[1]"#]);
         assert!(matches!(s.items[1], Item::NotObject { index: 1, .. }));
         let Item::NotArray { array: 2, value } = s.items[2] else { panic!() };

@@ -124,7 +124,11 @@ const MAX_ERRNO: u32 = 4095;
 /// `ENOENT`, `enoent` or `2`.
 fn parse_errno(s: &str) -> Result<u32, String> {
     if let Ok(n) = s.parse::<u32>() {
-        return if (1..=MAX_ERRNO).contains(&n) { Ok(n) } else { Err(format!("errno {n} is out of range 1..4095")) };
+        return if (1..=MAX_ERRNO).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("errno {n} is out of range 1..4095"))
+        };
     }
     (1..=MAX_ERRNO)
         .find(|&n| report::errno_name(n).is_some_and(|name| name.eq_ignore_ascii_case(s)))
@@ -144,7 +148,10 @@ fn parse_syscall(s: &str) -> Result<u32, String> {
         .map(|n| n.id() as u32)
         .map_err(|_| format!("unknown syscall '{s}' on {}", std::env::consts::ARCH))?;
     if n >= sys::SYSCOUNT_NR_MAX {
-        return Err(format!("syscall '{s}' (number {n}) is beyond the {} counted one by one", sys::SYSCOUNT_NR_MAX));
+        return Err(format!(
+            "syscall '{s}' (number {n}) is beyond the {} counted one by one",
+            sys::SYSCOUNT_NR_MAX
+        ));
     }
     Ok(n)
 }
@@ -166,10 +173,22 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     // A mistyped PID is reported whatever the privileges.
     let cgroup_id = cli.target.check()?.unwrap_or(0);
     bpf::preflight()?;
-    let held = if cli.target.command.is_empty() { None } else { Some(launch::spawn_held(&cli.target.command)?) };
-    let filter = Filter::new(held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0), held.is_some(), cgroup_id);
+    let held = if cli.target.command.is_empty() {
+        None
+    } else {
+        Some(launch::spawn_held(&cli.target.command)?)
+    };
+    let filter = Filter::new(
+        held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
+        held.is_some(),
+        cgroup_id,
+    );
 
-    let grouping = Grouping { process: opts.process, syscall: !opts.process || opts.matrix, errno: opts.failed };
+    let grouping = Grouping {
+        process: opts.process,
+        syscall: !opts.process || opts.matrix,
+        errno: opts.failed,
+    };
     let keyed = grouping.process || grouping.errno;
     let timed = opts.latency || opts.hist;
     let mut wanted = [0u8; sys::SYSCOUNT_NR_SLOTS as usize];
@@ -215,7 +234,13 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let btf = bpf::kernel_btf()?;
     bpf::start_following(&mut ebpf, &btf, &filter, verbose)?;
     if grouping.process {
-        bpf::attach_btf_tracepoint(&mut ebpf, &btf, "syscount_exec", "sched_process_exec", verbose)?;
+        bpf::attach_btf_tracepoint(
+            &mut ebpf,
+            &btf,
+            "syscount_exec",
+            "sched_process_exec",
+            verbose,
+        )?;
     }
     // Exit first: a call whose entry is seen must have its exit seen too.
     if timed || opts.failed {

@@ -12,11 +12,11 @@ use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHas
 use aya::Ebpf;
 use serde_json::{json, Map, Value};
 
+use leakd_common::bpf;
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
 use leakd_common::procmaps::process_exists;
 use leakd_common::text::c_string;
-use leakd_common::bpf;
 use leakd_common::{Context, Result};
 
 use crate::sys;
@@ -158,7 +158,9 @@ impl Reporter {
         if let Some(c) = self.comms.as_ref().and_then(|m| m.get(&tgid, 0).ok()) {
             return c_string(&c.comm);
         }
-        std::fs::read_to_string(format!("/proc/{tgid}/comm")).map(|s| s.trim_end().to_string()).unwrap_or_default()
+        std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default()
     }
 
     /// Print the rows of what was counted since the last report, then the
@@ -194,7 +196,9 @@ impl Reporter {
             .filter(|(_, d)| d.iter().any(|&x| x != 0))
             .collect();
         self.prev_hist = hist_now;
-        hists.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()).then(a.0.cmp(&b.0)));
+        hists.sort_by(|a, b| {
+            b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()).then(a.0.cmp(&b.0))
+        });
         if self.top > 0 {
             hists.truncate(self.top);
         }
@@ -202,7 +206,8 @@ impl Reporter {
         self.seq += 1;
         let elapsed = self.since.elapsed();
         self.since = Instant::now();
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let wall =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let rows: Vec<Value> = rows.iter().map(|(k, t)| self.row(k, t)).collect();
         let hists: Vec<Value> = hists.iter().map(|(nr, b)| hist_line(*nr, b)).collect();
         let marker = json!({
@@ -247,12 +252,16 @@ impl Reporter {
         if gone.is_empty() {
             return Ok(());
         }
-        let rows: Vec<RowKey> = self.prev.keys().filter(|k| gone.contains(&k.tgid)).copied().collect();
+        let rows: Vec<RowKey> =
+            self.prev.keys().filter(|k| gone.contains(&k.tgid)).copied().collect();
         for k in rows {
             let key = sys::syscount_key { tgid: k.tgid, nr: k.nr, err: k.err };
             match h.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(leakd_common::Error::new(e).context("dropping the rows of an exited process")),
+                Err(e) => {
+                    return Err(leakd_common::Error::new(e)
+                        .context("dropping the rows of an exited process"))
+                }
             }
             self.prev.remove(&k);
         }
@@ -282,13 +291,19 @@ impl Reporter {
             m.insert("nr".into(), json!(syscall_nr(k.nr)));
         }
         if g.errno {
-            m.insert("errno".into(), json!(errno_name(k.err).map(str::to_string).unwrap_or_else(|| k.err.to_string())));
+            m.insert(
+                "errno".into(),
+                json!(errno_name(k.err).map(str::to_string).unwrap_or_else(|| k.err.to_string())),
+            );
             m.insert("errno_nr".into(), json!(k.err));
         }
         m.insert("count".into(), json!(t.count));
         if self.latency {
             m.insert("lat_ns_total".into(), json!(t.lat_ns_total));
-            m.insert("lat_ns_avg".into(), json!(t.lat_ns_total.checked_div(t.lat_count).unwrap_or(0)));
+            m.insert(
+                "lat_ns_avg".into(),
+                json!(t.lat_ns_total.checked_div(t.lat_count).unwrap_or(0)),
+            );
         }
         Value::Object(m)
     }
@@ -371,16 +386,26 @@ fn hist_line(nr: u32, b: &[u64; HIST_BUCKETS]) -> Value {
 fn text_table(s: &mut String, marker: &Value, rows: &[Value], hists: &[Value]) {
     use std::fmt::Write as _;
     let secs = marker["interval_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
-    let _ =
-        writeln!(s, "[interval {} ({secs:.3} s): {} calls in {} rows]", marker["seq"], marker["count"], marker["rows"]);
+    let _ = writeln!(
+        s,
+        "[interval {} ({secs:.3} s): {} calls in {} rows]",
+        marker["seq"], marker["count"], marker["rows"]
+    );
     let cols: Vec<&str> = rows
         .first()
         .and_then(Value::as_object)
-        .map(|m| m.keys().filter(|k| *k != "type" && *k != "nr" && *k != "errno_nr").map(String::as_str).collect())
+        .map(|m| {
+            m.keys()
+                .filter(|k| *k != "type" && *k != "nr" && *k != "errno_nr")
+                .map(String::as_str)
+                .collect()
+        })
         .unwrap_or_default();
     if !cols.is_empty() {
-        let widths: Vec<usize> =
-            cols.iter().map(|c| rows.iter().map(|r| cell(&r[*c]).len()).max().unwrap_or(0).max(c.len())).collect();
+        let widths: Vec<usize> = cols
+            .iter()
+            .map(|c| rows.iter().map(|r| cell(&r[*c]).len()).max().unwrap_or(0).max(c.len()))
+            .collect();
         let line = |vals: Vec<String>| -> String {
             let mut l = String::new();
             for (i, (v, w)) in vals.iter().zip(&widths).enumerate() {
@@ -408,7 +433,8 @@ fn text_table(s: &mut String, marker: &Value, rows: &[Value], hists: &[Value]) {
         for b in &buckets {
             let c = b["count"].as_u64().unwrap_or(0);
             let lo = b["lat_ns_min"].as_u64().unwrap_or(0);
-            let hi = b["lat_ns_max"].as_u64().map(|h| h.to_string()).unwrap_or_else(|| "inf".into());
+            let hi =
+                b["lat_ns_max"].as_u64().map(|h| h.to_string()).unwrap_or_else(|| "inf".into());
             let stars = ((c as f64 / max as f64) * 40.0).ceil() as usize;
             let _ = writeln!(s, "  {lo:>15} -> {hi:<15} ns : {c:<10} |{:<40}|", "*".repeat(stars));
         }
