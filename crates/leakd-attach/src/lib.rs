@@ -6,8 +6,9 @@
 //! free, so the kernel side keeps the set of live blocks itself (address ->
 //! size, time, stack id; frees delete). Nothing crosses to user space per
 //! call, so the overhead does not depend on how fast we read; user space
-//! only walks the map at each report. The probes are allocsnoop's (same
-//! allocator detection, same probe sites, same realloc/nesting semantics).
+//! only walks the map at each report. The probes are the alloc-probes
+//! crate's, as allocsnoop's (same allocator detection, same probe sites,
+//! same realloc/nesting semantics).
 //!
 //! Why growth and not just totals: long-lived caches are outstanding too.
 //! A stack whose outstanding bytes rose in each of the last `--trend`
@@ -44,7 +45,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde_json::{json, Value};
 use symres::{Options as SymOptions, Resolver};
 
-use allocsnoop::ProbeArgs;
+use alloc_probes::ProbeArgs;
 use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
 use leakd_common::event_loop::{End, EventLoop, Handler};
@@ -194,7 +195,7 @@ pub fn command() -> clap::Command {
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    let ops = allocsnoop::ops_for(&cli.probe, &[])?;
+    let ops = alloc_probes::ops_for(&cli.probe, &[])?;
     let verbose = cli.run.verbose;
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
@@ -210,7 +211,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
-    let allocsnoop::Tracer { mut ebpf, held, pid } = allocsnoop::load_tracer(
+    let alloc_probes::Tracer { mut ebpf, held, pid } = alloc_probes::load_tracer(
         "leakd-attach",
         OBJECT,
         loader,
@@ -331,7 +332,7 @@ impl Group {
 }
 
 /// What a stack line stands for: the process and the return addresses as
-/// printed (cut by [`allocsnoop::kept_frames`]). Without frame pointers the
+/// printed (cut by [`alloc_probes::kept_frames`]). Without frame pointers the
 /// kernel's walk goes on through stack garbage that can differ from call to
 /// call, so one call path may get several stack ids (and sites); they print
 /// the same frames and are merged into one line. Shared, not copied: a
@@ -529,7 +530,7 @@ impl Reporter {
         if addrs.is_empty() {
             addrs.push(k.caller);
         }
-        addrs.truncate(allocsnoop::kept_frames(&mut self.maps, k.pid, &addrs));
+        addrs.truncate(alloc_probes::kept_frames(&mut self.maps, k.pid, &addrs));
         let l = Rc::new((k.pid, addrs));
         memo.insert(*k, l.clone());
         l
@@ -783,7 +784,7 @@ impl Reporter {
             let (allocs, frees) = allocs_frees(&st, sampling);
             let (pid, addrs) = &*k;
             let caller = addrs.first().copied().unwrap_or(0);
-            let stack = allocsnoop::stack_frames(&mut self.maps, *pid, addrs);
+            let stack = alloc_probes::stack_frames(&mut self.maps, *pid, addrs);
             let mut v = json!({
                 "type": "stack",
                 "pid": pid,

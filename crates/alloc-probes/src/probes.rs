@@ -1,4 +1,4 @@
-//! Where and how the allocator probes are attached; shared with leakd-attach.
+//! Where and how the allocator probes are attached.
 //!
 //! The cost of a uprobe hit depends on the probed instruction: the kernel
 //! emulates a few (push, direct jmp/jcc/call) for ~0.7 µs a hit, and
@@ -25,7 +25,7 @@ use crate::sys;
 const N_OPS: usize = sys::alloc_op_ALLOC_OP_MAX as usize;
 
 /// Operation names, placed by the values of `enum alloc_op`
-/// (bpf/allocsnoop.h); an unnamed op fails the build.
+/// (bpf/alloc.h); an unnamed op fails the build.
 pub const OP_NAMES: [&str; N_OPS] = {
     let mut r = [""; N_OPS];
     r[sys::alloc_op_ALLOC_OP_MALLOC as usize] = "malloc";
