@@ -11,11 +11,12 @@ use aya::EbpfLoader;
 use clap::Args;
 use serde_json::{json, Value};
 
-use leakd_common::bpf::{self, Filter};
+use leakd_common::bpf;
 use leakd_common::cli::TargetArgs;
 use leakd_common::procmaps::MapsCache;
+use leakd_common::target::Target;
 use leakd_common::text::hex;
-use leakd_common::{anyhow, bail, launch, Result};
+use leakd_common::{anyhow, bail, info, launch, Result};
 
 /// `enum alloc_op` of bpf/alloc.h, the attach cookie of every probe.
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
@@ -100,8 +101,6 @@ fn plan_for_target(
     probe: &ProbeArgs,
     ops: &[u32],
     target: &TargetArgs,
-    verbose: u8,
-    tool: &str,
 ) -> Result<(PathBuf, Vec<probes::Site>)> {
     let exe = match target.command.first() {
         Some(c) => Some(launch::resolve(c)?),
@@ -112,11 +111,9 @@ fn plan_for_target(
     if sites.is_empty() {
         bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
     }
-    if verbose > 0 {
-        eprintln!("{tool}: allocator: {} ({kind})", lib.display());
-        if !missing.is_empty() {
-            eprintln!("{tool}: not in {}: {}", lib.display(), missing.join(", "));
-        }
+    info!("allocator: {} ({kind})", lib.display());
+    if !missing.is_empty() {
+        info!("not in {}: {}", lib.display(), missing.join(", "));
     }
     Ok((lib, sites))
 }
@@ -124,44 +121,34 @@ fn plan_for_target(
 /// An allocation tracer loaded and attached to its target.
 pub struct Tracer {
     pub ebpf: aya::Ebpf,
-    /// The launched command, held until the event loop releases it.
-    pub held: Option<launch::Held>,
-    /// The traced process (launched or `-p`); `None` system-wide.
-    pub pid: Option<u32>,
+    /// What is traced; its launched command is held until the event loop
+    /// releases it.
+    pub target: Target,
 }
 
-/// What allocsnoop and leakd-attach both do before their loops: check the
-/// system and the target, plan a probe site per op, launch the command
-/// (held), then load `object` through `loader` (which holds the tool's own
+/// What allocsnoop and leakd-attach both do before their loops: prepare
+/// the target (see [`TargetArgs::prepare_with`]) with a probe site planned
+/// per op, then load `object` through `loader` (which holds the tool's own
 /// globals) with the shared filter and size range, and attach.
 pub fn load_tracer(
-    tool: &str,
     object: &[u8],
     loader: EbpfLoader<'_>,
     probe: &ProbeArgs,
     ops: &[u32],
-    target: &TargetArgs,
-    verbose: u8,
+    target_args: &TargetArgs,
 ) -> Result<Tracer> {
     let (min, max) = probe.size_range()?;
-    // A mistyped PID is reported whatever the privileges.
-    let cgroup_id = target.check()?.unwrap_or(0);
-    bpf::preflight()?;
-    let (lib, sites) = plan_for_target(probe, ops, target, verbose, tool)?;
-    let held =
-        if target.command.is_empty() { None } else { Some(launch::spawn_held(&target.command)?) };
-    let pid = held.as_ref().map(|h| h.pid()).or(target.pid);
-    // Uprobes are scoped to the process (its mm) by the kernel; the BPF
-    // filter then only needs the cgroup.
-    let filter = Filter::new(0, false, cgroup_id);
+    let (target, (lib, sites)) =
+        target_args.prepare_with(|| plan_for_target(probe, ops, target_args))?;
+    let filter = target.cgroup_filter();
     // Narrowed to this function: the globals below borrow its locals.
     let mut loader: EbpfLoader<'_> = loader;
     filter.apply(&mut loader);
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
     let mut ebpf = bpf::load(&mut loader, object)?;
-    probes::attach(&mut ebpf, &lib, &sites, pid, verbose, tool)?;
-    Ok(Tracer { ebpf, held, pid })
+    probes::attach(&mut ebpf, &lib, &sites, target.pid())?;
+    Ok(Tracer { ebpf, target })
 }
 
 /// The frames of a stack as printed (all return addresses), for addresses

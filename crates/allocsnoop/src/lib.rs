@@ -11,24 +11,20 @@ use serde_json::{json, Value};
 
 use alloc_probes::sys as ops;
 use alloc_probes::{kept_frames, load_tracer, ops_for, probes, stack_frames, ProbeArgs, Tracer};
-use leakd_common::bpf::{self, LostCounter, Pod};
+use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{RunArgs, TargetArgs};
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{c_string, hex, WallClock};
-use leakd_common::Result;
+use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Result};
 
-#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
-pub mod sys {
-    include!(concat!(env!("OUT_DIR"), "/allocsnoop.rs"));
-}
+bpf_mirror!(pub mod sys = "allocsnoop");
+// bindgen generated allocsnoop_event from bpf/allocsnoop.h as a #[repr(C)]
+// struct of integers and integer arrays only.
+bpf_pod!(unsafe sys::allocsnoop_event);
 
-// SAFETY: bindgen generated allocsnoop_event from bpf/allocsnoop.h as a
-// #[repr(C)] struct of integers and integer arrays only.
-unsafe impl Pod for sys::allocsnoop_event {}
-
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allocsnoop.bpf.o"));
+static OBJECT: &[u8] = bpf_object!("allocsnoop");
 
 const EXAMPLES: &str = "\
 Examples:
@@ -67,12 +63,10 @@ pub fn command() -> clap::Command {
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = ops_for(&cli.probe, &cli.op)?;
-    let verbose = cli.run.verbose;
     let stack = u8::from(cli.stack);
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
-    let Tracer { mut ebpf, held, .. } =
-        load_tracer("allocsnoop", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
+    let Tracer { mut ebpf, target } = load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
@@ -80,10 +74,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
-    event_loop.start_target(cli.target.pid, held, |pid| maps.prime(pid))?;
-    if verbose > 0 {
-        eprintln!("allocsnoop: attached, tracing allocations (Ctrl-C to stop)");
-    }
+    event_loop.start_target(target, |pid| maps.prime(pid))?;
+    info!("attached, tracing allocations (Ctrl-C to stop)");
     let mut out = Output::stdout();
     let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;

@@ -52,27 +52,21 @@ use leakd_common::event_loop::{End, EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{hex, WallClock};
-use leakd_common::{Context, Result};
+use leakd_common::{bpf_mirror, bpf_object, bpf_pod, debug, info, trace, warn, Context, Result};
 
-#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
-pub mod sys {
-    include!(concat!(env!("OUT_DIR"), "/leakd-attach.rs"));
-}
+bpf_mirror!(pub mod sys = "leakd-attach");
+// bindgen generated these from bpf/leakd-attach.h as #[repr(C)] structs of
+// integers only, with no implicit padding: leakd_attach_alloc is 3 x u64 +
+// 2 x u32, leakd_attach_site u64 + 2 x u32, leakd_attach_stats 8 x u64,
+// leakd_attach_block u64 + 2 x u32 (an explicit padding field).
+bpf_pod!(
+    unsafe sys::leakd_attach_alloc,
+    sys::leakd_attach_site,
+    sys::leakd_attach_stats,
+    sys::leakd_attach_block,
+);
 
-// SAFETY: bindgen generated leakd_attach_alloc from bpf/leakd-attach.h as a
-// #[repr(C)] struct of integers only (no padding: 3 x u64 + 2 x u32), so
-// every bit pattern is a valid value.
-unsafe impl aya::Pod for sys::leakd_attach_alloc {}
-// SAFETY: as above: leakd_attach_site is u64 + 2 x u32 (no padding) and
-// leakd_attach_stats 8 x u64, both #[repr(C)] integers only.
-unsafe impl aya::Pod for sys::leakd_attach_site {}
-// SAFETY: see leakd_attach_site.
-unsafe impl aya::Pod for sys::leakd_attach_stats {}
-// SAFETY: leakd_attach_block is u64 + 2 x u32 (explicit padding field),
-// #[repr(C)] integers only.
-unsafe impl aya::Pod for sys::leakd_attach_block {}
-
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakd-attach.bpf.o"));
+static OBJECT: &[u8] = bpf_object!("leakd-attach");
 
 /// Exit status when outstanding allocations pass the filters at the end.
 pub const EXIT_LEAKS: i32 = 3;
@@ -196,7 +190,6 @@ pub fn command() -> clap::Command {
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = alloc_probes::ops_for(&cli.probe, &[])?;
-    let verbose = cli.run.verbose;
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
     let usr1 = Arc::new(AtomicBool::new(false));
@@ -211,15 +204,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
-    let alloc_probes::Tracer { mut ebpf, held, pid } = alloc_probes::load_tracer(
-        "leakd-attach",
-        OBJECT,
-        loader,
-        &cli.probe,
-        &ops,
-        &cli.target,
-        verbose,
-    )?;
+    let alloc_probes::Tracer { mut ebpf, target } =
+        alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
+    let pid = target.pid();
 
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
@@ -231,17 +218,18 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Snapshot the mappings now: they vanish when the target exits, and the
     // final report is formatted after that.
-    event_loop.start_target(cli.target.pid, held, |pid| maps.prime(pid))?;
+    event_loop.start_target(target, |pid| maps.prime(pid))?;
     let every = cli.interval.interval.unwrap_or(Duration::from_secs(5));
-    if verbose > 0 {
-        eprintln!(
-            "leakd-attach: attached, tracking live allocations, reporting every {:.3} s (Ctrl-C to stop)",
-            every.as_secs_f64()
-        );
-    }
+    info!(
+        "attached, tracking live allocations, reporting every {:.3} s (Ctrl-C to stop)",
+        every.as_secs_f64()
+    );
     let mut out = Output::stdout();
     let symbolizer = cli.symbolize.then(|| Symbolizer {
-        resolver: Resolver::new(SymOptions { verbose, ..SymOptions::default() }),
+        resolver: Resolver::new(SymOptions {
+            verbose: leakd_common::log::level(),
+            ..SymOptions::default()
+        }),
         line: Vec::new(),
         out: Vec::new(),
     });
@@ -267,7 +255,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         next_report: Instant::now() + every,
         ticks: 0,
         usr1,
-        verbose,
     };
     if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
@@ -281,7 +268,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         return Ok(EXIT_LEAKS);
     }
     if lost_events > 0 {
-        eprintln!("leakd-attach: warning: {lost_events} event(s) lost (see the \"lost\" lines): the absence of leaks is not certain");
+        warn!("{lost_events} event(s) lost (see the \"lost\" lines): the absence of leaks is not certain");
         return Ok(EXIT_INCOMPLETE);
     }
     Ok(leakd_common::EXIT_OK)
@@ -379,7 +366,6 @@ struct Reporter {
     next_report: Instant,
     ticks: u32,
     usr1: Arc<AtomicBool>,
-    verbose: u8,
 }
 
 impl Handler for Reporter {
@@ -513,9 +499,7 @@ impl Reporter {
         match self.stacks.get(&key.stack_id, 0) {
             Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
             Err(e) => {
-                if self.verbose > 1 {
-                    eprintln!("leakd-attach: stack {}: {e}", key.stack_id);
-                }
+                debug!("stack {}: {e}", key.stack_id);
                 Vec::new()
             }
         }
@@ -599,16 +583,11 @@ impl Reporter {
             }
             self.idle.remove(&k);
             memo.remove(&k);
-            if self.verbose > 2 {
-                eprintln!(
-                    "leakd-attach: folding {line:x?}: {} allocs, {} frees",
-                    st.allocs, st.frees
-                );
-            }
+            trace!("folding {line:x?}: {} allocs, {} frees", st.allocs, st.frees);
             add_stats(self.folded.entry(line).or_default(), &st);
         }
-        if self.verbose > 1 && !deleted_stacks.is_empty() {
-            eprintln!("leakd-attach: deleted {} idle stack(s)", deleted_stacks.len());
+        if !deleted_stacks.is_empty() {
+            debug!("deleted {} idle stack(s)", deleted_stacks.len());
         }
         Ok(())
     }
@@ -627,7 +606,7 @@ impl Reporter {
             Ok(true) => out.json_line(resolved)?,
             Ok(false) => out.json_line(line)?,
             Err(e) => {
-                eprintln!("leakd-attach: warning: symbolizing: {e}");
+                warn!("symbolizing: {e}");
                 out.json_line(line)?;
             }
         }
