@@ -812,3 +812,40 @@ fn lost_events_make_a_clean_result_incomplete() {
     assert_eq!(out.status.code(), Some(4), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not certain"));
 }
+
+/// A process that leaks 50 blocks and then execs a clean program: the old
+/// image's blocks end with it (counted as freed, said in an exec line), and
+/// the run ends with nothing outstanding.
+#[bpf_test]
+fn exec_ends_the_old_images_blocks() {
+    let out = launched(
+        &[],
+        &[
+            LEAKER,
+            "steady",
+            "--size",
+            "64",
+            "--max",
+            "3200",
+            "--interval",
+            "0",
+            "--linger",
+            "0",
+            "--exec",
+            "none",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "nothing outstanding => exit 0; stderr: {err}");
+    let lines = json_lines(&out.stdout);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["freed_count"], 50, "{lines:?}");
+    assert_eq!(execs[0]["freed_bytes"], 3200, "{lines:?}");
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 0, "{lines:?}");
+    assert!(stacks.is_empty(), "{stacks:?}");
+    // The new image was traced too (its own allocs, all freed).
+    assert!(r["allocs"].as_u64().unwrap() > 50, "{r}");
+    assert_eq!(r["allocs"], r["frees"], "{r}");
+}

@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf, StackTraceMap};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
 use symres::{Options as SymOptions, Resolver};
@@ -54,12 +54,14 @@ bpf_mirror!(pub mod sys = "leakd-attach");
 // bindgen generated these from bpf/leakd-attach.h as #[repr(C)] structs of
 // integers only, with no implicit padding: leakd_attach_alloc is 3 x u64 +
 // 2 x u32, leakd_attach_site u64 + 2 x u32, leakd_attach_stats 8 x u64,
-// leakd_attach_block u64 + 2 x u32 (an explicit padding field).
+// leakd_attach_block u64 + 2 x u32 (an explicit padding field),
+// leakd_attach_exec 3 x u64 + 2 x u32 + 16 x u8.
 bpf_pod!(
     unsafe sys::leakd_attach_alloc,
     sys::leakd_attach_site,
     sys::leakd_attach_stats,
     sys::leakd_attach_block,
+    sys::leakd_attach_exec,
 );
 
 static OBJECT: &[u8] = bpf_object!("leakd-attach");
@@ -94,6 +96,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
         bpf::take_map(&mut ebpf, "sites")?;
+    // Before the command is released: its exec must not be missed.
+    let btf = bpf::kernel_btf()?;
+    bpf::attach_btf_tracepoint(&mut ebpf, &btf, "leakd_attach_exec", "sched_process_exec")?;
+    let mut execs: RingBuf<MapData> = bpf::take_map(&mut ebpf, "execs")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
     let mut maps = MapsCache::new();
@@ -123,7 +129,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     };
     let sites = Sites::new(stacks, sites, maps);
     let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1);
-    if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
+    if event_loop.run(Some(&mut execs), &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
         return Ok(leakd_common::EXIT_OK);
     }

@@ -16,9 +16,10 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::{json, Value};
 use symres::Resolver;
 
+use leakd_common::bpf;
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
-use leakd_common::text::{hex, WallClock};
+use leakd_common::text::{c_string, hex, WallClock};
 use leakd_common::{warn, Context, Result};
 
 use crate::sampling::{fixed_to_count, sample_weight};
@@ -106,7 +107,18 @@ pub(crate) struct Reporter {
 }
 
 impl Handler for Reporter {
-    fn event(&mut self, _data: &[u8], _out: &mut Output) -> Result<()> {
+    /// An exec ended the blocks of the replaced image (see
+    /// bpf/leakd-attach.bpf.c): counted as freed there, said here.
+    fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
+        let e: sys::leakd_attach_exec = bpf::read_event(data);
+        out.line(&json!({
+            "type": "exec",
+            "ts_ns": self.clock.wall_ns(e.ts_ns),
+            "pid": e.pid,
+            "comm": c_string(&e.comm),
+            "freed_count": e.count,
+            "freed_bytes": e.bytes,
+        }))?;
         Ok(())
     }
 
