@@ -121,7 +121,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let settings = Settings {
         combined: cli.combined,
         sample_bytes: cli.sample_bytes,
-        max_allocs: cli.max_allocs,
         top: cli.top,
         older_than_ns: cli.older_than.saturating_mul(1_000_000),
         trend: cli.trend,

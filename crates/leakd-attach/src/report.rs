@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
 use serde_json::{json, Value};
 use symres::Resolver;
 
@@ -23,7 +23,7 @@ use leakd_common::text::{c_string, hex, WallClock};
 use leakd_common::{warn, Context, Result};
 
 use crate::sampling::{fixed_to_count, sample_weight};
-use crate::sites::{add_stats, allocs_frees, walk, LineKey, SiteKey, Sites, Stats};
+use crate::sites::{add_stats, allocs_frees, LineKey, SiteKey, Sites, Stats, BATCH};
 use crate::sys;
 
 /// What a report says about one site. Counts and bytes are exact without
@@ -85,7 +85,6 @@ impl Symbolizer {
 pub(crate) struct Settings {
     pub combined: bool,
     pub sample_bytes: Option<u64>,
-    pub max_allocs: u32,
     pub top: usize,
     pub older_than_ns: u64,
     pub trend: usize,
@@ -190,12 +189,6 @@ impl Reporter {
         }
     }
 
-    /// Read every live block from the kernel map.
-    fn snapshot(&self) -> Result<Vec<sys::leakd_attach_alloc>> {
-        let limit = 2 * self.settings.max_allocs as usize + 1024;
-        Ok(walk(&self.allocs, limit, "allocs")?.into_iter().map(|(_, v)| v).collect())
-    }
-
     /// Write a line, symbolized with --symbolize (exactly as `| symres`).
     fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
         let Some(Symbolizer { resolver, line, out: resolved }) = self.symbolizer.as_mut() else {
@@ -227,22 +220,25 @@ impl Reporter {
                 self.sites.maps.prime(pid);
             }
         }
+        let mono_now = WallClock::monotonic_now_ns();
+        let now = Instant::now();
         // Live blocks first, totals second: the kernel counts an alloc before
         // it inserts the block, so every block seen is already counted and a
         // line never shows more outstanding than allocated.
-        let blocks = if self.settings.combined { Vec::new() } else { self.snapshot()? };
+        let mut live: HashSet<SiteKey> = HashSet::new();
+        let per_site = if self.settings.combined {
+            None
+        } else {
+            Some(self.sites_of_blocks(mono_now, &mut live)?)
+        };
         let totals = self.sites.totals()?;
-        let mono_now = WallClock::monotonic_now_ns();
-        let now = Instant::now();
         if self.ticks <= PRIME_TICKS {
             // Libraries may not all be mapped yet: the frames kept may change.
             self.sites.forget_lines();
         }
-        let mut live: HashSet<SiteKey> = HashSet::new();
-        let groups = if self.settings.combined {
-            self.groups_of_totals(&totals)
-        } else {
-            self.groups_of_blocks(&blocks, mono_now, &mut live)
+        let groups = match per_site {
+            None => self.groups_of_totals(&totals),
+            Some(per_site) => self.groups_of_sites(per_site),
         };
         let line_totals = self.line_totals(&totals, &groups);
         // Every tracked block since the start, outstanding or not (shows
@@ -289,26 +285,37 @@ impl Reporter {
         groups
     }
 
-    /// The default mode: outstanding per line from the live blocks, old
+    /// The default mode: outstanding per site from the live blocks, old
     /// enough for --older-than; `live` gets every site with a live block.
-    fn groups_of_blocks(
-        &mut self,
-        blocks: &[sys::leakd_attach_alloc],
+    /// The blocks are read in batches and folded as they come: the memory
+    /// this takes is bounded by the number of sites, not of blocks.
+    fn sites_of_blocks(
+        &self,
         mono_now: u64,
         live: &mut HashSet<SiteKey>,
-    ) -> HashMap<LineKey, Group> {
-        // Summed per site first (a small key per block), then per line
-        // (a line key holds a whole stack: built and hashed per site).
+    ) -> Result<HashMap<SiteKey, Group>> {
+        let (older_than_ns, sample_bytes) =
+            (self.settings.older_than_ns, self.settings.sample_bytes);
         let mut sites: HashMap<SiteKey, Group> = HashMap::new();
-        for b in blocks {
-            let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
-            live.insert(key);
-            let age = mono_now.saturating_sub(b.ts_ns);
-            if age < self.settings.older_than_ns {
-                continue;
+        let fold = |_: &[sys::leakd_attach_block], blocks: &[sys::leakd_attach_alloc]| {
+            for b in blocks {
+                let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
+                live.insert(key);
+                let age = mono_now.saturating_sub(b.ts_ns);
+                if age < older_than_ns {
+                    continue;
+                }
+                sites.entry(key).or_default().add_block(b.size, b.ts_ns, sample_bytes);
             }
-            sites.entry(key).or_default().add_block(b.size, b.ts_ns, self.settings.sample_bytes);
-        }
+            Ok(())
+        };
+        bpf::for_each_batch(self.allocs.map(), BATCH, fold)?;
+        Ok(sites)
+    }
+
+    /// The default mode: per line from per site (a line key holds a whole
+    /// stack: built and hashed per site, never per block).
+    fn groups_of_sites(&mut self, sites: HashMap<SiteKey, Group>) -> HashMap<LineKey, Group> {
         let mut groups: HashMap<LineKey, Group> = HashMap::new();
         for (key, site) in &sites {
             groups.entry(self.sites.line_key(key)).or_default().merge(site);
