@@ -785,6 +785,7 @@ fn usage_errors_exit_2() {
             (&["--max-allocs", "0"], "0 is not in 1.."),
             (&["--sample-bytes", "0"], "0 is not in 1.."),
             (&["--top", "x"], "invalid value"),
+            (&["-i", "0.01"], "-i must be at least that"),
             (&["--min-size", "10", "--max-size", "5"], "--min-size 10 is larger than --max-size 5"),
         ],
     );
@@ -848,4 +849,21 @@ fn exec_ends_the_old_images_blocks() {
     // The new image was traced too (its own allocs, all freed).
     assert!(r["allocs"].as_u64().unwrap() > 50, "{r}");
     assert_eq!(r["allocs"], r["frees"], "{r}");
+}
+
+/// A --max-allocs whose preallocated map would not fit in the machine's
+/// memory is refused before anything is loaded (it used to allocate ~120
+/// bytes of kernel memory per block first). u32::MAX blocks is ~512 GiB.
+#[test]
+fn max_allocs_beyond_memory_is_refused() {
+    let out = Cmd::cargo_bin("leakd-attach")
+        .unwrap()
+        .args(["--max-allocs", &u32::MAX.to_string(), "-p", "1"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("would take ~512.0 GiB of kernel memory"), "{err}");
+    assert!(err.contains("use at most"), "{err}");
 }

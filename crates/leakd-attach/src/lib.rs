@@ -73,6 +73,14 @@ const TICK: Duration = Duration::from_millis(100);
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = alloc_probes::ops_for(&cli.probe, &[])?;
+    cli::check_max_allocs(cli.max_allocs)?;
+    if let Some(i) = cli.interval.interval.filter(|&i| i < TICK) {
+        return Err(leakd_common::usage_error(format!(
+            "-i {}: reports are checked every {} s, so -i must be at least that",
+            i.as_secs_f64(),
+            TICK.as_secs_f64()
+        )));
+    }
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
     let usr1 = Arc::new(AtomicBool::new(false));
