@@ -277,9 +277,6 @@ pub struct DwarfSections {
     /// The file's executable segments, [begin, end) addresses: the only
     /// addresses symres asks DWARF about.
     pub code: Vec<(u64, u64)>,
-    /// Whether to say on stderr that a compressed section is corrupt (found
-    /// only when it is first read); set by the resolver.
-    pub verbose: u8,
 }
 
 /// A compressed section (SHF_COMPRESSED) is inflated on first use: some are
@@ -300,8 +297,8 @@ impl DwarfSections {
                 .get_or_init(|| {
                     let r = inflate(raw.bytes(), *chdr)
                         .map(|b| EndianReader::new(Bytes::heap(b), self.endian));
-                    if let (Err(e), 1..) = (&r, self.verbose) {
-                        eprintln!("symres: {name}: {e}, left out");
+                    if let Err(e) = &r {
+                        crate::log::log!(1, "{name}: {e}, left out");
                     }
                     r
                 })
@@ -492,8 +489,7 @@ impl ElfFile {
             .filter(|p| p.p_flags & PF_X != 0)
             .map(|p| (p.p_vaddr, p.p_vaddr.saturating_add(p.p_memsz)))
             .collect();
-        let dwarf =
-            has_info.then_some(DwarfSections { sections: debug_secs, endian, code, verbose: 0 });
+        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }

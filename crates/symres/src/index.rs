@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::answer::{members, write_answer, Inlined, Reason, Resolution};
 use crate::elf::Bytes;
-use crate::resolve::{members, write_answer, Inlined, Reason, Resolution};
-use crate::scan::Scan;
+use crate::frame_scan::Scan;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
