@@ -43,13 +43,17 @@ impl Bytes {
     /// read; see crate::mmap for why that is safe even if the file
     /// shrinks), or read when it cannot be mapped.
     pub fn open(path: &std::path::Path) -> std::io::Result<Bytes> {
-        let mut f = std::fs::File::open(path)?;
+        Bytes::of_file(std::fs::File::open(path)?)
+    }
+
+    /// An open file, as `open`; read no further than its size.
+    pub fn of_file(mut f: std::fs::File) -> std::io::Result<Bytes> {
         let len = f.metadata()?.len();
         if let Some(m) = usize::try_from(len).ok().and_then(|n| crate::mmap::Map::new(&f, n)) {
             return Ok(Bytes(Arc::new(Backing::Map(m))));
         }
         let mut data = Vec::new();
-        f.read_to_end(&mut data)?;
+        f.by_ref().take(len).read_to_end(&mut data)?;
         Ok(Bytes::heap(data))
     }
 }

@@ -17,7 +17,8 @@
 //! 3. `resolver/` (frame → module → answer, with its caches: loaded
 //!    modules, debug files, processes' maps, DWARF shared between threads)
 //! 4. the sources of answers: `index` (prebuilt answers), `dwarf`, `elf`,
-//!    `kallsyms`, `mmap`
+//!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
+//!    whoever else writes there)
 //! 5. what everyone uses: `answer` (Reason, Resolution and how they are
 //!    written into a frame), `json` (string bytes), `demangle`, `log`
 //!    (messages under the running tool's name)
@@ -40,6 +41,7 @@ mod log;
 mod mmap;
 mod pipeline;
 mod resolver;
+mod store;
 mod symbolizer;
 #[cfg(test)]
 mod testing;

@@ -35,6 +35,7 @@ use crate::elf::{self, ElfFile};
 use crate::index::Index;
 use crate::kallsyms::Kallsyms;
 use crate::log;
+use crate::store::StoreDir;
 use leakd_common::procmaps::{self, MapEntry};
 
 pub use build_id::{parse_build_id, BuildId, LastBuildId};
@@ -510,7 +511,15 @@ impl AddrResolver {
             return None;
         }
         let dir = self.index_dir()?;
-        match Index::load(&dir, build_id) {
+        let store = match StoreDir::open(&dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                log::once(1, || format!("index directory: {e}"));
+                return None;
+            }
+        };
+        match Index::load(&store, build_id) {
             Ok(Some(ix)) => {
                 log::once(1, || {
                     format!(
@@ -560,15 +569,15 @@ impl AddrResolver {
             answerers.push(Box::new(|a| m.lookup_vaddr(a, true)));
         }
         let ix = crate::index::Built::new_threaded(addrs, answerers);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let file = dir.join(crate::index::file_name(&build_id));
-        // Written aside and renamed: a reader never sees half an index.
-        let tmp =
-            dir.join(format!(".{}.{}", crate::index::file_name(&build_id), std::process::id()));
         let bytes = ix.to_bytes(&build_id).ok_or("too large for an index (offsets are 32-bit)")?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &file))
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+        // Written aside and renamed: a reader never sees half an index,
+        // and nothing planted in the directory is written through.
+        let store = StoreDir::create(&dir).map_err(|e| e.to_string())?;
+        let name = crate::index::file_name(&build_id);
+        let mut tmp = store.create_temp(&name).map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut tmp.file, &bytes)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let file = store.commit(tmp, &name).map_err(|e| e.to_string())?;
         Ok((file, ix.pieces()))
     }
 
