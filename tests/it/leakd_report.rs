@@ -5,8 +5,6 @@
 //! lines, empty input, incremental output, and a 100 MB input in bounded
 //! memory.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,8 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::support::{self, bin, LEAKER};
 use assert_cmd::Command as Cmd;
-use support::{bin, bpf_available, LEAKER};
+use leakd_test_macros::bpf_test;
 
 /// What the leaker's "mixed" scenario leaks: one block per site.
 const MIXED: [(&str, u64); 11] = [
@@ -126,11 +125,8 @@ fn mixed_expected() -> BTreeMap<String, u64> {
     MIXED.iter().map(|(f, b)| (f.to_string(), *b)).collect()
 }
 
-#[test]
+#[bpf_test]
 fn pprof_of_the_leaker_has_exact_bytes_per_function_in_go_tool_pprof() {
-    if !bpf_available() {
-        return;
-    }
     let Some(go) = have("go", "golang-go") else { return };
     let dir = TempDir::new("pprof");
     let prof = dir.path("mixed.pb.gz");
@@ -177,11 +173,8 @@ fn pprof_of_the_leaker_has_exact_bytes_per_function_in_go_tool_pprof() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn folded_stacks_of_the_leaker_carry_exact_bytes() {
-    if !bpf_available() {
-        return;
-    }
     let out = report(&["--folded"], mixed_lines());
     assert!(out.status.success(), "{out:?}");
     let folded = text(&out.stdout);
@@ -191,11 +184,8 @@ fn folded_stacks_of_the_leaker_carry_exact_bytes() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn text_report_of_the_leaker_names_functions_and_bytes() {
-    if !bpf_available() {
-        return;
-    }
     let out = report(&[], mixed_lines());
     assert!(out.status.success(), "{out:?}");
     let t = text(&out.stdout);
@@ -227,11 +217,8 @@ fn xml_texts(doc: &str) -> String {
     parsed.descendants().filter_map(|n| n.text()).collect::<Vec<_>>().join("\n")
 }
 
-#[test]
+#[bpf_test]
 fn svg_and_html_of_the_leaker_are_well_formed_and_name_the_functions() {
-    if !bpf_available() {
-        return;
-    }
     let dir = TempDir::new("svg");
     let (svg, html) = (dir.path("f.svg"), dir.path("f.html"));
     let out = report(
@@ -313,11 +300,8 @@ fn drawn_frames(dom: &str) -> Vec<(String, u64, bool)> {
         .collect()
 }
 
-#[test]
+#[bpf_test]
 fn html_of_the_leaker_is_drawn_by_a_headless_browser() {
-    if !bpf_available() {
-        return;
-    }
     let dir = TempDir::new("browser");
     let page = dir.path("leak.html");
     let out = report(&["-q", "--html", page.to_str().unwrap()], mixed_lines());
