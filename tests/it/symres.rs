@@ -981,7 +981,7 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
 
 /// Run symres as `uid` (root: as it is) with `args`; exit code and stderr.
 fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
-    let bin = support::bin("symres");
+    let bin = crate::support::bin("symres");
     let mut cmd = if uid == 0 {
         Command::new(&bin)
     } else {
@@ -1018,7 +1018,7 @@ fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
 #[test]
 fn planted_symlinks_in_the_index_directory_are_never_written_through() {
     use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
-    if !support::root_available("planted-symlink") {
+    if !crate::support::root_available("planted-symlink") {
         return;
     }
     const ATTACKER: u32 = 65533;
