@@ -666,3 +666,114 @@ fn usage_errors() {
         &[(&["--report", "0"], "--report"), (&["--bogus"], "--bogus")],
     );
 }
+
+/// go tool pprof run on a profile; its stdout.
+fn go_pprof(dir: &TempDir, go: &Path, args: &[&str], prof: &Path) -> String {
+    let out = Command::new(go)
+        .args(["tool", "pprof", "-symbolize=none"])
+        .args(args)
+        .arg(prof)
+        .env("HOME", &dir.0)
+        .env("PPROF_TMPDIR", &dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go tool pprof {args:?}: {out:?}");
+    text(&out.stdout)
+}
+
+#[test]
+fn pprof_keeps_inlined_functions_unresolved_frames_and_the_growing_label() {
+    let Some(go) = have("go", "golang-go") else { return };
+    let dir = TempDir::new("inlined");
+    let prof = dir.path("inl.pb.gz");
+    let input = concat!(
+        r#"{"type":"report","ts_ns":1700000000000000000,"outstanding_bytes":124}"#,
+        "\n",
+        r#"{"type":"stack","outstanding_bytes":100,"outstanding_count":2,"growing":true,"stack":[{"addr":"0x1010","module":"/srv/app","offset":"0x10","build_id":"abcd","sym":"outer","sym_offset":"0x4","file":"app.c","line":12,"inlined":[{"sym":"inner","file":"inner.h","line":3}]},{"addr":"0x1090","module":"/srv/app","offset":"0x90","sym":"main","file":"app.c","line":40}]}"#,
+        "\n",
+        r#"{"type":"stack","outstanding_bytes":24,"outstanding_count":1,"stack":[{"addr":"0x7f0000001050","module":"/lib/libfoo.so","offset":"0x50","reason":"no_symbols"},{"addr":"0x1090","module":"/srv/app","offset":"0x90","sym":"main","file":"app.c","line":40}]}"#,
+        "\n"
+    );
+    let out = report(&["-q", "--pprof", prof.to_str().unwrap()], input);
+    assert!(out.status.success(), "{out:?}");
+    let traces = go_pprof(&dir, &go, &["-traces"], &prof);
+    let traces: Vec<&str> = traces.lines().skip_while(|l| !l.starts_with("---")).collect();
+    assert_eq!(
+        traces,
+        [
+            "-----------+-------------------------------------------------------",
+            "   growing:  true",
+            "      100B   inner (inline)",
+            "             outer",
+            "             main",
+            "-----------+-------------------------------------------------------",
+            "   growing:  false",
+            "       24B   [libfoo.so]",
+            "             main",
+            "-----------+-------------------------------------------------------",
+        ]
+    );
+    let top = go_pprof(&dir, &go, &["-top", "-unit=B", "-nodefraction=0"], &prof);
+    assert!(top.contains("Build ID: abcd"), "{top}");
+    assert!(top.contains("Type: inuse_space"), "the default sample type: {top}");
+    let list = go_pprof(&dir, &go, &["-list", "outer", "-unit=B"], &prof);
+    assert!(list.contains("app.c"), "{list}");
+}
+
+#[bpf_test]
+fn allocsnoop_through_symres_gives_an_alloc_profile_and_one_line_per_call() {
+    let snoop = Cmd::cargo_bin("allocsnoop")
+        .unwrap()
+        .args(["--stack", "--", LEAKER, "ten-nine", "--linger", "0.3"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(snoop.status.success(), "{snoop:?}");
+    let sym = Cmd::cargo_bin("symres")
+        .unwrap()
+        .write_stdin(snoop.stdout)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(sym.status.success(), "{sym:?}");
+    let out = report(&[], sym.stdout.clone());
+    assert!(out.status.success(), "{out:?}");
+    let t = text(&out.stdout);
+    let mallocs = t
+        .lines()
+        .filter(|l| {
+            l.contains(" malloc 8 bytes -> 0x") && l.contains(" from leak_ten_nine_alloc+0x")
+        })
+        .count();
+    let frees = t
+        .lines()
+        .filter(|l| l.contains(" free 0x") && l.contains(" from ten_nine_free+0x"))
+        .count();
+    assert_eq!((mallocs, frees), (10, 9), "{t}");
+    let out = report(&["--folded"], sym.stdout.clone());
+    let leaves = folded_leaves(&text(&out.stdout));
+    assert_eq!(leaves.get("leak_ten_nine_alloc"), Some(&80), "{leaves:?}");
+    let Some(go) = have("go", "golang-go") else { return };
+    let dir = TempDir::new("allocs");
+    let prof = dir.path("allocs.pb.gz");
+    let out = report(&["-q", "--pprof", prof.to_str().unwrap()], sym.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for (index, unit, want) in [("alloc_space", "B", "80B"), ("alloc_objects", "minimum", "10")] {
+        let top = go_pprof(
+            &dir,
+            &go,
+            &[
+                &format!("-sample_index={index}"),
+                "-top",
+                &format!("-unit={unit}"),
+                "-nodefraction=0",
+            ],
+            &prof,
+        );
+        assert!(
+            top.lines().any(|l| l.split_whitespace().next() == Some(want)
+                && l.trim_end().ends_with(" leak_ten_nine_alloc")),
+            "{index}: {top}"
+        );
+    }
+}
