@@ -272,12 +272,26 @@ fn chromium(dir: &TempDir) -> Option<Command> {
 /// The DOM chromium renders for a page.
 fn dump_dom(dir: &TempDir, page: &Path) -> Option<String> {
     let mut c = chromium(dir)?;
-    let out = c
+    let child = c
         .arg("--dump-dom")
         .arg(format!("file://{}", page.display()))
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running chromium");
+    // A browser that hangs is killed after two minutes, which fails the test.
+    let pid = child.id();
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(120))
+            == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
+            support::signal(pid, libc::SIGKILL);
+        }
+    });
+    let out = child.wait_with_output().expect("waiting for chromium");
+    let _ = done.send(());
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     let dom = text(&out.stdout);
     assert!(
