@@ -809,3 +809,59 @@ fn plugin_all_nodes_on_sigint_stops_every_node() {
         position(&log, &["exec", "-n", "leakd", pod, "-c", "leakd", "--", "leakd-idle", "--stop"]);
     }
 }
+
+/// leakd-idle --stop, for real: in a container of the image run as the
+/// DaemonSet runs it (privileged, the host's PIDs), a tool started beside
+/// it with exec gets SIGINT and ends; a host process is left alone, though
+/// the container sees it.
+#[test]
+fn idle_stop_ends_the_tools_of_its_own_container_only() {
+    if !support::root_available("container") || !required("podman", runs("podman", &["--version"]))
+    {
+        return;
+    }
+    let mut podman = Podman::new();
+    let image = build_image(&mut podman);
+    let idle = format!("leakd-test-idle-{}", std::process::id());
+    podman.containers.push(idle.clone());
+    podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        &idle,
+        "--privileged",
+        "--pid=host",
+        "-v",
+        "/sys:/sys",
+        "--network",
+        "none",
+        &image,
+    ]);
+    let host = KillOnDrop(Command::new("sleep").arg("600").spawn().unwrap());
+
+    let mut child = podman
+        .cmd()
+        .args(["exec", &idle, "execsnoop", "-v", "-d", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    wait_attached(KillOnDrop(child), err, stdout, |child, log| {
+        assert!(log.contains("attached"), "execsnoop never attached: {log}");
+        let started = Instant::now();
+        let out = podman.run(&["exec", &idle, "leakd-idle", "--stop"]);
+        assert_eq!(stderr(&out).trim(), "leakd-idle: sent SIGINT to 1 process(es)");
+        let (code, _) = finish(child, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "execsnoop ends as on Ctrl-C");
+        assert!(started.elapsed() < Duration::from_secs(60), "ended by the signal, not by -d");
+    });
+    assert!(Path::new(&format!("/proc/{}", host.0.id())).exists(), "the host's sleep lives on");
+    // The idle process itself is still there, and ends at once on SIGTERM.
+    let out = podman.run(&["inspect", "-f", "{{.State.Running}}", &idle]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "true");
+    let started = Instant::now();
+    podman.run(&["stop", "-t", "30", &idle]);
+    assert!(started.elapsed() < Duration::from_secs(20), "leakd-idle ends on SIGTERM");
+}
