@@ -865,3 +865,73 @@ fn idle_stop_ends_the_tools_of_its_own_container_only() {
     podman.run(&["stop", "-t", "30", &idle]);
     assert!(started.elapsed() < Duration::from_secs(20), "leakd-idle ends on SIGTERM");
 }
+
+/// scripts/image with docker, where podman is not the engine: the same
+/// image, whose files are the tools, leakers, man pages, leakd-idle, and
+/// the shared objects and loader they need, nothing else.
+#[test]
+fn image_builds_with_docker_too() {
+    if !support::root_available("container")
+        || !required("docker with its daemon", runs("docker", &["version"]))
+    {
+        return;
+    }
+    let id = std::process::id();
+    let tag = format!("localhost/leakd-test-docker-{id}:latest");
+    let name = format!("leakd-test-docker-{id}");
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.1]).output();
+            let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(tag.clone(), name.clone());
+    let out = Command::new(repo().join("scripts/image"))
+        .args(["--from", bin_dir().to_str().unwrap(), "--tag", &tag, "--engine", "docker"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/image: {}", stderr(&out));
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", &tag, "symres", "--version"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("symres "), "{}", stderr(&out));
+
+    let out = Command::new("docker").args(["create", "--name", &name, &tag]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let export =
+        Command::new("docker").args(["export", &name]).stdout(Stdio::piped()).spawn().unwrap();
+    let out = Command::new("tar").arg("-t").stdin(export.stdout.unwrap()).output().unwrap();
+    let files: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(|l| l.trim_start_matches("./").to_string())
+        .collect();
+    let mut want: BTreeSet<String> =
+        ["leaker", "leaker-nofp", "leakd-idle"].iter().map(|b| format!("usr/bin/{b}")).collect();
+    for t in TOOLS {
+        want.insert(format!("usr/bin/{t}"));
+        want.insert(format!("usr/share/man/man8/{t}.8"));
+    }
+    if bin_dir().join("leakd-report").exists() {
+        want.insert("usr/bin/leakd-report".into());
+        want.insert("usr/share/man/man8/leakd-report.8".into());
+    }
+    let rest: Vec<&String> = files.difference(&want).collect();
+    assert!(want.is_subset(&files), "missing: {:?}", want.difference(&files).collect::<Vec<_>>());
+    // Beyond those: the shared objects and the loader only (docker adds
+    // /dev, /etc and /.dockerenv entries to every container; the image has
+    // no /dev or /etc of its own).
+    assert!(rest.iter().any(|f| f.as_str() == "lib64/ld-linux-x86-64.so.2"), "{rest:?}");
+    assert!(rest.iter().any(|f| f.ends_with("/libc.so.6")), "{rest:?}");
+    for f in rest {
+        assert!(
+            f.contains(".so")
+                || f.starts_with("dev/")
+                || f.starts_with("etc/")
+                || f == ".dockerenv",
+            "unexpected file in the image: {f}"
+        );
+    }
+}
