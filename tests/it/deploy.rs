@@ -900,9 +900,10 @@ fn image_builds_with_docker_too() {
 
     let out = Command::new("docker").args(["create", "--name", &name, &tag]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let export =
+    let mut export =
         Command::new("docker").args(["export", &name]).stdout(Stdio::piped()).spawn().unwrap();
-    let out = Command::new("tar").arg("-t").stdin(export.stdout.unwrap()).output().unwrap();
+    let out = Command::new("tar").arg("-t").stdin(export.stdout.take().unwrap()).output().unwrap();
+    assert!(export.wait().unwrap().success());
     let files: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.ends_with('/'))
