@@ -446,10 +446,55 @@ fn manifests_pass_strict_schema_validation() {
     assert!(!ok && report.contains("'hostPid' was unexpected"), "{report}");
 
     // The demo leaks as the seed's does: 1 MiB every 5 s up to 1000 MiB.
-    let demo = std::fs::read_to_string(&demo).unwrap();
-    assert!(demo.contains(
-        r#"command: ["leaker", "steady", "--size", "1048576", "--interval", "5", "--max", "1048576000"]"#
-    ));
+    let docs = yaml_docs(&demo);
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").expect("the demo's Deployment");
+    assert_eq!(d["metadata"]["namespace"], "memleak-demo");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!([
+            "leaker",
+            "steady",
+            "--size",
+            "1048576",
+            "--interval",
+            "5",
+            "--max",
+            "1048576000"
+        ])
+    );
+    // The DaemonSet is what kubectl-leakd --all-nodes looks for (namespace
+    // leakd, label app.kubernetes.io/name=leakd, container leakd), and runs
+    // as the tools need.
+    let docs = yaml_docs(&ds);
+    let ns = docs.iter().find(|d| d["kind"] == "Namespace").expect("the leakd namespace");
+    assert_eq!(ns["metadata"]["name"], "leakd");
+    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged");
+    let d = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("the DaemonSet");
+    assert_eq!(d["metadata"]["namespace"], "leakd");
+    let t = &d["spec"]["template"];
+    assert_eq!(t["metadata"]["labels"]["app.kubernetes.io/name"], "leakd");
+    assert_eq!(t["spec"]["hostPID"], true);
+    let c = &t["spec"]["containers"][0];
+    assert_eq!(c["name"], "leakd");
+    assert_eq!(c["command"], serde_json::json!(["leakd-idle"]));
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/sys");
+    assert_eq!(t["spec"]["volumes"][0]["hostPath"]["path"], "/sys");
+}
+
+/// The documents of a YAML file, as JSON (PyYAML comes with
+/// kubernetes-validate).
+fn yaml_docs(file: &Path) -> Vec<Value> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 const POD: &str = "memory-leaker-6d8f7b9c5d-x7kq2";
