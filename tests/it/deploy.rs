@@ -48,7 +48,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("leakd-{tag}-{}", std::process::id()));
+        // Tests run in parallel threads of one process: a counter keeps
+        // their directories apart.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("leakd-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         TempDir(d)
@@ -239,9 +243,9 @@ impl Drop for Podman {
 }
 
 /// The image as scripts/image builds it, from the test build's binaries,
-/// under a tag of the test's own (removed at the end).
-fn build_image(podman: &mut Podman) -> String {
-    let tag = format!("localhost/leakd-test-{}:latest", std::process::id());
+/// under a tag of the test's own (`name`; removed at the end).
+fn build_image(podman: &mut Podman, name: &str) -> String {
+    let tag = format!("localhost/leakd-test-{name}-{}:latest", std::process::id());
     podman.images.push(tag.clone());
     let out = Command::new(repo().join("scripts/image"))
         .args(["--from", bin_dir().to_str().unwrap(), "--tag", &tag, "--engine", "podman"])
@@ -281,7 +285,7 @@ fn image_finds_the_leak_in_another_container() {
         return;
     }
     let mut podman = Podman::new();
-    let image = build_image(&mut podman);
+    let image = build_image(&mut podman, "leak");
     let id = std::process::id();
     let leaker = format!("leakd-test-leaker-{id}");
     let tool = format!("leakd-test-tool-{id}");
@@ -866,7 +870,7 @@ fn idle_stop_ends_the_tools_of_its_own_container_only() {
         return;
     }
     let mut podman = Podman::new();
-    let image = build_image(&mut podman);
+    let image = build_image(&mut podman, "idle");
     let idle = format!("leakd-test-idle-{}", std::process::id());
     podman.containers.push(idle.clone());
     podman.run(&[
