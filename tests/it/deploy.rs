@@ -985,3 +985,41 @@ fn image_builds_with_docker_too() {
         );
     }
 }
+
+/// A reader that goes away (`kubectl leakd ... | head -1`) ends the run at
+/// once, quietly (exit 0), with the remote tools stopped and the pod
+/// deleted, though the tools have nothing more to write.
+#[test]
+fn plugin_stops_the_tools_when_its_reader_goes() {
+    for (args, stops) in [
+        (&["--all-nodes"][..], &["leakd-4xk9p", "leakd-b7m2q"][..]),
+        (&["-n", "memleak-demo", POD][..], &[][..]),
+    ] {
+        let plugin = Plugin::new("reader");
+        let (mut child, stdout) = spawn(plugin.cmd(args, "until-stop"));
+        let mut first = String::new();
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut first).unwrap();
+        assert_eq!(json_lines(first.as_bytes())[0]["type"], "start", "{first}");
+        drop(reader);
+        let started = Instant::now();
+        let status = child.0.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{args:?}: did not notice");
+        let log = plugin.log();
+        let mut stopped: Vec<&str> = log
+            .iter()
+            .filter(|a| a.ends_with(&["leakd-idle".to_string(), "--stop".to_string()]))
+            .map(|a| a[3].as_str())
+            .collect();
+        stopped.sort();
+        if stops.is_empty() {
+            // The tool pod: stopped and deleted.
+            let name = plugin.created()["metadata"]["name"].as_str().unwrap().to_string();
+            assert_eq!(stopped, [name.as_str()]);
+            position(&log, &["delete", "pod", "-n", "leakd", &name]);
+        } else {
+            assert_eq!(stopped, stops, "{log:?}");
+        }
+    }
+}
