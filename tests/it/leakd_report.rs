@@ -791,3 +791,64 @@ fn allocsnoop_through_symres_gives_an_alloc_profile_and_one_line_per_call() {
         );
     }
 }
+
+#[bpf_test]
+fn a_live_leakd_attach_pipeline_shows_each_report_as_it_arrives() {
+    let (leaker, pid, err) = support::start_leaker(&[
+        "steady",
+        "--size",
+        "16384",
+        "--interval",
+        "0.05",
+        "--max",
+        "100000000",
+    ]);
+    support::discard(err);
+    // A long run: the reports must reach us while leakd-attach still runs.
+    let (mut attach, attach_err) =
+        support::spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "60"]);
+    support::discard(attach_err);
+    let attach_out = attach.stdout.take().unwrap();
+    let mut attach = support::KillOnDrop(attach);
+    let mut symres =
+        Command::new(bin("symres")).stdin(attach_out).stdout(Stdio::piped()).spawn().unwrap();
+    let sym_out = symres.stdout.take().unwrap();
+    let _symres = support::KillOnDrop(symres);
+    let mut rep =
+        Command::new(bin("leakd-report")).stdin(sym_out).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(rep.stdout.take().unwrap());
+    let _rep = support::KillOnDrop(rep);
+    // If nothing comes, leakd-attach is stopped after a minute and the
+    // pipeline's end fails the read below.
+    // (Dropping `_stop` at the end, or in a panic, disarms it.)
+    let apid = attach.0.id();
+    let (_stop, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(60))
+            == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
+            support::signal(apid, libc::SIGKILL);
+        }
+    });
+    let mut seen = String::new();
+    let mut reports = 0;
+    while reports < 4 {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "the pipeline ended: {seen}");
+        if l.starts_with('[') && l.contains(&format!("] pid {pid}: ")) {
+            reports += 1;
+            assert!(!l.contains(", final"), "a periodic report: {l}");
+        }
+        seen.push_str(&l);
+    }
+    // Still running: these four came while leakd-attach was tracing.
+    assert!(attach.0.try_wait().unwrap().is_none(), "leakd-attach still runs");
+    let frames: Vec<&str> = seen.lines().filter(|l| l.starts_with("\t\tsteady_leak+0x")).collect();
+    assert!(frames.len() >= 3, "the leaking function in each report: {seen}");
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("\t") && l.contains(" bytes in ") && l.contains("KiB/s]")),
+        "a growth rate: {seen}"
+    );
+    drop(leaker);
+}
