@@ -852,3 +852,43 @@ fn a_live_leakd_attach_pipeline_shows_each_report_as_it_arrives() {
     );
     drop(leaker);
 }
+
+#[test]
+fn pprof_opens_in_go_tool_pprof_web_ui() {
+    let Some(go) = have("go", "golang-go") else { return };
+    let dir = TempDir::new("http");
+    let prof = dir.path("growth.pb.gz");
+    let out = report(&["-q", "--pprof", prof.to_str().unwrap()], growth_input(5));
+    assert!(out.status.success(), "{out:?}");
+    // The pprof tool itself rather than `go tool pprof`, so that killing it
+    // leaves no server behind.
+    let tooldir = Command::new(go).args(["env", "GOTOOLDIR"]).output().unwrap();
+    let pprof = PathBuf::from(text(&tooldir.stdout).trim()).join("pprof");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Command::new(pprof)
+        .arg(format!("-http=127.0.0.1:{port}"))
+        .args(["-no_browser", "-symbolize=none"])
+        .arg(&prof)
+        .env("HOME", &dir.0)
+        .env("PPROF_TMPDIR", &dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = support::KillOnDrop(server);
+    let mut body = String::new();
+    for _ in 0..300 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(s, "GET /ui/top HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(body.starts_with("HTTP/1.0 200"), "pprof's web UI answered: {body:.300}");
+    assert!(
+        body.contains(r#"{"Name":"grow_cache","InlineLabel":"","Flat":5000,"Cum":5000"#),
+        "{body}"
+    );
+    assert!(body.contains(r#""Name":"main","InlineLabel":"","Flat":0,"Cum":5500"#), "{body}");
+}
