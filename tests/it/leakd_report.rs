@@ -892,3 +892,55 @@ fn pprof_opens_in_go_tool_pprof_web_ui() {
     );
     assert!(body.contains(r#""Name":"main","InlineLabel":"","Flat":0,"Cum":5500"#), "{body}");
 }
+
+#[test]
+fn text_of_histograms_and_lost_events() {
+    let input = concat!(
+        r#"{"type":"hist","syscall":"read","nr":0,"count":5,"buckets":[{"lat_ns_min":1024,"lat_ns_max":2048,"count":4},{"lat_ns_min":140737488355328,"lat_ns_max":null,"count":1}]}"#,
+        "\n",
+        r#"{"type":"lost","reason":"ringbuf_full","count":3,"total":7}"#,
+        "\n"
+    );
+    let out = report(&[], input);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "read latency, 5 calls:\n  {:>10} .. {:<10} {:>10} |{:<40}|\n  {:>10} .. {:<10} {:>10} |{:<40}|\n\
+             WARNING: lost 3 events (ringbuf_full), 7 in all: totals are low\n",
+            "1.0 us",
+            "2.0 us",
+            4,
+            "*".repeat(40),
+            "140737.49 s",
+            "inf",
+            1,
+            "*".repeat(10),
+        )
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_written_is_an_error_with_its_path() {
+    // Said before any input is read: the input here would hang otherwise.
+    let mut child = Command::new(bin("leakd-report"))
+        .args(["--html", "/nonexistent-dir/x.html"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _open_stdin = child.stdin.take();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "ended by itself with an error: {out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.starts_with("leakd-report: error: creating /nonexistent-dir/x.html: "), "{err}");
+}
