@@ -944,3 +944,32 @@ fn a_file_that_cannot_be_written_is_an_error_with_its_path() {
     let err = text(&out.stderr);
     assert!(err.starts_with("leakd-report: error: creating /nonexistent-dir/x.html: "), "{err}");
 }
+
+#[test]
+fn html_search_and_zoom_work_in_the_browser() {
+    let dir = TempDir::new("zoom");
+    let page = dir.path("z.html");
+    let out = report(&["-q", "--html", page.to_str().unwrap()], growth_input(5));
+    assert!(out.status.success(), "{out:?}");
+    // The link form of a search and a zoom, run by the page's own script.
+    let link = PathBuf::from(format!("{}#search=%5Egrow_&zoom=grow_cache", page.display()));
+    let Some(dom) = dump_dom(&dir, &link) else { return };
+    assert!(dom.contains(">matched 4.9 KiB (90.9%)<"), "{dom}");
+    let re = regex::Regex::new(r#"<div class="frame([a-z ]*)" data-bytes="(\d+)"[^>]*style="left: ([0-9.]+)%; width: ([0-9.]+)%;[^>]*>([^<]*)</div>"#)
+        .unwrap();
+    let frames: Vec<(String, String, String, String)> = re
+        .captures_iter(&dom)
+        .map(|c| (c[5].to_string(), c[1].to_string(), c[3].to_string(), c[4].to_string()))
+        .collect();
+    // Zoomed into grow_cache: it fills the width, its callers are dimmed
+    // (full width too), the sibling stack is not drawn; the search marks it.
+    assert_eq!(
+        frames,
+        [
+            ("all".into(), " growing dim".into(), "0".into(), "100".into()),
+            ("main".into(), " growing dim".into(), "0".into(), "100".into()),
+            ("grow_cache".into(), " growing match".into(), "0".into(), "100".into()),
+        ],
+        "{dom}"
+    );
+}
