@@ -420,6 +420,12 @@ fn text_leak_report_marks_growth_and_unresolved_frames() {
     // --report picks another report for the pictures.
     let out = report(&["--folded", "--report", "2"], growth_input(3));
     assert_eq!(text(&out.stdout), "main;[app+0x50] 500\nmain;grow_cache 2000\n");
+    let out = report(&["--folded", "--report", "4"], growth_input(3));
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        "leakd-report: warning: --report 4: the input has 3 leak report(s); the files are empty\n"
+    );
 }
 
 #[test]

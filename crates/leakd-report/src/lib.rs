@@ -199,6 +199,13 @@ fn render<R: Read>(cli: &Cli, mut input: BufReader<R>, out: &mut impl Write) -> 
         }
     }
     model.end_report();
+    if let Some(n) = cli.report.filter(|&n| n > model.reports) {
+        eprintln!(
+            "leakd-report: warning: --report {n}: the input has {} leak report(s); the files \
+             are empty",
+            model.reports
+        );
+    }
     if show_text {
         text.finish(out)?;
     }
