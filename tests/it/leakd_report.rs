@@ -979,3 +979,30 @@ fn html_search_and_zoom_work_in_the_browser() {
         "{dom}"
     );
 }
+
+#[test]
+fn the_screenshot_script_writes_a_png_of_a_page() {
+    let dir = TempDir::new("shot");
+    let page = dir.path("p.html");
+    let out = report(&["-q", "--html", page.to_str().unwrap()], growth_input(3));
+    assert!(out.status.success(), "{out:?}");
+    if have("chromium", "chromium").is_none() {
+        return;
+    }
+    let png = dir.path("p.png");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/report-screenshot");
+    let out = Command::new(script)
+        .arg(&page)
+        .arg(&png)
+        .arg("800x600")
+        .env("HOME", &dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).trim_end(), png.to_str().unwrap());
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    // IHDR: width and height as asked.
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 800);
+    assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 600);
+}
