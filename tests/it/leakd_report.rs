@@ -605,15 +605,11 @@ fn each_report_is_printed_as_it_arrives() {
     drop(stdin);
 }
 
-/// Peak RSS of a child, in KiB, from wait4.
-fn wait_rss_kib(child: std::process::Child) -> (i32, i64) {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid for wait4 to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; both pointers are to live locals.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    assert_eq!(pid, child.id() as i32, "wait4");
-    (libc::WEXITSTATUS(status), ru.ru_maxrss)
+/// The peak resident set (VmHWM) of a running process, in KiB.
+fn vm_hwm_kib(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[test]
@@ -629,6 +625,7 @@ fn a_100_mb_input_is_read_in_memory_bounded_by_distinct_stacks() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
+    let pid = child.id();
     let writer = std::thread::spawn(move || {
         let mut written = 0usize;
         let mut reports = 0u64;
@@ -658,15 +655,20 @@ fn a_100_mb_input_is_read_in_memory_bounded_by_distinct_stacks() {
             written += chunk.len();
         }
         w.flush().unwrap();
-        reports
+        // The peak so far, read while the input is still open: after exit,
+        // wait4's ru_maxrss would also count the test process's pages the
+        // child had before its exec, which other tests running in this
+        // process inflate.
+        let hwm = vm_hwm_kib(pid);
+        (reports, hwm)
     });
     let mut folded = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut folded).unwrap();
-    let reports = writer.join().unwrap();
+    let (reports, rss_kib) = writer.join().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    let (code, rss_kib) = wait_rss_kib(child);
-    assert_eq!(code, 0, "{stderr}");
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{stderr}");
     // More reports than the chart keeps points: its downsampling is exercised.
     assert!(reports > 2 * 512, "{reports} reports");
     let leaves = folded_leaves(&folded);

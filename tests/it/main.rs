@@ -8,6 +8,7 @@
 mod support;
 
 mod allocsnoop;
+mod deploy;
 mod execsnoop;
 mod leakd_attach;
 mod leakd_report;
