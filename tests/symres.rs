@@ -1074,3 +1074,109 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
         assert!(err.contains("using the index"), "uid {runner}: {err}");
     }
 }
+
+/// symres with a watchdog: `None` when it has not finished within
+/// `secs` seconds (it is then killed), else its exit code, stdout and
+/// stderr.
+fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, String)> {
+    let mut child = Command::new(support::bin("symres"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Issue 18, item 3: files that are not regular files that end never make
+/// symres wait: a FIFO as a module, a FIFO where an index would be, and
+/// tracefs's trace_pipe (a "regular" file whose reads wait for trace data,
+/// and would consume it), which says its size is 0 and so is not read.
+#[test]
+fn fifos_and_trace_pipe_never_hang() {
+    let dir = TempDir::new("fifo");
+    let prog = build_prog(&dir, "prog", &[]);
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let fifo = dir.path("fifo");
+    sh(Command::new("mkfifo").arg(&fifo));
+    let ix = dir.path("ix");
+    std::fs::create_dir(&ix).unwrap();
+    sh(Command::new("mkfifo").arg(ix.join(format!("{}.index", build_id(&prog)))));
+    let frame = |m: &Path| json!({"module": p(m), "offset": "0x1130"});
+    let mut stack = vec![frame(&fifo), frame(&prog)];
+    let trace_pipe = Path::new("/sys/kernel/tracing/trace_pipe");
+    if support::root_available("trace_pipe") {
+        assert!(trace_pipe.exists(), "tracefs is not mounted at /sys/kernel/tracing");
+        stack.push(frame(trace_pipe));
+    }
+    let line = json!({"type": "t", "stack": stack}).to_string();
+    let Some((code, out, err)) = symres_within(30, &["-v", "--index-dir", &p(&ix)], &line) else {
+        panic!("symres hung on a FIFO or trace_pipe");
+    };
+    assert_eq!(code, 0, "{err}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
+    assert!(out["stack"][1]["sym"].is_string(), "{out}");
+    if stack.len() > 2 {
+        assert_eq!(out["stack"][2]["reason"], "corrupt_elf", "{out}");
+    }
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+/// Issue 18, item 2: a frame with a pid names its module as the process
+/// sees it: inside the process's root. An absolute symlink there
+/// (`/evil.so -> <a host binary>`) must not lead to the host's file (its
+/// first bytes would leak into -v messages, or a host binary would be
+/// symbolized): the link is resolved inside the root, where its target
+/// does not exist. The process's own binary still resolves.
+#[test]
+fn module_symlinks_resolve_inside_the_process_root() {
+    use std::os::unix::fs::symlink;
+    if !support::root_available("chroot") {
+        return;
+    }
+    let dir = TempDir::new("inroot");
+    // Static: it runs in an empty root.
+    let prog = build_prog(&dir, "prog", &["-static"]);
+    let host = build_prog(&dir, "host", &[]);
+    let root = dir.path("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::copy(&prog, root.join("prog")).unwrap();
+    symlink(&host, root.join("evil.so")).unwrap();
+    let mut chroot = Command::new("chroot");
+    chroot.arg(&root).args(["/prog", "wait"]);
+    let (child, _, line) = support::spawn_first_line(&mut chroot);
+    assert!(!line.is_empty(), "the program did not start in its root");
+    let mut v: Value = serde_json::from_str(&line).unwrap();
+    // Without /proc in its root the program cannot say its offsets: those
+    // of the same binary run here.
+    let here: Value = serde_json::from_str(&run_prog(&prog)).unwrap();
+    let off = here["stack"][0]["offset"].clone();
+    assert!(off.is_string(), "{here}");
+    v.as_object_mut().unwrap().remove("live");
+    v["stack"] = json!([
+        {"module": "/evil.so", "offset": off},
+        {"module": "/prog", "offset": off},
+    ]);
+    let out = resolve(&[], &v.to_string());
+    finish(child);
+    assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
+    assert!(out["stack"][0].get("sym").is_none(), "{out}");
+    assert_eq!(out["stack"][1]["sym"], "target_function", "{out}");
+}

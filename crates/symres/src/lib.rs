@@ -18,7 +18,8 @@
 //!    modules, debug files, processes' maps, DWARF shared between threads)
 //! 4. the sources of answers: `index` (prebuilt answers), `dwarf`, `elf`,
 //!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
-//!    whoever else writes there)
+//!    whoever else writes there), `files` (opening the files frames name:
+//!    regular ones, without blocking, inside a process's root)
 //! 5. what everyone uses: `answer` (Reason, Resolution and how they are
 //!    written into a frame), `json` (string bytes), `demangle`, `log`
 //!    (messages under the running tool's name)
@@ -32,6 +33,7 @@ mod cli;
 mod demangle;
 mod dwarf;
 mod elf;
+mod files;
 mod frame_line;
 mod frame_scan;
 mod index;

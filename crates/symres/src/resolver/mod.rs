@@ -40,7 +40,7 @@ use leakd_common::procmaps::{self, MapEntry};
 
 pub use build_id::{parse_build_id, BuildId, LastBuildId};
 use debuginfo::DebugDirs;
-use module::{open_elf, Module, ModuleId};
+use module::{open_file, parse_elf, Module, ModuleId};
 use pids::Pids;
 pub use shared::ColdTarget;
 use shared::{warm_units, FileKey, Shared};
@@ -371,7 +371,9 @@ impl AddrResolver {
         let map_file =
             PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
         let same_file = !entry.deleted
-            && std::fs::metadata(&rooted).is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
+            && crate::files::open_regular(&rooted)
+                .and_then(|f| f.metadata())
+                .is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
         let candidates = if same_file { vec![rooted, map_file] } else { vec![map_file, rooted] };
         self.module_for(&candidates, path, build_id)
     }
@@ -443,8 +445,8 @@ impl AddrResolver {
         nominal: &Path,
         old: ModuleId,
     ) -> Result<ModuleId, Reason> {
-        let md = std::fs::metadata(path).map_err(|_| Reason::FileMissing)?;
-        if self.by_inode.get(&FileKey::of(&md)) == Some(&old) {
+        let (_, key) = open_file(path)?;
+        if self.by_inode.get(&key) == Some(&old) {
             return Ok(old);
         }
         self.by_path.remove(path);
@@ -464,19 +466,11 @@ impl AddrResolver {
     }
 
     fn load_path_uncached(&mut self, path: &Path, nominal: &Path) -> Result<ModuleId, Reason> {
-        let md = match std::fs::metadata(path) {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => return Err(Reason::FileMissing),
-            Err(e) => {
-                log::once(1, || format!("{}: {e}", path.display()));
-                return Err(Reason::FileMissing);
-            }
-        };
-        let key = FileKey::of(&md);
+        let (file, key) = open_file(path)?;
         if let Some(&id) = self.by_inode.get(&key) {
             return Ok(id);
         }
-        let elf = open_elf(path)?;
+        let elf = parse_elf(path, file)?;
         let debug = if elf.dwarf.is_none() {
             self.debug_dirs.find_debug_file(&elf, nominal, path)
         } else {
@@ -589,14 +583,11 @@ impl AddrResolver {
         }
         let mut found = None;
         for p in self.debug_dirs.build_id_paths(id) {
-            if !p.is_file() {
-                continue;
-            }
-            if let Ok(d) = open_elf(&p) {
+            let Ok((file, key)) = open_file(&p) else { continue };
+            if let Ok(d) = parse_elf(&p, file) {
                 if d.build_id.as_deref() == Some(id) && !d.segments.is_empty() {
                     log::once(1, || format!("using debug file {} by build id", p.display()));
-                    let key = std::fs::metadata(&p).ok().map(|md| FileKey::of(&md));
-                    found = Some(self.add_module(d, None, key));
+                    found = Some(self.add_module(d, None, Some(key)));
                     break;
                 }
             }
