@@ -692,24 +692,28 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
     let r = symres(&[], &input);
     assert_eq!(r.code, 1, "malformed input must be reported in the exit status");
     let out_lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(out_lines.len(), 5, "{}", r.stdout);
+    assert_eq!(out_lines.len(), 9, "{}", r.stdout);
     assert_eq!(out_lines[0], passthrough, "passed through byte for byte");
-    assert_eq!(out_lines[2], "", "a blank line has no frames: written unchanged");
-    assert_eq!(out_lines[3], r#"{"type":"b"}"#);
+    assert_eq!(out_lines[4], "", "a blank line has no frames: written unchanged");
+    assert_eq!(out_lines[6], r#"{"type":"a","stack":"nope"}"#, "no frames: unchanged");
+    assert_eq!(out_lines[7], r#"{"type":"b"}"#);
     assert_eq!(r.lines[1]["stack"][0]["sym"], "target_function");
-    assert_eq!(r.lines[3]["stack"][1]["sym"], "outer_function");
+    for i in [2, 3, 4] {
+        assert_eq!(r.lines[i]["stack"][0]["reason"], "malformed", "{}", r.stdout);
+    }
+    assert_eq!(r.lines[7]["stack"][1]["sym"], "outer_function");
     let errs: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(
         errs,
         [
             "symres: error: line 2: not JSON: expected ident at line 1 column 2",
-            "symres: error: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
-            "symres: error: line 5: stack[0].addr: not a 64-bit address: 123456789012345678901234567890",
-            "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
-            "symres: error: line 8: stack: expected an array of frames, got \"nope\"",
+            "symres: error: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\" (frame left unresolved)",
+            "symres: error: line 5: stack[0].addr: not a 64-bit address: 123456789012345678901234567890 (frame left unresolved)",
+            "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true (frame left unresolved)",
             "symres: error: line 9: not a JSON object",
             "symres: error: line 12: not JSON: expected value at line 1 column 1",
-            "symres: error: 7 malformed line(s) skipped",
+            "symres: error: 3 malformed line(s) skipped",
+            "symres: error: 3 malformed frame(s) left unresolved",
         ],
         "{}",
         r.stderr
@@ -752,8 +756,8 @@ fn threads_keep_the_order_of_lines_and_messages() {
     assert!(one.stdout == three.stdout, "outputs differ");
     assert_eq!(one.stderr, three.stderr);
     let out: Vec<&str> = three.stdout.lines().collect();
-    assert_eq!(out.len(), 3 * reps);
-    for (i, l) in out.chunks(3).enumerate() {
+    assert_eq!(out.len(), 4 * reps);
+    for (i, l) in out.chunks(4).enumerate() {
         assert!(
             l[0].starts_with(&format!("{{\"i\":{i},"))
                 && l[0].contains("\"sym\":\"target_function\""),
@@ -761,10 +765,14 @@ fn threads_keep_the_order_of_lines_and_messages() {
             l[0]
         );
         assert_eq!(l[1], format!("{{\"i\":{i},\"type\":\"x\",\"n\":1}}"));
-        assert_eq!(l[2], "");
+        assert_eq!(
+            l[2],
+            format!("{{\"i\":{i},\"type\":\"a\",\"stack\":[{{\"addr\":true,\"reason\":\"malformed\"}}]}}")
+        );
+        assert_eq!(l[3], "");
     }
     let errs: Vec<&str> = three.stderr.lines().collect();
-    assert_eq!(errs.len(), 2 * reps + 1);
+    assert_eq!(errs.len(), 2 * reps + 2);
     for i in 0..reps {
         assert!(
             errs[2 * i].starts_with(&format!("symres: error: line {}: not JSON", 5 * i + 2)),
@@ -778,7 +786,11 @@ fn threads_keep_the_order_of_lines_and_messages() {
             errs[2 * i + 1]
         );
     }
-    assert_eq!(errs[2 * reps], format!("symres: error: {} malformed line(s) skipped", 2 * reps));
+    assert_eq!(errs[2 * reps], format!("symres: error: {reps} malformed line(s) skipped"));
+    assert_eq!(
+        errs[2 * reps + 1],
+        format!("symres: error: {reps} malformed frame(s) left unresolved")
+    );
     // Each thread loads the program; -v says so once.
     let verbose = symres(&["-v", "-j", "3"], &input);
     assert!(verbose.stdout == three.stdout, "outputs differ under -v");
@@ -1179,4 +1191,39 @@ fn module_symlinks_resolve_inside_the_process_root() {
     assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
     assert!(out["stack"][0].get("sym").is_none(), "{out}");
     assert_eq!(out["stack"][1]["sym"], "target_function", "{out}");
+}
+
+/// Issue 18, item 9: lines whose frame arrays hold no frames pass through
+/// unchanged, byte for byte, exit 0; in a line with a malformed frame, that
+/// frame alone gets "reason":"malformed" (said on stderr with its line,
+/// exit 1) and the good frames beside it are resolved.
+#[test]
+fn lines_without_frames_pass_through_and_a_bad_frame_spoils_only_itself() {
+    let no_frames =
+        [r#"{"stack":["a"]}"#, r#"{"meta":{"stack":[1,2]}}"#, r#"{"stack":[{"foo":1}]}"#];
+    let input = no_frames.join("\n") + "\n";
+    let (code, out, err) = symres_within(60, &[], &input).expect("symres finishes");
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(out, input);
+
+    let dir = TempDir::new("badframe");
+    let prog = build_prog(&dir, "prog", &[]);
+    let mut line: Value = serde_json::from_str(&run_prog(&prog)).unwrap();
+    line.as_object_mut().unwrap().remove("live");
+    let good = line["stack"][0].clone();
+    line["stack"] = json!([{"addr": "0xzz", "module": "/x"}, good, "not a frame"]);
+    let r = symres(&[], &line.to_string());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.lines.len(), 1, "{}", r.stdout);
+    let stack = &r.lines[0]["stack"];
+    assert_eq!(stack[0]["reason"], "malformed", "{stack}");
+    assert_eq!(stack[1]["sym"], "target_function", "{stack}");
+    assert_eq!(stack[2], "not a frame");
+    assert_eq!(
+        r.stderr.lines().collect::<Vec<_>>(),
+        [
+            "symres: error: line 1: stack[0].addr: not a 64-bit address: \"0xzz\" (frame left unresolved)",
+            "symres: error: 1 malformed frame(s) left unresolved",
+        ]
+    );
 }

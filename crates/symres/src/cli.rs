@@ -85,11 +85,15 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     }
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let malformed = pipeline::filter(Resolver::new(opts), threads, deadline)?;
-    if malformed > 0 {
-        eprintln!("{}", log::error_line(format_args!("{malformed} malformed line(s) skipped")));
-        return Ok(1);
+    if malformed.lines > 0 {
+        let n = malformed.lines;
+        eprintln!("{}", log::error_line(format_args!("{n} malformed line(s) skipped")));
     }
-    Ok(0)
+    if malformed.frames > 0 {
+        let n = malformed.frames;
+        eprintln!("{}", log::error_line(format_args!("{n} malformed frame(s) left unresolved")));
+    }
+    Ok(i32::from(malformed != pipeline::Malformed::default()))
 }
 
 /// One resolving thread per CPU symres may run on, at most 4: each thread
