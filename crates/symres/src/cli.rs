@@ -11,7 +11,7 @@ use leakd_common::{Context, Result};
 
 use crate::log;
 use crate::pipeline;
-use crate::resolver::Options;
+use crate::resolver::{Options, MAX_OPEN_MODULES};
 use crate::symbolizer::Resolver;
 
 const EXAMPLES: &str = "\
@@ -56,6 +56,13 @@ pub struct Cli {
     #[arg(long = "index-dir", value_name = "DIR")]
     index_dir: Option<PathBuf>,
 
+    /// Keep at most N modules (ELF files) open in each resolving thread; the one used longest
+    /// ago is closed to make room, and loaded again when a frame needs it. Bounds symres's
+    /// memory over a stream naming many files.
+    #[arg(long = "max-modules", value_name = "N", default_value_t = MAX_OPEN_MODULES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_modules: u32,
+
     /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
     /// DWARF; each has its own caches of answers. Lines are written in the order they came.
     /// -j1 resolves in the thread that reads and writes. A line that comes alone has the DWARF
@@ -79,6 +86,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         index_dir: cli.index_dir.clone(),
         verbose: cli.run.verbose,
         warm_threads: threads,
+        max_modules: cli.max_modules as usize,
     };
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);

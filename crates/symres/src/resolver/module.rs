@@ -20,13 +20,12 @@ use crate::files;
 use crate::index::Index;
 use crate::log;
 
-/// A module's place in its resolver's table.
-pub type ModuleId = usize;
-
 /// Answers remembered per module before the cache is reset.
 const MAX_CACHED_ANSWERS: usize = 1 << 20;
 
 pub struct Module {
+    /// The identity of the file it was loaded from, when known.
+    pub key: Option<FileKey>,
     /// Build id of the file whose segments are used (the binary, or the debug
     /// file when the binary itself is gone).
     pub build_id: Option<Vec<u8>>,
@@ -130,6 +129,7 @@ impl Module {
             None => (symbols, dwarf),
         };
         Module {
+            key,
             build_id,
             segments,
             symbols,
