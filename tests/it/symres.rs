@@ -1092,7 +1092,7 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
 /// `secs` seconds (it is then killed), else its exit code, stdout and
 /// stderr.
 fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, String)> {
-    let mut child = Command::new(support::bin("symres"))
+    let mut child = Command::new(crate::support::bin("symres"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1134,7 +1134,7 @@ fn fifos_and_trace_pipe_never_hang() {
     let frame = |m: &Path| json!({"module": p(m), "offset": "0x1130"});
     let mut stack = vec![frame(&fifo), frame(&prog)];
     let trace_pipe = Path::new("/sys/kernel/tracing/trace_pipe");
-    if support::root_available("trace_pipe") {
+    if crate::support::root_available("trace_pipe") {
         assert!(trace_pipe.exists(), "tracefs is not mounted at /sys/kernel/tracing");
         stack.push(frame(trace_pipe));
     }
@@ -1161,7 +1161,7 @@ fn fifos_and_trace_pipe_never_hang() {
 #[test]
 fn module_symlinks_resolve_inside_the_process_root() {
     use std::os::unix::fs::symlink;
-    if !support::root_available("chroot") {
+    if !crate::support::root_available("chroot") {
         return;
     }
     let dir = TempDir::new("inroot");
@@ -1174,7 +1174,7 @@ fn module_symlinks_resolve_inside_the_process_root() {
     symlink(&host, root.join("evil.so")).unwrap();
     let mut chroot = Command::new("chroot");
     chroot.arg(&root).args(["/prog", "wait"]);
-    let (child, _, line) = support::spawn_first_line(&mut chroot);
+    let (child, _, line) = crate::support::spawn_first_line(&mut chroot);
     assert!(!line.is_empty(), "the program did not start in its root");
     let mut v: Value = serde_json::from_str(&line).unwrap();
     // Without /proc in its root the program cannot say its offsets: those

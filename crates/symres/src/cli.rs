@@ -78,13 +78,11 @@ pub fn command() -> clap::Command {
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    log::set_level(cli.run.verbose);
     let threads = cli.threads.map_or_else(default_threads, usize::from);
     let opts = Options {
         debug_dirs: cli.debug_dirs.clone(),
         inlined: !cli.no_inlined,
         index_dir: cli.index_dir.clone(),
-        verbose: cli.run.verbose,
         warm_threads: threads,
         max_modules: cli.max_modules as usize,
     };

@@ -56,9 +56,6 @@ pub struct Options {
     /// Where prebuilt indexes are looked for (`symres --build-index`);
     /// `None`: the default cache directory.
     pub index_dir: Option<PathBuf>,
-    /// Messages on stderr from this level (-v is 1) on; process-wide (see
-    /// `crate::log`): a resolver can raise it, not lower it.
-    pub verbose: u8,
     /// Threads that may parse the DWARF units one line needs at once, when
     /// lines come few at a time (see `AddrResolver::set_warm`); 0 or 1: none.
     pub warm_threads: usize,
@@ -80,7 +77,6 @@ impl Default for Options {
             debug_dirs: Vec::new(),
             inlined: true,
             index_dir: None,
-            verbose: 0,
             warm_threads: 0,
             max_modules: MAX_OPEN_MODULES as usize,
         }
@@ -153,7 +149,6 @@ impl AddrResolver {
     /// A resolver with caches of its own but for the DWARF units in
     /// `shared`.
     fn sharing(opts: Options, shared: Shared) -> Self {
-        log::set_level(opts.verbose);
         AddrResolver {
             warm: true,
             debug_dirs: DebugDirs::new(opts.debug_dirs.clone()),
