@@ -377,20 +377,24 @@ fn write(text: &str, s: &Scan, edits: &[Edit], texts: &[u8], out: &mut Vec<u8>) 
     out.extend_from_slice(&b[at..]);
 }
 
-/// A value of a frame symres reads: its span, and whether it is a string
-/// with escape sequences.
-type Value = Option<(Span, bool)>;
+/// A value of a frame symres reads.
+#[derive(Clone, Copy)]
+struct Value {
+    span: Span,
+    /// A string with escape sequences.
+    escaped: bool,
+}
 
 /// The fields of a frame symres reads (the last of duplicate keys wins, as
 /// in most JSON readers).
 #[derive(Default)]
 struct Given {
-    addr: Value,
-    offset: Value,
-    module: Value,
-    build_id: Value,
-    kernel: Value,
-    return_address: Value,
+    addr: Option<Value>,
+    offset: Option<Value>,
+    module: Option<Value>,
+    build_id: Option<Value>,
+    kernel: Option<Value>,
+    return_address: Option<Value>,
 }
 
 /// Parse the DWARF units the line's frames (module and offset) will use
@@ -464,7 +468,8 @@ fn parse_frame<'a>(
                 continue;
             }
         };
-        *slot = (&text[m.value.start..m.value.end] != "null").then_some((m.value, m.value_escaped));
+        *slot = (&text[m.value.start..m.value.end] != "null")
+            .then_some(Value { span: m.value, escaped: m.value_escaped });
     }
     let addr = opt_u64(text, g.addr, "addr")?;
     let offset = opt_u64(text, g.offset, "offset")?;
@@ -472,7 +477,7 @@ fn parse_frame<'a>(
         None => None,
         Some(v) => match str_value(text, v) {
             Some(s) if !s.is_empty() => Some(s),
-            _ => return Err(format!("module: expected a file name, got {}", short(text, v.0))),
+            _ => return Err(format!("module: expected a file name, got {}", short(text, v.span))),
         },
     };
     let build_id = match g.build_id {
@@ -480,7 +485,7 @@ fn parse_frame<'a>(
         Some(v) => match str_value(text, v) {
             Some(s) => r.parse_build_id(&s).map_err(|e| format!("build_id: {e}"))?,
             None => {
-                return Err(format!("build_id: expected a hex string, got {}", short(text, v.0)))
+                return Err(format!("build_id: expected a hex string, got {}", short(text, v.span)))
             }
         },
     };
@@ -559,7 +564,7 @@ fn frame(
 }
 
 /// The contents of a string value, or `None` when it is not a string.
-fn str_value(text: &str, (v, escaped): (Span, bool)) -> Option<Cow<'_, str>> {
+fn str_value(text: &str, Value { span: v, escaped }: Value) -> Option<Cow<'_, str>> {
     if text.as_bytes()[v.start] != b'"' {
         return None;
     }
@@ -583,8 +588,8 @@ fn parse_hex(h: &[u8]) -> Option<u64> {
 }
 
 /// `true`, `false` or absent (false).
-fn bool_value(text: &str, v: Value, name: &str) -> Result<bool, String> {
-    match v.map(|(v, _)| (v, &text[v.start..v.end])) {
+fn bool_value(text: &str, v: Option<Value>, name: &str) -> Result<bool, String> {
+    match v.map(|Value { span: v, .. }| (v, &text[v.start..v.end])) {
         None | Some((_, "false")) => Ok(false),
         Some((_, "true")) => Ok(true),
         Some((v, _)) => Err(format!("{name}: expected true or false, got {}", short(text, v))),
@@ -593,13 +598,13 @@ fn bool_value(text: &str, v: Value, name: &str) -> Result<bool, String> {
 
 /// An address or offset: `"0x1a2b"` (hex), `"6699"` (decimal string) or a
 /// JSON integer. Anything else, or anything above 2^64-1, is an error.
-fn opt_u64(text: &str, value: Value, key: &str) -> Result<Option<u64>, String> {
+fn opt_u64(text: &str, value: Option<Value>, key: &str) -> Result<Option<u64>, String> {
     let Some(value) = value else { return Ok(None) };
-    let v = value.0;
+    let v = value.span;
     // As our tracers write them: "0x" and hex digits, no escapes.
     if let (Some(h), false) = (
         text.as_bytes()[v.start..v.end].strip_prefix(b"\"0x").and_then(|h| h.strip_suffix(b"\"")),
-        value.1,
+        value.escaped,
     ) {
         if let Some(n) = parse_hex(h) {
             return Ok(Some(n));

@@ -141,11 +141,13 @@ const BATCH_BYTES: usize = 1 << 18;
 /// Buffers passed around again: a fresh one for every batch cost page
 /// faults (large allocations are mapped anew each time).
 #[derive(Default)]
-struct Pool(std::sync::Mutex<Vec<Vec<u8>>>);
+struct Pool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
 
 impl Pool {
     fn get(&self) -> Vec<u8> {
-        self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+        self.free.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
     }
 
     fn put(&self, mut b: Vec<u8>) {
@@ -154,7 +156,7 @@ impl Pool {
             return;
         }
         b.clear();
-        if let Ok(mut p) = self.0.lock() {
+        if let Ok(mut p) = self.free.lock() {
             // Enough for the batches in flight.
             if p.len() < 32 {
                 p.push(b);
