@@ -5,17 +5,15 @@
 //! (addr + pid). Expected names and line numbers are exact; lines are found
 //! through @markers in the fixture sources.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::json_lines;
 use assert_cmd::Command as Cmd;
 use serde_json::{json, Value};
-use support::json_lines;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/symres").join(name)
@@ -230,13 +228,13 @@ fn threads_that_cannot_start_are_an_error() {
     let line = run_prog(&prog);
     let run = |j: &str| {
         // Over the limit from the start: root is exempt, so run as nobody.
-        let mut cmd = Command::new(if support::is_root() { "setpriv" } else { "prlimit" });
-        if support::is_root() {
+        let mut cmd = Command::new(if crate::support::is_root() { "setpriv" } else { "prlimit" });
+        if crate::support::is_root() {
             cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "prlimit"]);
         }
         let mut child = cmd
             .arg("--nproc=1")
-            .arg(support::bin("symres"))
+            .arg(crate::support::bin("symres"))
             .arg(j)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -518,7 +516,7 @@ fn rust_names_are_demangled_legacy_and_v0() {
 
 /// Start a test program that waits for stdin EOF; its line of output.
 fn start_waiting(prog: &Path) -> (Child, String) {
-    let (child, _, line) = support::spawn_first_line(Command::new(prog).arg("wait"));
+    let (child, _, line) = crate::support::spawn_first_line(Command::new(prog).arg("wait"));
     (child, line)
 }
 
@@ -579,7 +577,7 @@ fn deleted_binary_of_live_process_via_map_files() {
 /// which of the two was taken for them).
 #[test]
 fn binary_of_another_mount_namespace_via_proc_root() {
-    if !support::root_available("mount namespace") {
+    if !crate::support::root_available("mount namespace") {
         return;
     }
     let dir = TempDir::new("mntns");
@@ -594,7 +592,7 @@ fn binary_of_another_mount_namespace_via_proc_root() {
         .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
         .arg(&root)
         .arg(&prog);
-    let (child, _, line) = support::spawn_first_line(&mut unshare);
+    let (child, _, line) = crate::support::spawn_first_line(&mut unshare);
     assert!(!line.is_empty(), "the program did not start in its namespace");
     assert!(!inside.exists(), "{} is visible outside its namespace", inside.display());
     let out = resolve(&[], &line);
@@ -811,7 +809,10 @@ fn kernel_addresses_through_kallsyms() {
         // No readable kallsyms: only unprivileged, or with kptr_restrict=2.
         let restricted = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
             .is_ok_and(|v| v.trim() == "2");
-        assert!(!support::is_root() || restricted, "root reads kernel addresses in /proc/kallsyms");
+        assert!(
+            !crate::support::is_root() || restricted,
+            "root reads kernel addresses in /proc/kallsyms"
+        );
         let input = json!({"type": "t", "stack": [{"addr": "0xffffffff81000010", "kernel": true}]})
             .to_string();
         let out = resolve(&[], &input);
@@ -831,7 +832,7 @@ fn live_stream_is_not_held_back() {
     let dir = TempDir::new("stream");
     let prog = build_prog(&dir, "prog", &[]);
     let good = run_prog(&prog);
-    let mut child = Command::new(support::bin("symres"))
+    let mut child = Command::new(crate::support::bin("symres"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
