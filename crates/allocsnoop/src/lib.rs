@@ -14,7 +14,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 use serde_json::{json, Value};
 
 use leakd_common::bpf::{self, Filter, LostCounter, Pod};
-use leakd_common::cli::{RunArgs, TargetArgs};
+use leakd_common::cli::{CgroupScope, RunArgs, TargetArgs};
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
@@ -137,31 +138,91 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
     Ok(ops)
 }
 
-/// Find the allocator of the target (`-p`, `-- CMD` or the whole system)
-/// and plan a probe site for each op; logs the choice under `-v`.
+/// One allocator file to probe and its sites.
+struct Planned {
+    lib: PathBuf,
+    sites: Vec<probes::Site>,
+}
+
+/// Find the allocator(s) of the target (`-p`, `-- CMD`, a cgroup or
+/// container, or the whole system) and plan a probe site for each op; logs
+/// the choice under `-v`.
 fn plan_for_target(
     probe: &ProbeArgs,
     ops: &[u32],
     target: &TargetArgs,
+    scope: Option<&CgroupScope>,
     verbose: u8,
     tool: &str,
-) -> Result<(PathBuf, Vec<probes::Site>)> {
+) -> Result<Vec<Planned>> {
     let exe = match target.command.first() {
         Some(c) => Some(launch::resolve(c)?),
         None => None,
     };
-    let (lib, kind) = resolve_lib(probe, target.pid, exe.as_deref())?;
-    let (sites, missing) = probes::plan(&lib, &probe.prefix, ops)?;
-    if sites.is_empty() {
-        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
-    }
-    if verbose > 0 {
-        eprintln!("{tool}: allocator: {} ({kind})", lib.display());
-        if !missing.is_empty() {
-            eprintln!("{tool}: not in {}: {}", lib.display(), missing.join(", "));
+    let mut libs: Vec<(PathBuf, &'static str)> = Vec::new();
+    match scope {
+        // Every process of the cgroup subtree now, one probe per file they
+        // really map (the same file for every container of an image).
+        Some(s) if probe.lib.is_none() && exe.is_none() && target.pid.is_none() => {
+            let pids: Vec<u32> =
+                s.cgroup.pids().into_iter().filter(|&p| p != std::process::id()).collect();
+            let (files, failed) = probes::find_allocators(&pids, &probe.prefix);
+            for (pid, why) in &failed {
+                if verbose > 0 || files.is_empty() {
+                    eprintln!("{tool}: process {pid} of {}: {why}", s.cgroup.dir.display());
+                }
+            }
+            if files.is_empty() && !pids.is_empty() {
+                bail!(
+                    "no process of {} ({} found) maps an allocator to probe",
+                    s.cgroup.dir.display(),
+                    pids.len()
+                );
+            }
+            for (f, users) in files {
+                if verbose > 0 {
+                    eprintln!(
+                        "{tool}: allocator of {} process(es) ({}): {} as {}",
+                        users.len(),
+                        users.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+                        f.shown.display(),
+                        f.path.display()
+                    );
+                }
+                libs.push((f.path, f.kind));
+            }
+            if libs.is_empty() {
+                // An empty cgroup: what joins it later runs the host's libc
+                // most likely.
+                libs.push(resolve_lib(probe, None, None)?);
+            }
+            eprintln!(
+                "{tool}: note: processes that start in {} after this are traced only if they use \
+                 an allocator file probed now",
+                s.cgroup.dir.display()
+            );
         }
+        _ => libs.push(resolve_lib(probe, target.pid, exe.as_deref())?),
     }
-    Ok((lib, sites))
+    let mut planned = Vec::new();
+    for (lib, kind) in libs {
+        let (sites, missing) = probes::plan(&lib, &probe.prefix, ops)?;
+        if sites.is_empty() {
+            bail!(
+                "{} defines none of the functions to probe ({})",
+                lib.display(),
+                missing.join(", ")
+            );
+        }
+        if verbose > 0 {
+            eprintln!("{tool}: allocator: {} ({kind})", lib.display());
+            if !missing.is_empty() {
+                eprintln!("{tool}: not in {}: {}", lib.display(), missing.join(", "));
+            }
+        }
+        planned.push(Planned { lib, sites });
+    }
+    Ok(planned)
 }
 
 /// An allocation tracer loaded and attached to its target.
@@ -171,6 +232,8 @@ pub struct Tracer {
     pub held: Option<launch::Held>,
     /// The traced process (launched or `-p`); `None` system-wide.
     pub pid: Option<u32>,
+    /// The cgroup subtree (`--cgroup`, `--container`, `--pod`) traced.
+    pub scope: Option<CgroupScope>,
 }
 
 /// What allocsnoop and leakd-attach both do before their loops: check the
@@ -188,23 +251,28 @@ pub fn load_tracer(
 ) -> Result<Tracer> {
     let (min, max) = probe.size_range()?;
     // A mistyped PID is reported whatever the privileges.
-    let cgroup_id = target.check()?.unwrap_or(0);
+    let scope = target.check()?;
+    let (cgroup_id, cgroup_level) = CgroupScope::filter_of(scope.as_ref());
     bpf::preflight()?;
-    let (lib, sites) = plan_for_target(probe, ops, target, verbose, tool)?;
+    let planned = plan_for_target(probe, ops, target, scope.as_ref(), verbose, tool)?;
     let held =
         if target.command.is_empty() { None } else { Some(launch::spawn_held(&target.command)?) };
     let pid = held.as_ref().map(|h| h.pid()).or(target.pid);
     // Uprobes are scoped to the process (its mm) by the kernel; the BPF
-    // filter then only needs the cgroup.
-    let filter = Filter::new(0, false, cgroup_id);
+    // filter then only needs the cgroup. Without a process, a probe fires
+    // for every process mapping the file (every container of an image):
+    // the cgroup filter keeps the target's.
+    let filter = Filter::new(0, false, cgroup_id).with_cgroup_level(cgroup_level);
     // Narrowed to this function: the globals below borrow its locals.
     let mut loader: EbpfLoader<'_> = loader;
     filter.apply(&mut loader);
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
     let mut ebpf = bpf::load(&mut loader, object)?;
-    probes::attach(&mut ebpf, &lib, &sites, pid, verbose, tool)?;
-    Ok(Tracer { ebpf, held, pid })
+    for p in &planned {
+        probes::attach(&mut ebpf, &p.lib, &p.sites, pid, verbose, tool)?;
+    }
+    Ok(Tracer { ebpf, held, pid, scope })
 }
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
@@ -214,7 +282,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let stack = u8::from(cli.stack);
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
-    let Tracer { mut ebpf, held, .. } =
+    let Tracer { mut ebpf, held, scope, .. } =
         load_tracer("allocsnoop", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
@@ -223,12 +291,31 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
-    event_loop.start_target(cli.target.pid, held, |pid| maps.prime(pid))?;
+    // Events of a traced container (or of -p's, when in one) say which.
+    let mut containers = (scope.is_some() || cli.target.pid.is_some()).then(PidContainers::new);
+    event_loop.start_target(cli.target.pid, held, |pid| {
+        maps.prime(pid);
+        if let Some(c) = containers.as_mut() {
+            c.prime(pid);
+        }
+    })?;
+    if let Some(s) = &scope {
+        for p in s.cgroup.pids() {
+            maps.prime(p);
+            if let Some(c) = containers.as_mut() {
+                c.prime(p);
+            }
+        }
+        // A container or pod that exits ends the run, as a -p process does.
+        if s.selected.is_some() {
+            event_loop.watch_cgroup(&s.cgroup.dir);
+        }
+    }
     if verbose > 0 {
         eprintln!("allocsnoop: attached, tracing allocations (Ctrl-C to stop)");
     }
     let mut out = Output::stdout();
-    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack };
+    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack, containers };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
     Ok(0)
 }
@@ -237,6 +324,8 @@ struct Printer {
     clock: WallClock,
     maps: MapsCache,
     stack: bool,
+    /// The container of each process, read once per process.
+    containers: Option<PidContainers>,
 }
 
 impl Handler for Printer {
@@ -272,6 +361,10 @@ impl Handler for Printer {
             let n = (e.nr_frames as usize).min(e.frames.len());
             let kept = kept_frames(&mut self.maps, e.pid, &e.frames[..n]);
             v["stack"] = Value::Array(stack_frames(&mut self.maps, e.pid, &e.frames[..kept]));
+        }
+        let c = self.containers.as_mut().and_then(|c| c.get(e.pid));
+        if let (Some(c), Some(obj)) = (c, v.as_object_mut()) {
+            c.enrich(obj);
         }
         out.line(&v)?;
         Ok(())

@@ -828,6 +828,106 @@ fn walk(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, u64) -> Option<()>) {
     }
 }
 
+/// The container of each process seen, read once per process (the
+/// report and stack lines of a run over a container or pod).
+pub struct PidContainers {
+    store: MetaStore,
+    map: HashMap<u32, Option<ContainerInfo>>,
+}
+
+impl PidContainers {
+    pub fn new() -> Self {
+        PidContainers { store: MetaStore::host(), map: HashMap::new() }
+    }
+
+    /// Read `pid`'s container now, while it is alive.
+    pub fn prime(&mut self, pid: u32) {
+        if !self.map.contains_key(&pid) {
+            let c = of_process(&mut self.store, pid);
+            self.map.insert(pid, c);
+        }
+    }
+
+    pub fn get(&mut self, pid: u32) -> Option<&ContainerInfo> {
+        self.prime(pid);
+        self.map.get(&pid).and_then(Option::as_ref)
+    }
+}
+
+impl Default for PidContainers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A cgroup directory to trace with its whole subtree.
+#[derive(Debug, Clone)]
+pub struct CgroupTarget {
+    pub dir: PathBuf,
+    /// Its id (the directory's inode), as BPF sees it.
+    pub id: u64,
+    /// Its depth below the hierarchy's root, for the ancestor match.
+    pub level: u32,
+}
+
+impl CgroupTarget {
+    /// A cgroup v2 directory given by path (`--cgroup`), on whichever
+    /// cgroup2 mount holds it.
+    pub fn of_dir(path: &Path) -> Result<Self> {
+        let id = crate::cli::cgroup_id(path)?;
+        let dir = fs::canonicalize(path)?;
+        let data = fs::read_to_string("/proc/self/mountinfo")?;
+        let mount = parse_cgroup2_mounts(&data)
+            .into_iter()
+            .filter(|m| dir.starts_with(&m.dir))
+            .max_by_key(|m| m.dir.components().count());
+        let Some(level) = mount.and_then(|m| m.level_of(&dir)) else {
+            bail!("cgroup {}: not under a cgroup2 mount point", path.display());
+        };
+        Ok(CgroupTarget { dir, id, level })
+    }
+
+    /// Every process in the subtree now.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        walk(&self.dir, 0, &mut |d, _| {
+            if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            Some(())
+        });
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// A selector resolved on this node: the containers and the cgroup
+/// subtree that holds them.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub cgroup: CgroupTarget,
+    pub resolved: Resolved,
+}
+
+/// Resolve `--container`, `--pod` or `--pod-uid`.
+pub fn select(sel: &Selector) -> Result<Selected> {
+    let mut store = MetaStore::host();
+    let all = scan(&mut store);
+    let resolved = resolve(sel, &all)?;
+    let mount = cgroup2_mount()?;
+    let Some(dir) = mount.dir_of(&resolved.cgroup) else {
+        bail!(
+            "cgroup {} of {} not found under {}",
+            resolved.cgroup,
+            describe(&resolved.containers[0]),
+            mount.dir.display()
+        );
+    };
+    let cgroup = CgroupTarget::of_dir(&dir)?;
+    Ok(Selected { cgroup, resolved })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

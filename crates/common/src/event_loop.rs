@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -44,6 +45,9 @@ pub struct EventLoop {
     target: Option<(OwnedFd, Option<Launched>)>,
     deadline: Option<Instant>,
     interval: Option<Duration>,
+    /// `cgroup.events` of a container or pod traced: the run ends when
+    /// no process is left in it.
+    cgroup_events: Option<PathBuf>,
 }
 
 /// How often the lost-event counters are checked during a run.
@@ -73,6 +77,7 @@ impl EventLoop {
             target: None,
             deadline: duration.map(|d| Instant::now() + d),
             interval,
+            cgroup_events: None,
         })
     }
 
@@ -112,6 +117,13 @@ impl EventLoop {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         self.target = Some((fd, launched));
         Ok(())
+    }
+
+    /// End the run when cgroup `dir` (a container's, a pod's) and its
+    /// subtree have no process left, as a `-p` run ends with its process.
+    /// Checked at every wakeup (at least once a second).
+    pub fn watch_cgroup(&mut self, dir: &Path) {
+        self.cgroup_events = Some(dir.join("cgroup.events"));
     }
 
     pub fn run(
@@ -172,6 +184,9 @@ impl EventLoop {
                     self.target.as_ref().and_then(|(_, l)| l.as_ref()).and_then(Launched::reap);
                 break End::TargetExited(status);
             }
+            if self.cgroup_events.as_deref().is_some_and(cgroup_empty) {
+                break End::TargetExited(None);
+            }
             let now = Instant::now();
             if let (Some(t), Some(i)) = (next_tick, self.interval) {
                 if now >= t {
@@ -220,6 +235,15 @@ impl EventLoop {
                 )
             };
         }
+    }
+}
+
+/// Whether a cgroup's `cgroup.events` says no process is left in its
+/// subtree (or the cgroup is gone).
+fn cgroup_empty(events: &Path) -> bool {
+    match std::fs::read_to_string(events) {
+        Ok(s) => s.lines().any(|l| l == "populated 0"),
+        Err(_) => true,
     }
 }
 

@@ -12,7 +12,8 @@ use regex::bytes::Regex;
 use serde_json::{json, Value};
 
 use leakd_common::bpf::{self, Filter, LostCounter, Pod};
-use leakd_common::cli::{RunArgs, TargetArgs};
+use leakd_common::cli::{CgroupScope, RunArgs, TargetArgs};
+use leakd_common::container::CgroupCache;
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::text::{bytes_to_string, c_string, WallClock};
@@ -87,7 +88,8 @@ pub fn command() -> clap::Command {
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     // A mistyped PID is reported whatever the privileges.
-    let cgroup_id = cli.target.check()?.unwrap_or(0);
+    let scope = cli.target.check()?;
+    let (cgroup_id, cgroup_level) = CgroupScope::filter_of(scope.as_ref());
     bpf::preflight()?;
     let held = if cli.target.command.is_empty() {
         None
@@ -98,7 +100,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
         held.is_some(),
         cgroup_id,
-    );
+    )
+    .with_cgroup_level(cgroup_level);
 
     let uid = cli.filters.uid.unwrap_or(u32::MAX);
     let ppid = cli.filters.ppid.unwrap_or(0);
@@ -126,11 +129,16 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, None)?;
     event_loop.start_target(cli.target.pid, held, |_| {})?;
+    // A container or pod that exits ends the run, as a -p process does.
+    if let Some(s) = scope.as_ref().filter(|s| s.selected.is_some()) {
+        event_loop.watch_cgroup(&s.cgroup.dir);
+    }
     if verbose > 0 {
         eprintln!("execsnoop: attached, tracing execs (Ctrl-C to stop)");
     }
     let mut out = Output::stdout();
-    let mut printer = Printer { clock: WallClock::new(), filters: cli.filters };
+    let mut printer =
+        Printer { clock: WallClock::new(), filters: cli.filters, containers: CgroupCache::new() };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
     Ok(0)
 }
@@ -138,11 +146,17 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 struct Printer {
     clock: WallClock,
     filters: ExecFilters,
+    /// The container of each cgroup id seen: a map lookup per event.
+    containers: CgroupCache,
 }
 
 impl Handler for Printer {
     fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
-        if let Some(v) = self.format(data) {
+        if let Some(mut v) = self.format(data) {
+            let cgroup = v["cgroup_id"].as_u64().unwrap_or(0);
+            if let (Some(c), Some(obj)) = (self.containers.get(cgroup), v.as_object_mut()) {
+                c.enrich(obj);
+            }
             out.line(&v)?;
         }
         Ok(())

@@ -46,7 +46,8 @@ use symres::{Options as SymOptions, Resolver};
 
 use allocsnoop::ProbeArgs;
 use leakd_common::bpf::{self, LostCounter};
-use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
+use leakd_common::cli::{CgroupScope, IntervalArgs, RunArgs, TargetArgs};
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{End, EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
@@ -210,7 +211,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
-    let allocsnoop::Tracer { mut ebpf, held, pid } = allocsnoop::load_tracer(
+    let allocsnoop::Tracer { mut ebpf, held, pid, scope } = allocsnoop::load_tracer(
         "leakd-attach",
         OBJECT,
         loader,
@@ -230,7 +231,22 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Snapshot the mappings now: they vanish when the target exits, and the
     // final report is formatted after that.
-    event_loop.start_target(cli.target.pid, held, |pid| maps.prime(pid))?;
+    let mut containers = PidContainers::new();
+    event_loop.start_target(cli.target.pid, held, |pid| {
+        maps.prime(pid);
+        containers.prime(pid);
+    })?;
+    if let Some(s) = &scope {
+        for p in s.cgroup.pids() {
+            maps.prime(p);
+            containers.prime(p);
+        }
+        // A container or pod that exits ends the run, with its final
+        // report, as a -p process does.
+        if s.selected.is_some() {
+            event_loop.watch_cgroup(&s.cgroup.dir);
+        }
+    }
     let every = cli.interval.interval.unwrap_or(Duration::from_secs(5));
     if verbose > 0 {
         eprintln!(
@@ -255,6 +271,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         idle: HashMap::new(),
         lines: HashMap::new(),
         maps,
+        containers,
+        scope,
         clock: WallClock::new(),
         pid,
         max_allocs: cli.max_allocs,
@@ -367,6 +385,10 @@ struct Reporter {
     /// site, not at every report. Pruned to the sites still in the kernel.
     lines: HashMap<SiteKey, LineKey>,
     maps: MapsCache,
+    /// The container of each process with a stack line.
+    containers: PidContainers,
+    /// The cgroup, container or pod traced.
+    scope: Option<CgroupScope>,
     clock: WallClock,
     pid: Option<u32>,
     max_allocs: u32,
@@ -612,6 +634,29 @@ impl Reporter {
         Ok(())
     }
 
+    /// `container` and `pod` of the report line: the container traced (by
+    /// -p or --container), or the pod of a --pod run.
+    fn add_target_container(&mut self, header: &mut Value) {
+        let Some(obj) = header.as_object_mut() else { return };
+        if let Some(pid) = self.pid {
+            if let Some(c) = self.containers.get(pid) {
+                c.enrich(obj);
+            }
+            return;
+        }
+        let Some(scope) = &self.scope else { return };
+        if let Some(c) = scope.container() {
+            c.enrich(obj);
+        } else if let Some(p) = scope
+            .selected
+            .as_ref()
+            .and_then(|s| s.resolved.containers.first())
+            .and_then(|c| c.pod_json())
+        {
+            obj.insert("pod".into(), p);
+        }
+    }
+
     /// Write a line, symbolized with --symbolize (exactly as `| symres`).
     fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
         let Some(Symbolizer { resolver, line, out: resolved }) = self.symbolizer.as_mut() else {
@@ -755,6 +800,7 @@ impl Reporter {
         if let Some(pid) = self.pid {
             header["pid"] = json!(pid);
         }
+        self.add_target_container(&mut header);
         header["final"] = json!(final_);
         header["outstanding_bytes"] = json!(total_bytes);
         header["outstanding_count"] = json!(total_count);
@@ -801,6 +847,9 @@ impl Reporter {
                 v["estimated"] = json!(true);
             }
             v["caller"] = json!(hex(caller));
+            if let (Some(c), Some(obj)) = (self.containers.get(*pid), v.as_object_mut()) {
+                c.enrich(obj);
+            }
             v["stack"] = Value::Array(stack);
             self.emit(out, v)?;
         }

@@ -15,7 +15,7 @@ use aya::EbpfLoader;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
 use leakd_common::bpf::{self, Filter, LostCounter};
-use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
+use leakd_common::cli::{CgroupScope, IntervalArgs, RunArgs, TargetArgs};
 use leakd_common::event_loop::{End, EventLoop};
 use leakd_common::out::Output;
 use leakd_common::{launch, Result};
@@ -171,7 +171,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     }
     let comm = opts.comm;
     // A mistyped PID is reported whatever the privileges.
-    let cgroup_id = cli.target.check()?.unwrap_or(0);
+    let scope = cli.target.check()?;
+    let (cgroup_id, cgroup_level) = CgroupScope::filter_of(scope.as_ref());
     bpf::preflight()?;
     let held = if cli.target.command.is_empty() {
         None
@@ -182,7 +183,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
         held.is_some(),
         cgroup_id,
-    );
+    )
+    .with_cgroup_level(cgroup_level);
 
     let grouping = Grouping {
         process: opts.process,
@@ -252,6 +254,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, cli.interval.interval)?;
     event_loop.start_target(cli.target.pid, held, |_| {})?;
+    // A container or pod that exits ends the run, as a -p process does.
+    if let Some(s) = scope.as_ref().filter(|s| s.selected.is_some()) {
+        event_loop.watch_cgroup(&s.cgroup.dir);
+    }
     if verbose > 0 {
         eprintln!("syscount: attached, counting syscalls (Ctrl-C to stop)");
     }

@@ -1,0 +1,462 @@
+//! The tracers against real containers (issue 22): podman, docker,
+//! containerd (ctr) and a bare runc container shaped like a kubelet's, each
+//! running the leaker from an image built here from local files (no registry
+//! is reachable). Every container, image and cgroup a test creates is
+//! removed by a guard when the test ends, failed or not. Outside CI a
+//! runtime that cannot start skips its tests with a note; in CI it fails
+//! them (scripts/setup --containers installs and starts the runtimes).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use leakd_test_macros::bpf_test;
+use serde_json::Value;
+
+use crate::support::{
+    bin, interrupt, json_lines, of_type, signal, spawn_attached, KillOnDrop, LEAKER,
+};
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// Whether `cli` can run containers here; in CI a missing runtime fails.
+fn runtime(cli: &str) -> bool {
+    let ok = Command::new(cli).arg("version").output().is_ok_and(|o| o.status.success());
+    if ok {
+        return true;
+    }
+    assert!(!in_ci(), "{cli} cannot run here (CI is set): run scripts/setup --containers");
+    eprintln!("note: skipping {cli} test: {cli} is not available (scripts/setup --containers)");
+    false
+}
+
+fn run(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A unique tag for names, so tests running at once (and other users of
+/// the machine) never meet.
+fn tag(what: &str) -> String {
+    format!("leakd-test-{what}-{}", std::process::id())
+}
+
+/// Runs cleanup commands when dropped, last added first; failures ignored
+/// (the object may already be gone).
+#[derive(Default)]
+struct Cleanup(Vec<Vec<String>>);
+
+impl Cleanup {
+    fn add(&mut self, cmd: &[&str]) {
+        self.0.push(cmd.iter().map(|s| s.to_string()).collect());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for cmd in self.0.iter().rev() {
+            if cmd[0] == "rmdir" {
+                let _ = std::fs::remove_dir(&cmd[1]);
+                continue;
+            }
+            let _ = Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A root filesystem holding /leaker and the shared objects it needs (ldd),
+/// or a static leaker alone; removed by `cleanup`.
+fn rootfs(static_build: bool, what: &str, cleanup: &mut Cleanup) -> PathBuf {
+    let dir = std::env::temp_dir().join(tag(&format!("rootfs-{what}")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    cleanup.add(&["rm", "-rf", dir.to_str().unwrap()]);
+    if static_build {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/leaker/leaker.c");
+        let out = dir.join("leaker");
+        run(&[
+            "gcc",
+            "-static",
+            "-O1",
+            "-fno-omit-frame-pointer",
+            "-o",
+            out.to_str().unwrap(),
+            src,
+            "-lpthread",
+        ]);
+    } else {
+        std::fs::copy(LEAKER, dir.join("leaker")).unwrap();
+        for line in run(&["ldd", LEAKER]).lines() {
+            let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+            let Some(path) = path else { continue };
+            let to = dir.join(path.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&path, &to).unwrap();
+        }
+    }
+    dir
+}
+
+/// An image of `rootfs` imported into `cli` (podman or docker).
+fn image(cli: &str, static_build: bool, what: &str, cleanup: &mut Cleanup) -> String {
+    let name = format!("localhost/{}:1", tag(&format!("img-{what}")));
+    let dir = rootfs(static_build, what, cleanup);
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = tar.stdout.take().unwrap();
+    let out = Command::new(cli).args(["import", "-", &name]).stdin(stdin).output().unwrap();
+    assert!(tar.wait().unwrap().success(), "tar of {}", dir.display());
+    assert!(out.status.success(), "{cli} import: {}", String::from_utf8_lossy(&out.stderr));
+    cleanup.add(&[cli, "rmi", "-f", &name]);
+    name
+}
+
+/// A leaker running in a container: the runtime's client process (its
+/// stderr is the leaker's), the container's id and the leaker's host pid.
+struct Running {
+    _client: KillOnDrop,
+    err: BufReader<ChildStderr>,
+    id: String,
+    pid: u32,
+}
+
+impl Running {
+    /// Start `cmd` (a runtime's foreground run) and wait for the leaker's
+    /// ready line; `id` then finds the container's id.
+    fn start(cmd: &[&str], id: impl FnOnce() -> String) -> Running {
+        let mut child = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let client = KillOnDrop(child);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = err.read_line(&mut line).unwrap();
+            assert!(n > 0, "{cmd:?} ended before the leaker was ready");
+            if line.contains("leaker_ready") {
+                break;
+            }
+        }
+        let id = id();
+        assert_eq!(id.len(), 64, "container id {id:?}");
+        let pid = host_pid(&id);
+        Running { _client: client, err, id, pid }
+    }
+
+    /// Wait for the leaker's summary line (its workload is done).
+    fn summary(&mut self) -> Value {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.err.read_line(&mut line).unwrap();
+            assert!(n > 0, "the leaker ended without a summary");
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["type"] == "leaker_summary" {
+                    return v;
+                }
+            }
+        }
+    }
+}
+
+/// The host pid of the leaker in container `id`, from /proc/*/cgroup.
+fn host_pid(id: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "leaker" && cg.lines().any(|l| l.starts_with("0::") && l.contains(id))
+            {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leaker process in container {id}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The leaker's workload: ten 4096-byte blocks leaked by steady_leak once
+/// it gets SIGUSR1, then it stays up.
+const STEADY: &[&str] = &[
+    "/leaker",
+    "steady",
+    "--size",
+    "4096",
+    "--interval",
+    "0.01",
+    "--max",
+    "40960",
+    "--wait-signal",
+    "--linger",
+    "inf",
+];
+
+fn wait_output(mut child: Child) -> (Option<i32>, Vec<Value>, String) {
+    let mut stdout = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), json_lines(&stdout), String::new())
+}
+
+/// The final report line and its stack lines.
+fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
+    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
+    let r = lines[i].clone();
+    assert_eq!(r["final"], true, "last report is final: {r}");
+    let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
+    (r, stacks)
+}
+
+/// Attach one leakd-attach per selector, start the leaker's workload, and
+/// check each found exactly its ten blocks at steady_leak, with the
+/// container's fields.
+fn leak_found_by_each(
+    c: &mut Running,
+    selectors: &[Vec<String>],
+    want_container: &Value,
+    want_pod: Option<&Value>,
+) {
+    let tools: Vec<(Child, _)> = selectors
+        .iter()
+        .map(|sel| {
+            let mut args: Vec<&str> = sel.iter().map(String::as_str).collect();
+            args.extend(["--symbolize", "-d", "60"]);
+            spawn_attached("leakd-attach", &args)
+        })
+        .collect();
+    let tools: Vec<Child> = tools
+        .into_iter()
+        .map(|(t, e)| {
+            crate::support::discard(e);
+            t
+        })
+        .collect();
+    signal(c.pid, libc::SIGUSR1);
+    let summary = c.summary();
+    assert_eq!(summary["leaked_count"], 10, "{summary}");
+    for (tool, sel) in tools.into_iter().zip(selectors) {
+        interrupt(&tool);
+        let (code, lines, _) = wait_output(tool);
+        assert_eq!(code, Some(3), "{sel:?}: leaks found => exit 3; {lines:?}");
+        let (r, stacks) = final_report(&lines);
+        assert_eq!(r["outstanding_count"], 10, "{sel:?}: {lines:?}");
+        assert_eq!(r["outstanding_bytes"], 40960, "{sel:?}: {lines:?}");
+        assert_eq!(stacks.len(), 1, "{sel:?}: {lines:?}");
+        let s = &stacks[0];
+        assert_eq!(s["stack"][0]["sym"], "steady_leak", "{sel:?}: {s}");
+        assert_eq!(s["allocs"], 10, "{sel:?}: {s}");
+        for line in [&r, s] {
+            assert_eq!(&line["container"], want_container, "{sel:?}: {line}");
+            match want_pod {
+                Some(p) => assert_eq!(&line["pod"], p, "{sel:?}: {line}"),
+                None => assert!(line.get("pod").is_none(), "{sel:?}: {line}"),
+            }
+        }
+    }
+}
+
+fn podman_run(name: &str, image: &str, args: &[&str]) -> Running {
+    let mut cmd = vec!["podman", "run", "--rm", "--name", name, "--network", "none", image];
+    cmd.extend(args);
+    Running::start(&cmd, || run(&["podman", "inspect", "-f", "{{.Id}}", name]))
+}
+
+#[bpf_test]
+fn podman_leak_by_name_id_prefix_and_pid() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("podman", false, "podman", &mut cleanup);
+    let name = tag("podman");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let mut c = podman_run(&name, &img, STEADY);
+    let want = serde_json::json!({"id": c.id, "name": name, "runtime": "podman"});
+    let sels = vec![
+        vec!["--container".to_string(), name.clone()],
+        vec!["--container".to_string(), c.id[..12].to_string()],
+        vec!["-p".to_string(), c.pid.to_string()],
+    ];
+    leak_found_by_each(&mut c, &sels, &want, None);
+}
+
+#[bpf_test]
+fn podman_static_binary() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("podman", true, "static", &mut cleanup);
+    let name = tag("static");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let mut c = podman_run(&name, &img, STEADY);
+    let want = serde_json::json!({"id": c.id, "name": name, "runtime": "podman"});
+    let sels = [vec!["--container".to_string(), c.id.clone()]];
+    leak_found_by_each(&mut c, &sels, &want, None);
+}
+
+#[bpf_test]
+fn docker_leak_by_name() {
+    if !runtime("docker") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("docker", false, "docker", &mut cleanup);
+    let name = tag("docker");
+    cleanup.add(&["docker", "rm", "-f", &name]);
+    let mut cmd = vec!["docker", "run", "--rm", "--name", &name, "--network", "none", &img];
+    cmd.extend(STEADY);
+    let mut c = Running::start(&cmd, || run(&["docker", "inspect", "-f", "{{.Id}}", &name]));
+    let want = serde_json::json!({"id": c.id, "name": name, "runtime": "docker"});
+    let sels = vec![
+        vec!["--container".to_string(), name.clone()],
+        vec!["-p".to_string(), c.pid.to_string()],
+    ];
+    leak_found_by_each(&mut c, &sels, &want, None);
+}
+
+/// A 64-hex id of the test's own.
+fn hex_id(what: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tag(what).bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}").repeat(4)
+}
+
+#[bpf_test]
+fn containerd_leak_by_id() {
+    if !runtime("ctr") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let id = hex_id("ctr");
+    let ns = tag("ns");
+    let ns = ns.as_str();
+    cleanup.add(&["ctr", "namespaces", "remove", ns]);
+    cleanup.add(&["ctr", "-n", ns, "containers", "delete", &id]);
+    cleanup.add(&["ctr", "-n", ns, "tasks", "delete", "--force", &id]);
+    let root = rootfs(false, "ctr", &mut cleanup).to_str().unwrap().to_string();
+    let mut cmd = vec!["ctr", "-n", ns, "run", "--rm", "--rootfs", &root, &id];
+    cmd.extend(STEADY);
+    let mut c = Running::start(&cmd, || id.clone());
+    let want = serde_json::json!({"id": id, "name": id, "runtime": "containerd"});
+    let sels = vec![vec!["--container".to_string(), id[..16].to_string()]];
+    leak_found_by_each(&mut c, &sels, &want, None);
+}
+
+/// A runc container placed where a kubelet would place it (cgroupfs
+/// driver, burstable pod) with the annotations CRI runtimes write: found by
+/// --pod-uid, --pod NAMESPACE/NAME and --cgroup on the pod's directory.
+#[bpf_test]
+fn kubelet_shaped_runc_container_by_pod() {
+    if !runtime("runc") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let id = hex_id("runc");
+    let uid =
+        format!("{}-{}-4{}-8{}-{}", &id[..8], &id[8..12], &id[13..16], &id[17..20], &id[20..32]);
+    let bundle = std::env::temp_dir().join(tag("bundle"));
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(&bundle).unwrap();
+    cleanup.add(&["rm", "-rf", bundle.to_str().unwrap()]);
+    run(&["runc", "spec", "-b", bundle.to_str().unwrap()]);
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["root"] =
+        serde_json::json!({"path": rootfs(false, "runc", &mut cleanup), "readonly": true});
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = STEADY.iter().map(|s| Value::from(*s)).collect();
+    let cgroups_path = format!("/kubepods/burstable/pod{uid}/{id}");
+    cfg["linux"]["cgroupsPath"] = cgroups_path.clone().into();
+    cfg["annotations"] = serde_json::json!({
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": "leaker",
+        "io.kubernetes.cri.sandbox-name": "leaky-pod",
+        "io.kubernetes.cri.sandbox-namespace": "leakd-test",
+        "io.kubernetes.cri.sandbox-uid": uid,
+    });
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    // The parents runc creates, in every hierarchy (hybrid hosts have v1
+    // ones too), removed leaf first after the container.
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let base = h.path();
+        for rel in ["kubepods", "kubepods/burstable"] {
+            let d = base.join(rel);
+            if !d.exists() {
+                cleanup.add(&["rmdir", d.to_str().unwrap()]);
+            }
+        }
+        let pod = base.join(format!("kubepods/burstable/pod{uid}"));
+        cleanup.add(&["rmdir", pod.to_str().unwrap()]);
+    }
+    cleanup.add(&["runc", "delete", "-f", &id]);
+    let mut c =
+        Running::start(&["runc", "run", "-b", bundle.to_str().unwrap(), &id], || id.clone());
+    let mount = leakd_common::container::cgroup2_mount().unwrap();
+    let pod_dir = mount.dir.join(format!("kubepods/burstable/pod{uid}"));
+    let want = serde_json::json!({"id": id, "name": "leaker", "runtime": "runc"});
+    let pod = serde_json::json!({"namespace": "leakd-test", "name": "leaky-pod", "uid": uid});
+    let sels = vec![
+        vec!["--pod-uid".to_string(), uid.clone()],
+        vec!["--pod".to_string(), "leakd-test/leaky-pod".to_string()],
+    ];
+    leak_found_by_each(&mut c, &sels, &want, Some(&pod));
+    drop(c);
+    let _ = pod_dir;
+}
+
+#[test]
+fn unknown_container_is_an_error_naming_what_was_searched() {
+    if !crate::support::root_available("container") {
+        return;
+    }
+    for tool in ["leakd-attach", "allocsnoop", "execsnoop", "syscount"] {
+        let out = Command::new(bin(tool))
+            .args(["--container", "leakd-no-such-container", "-d", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{tool}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no running container") && err.contains("/proc/*/cgroup"),
+            "{tool}: {err}"
+        );
+        let out =
+            Command::new(bin(tool)).args(["--pod", "nons/nopod", "-d", "1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{tool}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no running pod is named nons/nopod"), "{tool}: {err}");
+    }
+}
+
+#[allow(dead_code)]
+fn unused(_: &[&Value]) {
+    let _ = of_type;
+}
