@@ -18,8 +18,9 @@ use aya::maps::{MapData, RingBuf};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::bpf::LostCounter;
-use crate::launch::{Held, Launched};
+use crate::launch::Launched;
 use crate::out::Output;
+use crate::target::Target;
 
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,16 +83,22 @@ impl EventLoop {
     }
 
     /// Start on the target once the probes are attached: watch a `-p`
-    /// process, or release the held command and watch it. `on_target` sees
-    /// the target's pid first (e.g. to read its mappings, which vanish when
-    /// it exits).
-    pub fn start_target(
-        &mut self,
-        pid: Option<u32>,
-        held: Option<Held>,
-        mut on_target: impl FnMut(u32),
-    ) -> Result<()> {
-        if let Some(pid) = pid {
+    /// process, or release the held command and watch it, or a container's
+    /// or pod's cgroup. `on_target` sees the target's pids first (e.g. to
+    /// read their mappings, which vanish when they exit).
+    pub fn start_target(&mut self, target: Target, mut on_target: impl FnMut(u32)) -> Result<()> {
+        let Target { requested_pid, held, scope } = target;
+        if let Some(s) = &scope {
+            for pid in s.cgroup.pids() {
+                on_target(pid);
+            }
+            // A container or pod that exits ends the run, as a -p process
+            // does; a --cgroup may be empty at first (filled later).
+            if s.selected.is_some() {
+                self.watch_cgroup(&s.cgroup.dir);
+            }
+        }
+        if let Some(pid) = requested_pid {
             on_target(pid);
             self.watch(pid, None)?;
         }
