@@ -232,50 +232,82 @@ fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
     (r, stacks)
 }
 
+/// How the runs of [`leak_found_by_each`] end.
+enum Stop<'a> {
+    /// Ctrl-C to each tool.
+    Interrupt,
+    /// This command stops the container; the tools must end by themselves
+    /// with their final report.
+    Container(&'a [&'a str]),
+}
+
 /// Attach one leakd-attach per selector, start the leaker's workload, and
 /// check each found exactly its ten blocks at steady_leak, with the
-/// container's fields.
+/// container's fields on the stack lines and, for the selectors of one
+/// container (-p, --container), on the report line too; the pod's when in
+/// one (on the report line of --pod and --pod-uid too).
 fn leak_found_by_each(
     c: &mut Running,
     selectors: &[Vec<String>],
     want_container: &Value,
     want_pod: Option<&Value>,
+    stop: Stop<'_>,
 ) {
-    let tools: Vec<(Child, _)> = selectors
+    let tools: Vec<Child> = selectors
         .iter()
         .map(|sel| {
             let mut args: Vec<&str> = sel.iter().map(String::as_str).collect();
             args.extend(["--symbolize", "-d", "60"]);
-            spawn_attached("leakd-attach", &args)
-        })
-        .collect();
-    let tools: Vec<Child> = tools
-        .into_iter()
-        .map(|(t, e)| {
-            crate::support::discard(e);
-            t
+            let (tool, err) = spawn_attached("leakd-attach", &args);
+            crate::support::discard(err);
+            tool
         })
         .collect();
     signal(c.pid, libc::SIGUSR1);
     let summary = c.summary();
     assert_eq!(summary["leaked_count"], 10, "{summary}");
+    match &stop {
+        Stop::Interrupt => tools.iter().for_each(interrupt),
+        Stop::Container(cmd) => {
+            run(cmd);
+        }
+    }
     for (tool, sel) in tools.into_iter().zip(selectors) {
-        interrupt(&tool);
+        let started = Instant::now();
         let (code, lines, _) = wait_output(tool);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{sel:?}: ended by -d, not by its target"
+        );
         assert_eq!(code, Some(3), "{sel:?}: leaks found => exit 3; {lines:?}");
         let (r, stacks) = final_report(&lines);
         assert_eq!(r["outstanding_count"], 10, "{sel:?}: {lines:?}");
         assert_eq!(r["outstanding_bytes"], 40960, "{sel:?}: {lines:?}");
         assert_eq!(stacks.len(), 1, "{sel:?}: {lines:?}");
         let s = &stacks[0];
-        assert_eq!(s["stack"][0]["sym"], "steady_leak", "{sel:?}: {s}");
+        if matches!(stop, Stop::Interrupt) {
+            assert_eq!(s["stack"][0]["sym"], "steady_leak", "{sel:?}: {s}");
+        } else {
+            // Symbolized after the container is gone: its files with it.
+            assert_eq!(s["stack"][0]["module"], "/leaker", "{sel:?}: {s}");
+        }
         assert_eq!(s["allocs"], 10, "{sel:?}: {s}");
-        for line in [&r, s] {
-            assert_eq!(&line["container"], want_container, "{sel:?}: {line}");
-            match want_pod {
-                Some(p) => assert_eq!(&line["pod"], p, "{sel:?}: {line}"),
-                None => assert!(line.get("pod").is_none(), "{sel:?}: {line}"),
+        let one_container = matches!(sel[0].as_str(), "-p" | "--container");
+        let by_pod = matches!(sel[0].as_str(), "--pod" | "--pod-uid");
+        assert_eq!(&s["container"], want_container, "{sel:?}: {s}");
+        if one_container {
+            assert_eq!(&r["container"], want_container, "{sel:?}: {r}");
+        } else {
+            assert!(r.get("container").is_none(), "{sel:?}: {r}");
+        }
+        match want_pod {
+            Some(p) => {
+                assert_eq!(&s["pod"], p, "{sel:?}: {s}");
+                if one_container || by_pod {
+                    assert_eq!(&r["pod"], p, "{sel:?}: {r}");
+                }
             }
+            None => assert!(s.get("pod").is_none() && r.get("pod").is_none(), "{sel:?}: {r} {s}"),
         }
     }
 }
@@ -302,11 +334,13 @@ fn podman_leak_by_name_id_prefix_and_pid() {
         vec!["--container".to_string(), c.id[..12].to_string()],
         vec!["-p".to_string(), c.pid.to_string()],
     ];
-    leak_found_by_each(&mut c, &sels, &want, None);
+    leak_found_by_each(&mut c, &sels, &want, None, Stop::Interrupt);
 }
 
+/// A static binary (no libc mapped: its own malloc) in a container, and
+/// the container stopped while traced: the run ends with its final report.
 #[bpf_test]
-fn podman_static_binary() {
+fn podman_static_binary_and_container_exit() {
     if !runtime("podman") {
         return;
     }
@@ -317,7 +351,13 @@ fn podman_static_binary() {
     let mut c = podman_run(&name, &img, STEADY);
     let want = serde_json::json!({"id": c.id, "name": name, "runtime": "podman"});
     let sels = [vec!["--container".to_string(), c.id.clone()]];
-    leak_found_by_each(&mut c, &sels, &want, None);
+    leak_found_by_each(
+        &mut c,
+        &sels,
+        &want,
+        None,
+        Stop::Container(&["podman", "kill", "-s", "KILL", &name]),
+    );
 }
 
 #[bpf_test]
@@ -337,7 +377,7 @@ fn docker_leak_by_name() {
         vec!["--container".to_string(), name.clone()],
         vec!["-p".to_string(), c.pid.to_string()],
     ];
-    leak_found_by_each(&mut c, &sels, &want, None);
+    leak_found_by_each(&mut c, &sels, &want, None, Stop::Interrupt);
 }
 
 /// A 64-hex id of the test's own.
@@ -358,16 +398,20 @@ fn containerd_leak_by_id() {
     let id = hex_id("ctr");
     let ns = tag("ns");
     let ns = ns.as_str();
-    cleanup.add(&["ctr", "namespaces", "remove", ns]);
-    cleanup.add(&["ctr", "-n", ns, "containers", "delete", &id]);
-    cleanup.add(&["ctr", "-n", ns, "tasks", "delete", "--force", &id]);
+    // The task may still be stopping when the test ends: retried.
+    let rm = format!(
+        "for i in $(seq 50); do ctr -n {ns} tasks delete --force {id}; \
+         ctr -n {ns} containers delete {id} && break; sleep 0.1; done; \
+         ctr namespaces remove {ns}"
+    );
+    cleanup.add(&["sh", "-c", &rm]);
     let root = rootfs(false, "ctr", &mut cleanup).to_str().unwrap().to_string();
     let mut cmd = vec!["ctr", "-n", ns, "run", "--rm", "--rootfs", &root, &id];
     cmd.extend(STEADY);
     let mut c = Running::start(&cmd, || id.clone());
     let want = serde_json::json!({"id": id, "name": id, "runtime": "containerd"});
     let sels = vec![vec!["--container".to_string(), id[..16].to_string()]];
-    leak_found_by_each(&mut c, &sels, &want, None);
+    leak_found_by_each(&mut c, &sels, &want, None, Stop::Interrupt);
 }
 
 /// A runc container placed where a kubelet would place it (cgroupfs
@@ -426,10 +470,83 @@ fn kubelet_shaped_runc_container_by_pod() {
     let sels = vec![
         vec!["--pod-uid".to_string(), uid.clone()],
         vec!["--pod".to_string(), "leakd-test/leaky-pod".to_string()],
+        vec!["--cgroup".to_string(), pod_dir.to_str().unwrap().to_string()],
     ];
-    leak_found_by_each(&mut c, &sels, &want, Some(&pod));
-    drop(c);
-    let _ = pod_dir;
+    leak_found_by_each(&mut c, &sels, &want, Some(&pod), Stop::Interrupt);
+}
+
+/// `podman kube play`: a pod found by name, its containers' lines naming
+/// it (podman pods have no namespace; their id is the uid).
+#[bpf_test]
+fn podman_kube_play_pod() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("podman", false, "kube", &mut cleanup);
+    let pod_name = tag("pod");
+    let yaml = std::env::temp_dir().join(format!("{pod_name}.yaml"));
+    let args: Vec<String> = STEADY[1..].iter().map(|a| format!("{a:?}")).collect();
+    std::fs::write(
+        &yaml,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod_name}\nspec:\n  containers:\n  \
+             - name: leaky\n    image: {img}\n    command: [\"/leaker\"]\n    args: [{}]\n",
+            args.join(", ")
+        ),
+    )
+    .unwrap();
+    cleanup.add(&["rm", "-f", yaml.to_str().unwrap()]);
+    cleanup.add(&["podman", "pod", "rm", "-f", "-t", "0", &pod_name]);
+    run(&["podman", "kube", "play", "--network", "none", yaml.to_str().unwrap()]);
+    let name = format!("{pod_name}-leaky");
+    let mut c = Running::start(&["podman", "logs", "-f", &name], || {
+        run(&["podman", "inspect", "-f", "{{.Id}}", &name])
+    });
+    let pod_id = run(&["podman", "pod", "inspect", "-f", "{{.Id}}", &pod_name]);
+    let want = serde_json::json!({"id": c.id, "name": name, "runtime": "podman"});
+    let pod = serde_json::json!({"namespace": null, "name": pod_name, "uid": pod_id});
+    let sels = vec![vec!["--pod".to_string(), pod_name.clone()]];
+    leak_found_by_each(&mut c, &sels, &want, Some(&pod), Stop::Interrupt);
+}
+
+/// execsnoop and syscount --container: `podman exec` seen inside, with
+/// the container's fields; nothing from outside it.
+#[bpf_test]
+fn podman_exec_seen_by_execsnoop_and_syscount() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("podman", false, "exec", &mut cleanup);
+    let name = tag("exec");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let c = podman_run(&name, &img, &["/leaker", "none", "--linger", "inf"]);
+    let want = serde_json::json!({"id": c.id, "name": name, "runtime": "podman"});
+    let (exec, exec_err) = spawn_attached("execsnoop", &["--container", &name, "-d", "60"]);
+    crate::support::discard(exec_err);
+    let (sc, sc_err) = spawn_attached("syscount", &["--container", &name, "-P", "-d", "60"]);
+    crate::support::discard(sc_err);
+    run(&["podman", "exec", &name, "/leaker", "none"]);
+    interrupt(&exec);
+    interrupt(&sc);
+    let (code, lines, _) = wait_output(exec);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let execs = of_type(&lines, "exec");
+    let leakers: Vec<&&Value> =
+        execs.iter().filter(|e| e["argv"] == serde_json::json!(["/leaker", "none"])).collect();
+    assert_eq!(leakers.len(), 1, "{lines:?}");
+    for e in &execs {
+        assert_eq!(e["container"], want, "{e}");
+    }
+    let (code, lines, _) = wait_output(sc);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let rows = of_type(&lines, "process");
+    // The exec'd leaker's calls (the first one sleeps, making none).
+    assert!(rows.iter().any(|r| r["comm"] == "leaker" && r["pid"] != c.pid), "{lines:?}");
+    for r in &rows {
+        assert_eq!(r["container"], want, "{r}");
+    }
 }
 
 #[test]
@@ -454,9 +571,4 @@ fn unknown_container_is_an_error_naming_what_was_searched() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no running pod is named nons/nopod"), "{tool}: {err}");
     }
-}
-
-#[allow(dead_code)]
-fn unused(_: &[&Value]) {
-    let _ = of_type;
 }
