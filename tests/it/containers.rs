@@ -527,9 +527,22 @@ fn podman_exec_seen_by_execsnoop_and_syscount() {
     crate::support::discard(exec_err);
     let (sc, sc_err) = spawn_attached("syscount", &["--container", &name, "-P", "-d", "60"]);
     crate::support::discard(sc_err);
+    // System-wide: the fields come from the cgroup-id cache.
+    let (all, all_err) = spawn_attached("execsnoop", &["--comm", "^leaker$", "-d", "60"]);
+    crate::support::discard(all_err);
     run(&["podman", "exec", &name, "/leaker", "none"]);
     interrupt(&exec);
     interrupt(&sc);
+    interrupt(&all);
+    let (code, lines, _) = wait_output(all);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let ours: Vec<&Value> = of_type(&lines, "exec")
+        .into_iter()
+        .filter(|e| e["container"]["id"] == want["id"])
+        .collect();
+    assert_eq!(ours.len(), 1, "{lines:?}");
+    assert_eq!(ours[0]["container"], want);
+    assert_eq!(ours[0]["argv"], serde_json::json!(["/leaker", "none"]));
     let (code, lines, _) = wait_output(exec);
     assert_eq!(code, Some(0), "{lines:?}");
     let execs = of_type(&lines, "exec");

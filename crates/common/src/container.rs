@@ -751,14 +751,19 @@ pub fn of_process(store: &mut MetaStore, pid: u32) -> Option<ContainerInfo> {
 
 /// Container of each cgroup id the kernel reports with events, for the
 /// system-wide tools. Events only look the id up in a map; an id not seen
-/// before refreshes the map from the cgroup2 tree, at most once a second,
-/// so a stream of events costs no system call each.
+/// before refreshes the map from the cgroup2 tree, at most every
+/// [`RESCAN_EVERY`], so a stream of events costs no system call each. An
+/// id still unknown after a rescan (a cgroup created since) is looked for
+/// again at the next one.
 pub struct CgroupCache {
     mount: Option<Cgroup2Mount>,
     store: MetaStore,
     map: HashMap<u64, Option<ContainerInfo>>,
     last_scan: Option<Instant>,
 }
+
+/// The least time between two scans of the cgroup tree.
+pub const RESCAN_EVERY: Duration = Duration::from_millis(200);
 
 impl CgroupCache {
     pub fn new() -> Self {
@@ -772,12 +777,9 @@ impl CgroupCache {
 
     /// The container of cgroup `id`, if any.
     pub fn get(&mut self, id: u64) -> Option<&ContainerInfo> {
-        if !self.map.contains_key(&id) {
-            let stale = self.last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-            if stale {
-                self.rescan();
-            }
-            self.map.entry(id).or_insert(None);
+        if !self.map.contains_key(&id) && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        {
+            self.rescan();
         }
         self.map.get(&id).and_then(Option::as_ref)
     }
