@@ -24,7 +24,9 @@ fn in_ci() -> bool {
 
 /// Whether `cli` can run containers here; in CI a missing runtime fails.
 fn runtime(cli: &str) -> bool {
-    let ok = Command::new(cli).arg("version").output().is_ok_and(|o| o.status.success());
+    // runc has no "version" subcommand (exit 3): --version.
+    let arg = if cli == "runc" { "--version" } else { "version" };
+    let ok = Command::new(cli).arg(arg).output().is_ok_and(|o| o.status.success());
     if ok {
         return true;
     }

@@ -127,10 +127,11 @@ impl CgroupScope {
         scope.map_or((0, 0), |s| (s.cgroup.id, s.cgroup.level))
     }
 
-    /// The one container the run was limited to, if so.
+    /// The container the run was limited to by `--container`, if so.
     pub fn container(&self) -> Option<&ContainerInfo> {
-        match self.selected.as_ref().map(|s| s.resolved.containers.as_slice()) {
-            Some([one]) => Some(one),
+        let s = self.selected.as_ref()?;
+        match (&s.selector, s.resolved.containers.as_slice()) {
+            (container::Selector::Container(_), [one]) => Some(one),
             _ => None,
         }
     }

@@ -908,6 +908,7 @@ impl CgroupTarget {
 /// subtree that holds them.
 #[derive(Debug, Clone)]
 pub struct Selected {
+    pub selector: Selector,
     pub cgroup: CgroupTarget,
     pub resolved: Resolved,
 }
@@ -927,7 +928,7 @@ pub fn select(sel: &Selector) -> Result<Selected> {
         );
     };
     let cgroup = CgroupTarget::of_dir(&dir)?;
-    Ok(Selected { cgroup, resolved })
+    Ok(Selected { selector: sel.clone(), cgroup, resolved })
 }
 
 #[cfg(test)]
