@@ -9,10 +9,10 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use leakd_common::cli::RunArgs;
 use leakd_common::{Context, Result};
 
-use crate::log;
 use crate::pipeline;
-use crate::resolver::Options;
-use crate::symbolizer::Resolver;
+use leakd_symbolize::log;
+use leakd_symbolize::Options;
+use leakd_symbolize::Resolver;
 
 const EXAMPLES: &str = "\
 Examples:
