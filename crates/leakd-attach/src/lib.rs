@@ -129,8 +129,11 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         every,
     };
     let sites = Sites::new(stacks, sites, maps);
+    let mut targets: Vec<u32> = scope.as_ref().map(|s| s.cgroup.pids()).unwrap_or_default();
+    targets.extend(pid);
     let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1)
         .with_containers(containers, scope);
+    reporter.preload_modules(&targets);
     if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
         return Ok(leakd_common::EXIT_OK);

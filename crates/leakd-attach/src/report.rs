@@ -228,6 +228,36 @@ impl Reporter {
     }
 
     /// Write a line, symbolized with --symbolize (exactly as `| symres`).
+    /// With --symbolize, load now the modules of processes that run in a
+    /// container: when the container exits (killed, OOM-killed), its files
+    /// go with it, and the final report, made after, is still symbolized
+    /// from what was loaded while they were there.
+    pub(crate) fn preload_modules(&mut self, pids: &[u32]) {
+        if self.symbolizer.is_none() {
+            return;
+        }
+        for &pid in pids {
+            if !alloc_probes::probes::has_own_root(pid) {
+                continue;
+            }
+            let Ok(entries) = leakd_common::procmaps::read_maps(pid) else { continue };
+            let starts: Vec<u64> = entries
+                .iter()
+                .filter(|m| m.exec && m.path.as_deref().is_some_and(|p| p.is_absolute()))
+                .map(|m| m.start)
+                .collect();
+            let frames: Vec<Value> =
+                starts.iter().filter_map(|&a| self.sites.maps.frame(pid, a)).collect();
+            let v = json!({"type": "stack", "pid": pid, "stack": frames});
+            let Some(Symbolizer { resolver, line, out }) = self.symbolizer.as_mut() else { return };
+            line.clear();
+            if serde_json::to_writer(&mut *line, &v).is_ok() {
+                out.clear();
+                let _ = resolver.process_line_into(line, out);
+            }
+        }
+    }
+
     fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
         let Some(Symbolizer { resolver, line, out: resolved }) = self.symbolizer.as_mut() else {
             out.line(&v)?;
