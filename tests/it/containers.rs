@@ -265,14 +265,28 @@ fn leak_found_by_each(
             tool
         })
         .collect();
+    // allocsnoop too, by the first selector: every 4096-byte block.
+    let mut snoop_args: Vec<&str> = selectors[0].iter().map(String::as_str).collect();
+    snoop_args.extend(["--min-size", "4096", "--max-size", "4096", "-d", "60"]);
+    let (snoop, snoop_err) = spawn_attached("allocsnoop", &snoop_args);
+    crate::support::discard(snoop_err);
     signal(c.pid, libc::SIGUSR1);
     let summary = c.summary();
     assert_eq!(summary["leaked_count"], 10, "{summary}");
     match &stop {
-        Stop::Interrupt => tools.iter().for_each(interrupt),
+        Stop::Interrupt => tools.iter().chain([&snoop]).for_each(interrupt),
         Stop::Container(cmd) => {
             run(cmd);
         }
+    }
+    let (code, lines, _) = wait_output(snoop);
+    assert_eq!(code, Some(0), "allocsnoop {snoop_args:?}: {lines:?}");
+    let allocs = of_type(&lines, "alloc");
+    assert_eq!(allocs.len(), 10, "allocsnoop {snoop_args:?}: {lines:?}");
+    for a in allocs {
+        assert_eq!(a["op"], "malloc", "{a}");
+        assert_eq!(a["pid"], c.pid, "{a}");
+        assert_eq!(&a["container"], want_container, "{a}");
     }
     for (tool, sel) in tools.into_iter().zip(selectors) {
         let started = Instant::now();
@@ -583,4 +597,37 @@ fn unknown_container_is_an_error_naming_what_was_searched() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no running pod is named nons/nopod"), "{tool}: {err}");
     }
+}
+
+/// `--cgroup` matches a directory's whole subtree, through whichever
+/// cgroup2 mount point the path is under: here a second mount of the
+/// hierarchy (where production nodes have it, /sys/fs/cgroup, is a tmpfs
+/// of v1 controllers on this kind of host).
+#[bpf_test]
+fn cgroup_subtree_through_a_second_mount() {
+    let mut cleanup = Cleanup::default();
+    let mnt = std::env::temp_dir().join(tag("cg2"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+    cleanup.add(&["rmdir", m]);
+    run(&["mount", "-t", "cgroup2", "none", m]);
+    cleanup.add(&["umount", m]);
+    let parent = mnt.join(tag("parent"));
+    let child = parent.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    cleanup.add(&["rmdir", parent.to_str().unwrap()]);
+    cleanup.add(&["rmdir", child.to_str().unwrap()]);
+    let script =
+        format!("/bin/true outside; echo $$ > {}/cgroup.procs; /bin/true inside", child.display());
+    let out = Command::new(bin("execsnoop"))
+        .args(["--cgroup", parent.to_str().unwrap(), "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["argv"], serde_json::json!(["/bin/true", "inside"]));
+    let child_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&child).unwrap());
+    assert_eq!(execs[0]["cgroup_id"], child_id);
 }

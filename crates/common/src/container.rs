@@ -1080,6 +1080,27 @@ mod tests {
         assert_eq!(m[0].level_of(Path::new("/sys/fs/cgroup/unified/docker/x")), Some(2));
     }
 
+    /// Directories of cgroup paths as another cgroup namespace shows them
+    /// (`/..`), and under a mount of a subtree (mountinfo root not `/`).
+    #[test]
+    fn cgroup_dirs_from_any_view() {
+        let tmp = std::env::temp_dir().join(format!("leakd-cgdir-{}", std::process::id()));
+        let leaf = tmp.join(format!("kubepods/burstable/pod{UID}/{A}"));
+        fs::create_dir_all(&leaf).unwrap();
+        let m = Cgroup2Mount { dir: tmp.clone(), root: "/".into() };
+        let path = format!("/kubepods/burstable/pod{UID}/{A}");
+        assert_eq!(m.dir_of(&path), Some(leaf.clone()));
+        assert_eq!(m.dir_of(&format!("/../..{path}")), Some(leaf.clone()));
+        // From a namespace rooted in another pod: the path below the
+        // common ancestor.
+        assert_eq!(m.dir_of(&format!("/../../burstable/pod{UID}/{A}")), Some(leaf.clone()));
+        assert_eq!(m.dir_of("/nope/abc"), None);
+        let sub = Cgroup2Mount { dir: tmp.join("kubepods"), root: "/kubepods".into() };
+        assert_eq!(sub.dir_of(&path), Some(leaf.clone()));
+        assert_eq!(sub.level_of(&leaf), Some(4));
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
     fn c(id: &str, name: &str, pod: Option<(&str, &str, &str)>, cg: &str) -> ContainerInfo {
         ContainerInfo {
             id: id.into(),
