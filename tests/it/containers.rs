@@ -523,10 +523,12 @@ fn podman_kube_play_pod() {
     leak_found_by_each(&mut c, &sels, &want, Some(&pod), Stop::Interrupt);
 }
 
-/// execsnoop and syscount --container: `podman exec` seen inside, with
-/// the container's fields; nothing from outside it.
+/// Processes started in a traced container by `podman exec`: execsnoop
+/// and syscount --container see them with the container's fields and
+/// nothing from outside; system-wide execsnoop names their container;
+/// leakd-attach --container, attached before, finds their leak.
 #[bpf_test]
-fn podman_exec_seen_by_execsnoop_and_syscount() {
+fn podman_exec_seen_by_every_tracer() {
     if !runtime("podman") {
         return;
     }
@@ -543,17 +545,32 @@ fn podman_exec_seen_by_execsnoop_and_syscount() {
     // System-wide: the fields come from the cgroup-id cache.
     let (all, all_err) = spawn_attached("execsnoop", &["--comm", "^leaker$", "-d", "60"]);
     crate::support::discard(all_err);
+    // A process started in the container after attaching is traced (it
+    // maps the allocator file probed at start, its image's libc).
+    let (la, la_err) = spawn_attached("leakd-attach", &["--container", &name, "-d", "60"]);
+    crate::support::discard(la_err);
     run(&["podman", "exec", &name, "/leaker", "none"]);
+    run(&["podman", "exec", &name, "/leaker", "ten-nine"]);
     interrupt(&exec);
     interrupt(&sc);
     interrupt(&all);
+    interrupt(&la);
+    let (code, lines, _) = wait_output(la);
+    assert_eq!(code, Some(3), "{lines:?}");
+    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report");
+    assert_eq!(lines[i]["outstanding_count"], 1, "{lines:?}");
+    assert_eq!(lines[i]["outstanding_bytes"], 8, "{lines:?}");
+    let stacks = of_type(&lines[i..], "stack");
+    assert_eq!(stacks.len(), 1, "{lines:?}");
+    assert_ne!(stacks[0]["pid"], c.pid, "{lines:?}");
+    assert_eq!(stacks[0]["allocs"], 10, "{lines:?}");
     let (code, lines, _) = wait_output(all);
     assert_eq!(code, Some(0), "{lines:?}");
     let ours: Vec<&Value> = of_type(&lines, "exec")
         .into_iter()
         .filter(|e| e["container"]["id"] == want["id"])
         .collect();
-    assert_eq!(ours.len(), 1, "{lines:?}");
+    assert_eq!(ours.len(), 2, "{lines:?}");
     assert_eq!(ours[0]["container"], want);
     assert_eq!(ours[0]["argv"], serde_json::json!(["/leaker", "none"]));
     let (code, lines, _) = wait_output(exec);
@@ -562,6 +579,7 @@ fn podman_exec_seen_by_execsnoop_and_syscount() {
     let leakers: Vec<&&Value> =
         execs.iter().filter(|e| e["argv"] == serde_json::json!(["/leaker", "none"])).collect();
     assert_eq!(leakers.len(), 1, "{lines:?}");
+    assert_eq!(execs.len(), 2, "{lines:?}");
     for e in &execs {
         assert_eq!(e["container"], want, "{e}");
     }
