@@ -288,6 +288,17 @@ pub fn has_own_root(pid: u32) -> bool {
 
 /// [`find_allocator`], with the mapping's identity.
 pub fn find_allocator_file(pid: u32, prefix: &str) -> Result<AllocatorFile> {
+    find_allocator_file_known(pid, prefix, &[])
+}
+
+/// [`find_allocator_file`], where the files of `known` (by device and
+/// inode) are taken to define malloc without reading them again: the
+/// processes of one image share them.
+fn find_allocator_file_known(
+    pid: u32,
+    prefix: &str,
+    known: &[((u32, u32), u64)],
+) -> Result<AllocatorFile> {
     let maps = procmaps::read_maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
     let mut files: Vec<&procmaps::MapEntry> = Vec::new();
     for m in &maps {
@@ -331,7 +342,7 @@ pub fn find_allocator_file(pid: u32, prefix: &str) -> Result<AllocatorFile> {
             if base.starts_with(pat) && !*tried {
                 *tried = true;
                 let p = rooted(m);
-                if defines_malloc(&p, prefix) {
+                if known.contains(&(m.dev, m.inode)) || defines_malloc(&p, prefix) {
                     return Ok(found(m, p, kind));
                 }
             }
@@ -339,7 +350,7 @@ pub fn find_allocator_file(pid: u32, prefix: &str) -> Result<AllocatorFile> {
     }
     for (m, _) in files.iter().zip(&tried).filter(|(_, &t)| !t) {
         let p = rooted(m);
-        if defines_malloc(&p, prefix) {
+        if known.contains(&(m.dev, m.inode)) || defines_malloc(&p, prefix) {
             return Ok(found(m, p, "static"));
         }
     }
@@ -356,7 +367,8 @@ pub fn find_allocators(pids: &[u32], prefix: &str) -> (Vec<(AllocatorFile, Vec<u
     let mut files: Vec<(AllocatorFile, Vec<u32>)> = Vec::new();
     let mut failed = Vec::new();
     for &pid in pids {
-        match find_allocator_file(pid, prefix) {
+        let known: Vec<_> = files.iter().map(|(f, _)| f.key).collect();
+        match find_allocator_file_known(pid, prefix, &known) {
             Ok(a) => match files.iter_mut().find(|(f, _)| f.key == a.key) {
                 Some((_, users)) => users.push(pid),
                 None => files.push((a, vec![pid])),
