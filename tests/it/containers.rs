@@ -593,6 +593,8 @@ fn podman_exec_seen_by_every_tracer() {
     }
 }
 
+/// Unknown selectors are errors naming what was searched (exit 1);
+/// selectors that contradict each other are usage errors (exit 2).
 #[test]
 fn unknown_container_is_an_error_naming_what_was_searched() {
     if !crate::support::root_available("container") {
@@ -608,6 +610,14 @@ fn unknown_container_is_an_error_naming_what_was_searched() {
         assert!(
             err.contains("no running container") && err.contains("/proc/*/cgroup"),
             "{tool}: {err}"
+        );
+        crate::support::assert_usage_errors(
+            tool,
+            &[
+                (&["--container", "a", "--pod", "b"], "cannot be used with"),
+                (&["--container", "a", "-p", "1"], "cannot be used with"),
+                (&["--pod-uid", "u", "--cgroup", "/sys"], "cannot be used with"),
+            ],
         );
         let out =
             Command::new(bin(tool)).args(["--pod", "nons/nopod", "-d", "1"]).output().unwrap();

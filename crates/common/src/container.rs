@@ -1101,6 +1101,84 @@ mod tests {
         fs::remove_dir_all(&tmp).unwrap();
     }
 
+    /// Each runtime's on-disk state, laid out as the runtime writes it,
+    /// under a test root: names, runtime and pod annotations.
+    #[test]
+    fn runtime_metadata_files() {
+        let root = std::env::temp_dir().join(format!("leakd-meta-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let put = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        let id = |c: char| c.to_string().repeat(64);
+        let (pm, cr, dk, ds, cd, rc) = (id('1'), id('2'), id('3'), id('4'), id('5'), id('6'));
+        let pod_id = id('7');
+        put(
+            "var/lib/containers/storage/overlay-containers/containers.json",
+            &format!(
+                r#"[{{"id":"{pm}","names":["web"]}},{{"id":"{cr}","names":["k8s_app_shop"]}}]"#
+            ),
+        );
+        put(
+            &format!("var/lib/containers/storage/overlay-containers/{cr}/userdata/config.json"),
+            r#"{"annotations":{"io.kubernetes.container.name":"app",
+               "io.kubernetes.pod.name":"shop","io.kubernetes.pod.namespace":"prod",
+               "io.kubernetes.pod.uid":"u-crio"}}"#,
+        );
+        put(
+            "var/lib/containers/storage/libpod/bolt_state.db",
+            &format!("\0\0junk{{\"id\":\"{pod_id}\",\"name\":\"mypod\",\"x\":1}}\0"),
+        );
+        put(&format!("var/lib/docker/containers/{dk}/config.v2.json"), r#"{"Name":"/db"}"#);
+        put(
+            &format!("var/lib/docker/containers/{ds}/config.v2.json"),
+            r#"{"Name":"/k8s_app_x","Config":{"Labels":{"io.kubernetes.container.name":"app",
+               "io.kubernetes.pod.name":"legacy","io.kubernetes.pod.namespace":"old",
+               "io.kubernetes.pod.uid":"u-dockershim"}}}"#,
+        );
+        put(
+            &format!("run/containerd/io.containerd.runtime.v2.task/k8s.io/{cd}/config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.container-name":"api",
+               "io.kubernetes.cri.sandbox-name":"api-7d9","io.kubernetes.cri.sandbox-namespace":"default",
+               "io.kubernetes.cri.sandbox-uid":"u-cri"}}"#,
+        );
+        put(
+            &format!("run/runc/{rc}/state.json"),
+            r#"{"config":{"labels":["bundle=/b","io.kubernetes.pod.name=bare"]}}"#,
+        );
+        let mut store = MetaStore::at(root.clone());
+        let look = |store: &mut MetaStore, id: &str| {
+            let m = store.lookup(id);
+            (m.name, m.runtime, m.pod.namespace, m.pod.name, m.pod.uid)
+        };
+        let s = |x: &str| Some(x.to_string());
+        use Runtime::*;
+        assert_eq!(look(&mut store, &pm), (s("web"), Some(Podman), None, None, None));
+        assert_eq!(
+            look(&mut store, &cr),
+            (s("app"), Some(CriO), s("prod"), s("shop"), s("u-crio"))
+        );
+        assert_eq!(look(&mut store, &dk), (s("db"), Some(Docker), None, None, None));
+        assert_eq!(
+            look(&mut store, &ds),
+            (s("app"), Some(Docker), s("old"), s("legacy"), s("u-dockershim"))
+        );
+        assert_eq!(
+            look(&mut store, &cd),
+            (s("api"), Some(Containerd), s("default"), s("api-7d9"), s("u-cri"))
+        );
+        assert_eq!(look(&mut store, &rc), (s(&rc), Some(Runc), None, s("bare"), None));
+        assert_eq!(look(&mut store, &id('9')), (None, None, None, None, None));
+        assert_eq!(store.podman_pod_name(&pod_id), s("mypod"));
+        // A podman container in a pod: its pod's name from libpod's db.
+        let info = parse_cgroup_path(&format!("/libpod_parent/{pod_id}/libpod-{pm}"));
+        let c = build(&mut store, pm.clone(), &info, "", vec![1]);
+        assert_eq!(c.pod_json(), Some(json!({"namespace": null, "name": "mypod", "uid": pod_id})));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     fn c(id: &str, name: &str, pod: Option<(&str, &str, &str)>, cg: &str) -> ContainerInfo {
         ContainerInfo {
             id: id.into(),
