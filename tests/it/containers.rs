@@ -255,6 +255,19 @@ fn leak_found_by_each(
     want_pod: Option<&Value>,
     stop: Stop<'_>,
 ) {
+    leak_found_by_each_beside(c, None, selectors, want_container, want_pod, stop);
+}
+
+/// [`leak_found_by_each`], with `beside` (another container of the same
+/// image: the probe on their shared libc fires for both) leaking too.
+fn leak_found_by_each_beside(
+    c: &mut Running,
+    mut beside: Option<&mut Running>,
+    selectors: &[Vec<String>],
+    want_container: &Value,
+    want_pod: Option<&Value>,
+    stop: Stop<'_>,
+) {
     let tools: Vec<Child> = selectors
         .iter()
         .map(|sel| {
@@ -271,6 +284,10 @@ fn leak_found_by_each(
     let (snoop, snoop_err) = spawn_attached("allocsnoop", &snoop_args);
     crate::support::discard(snoop_err);
     signal(c.pid, libc::SIGUSR1);
+    if let Some(b) = beside.as_deref_mut() {
+        signal(b.pid, libc::SIGUSR1);
+        assert_eq!(b.summary()["leaked_count"], 10);
+    }
     let summary = c.summary();
     assert_eq!(summary["leaked_count"], 10, "{summary}");
     match &stop {
@@ -341,13 +358,17 @@ fn podman_leak_by_name_id_prefix_and_pid() {
     let name = tag("podman");
     cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
     let mut c = podman_run(&name, &img, STEADY);
+    // The same image beside it, leaking the same: not counted.
+    let other = tag("podman-other");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &other]);
+    let mut b = podman_run(&other, &img, STEADY);
     let want = serde_json::json!({"id": c.id, "name": name, "runtime": "podman"});
     let sels = vec![
         vec!["--container".to_string(), name.clone()],
         vec!["--container".to_string(), c.id[..12].to_string()],
         vec!["-p".to_string(), c.pid.to_string()],
     ];
-    leak_found_by_each(&mut c, &sels, &want, None, Stop::Interrupt);
+    leak_found_by_each_beside(&mut c, Some(&mut b), &sels, &want, None, Stop::Interrupt);
 }
 
 /// A static binary (no libc mapped: its own malloc) in a container, and
