@@ -262,7 +262,7 @@ fn leak_found_by_each(
 /// image: the probe on their shared libc fires for both) leaking too.
 fn leak_found_by_each_beside(
     c: &mut Running,
-    mut beside: Option<&mut Running>,
+    beside: Option<&mut Running>,
     selectors: &[Vec<String>],
     want_container: &Value,
     want_pod: Option<&Value>,
@@ -284,7 +284,7 @@ fn leak_found_by_each_beside(
     let (snoop, snoop_err) = spawn_attached("allocsnoop", &snoop_args);
     crate::support::discard(snoop_err);
     signal(c.pid, libc::SIGUSR1);
-    if let Some(b) = beside.as_deref_mut() {
+    if let Some(b) = beside {
         signal(b.pid, libc::SIGUSR1);
         assert_eq!(b.summary()["leaked_count"], 10);
     }
