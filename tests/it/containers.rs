@@ -680,3 +680,62 @@ fn cgroup_subtree_through_a_second_mount() {
     let child_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&child).unwrap());
     assert_eq!(execs[0]["cgroup_id"], child_id);
 }
+
+/// The tool in a cgroup namespace of its own (as in a container with a
+/// private cgroup namespace): other containers' cgroups read `/..`-relative
+/// in /proc/PID/cgroup and the cgroup2 mount's root is `/..`; --container
+/// still finds its container, and its leak.
+#[bpf_test]
+fn from_a_private_cgroup_namespace() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("podman", false, "cgns", &mut cleanup);
+    let name = tag("cgns");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let mut c = podman_run(&name, &img, STEADY);
+    let cg = crate::support::TestCgroup::new("cgns");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec unshare --cgroup {} -v --container {name} -d 60",
+        cg.0,
+        bin("leakd-attach").display()
+    );
+    let mut tool = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tool.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ended before attaching: {log}");
+        log.push_str(&line);
+        if line.contains("attached") {
+            break;
+        }
+    }
+    crate::support::discard(err);
+    // What the tool sees of the container's cgroup.
+    let seen = run(&[
+        "nsenter",
+        "--cgroup",
+        "-t",
+        &tool.id().to_string(),
+        "cat",
+        &format!("/proc/{}/cgroup", c.pid),
+    ]);
+    assert!(seen.lines().any(|l| l.starts_with("0::/../")), "{seen}");
+    signal(c.pid, libc::SIGUSR1);
+    assert_eq!(c.summary()["leaked_count"], 10);
+    interrupt(&tool);
+    let (code, lines, _) = wait_output(tool);
+    assert_eq!(code, Some(3), "{lines:?}");
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 10, "{lines:?}");
+    assert_eq!(r["container"]["name"], name.as_str(), "{r}");
+    assert_eq!(stacks.len(), 1, "{lines:?}");
+    drop(cg);
+}
