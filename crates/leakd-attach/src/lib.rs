@@ -113,12 +113,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         every.as_secs_f64()
     );
     let mut out = Output::stdout();
-    let symbolizer = cli.symbolize.then(|| {
-        Symbolizer::new(Resolver::new(SymOptions {
-            verbose: leakd_common::log::level(),
-            ..SymOptions::default()
-        }))
-    });
+    let symbolizer = cli.symbolize.then(|| Symbolizer::new(Resolver::new(SymOptions::default())));
     let settings = Settings {
         combined: cli.combined,
         sample_bytes: cli.sample_bytes,

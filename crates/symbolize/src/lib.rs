@@ -18,7 +18,8 @@
 //!    modules, debug files, processes' maps, DWARF shared between threads)
 //! 4. the sources of answers: `index` (prebuilt answers), `dwarf`, `elf`,
 //!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
-//!    whoever else writes there)
+//!    whoever else writes there), `files` (opening the files frames name:
+//!    regular ones, without blocking, inside a process's root)
 //! 5. what everyone uses: `answer` (Reason, Resolution and how they are
 //!    written into a frame), `json` (string bytes), `demangle`, `log`
 //!    (messages under the running tool's name)
@@ -31,6 +32,7 @@ mod answer;
 mod demangle;
 mod dwarf;
 mod elf;
+mod files;
 mod frame_line;
 mod frame_scan;
 mod index;
@@ -52,7 +54,7 @@ pub use index::fuzz as fuzz_index;
 pub use kallsyms::KERNEL_START;
 #[doc(hidden)]
 pub use resolver::fuzz_elf;
-pub use resolver::Options;
+pub use resolver::{Options, MAX_OPEN_MODULES};
 pub use symbolizer::Resolver;
 
 // A resolver can be moved to another thread (checked at compile time).
