@@ -20,6 +20,7 @@ use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{c_string, hex, WallClock};
 use leakd_common::{anyhow, bail, launch, Result};
+use leakd_unwind::{Mode, UnwindArgs, Unwinder};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 pub mod sys {
@@ -56,6 +57,8 @@ pub struct Cli {
     /// Attach each event's user stack (caller first).
     #[arg(long)]
     stack: bool,
+    #[command(flatten)]
+    unwind: UnwindArgs,
     /// Only operations in this comma-separated list (malloc,calloc,realloc,reallocarray,free,
     /// posix_memalign,aligned_alloc,memalign,valloc,pvalloc,mmap,munmap).
     #[arg(long, value_name = "OPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(probes::OP_NAMES))]
@@ -212,14 +215,20 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let ops = ops_for(&cli.probe, &cli.op)?;
     let verbose = cli.run.verbose;
     let stack = u8::from(cli.stack);
+    let mode = if cli.stack { cli.unwind.unwind } else { Mode::Fp };
+    let mode_value = mode.bpf_value();
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
+    leakd_unwind::configure(&mut loader, &mode_value);
     let Tracer { mut ebpf, held, .. } =
         load_tracer("allocsnoop", OBJECT, loader, &cli.probe, &ops, &cli.target, verbose)?;
+    let unwinder = start_unwinder(&mut ebpf, mode, &cli.target, "allocsnoop", verbose)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
-    let mut event_loop = EventLoop::new(cli.run.duration, None)?;
+    // With DWARF stacks, files met without a table are looked for often.
+    let tick = unwinder.is_some().then_some(UNWIND_POLL);
+    let mut event_loop = EventLoop::new(cli.run.duration, tick)?;
     let mut maps = MapsCache::new();
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
@@ -228,18 +237,52 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         eprintln!("allocsnoop: attached, tracing allocations (Ctrl-C to stop)");
     }
     let mut out = Output::stdout();
-    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack };
+    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack, unwinder };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
+    if let Some(u) = &printer.unwinder {
+        u.summary();
+    }
     Ok(0)
+}
+
+/// How often files the DWARF walker met without a table are looked for.
+pub const UNWIND_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The DWARF walker's user-space side, with the tables of the target's
+/// files loaded (a launched command is still held: before it runs). `None`
+/// with --unwind fp.
+pub fn start_unwinder(
+    ebpf: &mut aya::Ebpf,
+    mode: Mode,
+    target: &TargetArgs,
+    tool: &'static str,
+    verbose: u8,
+) -> Result<Option<Unwinder>> {
+    let Some(mut u) = Unwinder::new(ebpf, mode, tool, verbose)? else { return Ok(None) };
+    if let Some(pid) = target.pid {
+        u.preload_pid(pid);
+    }
+    if let Some(cmd) = target.command.first() {
+        u.preload_exec(&launch::resolve(cmd)?);
+    }
+    Ok(Some(u))
 }
 
 struct Printer {
     clock: WallClock,
     maps: MapsCache,
     stack: bool,
+    unwinder: Option<Unwinder>,
 }
 
 impl Handler for Printer {
+    fn interval(&mut self, _out: &mut Output) -> Result<()> {
+        if let Some(u) = self.unwinder.as_mut() {
+            u.poll();
+        }
+        Ok(())
+    }
+
     fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
         let e: sys::allocsnoop_event = bpf::read_event(data);
         let mut v = json!({

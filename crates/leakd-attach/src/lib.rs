@@ -52,6 +52,7 @@ use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{hex, WallClock};
 use leakd_common::{Context, Result};
+use leakd_unwind::{Mode, UnwindArgs, Unwinder};
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
 pub mod sys {
@@ -109,6 +110,8 @@ pub struct Cli {
     interval: IntervalArgs,
     #[command(flatten)]
     probe: ProbeArgs,
+    #[command(flatten)]
+    unwind: UnwindArgs,
     /// Print at most N stacks per report (0: all).
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
@@ -210,6 +213,14 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
+    let mode = cli.unwind.unwind;
+    let mode_value = mode.bpf_value();
+    leakd_unwind::configure(&mut loader, &mode_value);
+    if mode == Mode::Fp {
+        loader.map_max_entries("unwind_stacks", 1);
+    } else {
+        loader.map_max_entries("stacks", 1);
+    }
     let allocsnoop::Tracer { mut ebpf, held, pid } = allocsnoop::load_tracer(
         "leakd-attach",
         OBJECT,
@@ -222,7 +233,13 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
-    let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
+    let unwinder =
+        allocsnoop::start_unwinder(&mut ebpf, mode, &cli.target, "leakd-attach", verbose)?;
+    let stacks = if mode == Mode::Fp {
+        Stacks::Fp(bpf::take_map(&mut ebpf, "stacks")?)
+    } else {
+        Stacks::Dwarf(bpf::take_map(&mut ebpf, "unwind_stacks")?)
+    };
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
         bpf::take_map(&mut ebpf, "sites")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
@@ -267,12 +284,16 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         ticks: 0,
         usr1,
         verbose,
+        unwinder,
     };
     if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
         return Ok(leakd_common::EXIT_OK);
     }
     let outstanding = reporter.report(&mut out, true)?;
+    if let Some(u) = &reporter.unwinder {
+        u.summary();
+    }
     lost.report(&mut out)?;
     out.flush()?;
     let lost_events = lost.events_lost();
@@ -348,9 +369,35 @@ struct Symbolizer {
     out: Vec<u8>,
 }
 
+/// Where stacks are kept: the kernel's stack map (frame pointers), or the
+/// DWARF walker's table (same ids space: theirs have bit 31 set).
+enum Stacks {
+    Fp(StackTraceMap<MapData>),
+    Dwarf(BpfHashMap<MapData, u32, [u64; leakd_unwind::sys::UNWIND_MAX_FRAMES as usize]>),
+}
+
+impl Stacks {
+    fn get(&self, id: u32) -> Result<Vec<u64>, MapError> {
+        match self {
+            Stacks::Fp(m) => Ok(m.get(&id, 0)?.frames().iter().map(|f| f.ip).collect()),
+            Stacks::Dwarf(m) => {
+                let ips = m.get(&id, 0)?;
+                Ok(ips.iter().take_while(|&&ip| ip != 0).copied().collect())
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32) -> Result<(), MapError> {
+        match self {
+            Stacks::Fp(m) => m.remove(&id),
+            Stacks::Dwarf(m) => m.remove(&id),
+        }
+    }
+}
+
 struct Reporter {
     allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc>,
-    stacks: StackTraceMap<MapData>,
+    stacks: Stacks,
     sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats>,
     combined: bool,
     sample_bytes: Option<u64>,
@@ -379,6 +426,8 @@ struct Reporter {
     ticks: u32,
     usr1: Arc<AtomicBool>,
     verbose: u8,
+    /// The DWARF walker's tables (None with --unwind fp).
+    unwinder: Option<Unwinder>,
 }
 
 impl Handler for Reporter {
@@ -389,6 +438,9 @@ impl Handler for Reporter {
     fn interval(&mut self, out: &mut Output) -> Result<()> {
         let now = Instant::now();
         self.ticks = self.ticks.saturating_add(1);
+        if let Some(u) = self.unwinder.as_mut() {
+            u.poll();
+        }
         // Shared libraries are mapped by ld.so after exec, once the command
         // runs; refresh our copy of the maps often at first, so frames in
         // them resolve even when the command exits before the first report.
@@ -509,8 +561,8 @@ impl Reporter {
         if key.stack_id == sys::LEAKD_ATTACH_NO_STACK {
             return Vec::new();
         }
-        match self.stacks.get(&key.stack_id, 0) {
-            Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
+        match self.stacks.get(key.stack_id) {
+            Ok(ips) => ips,
             Err(e) => {
                 if self.verbose > 1 {
                     eprintln!("leakd-attach: stack {}: {e}", key.stack_id);
@@ -574,7 +626,7 @@ impl Reporter {
             if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && deleted_stacks.insert(k.stack_id) {
                 // Stack first: an alloc racing with us re-creates the same
                 // id (same stack, same hash bucket).
-                match self.stacks.remove(&k.stack_id) {
+                match self.stacks.remove(k.stack_id) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
                     Err(e) => {
                         return Err(

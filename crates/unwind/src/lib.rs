@@ -21,6 +21,8 @@ pub mod sys {
     include!(concat!(env!("OUT_DIR"), "/unwind.rs"));
 }
 
+pub mod loader;
 pub mod table;
 
+pub use loader::{configure, Mode, UnwindArgs, Unwinder};
 pub use table::{build_file, Table};
