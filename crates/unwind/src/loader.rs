@@ -19,8 +19,8 @@ use aya::{Ebpf, EbpfLoader};
 use clap::{Args, ValueEnum};
 use goblin::elf::Elf;
 use leakd_common::bpf::take_map;
-use leakd_common::procmaps;
-use leakd_common::Result;
+use leakd_common::cli::TargetArgs;
+use leakd_common::{debug, info, launch, procmaps, warn, Result};
 
 use crate::sys;
 use crate::table::{build_file, Row};
@@ -56,6 +56,9 @@ pub struct UnwindArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value_t = Mode::Auto)]
     pub unwind: Mode,
 }
+
+/// How often a tool looks for files the walker met without a table.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Rows the walker's array holds in all (16 MiB); a file that does not
 /// fit is walked with frame pointers.
@@ -104,8 +107,6 @@ pub struct Unwinder {
     stops: PerCpuArray<MapData, u64>,
     next: u32,
     loaded: HashMap<sys::unwind_module_key, Loaded>,
-    tool: &'static str,
-    verbose: u8,
 }
 
 /// Names of `enum unwind_stop`, by value.
@@ -113,13 +114,22 @@ pub const STOP_NAMES: [&str; sys::unwind_stop_UNWIND_STOP_MAX as usize] =
     ["end", "depth", "no_row", "anonymous", "unsupported", "read_fault", "no_mapping"];
 
 impl Unwinder {
+    /// Take the walker's maps from a loaded object, and load the tables of
+    /// the target's files (a launched command is still held: before it
+    /// runs). `None` with --unwind fp.
+    pub fn start(ebpf: &mut Ebpf, mode: Mode, target: &TargetArgs) -> Result<Option<Self>> {
+        let Some(mut u) = Self::new(ebpf, mode)? else { return Ok(None) };
+        if let Some(pid) = target.pid {
+            u.preload_pid(pid);
+        }
+        if let Some(cmd) = target.command.first() {
+            u.preload_exec(&launch::resolve(cmd)?);
+        }
+        Ok(Some(u))
+    }
+
     /// Take the walker's maps from a loaded object; `None` with --unwind fp.
-    pub fn new(
-        ebpf: &mut Ebpf,
-        mode: Mode,
-        tool: &'static str,
-        verbose: u8,
-    ) -> Result<Option<Self>> {
+    pub fn new(ebpf: &mut Ebpf, mode: Mode) -> Result<Option<Self>> {
         if mode == Mode::Fp {
             return Ok(None);
         }
@@ -130,8 +140,6 @@ impl Unwinder {
             stops: take_map(ebpf, "unwind_stops")?,
             next: 0,
             loaded: HashMap::new(),
-            tool,
-            verbose,
         }))
     }
 
@@ -148,16 +156,15 @@ impl Unwinder {
             Ok(t) => {
                 let n = t.rows.len() as u64;
                 if u64::from(self.next) + n > u64::from(ROWS_CAPACITY) {
-                    eprintln!(
-                        "{}: warning: no room for the {n} unwind rows of {} (frame pointers there)",
-                        self.tool,
+                    warn!(
+                        "no room for the {n} unwind rows of {} (frame pointers there)",
                         name.display()
                     );
                 } else {
                     let mut ok = true;
                     for (i, r) in t.rows.iter().enumerate() {
                         if let Err(e) = self.rows.set(self.next + i as u32, r, 0) {
-                            eprintln!("{}: warning: loading unwind rows: {e}", self.tool);
+                            warn!("loading unwind rows: {e}");
                             ok = false;
                             break;
                         }
@@ -167,30 +174,19 @@ impl Unwinder {
                         self.next += n as u32;
                     }
                 }
-                if self.verbose > 0 {
-                    eprintln!(
-                        "{}: unwind table of {}: {} rows, {} KiB, {} unsupported, built and loaded in {:.1} ms",
-                        self.tool,
-                        name.display(),
-                        module.count,
-                        t.bytes() / 1024,
-                        t.unsupported,
-                        t0.elapsed().as_secs_f64() * 1e3
-                    );
-                }
+                info!(
+                    "unwind table of {}: {} rows, {} KiB, {} unsupported, built and loaded in {:.1} ms",
+                    name.display(),
+                    module.count,
+                    t.bytes() / 1024,
+                    t.unsupported,
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
             }
-            Err(e) => {
-                if self.verbose > 0 {
-                    eprintln!("{}: no unwind table for {}: {e:#}", self.tool, name.display());
-                }
-            }
+            Err(e) => info!("no unwind table for {}: {e:#}", name.display()),
         }
         if let Err(e) = self.modules.insert(key, module, 0) {
-            eprintln!(
-                "{}: warning: registering the unwind table of {}: {e}",
-                self.tool,
-                name.display()
-            );
+            warn!("registering the unwind table of {}: {e}", name.display());
         }
         self.loaded.insert(key, Loaded { path: name.to_path_buf(), rows: module.count });
     }
@@ -276,7 +272,7 @@ impl Unwinder {
             // Gone (process exited): asked again when seen again.
             match self.unknown.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => eprintln!("{}: warning: unwind_unknown: {e}", self.tool),
+                Err(e) => warn!("unwind_unknown: {e}"),
             }
         }
         n
@@ -296,24 +292,18 @@ impl Unwinder {
 
     /// With -v: the tables loaded and why walks stopped.
     pub fn summary(&self) {
-        if self.verbose == 0 {
-            return;
-        }
         let rows: u64 = self.loaded.values().map(|l| u64::from(l.rows)).sum();
-        eprintln!(
-            "{}: unwind tables: {} file(s), {} rows, {} KiB",
-            self.tool,
+        info!(
+            "unwind tables: {} file(s), {} rows, {} KiB",
             self.loaded.len(),
             rows,
             rows * std::mem::size_of::<Row>() as u64 / 1024
         );
         let stops: Vec<String> =
             self.stops().iter().filter(|s| s.1 > 0).map(|(n, c)| format!("{n} {c}")).collect();
-        eprintln!("{}: stack walks stopped at: {}", self.tool, stops.join(", "));
-        if self.verbose > 1 {
-            for l in self.loaded.values() {
-                eprintln!("{}:   {} ({} rows)", self.tool, l.path.display(), l.rows);
-            }
+        info!("stack walks stopped at: {}", stops.join(", "));
+        for l in self.loaded.values() {
+            debug!("  {} ({} rows)", l.path.display(), l.rows);
         }
     }
 }

@@ -5,18 +5,16 @@
 //! with the default mode, --sample-bytes estimates, --symbolize, and idle
 //! stack ids being deleted.
 
-mod support;
-
+use leakd_test_macros::bpf_test;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
+use crate::support::{
+    json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER, LEAKER_NOFP,
+};
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
-use support::{
-    bpf_available, json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER,
-    LEAKER_NOFP,
-};
 
 fn launched(args: &[&str], cmd: &[&str]) -> Output {
     Cmd::cargo_bin("leakd-attach")
@@ -39,7 +37,7 @@ fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
 }
 
 /// Function containing a return address, by addr2line (None when it cannot run).
-fn function_at(module: &str, offset: &str) -> Option<String> {
+fn addr2line_functions(module: &str, offset: &str) -> Option<String> {
     let off = u64::from_str_radix(offset.trim_start_matches("0x"), 16).ok()?;
     // A return address points after the call: look up the call itself. For
     // the leaker (a PIE whose text is mapped at its file offset) the file
@@ -87,35 +85,26 @@ fn check_ten_nine_with(leaker: &str, args: &[&str]) -> Value {
     let module =
         frame["module"].as_str().unwrap_or_else(|| panic!("first frame has a module: {s}"));
     assert_eq!(std::fs::canonicalize(module).unwrap(), std::fs::canonicalize(leaker).unwrap());
-    let func = function_at(module, frame["offset"].as_str().unwrap())
+    let func = addr2line_functions(module, frame["offset"].as_str().unwrap())
         .expect("addr2line (binutils) names the first frame");
     assert!(func.contains("leak_ten_nine_alloc"), "first frame is in leak_ten_nine_alloc: {func}");
     s.clone()
 }
 
-#[test]
+#[bpf_test]
 fn ten_nine_leaves_one_block_fp() {
-    if !bpf_available() {
-        return;
-    }
     let s = check_ten_nine_with(LEAKER, &[]);
     // The leaked block was made before the leaker's 0.3 s linger.
     assert!(s["oldest_age_ms"].as_u64().is_some_and(|a| a >= 250), "{s}");
 }
 
-#[test]
+#[bpf_test]
 fn ten_nine_leaves_one_block_nofp() {
-    if !bpf_available() {
-        return;
-    }
     check_ten_nine(LEAKER_NOFP);
 }
 
-#[test]
+#[bpf_test]
 fn no_leak_exits_zero() {
-    if !bpf_available() {
-        return;
-    }
     let out = launched(&[], &[LEAKER, "none"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
@@ -125,7 +114,7 @@ fn no_leak_exits_zero() {
     assert!(stacks.is_empty());
     // Nothing left, yet every block was seen: one per allocating call but
     // realloc(p, 0), which only frees (libc allocates nothing else here).
-    let calls = &support::leaker_summary(&out.stderr)["calls"];
+    let calls = &crate::support::leaker_summary(&out.stderr)["calls"];
     let made = calls
         .as_object()
         .unwrap()
@@ -141,7 +130,7 @@ fn no_leak_exits_zero() {
 /// Start a test program that prints "ready PID" once set up (killed when
 /// dropped); the rest of its output.
 fn start_ready(mut cmd: Command) -> (KillOnDrop, u32, BufReader<std::process::ChildStdout>) {
-    let (prog, out, ready) = support::spawn_first_line(&mut cmd);
+    let (prog, out, ready) = crate::support::spawn_first_line(&mut cmd);
     let prog = KillOnDrop(prog);
     let pid = prog.0.id();
     assert_eq!(ready.trim(), format!("ready {pid}"));
@@ -155,17 +144,14 @@ fn wait_output(mut child: Child) -> (Option<i32>, Vec<u8>) {
     (status.code(), stdout)
 }
 
-#[test]
+#[bpf_test]
 fn attach_by_pid() {
-    if !bpf_available() {
-        return;
-    }
     let (mut leaker, pid, mut err) = start_leaker(&["ten-nine", "--wait-signal", "--linger", "1"]);
     let pid_s = pid.to_string();
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid_s]);
     // Keep draining the tool's stderr so it never blocks on it.
-    support::discard(tool_err);
-    support::signal(pid, libc::SIGUSR1);
+    crate::support::discard(tool_err);
+    crate::support::signal(pid, libc::SIGUSR1);
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     assert!(leaker.0.wait().unwrap().success());
@@ -179,14 +165,11 @@ fn attach_by_pid() {
     assert_eq!(stacks.len(), 1);
 }
 
-#[test]
+#[bpf_test]
 fn mixed_matches_leaker_summary() {
-    if !bpf_available() {
-        return;
-    }
     let out = launched(&["--top", "0"], &[LEAKER, "mixed", "--linger", "0.3"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = support::leaker_summary(&out.stderr);
+    let summary = crate::support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let (r, stacks) = final_report(&lines);
     assert_eq!(r["outstanding_count"], summary["leaked_count"], "{lines:?}\n{summary}");
@@ -210,11 +193,8 @@ fn mixed_matches_leaker_summary() {
     assert_eq!(got, want, "{lines:?}\n{summary}");
 }
 
-#[test]
+#[bpf_test]
 fn older_than_leaves_out_young_blocks() {
-    if !bpf_available() {
-        return;
-    }
     // The leaked block is about 0.3 s old when the leaker exits.
     for (older_than, count, code) in [("5000", 0, 0), ("100", 1, 3)] {
         let out = launched(&["--older-than", older_than], &[LEAKER, "ten-nine", "--linger", "0.3"]);
@@ -234,11 +214,8 @@ fn older_than_leaves_out_young_blocks() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn size_range_keeps_only_blocks_within_it() {
-    if !bpf_available() {
-        return;
-    }
     // mixed leaks blocks of 40 to 5000 bytes; 1280 and 2560 are in range.
     let out = launched(
         &["--top", "0", "--min-size", "1000", "--max-size", "3000"],
@@ -255,17 +232,14 @@ fn size_range_keeps_only_blocks_within_it() {
     assert_eq!(sizes, vec![1280, 2560]);
 }
 
-#[test]
+#[bpf_test]
 fn threads_leaker_part_matches_summary() {
-    if !bpf_available() {
-        return;
-    }
     let out = launched(
         &["--top", "0"],
         &[LEAKER, "threads", "--threads", "3", "--count", "2", "--linger", "0.3"],
     );
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = support::leaker_summary(&out.stderr);
+    let summary = crate::support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let (_, stacks) = final_report(&lines);
     let leaker = std::fs::canonicalize(LEAKER).unwrap();
@@ -291,18 +265,15 @@ fn threads_leaker_part_matches_summary() {
     assert_eq!(sum("outstanding_bytes", false), 3 * 272, "{lines:?}");
 }
 
-#[test]
+#[bpf_test]
 fn steady_leak_is_growing() {
-    if !bpf_available() {
-        return;
-    }
     let (leaker, pid, err) =
         start_leaker(&["steady", "--size", "16384", "--interval", "0.05", "--max", "100000000"]);
-    support::discard(err);
+    crate::support::discard(err);
     let pid = pid.to_string();
     // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one.
     let (tool, tool_err) = spawn_attached("leakd-attach", &["-p", &pid, "-i", "0.5", "-d", "2.8"]);
-    support::discard(tool_err);
+    crate::support::discard(tool_err);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
     assert_eq!(code, Some(3));
@@ -332,11 +303,8 @@ fn steady_leak_is_growing() {
     assert!((rate - want).abs() <= want * 0.1, "growth {rate} B/s, want {want} ± 10%");
 }
 
-#[test]
+#[bpf_test]
 fn plateaued_leak_is_not_growing() {
-    if !bpf_available() {
-        return;
-    }
     // Four 64 KiB leaks within 0.2 s of the signal, then a plateau: the
     // leaker stays up, leaking nothing more.
     let (leaker, pid, err) = start_leaker(&[
@@ -349,13 +317,13 @@ fn plateaued_leak_is_not_growing() {
         "262144",
         "--wait-signal",
     ]);
-    support::discard(err);
+    crate::support::discard(err);
     // Reports at 0.5, 1.0, 1.5, 2.0 and 2.5 s, then the final one: the
     // last periodic report's three-interval trend window is all plateau.
     let (tool, tool_err) =
         spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "2.8"]);
-    support::discard(tool_err);
-    support::signal(pid, libc::SIGUSR1);
+    crate::support::discard(tool_err);
+    crate::support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
     assert_eq!(code, Some(3), "leaks found => exit 3");
@@ -377,11 +345,8 @@ fn plateaued_leak_is_not_growing() {
     assert_eq!(stacks.len(), 1, "{lines:?}");
 }
 
-#[test]
+#[bpf_test]
 fn combined_ten_nine_same_as_default() {
-    if !bpf_available() {
-        return;
-    }
     let s = check_ten_nine_with(LEAKER, &["--combined"]);
     // The kernel keeps no per-block times in this mode.
     assert!(s.get("oldest_age_ms").is_none(), "{s}");
@@ -405,16 +370,13 @@ fn by_site(stacks: &[Value]) -> std::collections::BTreeMap<String, [u64; 4]> {
     sites
 }
 
-#[test]
+#[bpf_test]
 fn combined_mixed_same_as_default() {
-    if !bpf_available() {
-        return;
-    }
     let mut sites = Vec::new();
     for args in [&["--top", "0"][..], &["--top", "0", "--combined"][..]] {
         let out = launched(args, &[LEAKER, "mixed", "--linger", "0.3"]);
         assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-        let summary = support::leaker_summary(&out.stderr);
+        let summary = crate::support::leaker_summary(&out.stderr);
         let lines = json_lines(&out.stdout);
         let (r, stacks) = final_report(&lines);
         assert_eq!(
@@ -438,11 +400,8 @@ fn combined_mixed_same_as_default() {
 /// the truth, over 15 standard deviations: a failure means a bug, not bad
 /// luck. Both modes are checked (they scale up differently: per block in
 /// user space, with the kernel's fixed-point table in --combined).
-#[test]
+#[bpf_test]
 fn sample_bytes_estimates_are_close() {
-    if !bpf_available() {
-        return;
-    }
     let (size, count) = (1024u64, 20_000u64);
     let max = (size * count).to_string();
     let size_s = size.to_string();
@@ -465,7 +424,7 @@ fn sample_bytes_estimates_are_close() {
             ],
         );
         assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-        let summary = support::leaker_summary(&out.stderr);
+        let summary = crate::support::leaker_summary(&out.stderr);
         assert_eq!(summary["leaked_count"], count);
         let lines = json_lines(&out.stdout);
         let (r, stacks) = final_report(&lines);
@@ -484,11 +443,8 @@ fn sample_bytes_estimates_are_close() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn symbolize_names_the_leaking_function() {
-    if !bpf_available() {
-        return;
-    }
     let out = launched(&["--symbolize"], &[LEAKER, "ten-nine", "--linger", "0.3"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
@@ -502,24 +458,21 @@ fn symbolize_names_the_leaking_function() {
 /// their stack ids deleted (bounded stack map); the run still ends with
 /// nothing outstanding. The tool is stopped once it said so (-vv), so no
 /// timing is assumed (-d only bounds a failing run).
-#[test]
+#[bpf_test]
 fn idle_stacks_are_deleted() {
-    if !bpf_available() {
-        return;
-    }
     let (leaker, pid, err) = start_leaker(&["none", "--wait-signal", "--linger", "inf"]);
-    support::discard(err);
+    crate::support::discard(err);
     let pid_s = pid.to_string();
     let (tool, mut tool_err) =
         spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
-    support::signal(pid, libc::SIGUSR1);
-    support::wait_for_log(
+    crate::support::signal(pid, libc::SIGUSR1);
+    crate::support::wait_for_log(
         &mut tool_err,
         "idle stack(s)",
         "leakd-attach ended before deleting a stack",
     );
-    support::discard(tool_err);
-    support::interrupt(&tool);
+    crate::support::discard(tool_err);
+    crate::support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);
     drop(leaker);
     assert_eq!(code, Some(0));
@@ -560,12 +513,9 @@ int main(void) {
 /// stack allocates again (new stack id), its line still counts every alloc
 /// and free since the start. Steps are driven by the tool's own -vv log, so
 /// no timing is assumed.
-#[test]
+#[bpf_test]
 fn deleted_stack_keeps_its_counts() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "attach-revive",
         &[("revive.c", REVIVE_C)],
         &[&["cc", "-O0", "-fno-omit-frame-pointer", "-o", "revive", "revive.c"]],
@@ -574,14 +524,14 @@ fn deleted_stack_keeps_its_counts() {
     let pid_s = pid.to_string();
     let (tool, mut tool_err) =
         spawn_attached("leakd-attach", &["-v", "-p", &pid_s, "-i", "0.2", "-d", "120"]);
-    support::signal(pid, libc::SIGUSR1);
-    support::wait_for_log(
+    crate::support::signal(pid, libc::SIGUSR1);
+    crate::support::wait_for_log(
         &mut tool_err,
         "idle stack(s)",
         "leakd-attach ended before deleting a stack",
     );
-    support::discard(tool_err);
-    support::signal(pid, libc::SIGUSR1);
+    crate::support::discard(tool_err);
+    crate::support::signal(pid, libc::SIGUSR1);
     let (code, stdout) = wait_output(tool);
     drop(prog);
     let _ = std::fs::remove_dir_all(&dir);
@@ -637,12 +587,9 @@ int main(void)
 /// (allocs minus frees is what is outstanding) in both modes. Free probes
 /// go first, which probes' unit test checks; an address the loop gets
 /// again would also clear such a block.
-#[test]
+#[bpf_test]
 fn attached_mid_churn_reports_no_phantom_leaks() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "attach-churn",
         &[("churn.c", CHURN_C)],
         &[&["cc", "-O1", "-fno-builtin", "-o", "churn", "churn.c"]],
@@ -653,12 +600,12 @@ fn attached_mid_churn_reports_no_phantom_leaks() {
         let mut args = vec!["-p", &pid_s];
         args.extend_from_slice(mode);
         let (tool, tool_err) = spawn_attached("leakd-attach", &args);
-        support::discard(tool_err);
-        support::signal(pid, libc::SIGUSR1);
+        crate::support::discard(tool_err);
+        crate::support::signal(pid, libc::SIGUSR1);
         let mut stopped = String::new();
         out.read_line(&mut stopped).unwrap();
         assert_eq!(stopped, "stopped\n");
-        support::interrupt(&tool);
+        crate::support::interrupt(&tool);
         let (code, stdout) = wait_output(tool);
         drop(prog);
         let lines = json_lines(&stdout);
@@ -719,12 +666,9 @@ int main(int argc, char **argv)
 /// counts the old block as freed: the totals still add up. So it does when
 /// the new block is not kept (below --min-size, and left live: no free of
 /// it clears the old one either).
-#[test]
+#[bpf_test]
 fn block_freed_unseen_counts_as_freed_when_its_address_returns() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "attach-slot",
         &[("slot.c", SLOT_LIB_C), ("prog.c", SLOT_PROG_C)],
         &[
@@ -746,12 +690,12 @@ fn block_freed_unseen_counts_as_freed_when_its_address_returns() {
         let mut args = vec!["-p", &pid_s, "--lib", lib.to_str().unwrap(), "--prefix", "slot_"];
         args.extend_from_slice(extra);
         let (tool, tool_err) = spawn_attached("leakd-attach", &args);
-        support::discard(tool_err);
+        crate::support::discard(tool_err);
         std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
         let mut done = String::new();
         out.read_line(&mut done).unwrap();
         assert_eq!(done.trim(), "done 1", "the address must come back");
-        support::interrupt(&tool);
+        crate::support::interrupt(&tool);
         let (code, stdout) = wait_output(tool);
         drop(stdin);
         drop(prog);
@@ -794,31 +738,28 @@ int main(void)
 /// Traced by cgroup (every process of it), a forked child freeing its copy
 /// of a block leaves the parent's block outstanding: the same address in
 /// two processes is two blocks.
-#[test]
+#[bpf_test]
 fn a_childs_free_leaves_its_parents_block() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "attach-fork",
         &[("fork.c", FORK_FREE_C)],
         &[&["cc", "-O0", "-o", "fork", "fork.c"]],
     );
-    let cgroup = support::TestCgroup::new("attach-fork");
+    let cgroup = crate::support::TestCgroup::new("attach-fork");
     let cg = &cgroup.0;
     // Only blocks of this size: the shell that execs the program allocates too.
     let (tool, tool_err) = spawn_attached(
         "leakd-attach",
         &["--cgroup", cg, "--min-size", "4099", "--max-size", "4099"],
     );
-    support::discard(tool_err);
+    crate::support::discard(tool_err);
     let prog = dir.join("fork");
-    let (mut child, _, done) = support::spawn_first_line(
+    let (mut child, _, done) = crate::support::spawn_first_line(
         Command::new("sh")
             .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {}", prog.display())]),
     );
     assert_eq!(done.trim(), "done");
-    support::interrupt(&tool);
+    crate::support::interrupt(&tool);
     let (code, stdout) = wait_output(tool);
     drop(child.stdin.take());
     child.wait().unwrap();
@@ -837,7 +778,7 @@ fn a_childs_free_leaves_its_parents_block() {
 
 #[test]
 fn usage_errors_exit_2() {
-    support::assert_usage_errors(
+    crate::support::assert_usage_errors(
         "leakd-attach",
         &[
             (&["--trend", "0"], "must be at least 1"),
@@ -853,11 +794,8 @@ fn usage_errors_exit_2() {
 /// status must not claim "no leak" (0) when it may simply have missed one.
 /// ten-nine with room for one block: the first is tracked (and freed), the
 /// other nine, the leaked one among them, are lost.
-#[test]
+#[bpf_test]
 fn lost_events_make_a_clean_result_incomplete() {
-    if !bpf_available() {
-        return;
-    }
     let out = launched(
         &["--max-allocs", "1", "--min-size", "8", "--max-size", "8"],
         &[LEAKER, "ten-nine"],

@@ -5,15 +5,14 @@
 //! same stacks with --unwind fp and with the default (DWARF where there is
 //! CFI).
 
-mod support;
-
+use leakd_test_macros::bpf_test;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::support::{build_c, json_lines, LEAKER};
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
-use support::{bpf_available, build_c, json_lines, LEAKER};
 
 fn run_tool(tool: &str, args: &[&str], cmd: &[&str]) -> Output {
     Cmd::cargo_bin(tool)
@@ -127,11 +126,8 @@ fn check_leaky_c_attach(bin: &Path, args: &[&str]) -> Vec<String> {
     syms(&s["stack"])
 }
 
-#[test]
+#[bpf_test]
 fn c_without_frame_pointers_gives_every_caller() {
-    if !bpf_available() {
-        return;
-    }
     let bin = leaky_c("-O2 -fomit-frame-pointer");
     let syms = check_leaky_c_attach(&bin, &[]);
     assert_chain(&syms, &["leaky_leaf", "leaky_mid", "leaky_top", "main"]);
@@ -143,11 +139,8 @@ fn c_without_frame_pointers_gives_every_caller() {
     assert!(!syms.iter().any(|s| s.contains("leaky_top")), "{syms:?}");
 }
 
-#[test]
+#[bpf_test]
 fn allocsnoop_stack_without_frame_pointers() {
-    if !bpf_available() {
-        return;
-    }
     let bin = leaky_c("-O2 -fomit-frame-pointer");
     let out = run_tool("allocsnoop", &["--stack", "--op", "malloc,free"], &[bin.to_str().unwrap()]);
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
@@ -170,11 +163,8 @@ fn allocsnoop_stack_without_frame_pointers() {
     assert!(syms(&free["stack"]).iter().any(|s| s.contains("__libc_start")), "{free}");
 }
 
-#[test]
+#[bpf_test]
 fn frame_pointer_programs_give_the_same_stacks() {
-    if !bpf_available() {
-        return;
-    }
     let bin = leaky_c("-O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer");
     let fp = check_leaky_c_attach(&bin, &["--unwind", "fp"]);
     let auto = check_leaky_c_attach(&bin, &[]);
@@ -224,11 +214,8 @@ fn main() {
 }
 "#;
 
-#[test]
+#[bpf_test]
 fn rust_release_build_gives_every_caller() {
-    if !bpf_available() {
-        return;
-    }
     let dir = build_c("unwind-rs", &[("leaky.rs", LEAKY_RS)], &[]);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let st = Command::new(rustc)
@@ -293,11 +280,8 @@ int main(int argc, char **argv) {
 }
 "#;
 
-#[test]
+#[bpf_test]
 fn library_dlopened_after_attach_is_unwound() {
-    if !bpf_available() {
-        return;
-    }
     let dir = build_c(
         "unwind-dlopen",
         &[("lib.c", DLOPEN_LIB), ("main.c", DLOPEN_MAIN)],

@@ -1,14 +1,13 @@
 //! execsnoop end to end: real execs, exact argv, exit codes.
 
-mod support;
-
+use leakd_test_macros::bpf_test;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{bin, bpf_available, json_lines, of_type, spawn_attached};
 use assert_cmd::Command as Cmd;
 use serde_json::{json, Value};
-use support::{bin, bpf_available, json_lines, of_type, spawn_attached};
 
 fn run_launched(extra: &[&str], cmd: &[&str]) -> Vec<Value> {
     let out =
@@ -17,11 +16,8 @@ fn run_launched(extra: &[&str], cmd: &[&str]) -> Vec<Value> {
     json_lines(&out.stdout)
 }
 
-#[test]
+#[bpf_test]
 fn launched_command_has_exact_filename_and_argv() {
-    if !bpf_available() {
-        return;
-    }
     let tool = Command::new(bin("execsnoop"))
         .args(["--", "/bin/true", "alpha", "beta gamma", "", "δ"])
         .stdout(Stdio::piped())
@@ -46,11 +42,8 @@ fn launched_command_has_exact_filename_and_argv() {
     assert!(of_type(&lines, "lost").is_empty());
 }
 
-#[test]
+#[bpf_test]
 fn path_lookup_and_children_are_followed() {
-    if !bpf_available() {
-        return;
-    }
     // `sh` is found through PATH; its child's exec is reported too.
     let lines = run_launched(&[], &["sh", "-c", "/bin/true child-arg; exit 0"]);
     let execs = of_type(&lines, "exec");
@@ -60,11 +53,8 @@ fn path_lookup_and_children_are_followed() {
     assert_eq!(execs[1]["ppid"], execs[0]["pid"]);
 }
 
-#[test]
+#[bpf_test]
 fn missing_file_reports_enoent() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run_launched(&[], &["sh", "-c", "/nonexistent/leakd-test x 2>/dev/null; exit 0"]);
     let failed: Vec<_> = of_type(&lines, "exec").into_iter().filter(|e| e["ret"] != 0).collect();
     assert_eq!(failed.len(), 1, "{lines:?}");
@@ -81,11 +71,8 @@ fn missing_file_reports_enoent() {
     assert_eq!(execs[0]["argv"], json!(["/nonexistent/leakd-test", "y"]));
 }
 
-#[test]
+#[bpf_test]
 fn max_args_truncates_and_reports_length() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run_launched(&["--max-args", "3"], &["/bin/true", "a", "b", "c", "d", "e"]);
     let execs = of_type(&lines, "exec");
     assert_eq!(execs.len(), 1);
@@ -98,11 +85,8 @@ fn max_args_truncates_and_reports_length() {
 /// argv longer than the 16 KiB capture: cut, flagged, and the filename
 /// still right, for a successful exec and for a failed one (whose argv is
 /// walked argument by argument, so the last one read runs past the limit).
-#[test]
+#[bpf_test]
 fn long_argv_is_cut_without_losing_the_filename() {
-    if !bpf_available() {
-        return;
-    }
     let args: Vec<String> = (0..8).map(|i| format!("{i}{}", "x".repeat(2999))).collect();
     let total: usize = args.iter().map(|a| a.len() + 1).sum();
     let check = |e: &Value, filename: &str, first: &str| {
@@ -134,11 +118,8 @@ fn long_argv_is_cut_without_losing_the_filename() {
     check(execs[0], "/nonexistent/leakd-long", "/nonexistent/leakd-long");
 }
 
-#[test]
+#[bpf_test]
 fn storm_of_2000_execs_all_reported_with_argv() {
-    if !bpf_available() {
-        return;
-    }
     let script = "i=0; while [ $i -lt 2000 ]; do /bin/true storm-$i; i=$((i+1)); done";
     let lines = run_launched(&[], &["sh", "-c", script]);
     assert!(of_type(&lines, "lost").is_empty(), "lost events: {:?}", of_type(&lines, "lost"));
@@ -154,11 +135,8 @@ fn storm_of_2000_execs_all_reported_with_argv() {
     assert!(missing.is_empty(), "missing execs: {missing:?}");
 }
 
-#[test]
+#[bpf_test]
 fn attach_by_pid_sees_exec_and_ends_with_target() {
-    if !bpf_available() {
-        return;
-    }
     let mut target = Command::new("sh")
         .args(["-c", "read x; exec /bin/true by-pid"])
         .stdin(Stdio::piped())
@@ -177,11 +155,8 @@ fn attach_by_pid_sees_exec_and_ends_with_target() {
     assert_eq!(execs[0]["pid"].to_string(), pid);
 }
 
-#[test]
+#[bpf_test]
 fn closed_stdout_exits_zero_promptly() {
-    if !bpf_available() {
-        return;
-    }
     // The command execs once, then sleeps: no further event will come, so the
     // tool must notice the closed pipe by itself.
     let mut tool = Command::new(bin("execsnoop"))
@@ -211,7 +186,7 @@ fn closed_stdout_exits_zero_promptly() {
 #[test]
 fn non_root_gets_a_clear_error() {
     let as_user = |args: &[&str]| {
-        let mut cmd = if support::is_root() {
+        let mut cmd = if crate::support::is_root() {
             let mut c = Cmd::new("setpriv");
             c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
                 .arg(bin("execsnoop"));
@@ -276,17 +251,14 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(2), "bad regex is a usage error");
 }
 
-#[test]
+#[bpf_test]
 fn sigint_and_duration_end_cleanly() {
-    if !bpf_available() {
-        return;
-    }
     let (tool, _err) = spawn_attached("execsnoop", &["--comm", "^leakd-no-such$"]);
-    support::interrupt(&tool);
+    crate::support::interrupt(&tool);
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "SIGINT");
     let (tool, _err) = spawn_attached("execsnoop", &["--comm", "^leakd-no-such$"]);
-    support::signal(tool.id(), libc::SIGHUP);
+    crate::support::signal(tool.id(), libc::SIGHUP);
     let out = tool.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "SIGHUP (a closed terminal) ends the run cleanly");
     let out = Cmd::cargo_bin("execsnoop")
@@ -298,11 +270,8 @@ fn sigint_and_duration_end_cleanly() {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
+#[bpf_test]
 fn launched_command_is_stopped_when_the_run_ends_first() {
-    if !bpf_available() {
-        return;
-    }
     let start = Instant::now();
     let out = Cmd::cargo_bin("execsnoop")
         .unwrap()
@@ -352,12 +321,9 @@ int main(void) {
 }
 "#;
 
-#[test]
+#[bpf_test]
 fn execveat_is_traced() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "execveat",
         &[("execveat.c", EXECVEAT_C)],
         &[&["gcc", "-o", "execveat", "execveat.c"]],
@@ -422,12 +388,9 @@ int main(void)
 
 /// A launched command whose main thread exits before its other threads is
 /// still followed: the child one of them forks later is traced.
-#[test]
+#[bpf_test]
 fn children_followed_after_the_main_thread_exits() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "leader-exits",
         &[("leader.c", LEADER_EXITS_C)],
         &[&["gcc", "-pthread", "-o", "leader", "leader.c"]],
@@ -441,11 +404,8 @@ fn children_followed_after_the_main_thread_exits() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
+#[bpf_test]
 fn uid_filter() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run_launched(
         &["--uid", "65534"],
         &["sh", "-c", "/bin/true as-root; setpriv --reuid 65534 --regid 65534 --clear-groups /bin/true as-nobody"],
@@ -456,12 +416,9 @@ fn uid_filter() {
     assert_eq!(execs[0]["uid"], 65534);
 }
 
-#[test]
+#[bpf_test]
 fn cgroup_filter() {
-    if !bpf_available() {
-        return;
-    }
-    let cgroup = support::TestCgroup::new("execsnoop");
+    let cgroup = crate::support::TestCgroup::new("execsnoop");
     let cg = &cgroup.0;
     let script = format!("/bin/true outside; echo $$ > {cg}/cgroup.procs; /bin/true inside");
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cg).unwrap());

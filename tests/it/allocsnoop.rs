@@ -1,14 +1,13 @@
 //! allocsnoop against the leaker, whose calls are known exactly.
 
-mod support;
-
+use leakd_test_macros::bpf_test;
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::{bpf_available, json_lines, of_type, spawn_attached, LEAKER, LEAKER_NOFP};
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
-use support::{bpf_available, json_lines, of_type, spawn_attached, LEAKER, LEAKER_NOFP};
 
 fn launched(args: &[&str], leaker: &str, scenario: &[&str]) -> (Vec<Value>, Value) {
     let out = Cmd::cargo_bin("allocsnoop")
@@ -20,7 +19,7 @@ fn launched(args: &[&str], leaker: &str, scenario: &[&str]) -> (Vec<Value>, Valu
         .output()
         .unwrap();
     assert!(out.status.success(), "allocsnoop failed: {}", String::from_utf8_lossy(&out.stderr));
-    (json_lines(&out.stdout), support::leaker_summary(&out.stderr))
+    (json_lines(&out.stdout), crate::support::leaker_summary(&out.stderr))
 }
 
 fn hexnum(v: &Value) -> u64 {
@@ -75,40 +74,31 @@ fn assert_ten_nine(lines: &[Value]) {
 
 /// Let a ten-nine leaker held by --wait-signal run to its end under an
 /// attached allocsnoop, and check what allocsnoop saw.
-fn release_ten_nine(mut leaker: support::KillOnDrop, pid: u32, tool: std::process::Child) {
-    support::signal(pid, libc::SIGUSR1);
+fn release_ten_nine(mut leaker: crate::support::KillOnDrop, pid: u32, tool: std::process::Child) {
+    crate::support::signal(pid, libc::SIGUSR1);
     leaker.0.wait().unwrap();
     let out = tool.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_ten_nine(&json_lines(&out.stdout));
 }
 
-#[test]
+#[bpf_test]
 fn ten_nine_launched_exact() {
-    if !bpf_available() {
-        return;
-    }
     for leaker in [LEAKER, LEAKER_NOFP] {
         let (lines, _) = launched(&[], leaker, &["ten-nine"]);
         assert_ten_nine(&lines);
     }
 }
 
-#[test]
+#[bpf_test]
 fn ten_nine_by_pid_exact() {
-    if !bpf_available() {
-        return;
-    }
-    let (leaker, pid, _err) = support::start_leaker(&["ten-nine", "--wait-signal"]);
+    let (leaker, pid, _err) = crate::support::start_leaker(&["ten-nine", "--wait-signal"]);
     let (tool, _tool_err) = spawn_attached("allocsnoop", &["-p", &pid.to_string()]);
     release_ten_nine(leaker, pid, tool);
 }
 
-#[test]
+#[bpf_test]
 fn mixed_every_api_with_exact_sizes() {
-    if !bpf_available() {
-        return;
-    }
     let (lines, sum) = launched(&[], LEAKER, &["mixed"]);
     let events = of_type(&lines, "alloc");
     // One event per call the leaker made; glibc's aligned_alloc is memalign,
@@ -161,11 +151,8 @@ fn mixed_every_api_with_exact_sizes() {
     assert_eq!(live, leaked);
 }
 
-#[test]
+#[bpf_test]
 fn size_and_op_filters() {
-    if !bpf_available() {
-        return;
-    }
     let (lines, _) = launched(&["--min-size", "1000", "--max-size", "1010"], LEAKER, &["mixed"]);
     let allocs: Vec<_> =
         of_type(&lines, "alloc").into_iter().filter(|e| e["op"] != "free").collect();
@@ -185,7 +172,7 @@ fn size_and_op_filters() {
 
 /// The function symbol containing `offset` in `module` (for these non-PIE
 /// offsets == addresses in the leaker's text).
-fn function_at(module: &str, offset: u64) -> String {
+fn function_containing(module: &str, offset: u64) -> String {
     let out = Command::new("nm").args(["--defined-only", module]).output().expect("nm (binutils)");
     let mut best: Option<(u64, String)> = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -202,11 +189,8 @@ fn function_at(module: &str, offset: u64) -> String {
     best.unwrap().1
 }
 
-#[test]
+#[bpf_test]
 fn stack_first_frame_is_the_calling_function_without_frame_pointers() {
-    if !bpf_available() {
-        return;
-    }
     for leaker in [LEAKER, LEAKER_NOFP] {
         // --linger keeps the process (and its maps) alive while frames are
         // formatted.
@@ -221,7 +205,7 @@ fn stack_first_frame_is_the_calling_function_without_frame_pointers() {
                 std::fs::canonicalize(leaker).unwrap()
             );
             assert_eq!(f0["build_id"].as_str().map(str::len), Some(40));
-            let func = function_at(module, hexnum(&f0["offset"]));
+            let func = function_containing(module, hexnum(&f0["offset"]));
             let want = if e["op"] == "malloc" { "leak_ten_nine_alloc" } else { "ten_nine_free" };
             assert_eq!(func, want, "for {e}");
         }
@@ -232,11 +216,8 @@ fn stack_first_frame_is_the_calling_function_without_frame_pointers() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn free_is_probed_past_its_first_instruction() {
-    if !bpf_available() {
-        return;
-    }
     let out =
         Cmd::cargo_bin("allocsnoop").unwrap().args(["-v", "--", LEAKER, "none"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -244,7 +225,7 @@ fn free_is_probed_past_its_first_instruction() {
     assert!(!line.contains("probe free+0 "), "free probed at offset 0: {line}");
     // And every free is still seen (realloc(p, 0)'s inner free is reported
     // as that realloc, not twice).
-    let sum = support::leaker_summary(&out.stderr);
+    let sum = crate::support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
     let frees = of_type(&lines, "alloc").into_iter().filter(|e| e["op"] == "free").count();
     assert_eq!(frees as u64, sum["calls"]["free"].as_u64().unwrap());
@@ -275,11 +256,8 @@ fn errors_are_clear() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn other_allocator_with_lib_and_prefix() {
-    if !bpf_available() {
-        return;
-    }
     // A stand-in for jemalloc's prefixed API (je_malloc/je_free).
     let lib = r#"#include <stdlib.h>
 void *xx_malloc(size_t n) { void *p = malloc(n); __asm__ volatile(""); return p; }
@@ -289,7 +267,7 @@ void xx_free(void *p) { free(p); __asm__ volatile(""); }
 void *xx_malloc(size_t); void xx_free(void *);
 int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242); if (i) xx_free(p); } return 0; }
 "#;
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "xxalloc",
         &[("xx.c", lib), ("prog.c", prog)],
         &[
@@ -329,11 +307,8 @@ int main(void) { for (int i = 0; i < 5; i++) { void *volatile p = xx_malloc(4242
 
 /// realloc(p, 0) and reallocarray(p, 0, n) free p and return NULL in
 /// glibc: not failures.
-#[test]
+#[bpf_test]
 fn zero_size_realloc_frees_and_is_not_a_failure() {
-    if !bpf_available() {
-        return;
-    }
     let prog = r#"#include <stdlib.h>
 #include <stdio.h>
 int main(void)
@@ -343,7 +318,7 @@ int main(void)
 	return a != NULL || b != NULL;
 }
 "#;
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "realloc0",
         &[("prog.c", prog)],
         &[&["gcc", "-O1", "-fno-builtin", "-o", "prog", "prog.c"]],
@@ -368,15 +343,12 @@ int main(void)
     }
 }
 
-#[test]
+#[bpf_test]
 fn static_binary_is_detected() {
-    if !bpf_available() {
-        return;
-    }
     let prog = r#"#include <stdlib.h>
 int main(void) { for (int i = 0; i < 3; i++) { void *volatile p = malloc(3333); free(p); } return 0; }
 "#;
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "static",
         &[("prog.c", prog)],
         &[&["gcc", "-O1", "-fno-builtin", "-static", "-o", "prog", "prog.c"]],
@@ -409,11 +381,8 @@ fn leaker_line(after: &str, needle: &str) -> u64 {
     (src.lines().skip(start).position(|l| l.contains(needle)).unwrap() + start + 1) as u64
 }
 
-#[test]
+#[bpf_test]
 fn pipeline_through_symres_names_the_call_line() {
-    if !bpf_available() {
-        return;
-    }
     for leaker in [LEAKER, LEAKER_NOFP] {
         let out = Cmd::cargo_bin("allocsnoop")
             .unwrap()
@@ -437,32 +406,26 @@ fn pipeline_through_symres_names_the_call_line() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn jemalloc_in_a_running_process_is_detected() {
-    if !bpf_available() {
-        return;
-    }
     let jemalloc = std::fs::read_dir("/usr/lib")
         .unwrap()
         .filter_map(|d| d.ok())
         .map(|d| d.path().join("libjemalloc.so.2"))
         .find(|p| p.exists())
         .expect("libjemalloc.so.2 (installed by scripts/setup)");
-    let (leaker, pid, _err) = support::start_leaker_env(
+    let (leaker, pid, _err) = crate::support::start_leaker_env(
         &["ten-nine", "--wait-signal"],
         &[("LD_PRELOAD", jemalloc.as_os_str())],
     );
     let (tool, _tool_err, log) =
-        support::spawn_attached_with_log("allocsnoop", &["-p", &pid.to_string()]);
+        crate::support::spawn_attached_with_log("allocsnoop", &["-p", &pid.to_string()]);
     assert!(log.contains("(jemalloc)"), "{log}");
     release_ten_nine(leaker, pid, tool);
 }
 
-#[test]
+#[bpf_test]
 fn mmap_and_partial_munmap() {
-    if !bpf_available() {
-        return;
-    }
     let prog = r#"#include <sys/mman.h>
 int main(void) {
     char *p = mmap(0, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -472,8 +435,11 @@ int main(void) {
     return 0;
 }
 "#;
-    let dir =
-        support::build_c("mmap", &[("prog.c", prog)], &[&["gcc", "-O1", "-o", "prog", "prog.c"]]);
+    let dir = crate::support::build_c(
+        "mmap",
+        &[("prog.c", prog)],
+        &[&["gcc", "-O1", "-o", "prog", "prog.c"]],
+    );
     let out = Cmd::cargo_bin("allocsnoop")
         .unwrap()
         .args(["--op", "mmap,munmap", "--"])
@@ -494,15 +460,12 @@ int main(void) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
+#[bpf_test]
 fn system_wide_without_pid() {
-    if !bpf_available() {
-        return;
-    }
     // Without -p or a command every process is probed. The test still
     // filters by a cgroup of its own: other tracers running in parallel
     // (other tests) would otherwise trace each other's output work.
-    let cgroup = support::TestCgroup::new("allocsnoop");
+    let cgroup = crate::support::TestCgroup::new("allocsnoop");
     let cg = &cgroup.0;
     let (tool, _err) = spawn_attached("allocsnoop", &["--cgroup", cg, "-d", "60"]);
     let out = Command::new("sh")
@@ -513,7 +476,7 @@ fn system_wide_without_pid() {
         serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stderr).lines().next().unwrap())
             .unwrap()["pid"]
             .clone();
-    support::interrupt(&tool);
+    crate::support::interrupt(&tool);
     let out = tool.wait_with_output().unwrap();
     drop(cgroup);
     assert!(out.status.success());

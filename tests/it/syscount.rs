@@ -1,8 +1,7 @@
 //! syscount end to end: a workload makes known numbers of syscalls and every
 //! count must come out exact.
 
-mod support;
-
+use leakd_test_macros::bpf_test;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -10,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::support::{json_lines, of_type, spawn_attached};
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
-use support::{bpf_available, json_lines, of_type, spawn_attached};
 
 /// The workload (tests/workloads/syscount_work.c), compiled once per run,
 /// plus a copy under another name for --comm.
@@ -69,11 +68,8 @@ fn pidfile(name: &str) -> PathBuf {
     workload().with_file_name(format!("{name}.pids"))
 }
 
-#[test]
+#[bpf_test]
 fn launched_command_counts_are_exact() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run(&[], &[w(), "12345", "0"]);
     let r = one(&lines, "syscall", "getppid");
     assert_eq!(r["count"], 12345, "{lines:?}");
@@ -90,12 +86,9 @@ fn launched_command_counts_are_exact() {
 /// Counting starts at the command's execve: nothing the launcher does
 /// after the release is counted (the command, a C program doing nothing,
 /// sets no signal handler).
-#[test]
+#[bpf_test]
 fn launched_command_counts_start_at_its_exec() {
-    if !bpf_available() {
-        return;
-    }
-    let dir = support::build_c(
+    let dir = crate::support::build_c(
         "syscount-nothing",
         &[("nothing.c", "int main(void) { return 0; }\n")],
         &[&["gcc", "-o", "nothing", "nothing.c"]],
@@ -113,18 +106,15 @@ fn launched_command_counts_start_at_its_exec() {
 /// each interval marker, so at most three of them are ever in the table
 /// (one is dropped at the second report after it ran); the twelve of them
 /// together (about 18 rows each) would not fit in it.
-#[test]
+#[bpf_test]
 fn rows_of_exited_processes_make_room() {
-    if !bpf_available() {
-        return;
-    }
     let fifo = std::env::temp_dir().join(format!("leakd-syscount-fifo-{}", std::process::id()));
     let _ = std::fs::remove_file(&fifo);
     let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: path is a valid NUL-terminated string.
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
     let script = format!("exec 3<{}; while read -r _ <&3; do /bin/true; done", fifo.display());
-    let mut tool = Command::new(support::bin("syscount"))
+    let mut tool = Command::new(crate::support::bin("syscount"))
         .args(["-M", "-T", "0", "-i", "0.1", "--max-rows", "150", "--", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .spawn()
@@ -171,11 +161,8 @@ fn rows_of_exited_processes_make_room() {
     assert!(execs.values().all(|&n| n == 1), "{execs:?}");
 }
 
-#[test]
+#[bpf_test]
 fn syscall_filter_and_top() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run(&["-s", "getppid,close", "-T", "0"], &[w(), "500", "7"]);
     let syscalls: Vec<_> = of_type(&lines, "syscall");
     assert_eq!(syscalls.len(), 2, "{lines:?}");
@@ -195,11 +182,8 @@ fn syscall_filter_and_top() {
     assert!(of_type(&lines, "interval")[0]["rows"].as_u64().unwrap() > 1);
 }
 
-#[test]
+#[bpf_test]
 fn failed_syscalls_by_errno() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run(&["-x", "-T", "0"], &[w(), "100", "7"]);
     let close: Vec<_> = rows(&lines, "syscall", "close");
     assert_eq!(close.len(), 1, "{lines:?}");
@@ -221,11 +205,8 @@ fn failed_syscalls_by_errno() {
     assert!(of_type(&lines, "syscall").is_empty(), "{lines:?}");
 }
 
-#[test]
+#[bpf_test]
 fn per_process_rows_name_pid_and_comm() {
-    if !bpf_available() {
-        return;
-    }
     let pf = pidfile("per_process");
     let lines = run(&["-P", "-s", "getppid"], &[w(), "300", "0", "200", pf.to_str().unwrap()]);
     let (parent, child) = read_pids(&pf);
@@ -242,11 +223,8 @@ fn per_process_rows_name_pid_and_comm() {
     }
 }
 
-#[test]
+#[bpf_test]
 fn process_by_syscall_matrix() {
-    if !bpf_available() {
-        return;
-    }
     let pf = pidfile("matrix");
     let lines = run(&["-M", "-T", "0"], &[w(), "300", "4", "200", pf.to_str().unwrap()]);
     let (parent, child) = read_pids(&pf);
@@ -275,11 +253,8 @@ fn process_by_syscall_matrix() {
     assert_eq!(ebadf[0]["count"], 6);
 }
 
-#[test]
+#[bpf_test]
 fn latency_and_histogram_cover_every_call() {
-    if !bpf_available() {
-        return;
-    }
     let lines = run(&["-L", "--hist", "-s", "getppid"], &[w(), "2000", "0"]);
     let r = one(&lines, "syscall", "getppid");
     assert_eq!(r["count"], 2000);
@@ -303,11 +278,8 @@ fn latency_and_histogram_cover_every_call() {
     assert!(one(&lines, "syscall", "getppid").get("lat_ns_total").is_none());
 }
 
-#[test]
+#[bpf_test]
 fn comm_filter_is_exact() {
-    if !bpf_available() {
-        return;
-    }
     let script = format!("{} 100 0; {} 50 0", w(), other_workload().display());
     let lines = run(&["--comm", "other_work", "-s", "getppid"], &["sh", "-c", &script]);
     assert_eq!(one(&lines, "syscall", "getppid")["count"], 50, "{lines:?}");
@@ -324,11 +296,8 @@ fn comm_filter_is_exact() {
     assert_eq!(by("other_work"), vec![50], "{lines:?}");
 }
 
-#[test]
+#[bpf_test]
 fn attached_by_pid() {
-    if !bpf_available() {
-        return;
-    }
     let mut work = Command::new(w())
         .args(["4321", "3", "0", "-", "wait"])
         .stdin(Stdio::piped())
@@ -348,11 +317,8 @@ fn attached_by_pid() {
     assert_eq!(one(&lines, "syscall", "getppid")["count"], 4321, "{lines:?}");
 }
 
-#[test]
+#[bpf_test]
 fn intervals_partition_the_counts() {
-    if !bpf_available() {
-        return;
-    }
     let script = format!("{w} 100 0; sleep 0.3; {w} 100 0; sleep 0.3; {w} 100 0", w = w());
     // --comm: sh calls getppid too.
     let lines = run(
@@ -395,11 +361,8 @@ fn intervals_partition_the_counts() {
     assert!(busy.len() >= 3 && busy.iter().all(|&c| c <= 100), "{busy:?}: {lines:?}");
 }
 
-#[test]
+#[bpf_test]
 fn text_table() {
-    if !bpf_available() {
-        return;
-    }
     let out = Cmd::cargo_bin("syscount")
         .unwrap()
         .args(["--text", "-L", "-s", "getppid", "--", w(), "77", "0"])
@@ -414,7 +377,7 @@ fn text_table() {
 
 #[test]
 fn usage_errors() {
-    support::assert_usage_errors(
+    crate::support::assert_usage_errors(
         "syscount",
         &[
             (&["-s", "no_such_syscall"], "unknown syscall"),

@@ -1,5 +1,4 @@
-//! Helpers shared by the integration tests (each tests/<tool>.rs includes
-//! this with `mod support;`).
+//! Helpers shared by the integration tests' modules.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
