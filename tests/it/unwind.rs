@@ -315,3 +315,151 @@ fn library_dlopened_after_attach_is_unwound() {
     assert_eq!(s["outstanding_bytes"], 320, "{s}");
     assert_chain(&syms(&s["stack"]), &["lib_leaf", "lib_mid", "lib_top", "main"]);
 }
+
+/// A C++ program built -O2 -fomit-frame-pointer: 4 objects of 40 bytes
+/// leaked through new three calls below main; in arrays(), three new[]
+/// blocks freed with delete[], then one new[] (40 bytes), one nothrow new
+/// (40) and one aligned new (64, alignas(64)) leaked and one new'ed object
+/// deleted; in mismatched(), a new[] block freed with delete.
+const LEAKY_CXX: &str = r#"
+#include <new>
+#include <unistd.h>
+struct Obj { long v[5]; };
+struct alignas(64) Wide { char c[64]; };
+void *volatile sink;
+__attribute__((noinline)) Obj *cxx_leaf(long n) {
+    long pad[6];
+    for (int i = 0; i < 6; i++) pad[i] = n * i;
+    __asm__ volatile("" : : "r"(pad) : "memory");
+    Obj *o = new Obj{{pad[1], 0, 0, 0, 0}};
+    __asm__ volatile("" : : "r"(o) : "memory");
+    return o;
+}
+__attribute__((noinline)) Obj *cxx_mid(long n) {
+    Obj *o = cxx_leaf(n);
+    __asm__ volatile("" : : "r"(o) : "memory");
+    return o;
+}
+__attribute__((noinline)) Obj *cxx_top(long n) {
+    Obj *o = cxx_mid(n);
+    __asm__ volatile("" : : "r"(o) : "memory");
+    return o;
+}
+__attribute__((noinline)) void arrays() {
+    for (int i = 0; i < 3; i++) {
+        int *a = new int[25];
+        sink = a;
+        delete[] static_cast<int *>(sink);
+    }
+    sink = new int[10];
+    sink = new (std::nothrow) Obj;
+    sink = new Wide;
+    sink = new Obj;
+    delete static_cast<Obj *>(sink);
+    __asm__ volatile("" : : : "memory");
+}
+__attribute__((noinline)) void mismatched() {
+    sink = new int[4];
+    ::operator delete(sink);
+    __asm__ volatile("" : : : "memory");
+}
+int main(int argc, char **) {
+    for (int i = 0; i < 4 + (argc > 5); i++) sink = cxx_top(i);
+    arrays();
+    mismatched();
+    usleep(400 * 1000);
+    return 0;
+}
+"#;
+
+fn leaky_cxx() -> PathBuf {
+    let dir = build_c(
+        "unwind-cxx",
+        &[("leaky.cc", LEAKY_CXX)],
+        &[&["g++", "-g", "-O2", "-fomit-frame-pointer", "-o", "leaky", "leaky.cc"]],
+    );
+    dir.join("leaky")
+}
+
+#[bpf_test]
+fn cxx_new_names_its_callers_up_to_main() {
+    let bin = leaky_cxx();
+    let out = run_tool("leakd-attach", &["--symbolize"], &[bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stacks = final_stacks(&out);
+    // The caller of new first, then its callers, in order, up to main.
+    let s = stack_from(&stacks, "cxx_leaf");
+    assert_eq!(s["outstanding_count"], 4, "{s}");
+    assert_eq!(s["outstanding_bytes"], 160, "{s}");
+    assert_eq!(s["allocs"], 4, "{s}");
+    assert_chain(&syms(&s["stack"]), &["cxx_leaf", "cxx_mid", "cxx_top", "main"]);
+    // arrays(): new[] 40, nothrow new 40, aligned new 64 outstanding; the
+    // delete[]'d blocks and the deleted object are not.
+    let from_arrays: Vec<&Value> = stacks
+        .iter()
+        .filter(|s| syms(&s["stack"]).first().is_some_and(|f| f.starts_with("arrays")))
+        .collect();
+    let mut sizes: Vec<u64> =
+        from_arrays.iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [40, 40, 64], "{from_arrays:#?}");
+    for s in &from_arrays {
+        assert_eq!(s["outstanding_count"], 1, "{s}");
+        assert_chain(&syms(&s["stack"]), &["arrays", "main"]);
+    }
+    // Nothing from mismatched(): its block was freed (with the wrong operator).
+    assert!(!stacks.iter().any(|s| syms(&s["stack"]).iter().any(|f| f.contains("mismatched"))));
+}
+
+#[bpf_test]
+fn allocsnoop_reports_cxx_operators_and_a_mismatched_delete() {
+    let bin = leaky_cxx();
+    let out = run_tool("allocsnoop", &["--stack"], &[bin.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let symres = Cmd::cargo_bin("symres").unwrap().write_stdin(out.stdout).output().unwrap();
+    let lines = json_lines(&symres.stdout);
+    let pid = lines.iter().find(|v| v["comm"] == "leaky").expect("events of leaky")["pid"].clone();
+    let ours: Vec<&Value> = lines.iter().filter(|v| v["pid"] == pid).collect();
+    let count = |op: &str, size: Option<u64>| {
+        ours.iter()
+            .filter(|v| v["type"] == "alloc" && v["op"] == op)
+            .filter(|v| size.is_none_or(|s| v["size_bytes"] == s))
+            .count()
+    };
+    // Each block once, as the operator (the malloc inside is not reported).
+    assert_eq!(count("new", Some(40)), 4 + 2, "{ours:#?}");
+    assert_eq!(count("new", Some(64)), 1);
+    assert_eq!(count("new[]", Some(100)), 3);
+    assert_eq!(count("new[]", Some(40)), 1);
+    assert_eq!(count("new[]", Some(16)), 1);
+    assert_eq!(count("delete[]", None), 3);
+    assert_eq!(count("delete", None), 2);
+    let mallocs_of_ours = ours
+        .iter()
+        .filter(|v| {
+            v["op"] == "malloc"
+                && [40, 64, 100, 16].contains(&v["size_bytes"].as_u64().unwrap_or(0))
+        })
+        .count();
+    assert_eq!(mallocs_of_ours, 0, "malloc inside new reported: {ours:#?}");
+    let frees_of_ours = ours.iter().filter(|v| v["op"] == "free").count();
+    assert_eq!(frees_of_ours, 0, "free inside delete reported: {ours:#?}");
+    // The aligned new carries its alignment.
+    let wide = ours.iter().find(|v| v["op"] == "new" && v["size_bytes"] == 64).unwrap();
+    assert_eq!(wide["align_bytes"], 64, "{wide}");
+    // new's caller is the first frame, then its callers up to main.
+    for e in ours.iter().filter(|v| v["op"] == "new" && v["size_bytes"] == 40) {
+        let st = syms(&e["stack"]);
+        if st.first().is_some_and(|f| f.starts_with("cxx_leaf")) {
+            assert_chain(&st, &["cxx_leaf", "cxx_mid", "cxx_top", "main"]);
+        }
+    }
+    // The new[] block freed with delete, once, with both stacks.
+    let mm: Vec<&&Value> = ours.iter().filter(|v| v["type"] == "mismatch").collect();
+    assert_eq!(mm.len(), 1, "{ours:#?}");
+    let m = mm[0];
+    assert_eq!(m["alloc"]["op"], "new[]", "{m}");
+    assert_eq!(m["free"]["op"], "delete", "{m}");
+    assert_chain(&syms(&m["alloc"]["stack"]), &["mismatched", "main"]);
+    assert_chain(&syms(&m["free"]["stack"]), &["mismatched", "main"]);
+}

@@ -89,6 +89,7 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
             .collect();
     }
     let mut ops = probes::HEAP_OPS.to_vec();
+    ops.extend(probes::CXX_OPS);
     if args.mmap {
         ops.extend([probes::OP_MMAP, probes::OP_MUNMAP]);
     }
@@ -97,25 +98,46 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
 
 /// Find the allocator of the target (`-p`, `-- CMD` or the whole system)
 /// and plan a probe site for each op; logs the choice under `-v`.
-fn plan_for_target(
-    probe: &ProbeArgs,
-    ops: &[u32],
-    target: &TargetArgs,
-) -> Result<(PathBuf, Vec<probes::Site>)> {
+fn plan_for_target(probe: &ProbeArgs, ops: &[u32], target: &TargetArgs) -> Result<Plan> {
     let exe = match target.command.first() {
         Some(c) => Some(launch::resolve(c)?),
         None => None,
     };
+    let (c_ops, cxx_ops): (Vec<u32>, Vec<u32>) = ops.iter().partition(|&&o| !probes::is_cxx(o));
     let (lib, kind) = resolve_lib(probe, target.pid, exe.as_deref())?;
-    let (sites, missing) = probes::plan(&lib, &probe.prefix, ops)?;
-    if sites.is_empty() {
+    let (sites, missing) = probes::plan(&lib, &probe.prefix, &c_ops)?;
+    if sites.is_empty() && !c_ops.is_empty() {
         bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
     }
     info!("allocator: {} ({kind})", lib.display());
     if !missing.is_empty() {
         info!("not in {}: {}", lib.display(), missing.join(", "));
     }
-    Ok((lib, sites))
+    // C++'s operators, where the target has a C++ runtime (--lib names
+    // the allocator only).
+    let runtime = if cxx_ops.is_empty() || probe.lib.is_some() {
+        None
+    } else if let Some(exe) = &exe {
+        probes::cxx_runtime_for_exec(exe, &leakd_unwind::exec_files(exe))
+    } else {
+        target.pid.and_then(probes::find_cxx_runtime)
+    };
+    let cxx = match runtime {
+        Some(rt) => {
+            let sites = probes::plan_cxx(&rt, &cxx_ops)?;
+            info!("C++ runtime: {} ({} operators)", rt.display(), sites.len());
+            Some((rt, sites))
+        }
+        None => None,
+    };
+    Ok(Plan { lib, sites, cxx })
+}
+
+/// Where to probe: the allocator's functions, and C++'s operators.
+struct Plan {
+    lib: PathBuf,
+    sites: Vec<probes::Site>,
+    cxx: Option<(PathBuf, Vec<probes::Site>)>,
 }
 
 /// An allocation tracer loaded and attached to its target.
@@ -138,8 +160,7 @@ pub fn load_tracer(
     target_args: &TargetArgs,
 ) -> Result<Tracer> {
     let (min, max) = probe.size_range()?;
-    let (target, (lib, sites)) =
-        target_args.prepare_with(|| plan_for_target(probe, ops, target_args))?;
+    let (target, plan) = target_args.prepare_with(|| plan_for_target(probe, ops, target_args))?;
     let filter = target.cgroup_filter();
     // Narrowed to this function: the globals below borrow its locals.
     let mut loader: EbpfLoader<'_> = loader;
@@ -147,7 +168,10 @@ pub fn load_tracer(
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
     let mut ebpf = bpf::load(&mut loader, object)?;
-    probes::attach(&mut ebpf, &lib, &sites, target.pid())?;
+    probes::attach(&mut ebpf, &plan.lib, &plan.sites, target.pid())?;
+    if let Some((rt, sites)) = &plan.cxx {
+        probes::attach(&mut ebpf, rt, sites, target.pid())?;
+    }
     Ok(Tracer { ebpf, target })
 }
 

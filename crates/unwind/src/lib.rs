@@ -24,5 +24,5 @@ pub mod sys {
 pub mod loader;
 pub mod table;
 
-pub use loader::{configure, Mode, UnwindArgs, Unwinder, POLL};
+pub use loader::{configure, exec_files, Mode, UnwindArgs, Unwinder, POLL};
 pub use table::{build_file, Table};

@@ -201,52 +201,13 @@ impl Unwinder {
     }
 
     /// Tables for an executable about to be run: itself, its interpreter
-    /// and the libraries it needs (DT_NEEDED, transitively), found as the
-    /// dynamic loader would in the usual places.
+    /// and the libraries it needs (see [`exec_files`]).
     pub fn preload_exec(&mut self, exe: &Path) {
-        let mut todo = vec![exe.to_path_buf()];
-        let mut seen: Vec<PathBuf> = Vec::new();
-        while let Some(p) = todo.pop() {
-            let Ok(canon) = std::fs::canonicalize(&p) else { continue };
-            if seen.contains(&canon) {
-                continue;
-            }
-            seen.push(canon.clone());
-            let Ok(meta) = std::fs::metadata(&canon) else { continue };
+        for f in exec_files(exe) {
+            let Ok(meta) = std::fs::metadata(&f) else { continue };
             let dev = kernel_dev(libc_major(meta.dev()), libc_minor(meta.dev()));
             let key = sys::unwind_module_key { ino: meta.ino(), dev, pad: 0 };
-            self.load(key, &canon, &canon);
-            let Ok(data) = std::fs::read(&canon) else { continue };
-            let Ok(elf) = Elf::parse(&data) else { continue };
-            if let Some(interp) = elf.interpreter {
-                todo.push(PathBuf::from(interp));
-            }
-            let mut dirs: Vec<PathBuf> = Vec::new();
-            let origin = canon.parent().map(Path::to_path_buf).unwrap_or_default();
-            for rp in elf.runpaths.iter().chain(elf.rpaths.iter()) {
-                for d in rp.split(':') {
-                    dirs.push(PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())));
-                }
-            }
-            if let Some(lp) = std::env::var_os("LD_LIBRARY_PATH") {
-                dirs.extend(std::env::split_paths(&lp));
-            }
-            for d in [
-                "/lib/x86_64-linux-gnu",
-                "/usr/lib/x86_64-linux-gnu",
-                "/lib64",
-                "/usr/lib64",
-                "/lib",
-                "/usr/lib",
-                "/usr/local/lib",
-            ] {
-                dirs.push(PathBuf::from(d));
-            }
-            for lib in &elf.libraries {
-                if let Some(found) = dirs.iter().map(|d| d.join(lib)).find(|c| c.is_file()) {
-                    todo.push(found);
-                }
-            }
+            self.load(key, &f, &f);
         }
     }
 
@@ -306,6 +267,54 @@ impl Unwinder {
             debug!("  {} ({} rows)", l.path.display(), l.rows);
         }
     }
+}
+
+/// The files an executable maps once exec'd: itself, its interpreter and
+/// the libraries it needs (DT_NEEDED, transitively), found as the dynamic
+/// loader would in the usual places (RUNPATH/RPATH, LD_LIBRARY_PATH, the
+/// system directories; not ld.so.cache). Canonical paths, each once.
+pub fn exec_files(exe: &Path) -> Vec<PathBuf> {
+    let mut todo = vec![exe.to_path_buf()];
+    let mut seen: Vec<PathBuf> = Vec::new();
+    while let Some(p) = todo.pop() {
+        let Ok(canon) = std::fs::canonicalize(&p) else { continue };
+        if seen.contains(&canon) {
+            continue;
+        }
+        seen.push(canon.clone());
+        let Ok(data) = std::fs::read(&canon) else { continue };
+        let Ok(elf) = Elf::parse(&data) else { continue };
+        if let Some(interp) = elf.interpreter {
+            todo.push(PathBuf::from(interp));
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let origin = canon.parent().map(Path::to_path_buf).unwrap_or_default();
+        for rp in elf.runpaths.iter().chain(elf.rpaths.iter()) {
+            for d in rp.split(':') {
+                dirs.push(PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())));
+            }
+        }
+        if let Some(lp) = std::env::var_os("LD_LIBRARY_PATH") {
+            dirs.extend(std::env::split_paths(&lp));
+        }
+        for d in [
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib64",
+            "/usr/lib64",
+            "/lib",
+            "/usr/lib",
+            "/usr/local/lib",
+        ] {
+            dirs.push(PathBuf::from(d));
+        }
+        for lib in &elf.libraries {
+            if let Some(found) = dirs.iter().map(|d| d.join(lib)).find(|c| c.is_file()) {
+                todo.push(found);
+            }
+        }
+    }
+    seen
 }
 
 fn libc_major(dev: u64) -> u64 {
