@@ -420,6 +420,12 @@ fn text_leak_report_marks_growth_and_unresolved_frames() {
     // --report picks another report for the pictures.
     let out = report(&["--folded", "--report", "2"], growth_input(3));
     assert_eq!(text(&out.stdout), "main;[app+0x50] 500\nmain;grow_cache 2000\n");
+    let out = report(&["--folded", "--report", "4"], growth_input(3));
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        "leakd-report: warning: --report 4: the input has 3 leak report(s); the files are empty\n"
+    );
 }
 
 #[test]
@@ -599,15 +605,11 @@ fn each_report_is_printed_as_it_arrives() {
     drop(stdin);
 }
 
-/// Peak RSS of a child, in KiB, from wait4.
-fn wait_rss_kib(child: std::process::Child) -> (i32, i64) {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid for wait4 to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; both pointers are to live locals.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    assert_eq!(pid, child.id() as i32, "wait4");
-    (libc::WEXITSTATUS(status), ru.ru_maxrss)
+/// The peak resident set (VmHWM) of a running process, in KiB.
+fn vm_hwm_kib(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[test]
@@ -623,6 +625,7 @@ fn a_100_mb_input_is_read_in_memory_bounded_by_distinct_stacks() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
+    let pid = child.id();
     let writer = std::thread::spawn(move || {
         let mut written = 0usize;
         let mut reports = 0u64;
@@ -652,15 +655,20 @@ fn a_100_mb_input_is_read_in_memory_bounded_by_distinct_stacks() {
             written += chunk.len();
         }
         w.flush().unwrap();
-        reports
+        // The peak so far, read while the input is still open: after exit,
+        // wait4's ru_maxrss would also count the test process's pages the
+        // child had before its exec, which other tests running in this
+        // process inflate.
+        let hwm = vm_hwm_kib(pid);
+        (reports, hwm)
     });
     let mut folded = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut folded).unwrap();
-    let reports = writer.join().unwrap();
+    let (reports, rss_kib) = writer.join().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    let (code, rss_kib) = wait_rss_kib(child);
-    assert_eq!(code, 0, "{stderr}");
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{stderr}");
     // More reports than the chart keeps points: its downsampling is exercised.
     assert!(reports > 2 * 512, "{reports} reports");
     let leaves = folded_leaves(&folded);
@@ -790,4 +798,213 @@ fn allocsnoop_through_symres_gives_an_alloc_profile_and_one_line_per_call() {
             "{index}: {top}"
         );
     }
+}
+
+#[bpf_test]
+fn a_live_leakd_attach_pipeline_shows_each_report_as_it_arrives() {
+    let (leaker, pid, err) = support::start_leaker(&[
+        "steady",
+        "--size",
+        "16384",
+        "--interval",
+        "0.05",
+        "--max",
+        "100000000",
+    ]);
+    support::discard(err);
+    // A long run: the reports must reach us while leakd-attach still runs.
+    let (mut attach, attach_err) =
+        support::spawn_attached("leakd-attach", &["-p", &pid.to_string(), "-i", "0.5", "-d", "60"]);
+    support::discard(attach_err);
+    let attach_out = attach.stdout.take().unwrap();
+    let mut attach = support::KillOnDrop(attach);
+    let mut symres =
+        Command::new(bin("symres")).stdin(attach_out).stdout(Stdio::piped()).spawn().unwrap();
+    let sym_out = symres.stdout.take().unwrap();
+    let _symres = support::KillOnDrop(symres);
+    let mut rep =
+        Command::new(bin("leakd-report")).stdin(sym_out).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(rep.stdout.take().unwrap());
+    let _rep = support::KillOnDrop(rep);
+    // If nothing comes, leakd-attach is stopped after a minute and the
+    // pipeline's end fails the read below.
+    // (Dropping `_stop` at the end, or in a panic, disarms it.)
+    let apid = attach.0.id();
+    let (_stop, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(60))
+            == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        {
+            support::signal(apid, libc::SIGKILL);
+        }
+    });
+    let mut seen = String::new();
+    let mut reports = 0;
+    while reports < 4 {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "the pipeline ended: {seen}");
+        if l.starts_with('[') && l.contains(&format!("] pid {pid}: ")) {
+            reports += 1;
+            assert!(!l.contains(", final"), "a periodic report: {l}");
+        }
+        seen.push_str(&l);
+    }
+    // Still running: these four came while leakd-attach was tracing.
+    assert!(attach.0.try_wait().unwrap().is_none(), "leakd-attach still runs");
+    let frames: Vec<&str> = seen.lines().filter(|l| l.starts_with("\t\tsteady_leak+0x")).collect();
+    assert!(frames.len() >= 3, "the leaking function in each report: {seen}");
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("\t") && l.contains(" bytes in ") && l.contains("KiB/s]")),
+        "a growth rate: {seen}"
+    );
+    drop(leaker);
+}
+
+#[test]
+fn pprof_opens_in_go_tool_pprof_web_ui() {
+    let Some(go) = have("go", "golang-go") else { return };
+    let dir = TempDir::new("http");
+    let prof = dir.path("growth.pb.gz");
+    let out = report(&["-q", "--pprof", prof.to_str().unwrap()], growth_input(5));
+    assert!(out.status.success(), "{out:?}");
+    // The pprof tool itself rather than `go tool pprof`, so that killing it
+    // leaves no server behind.
+    let tooldir = Command::new(go).args(["env", "GOTOOLDIR"]).output().unwrap();
+    let pprof = PathBuf::from(text(&tooldir.stdout).trim()).join("pprof");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Command::new(pprof)
+        .arg(format!("-http=127.0.0.1:{port}"))
+        .args(["-no_browser", "-symbolize=none"])
+        .arg(&prof)
+        .env("HOME", &dir.0)
+        .env("PPROF_TMPDIR", &dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = support::KillOnDrop(server);
+    let mut body = String::new();
+    for _ in 0..300 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(s, "GET /ui/top HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(body.starts_with("HTTP/1.0 200"), "pprof's web UI answered: {body:.300}");
+    assert!(
+        body.contains(r#"{"Name":"grow_cache","InlineLabel":"","Flat":5000,"Cum":5000"#),
+        "{body}"
+    );
+    assert!(body.contains(r#""Name":"main","InlineLabel":"","Flat":0,"Cum":5500"#), "{body}");
+}
+
+#[test]
+fn text_of_histograms_and_lost_events() {
+    let input = concat!(
+        r#"{"type":"hist","syscall":"read","nr":0,"count":5,"buckets":[{"lat_ns_min":1024,"lat_ns_max":2048,"count":4},{"lat_ns_min":140737488355328,"lat_ns_max":null,"count":1}]}"#,
+        "\n",
+        r#"{"type":"lost","reason":"ringbuf_full","count":3,"total":7}"#,
+        "\n"
+    );
+    let out = report(&[], input);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "read latency, 5 calls:\n  {:>10} .. {:<10} {:>10} |{:<40}|\n  {:>10} .. {:<10} {:>10} |{:<40}|\n\
+             WARNING: lost 3 events (ringbuf_full), 7 in all: totals are low\n",
+            "1.0 us",
+            "2.0 us",
+            4,
+            "*".repeat(40),
+            "140737.49 s",
+            "inf",
+            1,
+            "*".repeat(10),
+        )
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_written_is_an_error_with_its_path() {
+    // Said before any input is read: the input here would hang otherwise.
+    let mut child = Command::new(bin("leakd-report"))
+        .args(["--html", "/nonexistent-dir/x.html"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _open_stdin = child.stdin.take();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "ended by itself with an error: {out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.starts_with("leakd-report: error: creating /nonexistent-dir/x.html: "), "{err}");
+}
+
+#[test]
+fn html_search_and_zoom_work_in_the_browser() {
+    let dir = TempDir::new("zoom");
+    let page = dir.path("z.html");
+    let out = report(&["-q", "--html", page.to_str().unwrap()], growth_input(5));
+    assert!(out.status.success(), "{out:?}");
+    // The link form of a search and a zoom, run by the page's own script.
+    let link = PathBuf::from(format!("{}#search=%5Egrow_&zoom=grow_cache", page.display()));
+    let Some(dom) = dump_dom(&dir, &link) else { return };
+    assert!(dom.contains(">matched 4.9 KiB (90.9%)<"), "{dom}");
+    let re = regex::Regex::new(r#"<div class="frame([a-z ]*)" data-bytes="(\d+)"[^>]*style="left: ([0-9.]+)%; width: ([0-9.]+)%;[^>]*>([^<]*)</div>"#)
+        .unwrap();
+    let frames: Vec<(String, String, String, String)> = re
+        .captures_iter(&dom)
+        .map(|c| (c[5].to_string(), c[1].to_string(), c[3].to_string(), c[4].to_string()))
+        .collect();
+    // Zoomed into grow_cache: it fills the width, its callers are dimmed
+    // (full width too), the sibling stack is not drawn; the search marks it.
+    assert_eq!(
+        frames,
+        [
+            ("all".into(), " growing dim".into(), "0".into(), "100".into()),
+            ("main".into(), " growing dim".into(), "0".into(), "100".into()),
+            ("grow_cache".into(), " growing match".into(), "0".into(), "100".into()),
+        ],
+        "{dom}"
+    );
+}
+
+#[test]
+fn the_screenshot_script_writes_a_png_of_a_page() {
+    let dir = TempDir::new("shot");
+    let page = dir.path("p.html");
+    let out = report(&["-q", "--html", page.to_str().unwrap()], growth_input(3));
+    assert!(out.status.success(), "{out:?}");
+    if have("chromium", "chromium").is_none() {
+        return;
+    }
+    let png = dir.path("p.png");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/report-screenshot");
+    let out = Command::new(script)
+        .arg(&page)
+        .arg(&png)
+        .arg("800x600")
+        .env("HOME", &dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).trim_end(), png.to_str().unwrap());
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    // IHDR: width and height as asked.
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 800);
+    assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 600);
 }

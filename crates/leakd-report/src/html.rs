@@ -274,6 +274,24 @@ function chart() {
   });
   host.appendChild(svg);
 }
+// A link can carry a search and a zoom: page.html#search=REGEX&zoom=FUNCTION
+// (the heaviest frame of that name).
+(function fromHash() {
+  var params = {};
+  location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
+    var i = kv.indexOf("=");
+    if (i > 0) { params[kv.slice(0, i)] = decodeURIComponent(kv.slice(i + 1)); }
+  });
+  if (params.search !== undefined) { document.getElementById("search").value = params.search; }
+  if (params.zoom !== undefined) {
+    var best = null;
+    (function walk(n) {
+      if (n[0] === params.zoom && (best === null || n[1] > best[1])) { best = n; }
+      n[3].forEach(walk);
+    })(rootNode);
+    if (best !== null) { zoomed = path(best); }
+  }
+})();
 render();
 chart();
 document.body.setAttribute("data-rendered", "yes");

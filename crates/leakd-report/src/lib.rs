@@ -126,6 +126,10 @@ fn check(l: &input::Line) -> std::result::Result<(), String> {
 }
 
 fn render<R: Read>(cli: &Cli, mut input: BufReader<R>, out: &mut impl Write) -> Result<Stats> {
+    // Files are created before the input is read: a path that cannot be
+    // written fails now, not after a day of leakd-attach -i reports.
+    let (pprof_file, svg_file, html_file) =
+        (create(cli.pprof.as_deref())?, create(cli.svg.as_deref())?, create(cli.html.as_deref())?);
     let mut model = model::Model::new(cli.report);
     let mut text = text::Text::default();
     let show_text = !cli.quiet && !cli.folded;
@@ -195,22 +199,34 @@ fn render<R: Read>(cli: &Cli, mut input: BufReader<R>, out: &mut impl Write) -> 
         }
     }
     model.end_report();
+    if let Some(n) = cli.report.filter(|&n| n > model.reports) {
+        eprintln!(
+            "leakd-report: warning: --report {n}: the input has {} leak report(s); the files \
+             are empty",
+            model.reports
+        );
+    }
     if show_text {
         text.finish(out)?;
     }
     if cli.folded {
         out.write_all(flame::folded(&model).as_bytes())?;
     }
-    if let Some(p) = &cli.pprof {
-        write_file(p, |f| pprof::write(&model, f))?;
+    if let Some(f) = pprof_file {
+        write_file(f, |w| pprof::write(&model, w))?;
     }
-    if let Some(p) = &cli.svg {
-        write_file(p, |f| f.write_all(flame::svg(&model, &cli.title).as_bytes()))?;
+    if let Some(f) = svg_file {
+        write_file(f, |w| w.write_all(flame::svg(&model, &cli.title).as_bytes()))?;
     }
-    if let Some(p) = &cli.html {
-        write_file(p, |f| f.write_all(html::page(&model, &cli.title).as_bytes()))?;
+    if let Some(f) = html_file {
+        write_file(f, |w| w.write_all(html::page(&model, &cli.title).as_bytes()))?;
     }
     Ok(stats)
+}
+
+fn create(p: Option<&Path>) -> Result<Option<(&Path, File)>> {
+    p.map(|p| Ok((p, File::create(p).with_context(|| format!("creating {}", p.display()))?)))
+        .transpose()
 }
 
 fn trim_eol(b: &[u8]) -> &[u8] {
@@ -218,8 +234,10 @@ fn trim_eol(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
 
-fn write_file(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+fn write_file(
+    (path, file): (&Path, File),
+    f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<()> {
     let mut w = BufWriter::new(file);
     f(&mut w).and_then(|()| w.flush()).with_context(|| format!("writing {}", path.display()))
 }

@@ -9,10 +9,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use leakd_common::cli::RunArgs;
 use leakd_common::{Context, Result};
 
-use crate::log;
 use crate::pipeline;
-use crate::resolver::{Options, MAX_OPEN_MODULES};
-use crate::symbolizer::Resolver;
+use leakd_symbolize::{log, Options, Resolver, MAX_OPEN_MODULES};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -93,12 +93,12 @@ impl Resolver {
     }
 
     /// Whether lines now come few at a time (see `AddrResolver::set_warm`).
-    pub(crate) fn set_warm(&mut self, on: bool) {
+    pub fn set_warm(&mut self, on: bool) {
         self.addrs.set_warm(on);
     }
 
     /// Build the index of `file` (see `AddrResolver::build_index`).
-    pub(crate) fn build_index(
+    pub fn build_index(
         &mut self,
         file: &std::path::Path,
         threads: usize,
