@@ -8,6 +8,7 @@
 mod support;
 
 mod allocsnoop;
+mod containers;
 mod deploy;
 mod execsnoop;
 mod leakd_attach;

@@ -13,6 +13,7 @@ use alloc_probes::sys as ops;
 use alloc_probes::{kept_frames, load_tracer, ops_for, probes, stack_frames, ProbeArgs, Tracer};
 use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{RunArgs, TargetArgs};
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
@@ -74,10 +75,18 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
-    event_loop.start_target(target, |pid| maps.prime(pid))?;
+    // Events of a traced container (or of -p's, when in one) say which.
+    let mut containers =
+        (target.scope.is_some() || target.requested_pid.is_some()).then(PidContainers::new);
+    event_loop.start_target(target, |pid| {
+        maps.prime(pid);
+        if let Some(c) = containers.as_mut() {
+            c.prime(pid);
+        }
+    })?;
     info!("attached, tracing allocations (Ctrl-C to stop)");
     let mut out = Output::stdout();
-    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack };
+    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack, containers };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
     Ok(0)
 }
@@ -86,6 +95,8 @@ struct Printer {
     clock: WallClock,
     maps: MapsCache,
     stack: bool,
+    /// The container of each process, read once per process.
+    containers: Option<PidContainers>,
 }
 
 impl Handler for Printer {
@@ -121,6 +132,10 @@ impl Handler for Printer {
             let n = (e.nr_frames as usize).min(e.frames.len());
             let kept = kept_frames(&mut self.maps, e.pid, &e.frames[..n]);
             v["stack"] = Value::Array(stack_frames(&mut self.maps, e.pid, &e.frames[..kept]));
+        }
+        let c = self.containers.as_mut().and_then(|c| c.get(e.pid));
+        if let (Some(c), Some(obj)) = (c, v.as_object_mut()) {
+            c.enrich(obj);
         }
         out.line(&v)?;
         Ok(())
