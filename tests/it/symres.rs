@@ -1228,3 +1228,25 @@ fn lines_without_frames_pass_through_and_a_bad_frame_spoils_only_itself() {
         ]
     );
 }
+
+/// Issue 17: symres's code speaks with the running tool's name and level.
+/// Under `leakd-attach -v --symbolize` its messages (files loaded, said
+/// under -v) start with "leakd-attach:", never "symres:".
+#[leakd_test_macros::bpf_test]
+fn messages_under_leakd_attach_carry_its_name() {
+    let out = Cmd::cargo_bin("leakd-attach")
+        .unwrap()
+        .args(["-v", "--symbolize", "--"])
+        .args([crate::support::LEAKER, "ten-nine", "--linger", "0.3"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let leaker = Path::new(crate::support::LEAKER).file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.lines().any(|l| l.starts_with("leakd-attach: loaded ") && l.contains(leaker)),
+        "{err}"
+    );
+    assert!(!err.lines().any(|l| l.starts_with("symres:")), "{err}");
+}
