@@ -22,7 +22,7 @@
 #define ALLOC_BPF_H
 
 #include "leakd.bpf.h"
-#include "allocsnoop.h"
+#include "alloc.h"
 
 struct alloc_pending {
 	__u64 sp;

@@ -2,6 +2,7 @@
  * The probe logic (nesting, realloc semantics) is in alloc.bpf.h; this file
  * only decides what an event carries. */
 #include "alloc.bpf.h"
+#include "allocsnoop.h"
 
 const volatile __u8 capture_stack = 0;
 const volatile __u64 min_size = 0;

@@ -1,23 +1,7 @@
-/* allocsnoop's event and operation codes: the only definition; Rust mirrors
- * it with bindgen. leakd-attach reuses the operation codes. */
+/* allocsnoop's event: the only definition; Rust mirrors it with bindgen.
+ * The operation codes (enum alloc_op) are the probe layer's, in alloc.h. */
 #ifndef ALLOCSNOOP_H
 #define ALLOCSNOOP_H
-
-enum alloc_op {
-	ALLOC_OP_MALLOC = 0,
-	ALLOC_OP_CALLOC = 1,
-	ALLOC_OP_REALLOC = 2,
-	ALLOC_OP_REALLOCARRAY = 3,
-	ALLOC_OP_FREE = 4,
-	ALLOC_OP_POSIX_MEMALIGN = 5,
-	ALLOC_OP_ALIGNED_ALLOC = 6,
-	ALLOC_OP_MEMALIGN = 7,
-	ALLOC_OP_VALLOC = 8,
-	ALLOC_OP_PVALLOC = 9,
-	ALLOC_OP_MMAP = 10,
-	ALLOC_OP_MUNMAP = 11,
-	ALLOC_OP_MAX = 12,
-};
 
 #define ALLOCSNOOP_MAX_FRAMES 32
 

@@ -1,7 +1,1 @@
-fn main() {
-    std::process::exit(leakd_common::main(
-        allocsnoop::command(),
-        std::env::args_os(),
-        allocsnoop::run,
-    ));
-}
+leakd_common::tool_main!(allocsnoop);

@@ -1,7 +1,1 @@
-fn main() {
-    std::process::exit(leakd_common::main(
-        execsnoop::command(),
-        std::env::args_os(),
-        execsnoop::run,
-    ));
-}
+leakd_common::tool_main!(execsnoop);

@@ -1,7 +1,1 @@
-fn main() {
-    std::process::exit(leakd_common::main(
-        leakd_attach::command(),
-        std::env::args_os(),
-        leakd_attach::run,
-    ));
-}
+leakd_common::tool_main!(leakd_attach);

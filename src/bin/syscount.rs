@@ -1,3 +1,1 @@
-fn main() {
-    std::process::exit(leakd_common::main(syscount::command(), std::env::args_os(), syscount::run));
-}
+leakd_common::tool_main!(syscount);

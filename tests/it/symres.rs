@@ -978,3 +978,100 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
         ]
     );
 }
+
+/// Run symres as `uid` (root: as it is) with `args`; exit code and stderr.
+fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
+    let bin = crate::support::bin("symres");
+    let mut cmd = if uid == 0 {
+        Command::new(&bin)
+    } else {
+        let mut c = Command::new("setpriv");
+        let id = uid.to_string();
+        c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"]).arg(&bin);
+        c
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 18, item 1: whoever can write to the index directory plants
+/// symlinks where `--build-index` writes (its temporary names for the
+/// next few thousand pids, and the index's own name) pointing at a file
+/// of the user running symres. Run as root and as an ordinary user, symres
+/// never writes through them: a directory another user owns (or that
+/// others may write to without the sticky bit) is refused; in a sticky one
+/// (like /tmp) the index goes in by an exclusive create and a rename (that
+/// replaces a link planted at its name, as root), and the victim is left
+/// as it was.
+#[test]
+fn planted_symlinks_in_the_index_directory_are_never_written_through() {
+    use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+    if !crate::support::root_available("planted-symlink") {
+        return;
+    }
+    const ATTACKER: u32 = 65533;
+    let dir = TempDir::new("planted");
+    let prog = build_prog(&dir, "prog", &[]);
+    let name = format!("{}.index", build_id(&prog));
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    for runner in [0, 65534] {
+        let victim = dir.path(&format!("victim-{runner}"));
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::chown(&victim, Some(runner), Some(runner)).unwrap();
+        let plant = |d: &Path, mode: u32, owner: u32, final_name: bool| {
+            std::fs::create_dir(d).unwrap();
+            std::os::unix::fs::chown(d, Some(owner), Some(owner)).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+            let next: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let mut names = if final_name { vec![name.clone()] } else { vec![] };
+            names.extend((next..next + 3000).map(|pid| format!(".{name}.{pid}")));
+            for n in names {
+                symlink(&victim, d.join(&n)).unwrap();
+                lchown(d.join(&n), Some(ATTACKER), Some(ATTACKER)).unwrap();
+            }
+        };
+        // The attacker's directory, open to all (a shared --index-dir).
+        let theirs = dir.path(&format!("theirs-{runner}"));
+        plant(&theirs, 0o777, ATTACKER, true);
+        let (code, _, err) =
+            symres_as(runner, &["--index-dir", &p(&theirs), "--build-index", &p(&prog)], "");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "uid {runner}: {err}");
+        assert_eq!(code, 1, "uid {runner}: {err}");
+        assert!(err.contains("refused"), "uid {runner}: {err}");
+        // A sticky directory everyone writes to, like /tmp. (An ordinary
+        // user cannot replace another's link there: the name is squatted,
+        // an error; root replaces it.)
+        let sticky = dir.path(&format!("sticky-{runner}"));
+        plant(&sticky, 0o1777, 0, runner == 0);
+        let (code, out, err) =
+            symres_as(runner, &["--index-dir", &p(&sticky), "--build-index", &p(&prog)], "");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "uid {runner}: {err}");
+        assert_eq!(code, 0, "uid {runner}: {err}");
+        assert!(out.contains(&name), "{out}");
+        let index = std::fs::symlink_metadata(sticky.join(&name)).unwrap();
+        assert!(index.file_type().is_file(), "uid {runner}: {index:?}");
+        assert_eq!(index.uid(), runner);
+        // And it is used: answers from the index.
+        let line = json!({"type": "t", "stack": [{"module": p(&prog), "offset": "0x1130"}]});
+        let (code, _, err) =
+            symres_as(runner, &["-v", "--index-dir", &p(&sticky)], &format!("{line}\n"));
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("using the index"), "uid {runner}: {err}");
+    }
+}

@@ -118,11 +118,11 @@ fn is_eperm_source(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Turn a program load error into a message; the verifier log is printed to
-/// stderr when `verbose` is set, and otherwise hinted at.
-pub fn load_error(name: &str, e: ProgramError, verbose: u8) -> anyhow::Error {
+/// stderr with `-v`, and otherwise hinted at.
+pub fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
-            if verbose > 0 {
+            if crate::log::enabled(1) {
                 eprintln!(
                     "--- verifier log for {name} ---\n{verifier_log}\n--- end of verifier log ---"
                 );
@@ -147,30 +147,18 @@ where
 }
 
 /// Load and attach a classic tracepoint program (`tracepoint/<category>/<name>`).
-pub fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    category: &str,
-    name: &str,
-    verbose: u8,
-) -> Result<()> {
+pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = program_mut(ebpf, prog)?;
-    p.load().map_err(|e| load_error(prog, e, verbose))?;
+    p.load().map_err(|e| load_error(prog, e))?;
     p.attach(category, name)
         .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
     Ok(())
 }
 
 /// Load and attach a BTF-typed tracepoint program (`tp_btf/<name>`).
-pub fn attach_btf_tracepoint(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    prog: &str,
-    name: &str,
-    verbose: u8,
-) -> Result<()> {
+pub fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, name: &str) -> Result<()> {
     let p: &mut BtfTracePoint = program_mut(ebpf, prog)?;
-    p.load(name, btf).map_err(|e| load_error(prog, e, verbose))?;
+    p.load(name, btf).map_err(|e| load_error(prog, e))?;
     p.attach().with_context(|| format!("attaching {prog} to tp_btf/{name}"))?;
     Ok(())
 }
@@ -182,7 +170,7 @@ pub fn kernel_btf() -> Result<Btf> {
 
 /// When following a launched command and its children: seed the tracked set
 /// with the command's PID and attach the fork/exit programs that maintain it.
-pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8) -> Result<()> {
+pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter) -> Result<()> {
     if !filter.follows_children() {
         return Ok(());
     }
@@ -191,8 +179,8 @@ pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter, verbose: u8)
             .ok_or_else(|| anyhow!("map leakd_tracked missing from object"))?,
     )?;
     tracked.insert(filter.tgid, 1, 0).context("seeding the tracked-process map")?;
-    attach_btf_tracepoint(ebpf, btf, "leakd_fork", "sched_process_fork", verbose)?;
-    attach_btf_tracepoint(ebpf, btf, "leakd_exit", "sched_process_exit", verbose)?;
+    attach_btf_tracepoint(ebpf, btf, "leakd_fork", "sched_process_fork")?;
+    attach_btf_tracepoint(ebpf, btf, "leakd_exit", "sched_process_exit")?;
     Ok(())
 }
 

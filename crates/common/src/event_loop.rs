@@ -17,8 +17,9 @@ use aya::maps::{MapData, RingBuf};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::bpf::LostCounter;
-use crate::launch::{Held, Launched};
+use crate::launch::Launched;
 use crate::out::Output;
+use crate::target::Target;
 
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +81,9 @@ impl EventLoop {
     /// process, or release the held command and watch it. `on_target` sees
     /// the target's pid first (e.g. to read its mappings, which vanish when
     /// it exits).
-    pub fn start_target(
-        &mut self,
-        pid: Option<u32>,
-        held: Option<Held>,
-        mut on_target: impl FnMut(u32),
-    ) -> Result<()> {
-        if let Some(pid) = pid {
+    pub fn start_target(&mut self, target: Target, mut on_target: impl FnMut(u32)) -> Result<()> {
+        let Target { requested_pid, held, .. } = target;
+        if let Some(pid) = requested_pid {
             on_target(pid);
             self.watch(pid, None)?;
         }

@@ -9,14 +9,70 @@ pub mod bpf;
 pub mod cli;
 pub mod event_loop;
 pub mod launch;
+pub mod log;
 pub mod out;
 pub mod procmaps;
+pub mod target;
 pub mod text;
 
 use std::ffi::OsString;
 use std::io;
 
 pub use anyhow::{anyhow, bail, Context, Error, Result};
+
+#[doc(hidden)]
+pub use aya as __aya;
+
+/// The BPF object a tool's build script compiled from `bpf/<stem>.bpf.c`
+/// (see leakd-bpf-build), aligned as aya needs it:
+/// `static OBJECT: &[u8] = leakd_common::bpf_object!("execsnoop");`.
+#[macro_export]
+macro_rules! bpf_object {
+    ($stem:literal) => {
+        $crate::__aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $stem, ".bpf.o"))
+    };
+}
+
+/// The Rust mirror bindgen generated from `bpf/<stem>.h`:
+/// `leakd_common::bpf_mirror!(pub mod sys = "execsnoop");`.
+#[macro_export]
+macro_rules! bpf_mirror {
+    ($vis:vis mod $name:ident = $stem:literal) => {
+        #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
+        $vis mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $stem, ".rs"));
+        }
+    };
+}
+
+/// Declare mirrored structs plain data, readable from any bytes (events)
+/// and usable as map keys and values: `bpf_pod!(unsafe sys::a, sys::b)`.
+/// The `unsafe` is the caller's promise: each type is a bindgen mirror of
+/// a struct of fixed-size integers and integer arrays only, so every bit
+/// pattern is a valid value (bindgen's layout tests check the layout).
+#[macro_export]
+macro_rules! bpf_pod {
+    (unsafe $($t:ty),+ $(,)?) => {
+        $(
+            // SAFETY: promised by the caller with `unsafe` (see bpf_pod!).
+            unsafe impl $crate::bpf::Pod for $t {}
+            // SAFETY: as above.
+            unsafe impl $crate::__aya::Pod for $t {}
+        )+
+    };
+}
+
+/// A tool's `main`: `leakd_common::tool_main!(execsnoop);` runs
+/// `execsnoop::command()` and `execsnoop::run` through [`main`] and exits
+/// with its code.
+#[macro_export]
+macro_rules! tool_main {
+    ($krate:ident) => {
+        fn main() {
+            std::process::exit($crate::main($krate::command(), std::env::args_os(), $krate::run));
+        }
+    };
+}
 
 /// Exit status for a run that ended normally.
 pub const EXIT_OK: i32 = 0;
@@ -45,6 +101,8 @@ where
             return code;
         }
     };
+    let level = matches.try_get_one::<u8>("verbose").ok().flatten().copied().unwrap_or(0);
+    log::init(&name, level);
     match run(&matches) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => EXIT_OK,

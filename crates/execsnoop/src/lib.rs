@@ -11,23 +11,19 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 use regex::bytes::Regex;
 use serde_json::{json, Value};
 
-use leakd_common::bpf::{self, Filter, LostCounter, Pod};
+use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{RunArgs, TargetArgs};
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::text::{bytes_to_string, c_string, WallClock};
-use leakd_common::{launch, Result};
+use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Result};
 
-#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
-mod sys {
-    include!(concat!(env!("OUT_DIR"), "/execsnoop.rs"));
-}
+bpf_mirror!(mod sys = "execsnoop");
+// bindgen generated execsnoop_event from bpf/execsnoop.h as a #[repr(C)]
+// struct of integers and integer arrays only.
+bpf_pod!(unsafe sys::execsnoop_event);
 
-// SAFETY: bindgen generated execsnoop_event from bpf/execsnoop.h as a
-// #[repr(C)] struct of integers and integer arrays only.
-unsafe impl Pod for sys::execsnoop_event {}
-
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/execsnoop.bpf.o"));
+static OBJECT: &[u8] = bpf_object!("execsnoop");
 
 const EXAMPLES: &str = "\
 Examples:
@@ -86,19 +82,8 @@ pub fn command() -> clap::Command {
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    // A mistyped PID is reported whatever the privileges.
-    let cgroup_id = cli.target.check()?.unwrap_or(0);
-    bpf::preflight()?;
-    let held = if cli.target.command.is_empty() {
-        None
-    } else {
-        Some(launch::spawn_held(&cli.target.command)?)
-    };
-    let filter = Filter::new(
-        held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
-        held.is_some(),
-        cgroup_id,
-    );
+    let target = cli.target.prepare()?;
+    let filter = target.filter();
 
     let uid = cli.filters.uid.unwrap_or(u32::MAX);
     let ppid = cli.filters.ppid.unwrap_or(0);
@@ -109,26 +94,23 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("targ_ppid", &ppid, true);
     loader.override_global("failed_only", &failed, true);
     let mut ebpf = bpf::load(&mut loader, OBJECT)?;
-    let verbose = cli.run.verbose;
     let btf = bpf::kernel_btf()?;
-    bpf::start_following(&mut ebpf, &btf, &filter, verbose)?;
+    bpf::start_following(&mut ebpf, &btf, &filter)?;
     for (prog, tp) in [
         ("enter_execve", "sys_enter_execve"),
         ("enter_execveat", "sys_enter_execveat"),
         ("exit_execve", "sys_exit_execve"),
         ("exit_execveat", "sys_exit_execveat"),
     ] {
-        bpf::attach_tracepoint(&mut ebpf, prog, "syscalls", tp, verbose)?;
+        bpf::attach_tracepoint(&mut ebpf, prog, "syscalls", tp)?;
     }
-    bpf::attach_btf_tracepoint(&mut ebpf, &btf, "handle_exec", "sched_process_exec", verbose)?;
+    bpf::attach_btf_tracepoint(&mut ebpf, &btf, "handle_exec", "sched_process_exec")?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, None)?;
-    event_loop.start_target(cli.target.pid, held, |_| {})?;
-    if verbose > 0 {
-        eprintln!("execsnoop: attached, tracing execs (Ctrl-C to stop)");
-    }
+    event_loop.start_target(target, |_| {})?;
+    info!("attached, tracing execs (Ctrl-C to stop)");
     let mut out = Output::stdout();
     let mut printer = Printer { clock: WallClock::new(), filters: cli.filters };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;

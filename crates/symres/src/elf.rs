@@ -43,13 +43,17 @@ impl Bytes {
     /// read; see crate::mmap for why that is safe even if the file
     /// shrinks), or read when it cannot be mapped.
     pub fn open(path: &std::path::Path) -> std::io::Result<Bytes> {
-        let mut f = std::fs::File::open(path)?;
+        Bytes::of_file(std::fs::File::open(path)?)
+    }
+
+    /// An open file, as `open`; read no further than its size.
+    pub fn of_file(mut f: std::fs::File) -> std::io::Result<Bytes> {
         let len = f.metadata()?.len();
         if let Some(m) = usize::try_from(len).ok().and_then(|n| crate::mmap::Map::new(&f, n)) {
             return Ok(Bytes(Arc::new(Backing::Map(m))));
         }
         let mut data = Vec::new();
-        f.read_to_end(&mut data)?;
+        f.by_ref().take(len).read_to_end(&mut data)?;
         Ok(Bytes::heap(data))
     }
 }
@@ -277,9 +281,6 @@ pub struct DwarfSections {
     /// The file's executable segments, [begin, end) addresses: the only
     /// addresses symres asks DWARF about.
     pub code: Vec<(u64, u64)>,
-    /// Whether to say on stderr that a compressed section is corrupt (found
-    /// only when it is first read); set by the resolver.
-    pub verbose: u8,
 }
 
 /// A compressed section (SHF_COMPRESSED) is inflated on first use: some are
@@ -300,8 +301,8 @@ impl DwarfSections {
                 .get_or_init(|| {
                     let r = inflate(raw.bytes(), *chdr)
                         .map(|b| EndianReader::new(Bytes::heap(b), self.endian));
-                    if let (Err(e), 1..) = (&r, self.verbose) {
-                        eprintln!("symres: {name}: {e}, left out");
+                    if let Err(e) = &r {
+                        crate::log::log!(1, "{name}: {e}, left out");
                     }
                     r
                 })
@@ -492,8 +493,7 @@ impl ElfFile {
             .filter(|p| p.p_flags & PF_X != 0)
             .map(|p| (p.p_vaddr, p.p_vaddr.saturating_add(p.p_memsz)))
             .collect();
-        let dwarf =
-            has_info.then_some(DwarfSections { sections: debug_secs, endian, code, verbose: 0 });
+        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }

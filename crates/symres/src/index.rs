@@ -17,14 +17,15 @@
 //! An index is input like any other file: a truncated or corrupt one is
 //! ignored (said under -v), and never read past its bounds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::answer::{members, write_answer, Inlined, Reason, Resolution};
 use crate::elf::Bytes;
-use crate::resolve::{members, write_answer, Inlined, Reason, Resolution};
-use crate::scan::Scan;
+use crate::frame_scan::Scan;
+use crate::store::StoreDir;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
@@ -508,16 +509,17 @@ impl Index {
     }
 
     /// The index of `build_id` in `dir`, if there is a usable one.
-    pub fn load(dir: &Path, build_id: &[u8]) -> Result<Option<Index>, String> {
-        let path = dir.join(file_name(build_id));
-        let data = match Bytes::open(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+    pub fn load(dir: &StoreDir, build_id: &[u8]) -> Result<Option<Index>, String> {
+        let name = file_name(build_id);
+        let path = || dir.path().join(&name);
+        let data = match dir.open_file(&name) {
+            Ok(Some(f)) => Bytes::of_file(f).map_err(|e| format!("{}: {e}", path().display()))?,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
         };
         Index::parse(data, build_id)
             .map(Some)
-            .map_err(|e| format!("{}: {e}, ignored", path.display()))
+            .map_err(|e| format!("{}: {e}, ignored", path().display()))
     }
 }
 

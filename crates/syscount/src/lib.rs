@@ -14,31 +14,20 @@ use std::str::FromStr;
 use aya::EbpfLoader;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
-use leakd_common::bpf::{self, Filter, LostCounter};
+use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
 use leakd_common::event_loop::{End, EventLoop};
 use leakd_common::out::Output;
-use leakd_common::{launch, Result};
+use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Result};
 
 use report::{Grouping, Reporter};
 
-#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
-mod sys {
-    include!(concat!(env!("OUT_DIR"), "/syscount.rs"));
-}
-
+bpf_mirror!(mod sys = "syscount");
 // bindgen generates these from bpf/syscount.h as #[repr(C)] structs of
 // integers and integer arrays only, with no implicit padding.
-// SAFETY: syscount_val is such a struct: every bit pattern is a valid value.
-unsafe impl aya::Pod for sys::syscount_val {}
-// SAFETY: syscount_key is such a struct: every bit pattern is a valid value.
-unsafe impl aya::Pod for sys::syscount_key {}
-// SAFETY: syscount_hist is such a struct: every bit pattern is a valid value.
-unsafe impl aya::Pod for sys::syscount_hist {}
-// SAFETY: syscount_comm is such a struct: every bit pattern is a valid value.
-unsafe impl aya::Pod for sys::syscount_comm {}
+bpf_pod!(unsafe sys::syscount_val, sys::syscount_key, sys::syscount_hist, sys::syscount_comm);
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/syscount.bpf.o"));
+static OBJECT: &[u8] = bpf_object!("syscount");
 
 const EXAMPLES: &str = "\
 Examples:
@@ -170,19 +159,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         opts.process = true;
     }
     let comm = opts.comm;
-    // A mistyped PID is reported whatever the privileges.
-    let cgroup_id = cli.target.check()?.unwrap_or(0);
-    bpf::preflight()?;
-    let held = if cli.target.command.is_empty() {
-        None
-    } else {
-        Some(launch::spawn_held(&cli.target.command)?)
-    };
-    let filter = Filter::new(
-        held.as_ref().map(|h| h.pid()).or(cli.target.pid).unwrap_or(0),
-        held.is_some(),
-        cgroup_id,
-    );
+    let target = cli.target.prepare()?;
+    let filter = target.filter();
 
     let grouping = Grouping {
         process: opts.process,
@@ -230,31 +208,22 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     }
     loader.map_max_entries("comms", if grouping.process { opts.max_rows } else { 1 });
     let mut ebpf = bpf::load(&mut loader, OBJECT)?;
-    let verbose = cli.run.verbose;
     let btf = bpf::kernel_btf()?;
-    bpf::start_following(&mut ebpf, &btf, &filter, verbose)?;
+    bpf::start_following(&mut ebpf, &btf, &filter)?;
     if grouping.process {
-        bpf::attach_btf_tracepoint(
-            &mut ebpf,
-            &btf,
-            "syscount_exec",
-            "sched_process_exec",
-            verbose,
-        )?;
+        bpf::attach_btf_tracepoint(&mut ebpf, &btf, "syscount_exec", "sched_process_exec")?;
     }
     // Exit first: a call whose entry is seen must have its exit seen too.
     if timed || opts.failed {
-        bpf::attach_btf_tracepoint(&mut ebpf, &btf, "sys_exit", "sys_exit", verbose)?;
+        bpf::attach_btf_tracepoint(&mut ebpf, &btf, "sys_exit", "sys_exit")?;
     }
-    bpf::attach_btf_tracepoint(&mut ebpf, &btf, "sys_enter", "sys_enter", verbose)?;
+    bpf::attach_btf_tracepoint(&mut ebpf, &btf, "sys_enter", "sys_enter")?;
 
     let mut reporter = Reporter::new(&mut ebpf, grouping, &opts)?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, cli.interval.interval)?;
-    event_loop.start_target(cli.target.pid, held, |_| {})?;
-    if verbose > 0 {
-        eprintln!("syscount: attached, counting syscalls (Ctrl-C to stop)");
-    }
+    event_loop.start_target(target, |_| {})?;
+    info!("attached, counting syscalls (Ctrl-C to stop)");
     let mut out = Output::stdout();
     out.set_plain(opts.text);
     let end = event_loop.run(None, &mut out, &mut lost, &mut reporter)?;

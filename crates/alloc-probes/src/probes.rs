@@ -1,4 +1,4 @@
-//! Where and how the allocator probes are attached; shared with leakd-attach.
+//! Where and how the allocator probes are attached.
 //!
 //! The cost of a uprobe hit depends on the probed instruction: the kernel
 //! emulates a few (push, direct jmp/jcc/call) for ~0.7 µs a hit, and
@@ -17,7 +17,7 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
-use leakd_common::{anyhow, bail, Context, Result};
+use leakd_common::{anyhow, bail, info, Context, Result};
 use leakd_common::{bpf, procmaps};
 
 use crate::sys;
@@ -25,7 +25,7 @@ use crate::sys;
 const N_OPS: usize = sys::alloc_op_ALLOC_OP_MAX as usize;
 
 /// Operation names, placed by the values of `enum alloc_op`
-/// (bpf/allocsnoop.h); an unnamed op fails the build.
+/// (bpf/alloc.h); an unnamed op fails the build.
 pub const OP_NAMES: [&str; N_OPS] = {
     let mut r = [""; N_OPS];
     r[sys::alloc_op_ALLOC_OP_MALLOC as usize] = "malloc";
@@ -336,26 +336,19 @@ fn attach_order(sites: &[Site]) -> impl Iterator<Item = (&Site, &'static [&'stat
 }
 
 /// Attach the shared entry/return/free programs at every site.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    lib: &Path,
-    sites: &[Site],
-    pid: Option<u32>,
-    verbose: u8,
-    tool: &str,
-) -> Result<()> {
+pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>) -> Result<()> {
     let scope = match pid.and_then(NonZeroU32::new) {
         Some(p) => UProbeScope::OneProcess(p),
         None => UProbeScope::AllProcesses,
     };
     for prog in ["alloc_enter", "alloc_return", "free_enter"] {
         let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
-        p.load().map_err(|e| bpf::load_error(prog, e, verbose))?;
+        p.load().map_err(|e| bpf::load_error(prog, e))?;
     }
     for site in sites {
-        if let (Some(alias), 1..) = (site.alias_of, verbose) {
-            eprintln!(
-                "{tool}: {} is the same function as {}: reported as {}",
+        if let Some(alias) = site.alias_of {
+            info!(
+                "{} is the same function as {}: reported as {}",
                 site.symbol,
                 op_name(alias),
                 op_name(alias)
@@ -375,16 +368,14 @@ pub fn attach(
                 format!("attaching {prog} to {}:{}", lib.display(), site.symbol)
             })?;
         }
-        if verbose > 0 {
-            eprintln!(
-                "{tool}: probe {}+{} at {}+{:#x} ({})",
-                site.symbol,
-                site.probe_offset,
-                lib.display(),
-                site.file_offset + site.probe_offset,
-                site.why
-            );
-        }
+        info!(
+            "probe {}+{} at {}+{:#x} ({})",
+            site.symbol,
+            site.probe_offset,
+            lib.display(),
+            site.file_offset + site.probe_offset,
+            site.why
+        );
     }
     Ok(())
 }

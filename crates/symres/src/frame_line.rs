@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
+use crate::answer::{Answer, Reason};
+use crate::frame_scan::{self as scan, Item, Member, Scan, Span};
+use crate::json::write_str;
 use crate::kallsyms::KERNEL_START;
-use crate::resolve::{Answer, Reason, Resolver};
-use crate::scan::{self, Item, Member, Scan, Span};
+use crate::resolver::{AddrResolver, BuildId, ModuleFrame};
 use leakd_common::text::push_hex_string;
 
 /// Why a line was skipped.
@@ -69,20 +71,6 @@ fn short(text: &str, v: Span) -> String {
     } else {
         s.to_string()
     }
-}
-
-/// A string written into a frame, escaped as JSON requires.
-pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Most strings (names, paths) need no escaping: copy them.
-    if scan::plain_prefix(s.as_bytes()) == s.len() {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        return;
-    }
-    // Cannot fail: writing to a Vec, and a str is always serializable.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// What lines need besides the resolver, kept from line to line: buffers,
@@ -177,7 +165,7 @@ impl FrameCache {
 /// Resolve every frame of `line`. `Ok(None)`: the line has no frames and is
 /// to be written unchanged.
 #[cfg(test)]
-pub fn process(resolver: &mut Resolver, line: &[u8]) -> Result<Option<Vec<u8>>, LineError> {
+pub fn process(resolver: &mut AddrResolver, line: &[u8]) -> Result<Option<Vec<u8>>, LineError> {
     let mut out = Vec::new();
     Ok(process_into(resolver, &mut Scratch::default(), line, &mut out)?.then_some(out))
 }
@@ -199,7 +187,7 @@ fn not_json(line: &[u8]) -> LineError {
 /// Everything but the frames' additions is copied from the line as it
 /// came, byte for byte.
 pub fn process_into(
-    resolver: &mut Resolver,
+    resolver: &mut AddrResolver,
     scratch: &mut Scratch,
     line: &[u8],
     out: &mut Vec<u8>,
@@ -374,7 +362,7 @@ struct Given {
 /// Parse the DWARF units the line's frames (module and offset) will use
 /// for the first time at once (`Resolver::warm`). Up to the
 /// first frame in error, where answering the line stops too.
-fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
+fn warm(r: &mut AddrResolver, text: &str, s: &Scan, pid: Option<u32>) {
     let mut targets = Vec::new();
     for item in &s.items {
         let members = match item {
@@ -384,13 +372,13 @@ fn warm(r: &mut Resolver, text: &str, s: &Scan, pid: Option<u32>) {
         };
         let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { break };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
-            targets.extend(r.cold_target(
+            targets.extend(r.cold_target(&ModuleFrame {
                 module,
-                offset.saturating_sub(p.back),
-                p.back,
-                p.build_id.as_deref(),
+                offset: offset.saturating_sub(p.back),
+                back: p.back,
+                build_id: p.build_id.as_deref(),
                 pid,
-            ));
+            }));
         }
     }
     r.warm(targets);
@@ -401,7 +389,7 @@ struct Parsed<'a> {
     addr: Option<u64>,
     offset: Option<u64>,
     module: Option<Cow<'a, str>>,
-    build_id: Option<crate::resolve::BuildId>,
+    build_id: Option<BuildId>,
     kernel: bool,
     /// 1 for a return address (see `frame`).
     back: u64,
@@ -413,7 +401,7 @@ struct Parsed<'a> {
 
 /// Read a frame's members (errors start with the field name).
 fn parse_frame<'a>(
-    r: &mut Resolver,
+    r: &mut AddrResolver,
     text: &'a str,
     members: &[Member],
 ) -> Result<Parsed<'a>, String> {
@@ -469,7 +457,7 @@ fn parse_frame<'a>(
 /// members that `replaced` leaves out), and whether it was answered through
 /// a live process's maps. Errors start with the field name.
 fn frame(
-    r: &mut Resolver,
+    r: &mut AddrResolver,
     text: &str,
     members: &[Member],
     pid: Option<u32>,
@@ -489,11 +477,13 @@ fn frame(
             r.resolve_kernel(a.saturating_sub(back), back).map(Answer::Made)
         }
         (_, Some(m), Some(off)) => r.answer_module_offset(
-            m,
-            off.saturating_sub(back),
-            back,
-            build_id.as_deref(),
-            pid,
+            &ModuleFrame {
+                module: m,
+                offset: off.saturating_sub(back),
+                back,
+                build_id: build_id.as_deref(),
+                pid,
+            },
             texts,
         ),
         (Some(a), _, _) => match pid {
@@ -599,10 +589,10 @@ fn opt_u64(text: &str, value: Value, key: &str) -> Result<Option<u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resolve::Options;
+    use crate::resolver::Options;
 
     fn run(line: &str) -> Result<Option<String>, String> {
-        let mut r = Resolver::new(Options::default());
+        let mut r = AddrResolver::new(Options::default());
         process(&mut r, line.as_bytes())
             .map(|o| o.map(|b| String::from_utf8(b).unwrap()))
             .map_err(|e| e.0)
@@ -615,7 +605,7 @@ mod tests {
             write_str(&mut o, s);
             assert_eq!(String::from_utf8(o).unwrap(), serde_json::to_string(s).unwrap());
         }
-        let mut r = Resolver::new(Options::default());
+        let mut r = AddrResolver::new(Options::default());
         let e = process(&mut r, b"{\"stack\":[{\"addr\":\"\xff\"}]}").unwrap_err();
         assert!(e.0.starts_with("not JSON"), "{e}");
     }
@@ -734,7 +724,7 @@ mod tests {
         let alphabet = b"{}[]:,\"\\ 0123456789.eE+-xtruefalsnul";
         let mut next = crate::testing::rng(0x2545_f491_4f6c_dd1d);
         // One resolver, as in a stream (kallsyms is read once).
-        let mut r = Resolver::new(Options::default());
+        let mut r = AddrResolver::new(Options::default());
         let mut scratch = Scratch::default();
         let mut rewritten = 0;
         for _ in 0..20_000 {
@@ -778,7 +768,7 @@ mod tests {
         assert!(c.get(k(Some(7), f1), f2).is_none());
         // The same frame, repeated in a line and across lines, gets the same
         // answer from the cache as from the lookups.
-        let mut r = Resolver::new(Options::default());
+        let mut r = AddrResolver::new(Options::default());
         let mut scratch = Scratch::default();
         let line =
             br#"{"stack":[{"module":"/no/x","offset":"0x10"},{"module":"/no/x","offset":"0x10"}]}"#;

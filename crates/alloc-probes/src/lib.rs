@@ -1,0 +1,177 @@
+//! The allocation probe layer shared by allocsnoop and leakd-attach: which
+//! object holds the target's allocator, where in each function to probe
+//! (see [`probes`]), and how a tracer built on `bpf/alloc.bpf.h` is loaded
+//! and attached. Its own crate so that neither tool depends on the other.
+
+pub mod probes;
+
+use std::path::PathBuf;
+
+use aya::EbpfLoader;
+use clap::Args;
+use serde_json::{json, Value};
+
+use leakd_common::bpf;
+use leakd_common::cli::TargetArgs;
+use leakd_common::procmaps::MapsCache;
+use leakd_common::target::Target;
+use leakd_common::text::hex;
+use leakd_common::{anyhow, bail, info, launch, Result};
+
+/// `enum alloc_op` of bpf/alloc.h, the attach cookie of every probe.
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
+pub mod sys {
+    include!(concat!(env!("OUT_DIR"), "/alloc.rs"));
+}
+
+/// Options choosing what to probe; flattened into allocsnoop and leakd-attach.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProbeArgs {
+    /// Probe this object instead of the detected allocator (jemalloc, tcmalloc, a static binary...).
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// Symbol prefix of the allocator functions (e.g. je_ for je_malloc).
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Also trace mmap and munmap.
+    #[arg(long)]
+    pub mmap: bool,
+    /// Only allocations of at least this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+    /// Only allocations of at most this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+}
+
+impl ProbeArgs {
+    /// `--min-size`..=`--max-size`; an empty range is a usage error.
+    pub fn size_range(&self) -> Result<(u64, u64)> {
+        let (min, max) = (self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX));
+        if min > max {
+            return Err(leakd_common::usage_error(format!(
+                "--min-size {min} is larger than --max-size {max}: nothing would match"
+            )));
+        }
+        Ok((min, max))
+    }
+}
+
+/// Choose the allocator object for a target (see [`probes::find_allocator`]).
+pub fn resolve_lib(
+    args: &ProbeArgs,
+    pid: Option<u32>,
+    exe: Option<&std::path::Path>,
+) -> Result<(PathBuf, &'static str)> {
+    if let Some(lib) = &args.lib {
+        // What is not a regular file is refused where it is read (probes).
+        if !lib.exists() {
+            bail!("--lib {}: no such file", lib.display());
+        }
+        return Ok((lib.clone(), "--lib"));
+    }
+    match (pid, exe) {
+        (_, Some(exe)) => probes::allocator_for_exec(exe, &args.prefix),
+        (Some(pid), None) => probes::find_allocator(pid, &args.prefix),
+        (None, None) => probes::find_allocator(std::process::id(), &args.prefix),
+    }
+}
+
+/// The ops to probe for a set of options.
+pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
+    if !only.is_empty() {
+        return only
+            .iter()
+            .map(|n| {
+                probes::op_from_name(n.trim())
+                    .ok_or_else(|| anyhow!("--op: unknown operation '{n}'"))
+            })
+            .collect();
+    }
+    let mut ops = probes::HEAP_OPS.to_vec();
+    if args.mmap {
+        ops.extend([probes::OP_MMAP, probes::OP_MUNMAP]);
+    }
+    Ok(ops)
+}
+
+/// Find the allocator of the target (`-p`, `-- CMD` or the whole system)
+/// and plan a probe site for each op; logs the choice under `-v`.
+fn plan_for_target(
+    probe: &ProbeArgs,
+    ops: &[u32],
+    target: &TargetArgs,
+) -> Result<(PathBuf, Vec<probes::Site>)> {
+    let exe = match target.command.first() {
+        Some(c) => Some(launch::resolve(c)?),
+        None => None,
+    };
+    let (lib, kind) = resolve_lib(probe, target.pid, exe.as_deref())?;
+    let (sites, missing) = probes::plan(&lib, &probe.prefix, ops)?;
+    if sites.is_empty() {
+        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
+    }
+    info!("allocator: {} ({kind})", lib.display());
+    if !missing.is_empty() {
+        info!("not in {}: {}", lib.display(), missing.join(", "));
+    }
+    Ok((lib, sites))
+}
+
+/// An allocation tracer loaded and attached to its target.
+pub struct Tracer {
+    pub ebpf: aya::Ebpf,
+    /// What is traced; its launched command is held until the event loop
+    /// releases it.
+    pub target: Target,
+}
+
+/// What allocsnoop and leakd-attach both do before their loops: prepare
+/// the target (see [`TargetArgs::prepare_with`]) with a probe site planned
+/// per op, then load `object` through `loader` (which holds the tool's own
+/// globals) with the shared filter and size range, and attach.
+pub fn load_tracer(
+    object: &[u8],
+    loader: EbpfLoader<'_>,
+    probe: &ProbeArgs,
+    ops: &[u32],
+    target_args: &TargetArgs,
+) -> Result<Tracer> {
+    let (min, max) = probe.size_range()?;
+    let (target, (lib, sites)) =
+        target_args.prepare_with(|| plan_for_target(probe, ops, target_args))?;
+    let filter = target.cgroup_filter();
+    // Narrowed to this function: the globals below borrow its locals.
+    let mut loader: EbpfLoader<'_> = loader;
+    filter.apply(&mut loader);
+    loader.override_global("min_size", &min, true);
+    loader.override_global("max_size", &max, true);
+    let mut ebpf = bpf::load(&mut loader, object)?;
+    probes::attach(&mut ebpf, &lib, &sites, target.pid())?;
+    Ok(Tracer { ebpf, target })
+}
+
+/// The frames of a stack as printed (all return addresses), for addresses
+/// already cut to [`kept_frames`].
+pub fn stack_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> Vec<Value> {
+    addrs
+        .iter()
+        .map(|&a| {
+            let mut f = maps.frame(pid, a).unwrap_or_else(|| json!({ "addr": hex(a) }));
+            // Every frame is where a call returns to; symres then reports
+            // the line of the call itself.
+            f["return_address"] = json!(true);
+            f
+        })
+        .collect()
+}
+
+/// How many of `addrs` make the stack: the first (the direct caller, right
+/// even without frame pointers) always; deeper ones come from a
+/// frame-pointer walk that produces garbage through code built without
+/// frame pointers, so the stack stops at the first address outside an
+/// executable mapping.
+pub fn kept_frames(maps: &mut MapsCache, pid: u32, addrs: &[u64]) -> usize {
+    let Some(rest) = addrs.get(1..) else { return 0 };
+    1 + rest.iter().take_while(|&&a| maps.lookup(pid, a).is_some_and(|m| m.exec)).count()
+}

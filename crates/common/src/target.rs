@@ -1,0 +1,61 @@
+//! Getting a tracer's target ready, the same way in every tool: validate
+//! `-p`/`--cgroup` (a mistyped PID is reported whatever the privileges),
+//! check what loading BPF needs, do the tool's own checks, and only then
+//! launch `-- CMD`, held until the probes are attached, so a failed check
+//! never leaves a command started.
+
+use anyhow::Result;
+
+use crate::bpf::{self, Filter};
+use crate::cli::TargetArgs;
+use crate::launch::{self, Held};
+
+/// What a tracer traces, ready for its BPF filter and its event loop.
+#[derive(Debug)]
+pub struct Target {
+    /// `-p PID`, watched by the event loop.
+    pub requested_pid: Option<u32>,
+    /// The launched command, held until the event loop releases it.
+    pub held: Option<Held>,
+    /// `--cgroup`'s id, 0 without.
+    pub cgroup_id: u64,
+}
+
+impl TargetArgs {
+    /// Check the target and the system, then launch the command (held).
+    pub fn prepare(&self) -> Result<Target> {
+        self.prepare_with(|| Ok(())).map(|(t, ())| t)
+    }
+
+    /// As [`prepare`](Self::prepare), with the tool's own checks run
+    /// before the command is launched (an allocation tracer finds the
+    /// allocator to probe); their result is returned with the target.
+    pub fn prepare_with<T>(&self, checks: impl FnOnce() -> Result<T>) -> Result<(Target, T)> {
+        let cgroup_id = self.check()?.unwrap_or(0);
+        bpf::preflight()?;
+        let checked = checks()?;
+        let held =
+            if self.command.is_empty() { None } else { Some(launch::spawn_held(&self.command)?) };
+        Ok((Target { requested_pid: self.pid, held, cgroup_id }, checked))
+    }
+}
+
+impl Target {
+    /// The traced process: the launched command or `-p`; `None` when
+    /// tracing every process (of the cgroup, with `--cgroup`).
+    pub fn pid(&self) -> Option<u32> {
+        self.held.as_ref().map(Held::pid).or(self.requested_pid)
+    }
+
+    /// The BPF filter for tracepoint-based tools: the process, and with a
+    /// launched command its descendants too; and the cgroup.
+    pub fn filter(&self) -> Filter {
+        Filter::new(self.pid().unwrap_or(0), self.held.is_some(), self.cgroup_id)
+    }
+
+    /// The BPF filter for uprobe-based tools: the kernel already scopes
+    /// uprobes to the process (its mm), so only the cgroup is left.
+    pub fn cgroup_filter(&self) -> Filter {
+        Filter::new(0, false, self.cgroup_id)
+    }
+}

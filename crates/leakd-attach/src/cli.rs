@@ -1,0 +1,91 @@
+//! The command line: options, their limits, and what the exit status says.
+
+use clap::{CommandFactory, Parser};
+
+use alloc_probes::ProbeArgs;
+use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
+
+/// Exit status when outstanding allocations pass the filters at the end.
+pub const EXIT_LEAKS: i32 = 3;
+/// Exit status when nothing was found outstanding but events were lost, so
+/// "no leak" cannot be trusted (a CI job gating on 0 must not pass).
+pub const EXIT_INCOMPLETE: i32 = 4;
+const EXAMPLES: &str = "\
+Examples:
+  leakd-attach -p 1234                         outstanding allocations of 1234 every 5 s
+  leakd-attach -i 10 --top 5 -p 1234 | symres  the 5 fastest-growing stacks, symbolized
+  leakd-attach -- ./leaker ten-nine            what a command left allocated at exit
+  leakd-attach --combined --sample-bytes 524288 -p 1234
+                                               cheap on a busy process: sampled, per-stack totals
+  leakd-attach --symbolize -- ./leaker ten-nine with function names, files and lines
+  kill -USR1 $(pidof leakd-attach)             report now";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "leakd-attach",
+    version,
+    about = "Report a process's outstanding heap allocations by stack, and which stacks keep growing",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    #[command(flatten)]
+    pub(crate) interval: IntervalArgs,
+    #[command(flatten)]
+    pub(crate) probe: ProbeArgs,
+    /// Print at most N stacks per report (0: all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) top: usize,
+    /// Only count blocks allocated at least MS milliseconds before the report.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub(crate) older_than: u64,
+    /// Most live blocks tracked at once (the kernel map's size); more are counted as lost (map_full).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_allocs: u32,
+    /// Growth is measured over the last N reports; a stack is "growing" when it rose in each.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = at_least_one)]
+    pub(crate) trend: usize,
+    /// Report from per-stack totals kept up to date in the kernel (one entry per stack) instead
+    /// of reading every live block; no oldest_age_ms, no --older-than.
+    #[arg(long, conflicts_with = "older_than")]
+    pub(crate) combined: bool,
+    /// Track a block of s bytes with probability 1-exp(-s/N) and scale the totals up
+    /// (estimates, marked "estimated": true).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_SAMPLE_BYTES))]
+    pub(crate) sample_bytes: Option<u64>,
+    /// Resolve stack frames to functions, files and lines in process (as `| symres` would).
+    #[arg(long)]
+    pub(crate) symbolize: bool,
+}
+
+/// Largest --sample-bytes: keeps the kernel's fixed-point products in u64.
+const MAX_SAMPLE_BYTES: u64 = 1 << 40;
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// The exit status of a run whose final report counted `outstanding`
+/// blocks, with `lost_events` events lost.
+pub(crate) fn exit_code(outstanding: u64, lost_events: u64) -> i32 {
+    if outstanding > 0 {
+        return EXIT_LEAKS;
+    }
+    if lost_events > 0 {
+        leakd_common::warn!(
+            "{lost_events} event(s) lost (see the \"lost\" lines): the absence of leaks is not certain"
+        );
+        return EXIT_INCOMPLETE;
+    }
+    leakd_common::EXIT_OK
+}

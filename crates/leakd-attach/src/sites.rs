@@ -1,0 +1,256 @@
+//! Allocation sites: what the kernel groups blocks by (process, stack id or
+//! caller), what a report line groups sites by (the frames as printed), and
+//! keeping the kernel's fixed-size stack and site maps from filling up.
+//!
+//! Why stack ids are deleted: the kernel's stack map has a fixed size, and
+//! a long run on a busy process would fill it with stacks whose blocks were
+//! freed long ago. Sites idle for a whole interval with nothing outstanding
+//! are deleted; their cumulative counts are kept here, by stack content,
+//! and added back if the stack allocates again.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, StackTraceMap};
+
+use leakd_common::procmaps::MapsCache;
+use leakd_common::{debug, trace, Result};
+
+use crate::sampling::fixed_to_count;
+use crate::sys;
+
+/// Live blocks of one allocation site: same process, same stack id (or,
+/// when the stack could not be stored, same caller). The kernel's key of
+/// the `sites` map, used as is.
+pub(crate) type SiteKey = sys::leakd_attach_site;
+
+/// Cumulative allocs and frees of a site (or of a line), as the kernel
+/// keeps them.
+pub(crate) type Stats = sys::leakd_attach_stats;
+
+/// What a stack line stands for: the process and the return addresses as
+/// printed (cut by [`alloc_probes::kept_frames`]). Without frame pointers the
+/// kernel's walk goes on through stack garbage that can differ from call to
+/// call, so one call path may get several stack ids (and sites); they print
+/// the same frames and are merged into one line. Shared, not copied: a
+/// report uses each key in several tables (groups, totals, history).
+pub(crate) type LineKey = Rc<(u32, Vec<u64>)>;
+
+/// The kernel's stack and site maps, and what is known here about them.
+pub(crate) struct Sites {
+    stacks: StackTraceMap<MapData>,
+    sites: BpfHashMap<MapData, SiteKey, Stats>,
+    /// Cumulative counts of sites whose stack id was deleted, added back
+    /// when the same stack allocates again.
+    folded: HashMap<LineKey, Stats>,
+    /// Each site's alloc count at the last report: a site is deleted when
+    /// it had nothing outstanding and no alloc during a whole interval.
+    idle: HashMap<SiteKey, u64>,
+    /// The line each known site is printed in: reading its stack and
+    /// checking its frames against the process's mappings is done once per
+    /// site, not at every report. Pruned to the sites still in the kernel.
+    lines: HashMap<SiteKey, LineKey>,
+    /// The traced processes' mappings (which frames are code).
+    pub(crate) maps: MapsCache,
+}
+
+impl Sites {
+    pub(crate) fn new(
+        stacks: StackTraceMap<MapData>,
+        sites: BpfHashMap<MapData, SiteKey, Stats>,
+        maps: MapsCache,
+    ) -> Self {
+        Sites {
+            stacks,
+            sites,
+            folded: HashMap::new(),
+            idle: HashMap::new(),
+            lines: HashMap::new(),
+            maps,
+        }
+    }
+
+    /// Per-site totals from the kernel.
+    pub(crate) fn totals(&self) -> Result<HashMap<SiteKey, Stats>> {
+        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites")?;
+        Ok(entries.into_iter().collect())
+    }
+
+    /// The cumulative counts of lines whose sites were deleted.
+    pub(crate) fn folded(&self) -> &HashMap<LineKey, Stats> {
+        &self.folded
+    }
+
+    /// Forget the lines of known sites: the libraries of a command just
+    /// launched may not all be mapped yet, so the frames kept may change.
+    pub(crate) fn forget_lines(&mut self) {
+        self.lines.clear();
+    }
+
+    /// Keep the lines of the sites still in the kernel or still live.
+    pub(crate) fn prune_lines(
+        &mut self,
+        totals: &HashMap<SiteKey, Stats>,
+        live: &HashSet<SiteKey>,
+    ) {
+        self.lines.retain(|k, _| totals.contains_key(k) || live.contains(k));
+    }
+
+    /// The return addresses of a site's stack (empty when unavailable).
+    fn stack_ips(&self, key: &SiteKey) -> Vec<u64> {
+        if key.stack_id == sys::LEAKD_ATTACH_NO_STACK {
+            return Vec::new();
+        }
+        match self.stacks.get(&key.stack_id, 0) {
+            Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
+            Err(e) => {
+                debug!("stack {}: {e}", key.stack_id);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The line a site is printed in, memoized (see `lines`).
+    pub(crate) fn line_key(&mut self, k: &SiteKey) -> LineKey {
+        if let Some(l) = self.lines.get(k) {
+            return l.clone();
+        }
+        let mut addrs = self.stack_ips(k);
+        if addrs.is_empty() {
+            addrs.push(k.caller);
+        }
+        addrs.truncate(alloc_probes::kept_frames(&mut self.maps, k.pid, &addrs));
+        let l = Rc::new((k.pid, addrs));
+        self.lines.insert(*k, l.clone());
+        l
+    }
+
+    /// Delete the stack ids and totals of sites that had nothing
+    /// outstanding and no new allocation for a whole interval, so a long
+    /// run does not fill the kernel's fixed-size stack map with stacks of
+    /// blocks freed long ago. Their cumulative counts are kept here, by
+    /// stack content, and added back if the stack allocates again. A stack
+    /// id shared by several processes is deleted only when all are idle.
+    pub(crate) fn gc(
+        &mut self,
+        totals: &HashMap<SiteKey, Stats>,
+        live: &HashSet<SiteKey>,
+    ) -> Result<()> {
+        let idle_now = |k: &SiteKey, st: &Stats| st.allocs == st.frees && !live.contains(k);
+        let mut stack_ok: HashMap<u32, bool> = HashMap::new();
+        let mut candidates = Vec::new();
+        for (k, st) in totals {
+            let ok = idle_now(k, st) && self.idle.get(k) == Some(&st.allocs);
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK {
+                let e = stack_ok.entry(k.stack_id).or_insert(true);
+                *e &= ok;
+            }
+            if ok {
+                candidates.push(*k);
+            }
+        }
+        self.idle = totals.iter().map(|(k, st)| (*k, st.allocs)).collect();
+        let mut deleted_stacks: HashSet<u32> = HashSet::new();
+        for k in candidates {
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK
+                && !stack_ok.get(&k.stack_id).copied().unwrap_or(false)
+            {
+                continue;
+            }
+            // Before the stack is gone.
+            let line = self.line_key(&k);
+            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && deleted_stacks.insert(k.stack_id) {
+                // Stack first: an alloc racing with us re-creates the same
+                // id (same stack, same hash bucket).
+                match self.stacks.remove(&k.stack_id) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => {
+                        return Err(
+                            leakd_common::Error::new(e).context("deleting from the stacks map")
+                        )
+                    }
+                }
+            }
+            // Read again right before deleting, to lose as little as possible
+            // of what a racing alloc adds.
+            let st = match self.sites.get(&k, 0) {
+                Ok(st) => st,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(leakd_common::Error::new(e).context("reading the sites map")),
+            };
+            match self.sites.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(leakd_common::Error::new(e).context("deleting from the sites map"))
+                }
+            }
+            self.idle.remove(&k);
+            self.lines.remove(&k);
+            trace!("folding {line:x?}: {} allocs, {} frees", st.allocs, st.frees);
+            add_stats(self.folded.entry(line).or_default(), &st);
+        }
+        if !deleted_stacks.is_empty() {
+            debug!("deleted {} idle stack(s)", deleted_stacks.len());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn add_stats(a: &mut Stats, b: &Stats) {
+    a.allocs = a.allocs.wrapping_add(b.allocs);
+    a.frees = a.frees.wrapping_add(b.frees);
+    a.alloc_bytes = a.alloc_bytes.wrapping_add(b.alloc_bytes);
+    a.free_bytes = a.free_bytes.wrapping_add(b.free_bytes);
+    a.est_allocs = a.est_allocs.wrapping_add(b.est_allocs);
+    a.est_frees = a.est_frees.wrapping_add(b.est_frees);
+    a.est_alloc_bytes = a.est_alloc_bytes.wrapping_add(b.est_alloc_bytes);
+    a.est_free_bytes = a.est_free_bytes.wrapping_add(b.est_free_bytes);
+}
+
+/// Blocks allocated and freed as reported: counted, or estimated with
+/// sampling.
+pub(crate) fn allocs_frees(st: &Stats, sampling: bool) -> (u64, u64) {
+    if sampling {
+        (fixed_to_count(st.est_allocs), fixed_to_count(st.est_frees))
+    } else {
+        (st.allocs, st.frees)
+    }
+}
+
+/// Walk a BPF hash map that changes under us. A key deleted during the walk
+/// makes the kernel restart from the first key, so keys are de-duplicated
+/// and the walk is bounded; entries gone between "next key" and lookup are
+/// skipped.
+pub(crate) fn walk<K, V>(
+    map: &BpfHashMap<MapData, K, V>,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<(K, V)>>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let mut seen = HashSet::new();
+    let mut entries = Vec::new();
+    for (steps, key) in map.keys().enumerate() {
+        if steps >= limit {
+            break;
+        }
+        let key = key
+            .map_err(|e| leakd_common::Error::new(e).context(format!("walking the {what} map")))?;
+        if seen.contains(&key) {
+            continue;
+        }
+        match map.get(&key, 0) {
+            Ok(v) => {
+                seen.insert(key);
+                entries.push((key, v));
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(leakd_common::Error::new(e).context(format!("reading the {what} map")))
+            }
+        }
+    }
+    Ok(entries)
+}

@@ -1,0 +1,126 @@
+//! symres's command line: the options, and what a run does with them.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+use leakd_common::cli::RunArgs;
+use leakd_common::{Context, Result};
+
+use crate::log;
+use crate::pipeline;
+use crate::resolver::Options;
+use crate::symbolizer::Resolver;
+
+const EXAMPLES: &str = "\
+Examples:
+  allocsnoop -p 1234 --stack | symres          allocation stacks with function names
+  leakd-attach -p 1234 | symres | jq .         leaks, symbolized
+  symres --debug-dir ./debug < saved.jsonl     offline, with debug files kept aside";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "symres",
+    version,
+    about = "Resolve code addresses in JSON lines to function, file and line",
+    long_about = "Read JSON lines on standard input and write them to standard output with every \
+frame resolved: objects in arrays named \"stack\" or \"frames\", anywhere in a line, that have \
+\"module\" and \"offset\" (file offset, optionally \"build_id\"), or \"addr\" and the line's \"pid\", \
+or a kernel \"addr\". Lines without frames are written unchanged.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+
+    /// Also look for separate debug files under DIR (DIR/.build-id/xx/yyyy.debug, or by
+    /// .gnu_debuglink), before /usr/lib/debug. May be given more than once.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    debug_dirs: Vec<PathBuf>,
+
+    /// Do not report functions inlined at an address (the "inlined" field).
+    #[arg(long)]
+    no_inlined: bool,
+
+    /// Instead of reading standard input, index each FILE: answer every piece of its
+    /// code once and write the answers, named by the file's build id, to the index
+    /// directory. Later runs answer that build's addresses from its index, with a binary
+    /// search instead of parsing DWARF: worth it for large debug builds.
+    #[arg(long = "build-index", value_name = "FILE", num_args = 1.., conflicts_with = "no_inlined")]
+    build_index: Vec<PathBuf>,
+
+    /// Where indexes are written and looked for [default: $XDG_CACHE_HOME/leakd/symres,
+    /// else ~/.cache/leakd/symres].
+    #[arg(long = "index-dir", value_name = "DIR")]
+    index_dir: Option<PathBuf>,
+
+    /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
+    /// DWARF; each has its own caches of answers. Lines are written in the order they came.
+    /// -j1 resolves in the thread that reads and writes. A line that comes alone has the DWARF
+    /// units its frames (module and offset) need first parsed on N threads at once.
+    /// --build-index uses them too.
+    #[arg(short = 'j', long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
+}
+
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+pub fn run(matches: &ArgMatches) -> Result<i32> {
+    let cli = Cli::from_arg_matches(matches)?;
+    log::set_level(cli.run.verbose);
+    let threads = cli.threads.map_or_else(default_threads, usize::from);
+    let opts = Options {
+        debug_dirs: cli.debug_dirs.clone(),
+        inlined: !cli.no_inlined,
+        index_dir: cli.index_dir.clone(),
+        verbose: cli.run.verbose,
+        warm_threads: threads,
+    };
+    if !cli.build_index.is_empty() {
+        return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);
+    }
+    let deadline = cli.run.duration.map(|d| Instant::now() + d);
+    let malformed = pipeline::filter(Resolver::new(opts), threads, deadline)?;
+    if malformed > 0 {
+        eprintln!("{}", log::error_line(format_args!("{malformed} malformed line(s) skipped")));
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// One resolving thread per CPU symres may run on, at most 4: each thread
+/// keeps its own caches of answers and symbol tables, so memory grows with
+/// the count.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// `--build-index`: one line per file indexed, errors on stderr.
+fn build_indexes(resolver: &mut Resolver, files: &[PathBuf], threads: usize) -> Result<i32> {
+    let mut out = io::stdout().lock();
+    let mut failed = 0;
+    for f in files {
+        let t0 = Instant::now();
+        match resolver.build_index(f, threads) {
+            Ok((index, pieces)) => {
+                let line = serde_json::json!({
+                    "type": "index",
+                    "module": leakd_common::text::bytes_to_string(f.as_os_str().as_encoded_bytes()),
+                    "index": leakd_common::text::bytes_to_string(index.as_os_str().as_encoded_bytes()),
+                    "pieces": pieces,
+                    "elapsed_ms": t0.elapsed().as_millis() as u64,
+                });
+                writeln!(out, "{line}").context("writing to standard output")?;
+            }
+            Err(e) => {
+                eprintln!("{}", log::error_line(format_args!("{}: {e}", f.display())));
+                failed += 1;
+            }
+        }
+    }
+    Ok(i32::from(failed > 0))
+}
