@@ -16,7 +16,8 @@
 //!    back) and `frame_scan` (the validating scanner that finds them)
 //! 3. `resolver/` (frame → module → answer, with its caches: loaded
 //!    modules, debug files, processes' maps, DWARF shared between threads)
-//! 4. the sources of answers: `index` (prebuilt answers), `dwarf`, `elf`,
+//! 4. the sources of answers: `cache` (the answers runs learned, by build
+//!    id) over `index` (prebuilt answers, the cache's file layout), `dwarf`, `elf`,
 //!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
 //!    whoever else writes there)
 //! 5. what everyone uses: `answer` (Reason, Resolution and how they are
@@ -28,6 +29,7 @@
 //! because of one bad line or one bad file.
 
 mod answer;
+mod cache;
 mod cli;
 mod demangle;
 mod dwarf;
@@ -47,6 +49,8 @@ mod symbolizer;
 mod testing;
 
 pub use answer::{Inlined, Outcome, PidFrame, Reason, Resolution};
+#[doc(hidden)]
+pub use cache::fuzz as fuzz_cache;
 pub use cli::{command, run, Cli};
 pub use demangle::demangle;
 pub use frame_line::LineError;

@@ -60,6 +60,12 @@ pub struct Options {
     /// Threads that may parse the DWARF units one line needs at once, when
     /// lines come few at a time (see `AddrResolver::set_warm`); 0 or 1: none.
     pub warm_threads: usize,
+    /// Answer from, and add to, the cache of answers in the index
+    /// directory (see `crate::cache`), with inlined functions only; its
+    /// files are kept under `cache_size` bytes. Off by default: a library
+    /// user opts in, and writes it (`AddrResolver::write_cache`).
+    pub cache: bool,
+    pub cache_size: u64,
 }
 
 impl Default for Options {
@@ -70,6 +76,8 @@ impl Default for Options {
             index_dir: None,
             verbose: 0,
             warm_threads: 0,
+            cache: false,
+            cache_size: crate::cache::DEFAULT_SIZE,
         }
     }
 }
@@ -225,9 +233,9 @@ impl AddrResolver {
         let found = self.module_offset_with(f, |m, offset, back| {
             let vaddr =
                 elf::offset_to_vaddr(&m.segments, offset).filter(|&v| elf::is_code(&m.segments, v));
-            let Some(vaddr) =
-                vaddr.filter(|&v| m.index.is_none() && !m.answers.contains_key(&(v, back)))
-            else {
+            let Some(vaddr) = vaddr.filter(|&v| {
+                m.index.is_none() && !m.answers.contains_key(&(v, back)) && !m.cached(v)
+            }) else {
                 return Ok(None);
             };
             let Some(units) = m.units() else { return Ok(None) };
@@ -496,8 +504,60 @@ impl AddrResolver {
         key: Option<FileKey>,
     ) -> ModuleId {
         let index = elf.build_id.as_deref().and_then(|id| self.load_index(id));
-        self.modules.push(Module::new(elf, debug, key, &self.shared, index));
+        let mut m = Module::new(elf, debug, key, &self.shared, index);
+        if self.opts.cache && self.opts.inlined && m.index.is_none() && !m.provenance.is_empty() {
+            if let (Some(id), Some(dir)) = (m.build_id.as_deref(), self.index_dir()) {
+                m.learn = true;
+                m.cache = match StoreDir::open(&dir) {
+                    Ok(store) => crate::cache::load(&store, id, &m.provenance),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        log::once(1, || format!("cache: {e}"));
+                        None
+                    }
+                };
+            }
+        }
+        self.modules.push(m);
         self.modules.len() - 1
+    }
+
+    /// Hand what this resolver's modules learned to the cache's writer
+    /// (`write_cache`, on any resolver of the stream), once its last line
+    /// is answered.
+    pub fn finish_cache(&mut self) {
+        for m in &mut self.modules {
+            self.shared.cache_hits(m.cache_hits);
+            m.cache_hits = 0;
+            if let Some(l) = m.take_learned() {
+                self.shared.learned(l);
+            }
+        }
+    }
+
+    /// Write what the resolvers of this stream learned (`finish_cache`) to
+    /// the cache directory, merged with what is there.
+    pub fn write_cache(&mut self) {
+        self.finish_cache();
+        let (hits, learned) = self.shared.take_learned();
+        if !self.opts.cache {
+            return;
+        }
+        log::log!(1, "cache: {hits} frames answered from the cache");
+        // One entry per build id: each thread's answers together.
+        let mut by_id: Vec<crate::cache::Learned> = Vec::new();
+        for l in learned {
+            match by_id
+                .iter_mut()
+                .find(|b| b.build_id == l.build_id && b.provenance == l.provenance)
+            {
+                Some(b) => b.points.extend(l.points),
+                None => by_id.push(l),
+            }
+        }
+        if let Some(dir) = self.index_dir() {
+            crate::cache::write(&dir, self.opts.cache_size, by_id);
+        }
     }
 
     fn index_dir(&self) -> Option<PathBuf> {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
+use crate::cache::Learned;
 use crate::dwarf::Units;
 use crate::elf::DwarfSections;
 
@@ -19,13 +20,24 @@ pub struct FileKey {
     dev: u64,
     ino: u64,
     size: u64,
-    mtime: i64,
+    mtime: (i64, i64),
 }
 
 impl FileKey {
+    /// The identity as text, for what a cache of answers was made from.
+    pub fn describe(&self) -> String {
+        let FileKey { dev, ino, size, mtime: (s, ns) } = self;
+        format!("file {dev}:{ino}, {size} bytes, modified {s}.{ns:09}")
+    }
+
     pub fn of(md: &std::fs::Metadata) -> FileKey {
         use std::os::unix::fs::MetadataExt;
-        FileKey { dev: md.dev(), ino: md.ino(), size: md.size(), mtime: md.mtime() }
+        FileKey {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+        }
     }
 }
 
@@ -34,9 +46,28 @@ impl FileKey {
 pub struct Shared {
     /// The DWARF units of the files loaded so far.
     dwarf: Arc<Mutex<FxHashMap<FileKey, Arc<Units>>>>,
+    /// What the resolvers learned for the cache, and how many frames they
+    /// answered from it, once each is done.
+    learned: Arc<Mutex<(u64, Vec<Learned>)>>,
 }
 
 impl Shared {
+    /// Add what a module learned (`AddrResolver::finish_cache`).
+    pub fn learned(&self, l: Learned) {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner()).1.push(l);
+    }
+
+    /// Add frames answered from the cache.
+    pub fn cache_hits(&self, n: u64) {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner()).0 += n;
+    }
+
+    /// All the resolvers learned, and the frames they answered from the
+    /// cache.
+    pub fn take_learned(&self) -> (u64, Vec<Learned>) {
+        std::mem::take(&mut *self.learned.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The DWARF units of the file `key`, made from `secs` unless another
     /// resolver already made them.
     pub fn dwarf(&self, key: Option<FileKey>, secs: DwarfSections) -> Arc<Units> {
