@@ -123,7 +123,7 @@ pub struct Learned {
 /// (any order, repeats allowed): each point a piece of one address, unless
 /// `old` knows it already.
 pub fn merged(mut old: Vec<(u64, u64, Piece)>, mut points: Vec<(u64, Piece)>) -> Built {
-    points.sort_by_key(|p| p.0);
+    points.sort_unstable_by_key(|p| p.0);
     points.dedup_by_key(|p| p.0);
     let known = |a: u64| {
         let i = old.partition_point(|s| s.0 <= a);
@@ -135,6 +135,7 @@ pub fn merged(mut old: Vec<(u64, u64, Piece)>, mut points: Vec<(u64, Piece)>) ->
         .map(|(a, p)| (a, a + 1, p))
         .collect();
     old.extend(fresh);
+    // Two sorted runs: a merge.
     old.sort_by_key(|s| s.0);
     let mut b = Built::default();
     if old.first().is_none_or(|s| s.0 > 0) {

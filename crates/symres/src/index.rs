@@ -19,6 +19,8 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use crate::answer::{members, write_answer, Reason, Resolution};
@@ -70,27 +72,86 @@ pub fn default_dir() -> Option<PathBuf> {
 pub struct Stored {
     /// `NONE64` for none.
     sym_start: u64,
-    parts: [Vec<u8>; 3],
-    inlined: Vec<Vec<u8>>,
+    parts: [Arc<[u8]>; 3],
+    inlined: Vec<Arc<[u8]>>,
+}
+
+/// Parts rendered so far, by what they were rendered from: answers share
+/// their names and files (interned, so the same `Arc`), and a cache of
+/// answers renders each once, not once per address.
+#[derive(Default)]
+pub struct Renderer {
+    syms: FxHashMap<usize, Arc<[u8]>>,
+    files: FxHashMap<usize, Arc<[u8]>>,
+    lines: FxHashMap<Option<u32>, Arc<[u8]>>,
+    inlined: FxHashMap<(usize, usize, Option<u32>), Arc<[u8]>>,
+    /// The `Arc`s keyed by address are kept alive here (an address is
+    /// not reused while its key is in a map).
+    keep: Vec<Arc<str>>,
+}
+
+/// The address an optional shared string is at (0 for none).
+fn addr_of(s: &Option<Arc<str>>) -> usize {
+    s.as_ref().map_or(0, |s| s.as_ptr() as usize)
+}
+
+impl Renderer {
+    fn keep(&mut self, s: &Option<Arc<str>>) {
+        if let Some(s) = s {
+            self.keep.push(s.clone());
+        }
+    }
+
+    /// The answer `r` of a frame at `frame_addr` (whose `sym_offset` is
+    /// counted from there).
+    pub fn stored(&mut self, frame_addr: u64, r: &Resolution) -> Stored {
+        let sym = match self.syms.get(&addr_of(&r.sym)) {
+            Some(p) => p.clone(),
+            None => {
+                let p: Arc<[u8]> = members(r.sym.as_deref(), None, None).into();
+                self.keep(&r.sym);
+                self.syms.insert(addr_of(&r.sym), p.clone());
+                p
+            }
+        };
+        let file = match self.files.get(&addr_of(&r.file)) {
+            Some(p) => p.clone(),
+            None => {
+                let p: Arc<[u8]> = members(None, r.file.as_deref(), None).into();
+                self.keep(&r.file);
+                self.files.insert(addr_of(&r.file), p.clone());
+                p
+            }
+        };
+        let line =
+            self.lines.entry(r.line).or_insert_with(|| members(None, None, r.line).into()).clone();
+        let mut inlined = Vec::with_capacity(r.inlined.len());
+        for f in &r.inlined {
+            let key = (addr_of(&f.sym), addr_of(&f.file), f.line);
+            let p = match self.inlined.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<[u8]> = members(f.sym.as_deref(), f.file.as_deref(), f.line).into();
+                    self.keep(&f.sym);
+                    self.keep(&f.file);
+                    self.inlined.insert(key, p.clone());
+                    p
+                }
+            };
+            inlined.push(p);
+        }
+        Stored {
+            sym_start: r.sym_offset.map_or(NONE64, |o| frame_addr.wrapping_sub(o)),
+            parts: [sym, file, line],
+            inlined,
+        }
+    }
 }
 
 impl Stored {
-    /// The answer `r` of a frame at `frame_addr` (whose `sym_offset` is
-    /// counted from there).
+    /// `Renderer::stored` without sharing.
     pub fn of(frame_addr: u64, r: &Resolution) -> Stored {
-        Stored {
-            sym_start: r.sym_offset.map_or(NONE64, |o| frame_addr.wrapping_sub(o)),
-            parts: [
-                members(r.sym.as_deref(), None, None),
-                members(None, r.file.as_deref(), None),
-                members(None, None, r.line),
-            ],
-            inlined: r
-                .inlined
-                .iter()
-                .map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line))
-                .collect(),
-        }
+        Renderer::default().stored(frame_addr, r)
     }
 }
 
@@ -246,11 +307,22 @@ impl Built {
         let mut records = Vec::with_capacity(self.stored.len());
         let rendered: Vec<_> = self.stored.iter().map(|s| (&s.parts, &s.inlined)).collect();
         let parts = rendered.iter().flat_map(|&([sym, file, _], inlined)| {
-            [(Kind::Sym, &sym[..]), (Kind::File, &file[..])]
+            [(Kind::Sym, sym), (Kind::File, file)]
                 .into_iter()
-                .chain(inlined.iter().map(|p| (Kind::Inlined, &p[..])))
+                .chain(inlined.iter().map(|p| (Kind::Inlined, p)))
         });
-        for (kind, part) in parts {
+        // Parts are mostly shared `Arc`s: found by address before content.
+        let mut by_addr: FxHashMap<(Kind, usize), u32> = FxHashMap::default();
+        for (kind, arc) in parts {
+            let addr = (kind, arc.as_ptr() as usize);
+            if by_addr.contains_key(&addr) {
+                continue;
+            }
+            let part: &[u8] = arc;
+            if let Some(&at) = shared.get(&(kind, part)) {
+                by_addr.insert(addr, at);
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(e) = shared.entry((kind, part)) {
                 blob.resize(blob.len().next_multiple_of(8), 0);
                 e.insert(u32::try_from(blob.len()).ok()?);
@@ -260,18 +332,20 @@ impl Built {
                         | (kind as u32) << 30,
                 );
                 blob.extend_from_slice(part);
+                by_addr.insert(addr, (blob.len() - part.len() - 4) as u32);
             }
         }
         for (s, &([sym, file, line], inlined)) in self.stored.iter().zip(&rendered) {
             blob.resize(blob.len().next_multiple_of(8), 0);
             records.push(u32::try_from(blob.len()).ok()?);
             blob.extend_from_slice(&s.sym_start.to_le_bytes());
-            put32(&mut blob, shared[&(Kind::Sym, &sym[..])]);
-            put32(&mut blob, shared[&(Kind::File, &file[..])]);
+            let at = |kind: Kind, p: &Arc<[u8]>| by_addr[&(kind, p.as_ptr() as usize)];
+            put32(&mut blob, at(Kind::Sym, sym));
+            put32(&mut blob, at(Kind::File, file));
             put32(&mut blob, line.len() as u32);
             put32(&mut blob, inlined.len() as u32);
             for part in inlined.iter() {
-                put32(&mut blob, shared[&(Kind::Inlined, &part[..])]);
+                put32(&mut blob, at(Kind::Inlined, part));
             }
             blob.extend_from_slice(line);
         }
@@ -644,7 +718,7 @@ impl Index {
 
     /// The answer at blob offset `at` as stored, if it passes the checks
     /// `answer` makes (for a cache written again with more answers).
-    fn stored_at(&mut self, at: usize) -> Option<Stored> {
+    fn stored_at(&mut self, at: usize, memo: &mut FxHashMap<usize, Arc<[u8]>>) -> Option<Stored> {
         let mut o = Vec::new();
         // The checks of `answer`, once (they are remembered).
         self.answer_at(at, 0, 0, &mut o).ok()?;
@@ -653,15 +727,23 @@ impl Index {
         let n = field(3)?.min(blob.len().saturating_sub(at + 24) / 4).min(MAX_INLINED);
         let text =
             |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end));
-        let part = |i: usize| -> Option<Vec<u8>> {
+        // Shared parts are read once each.
+        let mut part = |i: usize| -> Option<Arc<[u8]>> {
             let at = field(i)?;
+            if let Some(p) = memo.get(&at) {
+                return Some(p.clone());
+            }
             let word = u32_at(blob, at)?;
-            text(at + 4, (word & PART_LEN) as usize).map(<[u8]>::to_vec)
+            let p: Arc<[u8]> = text(at + 4, (word & PART_LEN) as usize)?.into();
+            memo.insert(at, p.clone());
+            Some(p)
         };
+        let (sym, file) = (part(0)?, part(1)?);
+        let inlined = (0..n).map(|i| part(4 + i)).collect::<Option<_>>()?;
         Some(Stored {
             sym_start: u64_at(blob, at)?,
-            parts: [part(0)?, part(1)?, text(at + 24 + 4 * n, field(2)?)?.to_vec()],
-            inlined: (0..n).map(|i| part(4 + i)).collect::<Option<_>>()?,
+            parts: [sym, file, text(at + 24 + 4 * n, field(2)?)?.into()],
+            inlined,
         })
     }
 
@@ -680,6 +762,7 @@ impl Index {
             raw.push((start, word));
         }
         let mut out = Vec::new();
+        let mut memo = FxHashMap::default();
         for (k, &(start, word)) in raw.iter().enumerate() {
             let end = raw.get(k + 1).map_or(u64::MAX, |n| n.0);
             // In order, or not at all (a damaged file).
@@ -689,7 +772,7 @@ impl Index {
             let piece = match word {
                 UNKNOWN32 => continue,
                 NONE32 => Piece::Nothing,
-                r if r % 8 == 0 => match self.stored_at(r as usize) {
+                r if r % 8 == 0 => match self.stored_at(r as usize, &mut memo) {
                     Some(s) => Piece::Known(s),
                     None => continue,
                 },

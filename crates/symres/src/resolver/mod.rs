@@ -556,7 +556,9 @@ impl AddrResolver {
             }
         }
         if let Some(dir) = self.index_dir() {
+            let t0 = std::time::Instant::now();
             crate::cache::write(&dir, self.opts.cache_size, by_id);
+            log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
     }
 

@@ -15,7 +15,7 @@ use crate::answer::{Answer, Inlined, Outcome, Reason, Resolution};
 use crate::demangle::demangle;
 use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
 use crate::elf::{self, ElfFile, LoadError};
-use crate::index::{Index, Piece, Stored};
+use crate::index::{Index, Piece, Renderer};
 use crate::log;
 
 /// A module's place in its resolver's table.
@@ -186,11 +186,12 @@ impl Module {
     pub fn take_learned(&mut self) -> Option<crate::cache::Learned> {
         let learned = std::mem::take(&mut self.learned);
         let build_id = self.build_id.clone().filter(|_| !learned.is_empty())?;
+        let mut renderer = Renderer::default();
         let points = learned
             .into_iter()
             .filter_map(|(vaddr, back, r)| {
                 let piece = match r {
-                    Ok(r) => Piece::Known(Stored::of(vaddr.wrapping_add(back), &r)),
+                    Ok(r) => Piece::Known(renderer.stored(vaddr.wrapping_add(back), &r)),
                     Err(Reason::NoSymbols) => Piece::Nothing,
                     Err(_) => return None,
                 };
