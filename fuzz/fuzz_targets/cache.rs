@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    symres::fuzz_cache(data);
+    leakd_symbolize::fuzz_cache(data);
 });

@@ -8,8 +8,10 @@
 mod support;
 
 mod allocsnoop;
+mod deploy;
 mod execsnoop;
 mod leakd_attach;
+mod leakd_report;
 mod man;
 mod symres;
 mod syscount;

@@ -38,7 +38,7 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
-use symres::{Options as SymOptions, Resolver};
+use leakd_symbolize::{Options as SymOptions, Resolver};
 
 use leakd_common::bpf::{self, LostCounter};
 use leakd_common::event_loop::{End, EventLoop};

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use leakd_symbolize::Resolver;
 use serde_json::{json, Value};
-use symres::Resolver;
 
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;

@@ -9,10 +9,10 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use leakd_common::cli::RunArgs;
 use leakd_common::{Context, Result};
 
-use crate::log;
 use crate::pipeline;
-use crate::resolver::Options;
-use crate::symbolizer::Resolver;
+use leakd_symbolize::log;
+use leakd_symbolize::Options;
+use leakd_symbolize::Resolver;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -91,7 +91,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         verbose: cli.run.verbose,
         warm_threads: threads,
         cache: !cli.no_cache && cli.build_index.is_empty(),
-        cache_size: cli.cache_size.unwrap_or(crate::cache::DEFAULT_SIZE),
+        cache_size: cli.cache_size.unwrap_or(leakd_symbolize::DEFAULT_CACHE_SIZE),
     };
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use leakd_common::{Context, Result};
 
-use crate::log;
-use crate::symbolizer::Resolver;
+use leakd_symbolize::log;
+use leakd_symbolize::Resolver;
 
 /// Longest input line accepted; longer ones are skipped as malformed
 /// instead of being buffered without bound.
@@ -291,7 +291,7 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
             Err(_) => {
                 // Whatever the line had written goes; so does the
                 // resolver, whose caches may be half updated (the shared
-                // DWARF is only ever parsed further, see crate::dwarf).
+                // DWARF is only ever parsed further, see leakd_symbolize's dwarf module).
                 d.out.truncate(at.0);
                 d.errors.truncate(at.1);
                 let _ = writeln!(

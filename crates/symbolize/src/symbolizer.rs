@@ -86,13 +86,13 @@ impl Resolver {
     }
 
     /// Whether lines now come few at a time (see `AddrResolver::set_warm`).
-    pub(crate) fn set_warm(&mut self, on: bool) {
+    pub fn set_warm(&mut self, on: bool) {
         self.addrs.set_warm(on);
     }
 
     /// This resolver's part of the cache of answers, handed over when its
     /// last line is answered (see `AddrResolver::finish_cache`).
-    pub(crate) fn finish_cache(&mut self) {
+    pub fn finish_cache(&mut self) {
         self.addrs.finish_cache();
     }
 
@@ -103,7 +103,7 @@ impl Resolver {
     }
 
     /// Build the index of `file` (see `AddrResolver::build_index`).
-    pub(crate) fn build_index(
+    pub fn build_index(
         &mut self,
         file: &std::path::Path,
         threads: usize,
