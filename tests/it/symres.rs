@@ -1341,3 +1341,36 @@ fn rebuilt_binary_is_not_answered_from_the_old_cache() {
     assert_eq!(cache_hits(&r.stderr), 0, "{}", r.stderr);
     assert_eq!(r.stdout, bare.stdout);
 }
+
+/// What a run killed while writing its cache file leaves (a temporary
+/// file, never the file itself: that is only ever renamed into place) is
+/// removed by a later run once it is 10 minutes old; a newer one may be
+/// another run's, still writing, and stays.
+#[test]
+fn a_killed_writers_temporary_file_is_removed_later() {
+    let dir = TempDir::new("killed");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (input, _) = text_frames(&prog);
+    let home = dir.path("xdg");
+    let cache = home.join("leakd/symres");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let id = build_id(&prog);
+    let (old, new) = (format!(".{id}.answers.00000000deadbeef"), format!(".{id}.answers.1"));
+    for name in [&old, &new] {
+        std::fs::write(cache.join(name), b"SYMRESAC half a file").unwrap();
+    }
+    let then = std::time::SystemTime::now() - Duration::from_secs(11 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(cache.join(&old))
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    let r = symres_in(&home, &[], &input);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr, "", "a temporary file is not read");
+    let mut want = vec![new, format!("{id}.answers")];
+    want.sort();
+    assert_eq!(names_in(&cache), want);
+}
