@@ -39,6 +39,11 @@ pub const MAX_LEARNED: usize = 1 << 20;
 
 const SUFFIX: &str = ".answers";
 
+/// A cache file of more pieces than this is rewritten only when a run
+/// brings at least a `FEW_RATIO`th as many new answers.
+const FEW_PIECES: usize = 1 << 14;
+const FEW_RATIO: usize = 64;
+
 /// A temporary cache file this old is a killed run's, removed.
 const STALE_SECS: u64 = 600;
 
@@ -180,8 +185,23 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
         }
         let name = file_name(&l.build_id);
         // What is there now (another run's, maybe, since this one began).
-        let old = load_quiet(&store, &l.build_id, &l.provenance)
-            .map_or_else(Vec::new, |mut ix| ix.known());
+        let there = load_quiet(&store, &l.build_id, &l.provenance);
+        // A rewrite costs time in proportion to the file (about 100 ms for
+        // 100k answers): not for a few new answers to a large file (a run
+        // of a few lines would end that much later).
+        if let Some(ix) = there.as_ref().filter(|ix| {
+            ix.pieces() > FEW_PIECES && l.points.len().saturating_mul(FEW_RATIO) < ix.pieces()
+        }) {
+            log::once(1, || {
+                format!(
+                    "cache: {name}: {} new answers, too few to rewrite its {} pieces",
+                    l.points.len(),
+                    ix.pieces()
+                )
+            });
+            continue;
+        }
+        let old = there.map_or_else(Vec::new, |mut ix| ix.known());
         let n_old = old.len();
         let n_new = l.points.len();
         let built = merged(old, l.points);
@@ -350,6 +370,38 @@ mod tests {
                 "cut at {at}"
             );
         }
+    }
+
+    /// A large file is not rewritten for a few new answers (a run of a few
+    /// lines would end later by the whole file's rewrite), but is for more.
+    #[test]
+    fn few_new_answers_leave_a_large_file_as_it_is() {
+        let dir = std::env::temp_dir().join(format!("symres-cache-few-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (id, prov) = (vec![7u8; 20], b"p".to_vec());
+        let learned = |addrs: std::ops::Range<u64>| Learned {
+            build_id: id.clone(),
+            provenance: prov.clone(),
+            // Every other address: a piece each, and one unknown after.
+            points: addrs.map(|a| (0x1000 + 2 * a, res(&format!("f{a}"), 0))).collect(),
+        };
+        let n = FEW_PIECES as u64;
+        write(&dir, DEFAULT_SIZE, vec![learned(0..n)]);
+        let file = dir.join(file_name(&id));
+        let before = std::fs::read(&file).unwrap();
+        let pieces = Index::parse_cache(Bytes::heap(before.clone()), &id, &prov).unwrap().pieces();
+        assert!(pieces > 2 * FEW_PIECES, "{pieces}");
+        let few = (pieces / FEW_RATIO - 1) as u64;
+        write(&dir, DEFAULT_SIZE, vec![learned(n..n + few)]);
+        assert!(std::fs::read(&file).unwrap() == before, "rewritten for {few} answers");
+        let enough = few + 2;
+        write(&dir, DEFAULT_SIZE, vec![learned(n..n + enough)]);
+        let mut after =
+            Index::parse_cache(Bytes::heap(std::fs::read(&file).unwrap()), &id, &prov).unwrap();
+        assert_eq!(after.pieces(), pieces + 2 * enough as usize);
+        assert!(after.knows(0x1000 + 2 * (n + enough - 1)));
+        assert!(after.knows(0x1000));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The fuzz target's entry, on a real cache file (its header cut off).
