@@ -396,7 +396,7 @@ mod tests {
         assert!(std::fs::read(&file).unwrap() == before, "rewritten for {few} answers");
         let enough = few + 2;
         write(&dir, DEFAULT_SIZE, vec![learned(n..n + enough)]);
-        let mut after =
+        let after =
             Index::parse_cache(Bytes::heap(std::fs::read(&file).unwrap()), &id, &prov).unwrap();
         assert_eq!(after.pieces(), pieces + 2 * enough as usize);
         assert!(after.knows(0x1000 + 2 * (n + enough - 1)));

@@ -803,11 +803,18 @@ mod tests {
         assert!(!Arc::ptr_eq(&index(&a), &index(&other)));
         for &v in &addrs {
             let id = a.modules.len() - 1;
-            assert_eq!(
-                a.modules[id].lookup_vaddr(v, true),
-                b.modules[id].lookup_vaddr(v, true),
-                "at {v:#x}"
-            );
+            let (x, y) = (a.modules[id].lookup_vaddr(v, true), b.modules[id].lookup_vaddr(v, true));
+            assert_eq!(x, y, "at {v:#x}");
+            // Symbol names are demangled once for both (one string), not
+            // for the other stream's resolver.
+            let z = other.modules[id].lookup_vaddr(v, true);
+            let from_symbols = a.modules[id].symbols.lookup(v).is_some();
+            if let (true, Ok(Some(x)), Ok(Some(y)), Ok(Some(z))) =
+                (from_symbols, x.map(|r| r.sym), y.map(|r| r.sym), z.map(|r| r.sym))
+            {
+                assert!(Arc::ptr_eq(&x, &y), "{x} demangled twice");
+                assert!(!Arc::ptr_eq(&x, &z), "{x} shared with another stream");
+            }
         }
     }
 

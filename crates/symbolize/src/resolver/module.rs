@@ -55,6 +55,8 @@ pub struct Module {
     /// `Resolution::shifted`).
     pub answers: FxHashMap<(u64, u64), Outcome>,
     demangled: FxHashMap<elf::SymName, Arc<str>>,
+    /// The file's identity, under which its demangled names are shared.
+    key: Option<FileKey>,
     files: FxHashMap<String, Arc<str>>,
     /// DWARF (linkage) names, demangled, since the same inlined functions
     /// turn up at many addresses.
@@ -140,6 +142,7 @@ impl Module {
             cache_hits: 0,
             answers: FxHashMap::default(),
             demangled: FxHashMap::default(),
+            key,
             files: FxHashMap::default(),
             dwarf_names: FxHashMap::default(),
         }
@@ -227,7 +230,14 @@ impl Module {
             let name = match self.demangled.get(&i) {
                 Some(n) => n.clone(),
                 None => {
-                    let n: Arc<str> = Arc::from(demangle(&self.symbols.name(i)));
+                    // Another thread may have demangled it (each meets the
+                    // same functions): C++ names cost microseconds each.
+                    let symbols = &self.symbols;
+                    let make = || Arc::from(demangle(&symbols.name(i)));
+                    let n: Arc<str> = match self.key {
+                        Some(key) => self.shared.demangled(key, i, make),
+                        None => make(),
+                    };
                     self.demangled.insert(i, n.clone());
                     n
                 }

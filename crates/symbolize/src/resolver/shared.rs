@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::cache::Learned;
 use crate::dwarf::Units;
 use crate::elf::DwarfSections;
+use crate::elf::SymName;
 
 /// Identity of a file: the same file gives the same DWARF, whichever path
 /// (/proc/PID/root/..., /proc/PID/map_files/...) reached it.
@@ -49,9 +50,33 @@ pub struct Shared {
     /// What the resolvers learned for the cache, and how many frames they
     /// answered from it, once each is done.
     learned: Arc<Mutex<(u64, Vec<Learned>)>>,
+    /// Symbol names demangled by any of the resolvers, by file and name.
+    names: Arc<Mutex<Names>>,
 }
 
+/// Demangled symbol names by file and name.
+type Names = FxHashMap<(FileKey, SymName), Arc<str>>;
+
+/// Names kept in `Shared::names` before it is emptied (a long run meets
+/// new files without end).
+const MAX_NAMES: usize = 1 << 20;
+
 impl Shared {
+    /// The demangled name `i` of the file `key`, made by `make` unless
+    /// another resolver made it (outside the lock).
+    pub fn demangled(&self, key: FileKey, i: SymName, make: impl FnOnce() -> Arc<str>) -> Arc<str> {
+        let lock = || self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = lock().get(&(key, i)) {
+            return n.clone();
+        }
+        let n = make();
+        let mut names = lock();
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.entry((key, i)).or_insert(n).clone()
+    }
+
     /// Add what a module learned (`AddrResolver::finish_cache`).
     pub fn learned(&self, l: Learned) {
         self.learned.lock().unwrap_or_else(|e| e.into_inner()).1.push(l);
