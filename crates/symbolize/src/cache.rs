@@ -404,6 +404,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Random damage behind a good CRC (what the fuzz target reaches):
+    /// refused, or lookups in bounds whose answers are JSON members, and a
+    /// merge that writes a file that reads back.
+    #[test]
+    fn damage_behind_a_good_crc_never_breaks_a_line() {
+        let b = merged(
+            vec![],
+            (0..40u64)
+                .map(|a| (0x100 + 3 * a, if a % 5 == 0 { Piece::Nothing } else { res("f", a) }))
+                .collect(),
+        );
+        let good = b.to_cache_bytes(&[0x5a], b"p").unwrap();
+        let head = Built::default().to_cache_bytes(&[0x5a], b"p").unwrap().len() - 40;
+        let body = &good[head..];
+        let mut next = crate::testing::rng(0xcac4_e5ee_d000_0001);
+        for _ in 0..3000 {
+            let mut bad = body.to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % bad.len() as u64) as usize;
+                bad[at] = next() as u8;
+            }
+            let cut =
+                if next() % 8 == 0 { (next() % bad.len() as u64) as usize } else { bad.len() };
+            fuzz(&bad[..cut]);
+        }
+    }
+
     /// The fuzz target's entry, on a real cache file (its header cut off).
     #[test]
     fn fuzz_entry_reads_a_cache() {
