@@ -8,6 +8,7 @@
 mod support;
 
 mod allocsnoop;
+mod containers;
 mod deploy;
 mod execsnoop;
 mod leakd_attach;
@@ -15,3 +16,4 @@ mod leakd_report;
 mod man;
 mod symres;
 mod syscount;
+mod unwind;

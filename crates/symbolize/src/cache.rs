@@ -33,8 +33,8 @@ use crate::store::StoreDir;
 /// The size the cache files of a directory are kept under, by default.
 pub const DEFAULT_SIZE: u64 = 256 << 20;
 
-/// Answers a module learns in a run, at most (each holds its answer until
-/// the run ends).
+/// Answers a stream learns for the cache, at most (each holds its answer
+/// until the run ends).
 pub const MAX_LEARNED: usize = 1 << 20;
 
 const SUFFIX: &str = ".answers";

@@ -19,7 +19,8 @@
 //! 4. the sources of answers: `cache` (the answers runs learned, by build
 //!    id) over `index` (prebuilt answers, the cache's file layout), `dwarf`, `elf`,
 //!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
-//!    whoever else writes there)
+//!    whoever else writes there), `files` (opening the files frames name:
+//!    regular ones, without blocking, inside a process's root)
 //! 5. what everyone uses: `answer` (Reason, Resolution and how they are
 //!    written into a frame), `json` (string bytes), `demangle`, `log`
 //!    (messages under the running tool's name)
@@ -33,6 +34,7 @@ mod cache;
 mod demangle;
 mod dwarf;
 mod elf;
+mod files;
 mod frame_line;
 mod frame_scan;
 mod index;
@@ -57,7 +59,7 @@ pub use index::fuzz as fuzz_index;
 pub use kallsyms::KERNEL_START;
 #[doc(hidden)]
 pub use resolver::fuzz_elf;
-pub use resolver::Options;
+pub use resolver::{Options, MAX_OPEN_MODULES};
 pub use symbolizer::Resolver;
 
 // A resolver can be moved to another thread (checked at compile time).

@@ -75,6 +75,13 @@ impl Resolver {
         frame_line::process_into(&mut self.addrs, &mut self.lines, line, out)
     }
 
+    /// The frames of the last line given to `process_line_into` that were
+    /// left unresolved as malformed (`"reason":"malformed"`), each as
+    /// `stack[2].addr: why`.
+    pub fn bad_frames(&self) -> &[String] {
+        self.lines.bad_frames()
+    }
+
     /// `process_line_into` with a new buffer: `Ok(None)` when the line has
     /// no frames.
     pub fn process_line_bytes(

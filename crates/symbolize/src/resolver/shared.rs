@@ -5,7 +5,7 @@
 //! hot path), but parsing a large binary's DWARF is most of what a new
 //! address costs, so that is done once per file for all of them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use rustc_hash::FxHashMap;
 
@@ -45,8 +45,10 @@ impl FileKey {
 /// What the resolvers made from one another (`AddrResolver::fresh`) share.
 #[derive(Clone, Default)]
 pub struct Shared {
-    /// The DWARF units of the files loaded so far.
-    dwarf: Arc<Mutex<FxHashMap<FileKey, Arc<Units>>>>,
+    /// The DWARF units of the files loaded so far, as long as a module of
+    /// some resolver holds them (a module closed by every resolver lets
+    /// its DWARF go).
+    dwarf: Arc<Mutex<FxHashMap<FileKey, Weak<Units>>>>,
     /// What the resolvers learned for the cache, and how many frames they
     /// answered from it, once each is done.
     learned: Arc<Mutex<(u64, Vec<Learned>)>>,
@@ -59,7 +61,7 @@ type Names = FxHashMap<(FileKey, SymName), Arc<str>>;
 
 /// Names kept in `Shared::names` before it is emptied (a long run meets
 /// new files without end).
-const MAX_NAMES: usize = 1 << 20;
+const MAX_NAMES: usize = 1 << 18;
 
 impl Shared {
     /// The demangled name `i` of the file `key`, made by `make` unless
@@ -78,8 +80,15 @@ impl Shared {
     }
 
     /// Add what a module learned (`AddrResolver::finish_cache`).
-    pub fn learned(&self, l: Learned) {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner()).1.push(l);
+    pub fn learned(&self, mut l: Learned) {
+        let mut all = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        // What a stream keeps for the cache is bounded (a long run over
+        // many modules meets new addresses without end).
+        let kept: usize = all.1.iter().map(|l| l.points.len()).sum();
+        l.points.truncate(crate::cache::MAX_LEARNED.saturating_sub(kept));
+        if !l.points.is_empty() {
+            all.1.push(l);
+        }
     }
 
     /// Add frames answered from the cache.
@@ -97,14 +106,29 @@ impl Shared {
     /// resolver already made them.
     pub fn dwarf(&self, key: Option<FileKey>, secs: DwarfSections) -> Arc<Units> {
         let lock = || self.dwarf.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(units) = key.and_then(|k| lock().get(&k).cloned()) {
+        if let Some(units) = key.and_then(|k| lock().get(&k).and_then(Weak::upgrade)) {
             return units;
         }
         // Made unlocked (it reads .debug_aranges): the other threads go on
         // with other files; should two make one at once, the first kept wins.
         let units = Arc::new(Units::new(secs));
         let Some(key) = key else { return units };
-        lock().entry(key).or_insert(units).clone()
+        let mut map = lock();
+        if let Some(kept) = map.get(&key).and_then(Weak::upgrade) {
+            return kept;
+        }
+        // Entries of DWARF no longer held go before the map doubles.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(key, Arc::downgrade(&units));
+        units
+    }
+
+    /// How many files' DWARF units are held (for tests).
+    #[cfg(test)]
+    pub fn dwarf_held(&self) -> usize {
+        self.dwarf.lock().unwrap().values().filter(|w| w.strong_count() > 0).count()
     }
 }
 
