@@ -35,20 +35,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
-use symres::{Options as SymOptions, Resolver};
+use leakd_symbolize::{Options as SymOptions, Resolver};
 
 use leakd_common::bpf::{self, LostCounter};
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{End, EventLoop};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Context, Result};
 
 pub use cli::{command, Cli, EXIT_INCOMPLETE, EXIT_LEAKS};
+use leakd_unwind::{Mode, Unwinder};
 use report::{Reporter, Settings, Symbolizer};
-use sites::Sites;
+use sites::{Sites, Stacks};
 
 bpf_mirror!(pub mod sys = "leakd-attach");
 // bindgen generated these from bpf/leakd-attach.h as #[repr(C)] structs of
@@ -95,13 +97,23 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
+    let mode = cli.unwind.unwind;
+    let mode_value = mode.bpf_value();
+    leakd_unwind::configure(&mut loader, &mode_value);
+    // Only one of the two stack tables is used.
+    loader.map_max_entries(if mode == Mode::Fp { "unwind_stacks" } else { "stacks" }, 1);
     let alloc_probes::Tracer { mut ebpf, target } =
         alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let pid = target.pid();
 
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
-    let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
+    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target)?;
+    let stacks = if mode == Mode::Fp {
+        Stacks::Fp(bpf::take_map(&mut ebpf, "stacks")?)
+    } else {
+        Stacks::Dwarf(bpf::take_map(&mut ebpf, "unwind_stacks")?)
+    };
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
         bpf::take_map(&mut ebpf, "sites")?;
     // Before the command is released: its exec must not be missed.
@@ -113,19 +125,20 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Snapshot the mappings now: they vanish when the target exits, and the
     // final report is formatted after that.
-    event_loop.start_target(target, |pid| maps.prime(pid))?;
+    // And the containers of the processes, for the same reason.
+    let scope = target.scope.clone();
+    let mut containers = PidContainers::new();
+    event_loop.start_target(target, |pid| {
+        maps.prime(pid);
+        containers.prime(pid);
+    })?;
     let every = cli.interval.interval.unwrap_or(Duration::from_secs(5));
     info!(
         "attached, tracking live allocations, reporting every {:.3} s (Ctrl-C to stop)",
         every.as_secs_f64()
     );
     let mut out = Output::stdout();
-    let symbolizer = cli.symbolize.then(|| {
-        Symbolizer::new(Resolver::new(SymOptions {
-            verbose: leakd_common::log::level(),
-            ..SymOptions::default()
-        }))
-    });
+    let symbolizer = cli.symbolize.then(|| Symbolizer::new(Resolver::new(SymOptions::default())));
     let settings = Settings {
         combined: cli.combined,
         sample_bytes: cli.sample_bytes,
@@ -135,12 +148,17 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         every,
     };
     let sites = Sites::new(stacks, sites, maps);
-    let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1);
+    let mut targets: Vec<u32> = scope.as_ref().map(|s| s.cgroup.pids()).unwrap_or_default();
+    targets.extend(pid);
+    let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1, unwinder)
+        .with_containers(containers, scope);
+    reporter.preload_modules(&targets);
     if event_loop.run(Some(&mut execs), &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
         return Ok(leakd_common::EXIT_OK);
     }
     let outstanding = reporter.report(&mut out, true)?;
+    reporter.unwind_summary();
     lost.report(&mut out)?;
     out.flush()?;
     Ok(cli::exit_code(outstanding, lost.events_lost()))

@@ -20,21 +20,30 @@
 //! other unit covers it.
 //!
 //! Parsing a unit's lines and functions is most of the cost of a new
-//! address in a large binary, so resolving threads share one `Index` per
+//! address in a large binary, so resolving threads share one `Units` per
 //! file: a unit is parsed once, by the first thread that needs it, and
 //! each context is used under its own lock (addr2line parses lazily inside
 //! lookups, so a context is not `Sync` by itself).
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use rustc_hash::FxHashMap;
 
 use gimli::Reader as _;
 
 use crate::elf::{DwarfSections, Reader};
+use crate::log::log;
 
 type Ctx = addr2line::Context<Reader>;
 
-/// An address range [begin, end) and the index of its unit in `units`.
-type Span = (u64, u64, u32);
+/// An address range [begin, end) of .debug_aranges and the index of its
+/// unit in `units` (`AMBIGUOUS` when two claim it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UnitRange {
+    begin: u64,
+    end: u64,
+    unit: u32,
+}
 
 /// Unit index of an address range claimed by more than one unit.
 const AMBIGUOUS: u32 = u32::MAX;
@@ -54,10 +63,10 @@ struct UnitSlot {
     code_bytes: u64,
 }
 
-pub struct Index {
+pub struct Units {
     secs: DwarfSections,
     /// Sorted by begin, not overlapping.
-    ranges: Vec<Span>,
+    ranges: Vec<UnitRange>,
     units: Vec<UnitSlot>,
     /// The context over all units, built on first need (`None`: it cannot
     /// be built).
@@ -70,7 +79,7 @@ pub struct Index {
 // Shared between resolving threads (checked at compile time).
 const _: () = {
     const fn sync<T: Send + Sync>() {}
-    sync::<Index>()
+    sync::<Units>()
 };
 
 /// A context in use (the lock held while a lookup parses it further).
@@ -83,30 +92,30 @@ fn lock(m: &Mutex<Ctx>) -> CtxGuard<'_> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Index {
+impl Units {
     /// Cheap: reads .debug_aranges only (a malformed one just means every
     /// address goes to the full context).
-    pub fn new(secs: DwarfSections) -> Index {
+    pub fn new(secs: DwarfSections) -> Units {
         let (ranges, units) = aranges(&secs).unwrap_or_default();
-        Index { secs, ranges, units, full: OnceLock::new(), complete: OnceLock::new() }
+        Units { secs, ranges, units, full: OnceLock::new(), complete: OnceLock::new() }
     }
 
     /// The context that answers `vaddr`, locked: its unit's when that one
     /// is usable, else the full one. `None` when no unit can know it (it is
     /// outside .debug_aranges, which lists all code), or the full context
     /// cannot be built.
-    pub fn context_for(&self, vaddr: u64, verbose: u8) -> Option<CtxGuard<'_>> {
+    pub fn context_for(&self, vaddr: u64) -> Option<CtxGuard<'_>> {
         // Unit contexts even once the full one exists: its one lock would
         // make threads take turns.
-        if let Some(c) = self.unit_of(vaddr).and_then(|u| self.unit_ctx(u, verbose)) {
+        if let Some(c) = self.unit_of(vaddr).and_then(|u| self.unit_ctx(u)) {
             return Some(lock(c));
         }
         // Outside every range of .debug_aranges, only a unit it leaves out
         // could know the address; when there is none, building the full
         // context (a walk over every unit, a fifth of a cold run over a
         // large build) would only say that no unit does.
-        let i = self.ranges.partition_point(|r| r.0 <= vaddr);
-        let outside = i == 0 || vaddr >= self.ranges[i - 1].1;
+        let i = self.ranges.partition_point(|r| r.begin <= vaddr);
+        let outside = i == 0 || vaddr >= self.ranges[i - 1].end;
         if outside
             && *self.complete.get_or_init(|| {
                 aranges_complete(&self.secs, &self.units, &self.ranges).unwrap_or(false)
@@ -114,17 +123,17 @@ impl Index {
         {
             return None;
         }
-        self.full(vaddr, verbose).map(lock)
+        self.full(vaddr).map(lock)
     }
 
     /// The context of unit `u`, `None` when it is not self-contained.
-    fn unit_ctx(&self, u: usize, verbose: u8) -> Option<&Mutex<Ctx>> {
+    fn unit_ctx(&self, u: usize) -> Option<&Mutex<Ctx>> {
         let slot = &self.units[u];
         slot.ctx
             .get_or_init(|| {
                 let c = unit_context(&self.secs, slot.offset).map(|c| Box::new(Mutex::new(c)));
-                if c.is_none() && verbose > 1 {
-                    eprintln!("symres: DWARF unit at {:#x} is not self-contained", slot.offset);
+                if c.is_none() {
+                    log!(2, "DWARF unit at {:#x} is not self-contained", slot.offset);
                 }
                 c
             })
@@ -132,18 +141,14 @@ impl Index {
     }
 
     /// The context over all units, built on first use.
-    fn full(&self, vaddr: u64, verbose: u8) -> Option<&Mutex<Ctx>> {
+    fn full(&self, vaddr: u64) -> Option<&Mutex<Ctx>> {
         self.full
             .get_or_init(|| {
-                if verbose > 1 {
-                    eprintln!("symres: parsing all DWARF units ({vaddr:#x})");
-                }
+                log!(2, "parsing all DWARF units ({vaddr:#x})");
                 match self.secs.context() {
                     Ok(c) => Some(Box::new(Mutex::new(c))),
                     Err(e) => {
-                        if verbose > 0 {
-                            eprintln!("symres: unusable DWARF: {e}");
-                        }
+                        log!(1, "unusable DWARF: {e}");
                         None
                     }
                 }
@@ -156,7 +161,7 @@ impl Index {
     /// of functions and inlined calls (for `symres --build-index`). Units
     /// are read by `threads` threads, in turn.
     pub fn boundaries(&self, out: &mut Vec<u64>, threads: usize) -> gimli::Result<()> {
-        out.extend(self.ranges.iter().flat_map(|r| [r.0, r.1]));
+        out.extend(self.ranges.iter().flat_map(|r| [r.begin, r.end]));
         let dwarf = &self.secs.dwarf()?;
         let mut headers = Vec::new();
         let mut units = dwarf.units();
@@ -193,13 +198,13 @@ impl Index {
     }
 
     fn unit_of(&self, vaddr: u64) -> Option<usize> {
-        let i = self.ranges.partition_point(|r| r.0 <= vaddr).checked_sub(1)?;
-        let (_, end, u) = self.ranges[i];
-        (vaddr < end && u != AMBIGUOUS).then_some(u as usize)
+        let i = self.ranges.partition_point(|r| r.begin <= vaddr).checked_sub(1)?;
+        let r = self.ranges[i];
+        (vaddr < r.end && r.unit != AMBIGUOUS).then_some(r.unit as usize)
     }
 }
 
-/// `Index::boundaries` of some units.
+/// `Units::boundaries` of some units.
 fn unit_boundaries<'a>(
     dwarf: &gimli::Dwarf<Reader>,
     headers: impl Iterator<Item = &'a gimli::UnitHeader<Reader>>,
@@ -227,7 +232,7 @@ fn unit_boundaries<'a>(
 }
 
 /// Sorted address ranges of .debug_aranges, and the units they name.
-fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
+fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<UnitRange>, Vec<UnitSlot>)> {
     let Some(section) = secs.section(".debug_aranges") else { return Ok(Default::default()) };
     // Read through a plain slice: the shared reader's clones cost an
     // atomic count per entry, and a large build has tens of thousands.
@@ -252,7 +257,7 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
             match entries.next() {
                 Ok(Some(e)) if e.length() != 0 => {
                     let r = e.range();
-                    ranges.push((r.begin, r.end, u));
+                    ranges.push(UnitRange { begin: r.begin, end: r.end, unit: u });
                     let slot = &mut units[u as usize];
                     slot.listed = true;
                     slot.code_bytes = slot.code_bytes.saturating_add(e.length());
@@ -270,16 +275,16 @@ fn aranges(secs: &DwarfSections) -> gimli::Result<(Vec<Span>, Vec<UnitSlot>)> {
 /// two units are ambiguous: the merged span goes to the full context.
 /// Merged in place: a second table of a large build's tens of thousands of
 /// ranges cost a page fault per 4 KiB written.
-fn merge_spans(spans: &mut Vec<Span>) {
-    spans.sort_unstable_by_key(|r| r.0);
+fn merge_spans(spans: &mut Vec<UnitRange>) {
+    spans.sort_unstable_by_key(|r| r.begin);
     spans.dedup_by(|r, last| {
-        if r.0 >= last.1 {
+        if r.begin >= last.end {
             return false;
         }
-        if last.2 != r.2 {
-            last.2 = AMBIGUOUS;
+        if last.unit != r.unit {
+            last.unit = AMBIGUOUS;
         }
-        last.1 = last.1.max(r.1);
+        last.end = last.end.max(r.end);
         true
     });
 }
@@ -296,7 +301,7 @@ fn merge_spans(spans: &mut Vec<Span>) {
 fn aranges_complete(
     secs: &DwarfSections,
     units: &[UnitSlot],
-    spans: &[Span],
+    spans: &[UnitRange],
 ) -> gimli::Result<bool> {
     let covered: rustc_hash::FxHashSet<usize> =
         units.iter().filter(|u| u.listed).map(|u| u.offset).collect();
@@ -344,15 +349,15 @@ fn aranges_complete(
 
 /// Whether the part of `r` inside `code` is covered by `spans` (sorted,
 /// not overlapping, perhaps adjacent).
-fn in_spans(r: gimli::Range, code: &[(u64, u64)], spans: &[Span]) -> bool {
+fn in_spans(r: gimli::Range, code: &[(u64, u64)], spans: &[UnitRange]) -> bool {
     code.iter().all(|&(cb, ce)| {
         let (mut at, end) = (r.begin.max(cb), r.end.min(ce));
         while at < end {
-            let i = spans.partition_point(|s| s.0 <= at);
-            if i == 0 || at >= spans[i - 1].1 {
+            let i = spans.partition_point(|s| s.begin <= at);
+            if i == 0 || at >= spans[i - 1].end {
                 return false;
             }
-            at = spans[i - 1].1;
+            at = spans[i - 1].end;
         }
         true
     })
@@ -418,6 +423,80 @@ fn self_contained(mut r: Reader, offset: usize) -> Option<bool> {
     }
 }
 
+/// One DWARF frame: function, file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DwarfFrame {
+    pub sym: Option<Arc<str>>,
+    pub file: Option<Arc<str>>,
+    pub line: Option<u32>,
+}
+
+/// Demangled DWARF names by where their bytes lie (address, length), so
+/// that a hit costs neither a UTF-8 check nor hashing a long mangled name.
+/// Every name lies in the buffers of one module's DWARF index (the file's
+/// mapping, or sections inflated from it), which the module holds as long
+/// as this cache: an address is never reused for another name. Never share
+/// one cache between modules.
+pub type NameCache = FxHashMap<(usize, usize), Arc<str>>;
+
+/// The frames addr2line reports at `vaddr`, innermost first (only the
+/// location, as one frame, without `want_inlined`). The outermost frame is
+/// named only with `outer_name`.
+pub fn dwarf_frames(
+    ctx: &Ctx,
+    vaddr: u64,
+    want_inlined: bool,
+    outer_name: bool,
+    names: &mut NameCache,
+    files: &mut FxHashMap<String, Arc<str>>,
+    frames: &mut Vec<DwarfFrame>,
+) {
+    if want_inlined {
+        if let Ok(mut it) = ctx.find_frames(vaddr).skip_all_loads() {
+            // Each frame is named once the next one shows it is not the last.
+            let mut unnamed: Option<Reader> = None;
+            while let Ok(Some(f)) = it.next() {
+                if let (Some(raw), Some(last)) = (unnamed.take(), frames.last_mut()) {
+                    last.sym = Some(demangle_cached(names, &raw));
+                }
+                unnamed = f.function.map(|n| n.name);
+                let (file, line) = match f.location {
+                    Some(l) => (l.file.map(|s| intern(files, s)), l.line),
+                    None => (None, None),
+                };
+                frames.push(DwarfFrame { sym: None, file, line });
+                if frames.len() >= 256 {
+                    break;
+                }
+            }
+            if let (true, Some(raw), Some(last)) = (outer_name, unnamed, frames.last_mut()) {
+                last.sym = Some(demangle_cached(names, &raw));
+            }
+        }
+    } else if let Ok(Some(l)) = ctx.find_location(vaddr) {
+        frames.push(DwarfFrame { sym: None, file: l.file.map(|s| intern(files, s)), line: l.line });
+    }
+}
+
+fn demangle_cached(cache: &mut NameCache, raw: &Reader) -> Arc<str> {
+    let bytes = raw.bytes();
+    cache
+        .entry((bytes.as_ptr() as usize, bytes.len()))
+        .or_insert_with(|| {
+            Arc::from(crate::demangle::demangle(&leakd_common::text::to_text(bytes)))
+        })
+        .clone()
+}
+
+fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = files.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    files.insert(s.to_string(), a.clone());
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,18 +505,18 @@ mod tests {
     /// This test binary's symbols, full DWARF context and index: a real
     /// Rust debug build with hundreds of units (test builds carry DWARF, the
     /// dev profile's default).
-    fn this_test_binary() -> (crate::elf::SymbolTable, Ctx, Index) {
+    fn this_test_binary() -> (crate::elf::SymbolTable, Ctx, Units) {
         let exe = std::env::current_exe().unwrap();
         let Ok(elf) = ElfFile::open(&exe) else { panic!("cannot read {}", exe.display()) };
         let Some(dwarf) = elf.dwarf else { panic!("{} has no DWARF", exe.display()) };
         let full = dwarf.context().unwrap();
-        (elf.symbols, full, Index::new(dwarf))
+        (elf.symbols, full, Units::new(dwarf))
     }
 
     /// The frames symres reports at `a` (with inlined ones).
-    fn frames(ctx: &Ctx, a: u64) -> Vec<crate::resolve::DwarfFrame> {
+    fn frames(ctx: &Ctx, a: u64) -> Vec<DwarfFrame> {
         let mut out = Vec::new();
-        crate::resolve::dwarf_frames(
+        dwarf_frames(
             ctx,
             a,
             true,
@@ -459,13 +538,13 @@ mod tests {
             .boundaries()
             .step_by(2)
             .filter(|&a| {
-                let i = index.ranges.partition_point(|r| r.0 <= a);
-                i == 0 || a >= index.ranges[i - 1].1
+                let i = index.ranges.partition_point(|r| r.begin <= a);
+                i == 0 || a >= index.ranges[i - 1].end
             })
             .collect();
         assert!(!outside.is_empty(), "every function is in .debug_aranges");
         for &a in &outside {
-            assert!(index.context_for(a, 0).is_none(), "{a:#x}");
+            assert!(index.context_for(a).is_none(), "{a:#x}");
             assert_eq!(frames(&full, a), vec![], "{a:#x}");
         }
         assert_eq!(index.complete.get(), Some(&true));
@@ -474,22 +553,23 @@ mod tests {
 
     #[test]
     fn overlapping_spans_merge_and_two_units_make_them_ambiguous() {
+        let r = |begin, end, unit| UnitRange { begin, end, unit };
         let mut spans = vec![
-            (0x60, 0x70, 2),
-            (0x10, 0x20, 0),
-            (0x30, 0x40, 1),
-            (0x18, 0x28, 0),
-            (0x28, 0x30, 1),
-            (0x38, 0x50, 1),
-            (0x65, 0x68, 2),
-            (0x68, 0x80, 3),
+            r(0x60, 0x70, 2),
+            r(0x10, 0x20, 0),
+            r(0x30, 0x40, 1),
+            r(0x18, 0x28, 0),
+            r(0x28, 0x30, 1),
+            r(0x38, 0x50, 1),
+            r(0x65, 0x68, 2),
+            r(0x68, 0x80, 3),
         ];
         merge_spans(&mut spans);
         // Adjacent spans stay apart; one inside another (0x65) merges
         // into it; a second unit's makes the whole span ambiguous.
         assert_eq!(
             spans,
-            vec![(0x10, 0x28, 0), (0x28, 0x30, 1), (0x30, 0x50, 1), (0x60, 0x80, AMBIGUOUS)]
+            vec![r(0x10, 0x28, 0), r(0x28, 0x30, 1), r(0x30, 0x50, 1), r(0x60, 0x80, AMBIGUOUS)]
         );
     }
 
@@ -499,9 +579,9 @@ mod tests {
     fn units_code_bytes_are_their_sets() {
         let (_, _, index) = this_test_binary();
         let mut spanned = vec![0u64; index.units.len()];
-        for &(b, e, u) in &index.ranges {
-            if u != AMBIGUOUS {
-                spanned[u as usize] += e - b;
+        for r in &index.ranges {
+            if r.unit != AMBIGUOUS {
+                spanned[r.unit as usize] += r.end - r.begin;
             }
         }
         let mut compared = 0;
@@ -527,15 +607,15 @@ mod tests {
         let addrs: Vec<u64> = index
             .ranges
             .iter()
-            .filter(|r| r.2 != AMBIGUOUS)
-            .flat_map(|r| [r.0, r.0 + (r.1 - r.0) / 2])
+            .filter(|r| r.unit != AMBIGUOUS)
+            .flat_map(|r| [r.begin, r.begin + (r.end - r.begin) / 2])
             .step_by(13)
             .collect();
         assert!(addrs.len() > 50, "too few aranges: {}", addrs.len());
         let (mut by_unit, mut compared) = (0, 0);
         for a in addrs {
             // Only addresses a unit context answers (not the full one).
-            let Some(ctx) = index.unit_of(a).and_then(|u| index.unit_ctx(u, 0)) else { continue };
+            let Some(ctx) = index.unit_of(a).and_then(|u| index.unit_ctx(u)) else { continue };
             by_unit += 1;
             let mine = frames(&lock(ctx), a);
             if mine.is_empty() {

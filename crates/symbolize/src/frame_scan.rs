@@ -16,6 +16,8 @@
 
 use std::borrow::Cow;
 
+use crate::json::plain_prefix;
+
 /// Arrays with these names hold frames.
 pub const FRAME_ARRAYS: [&str; 2] = ["stack", "frames"];
 /// Frames are looked for in objects this many levels (of objects and
@@ -61,10 +63,6 @@ pub enum Item {
     /// A frame whose text is that of a frame seen before (see
     /// `Scan::scan`): skipped, its members not recorded.
     Known { array: usize, index: usize, open: usize, close: usize },
-    /// An element of a frame array that is not an object.
-    NotObject { array: usize, index: usize, value: Span },
-    /// A frame array's value that is neither an array nor null.
-    NotArray { array: usize, value: Span },
 }
 
 /// The line is not JSON (serde_json says why).
@@ -209,33 +207,6 @@ struct Scanner<'a> {
     escaped: bool,
     known: &'a dyn Fn(&[u8]) -> Option<usize>,
     out: &'a mut Scan,
-}
-
-/// How many bytes at the start of `b` need no attention in a JSON string
-/// (all but `"`, `\\` and control characters), found eight at a time:
-/// strings are most of a line, and most of what symres writes.
-pub fn plain_prefix(b: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each byte of `x` below `n` (the classic bit trick:
-    // bytes after the first such byte may be flagged wrongly, the first is
-    // always right).
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
-    let mut i = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(w);
-        let special = below(x ^ (ONES * u64::from(b'"')), 1)
-            | below(x ^ (ONES * u64::from(b'\\')), 1)
-            | below(x, 0x20);
-        if special != 0 {
-            // Little-endian: the lowest flagged bit is the first byte.
-            return i + (special.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    i + b[i..].iter().take_while(|&&c| c != b'"' && c != b'\\' && c >= 0x20).count()
 }
 
 /// The text of a string token's contents (`span` inside the quotes), with
@@ -486,10 +457,8 @@ impl<'a> Scanner<'a> {
         let array = self.out.arrays.len();
         self.out.arrays.push(self.path());
         if self.peek() != Some(b'[') {
-            let value = self.value(None)?;
-            if &self.b[value.start..value.end] != b"null" {
-                self.out.items.push(Item::NotArray { array, value });
-            }
+            // Not an array of frames: checked, left alone.
+            self.value(None)?;
             return Ok(());
         }
         self.seq(b'[', b']', |s, index| {
@@ -512,8 +481,8 @@ impl<'a> Scanner<'a> {
                 let members = first..s.out.members.len();
                 s.out.items.push(Item::Frame { array, index, open, close: s.i - 1, members });
             } else {
-                let value = s.value(None)?;
-                s.out.items.push(Item::NotObject { array, index, value });
+                // Not a frame: checked, left alone.
+                s.value(None)?;
             }
             Ok(())
         })
@@ -629,42 +598,6 @@ mod tests {
     }
 
     #[test]
-    fn plain_prefix_stops_at_the_first_special_byte() {
-        for len in 0..40 {
-            let plain = vec![b'a'; len];
-            assert_eq!(plain_prefix(&plain), len);
-            for at in 0..len {
-                // Specials, and bytes right next to them that are not.
-                for (c, special) in [
-                    (b'"', true),
-                    (b'\\', true),
-                    (0, true),
-                    (0x1f, true),
-                    (0x20, false),
-                    (0xc3, false),
-                    (b'#', false),
-                    (b']', false),
-                ] {
-                    let mut b = plain.clone();
-                    b[at] = c;
-                    // A special byte later must not hide behind an earlier one.
-                    if at + 1 < len {
-                        b[len - 1] = b'"';
-                    }
-                    let first = if special {
-                        at
-                    } else if at + 1 < len {
-                        len - 1
-                    } else {
-                        len
-                    };
-                    assert_eq!(plain_prefix(&b), first, "{c:#x} at {at} of {len}");
-                }
-            }
-        }
-    }
-
-    #[test]
     fn known_frames_are_skipped_but_the_line_still_checked() {
         let frame = r#"{"addr":"0x1234","module":"/lib/x.so"}"#;
         let known = |rest: &[u8]| rest.starts_with(frame.as_bytes()).then_some(frame.len());
@@ -749,14 +682,12 @@ mod tests {
         let s = scan(line).unwrap();
         assert_eq!(&line[s.pid.unwrap().start..s.pid.unwrap().end], "3");
         assert_eq!(s.arrays, ["a[0].frames", "stack", "b.stack"]);
-        assert_eq!(s.items.len(), 3);
+        // Neither 5 nor "x" is a frame.
+        assert_eq!(s.items.len(), 1);
         let Item::Frame { open, close, members, .. } = s.items[0].clone() else { panic!() };
         assert_eq!(&line[open..=close], r#"{"addr":"0x1", "k":[1]}"#);
         let m: Vec<&str> =
             s.members[members].iter().map(|m| &line[m.whole().start..m.whole().end]).collect();
         assert_eq!(m, [r#""addr":"0x1""#, r#""k":[1]"#]);
-        assert!(matches!(s.items[1], Item::NotObject { index: 1, .. }));
-        let Item::NotArray { array: 2, value } = s.items[2] else { panic!() };
-        assert_eq!(&line[value.start..value.end], "\"x\"");
     }
 }

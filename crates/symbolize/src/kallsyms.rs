@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::resolve::{Reason, Resolution};
+use crate::answer::{Reason, Resolution};
 
 /// Lowest kernel address on x86-64 (and arm64 with 48-bit VAs).
 pub const KERNEL_START: u64 = 0xffff_8000_0000_0000;

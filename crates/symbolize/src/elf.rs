@@ -42,14 +42,14 @@ impl Bytes {
     /// A whole file: mapped (only the pages the parsers touch are ever
     /// read; see crate::mmap for why that is safe even if the file
     /// shrinks), or read when it cannot be mapped.
-    pub fn open(path: &std::path::Path) -> std::io::Result<Bytes> {
-        let mut f = std::fs::File::open(path)?;
+    /// An open file, as `open`; read no further than its size.
+    pub fn of_file(mut f: std::fs::File) -> std::io::Result<Bytes> {
         let len = f.metadata()?.len();
         if let Some(m) = usize::try_from(len).ok().and_then(|n| crate::mmap::Map::new(&f, n)) {
             return Ok(Bytes(Arc::new(Backing::Map(m))));
         }
         let mut data = Vec::new();
-        f.read_to_end(&mut data)?;
+        f.by_ref().take(len).read_to_end(&mut data)?;
         Ok(Bytes::heap(data))
     }
 }
@@ -115,6 +115,10 @@ pub struct SymbolTable {
     /// `syms[i].addr` once sorted (empty before), searched alone: a binary
     /// search then touches an eighth of the cache lines.
     addrs: Vec<u64>,
+    /// Every `TOP`th of `addrs`: searched first, it is small enough to stay
+    /// in cache, and leaves a search of one block of `addrs` (a few cache
+    /// lines) instead of a miss at nearly every step over a large table.
+    top: Vec<u64>,
     sorted: bool,
     /// Lookups answered by a scan so far.
     scans: u32,
@@ -135,6 +139,9 @@ pub struct SymName {
     at: u64,
     table: u8,
 }
+
+/// Symbols per block of the two-level search (see `SymbolTable::top`).
+const TOP: usize = 32;
 
 /// Lookups answered by scanning before the table is sorted.
 const SCANS: u32 = 32;
@@ -181,7 +188,17 @@ impl SymbolTable {
         self.syms.sort_unstable_by_key(Symbol::key);
         self.syms.dedup_by_key(|s| s.addr);
         self.addrs = self.syms.iter().map(|s| s.addr).collect();
+        self.top = self.addrs.iter().step_by(TOP).copied().collect();
         self.sorted = true;
+    }
+
+    /// The last of the sorted `addrs` at or below `addr`: its block by
+    /// `top`, then within the block.
+    fn position(&self, addr: u64) -> Option<usize> {
+        let block = self.top.partition_point(|&a| a <= addr).checked_sub(1)?;
+        let from = block * TOP;
+        let within = self.addrs.get(from..(from + TOP).min(self.addrs.len()))?;
+        Some(from + within.partition_point(|&a| a <= addr) - 1)
     }
 
     /// The symbol the sorted table would find for `addr` (the best of those
@@ -203,7 +220,7 @@ impl SymbolTable {
     pub fn lookup(&mut self, addr: u64) -> Option<(SymName, u64)> {
         let s = if self.sorted || self.scans >= SCANS {
             self.sort();
-            let i = self.addrs.partition_point(|&a| a <= addr).checked_sub(1)?;
+            let i = self.position(addr)?;
             self.syms.get(i)?
         } else {
             self.scans += 1;
@@ -277,9 +294,6 @@ pub struct DwarfSections {
     /// The file's executable segments, [begin, end) addresses: the only
     /// addresses symres asks DWARF about.
     pub code: Vec<(u64, u64)>,
-    /// Whether to say on stderr that a compressed section is corrupt (found
-    /// only when it is first read); set by the resolver.
-    pub verbose: u8,
 }
 
 /// A compressed section (SHF_COMPRESSED) is inflated on first use: some are
@@ -300,8 +314,8 @@ impl DwarfSections {
                 .get_or_init(|| {
                     let r = inflate(raw.bytes(), *chdr)
                         .map(|b| EndianReader::new(Bytes::heap(b), self.endian));
-                    if let (Err(e), 1..) = (&r, self.verbose) {
-                        eprintln!("symres: {name}: {e}, left out");
+                    if let Err(e) = &r {
+                        crate::log::log!(1, "{name}: {e}, left out");
                     }
                     r
                 })
@@ -342,8 +356,14 @@ impl DwarfSections {
 impl ElfFile {
     /// Read and parse `path`. Never panics on malformed files (goblin's
     /// parser is additionally fenced off with catch_unwind by the caller).
+    #[cfg(test)]
     pub fn open(path: &std::path::Path) -> Result<ElfFile, LoadError> {
-        ElfFile::parse_shared(Bytes::open(path).map_err(LoadError::Missing)?)
+        ElfFile::of_file(crate::files::open_regular(path).map_err(LoadError::Missing)?)
+    }
+
+    /// An open file (see crate::files for how frames' files are opened).
+    pub fn of_file(file: std::fs::File) -> Result<ElfFile, LoadError> {
+        ElfFile::parse_shared(Bytes::of_file(file).map_err(LoadError::Missing)?)
     }
 
     pub fn parse(data: &[u8]) -> Result<ElfFile, LoadError> {
@@ -492,8 +512,7 @@ impl ElfFile {
             .filter(|p| p.p_flags & PF_X != 0)
             .map(|p| (p.p_vaddr, p.p_vaddr.saturating_add(p.p_memsz)))
             .collect();
-        let dwarf =
-            has_info.then_some(DwarfSections { sections: debug_secs, endian, code, verbose: 0 });
+        let dwarf = has_info.then_some(DwarfSections { sections: debug_secs, endian, code });
 
         Ok(ElfFile { build_id, segments, symbols, debuglink, dwarf, dwarf_error })
     }
@@ -766,6 +785,26 @@ mod tests {
             assert_eq!(name(0x3100), Some(("nosize".into(), 0x3000)));
             assert_eq!(name(0xfff), None);
             assert_eq!(t.sorted, sorted);
+        }
+    }
+
+    /// The two-level search finds what one binary search over all the
+    /// addresses finds, at every start, either side of it, and around
+    /// blocks' edges, for tables of one block and less, and of many.
+    #[test]
+    fn two_level_search_is_a_binary_search() {
+        let mut next = crate::testing::rng(0x7e0_1e7e1);
+        for n in (1..=3 * TOP + 1).chain([1000, 4099]) {
+            let mut t = SymbolTable::default();
+            for i in 0..n {
+                t.push(&format!("s{i}"), 0x1000 + next() % (n as u64 * 64), 0, 0);
+            }
+            t.sort();
+            let probes = t.addrs.iter().flat_map(|&a| [a - 1, a, a + 1]).chain([0, u64::MAX]);
+            for a in probes {
+                let want = t.addrs.partition_point(|&x| x <= a).checked_sub(1);
+                assert_eq!(t.position(a), want, "{n} symbols, at {a:#x}");
+            }
         }
     }
 

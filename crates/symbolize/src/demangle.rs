@@ -1,0 +1,111 @@
+//! Symbol names as people write them: Rust (legacy and v0) and C++.
+
+/// Rust (legacy and v0) and C++ (Itanium) names, readable. Rust's legacy
+/// scheme is a subset of C++'s, so it is tried first; its hash is dropped.
+pub fn demangle(name: &str) -> String {
+    if name.starts_with("_R") || name.starts_with("_ZN") || name.starts_with("__ZN") {
+        if let Ok(d) = rustc_demangle::try_demangle(name) {
+            let s = format!("{d:#}");
+            // A C++ nested name also parses as legacy Rust; only trust it when
+            // it was Rust's (a v0 name, or one ending in a 17h<hash>E path).
+            if name.starts_with("_R") || looks_like_rust_legacy(name) {
+                return s;
+            }
+        }
+    }
+    if name.contains('$') && !name.starts_with("_Z") {
+        if let Some(d) = decode_rust_escapes(name) {
+            return d;
+        }
+    }
+    if name.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
+            if let Ok(s) = sym.demangle() {
+                return s;
+            }
+        }
+    }
+    name.to_string()
+}
+
+/// DWARF gives some Rust functions (inlined closures, trait impls) by their
+/// unmangled-but-escaped name, `_$LT$T$u20$as$u20$a..B$GT$::f`. Decode the
+/// escapes the legacy scheme uses; `None` when it is not such a name.
+fn decode_rust_escapes(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    for (i, seg) in name.split("::").enumerate() {
+        if i > 0 {
+            out.push_str("::");
+        }
+        let mut rest = seg.strip_prefix("_$").map_or(seg, |r| &seg[seg.len() - r.len() - 1..]);
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("..") {
+                out.push_str("::");
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('$') {
+                let end = r.find('$')?;
+                let esc = &r[..end];
+                let c = match esc {
+                    "SP" => '@',
+                    "BP" => '*',
+                    "RF" => '&',
+                    "LT" => '<',
+                    "GT" => '>',
+                    "LP" => '(',
+                    "RP" => ')',
+                    "C" => ',',
+                    _ => char::from_u32(u32::from_str_radix(esc.strip_prefix('u')?, 16).ok()?)?,
+                };
+                out.push(c);
+                rest = &r[end + 1..];
+            } else {
+                let n = rest.find(['$', '.']).unwrap_or(rest.len()).max(1);
+                out.push_str(&rest[..n]);
+                rest = &rest[n..];
+            }
+        }
+    }
+    Some(out)
+}
+
+fn looks_like_rust_legacy(name: &str) -> bool {
+    // ...17h<16 hex digits>E, at the end or before a suffix such as ".llvm.123".
+    let b = name.as_bytes();
+    name.match_indices("17h").any(|(i, _)| {
+        let hash = b.get(i + 3..i + 19);
+        hash.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+            && b.get(i + 19) == Some(&b'E')
+            && matches!(b.get(i + 20), None | Some(b'.'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_legacy_v0_and_cpp() {
+        assert_eq!(demangle("_ZN4core3fmt5write17h0123456789abcdefE"), "core::fmt::write");
+        assert_eq!(demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+        assert_eq!(
+            demangle("_RNvMNtCs21hi0yVfW1J_5tests5innerNtB2_6Struct3foo"),
+            "<tests::inner::Struct>::foo"
+        );
+        assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(demangle("_Z3addii"), "add(int, int)");
+        assert_eq!(demangle("main"), "main");
+        assert_eq!(demangle("_Z"), "_Z");
+        assert_eq!(
+            demangle(
+                "_$LT$$u5b$u8$u5d$$u20$as$u20$scroll..pread..Pread$LT$Ctx$C$E$GT$$GT$::gread_with"
+            ),
+            "<[u8] as scroll::pread::Pread<Ctx,E>>::gread_with"
+        );
+        assert_eq!(demangle("a$b"), "a$b");
+        assert_eq!(
+            demangle("_ZN65_$LT$cpp_demangle..ast..LambdaSig$u20$as$u20$core..fmt..Debug$GT$3fmt17h1e8ad53145852c9fE"),
+            "<cpp_demangle::ast::LambdaSig as core::fmt::Debug>::fmt"
+        );
+        assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE.llvm.42"), "foo::bar");
+    }
+}

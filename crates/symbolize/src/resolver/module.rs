@@ -1,0 +1,321 @@
+//! One loaded ELF file (with its debug file, if any), and the answers
+//! made from its symbols and DWARF.
+//!
+//! Parsing costs milliseconds to seconds and an answer from parsed tables
+//! a binary search, so everything a lookup makes is kept here: answers by
+//! address, demangled names, interned file names.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::shared::{FileKey, Shared};
+use crate::answer::{Answer, Inlined, Outcome, Reason, Resolution};
+use crate::demangle::demangle;
+use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
+use crate::elf::{self, ElfFile, LoadError};
+use crate::files;
+use crate::index::{Index, Piece, Renderer};
+use crate::log;
+
+/// Answers remembered per module before the cache is reset.
+const MAX_CACHED_ANSWERS: usize = 1 << 20;
+
+pub struct Module {
+    /// The identity of the file it was loaded from, when known.
+    pub key: Option<FileKey>,
+    /// Build id of the file whose segments are used (the binary, or the debug
+    /// file when the binary itself is gone).
+    pub build_id: Option<Vec<u8>>,
+    pub segments: Vec<elf::Segment>,
+    pub symbols: elf::SymbolTable,
+    /// Built when the first address is looked up; `None` inside when the
+    /// module has no (usable) DWARF.
+    pub dwarf: Option<DwarfState>,
+    /// Where the DWARF units are shared with other resolvers.
+    shared: Shared,
+    /// Prebuilt answers for the whole module, when an index was found for
+    /// its build id: lines are then answered from it, without symbols or
+    /// DWARF (the structured answers of `resolve_*` still come from those).
+    pub index: Option<Index>,
+    /// The answers earlier runs made (see `crate::cache`), when there is
+    /// no index: looked up first, as an index is, but an address it does
+    /// not know is looked up in the symbols and DWARF.
+    pub cache: Option<Index>,
+    /// What the answers are made from (`cache::provenance`), and the
+    /// answers made in this run, when they are to be cached (the module
+    /// has a build id and no index, and the cache is on).
+    pub provenance: Vec<u8>,
+    pub learn: bool,
+    pub learned: Vec<(u64, u64, Outcome)>,
+    /// Frames answered from the cache.
+    pub cache_hits: u64,
+    /// By address looked up, and how far back from the frame's (see
+    /// `Resolution::shifted`).
+    pub answers: FxHashMap<(u64, u64), Outcome>,
+    demangled: FxHashMap<elf::SymName, Arc<str>>,
+    files: FxHashMap<String, Arc<str>>,
+    /// DWARF (linkage) names, demangled, since the same inlined functions
+    /// turn up at many addresses.
+    dwarf_names: NameCache,
+}
+
+pub enum DwarfState {
+    /// Not needed yet; the file's identity, when known, names its units
+    /// among the shared ones.
+    Pending(elf::DwarfSections, Option<FileKey>),
+    Ready(Arc<Units>),
+    Absent,
+}
+
+/// Open a file a frame leads to (regular files only, without blocking,
+/// inside a process's root: see crate::files), with its identity; why not
+/// is said under -v.
+pub fn open_file(path: &Path) -> Result<(File, FileKey), Reason> {
+    let opened = files::open_regular(path).and_then(|f| {
+        let md = f.metadata()?;
+        Ok((f, FileKey::of(&md)))
+    });
+    opened.map_err(|e| {
+        log::once(1, || format!("{}: {e}", path.display()));
+        Reason::FileMissing
+    })
+}
+
+/// Open and parse an ELF file, saying under -v what it holds or why not.
+pub fn open_elf(path: &Path) -> Result<ElfFile, Reason> {
+    let (file, _) = open_file(path)?;
+    parse_elf(path, file)
+}
+
+/// Parse the ELF file `file` (opened from `path`), saying under -v what
+/// it holds or why not.
+pub fn parse_elf(path: &Path, file: File) -> Result<ElfFile, Reason> {
+    // goblin is fuzzed and its errors are handled, but a panic deep in a
+    // parser must cost one frame, not the whole stream.
+    let r = std::panic::catch_unwind(|| ElfFile::of_file(file))
+        .unwrap_or_else(|_| Err(LoadError::Corrupt("parser panicked".into())));
+    match r {
+        Ok(e) => {
+            log::once(1, || {
+                format!(
+                    "loaded {}: {} symbols, {}DWARF{}",
+                    path.display(),
+                    e.symbols.len(),
+                    if e.dwarf.is_some() { "" } else { "no " },
+                    e.dwarf_error.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
+                )
+            });
+            Ok(e)
+        }
+        Err(LoadError::Missing(err)) => {
+            log::once(1, || format!("{}: {err}", path.display()));
+            Err(Reason::FileMissing)
+        }
+        Err(e @ LoadError::Corrupt(_)) => {
+            log::once(1, || format!("{}: {e}", path.display()));
+            Err(Reason::CorruptElf)
+        }
+    }
+}
+
+impl Module {
+    /// A module from a binary and its separate debug file; `key`: the
+    /// identity of the file (the same file gives the same DWARF), under
+    /// which its DWARF units are shared; `index`: its prebuilt answers.
+    pub fn new(
+        elf: ElfFile,
+        debug: Option<ElfFile>,
+        key: Option<FileKey>,
+        shared: &Shared,
+        index: Option<Index>,
+    ) -> Module {
+        let ElfFile { build_id, segments, symbols, dwarf, .. } = elf;
+        let provenance = crate::cache::provenance(
+            key.map(|k| k.describe()).as_deref(),
+            dwarf.is_some(),
+            symbols.len(),
+            debug.as_ref().map(|d| {
+                (d.build_id.as_deref().unwrap_or_default(), d.symbols.len(), d.dwarf.is_some())
+            }),
+        );
+        let (symbols, dwarf) = match debug {
+            Some(d) => {
+                let symbols = if d.symbols.len() > symbols.len() { d.symbols } else { symbols };
+                (symbols, dwarf.or(d.dwarf))
+            }
+            None => (symbols, dwarf),
+        };
+        Module {
+            key,
+            build_id,
+            segments,
+            symbols,
+            dwarf: Some(dwarf.map_or(DwarfState::Absent, |d| DwarfState::Pending(d, key))),
+            shared: shared.clone(),
+            index,
+            cache: None,
+            provenance,
+            learn: false,
+            learned: Vec::new(),
+            cache_hits: 0,
+            answers: FxHashMap::default(),
+            demangled: FxHashMap::default(),
+            files: FxHashMap::default(),
+            dwarf_names: FxHashMap::default(),
+        }
+    }
+
+    /// The module's DWARF lookup structures, set up on first use (or found
+    /// among the shared ones).
+    pub fn units(&mut self) -> Option<&Arc<Units>> {
+        units_of(&mut self.dwarf, &self.shared)
+    }
+
+    /// `lookup_offset` as text for a line: read from the module's index
+    /// when it has one (as fast as the cache of answers, which it skips),
+    /// and written to `texts`.
+    pub fn answer_offset(
+        &mut self,
+        offset: u64,
+        back: u64,
+        inlined: bool,
+        texts: &mut Vec<u8>,
+    ) -> Result<Answer, Reason> {
+        if let Some(ix) = &mut self.index {
+            let vaddr = elf::offset_to_vaddr(&self.segments, offset).ok_or(Reason::Unmapped)?;
+            let start = texts.len();
+            return ix.answer(vaddr, back, texts).map(|()| Answer::Written(start..texts.len()));
+        }
+        if let Some(c) = &mut self.cache {
+            let vaddr = elf::offset_to_vaddr(&self.segments, offset).ok_or(Reason::Unmapped)?;
+            let start = texts.len();
+            if let Some(r) = c.lookup(vaddr, back, texts) {
+                self.cache_hits += 1;
+                return r.map(|()| Answer::Written(start..texts.len()));
+            }
+        }
+        self.lookup_offset(offset, back, inlined).map(Answer::Made)
+    }
+
+    /// Whether the answer at `vaddr` is in the cache of earlier runs.
+    pub fn cached(&self, vaddr: u64) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.knows(vaddr))
+    }
+
+    /// What this run learned, for the cache (emptied).
+    pub fn take_learned(&mut self) -> Option<crate::cache::Learned> {
+        let learned = std::mem::take(&mut self.learned);
+        let build_id = self.build_id.clone().filter(|_| !learned.is_empty())?;
+        let mut renderer = Renderer::default();
+        let points = learned
+            .into_iter()
+            .filter_map(|(vaddr, back, r)| {
+                let piece = match r {
+                    Ok(r) => Piece::Known(renderer.stored(vaddr.wrapping_add(back), &r)),
+                    Err(Reason::NoSymbols) => Piece::Nothing,
+                    Err(_) => return None,
+                };
+                Some((vaddr, piece))
+            })
+            .collect();
+        Some(crate::cache::Learned { build_id, provenance: self.provenance.clone(), points })
+    }
+
+    /// The answer at file offset `offset`, for a frame `back` bytes
+    /// further (a return address).
+    pub fn lookup_offset(&mut self, offset: u64, back: u64, inlined: bool) -> Outcome {
+        let Some(vaddr) = elf::offset_to_vaddr(&self.segments, offset) else {
+            return Err(Reason::Unmapped);
+        };
+        if let Some(r) = self.answers.get(&(vaddr, back)) {
+            return r.clone();
+        }
+        let r = self.lookup_vaddr(vaddr, inlined).map(|r| Arc::new(r.shifted(back)));
+        if self.answers.len() >= MAX_CACHED_ANSWERS {
+            self.answers.clear();
+        }
+        self.answers.insert((vaddr, back), r.clone());
+        if self.learn && self.learned.len() < crate::cache::MAX_LEARNED {
+            self.learned.push((vaddr, back, r.clone()));
+        }
+        r
+    }
+
+    pub fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool) -> Result<Resolution, Reason> {
+        let mut res = Resolution::default();
+        if let Some((i, start)) = self.symbols.lookup(vaddr) {
+            let name = match self.demangled.get(&i) {
+                Some(n) => n.clone(),
+                None => {
+                    // Another thread may have demangled it (each meets the
+                    // same functions): C++ names cost microseconds each.
+                    let symbols = &self.symbols;
+                    let make = || Arc::from(demangle(&symbols.name(i)));
+                    let n: Arc<str> = match self.key {
+                        Some(key) => self.shared.demangled(key, i, make),
+                        None => make(),
+                    };
+                    self.demangled.insert(i, n.clone());
+                    n
+                }
+            };
+            // A name the file does not hold reads as "": DWARF may name it.
+            res.sym = (!name.is_empty()).then_some(name);
+            res.sym_offset = Some(vaddr - start);
+        }
+        // Outside code, DWARF knows only the ranges of functions the linker
+        // dropped, which it leaves at address 0 (addr2line answers "??").
+        let code = elf::is_code(&self.segments, vaddr);
+        let mut frames: Vec<DwarfFrame> = Vec::new();
+        if let Some(units) = units_of(&mut self.dwarf, &self.shared).filter(|_| code) {
+            // A unit that .debug_aranges names but that knows nothing of the
+            // address (code without line info) is the answer: no other unit
+            // covers it, and asking the full context would parse them all.
+            if let Some(ctx) = units.context_for(vaddr) {
+                // The outermost function is the symbol's, when there is one.
+                let outer_name = res.sym.is_none();
+                dwarf_frames(
+                    &ctx,
+                    vaddr,
+                    want_inlined,
+                    outer_name,
+                    &mut self.dwarf_names,
+                    &mut self.files,
+                    &mut frames,
+                );
+            }
+        }
+        if let Some(outer) = frames.pop() {
+            res.file = outer.file;
+            res.line = outer.line;
+            if res.sym.is_none() {
+                res.sym = outer.sym;
+            }
+            res.inlined = frames
+                .into_iter()
+                .map(|f| Inlined { sym: f.sym, file: f.file, line: f.line })
+                .collect();
+        }
+        if res.sym.is_none() && res.file.is_none() {
+            return Err(Reason::NoSymbols);
+        }
+        Ok(res)
+    }
+}
+
+/// `Module::units`, borrowing only the fields it needs (a lookup goes on to
+/// fill the module's other caches while it holds the units).
+fn units_of<'a>(dwarf: &'a mut Option<DwarfState>, shared: &Shared) -> Option<&'a Arc<Units>> {
+    if let Some(DwarfState::Pending(..)) = dwarf {
+        if let Some(DwarfState::Pending(secs, key)) = dwarf.take() {
+            *dwarf = Some(DwarfState::Ready(shared.dwarf(key, secs)));
+        }
+    }
+    match dwarf {
+        Some(DwarfState::Ready(units)) => Some(units),
+        _ => None,
+    }
+}
