@@ -384,20 +384,37 @@ impl Reporter {
     ) -> Result<HashMap<SiteKey, Group>> {
         let (older_than_ns, sample_bytes) =
             (self.settings.older_than_ns, self.settings.sample_bytes);
+        // Every site with a live block gets an entry (empty when none of
+        // its blocks is old enough): the entries are then also the live
+        // sites, with one hash per block instead of two. Consecutive blocks
+        // of one site (a leak from one stack) are summed before hashing.
         let mut sites: HashMap<SiteKey, Group> = HashMap::new();
+        let mut run: Option<(SiteKey, Group)> = None;
         let fold = |_: &[sys::leakd_attach_block], blocks: &[sys::leakd_attach_alloc]| {
             for b in blocks {
                 let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
-                live.insert(key);
-                let age = mono_now.saturating_sub(b.ts_ns);
-                if age < older_than_ns {
-                    continue;
+                let old_enough = mono_now.saturating_sub(b.ts_ns) >= older_than_ns;
+                match &mut run {
+                    Some((k, _)) if *k == key => {}
+                    _ => {
+                        if let Some((k, g)) = run.take() {
+                            sites.entry(k).or_default().merge(&g);
+                        }
+                        run = Some((key, Group::default()));
+                    }
                 }
-                sites.entry(key).or_default().add_block(b.size, b.ts_ns, sample_bytes);
+                if let (true, Some((_, g))) = (old_enough, run.as_mut()) {
+                    g.add_block(b.size, b.ts_ns, sample_bytes);
+                }
             }
             Ok(())
         };
         bpf::for_each_batch(self.allocs.map(), BATCH, fold)?;
+        if let Some((k, g)) = run {
+            sites.entry(k).or_default().merge(&g);
+        }
+        live.extend(sites.keys().copied());
+        sites.retain(|_, g| g.count > 0);
         Ok(sites)
     }
 
