@@ -432,11 +432,15 @@ fn containerd_leak_by_id() {
     let id = hex_id("ctr");
     let ns = tag("ns");
     let ns = ns.as_str();
-    // The task may still be stopping when the test ends: retried.
+    // The task may still be stopping when the test ends, and containerd
+    // leaves the namespace's cgroup (in every hierarchy): retried.
     let rm = format!(
         "for i in $(seq 50); do ctr -n {ns} tasks delete --force {id}; \
          ctr -n {ns} containers delete {id} && break; sleep 0.1; done; \
-         ctr namespaces remove {ns}"
+         ctr namespaces remove {ns}; \
+         for i in $(seq 50); do left=; for h in /sys/fs/cgroup/*/; do \
+         [ -d ${{h}}{ns} ] && ! rmdir ${{h}}{ns} 2>/dev/null && left=1; done; \
+         [ -z \"$left\" ] && break; sleep 0.1; done; true"
     );
     cleanup.add(&["sh", "-c", &rm]);
     let root = rootfs(false, "ctr", &mut cleanup).to_str().unwrap().to_string();
@@ -707,6 +711,8 @@ fn from_a_private_cgroup_namespace() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if the test fails first: its cgroup can then be removed.
+    let _kill = KillPid(tool.id());
     let mut err = BufReader::new(tool.stderr.take().unwrap());
     let mut log = String::new();
     loop {
@@ -738,4 +744,17 @@ fn from_a_private_cgroup_namespace() {
     assert_eq!(r["container"]["name"], name.as_str(), "{r}");
     assert_eq!(stacks.len(), 1, "{lines:?}");
     drop(cg);
+}
+
+/// SIGKILL to a process when dropped (a test that failed before it ended).
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if crate::support::is_root() && std::path::Path::new(&format!("/proc/{}", self.0)).exists()
+        {
+            signal(self.0, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
