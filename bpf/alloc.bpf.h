@@ -11,6 +11,15 @@
  * shallower level means the outer record is stale (its return was never
  * seen) and replaces it.
  *
+ * C++'s operators nest the same way: operator new calls malloc (and
+ * libstdc++'s nothrow new calls the throwing one: the same op, told apart
+ * at return by the stack pointer, which is the entry's + 8 only for the
+ * outermost call's return). Deletes are probed at entry only, so the free
+ * they call is recognised by the block's address: a delete records it, and
+ * the free of that address at the same or a deeper level of the same
+ * thread is its inner call, not reported (a sized delete tail-calls the
+ * plain one at the same level the same way).
+ *
  * The including tool defines:
  *   static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr,
  *       __u64 old_addr, __u64 size, __u64 align, int failed);
@@ -32,6 +41,9 @@ struct alloc_pending {
 	__u64 memptr; /* posix_memalign's out pointer */
 	__u32 op;
 	__u32 pad;
+	/* The block a delete in flight is freeing, and its entry's sp. */
+	__u64 free_addr;
+	__u64 free_sp;
 };
 
 /* The call in flight, per thread: task-local storage is a pointer chase
@@ -76,6 +88,7 @@ int BPF_KPROBE(alloc_enter)
 {
 	__u64 sp = PT_REGS_SP(ctx);
 	struct alloc_pending p = {}, *slot;
+	__u64 cookie;
 
 	if (!leakd_wanted())
 		return 0;
@@ -87,9 +100,19 @@ int BPF_KPROBE(alloc_enter)
 	}
 	if (alloc_nested(slot, sp))
 		return 0;
+	/* A delete's free comes before any allocation of its thread: a
+	 * record still there is stale (its free was not probed). */
+	slot->free_addr = 0;
+	cookie = bpf_get_attach_cookie(ctx);
 	p.sp = sp;
-	p.op = bpf_get_attach_cookie(ctx);
+	p.op = cookie & ALLOC_COOKIE_OP_MASK;
 	switch (p.op) {
+	case ALLOC_OP_NEW:
+	case ALLOC_OP_NEW_ARRAY:
+		p.size = PT_REGS_PARM1(ctx);
+		if (cookie & ALLOC_COOKIE_ALIGNED)
+			p.align = PT_REGS_PARM2(ctx);
+		break;
 	case ALLOC_OP_MALLOC:
 	case ALLOC_OP_VALLOC:
 	case ALLOC_OP_PVALLOC:
@@ -122,14 +145,19 @@ int BPF_KPROBE(alloc_enter)
 	default:
 		return 0;
 	}
-	*slot = p;
+	slot->sp = p.sp;
+	slot->size = p.size;
+	slot->align = p.align;
+	slot->old_addr = p.old_addr;
+	slot->memptr = p.memptr;
+	slot->op = p.op;
 	return 0;
 }
 
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_return)
 {
-	__u32 op = bpf_get_attach_cookie(ctx);
+	__u32 op = bpf_get_attach_cookie(ctx) & ALLOC_COOKIE_OP_MASK;
 	__u64 ret = PT_REGS_RC(ctx);
 	struct alloc_pending *p;
 	__u64 addr = ret;
@@ -141,8 +169,9 @@ int BPF_KRETPROBE(alloc_return)
 			leakd_count_lost(LEAKD_LOST_UNMATCHED);
 		return 0;
 	}
-	/* The return of a nested call: the outer call reports. */
-	if (p->op != op)
+	/* The return of a nested call: the outer call reports. A nested call
+	 * of the same op returns deeper than the outer's entry sp + 8. */
+	if (p->op != op || PT_REGS_SP(ctx) != p->sp + 8)
 		return 0;
 	if (op == ALLOC_OP_POSIX_MEMALIGN) {
 		addr = 0;
@@ -167,17 +196,31 @@ int BPF_KRETPROBE(alloc_return)
 SEC("uprobe")
 int BPF_KPROBE(free_enter)
 {
-	__u32 op = bpf_get_attach_cookie(ctx);
+	__u32 op = bpf_get_attach_cookie(ctx) & ALLOC_COOKIE_OP_MASK;
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 addr = PT_REGS_PARM1(ctx);
+	struct alloc_pending *p;
+	int is_delete = op == ALLOC_OP_DELETE || op == ALLOC_OP_DELETE_ARRAY;
 
 	if (!addr) /* free(NULL) is not an event */
 		return 0;
 	if (!leakd_wanted())
 		return 0;
-	if (alloc_nested(alloc_pending_get(0), sp))
+	p = alloc_pending_get(is_delete ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (alloc_nested(p, sp))
 		return 0;
+	if (p && p->free_addr == addr && p->free_sp >= sp) {
+		/* Inside a delete of this block: its free, or another delete
+		 * it calls. The free ends it. */
+		if (!is_delete)
+			p->free_addr = 0;
+		return 0;
+	}
 	on_free(ctx, op, addr, op == ALLOC_OP_MUNMAP ? PT_REGS_PARM2(ctx) : 0, sp);
+	if (is_delete && p) {
+		p->free_addr = addr;
+		p->free_sp = sp;
+	}
 	return 0;
 }
 

@@ -18,7 +18,18 @@ enum alloc_op {
 	ALLOC_OP_PVALLOC = 9,
 	ALLOC_OP_MMAP = 10,
 	ALLOC_OP_MUNMAP = 11,
-	ALLOC_OP_MAX = 12,
+	/* C++: every operator new / new[] (plain, nothrow, align_val_t) and
+	 * delete / delete[] (plain, sized, aligned, nothrow). */
+	ALLOC_OP_NEW = 12,
+	ALLOC_OP_NEW_ARRAY = 13,
+	ALLOC_OP_DELETE = 14,
+	ALLOC_OP_DELETE_ARRAY = 15,
+	ALLOC_OP_MAX = 16,
 };
+
+/* The attach cookie is the op, plus flags in the bits above it. */
+#define ALLOC_COOKIE_OP_MASK 0xff
+/* An operator new taking std::align_val_t (the alignment in arg 2). */
+#define ALLOC_COOKIE_ALIGNED 0x100
 
 #endif

@@ -3,6 +3,7 @@
  * only decides what an event carries. */
 #include "alloc.bpf.h"
 #include "allocsnoop.h"
+#include "unwind.bpf.h"
 
 const volatile __u8 capture_stack = 0;
 const volatile __u64 min_size = 0;
@@ -39,6 +40,17 @@ static __always_inline struct allocsnoop_event *reserve(void)
 	return e;
 }
 
+/* Frames of a DWARF walk into the event. */
+static __always_inline void copy_walk(struct allocsnoop_event *e, struct unwind_scratch *s)
+{
+	if (!s || !s->n) {
+		leakd_count_lost(LEAKD_LOST_STACK);
+		return;
+	}
+	__builtin_memcpy(e->frames, s->frames, sizeof(e->frames));
+	e->nr_frames = s->n < ALLOCSNOOP_MAX_FRAMES ? s->n : ALLOCSNOOP_MAX_FRAMES;
+}
+
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed)
 {
@@ -59,11 +71,17 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	e->failed = failed;
 	if (capture_stack) {
 		/* In a return probe the user stack starts at the caller. */
-		n = bpf_get_stack(ctx, e->frames, sizeof(e->frames), BPF_F_USER_STACK);
-		if (n > 0)
-			e->nr_frames = n / sizeof(__u64);
-		else
-			leakd_count_lost(LEAKD_LOST_STACK);
+		if (unwind_mode != UNWIND_MODE_FP) {
+			copy_walk(e, unwind_walk(PT_REGS_IP((struct pt_regs *)ctx),
+						 PT_REGS_SP((struct pt_regs *)ctx),
+						 PT_REGS_FP((struct pt_regs *)ctx), ALLOCSNOOP_MAX_FRAMES));
+		} else {
+			n = bpf_get_stack(ctx, e->frames, sizeof(e->frames), BPF_F_USER_STACK);
+			if (n > 0)
+				e->nr_frames = n / sizeof(__u64);
+			else
+				leakd_count_lost(LEAKD_LOST_STACK);
+		}
 	}
 	bpf_ringbuf_submit(e, leakd_rb_flags(&events, capture_stack ? sizeof(*e) : HDR_SIZE));
 }
@@ -78,7 +96,17 @@ static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size,
 	e->op = op;
 	e->addr = addr;
 	e->size_bytes = size;
-	if (capture_stack) {
+	if (capture_stack && unwind_mode != UNWIND_MODE_FP) {
+		/* At entry the caller's state is one pop away: its return
+		 * address at [sp], its sp above it, rbp still its own. */
+		__u64 ra = 0;
+
+		if (bpf_probe_read_user(&ra, sizeof(ra), (void *)sp) == 0)
+			copy_walk(e, unwind_walk(ra, sp + 8, PT_REGS_FP((struct pt_regs *)ctx),
+						 ALLOCSNOOP_MAX_FRAMES));
+		else
+			leakd_count_lost(LEAKD_LOST_STACK);
+	} else if (capture_stack) {
 		/* At entry the frame-pointer walk skips the caller (rbp is still
 		 * the caller's): read the return address at [sp], then skip the
 		 * walk's first frame (the probed instruction itself). */

@@ -24,6 +24,8 @@
  * g(x) = x/(e^x - 1), both filled in by user space before load. */
 #include "alloc.bpf.h"
 #include "leakd-attach.h"
+#define UNWIND_STACK_TABLE LEAKD_ATTACH_MAX_STACKS
+#include "unwind.bpf.h"
 
 #define EEXIST 17
 
@@ -200,6 +202,21 @@ static __always_inline void untrack(__u64 addr)
 		count_block(&s->frees, &s->free_bytes, &s->est_frees, &s->est_free_bytes, a.size, 1);
 }
 
+/* The id of the calling user stack: in `stacks` (frame pointers, the
+ * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set). */
+static __always_inline long user_stack_id(void *ctx)
+{
+	struct pt_regs *regs = ctx;
+	struct unwind_scratch *s;
+
+	if (unwind_mode == UNWIND_MODE_FP)
+		return bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	s = unwind_walk(PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs), UNWIND_MAX_FRAMES);
+	if (!s)
+		return -1;
+	return unwind_stack_id(s);
+}
+
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed)
 {
@@ -229,7 +246,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	a.caller = PT_REGS_IP((struct pt_regs *)ctx);
 	a.pid = key.pid;
 	/* ...and the user stack walk starts at the caller. */
-	id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	id = user_stack_id(ctx);
 	if (id < 0) {
 		leakd_count_lost(LEAKD_LOST_STACK);
 		a.stack_id = LEAKD_ATTACH_NO_STACK;

@@ -53,10 +53,6 @@ fn addr2line_functions(module: &str, offset: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn check_ten_nine(leaker: &str) {
-    check_ten_nine_with(leaker, &[]);
-}
-
 fn check_ten_nine_with(leaker: &str, args: &[&str]) -> Value {
     // --linger keeps the leaker's maps readable for a moment after it leaks,
     // so frames resolve to modules even on a loaded machine (a command that
@@ -100,7 +96,16 @@ fn ten_nine_leaves_one_block_fp() {
 
 #[bpf_test]
 fn ten_nine_leaves_one_block_nofp() {
-    check_ten_nine(LEAKER_NOFP);
+    let s = check_ten_nine_with(LEAKER_NOFP, &[]);
+    // Past the leaking function, through DWARF unwinding (the default):
+    // its caller in the leaker, and on to libc's start code.
+    let stack = s["stack"].as_array().unwrap();
+    assert!(stack.len() >= 3, "{s}");
+    let m1 = stack[1]["module"].as_str().unwrap_or_else(|| panic!("no module: {s}"));
+    assert_eq!(std::fs::canonicalize(m1).unwrap(), std::fs::canonicalize(LEAKER_NOFP).unwrap());
+    // With --unwind fp the walk stops after the leaking function.
+    let fp = check_ten_nine_with(LEAKER_NOFP, &["--unwind", "fp"]);
+    assert!(fp["stack"].as_array().unwrap().len() < stack.len(), "{fp}");
 }
 
 #[bpf_test]

@@ -16,3 +16,4 @@ mod leakd_report;
 mod man;
 mod symres;
 mod syscount;
+mod unwind;

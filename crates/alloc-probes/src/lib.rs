@@ -89,6 +89,7 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
             .collect();
     }
     let mut ops = probes::HEAP_OPS.to_vec();
+    ops.extend(probes::CXX_OPS);
     if args.mmap {
         ops.extend([probes::OP_MMAP, probes::OP_MUNMAP]);
     }
@@ -101,29 +102,36 @@ struct Planned {
     sites: Vec<probes::Site>,
 }
 
+/// Where to probe: each allocator file's functions, and C++'s operators.
+struct Plan {
+    allocators: Vec<Planned>,
+    cxx: Option<Planned>,
+}
+
 /// Find the allocator(s) of the target (`-p`, `-- CMD`, a cgroup or
-/// container, or the whole system) and plan a probe site for each op; logs
-/// the choice under `-v`.
+/// container, or the whole system) and its C++ runtime, and plan a probe
+/// site for each op; logs the choice under `-v`.
 fn plan_for_target(
     probe: &ProbeArgs,
     ops: &[u32],
     target: &TargetArgs,
     scope: Option<&CgroupScope>,
-) -> Result<Vec<Planned>> {
+) -> Result<Plan> {
     let exe = match target.command.first() {
         Some(c) => Some(launch::resolve(c)?),
         None => None,
     };
+    let (c_ops, cxx_ops): (Vec<u32>, Vec<u32>) = ops.iter().partition(|&&o| !probes::is_cxx(o));
     let libs = match scope {
         Some(s) if probe.lib.is_none() && exe.is_none() && target.pid.is_none() => {
             scope_allocators(probe, s)?
         }
         _ => vec![resolve_lib(probe, target.pid, exe.as_deref())?],
     };
-    let mut planned = Vec::new();
+    let mut allocators = Vec::new();
     for (lib, kind) in libs {
-        let (sites, missing) = probes::plan(&lib, &probe.prefix, ops)?;
-        if sites.is_empty() {
+        let (sites, missing) = probes::plan(&lib, &probe.prefix, &c_ops)?;
+        if sites.is_empty() && !c_ops.is_empty() {
             bail!(
                 "{} defines none of the functions to probe ({})",
                 lib.display(),
@@ -134,9 +142,26 @@ fn plan_for_target(
         if !missing.is_empty() {
             info!("not in {}: {}", lib.display(), missing.join(", "));
         }
-        planned.push(Planned { lib, sites });
+        allocators.push(Planned { lib, sites });
     }
-    Ok(planned)
+    // C++'s operators, where the target has a C++ runtime (--lib names
+    // the allocator only).
+    let runtime = if cxx_ops.is_empty() || probe.lib.is_some() {
+        None
+    } else if let Some(exe) = &exe {
+        probes::cxx_runtime_for_exec(exe, &leakd_unwind::exec_files(exe))
+    } else {
+        target.pid.and_then(probes::find_cxx_runtime)
+    };
+    let cxx = match runtime {
+        Some(rt) => {
+            let sites = probes::plan_cxx(&rt, &cxx_ops)?;
+            info!("C++ runtime: {} ({} operators)", rt.display(), sites.len());
+            Some(Planned { lib: rt, sites })
+        }
+        None => None,
+    };
+    Ok(Plan { allocators, cxx })
 }
 
 /// The allocators of every process of a cgroup subtree (a container, a
@@ -200,7 +225,7 @@ pub fn load_tracer(
     target_args: &TargetArgs,
 ) -> Result<Tracer> {
     let (min, max) = probe.size_range()?;
-    let (target, planned) =
+    let (target, plan) =
         target_args.prepare_with(|scope| plan_for_target(probe, ops, target_args, scope))?;
     let filter = target.cgroup_filter();
     // Narrowed to this function: the globals below borrow its locals.
@@ -209,7 +234,7 @@ pub fn load_tracer(
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
     let mut ebpf = bpf::load(&mut loader, object)?;
-    for p in &planned {
+    for p in plan.allocators.iter().chain(&plan.cxx) {
         probes::attach(&mut ebpf, &p.lib, &p.sites, target.pid())?;
     }
     Ok(Tracer { ebpf, target })

@@ -40,6 +40,10 @@ pub const OP_NAMES: [&str; N_OPS] = {
     r[sys::alloc_op_ALLOC_OP_PVALLOC as usize] = "pvalloc";
     r[sys::alloc_op_ALLOC_OP_MMAP as usize] = "mmap";
     r[sys::alloc_op_ALLOC_OP_MUNMAP as usize] = "munmap";
+    r[sys::alloc_op_ALLOC_OP_NEW as usize] = "new";
+    r[sys::alloc_op_ALLOC_OP_NEW_ARRAY as usize] = "new[]";
+    r[sys::alloc_op_ALLOC_OP_DELETE as usize] = "delete";
+    r[sys::alloc_op_ALLOC_OP_DELETE_ARRAY as usize] = "delete[]";
     assert!(leakd_common::bpf::every_slot_named(&r), "an alloc_op has no name");
     r
 };
@@ -64,6 +68,56 @@ pub const HEAP_OPS: [u32; 10] = [
     sys::alloc_op_ALLOC_OP_PVALLOC,
 ];
 
+/// C++'s allocation operators, probed in the C++ runtime (libstdc++,
+/// libc++) or in the executable when it is linked in statically.
+pub const CXX_OPS: [u32; 4] = [
+    sys::alloc_op_ALLOC_OP_DELETE,
+    sys::alloc_op_ALLOC_OP_DELETE_ARRAY,
+    sys::alloc_op_ALLOC_OP_NEW,
+    sys::alloc_op_ALLOC_OP_NEW_ARRAY,
+];
+
+/// Whether an op is one of C++'s operators.
+pub fn is_cxx(op: u32) -> bool {
+    CXX_OPS.contains(&op)
+}
+
+/// The Itanium-ABI names of every standard operator of a C++ op (the same
+/// in libstdc++ and libc++), and whether it takes std::align_val_t.
+fn cxx_symbols(op: u32) -> &'static [(&'static str, bool)] {
+    match op {
+        sys::alloc_op_ALLOC_OP_NEW => &[
+            ("_Znwm", false),
+            ("_ZnwmRKSt9nothrow_t", false),
+            ("_ZnwmSt11align_val_t", true),
+            ("_ZnwmSt11align_val_tRKSt9nothrow_t", true),
+        ],
+        sys::alloc_op_ALLOC_OP_NEW_ARRAY => &[
+            ("_Znam", false),
+            ("_ZnamRKSt9nothrow_t", false),
+            ("_ZnamSt11align_val_t", true),
+            ("_ZnamSt11align_val_tRKSt9nothrow_t", true),
+        ],
+        sys::alloc_op_ALLOC_OP_DELETE => &[
+            ("_ZdlPv", false),
+            ("_ZdlPvm", false),
+            ("_ZdlPvSt11align_val_t", false),
+            ("_ZdlPvmSt11align_val_t", false),
+            ("_ZdlPvRKSt9nothrow_t", false),
+            ("_ZdlPvSt11align_val_tRKSt9nothrow_t", false),
+        ],
+        sys::alloc_op_ALLOC_OP_DELETE_ARRAY => &[
+            ("_ZdaPv", false),
+            ("_ZdaPvm", false),
+            ("_ZdaPvSt11align_val_t", false),
+            ("_ZdaPvmSt11align_val_t", false),
+            ("_ZdaPvRKSt9nothrow_t", false),
+            ("_ZdaPvSt11align_val_tRKSt9nothrow_t", false),
+        ],
+        _ => &[],
+    }
+}
+
 pub fn op_name(op: u32) -> &'static str {
     OP_NAMES.get(op as usize).copied().unwrap_or("unknown")
 }
@@ -74,7 +128,10 @@ pub fn op_from_name(name: &str) -> Option<u32> {
 
 /// Whether an op is a deallocation (probed at entry only).
 pub fn is_free(op: u32) -> bool {
-    op == OP_FREE || op == OP_MUNMAP
+    matches!(
+        op,
+        OP_FREE | OP_MUNMAP | sys::alloc_op_ALLOC_OP_DELETE | sys::alloc_op_ALLOC_OP_DELETE_ARRAY
+    )
 }
 
 /// One attach point: function `symbol` of `path`, probed `probe_offset`
@@ -89,6 +146,8 @@ pub struct Site {
     /// Another op already probes the same address (e.g. glibc's
     /// aligned_alloc is memalign): that op reports for both.
     pub alias_of: Option<u32>,
+    /// Bits of the attach cookie above the op (ALLOC_COOKIE_ALIGNED).
+    pub flags: u32,
 }
 
 /// Where the choice of probe offset came from, for `-v`.
@@ -208,9 +267,100 @@ pub fn plan(path: &Path, prefix: &str, ops: &[u32]) -> Result<(Vec<Site>, Vec<St
             probe_offset: choice.offset,
             why: choice.why,
             alias_of: None,
+            flags: 0,
         });
     }
     Ok((sites, missing))
+}
+
+/// Plan a site for every operator of the C++ `ops` defined in `path` (a
+/// C++ runtime, or a static executable); functions at one address once.
+pub fn plan_cxx(path: &Path, ops: &[u32]) -> Result<Vec<Site>> {
+    let data = read_regular(path)?;
+    let elf =
+        Elf::parse(&data).map_err(|e| anyhow!("{}: not a valid ELF file: {e}", path.display()))?;
+    let mut sites: Vec<Site> = Vec::new();
+    for &op in ops {
+        for &(name, aligned) in cxx_symbols(op) {
+            let Some((vaddr, size)) = find_function(&elf, name) else { continue };
+            let Some(file_offset) = vaddr_to_offset(&elf, vaddr) else { continue };
+            let flags = if aligned { sys::ALLOC_COOKIE_ALIGNED } else { 0 };
+            if let Some(prev) = sites.iter().find(|s| s.file_offset == file_offset) {
+                let alias = prev.alias_of.unwrap_or(prev.op);
+                sites.push(Site { alias_of: Some(alias), op, symbol: name.into(), ..prev.clone() });
+                continue;
+            }
+            let len = size.clamp(1, 4096) as usize;
+            let code =
+                data.get(file_offset as usize..).map(|c| &c[..len.min(c.len())]).unwrap_or(&[]);
+            let choice = choose_probe_offset(code, vaddr);
+            sites.push(Site {
+                op,
+                symbol: name.into(),
+                file_offset,
+                probe_offset: choice.offset,
+                why: choice.why,
+                alias_of: None,
+                flags,
+            });
+        }
+    }
+    Ok(sites)
+}
+
+/// Whether the ELF file defines C++'s `operator new(size_t)`.
+pub fn defines_operator_new(path: &Path) -> bool {
+    let Ok(data) = read_regular(path) else { return false };
+    let Ok(elf) = Elf::parse(&data) else { return false };
+    find_function(&elf, "_Znwm").is_some()
+}
+
+/// The C++ runtime of a process: a mapped libstdc++ or libc++, else its
+/// executable when it defines operator new itself (static); None for a
+/// program that is not C++.
+pub fn find_cxx_runtime(pid: u32) -> Option<PathBuf> {
+    let maps = procmaps::read_maps(pid).ok()?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in maps.into_iter().filter_map(|m| m.path) {
+        if path.is_absolute() && !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    let rooted = |p: &Path| {
+        let r = procmaps::under_root(pid, p);
+        if r.exists() {
+            r
+        } else {
+            p.to_path_buf()
+        }
+    };
+    let is_runtime = |p: &Path| {
+        let base = p.file_name().and_then(|b| b.to_str()).unwrap_or("");
+        base.starts_with("libstdc++.so") || base.starts_with("libc++.so")
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    files
+        .iter()
+        .filter(|f| is_runtime(f))
+        .chain(exe.iter())
+        .map(|f| rooted(f))
+        .find(|f| defines_operator_new(f))
+}
+
+/// The C++ runtime an executable will use once exec'd: itself when it
+/// defines operator new, else the libstdc++/libc++ it needs.
+pub fn cxx_runtime_for_exec(exe: &Path, needed: &[PathBuf]) -> Option<PathBuf> {
+    if defines_operator_new(exe) {
+        return Some(exe.to_path_buf());
+    }
+    needed
+        .iter()
+        .filter(|p| {
+            let base = p.file_name().and_then(|b| b.to_str()).unwrap_or("");
+            base.starts_with("libstdc++.so") || base.starts_with("libc++.so")
+        })
+        .find(|p| defines_operator_new(p))
+        .cloned()
 }
 
 /// Read a whole regular file. Anything else (a device such as /dev/zero,
@@ -418,7 +568,7 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>) -> 
     };
     for prog in ["alloc_enter", "alloc_return", "free_enter"] {
         let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
-        // Loaded once; attached once per allocator file.
+        // Loaded once; attached once per allocator file and C++ runtime.
         if p.fd().is_err() {
             p.load().map_err(|e| bpf::load_error(prog, e))?;
         }
@@ -440,7 +590,7 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>) -> 
                 location: UProbeAttachLocation::AbsoluteOffset(
                     site.file_offset + site.probe_offset,
                 ),
-                cookie: Some(site.op as u64),
+                cookie: Some(u64::from(site.op | site.flags)),
             };
             p.attach(point, lib, scope).with_context(|| {
                 format!("attaching {prog} to {}:{}", lib.display(), site.symbol)
@@ -471,6 +621,7 @@ mod tests {
             probe_offset: 0,
             why: String::new(),
             alias_of,
+            flags: 0,
         };
         let malloc = sys::alloc_op_ALLOC_OP_MALLOC;
         let memalign = sys::alloc_op_ALLOC_OP_MEMALIGN;

@@ -4,6 +4,8 @@
 //! The probe layer (which library, which functions, where in them) is the
 //! alloc-probes crate, shared with leakd-attach.
 
+use std::collections::HashMap;
+
 use aya::maps::{MapData, RingBuf};
 use aya::EbpfLoader;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
@@ -19,6 +21,7 @@ use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{c_string, hex, WallClock};
 use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Result};
+use leakd_unwind::{Mode, UnwindArgs, Unwinder};
 
 bpf_mirror!(pub mod sys = "allocsnoop");
 // bindgen generated allocsnoop_event from bpf/allocsnoop.h as a #[repr(C)]
@@ -51,8 +54,10 @@ pub struct Cli {
     /// Attach each event's user stack (caller first).
     #[arg(long)]
     stack: bool,
+    #[command(flatten)]
+    unwind: UnwindArgs,
     /// Only operations in this comma-separated list (malloc,calloc,realloc,reallocarray,free,
-    /// posix_memalign,aligned_alloc,memalign,valloc,pvalloc,mmap,munmap).
+    /// posix_memalign,aligned_alloc,memalign,valloc,pvalloc,mmap,munmap,new,new[],delete,delete[]).
     #[arg(long, value_name = "OPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(probes::OP_NAMES))]
     op: Vec<String>,
 }
@@ -65,13 +70,19 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = ops_for(&cli.probe, &cli.op)?;
     let stack = u8::from(cli.stack);
+    let mode = if cli.stack { cli.unwind.unwind } else { Mode::Fp };
+    let mode_value = mode.bpf_value();
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
+    leakd_unwind::configure(&mut loader, &mode_value);
     let Tracer { mut ebpf, target } = load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
+    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
-    let mut event_loop = EventLoop::new(cli.run.duration, None)?;
+    // With DWARF stacks, files met without a table are looked for often.
+    let tick = unwinder.is_some().then_some(leakd_unwind::POLL);
+    let mut event_loop = EventLoop::new(cli.run.duration, tick)?;
     let mut maps = MapsCache::new();
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
@@ -86,8 +97,18 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     })?;
     info!("attached, tracing allocations (Ctrl-C to stop)");
     let mut out = Output::stdout();
-    let mut printer = Printer { clock: WallClock::new(), maps, stack: cli.stack, containers };
+    let mut printer = Printer {
+        clock: WallClock::new(),
+        maps,
+        stack: cli.stack,
+        containers,
+        unwinder,
+        blocks: Blocks::default(),
+    };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
+    if let Some(u) = &printer.unwinder {
+        u.summary();
+    }
     Ok(0)
 }
 
@@ -97,9 +118,19 @@ struct Printer {
     stack: bool,
     /// The container of each process, read once per process.
     containers: Option<PidContainers>,
+    /// The DWARF walker's tables (None with --unwind fp or without --stack).
+    unwinder: Option<Unwinder>,
+    blocks: Blocks,
 }
 
 impl Handler for Printer {
+    fn interval(&mut self, _out: &mut Output) -> Result<()> {
+        if let Some(u) = self.unwinder.as_mut() {
+            u.poll();
+        }
+        Ok(())
+    }
+
     fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
         let e: sys::allocsnoop_event = bpf::read_event(data);
         let mut v = json!({
@@ -110,7 +141,11 @@ impl Handler for Printer {
             "tid": e.tid,
             "comm": c_string(&e.comm),
         });
-        if e.op != probes::OP_FREE {
+        let dealloc = matches!(
+            e.op,
+            probes::OP_FREE | ops::alloc_op_ALLOC_OP_DELETE | ops::alloc_op_ALLOC_OP_DELETE_ARRAY
+        );
+        if !dealloc {
             v["size_bytes"] = json!(e.size_bytes);
         }
         v["addr"] = json!(hex(e.addr));
@@ -125,6 +160,11 @@ impl Handler for Printer {
         ) {
             v["align_bytes"] = json!(e.align);
         }
+        if matches!(e.op, ops::alloc_op_ALLOC_OP_NEW | ops::alloc_op_ALLOC_OP_NEW_ARRAY)
+            && e.align != 0
+        {
+            v["align_bytes"] = json!(e.align);
+        }
         if e.failed != 0 {
             v["failed"] = json!(true);
         }
@@ -137,7 +177,85 @@ impl Handler for Printer {
         if let (Some(c), Some(obj)) = (c, v.as_object_mut()) {
             c.enrich(obj);
         }
+        let mismatch = self.blocks.event(&e, &v);
         out.line(&v)?;
+        if let Some(m) = mismatch {
+            out.line(&m)?;
+        }
         Ok(())
+    }
+}
+
+/// Which deallocation a block calls for: free (the malloc family),
+/// delete (new) or delete[] (new[]).
+fn family(op: u32) -> Option<u8> {
+    match op {
+        ops::alloc_op_ALLOC_OP_NEW | ops::alloc_op_ALLOC_OP_DELETE => Some(1),
+        ops::alloc_op_ALLOC_OP_NEW_ARRAY | ops::alloc_op_ALLOC_OP_DELETE_ARRAY => Some(2),
+        ops::alloc_op_ALLOC_OP_MMAP | ops::alloc_op_ALLOC_OP_MUNMAP => None,
+        _ => Some(0),
+    }
+}
+
+/// Most live blocks remembered for the mismatch check; past it, new
+/// blocks are not checked (a leaking process must not grow us forever).
+const MAX_LIVE: usize = 1 << 20;
+
+/// The live blocks of the stream, by process and address, with the op
+/// that made them (and its stack, with --stack), to report a block freed
+/// with the wrong operator: new[] by delete or free, malloc by delete
+/// (valgrind's "mismatched free() / delete / delete []").
+#[derive(Default)]
+struct Blocks {
+    live: HashMap<(u32, u64), (u32, Option<Value>)>,
+}
+
+impl Blocks {
+    /// Account for one event; the mismatch line it makes, if any.
+    fn event(&mut self, e: &sys::allocsnoop_event, v: &Value) -> Option<Value> {
+        let fam = family(e.op)?;
+        let freed = match e.op {
+            probes::OP_FREE
+            | ops::alloc_op_ALLOC_OP_DELETE
+            | ops::alloc_op_ALLOC_OP_DELETE_ARRAY => Some(e.addr),
+            ops::alloc_op_ALLOC_OP_REALLOC | ops::alloc_op_ALLOC_OP_REALLOCARRAY
+                if e.old_addr != 0 && (e.addr != 0 || e.size_bytes == 0) =>
+            {
+                Some(e.old_addr)
+            }
+            _ => None,
+        };
+        let mut mismatch = None;
+        if let Some(addr) = freed {
+            if let Some((op, stack)) = self.live.remove(&(e.pid, addr)) {
+                if family(op) != Some(fam) {
+                    let mut m = json!({
+                        "type": "mismatch",
+                        "ts_ns": v["ts_ns"],
+                        "pid": e.pid,
+                        "tid": e.tid,
+                        "comm": v["comm"],
+                        "addr": hex(addr),
+                        "alloc": { "op": probes::op_name(op) },
+                        "free": { "op": probes::op_name(e.op) },
+                    });
+                    if let Some(st) = stack {
+                        m["alloc"]["stack"] = st;
+                    }
+                    if let Some(st) = v.get("stack") {
+                        m["free"]["stack"] = st.clone();
+                    }
+                    mismatch = Some(m);
+                }
+            }
+        }
+        let made = !matches!(
+            e.op,
+            probes::OP_FREE | ops::alloc_op_ALLOC_OP_DELETE | ops::alloc_op_ALLOC_OP_DELETE_ARRAY
+        );
+        if made && e.failed == 0 && e.addr != 0 && self.live.len() < MAX_LIVE {
+            self.live.insert((e.pid, e.addr), (e.op, v.get("stack").cloned()));
+        }
+        mismatch
     }
 }

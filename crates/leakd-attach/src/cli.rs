@@ -36,6 +36,8 @@ pub struct Cli {
     pub(crate) interval: IntervalArgs,
     #[command(flatten)]
     pub(crate) probe: ProbeArgs,
+    #[command(flatten)]
+    pub(crate) unwind: leakd_unwind::UnwindArgs,
     /// Print at most N stacks per report (0: all).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) top: usize,

@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
 use leakd_symbolize::{Options as SymOptions, Resolver};
@@ -48,8 +48,9 @@ use leakd_common::procmaps::MapsCache;
 use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Context, Result};
 
 pub use cli::{command, Cli, EXIT_INCOMPLETE, EXIT_LEAKS};
+use leakd_unwind::{Mode, Unwinder};
 use report::{Reporter, Settings, Symbolizer};
-use sites::Sites;
+use sites::{Sites, Stacks};
 
 bpf_mirror!(pub mod sys = "leakd-attach");
 // bindgen generated these from bpf/leakd-attach.h as #[repr(C)] structs of
@@ -86,13 +87,23 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
     loader.map_max_entries("allocs", cli.max_allocs);
+    let mode = cli.unwind.unwind;
+    let mode_value = mode.bpf_value();
+    leakd_unwind::configure(&mut loader, &mode_value);
+    // Only one of the two stack tables is used.
+    loader.map_max_entries(if mode == Mode::Fp { "unwind_stacks" } else { "stacks" }, 1);
     let alloc_probes::Tracer { mut ebpf, target } =
         alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let pid = target.pid();
 
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
-    let stacks: StackTraceMap<MapData> = bpf::take_map(&mut ebpf, "stacks")?;
+    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target)?;
+    let stacks = if mode == Mode::Fp {
+        Stacks::Fp(bpf::take_map(&mut ebpf, "stacks")?)
+    } else {
+        Stacks::Dwarf(bpf::take_map(&mut ebpf, "unwind_stacks")?)
+    };
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
         bpf::take_map(&mut ebpf, "sites")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
@@ -126,7 +137,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let sites = Sites::new(stacks, sites, maps);
     let mut targets: Vec<u32> = scope.as_ref().map(|s| s.cgroup.pids()).unwrap_or_default();
     targets.extend(pid);
-    let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1)
+    let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1, unwinder)
         .with_containers(containers, scope);
     reporter.preload_modules(&targets);
     if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
@@ -134,6 +145,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         return Ok(leakd_common::EXIT_OK);
     }
     let outstanding = reporter.report(&mut out, true)?;
+    reporter.unwind_summary();
     lost.report(&mut out)?;
     out.flush()?;
     Ok(cli::exit_code(outstanding, lost.events_lost()))

@@ -7,6 +7,7 @@
 //! reports is what a leak looks like over time, so stacks are ranked by
 //! growth first.
 
+use leakd_unwind::Unwinder;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -109,6 +110,8 @@ pub(crate) struct Reporter {
     next_report: Instant,
     ticks: u32,
     usr1: Arc<AtomicBool>,
+    /// The DWARF walker's tables (None with --unwind fp).
+    unwinder: Option<Unwinder>,
 }
 
 impl Handler for Reporter {
@@ -119,6 +122,9 @@ impl Handler for Reporter {
     fn interval(&mut self, out: &mut Output) -> Result<()> {
         let now = Instant::now();
         self.ticks = self.ticks.saturating_add(1);
+        if let Some(u) = self.unwinder.as_mut() {
+            u.poll();
+        }
         // Shared libraries are mapped by ld.so after exec, once the command
         // runs; refresh our copy of the maps often at first, so frames in
         // them resolve even when the command exits before the first report.
@@ -168,6 +174,7 @@ impl Reporter {
         symbolizer: Option<Symbolizer>,
         pid: Option<u32>,
         usr1: Arc<AtomicBool>,
+        unwinder: Option<Unwinder>,
     ) -> Self {
         let next_report = Instant::now() + settings.every;
         Reporter {
@@ -183,6 +190,14 @@ impl Reporter {
             next_report,
             ticks: 0,
             usr1,
+            unwinder,
+        }
+    }
+
+    /// With -v: the unwind tables loaded and why walks stopped.
+    pub(crate) fn unwind_summary(&self) {
+        if let Some(u) = &self.unwinder {
+            u.summary();
         }
     }
 

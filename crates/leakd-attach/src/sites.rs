@@ -36,9 +36,36 @@ pub(crate) type Stats = sys::leakd_attach_stats;
 /// report uses each key in several tables (groups, totals, history).
 pub(crate) type LineKey = Rc<(u32, Vec<u64>)>;
 
+/// Where stacks are kept: the kernel's stack map (frame pointers), or the
+/// DWARF walker's table (same id space: its ids have bit 31 set, frames
+/// zero-terminated).
+pub(crate) enum Stacks {
+    Fp(StackTraceMap<MapData>),
+    Dwarf(BpfHashMap<MapData, u32, [u64; leakd_unwind::sys::UNWIND_MAX_FRAMES as usize]>),
+}
+
+impl Stacks {
+    fn get(&self, id: u32) -> Result<Vec<u64>, MapError> {
+        match self {
+            Stacks::Fp(m) => Ok(m.get(&id, 0)?.frames().iter().map(|f| f.ip).collect()),
+            Stacks::Dwarf(m) => {
+                let ips = m.get(&id, 0)?;
+                Ok(ips.iter().take_while(|&&ip| ip != 0).copied().collect())
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32) -> Result<(), MapError> {
+        match self {
+            Stacks::Fp(m) => m.remove(&id),
+            Stacks::Dwarf(m) => m.remove(&id),
+        }
+    }
+}
+
 /// The kernel's stack and site maps, and what is known here about them.
 pub(crate) struct Sites {
-    stacks: StackTraceMap<MapData>,
+    stacks: Stacks,
     sites: BpfHashMap<MapData, SiteKey, Stats>,
     /// Cumulative counts of sites whose stack id was deleted, added back
     /// when the same stack allocates again.
@@ -56,7 +83,7 @@ pub(crate) struct Sites {
 
 impl Sites {
     pub(crate) fn new(
-        stacks: StackTraceMap<MapData>,
+        stacks: Stacks,
         sites: BpfHashMap<MapData, SiteKey, Stats>,
         maps: MapsCache,
     ) -> Self {
@@ -101,8 +128,8 @@ impl Sites {
         if key.stack_id == sys::LEAKD_ATTACH_NO_STACK {
             return Vec::new();
         }
-        match self.stacks.get(&key.stack_id, 0) {
-            Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
+        match self.stacks.get(key.stack_id) {
+            Ok(ips) => ips,
             Err(e) => {
                 debug!("stack {}: {e}", key.stack_id);
                 Vec::new()
@@ -162,7 +189,7 @@ impl Sites {
             if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && deleted_stacks.insert(k.stack_id) {
                 // Stack first: an alloc racing with us re-creates the same
                 // id (same stack, same hash bucket).
-                match self.stacks.remove(&k.stack_id) {
+                match self.stacks.remove(k.stack_id) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
                     Err(e) => {
                         return Err(

@@ -1,0 +1,3 @@
+fn main() {
+    leakd_bpf_build::mirror("unwind");
+}

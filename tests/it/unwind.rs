@@ -1,0 +1,465 @@
+//! Whole stacks without frame pointers: leakd-attach and allocsnoop --stack
+//! walking programs built with -O2 -fomit-frame-pointer (C), a Rust release
+//! build and a library dlopen'ed after attach, each leaking a known number
+//! of blocks three calls below main; and frame-pointer programs giving the
+//! same stacks with --unwind fp and with the default (DWARF where there is
+//! CFI).
+
+use leakd_test_macros::bpf_test;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::{build_c, json_lines, LEAKER};
+use assert_cmd::Command as Cmd;
+use serde_json::Value;
+
+fn run_tool(tool: &str, args: &[&str], cmd: &[&str]) -> Output {
+    Cmd::cargo_bin(tool)
+        .unwrap()
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .timeout(Duration::from_secs(90))
+        .output()
+        .unwrap()
+}
+
+/// The stack lines of leakd-attach's final report.
+fn final_stacks(out: &Output) -> Vec<Value> {
+    let lines = json_lines(&out.stdout);
+    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
+    assert_eq!(lines[i]["final"], true);
+    lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect()
+}
+
+/// Function names of a symbolized stack, without symbol versions.
+fn syms(stack: &Value) -> Vec<String> {
+    stack
+        .as_array()
+        .expect("a stack array")
+        .iter()
+        .map(|f| {
+            let s = f["sym"].as_str().unwrap_or("?");
+            s.split("@@").next().unwrap_or(s).to_string()
+        })
+        .collect()
+}
+
+/// The stack line whose first frame is in a function named `first`.
+fn stack_from<'a>(stacks: &'a [Value], first: &str) -> &'a Value {
+    stacks
+        .iter()
+        .find(|s| syms(&s["stack"]).first().is_some_and(|f| f.contains(first)))
+        .unwrap_or_else(|| panic!("no stack starting in {first}: {stacks:#?}"))
+}
+
+/// `names` appear in `syms`, in this order, one right after the other
+/// (each name a substring of its frame's function).
+fn assert_chain(syms: &[String], names: &[&str]) {
+    let start = syms.iter().position(|s| s.contains(names[0]));
+    let ok = start.is_some_and(|i| {
+        names.iter().enumerate().all(|(k, n)| syms.get(i + k).is_some_and(|s| s.contains(n)))
+    });
+    assert!(ok, "expected the chain {names:?} in {syms:?}");
+}
+
+/// A C program leaking LEAKS blocks of 100 bytes through leaf <- mid <-
+/// top <- main, each with a frame of its own, none with frame pointers.
+const LEAKY_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#define LEAKS 7
+void *volatile sink;
+__attribute__((noinline)) void *leaky_leaf(size_t n) {
+    char pad[40];
+    memset(pad, (int)n, sizeof pad);
+    __asm__ volatile("" : : "r"(pad) : "memory");
+    void *p = malloc(n + (size_t)(pad[5] & 0));
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+__attribute__((noinline)) void *leaky_mid(size_t n) {
+    void *p = leaky_leaf(n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+__attribute__((noinline)) void *leaky_top(size_t n) {
+    long pad[9];
+    for (int i = 0; i < 9; i++) pad[i] = (long)n * i;
+    __asm__ volatile("" : : "r"(pad) : "memory");
+    void *p = leaky_mid(n + (size_t)(pad[3] & 0));
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+int main(void) {
+    for (int i = 0; i < LEAKS; i++) sink = leaky_top(100);
+    sink = malloc(5);
+    free(sink); /* a block freed by main: not outstanding */
+    usleep(400 * 1000); /* keep the maps readable for the report */
+    return 0;
+}
+"#;
+
+fn leaky_c(flags: &str) -> PathBuf {
+    let name = format!("unwind-c{}", flags.replace(' ', ""));
+    let dir = build_c(
+        &name,
+        &[("leaky.c", LEAKY_C)],
+        &[&["sh", "-c", &format!("gcc -g {flags} -o leaky leaky.c")]],
+    );
+    dir.join("leaky")
+}
+
+fn check_leaky_c_attach(bin: &Path, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["--symbolize"];
+    all.extend_from_slice(args);
+    let out = run_tool("leakd-attach", &all, &[bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stacks = final_stacks(&out);
+    let s = stack_from(&stacks, "leaky_leaf");
+    assert_eq!(s["outstanding_count"], 7, "{s}");
+    assert_eq!(s["outstanding_bytes"], 700, "{s}");
+    assert_eq!(s["allocs"], 7, "{s}");
+    assert_eq!(s["frees"], 0, "{s}");
+    syms(&s["stack"])
+}
+
+#[bpf_test]
+fn c_without_frame_pointers_gives_every_caller() {
+    let bin = leaky_c("-O2 -fomit-frame-pointer");
+    let syms = check_leaky_c_attach(&bin, &[]);
+    assert_chain(&syms, &["leaky_leaf", "leaky_mid", "leaky_top", "main"]);
+    // The same with --unwind dwarf (rows only).
+    let syms = check_leaky_c_attach(&bin, &["--unwind", "dwarf"]);
+    assert_chain(&syms, &["leaky_leaf", "leaky_mid", "leaky_top", "main"]);
+    // The frame-pointer walk loses them: that is what DWARF is for.
+    let syms = check_leaky_c_attach(&bin, &["--unwind", "fp"]);
+    assert!(!syms.iter().any(|s| s.contains("leaky_top")), "{syms:?}");
+}
+
+#[bpf_test]
+fn allocsnoop_stack_without_frame_pointers() {
+    let bin = leaky_c("-O2 -fomit-frame-pointer");
+    let out = run_tool("allocsnoop", &["--stack", "--op", "malloc,free"], &[bin.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let symres = Cmd::cargo_bin("symres").unwrap().write_stdin(out.stdout).output().unwrap();
+    let lines = json_lines(&symres.stdout);
+    let leaks: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["op"] == "malloc" && v["size_bytes"] == 100)
+        .filter(|v| syms(&v["stack"]).first().is_some_and(|f| f == "leaky_leaf"))
+        .collect();
+    assert_eq!(leaks.len(), 7, "{lines:#?}");
+    for e in leaks {
+        assert_chain(&syms(&e["stack"]), &["leaky_leaf", "leaky_mid", "leaky_top", "main"]);
+    }
+    // A free's stack starts at its caller too.
+    let free = lines
+        .iter()
+        .find(|v| v["op"] == "free" && syms(&v["stack"]).first().is_some_and(|f| f == "main"))
+        .unwrap_or_else(|| panic!("main's free: {lines:#?}"));
+    assert!(syms(&free["stack"]).iter().any(|s| s.contains("__libc_start")), "{free}");
+}
+
+#[bpf_test]
+fn frame_pointer_programs_give_the_same_stacks() {
+    let bin = leaky_c("-O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer");
+    let fp = check_leaky_c_attach(&bin, &["--unwind", "fp"]);
+    let auto = check_leaky_c_attach(&bin, &[]);
+    assert_chain(&fp, &["leaky_leaf", "leaky_mid", "leaky_top", "main"]);
+    // The same frames; DWARF goes on below main, through libc's
+    // __libc_start_call_main (no frame pointer) to _start.
+    assert_eq!(fp[..], auto[..fp.len()], "{auto:?}");
+    assert_eq!(auto.last().map(String::as_str), Some("_start"));
+    // The leaker (frame pointers) too: its ten-nine stack, both ways.
+    let leaker = |args: &[&str]| {
+        let mut all = vec!["--symbolize"];
+        all.extend_from_slice(args);
+        let out = run_tool("leakd-attach", &all, &[LEAKER, "ten-nine", "--linger", "0.3"]);
+        assert_eq!(out.status.code(), Some(3));
+        let stacks = final_stacks(&out);
+        assert_eq!(stacks.len(), 1, "{stacks:?}");
+        syms(&stacks[0]["stack"])
+    };
+    let fp = leaker(&["--unwind", "fp"]);
+    assert_eq!(fp.first().map(String::as_str), Some("leak_ten_nine_alloc"));
+    let auto = leaker(&[]);
+    assert!(fp.len() >= 3, "{fp:?}");
+    assert_eq!(fp[..], auto[..fp.len()], "{auto:?}");
+}
+
+const LEAKY_RS: &str = r#"
+use std::hint::black_box;
+#[inline(never)]
+fn leaky_leaf(n: usize) -> usize {
+    let v: Vec<u8> = Vec::with_capacity(black_box(n));
+    black_box(v.leak().as_ptr() as usize)
+}
+#[inline(never)]
+fn leaky_mid(n: usize) -> usize {
+    black_box(leaky_leaf(black_box(n))) + 1
+}
+#[inline(never)]
+fn leaky_top(n: usize) -> usize {
+    black_box(leaky_mid(black_box(n))) + 1
+}
+fn main() {
+    // black_box: a loop, not seven unrolled call sites.
+    for _ in 0..black_box(7) {
+        black_box(leaky_top(black_box(100)));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(400));
+}
+"#;
+
+#[bpf_test]
+fn rust_release_build_gives_every_caller() {
+    let dir = build_c("unwind-rs", &[("leaky.rs", LEAKY_RS)], &[]);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let st = Command::new(rustc)
+        .args(["-C", "opt-level=2", "-C", "force-frame-pointers=no", "-g", "-o"])
+        .arg(dir.join("leaky"))
+        .arg(dir.join("leaky.rs"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = run_tool("leakd-attach", &["--symbolize"], &[dir.join("leaky").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stacks = final_stacks(&out);
+    let s = stacks
+        .iter()
+        .find(|s| syms(&s["stack"]).iter().any(|f| f.contains("leaky_leaf")))
+        .unwrap_or_else(|| panic!("a stack through leaky_leaf: {stacks:#?}"));
+    assert_eq!(s["outstanding_count"], 7, "{s}");
+    assert_eq!(s["outstanding_bytes"], 700, "{s}");
+    assert_chain(&syms(&s["stack"]), &["leaky_leaf", "leaky_mid", "leaky_top", "leaky::main"]);
+}
+
+const DLOPEN_LIB: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+__attribute__((noinline)) void *lib_leaf(size_t n) {
+    char pad[24];
+    memset(pad, (int)n, sizeof pad);
+    __asm__ volatile("" : : "r"(pad) : "memory");
+    void *p = malloc(n + (size_t)(pad[1] & 0));
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+__attribute__((noinline)) void *lib_mid(size_t n) {
+    void *p = lib_leaf(n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+void *lib_top(size_t n) {
+    void *p = lib_mid(n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+void lib_warmup(void) { free(lib_leaf(1)); }
+"#;
+
+const DLOPEN_MAIN: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+void *volatile sink;
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    void (*warmup)(void) = (void (*)(void))dlsym(h, "lib_warmup");
+    void *(*top)(size_t) = (void *(*)(size_t))dlsym(h, "lib_top");
+    warmup(); /* the walker meets the library: its table gets loaded */
+    usleep(600 * 1000);
+    for (int i = 0; i < 5; i++) sink = top(64);
+    usleep(400 * 1000);
+    return 0;
+}
+"#;
+
+#[bpf_test]
+fn library_dlopened_after_attach_is_unwound() {
+    let dir = build_c(
+        "unwind-dlopen",
+        &[("lib.c", DLOPEN_LIB), ("main.c", DLOPEN_MAIN)],
+        &[
+            &[
+                "gcc",
+                "-g",
+                "-O2",
+                "-fomit-frame-pointer",
+                "-fPIC",
+                "-shared",
+                "-o",
+                "libleaky.so",
+                "lib.c",
+            ],
+            &["gcc", "-g", "-O2", "-fomit-frame-pointer", "-o", "main", "main.c", "-ldl"],
+        ],
+    );
+    let lib = dir.join("libleaky.so");
+    let out = run_tool(
+        "leakd-attach",
+        &["--symbolize", "-v"],
+        &[dir.join("main").to_str().unwrap(), lib.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(stderr.contains("unwind table of") && stderr.contains("libleaky.so"), "{stderr}");
+    let stacks = final_stacks(&out);
+    let s = stack_from(&stacks, "lib_leaf");
+    assert_eq!(s["outstanding_count"], 5, "{s}");
+    assert_eq!(s["outstanding_bytes"], 320, "{s}");
+    assert_chain(&syms(&s["stack"]), &["lib_leaf", "lib_mid", "lib_top", "main"]);
+}
+
+/// A C++ program built -O2 -fomit-frame-pointer: 4 objects of 40 bytes
+/// leaked through new three calls below main; in arrays(), three new[]
+/// blocks freed with delete[], then one new[] (40 bytes), one nothrow new
+/// (40) and one aligned new (64, alignas(64)) leaked and one new'ed object
+/// deleted; in mismatched(), a new[] block freed with delete.
+const LEAKY_CXX: &str = r#"
+#include <new>
+#include <unistd.h>
+struct Obj { long v[5]; };
+struct alignas(64) Wide { char c[64]; };
+void *volatile sink;
+__attribute__((noinline)) Obj *cxx_leaf(long n) {
+    long pad[6];
+    for (int i = 0; i < 6; i++) pad[i] = n * i;
+    __asm__ volatile("" : : "r"(pad) : "memory");
+    Obj *o = new Obj{{pad[1], 0, 0, 0, 0}};
+    __asm__ volatile("" : : "r"(o) : "memory");
+    return o;
+}
+__attribute__((noinline)) Obj *cxx_mid(long n) {
+    Obj *o = cxx_leaf(n);
+    __asm__ volatile("" : : "r"(o) : "memory");
+    return o;
+}
+__attribute__((noinline)) Obj *cxx_top(long n) {
+    Obj *o = cxx_mid(n);
+    __asm__ volatile("" : : "r"(o) : "memory");
+    return o;
+}
+__attribute__((noinline)) void arrays() {
+    for (int i = 0; i < 3; i++) {
+        int *a = new int[25];
+        sink = a;
+        delete[] static_cast<int *>(sink);
+    }
+    sink = new int[10];
+    sink = new (std::nothrow) Obj;
+    sink = new Wide;
+    sink = new Obj;
+    delete static_cast<Obj *>(sink);
+    __asm__ volatile("" : : : "memory");
+}
+__attribute__((noinline)) void mismatched() {
+    sink = new int[4];
+    ::operator delete(sink);
+    __asm__ volatile("" : : : "memory");
+}
+int main(int argc, char **) {
+    for (int i = 0; i < 4 + (argc > 5); i++) sink = cxx_top(i);
+    arrays();
+    mismatched();
+    usleep(400 * 1000);
+    return 0;
+}
+"#;
+
+fn leaky_cxx() -> PathBuf {
+    let dir = build_c(
+        "unwind-cxx",
+        &[("leaky.cc", LEAKY_CXX)],
+        &[&["g++", "-g", "-O2", "-fomit-frame-pointer", "-o", "leaky", "leaky.cc"]],
+    );
+    dir.join("leaky")
+}
+
+#[bpf_test]
+fn cxx_new_names_its_callers_up_to_main() {
+    let bin = leaky_cxx();
+    let out = run_tool("leakd-attach", &["--symbolize"], &[bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stacks = final_stacks(&out);
+    // The caller of new first, then its callers, in order, up to main.
+    let s = stack_from(&stacks, "cxx_leaf");
+    assert_eq!(s["outstanding_count"], 4, "{s}");
+    assert_eq!(s["outstanding_bytes"], 160, "{s}");
+    assert_eq!(s["allocs"], 4, "{s}");
+    assert_chain(&syms(&s["stack"]), &["cxx_leaf", "cxx_mid", "cxx_top", "main"]);
+    // arrays(): new[] 40, nothrow new 40, aligned new 64 outstanding; the
+    // delete[]'d blocks and the deleted object are not.
+    let from_arrays: Vec<&Value> = stacks
+        .iter()
+        .filter(|s| syms(&s["stack"]).first().is_some_and(|f| f.starts_with("arrays")))
+        .collect();
+    let mut sizes: Vec<u64> =
+        from_arrays.iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [40, 40, 64], "{from_arrays:#?}");
+    for s in &from_arrays {
+        assert_eq!(s["outstanding_count"], 1, "{s}");
+        assert_chain(&syms(&s["stack"]), &["arrays", "main"]);
+    }
+    // Nothing from mismatched(): its block was freed (with the wrong operator).
+    assert!(!stacks.iter().any(|s| syms(&s["stack"]).iter().any(|f| f.contains("mismatched"))));
+}
+
+#[bpf_test]
+fn allocsnoop_reports_cxx_operators_and_a_mismatched_delete() {
+    let bin = leaky_cxx();
+    let out = run_tool("allocsnoop", &["--stack"], &[bin.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let symres = Cmd::cargo_bin("symres").unwrap().write_stdin(out.stdout).output().unwrap();
+    let lines = json_lines(&symres.stdout);
+    let pid = lines.iter().find(|v| v["comm"] == "leaky").expect("events of leaky")["pid"].clone();
+    let ours: Vec<&Value> = lines.iter().filter(|v| v["pid"] == pid).collect();
+    let count = |op: &str, size: Option<u64>| {
+        ours.iter()
+            .filter(|v| v["type"] == "alloc" && v["op"] == op)
+            .filter(|v| size.is_none_or(|s| v["size_bytes"] == s))
+            .count()
+    };
+    // Each block once, as the operator (the malloc inside is not reported).
+    assert_eq!(count("new", Some(40)), 4 + 2, "{ours:#?}");
+    assert_eq!(count("new", Some(64)), 1);
+    assert_eq!(count("new[]", Some(100)), 3);
+    assert_eq!(count("new[]", Some(40)), 1);
+    assert_eq!(count("new[]", Some(16)), 1);
+    assert_eq!(count("delete[]", None), 3);
+    assert_eq!(count("delete", None), 2);
+    let mallocs_of_ours = ours
+        .iter()
+        .filter(|v| {
+            v["op"] == "malloc"
+                && [40, 64, 100, 16].contains(&v["size_bytes"].as_u64().unwrap_or(0))
+        })
+        .count();
+    assert_eq!(mallocs_of_ours, 0, "malloc inside new reported: {ours:#?}");
+    let frees_of_ours = ours.iter().filter(|v| v["op"] == "free").count();
+    assert_eq!(frees_of_ours, 0, "free inside delete reported: {ours:#?}");
+    // The aligned new carries its alignment.
+    let wide = ours.iter().find(|v| v["op"] == "new" && v["size_bytes"] == 64).unwrap();
+    assert_eq!(wide["align_bytes"], 64, "{wide}");
+    // new's caller is the first frame, then its callers up to main.
+    for e in ours.iter().filter(|v| v["op"] == "new" && v["size_bytes"] == 40) {
+        let st = syms(&e["stack"]);
+        if st.first().is_some_and(|f| f.starts_with("cxx_leaf")) {
+            assert_chain(&st, &["cxx_leaf", "cxx_mid", "cxx_top", "main"]);
+        }
+    }
+    // The new[] block freed with delete, once, with both stacks.
+    let mm: Vec<&&Value> = ours.iter().filter(|v| v["type"] == "mismatch").collect();
+    assert_eq!(mm.len(), 1, "{ours:#?}");
+    let m = mm[0];
+    assert_eq!(m["alloc"]["op"], "new[]", "{m}");
+    assert_eq!(m["free"]["op"], "delete", "{m}");
+    assert_chain(&syms(&m["alloc"]["stack"]), &["mismatched", "main"]);
+    assert_chain(&syms(&m["free"]["stack"]), &["mismatched", "main"]);
+}
