@@ -268,21 +268,31 @@ fn leak_found_by_each_beside(
     want_pod: Option<&Value>,
     stop: Stop<'_>,
 ) {
-    let tools: Vec<Child> = selectors
-        .iter()
-        .map(|sel| {
-            let mut args: Vec<&str> = sel.iter().map(String::as_str).collect();
-            args.extend(["--symbolize", "-d", "60"]);
-            let (tool, err) = spawn_attached("leakd-attach", &args);
-            crate::support::discard(err);
-            tool
-        })
-        .collect();
+    // The tools attach at once (each takes seconds on a loaded machine);
     // allocsnoop too, by the first selector: every 4096-byte block.
     let mut snoop_args: Vec<&str> = selectors[0].iter().map(String::as_str).collect();
     snoop_args.extend(["--min-size", "4096", "--max-size", "4096", "-d", "60"]);
-    let (snoop, snoop_err) = spawn_attached("allocsnoop", &snoop_args);
-    crate::support::discard(snoop_err);
+    let (tools, snoop) = std::thread::scope(|scope| {
+        let tools: Vec<_> = selectors
+            .iter()
+            .map(|sel| {
+                scope.spawn(move || {
+                    let mut args: Vec<&str> = sel.iter().map(String::as_str).collect();
+                    args.extend(["--symbolize", "-d", "60"]);
+                    let (tool, err) = spawn_attached("leakd-attach", &args);
+                    crate::support::discard(err);
+                    tool
+                })
+            })
+            .collect();
+        let snoop = scope.spawn(|| {
+            let (snoop, err) = spawn_attached("allocsnoop", &snoop_args);
+            crate::support::discard(err);
+            snoop
+        });
+        let tools: Vec<Child> = tools.into_iter().map(|t| t.join().unwrap()).collect();
+        (tools, snoop.join().unwrap())
+    });
     signal(c.pid, libc::SIGUSR1);
     if let Some(b) = beside {
         signal(b.pid, libc::SIGUSR1);
