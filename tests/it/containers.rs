@@ -768,3 +768,84 @@ impl Drop for KillPid {
         }
     }
 }
+
+/// A C++ program in a container: its runtime's operators are probed
+/// (through the container's root), so its five `new char[4096]` are
+/// reported as new[].
+#[bpf_test]
+fn podman_cxx_operators() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = std::env::temp_dir().join(tag("rootfs-cxx"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    cleanup.add(&["rm", "-rf", dir.to_str().unwrap()]);
+    let src = dir.join("leaker.cc");
+    std::fs::write(
+        &src,
+        r#"#include <csignal>
+#include <cstdio>
+#include <unistd.h>
+int main() {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &s, nullptr);
+    fprintf(stderr, "{\"type\":\"leaker_ready\"}\n");
+    int sig;
+    sigwait(&s, &sig);
+    for (int i = 0; i < 5; i++) {
+        volatile char *p = new char[4096];
+        p[0] = 1;
+    }
+    fprintf(stderr, "{\"type\":\"leaker_summary\",\"leaked_count\":5}\n");
+    for (;;) pause();
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.join("leaker");
+    run(&["g++", "-O0", "-o", exe.to_str().unwrap(), src.to_str().unwrap()]);
+    std::fs::remove_file(&src).unwrap();
+    for line in run(&["ldd", exe.to_str().unwrap()]).lines() {
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+        let to = dir.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(path, &to).unwrap();
+    }
+    let img = format!("localhost/{}:1", tag("img-cxx"));
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = tar.stdout.take().unwrap();
+    let out = Command::new("podman").args(["import", "-", &img]).stdin(stdin).output().unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cleanup.add(&["podman", "rmi", "-f", &img]);
+    let name = tag("cxx");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let mut c = podman_run(&name, &img, &["/leaker"]);
+    let (snoop, err) = spawn_attached(
+        "allocsnoop",
+        &["--container", &name, "--min-size", "4096", "--max-size", "4096", "-d", "60"],
+    );
+    crate::support::discard(err);
+    signal(c.pid, libc::SIGUSR1);
+    assert_eq!(c.summary()["leaked_count"], 5);
+    interrupt(&snoop);
+    let (code, lines, _) = wait_output(snoop);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let news: Vec<&Value> =
+        of_type(&lines, "alloc").into_iter().filter(|a| a["op"] == "new[]").collect();
+    assert_eq!(news.len(), 5, "{lines:?}");
+    for a in news {
+        assert_eq!(a["size_bytes"], 4096, "{a}");
+        assert_eq!(a["container"]["name"], name.as_str(), "{a}");
+    }
+}
