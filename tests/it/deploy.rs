@@ -849,6 +849,34 @@ fn plugin_all_nodes_merges_lines_with_their_node() {
         log.iter().filter(|a| a[0] == "exec").map(|a| a[3].as_str()).collect();
     assert_eq!(execs, BTreeSet::from(["leakd-4xk9p", "leakd-b7m2q"]));
     assert!(!log.iter().any(|a| a[0] == "create" || a[0] == "delete"), "{log:?}");
+
+    // --dry-run: the commands, one per running node, none run.
+    let plugin = Plugin::new("all-dry");
+    let out = plugin.output(&["--all-nodes", "--dry-run", "--", "-x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["node"], "worker-1");
+    assert_eq!(
+        lines[0]["command"],
+        serde_json::json!([
+            "kubectl",
+            "exec",
+            "-n",
+            "leakd",
+            "leakd-4xk9p",
+            "-c",
+            "leakd",
+            "--",
+            "execsnoop",
+            "-x"
+        ])
+    );
+    assert_eq!(lines[1]["node"], "worker-2");
+    assert!(!plugin.log().iter().any(|a| a[0] == "exec"));
 }
 
 /// Ctrl-C with --all-nodes stops the tool on every node; each node's final
