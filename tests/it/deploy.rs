@@ -1175,3 +1175,28 @@ fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
     let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
     (r, stacks)
 }
+
+/// kubectl itself finds the plugin on PATH and hands it its arguments,
+/// -n included: `kubectl leakd ...` is the command users type.
+#[test]
+fn kubectl_runs_the_plugin() {
+    if !required("kubectl", runs("kubectl", &["version", "--client"])) {
+        return;
+    }
+    let plugin = Plugin::new("via-kubectl");
+    let path = format!("{}:{}", repo().join("deploy").display(), std::env::var("PATH").unwrap());
+    let out = Command::new("kubectl").args(["plugin", "list"]).env("PATH", &path).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains(&repo().join("deploy/kubectl-leakd").display().to_string()), "{list}");
+    let out = Command::new("kubectl")
+        .args(["leakd", "-n", "memleak-demo", POD, "-c", "sidecar", "--dry-run"])
+        .env("PATH", &path)
+        // The plugin's own kubectl calls go to the stand-in.
+        .env("KUBECTL", repo().join("tests/fixtures/k8s/kubectl"))
+        .env("FAKE_KUBECTL_DIR", &plugin.state.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pod["metadata"]["annotations"]["leakd/container-id"], SIDECAR_ID);
+}
