@@ -1200,3 +1200,22 @@ fn kubectl_runs_the_plugin() {
     let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pod["metadata"]["annotations"]["leakd/container-id"], SIDECAR_ID);
 }
+
+/// kubectl's --context and --kubeconfig, given to the plugin, go with every
+/// kubectl command it runs (the cluster it reads is the one it acts on).
+#[test]
+fn plugin_passes_context_and_kubeconfig_on() {
+    for args in [
+        &["--context", "prod", "--kubeconfig", "/k/config", "-n", "memleak-demo", POD][..],
+        &["--all-nodes", "--context", "prod", "--kubeconfig", "/k/config"][..],
+    ] {
+        let plugin = Plugin::new("context");
+        let out = plugin.output(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let log = plugin.log();
+        assert!(log.len() >= 3, "{log:?}");
+        for a in &log {
+            assert_eq!(a[..4], ["--context", "prod", "--kubeconfig", "/k/config"], "{a:?}");
+        }
+    }
+}
