@@ -21,8 +21,12 @@ const volatile __u8 follow_children = 0;
 /* The tool's own process, never traced: tracing our own allocations (or
  * syscalls) while reporting them would feed back on itself. */
 const volatile __u32 self_tgid = 0;
-/* 0: every cgroup. Otherwise the cgroup v2 id (inode of its directory). */
+/* 0: every cgroup. Otherwise the cgroup v2 id (inode of its directory),
+ * matched with its whole subtree: a task passes when its ancestor at
+ * targ_cgroup_level (the directory's depth below the root, which is 0) is
+ * that cgroup, so a pod's directory catches its containers' cgroups. */
 const volatile __u64 targ_cgroup_id = 0;
+const volatile __u32 targ_cgroup_level = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -77,7 +81,8 @@ static __always_inline int leakd_tgid_wanted(__u32 tgid)
 /* Whether the current task passes the shared -p / -- CMD / --cgroup filters. */
 static __always_inline int leakd_wanted(void)
 {
-	if (targ_cgroup_id && bpf_get_current_cgroup_id() != targ_cgroup_id)
+	if (targ_cgroup_id &&
+	    bpf_get_current_ancestor_cgroup_id(targ_cgroup_level) != targ_cgroup_id)
 		return 0;
 	return leakd_tgid_wanted(bpf_get_current_pid_tgid() >> 32);
 }

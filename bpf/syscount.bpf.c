@@ -159,6 +159,7 @@ static __always_inline void record(__u32 nr, __u32 err, int count, __u64 lat, in
 				struct syscount_comm c = {};
 
 				bpf_get_current_comm(c.comm, sizeof(c.comm));
+				c.cgroup_id = bpf_get_current_cgroup_id();
 				bpf_map_update_elem(&comms, &key.tgid, &c, BPF_NOEXIST);
 			}
 			v = bpf_map_lookup_elem(&keyed_counts, &key);
@@ -253,6 +254,7 @@ int BPF_PROG(syscount_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 	if (!bpf_map_lookup_elem(&comms, &tgid))
 		return 0;
 	bpf_get_current_comm(c.comm, sizeof(c.comm));
+	c.cgroup_id = bpf_get_current_cgroup_id();
 	bpf_map_update_elem(&comms, &tgid, &c, BPF_EXIST);
 	return 0;
 }

@@ -37,9 +37,11 @@ struct syscount_hist {
 };
 
 /* A process's name, refreshed at exec (so a launched command is named after
- * the program it runs, not after the tool that forked it). */
+ * the program it runs, not after the tool that forked it), and its cgroup v2
+ * id then, which user space maps to a container once per cgroup. */
 struct syscount_comm {
 	__u8 comm[16];
+	__u64 cgroup_id;
 };
 
 #endif

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    symres::fuzz_elf(data);
+    leakd_symbolize::fuzz_elf(data);
 });

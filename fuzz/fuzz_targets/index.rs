@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    symres::fuzz_index(data);
+    leakd_symbolize::fuzz_index(data);
 });

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // With warm threads: each line's frames are also read ahead of time.
-    let mut r = symres::Resolver::new(symres::Options { warm_threads: 2, ..symres::Options::default() });
+    let mut r = leakd_symbolize::Resolver::new(leakd_symbolize::Options { warm_threads: 2, ..leakd_symbolize::Options::default() });
     let first = r.process_line_bytes(data);
     if let Ok(Some(out)) = &first {
         // symres copies the line and adds fields: what it writes must be

@@ -8,8 +8,11 @@
 mod support;
 
 mod allocsnoop;
+mod containers;
+mod deploy;
 mod execsnoop;
 mod leakd_attach;
+mod leakd_report;
 mod man;
 mod symres;
 mod syscount;

@@ -690,24 +690,28 @@ fn malformed_lines_are_reported_and_good_lines_all_come_out_in_order() {
     let r = symres(&[], &input);
     assert_eq!(r.code, 1, "malformed input must be reported in the exit status");
     let out_lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(out_lines.len(), 5, "{}", r.stdout);
+    assert_eq!(out_lines.len(), 9, "{}", r.stdout);
     assert_eq!(out_lines[0], passthrough, "passed through byte for byte");
-    assert_eq!(out_lines[2], "", "a blank line has no frames: written unchanged");
-    assert_eq!(out_lines[3], r#"{"type":"b"}"#);
+    assert_eq!(out_lines[4], "", "a blank line has no frames: written unchanged");
+    assert_eq!(out_lines[6], r#"{"type":"a","stack":"nope"}"#, "no frames: unchanged");
+    assert_eq!(out_lines[7], r#"{"type":"b"}"#);
     assert_eq!(r.lines[1]["stack"][0]["sym"], "target_function");
-    assert_eq!(r.lines[3]["stack"][1]["sym"], "outer_function");
+    for i in [2, 3, 4] {
+        assert_eq!(r.lines[i]["stack"][0]["reason"], "malformed", "{}", r.stdout);
+    }
+    assert_eq!(r.lines[7]["stack"][1]["sym"], "outer_function");
     let errs: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(
         errs,
         [
             "symres: error: line 2: not JSON: expected ident at line 1 column 2",
-            "symres: error: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
-            "symres: error: line 5: stack[0].addr: not a 64-bit address: 123456789012345678901234567890",
-            "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true",
-            "symres: error: line 8: stack: expected an array of frames, got \"nope\"",
+            "symres: error: line 4: stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\" (frame left unresolved)",
+            "symres: error: line 5: stack[0].addr: not a 64-bit address: 123456789012345678901234567890 (frame left unresolved)",
+            "symres: error: line 7: stack[0].addr: expected a hex string like \"0x1234\", got true (frame left unresolved)",
             "symres: error: line 9: not a JSON object",
             "symres: error: line 12: not JSON: expected value at line 1 column 1",
-            "symres: error: 7 malformed line(s) skipped",
+            "symres: error: 3 malformed line(s) skipped",
+            "symres: error: 3 malformed frame(s) left unresolved",
         ],
         "{}",
         r.stderr
@@ -750,8 +754,8 @@ fn threads_keep_the_order_of_lines_and_messages() {
     assert!(one.stdout == three.stdout, "outputs differ");
     assert_eq!(one.stderr, three.stderr);
     let out: Vec<&str> = three.stdout.lines().collect();
-    assert_eq!(out.len(), 3 * reps);
-    for (i, l) in out.chunks(3).enumerate() {
+    assert_eq!(out.len(), 4 * reps);
+    for (i, l) in out.chunks(4).enumerate() {
         assert!(
             l[0].starts_with(&format!("{{\"i\":{i},"))
                 && l[0].contains("\"sym\":\"target_function\""),
@@ -759,10 +763,14 @@ fn threads_keep_the_order_of_lines_and_messages() {
             l[0]
         );
         assert_eq!(l[1], format!("{{\"i\":{i},\"type\":\"x\",\"n\":1}}"));
-        assert_eq!(l[2], "");
+        assert_eq!(
+            l[2],
+            format!("{{\"i\":{i},\"type\":\"a\",\"stack\":[{{\"addr\":true,\"reason\":\"malformed\"}}]}}")
+        );
+        assert_eq!(l[3], "");
     }
     let errs: Vec<&str> = three.stderr.lines().collect();
-    assert_eq!(errs.len(), 2 * reps + 1);
+    assert_eq!(errs.len(), 2 * reps + 2);
     for i in 0..reps {
         assert!(
             errs[2 * i].starts_with(&format!("symres: error: line {}: not JSON", 5 * i + 2)),
@@ -776,7 +784,11 @@ fn threads_keep_the_order_of_lines_and_messages() {
             errs[2 * i + 1]
         );
     }
-    assert_eq!(errs[2 * reps], format!("symres: error: {} malformed line(s) skipped", 2 * reps));
+    assert_eq!(errs[2 * reps], format!("symres: error: {reps} malformed line(s) skipped"));
+    assert_eq!(
+        errs[2 * reps + 1],
+        format!("symres: error: {reps} malformed frame(s) left unresolved")
+    );
     // Each thread loads the program; -v says so once.
     let verbose = symres(&["-v", "-j", "3"], &input);
     assert!(verbose.stdout == three.stdout, "outputs differ under -v");
@@ -1074,4 +1086,145 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("using the index"), "uid {runner}: {err}");
     }
+}
+
+/// symres with a watchdog: `None` when it has not finished within
+/// `secs` seconds (it is then killed), else its exit code, stdout and
+/// stderr.
+fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, String)> {
+    let mut child = Command::new(crate::support::bin("symres"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Issue 18, item 3: files that are not regular files that end never make
+/// symres wait: a FIFO as a module, a FIFO where an index would be, and
+/// tracefs's trace_pipe (a "regular" file whose reads wait for trace data,
+/// and would consume it), which says its size is 0 and so is not read.
+#[test]
+fn fifos_and_trace_pipe_never_hang() {
+    let dir = TempDir::new("fifo");
+    let prog = build_prog(&dir, "prog", &[]);
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let fifo = dir.path("fifo");
+    sh(Command::new("mkfifo").arg(&fifo));
+    let ix = dir.path("ix");
+    std::fs::create_dir(&ix).unwrap();
+    sh(Command::new("mkfifo").arg(ix.join(format!("{}.index", build_id(&prog)))));
+    let frame = |m: &Path| json!({"module": p(m), "offset": "0x1130"});
+    let mut stack = vec![frame(&fifo), frame(&prog)];
+    let trace_pipe = Path::new("/sys/kernel/tracing/trace_pipe");
+    if crate::support::root_available("trace_pipe") {
+        assert!(trace_pipe.exists(), "tracefs is not mounted at /sys/kernel/tracing");
+        stack.push(frame(trace_pipe));
+    }
+    let line = json!({"type": "t", "stack": stack}).to_string();
+    let Some((code, out, err)) = symres_within(30, &["-v", "--index-dir", &p(&ix)], &line) else {
+        panic!("symres hung on a FIFO or trace_pipe");
+    };
+    assert_eq!(code, 0, "{err}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
+    assert!(out["stack"][1]["sym"].is_string(), "{out}");
+    if stack.len() > 2 {
+        assert_eq!(out["stack"][2]["reason"], "corrupt_elf", "{out}");
+    }
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+/// Issue 18, item 2: a frame with a pid names its module as the process
+/// sees it: inside the process's root. An absolute symlink there
+/// (`/evil.so -> <a host binary>`) must not lead to the host's file (its
+/// first bytes would leak into -v messages, or a host binary would be
+/// symbolized): the link is resolved inside the root, where its target
+/// does not exist. The process's own binary still resolves.
+#[test]
+fn module_symlinks_resolve_inside_the_process_root() {
+    use std::os::unix::fs::symlink;
+    if !crate::support::root_available("chroot") {
+        return;
+    }
+    let dir = TempDir::new("inroot");
+    // Static: it runs in an empty root.
+    let prog = build_prog(&dir, "prog", &["-static"]);
+    let host = build_prog(&dir, "host", &[]);
+    let root = dir.path("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::copy(&prog, root.join("prog")).unwrap();
+    symlink(&host, root.join("evil.so")).unwrap();
+    let mut chroot = Command::new("chroot");
+    chroot.arg(&root).args(["/prog", "wait"]);
+    let (child, _, line) = crate::support::spawn_first_line(&mut chroot);
+    assert!(!line.is_empty(), "the program did not start in its root");
+    let mut v: Value = serde_json::from_str(&line).unwrap();
+    // Without /proc in its root the program cannot say its offsets: those
+    // of the same binary run here.
+    let here: Value = serde_json::from_str(&run_prog(&prog)).unwrap();
+    let off = here["stack"][0]["offset"].clone();
+    assert!(off.is_string(), "{here}");
+    v.as_object_mut().unwrap().remove("live");
+    v["stack"] = json!([
+        {"module": "/evil.so", "offset": off},
+        {"module": "/prog", "offset": off},
+    ]);
+    let out = resolve(&[], &v.to_string());
+    finish(child);
+    assert_eq!(out["stack"][0]["reason"], "file_missing", "{out}");
+    assert!(out["stack"][0].get("sym").is_none(), "{out}");
+    assert_eq!(out["stack"][1]["sym"], "target_function", "{out}");
+}
+
+/// Issue 18, item 9: lines whose frame arrays hold no frames pass through
+/// unchanged, byte for byte, exit 0; in a line with a malformed frame, that
+/// frame alone gets "reason":"malformed" (said on stderr with its line,
+/// exit 1) and the good frames beside it are resolved.
+#[test]
+fn lines_without_frames_pass_through_and_a_bad_frame_spoils_only_itself() {
+    let no_frames =
+        [r#"{"stack":["a"]}"#, r#"{"meta":{"stack":[1,2]}}"#, r#"{"stack":[{"foo":1}]}"#];
+    let input = no_frames.join("\n") + "\n";
+    let (code, out, err) = symres_within(60, &[], &input).expect("symres finishes");
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(out, input);
+
+    let dir = TempDir::new("badframe");
+    let prog = build_prog(&dir, "prog", &[]);
+    let mut line: Value = serde_json::from_str(&run_prog(&prog)).unwrap();
+    line.as_object_mut().unwrap().remove("live");
+    let good = line["stack"][0].clone();
+    line["stack"] = json!([{"addr": "0xzz", "module": "/x"}, good, "not a frame"]);
+    let r = symres(&[], &line.to_string());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.lines.len(), 1, "{}", r.stdout);
+    let stack = &r.lines[0]["stack"];
+    assert_eq!(stack[0]["reason"], "malformed", "{stack}");
+    assert_eq!(stack[1]["sym"], "target_function", "{stack}");
+    assert_eq!(stack[2], "not a frame");
+    assert_eq!(
+        r.stderr.lines().collect::<Vec<_>>(),
+        [
+            "symres: error: line 1: stack[0].addr: not a 64-bit address: \"0xzz\" (frame left unresolved)",
+            "symres: error: 1 malformed frame(s) left unresolved",
+        ]
+    );
 }

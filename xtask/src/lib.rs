@@ -14,6 +14,7 @@ pub fn tools() -> Vec<(&'static str, clap::Command)> {
         ("allocsnoop", allocsnoop::command()),
         ("leakd-attach", leakd_attach::command()),
         ("symres", symres::command()),
+        ("leakd-report", leakd_report::command()),
     ]
 }
 

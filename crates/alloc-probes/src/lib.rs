@@ -12,11 +12,11 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use leakd_common::bpf;
-use leakd_common::cli::TargetArgs;
+use leakd_common::cli::{CgroupScope, TargetArgs};
 use leakd_common::procmaps::MapsCache;
 use leakd_common::target::Target;
 use leakd_common::text::hex;
-use leakd_common::{anyhow, bail, info, launch, Result};
+use leakd_common::{anyhow, bail, info, launch, warn, Result};
 
 /// `enum alloc_op` of bpf/alloc.h, the attach cookie of every probe.
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
@@ -96,22 +96,53 @@ pub fn ops_for(args: &ProbeArgs, only: &[String]) -> Result<Vec<u32>> {
     Ok(ops)
 }
 
-/// Find the allocator of the target (`-p`, `-- CMD` or the whole system)
-/// and plan a probe site for each op; logs the choice under `-v`.
-fn plan_for_target(probe: &ProbeArgs, ops: &[u32], target: &TargetArgs) -> Result<Plan> {
+/// One allocator file to probe and its sites.
+struct Planned {
+    lib: PathBuf,
+    sites: Vec<probes::Site>,
+}
+
+/// Where to probe: each allocator file's functions, and C++'s operators.
+struct Plan {
+    allocators: Vec<Planned>,
+    cxx: Option<Planned>,
+}
+
+/// Find the allocator(s) of the target (`-p`, `-- CMD`, a cgroup or
+/// container, or the whole system) and its C++ runtime, and plan a probe
+/// site for each op; logs the choice under `-v`.
+fn plan_for_target(
+    probe: &ProbeArgs,
+    ops: &[u32],
+    target: &TargetArgs,
+    scope: Option<&CgroupScope>,
+) -> Result<Plan> {
     let exe = match target.command.first() {
         Some(c) => Some(launch::resolve(c)?),
         None => None,
     };
     let (c_ops, cxx_ops): (Vec<u32>, Vec<u32>) = ops.iter().partition(|&&o| !probes::is_cxx(o));
-    let (lib, kind) = resolve_lib(probe, target.pid, exe.as_deref())?;
-    let (sites, missing) = probes::plan(&lib, &probe.prefix, &c_ops)?;
-    if sites.is_empty() && !c_ops.is_empty() {
-        bail!("{} defines none of the functions to probe ({})", lib.display(), missing.join(", "));
-    }
-    info!("allocator: {} ({kind})", lib.display());
-    if !missing.is_empty() {
-        info!("not in {}: {}", lib.display(), missing.join(", "));
+    let libs = match scope {
+        Some(s) if probe.lib.is_none() && exe.is_none() && target.pid.is_none() => {
+            scope_allocators(probe, s)?
+        }
+        _ => vec![resolve_lib(probe, target.pid, exe.as_deref())?],
+    };
+    let mut allocators = Vec::new();
+    for (lib, kind) in libs {
+        let (sites, missing) = probes::plan(&lib, &probe.prefix, &c_ops)?;
+        if sites.is_empty() && !c_ops.is_empty() {
+            bail!(
+                "{} defines none of the functions to probe ({})",
+                lib.display(),
+                missing.join(", ")
+            );
+        }
+        info!("allocator: {} ({kind})", lib.display());
+        if !missing.is_empty() {
+            info!("not in {}: {}", lib.display(), missing.join(", "));
+        }
+        allocators.push(Planned { lib, sites });
     }
     // C++'s operators, where the target has a C++ runtime (--lib names
     // the allocator only).
@@ -126,18 +157,51 @@ fn plan_for_target(probe: &ProbeArgs, ops: &[u32], target: &TargetArgs) -> Resul
         Some(rt) => {
             let sites = probes::plan_cxx(&rt, &cxx_ops)?;
             info!("C++ runtime: {} ({} operators)", rt.display(), sites.len());
-            Some((rt, sites))
+            Some(Planned { lib: rt, sites })
         }
         None => None,
     };
-    Ok(Plan { lib, sites, cxx })
+    Ok(Plan { allocators, cxx })
 }
 
-/// Where to probe: the allocator's functions, and C++'s operators.
-struct Plan {
-    lib: PathBuf,
-    sites: Vec<probes::Site>,
-    cxx: Option<(PathBuf, Vec<probes::Site>)>,
+/// The allocators of every process of a cgroup subtree (a container, a
+/// pod), one per file they really map: the same file for every container
+/// of an image gets one probe.
+fn scope_allocators(probe: &ProbeArgs, s: &CgroupScope) -> Result<Vec<(PathBuf, &'static str)>> {
+    let dir = s.cgroup.dir.display();
+    let pids: Vec<u32> = s.cgroup.pids().into_iter().filter(|&p| p != std::process::id()).collect();
+    let (files, failed) = probes::find_allocators(&pids, &probe.prefix);
+    for (pid, why) in &failed {
+        if files.is_empty() {
+            warn!("process {pid} of {dir}: {why}");
+        } else {
+            info!("process {pid} of {dir}: {why}");
+        }
+    }
+    if files.is_empty() && !pids.is_empty() {
+        bail!("no process of {dir} ({} found) maps an allocator to probe", pids.len());
+    }
+    let mut libs = Vec::new();
+    for (f, users) in files {
+        info!(
+            "allocator of {} process(es) ({}): {} as {}",
+            users.len(),
+            users.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+            f.shown.display(),
+            f.path.display()
+        );
+        libs.push((f.path, f.kind));
+    }
+    if libs.is_empty() {
+        // An empty cgroup: what joins it later most likely runs the
+        // host's libc.
+        libs.push(resolve_lib(probe, None, None)?);
+    }
+    leakd_common::log::print(format_args!(
+        "note: processes that start in {dir} after this are traced only if they use an \
+         allocator file probed now"
+    ));
+    Ok(libs)
 }
 
 /// An allocation tracer loaded and attached to its target.
@@ -149,9 +213,10 @@ pub struct Tracer {
 }
 
 /// What allocsnoop and leakd-attach both do before their loops: prepare
-/// the target (see [`TargetArgs::prepare_with`]) with a probe site planned
-/// per op, then load `object` through `loader` (which holds the tool's own
-/// globals) with the shared filter and size range, and attach.
+/// the target (see [`TargetArgs::prepare_with`]) with probe sites planned
+/// per op in each allocator file, then load `object` through `loader`
+/// (which holds the tool's own globals) with the shared filter and size
+/// range, and attach.
 pub fn load_tracer(
     object: &[u8],
     loader: EbpfLoader<'_>,
@@ -160,7 +225,8 @@ pub fn load_tracer(
     target_args: &TargetArgs,
 ) -> Result<Tracer> {
     let (min, max) = probe.size_range()?;
-    let (target, plan) = target_args.prepare_with(|| plan_for_target(probe, ops, target_args))?;
+    let (target, plan) =
+        target_args.prepare_with(|scope| plan_for_target(probe, ops, target_args, scope))?;
     let filter = target.cgroup_filter();
     // Narrowed to this function: the globals below borrow its locals.
     let mut loader: EbpfLoader<'_> = loader;
@@ -168,9 +234,8 @@ pub fn load_tracer(
     loader.override_global("min_size", &min, true);
     loader.override_global("max_size", &max, true);
     let mut ebpf = bpf::load(&mut loader, object)?;
-    probes::attach(&mut ebpf, &plan.lib, &plan.sites, target.pid())?;
-    if let Some((rt, sites)) = &plan.cxx {
-        probes::attach(&mut ebpf, rt, sites, target.pid())?;
+    for p in plan.allocators.iter().chain(&plan.cxx) {
+        probes::attach(&mut ebpf, &p.lib, &p.sites, target.pid())?;
     }
     Ok(Tracer { ebpf, target })
 }

@@ -411,47 +411,122 @@ const KNOWN: &[(&str, &str)] = &[
 /// The allocator a process uses: a non-libc allocator it maps if any, else
 /// its libc, else its own executable when it defines malloc (static builds).
 pub fn find_allocator(pid: u32, prefix: &str) -> Result<(PathBuf, &'static str)> {
+    find_allocator_file(pid, prefix).map(|a| (a.path, a.kind))
+}
+
+/// An allocator object as a process maps it.
+#[derive(Debug, Clone)]
+pub struct AllocatorFile {
+    /// Where we open it (through the process's root when it has its own).
+    pub path: PathBuf,
+    /// The path the process sees.
+    pub shown: PathBuf,
+    pub kind: &'static str,
+    /// Device and inode of the file really mapped: one uprobe per file,
+    /// whichever container or path maps it.
+    pub key: ((u32, u32), u64),
+}
+
+/// Whether process `pid` has another root than ours (a container): compared
+/// by device and inode, since /proc/PID/root reads `/` after pivot_root.
+pub fn has_own_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = id(&format!("/proc/{pid}/root"));
+    theirs.is_some() && theirs != id("/proc/self/root")
+}
+
+/// [`find_allocator`], with the mapping's identity.
+pub fn find_allocator_file(pid: u32, prefix: &str) -> Result<AllocatorFile> {
+    find_allocator_file_known(pid, prefix, &[])
+}
+
+/// [`find_allocator_file`], where the files of `known` (by device and
+/// inode) are taken to define malloc without reading them again: the
+/// processes of one image share them.
+fn find_allocator_file_known(
+    pid: u32,
+    prefix: &str,
+    known: &[((u32, u32), u64)],
+) -> Result<AllocatorFile> {
     let maps = procmaps::read_maps(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let mut files: Vec<PathBuf> = Vec::new();
-    for path in maps.into_iter().filter_map(|m| m.path) {
-        if path.is_absolute() && !files.contains(&path) {
-            files.push(path);
+    let mut files: Vec<&procmaps::MapEntry> = Vec::new();
+    for m in &maps {
+        let Some(path) = &m.path else { continue };
+        if path.is_absolute()
+            && m.inode != 0
+            && !files.iter().any(|f| f.path.as_ref() == Some(path))
+        {
+            files.push(m);
         }
     }
     // A container's files are not at the same path in our mount namespace:
-    // they are opened through /proc/PID/root when that is another root.
-    let same_root =
-        std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
-    let rooted = |path: &Path| {
-        let p = procmaps::under_root(pid, path);
-        if same_root || !p.exists() {
-            path.to_path_buf()
-        } else {
-            p
+    // they are opened through /proc/PID/root, or when not found there (a
+    // file deleted or mounted over) through /proc/PID/map_files.
+    let own_root = has_own_root(pid);
+    let rooted = |m: &procmaps::MapEntry| {
+        let path = m.path.as_deref().unwrap_or(Path::new("/"));
+        if !own_root {
+            return path.to_path_buf();
         }
+        let p = procmaps::under_root(pid, path);
+        if p.exists() {
+            p
+        } else {
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
+        }
+    };
+    let found = |m: &procmaps::MapEntry, p: PathBuf, kind| AllocatorFile {
+        path: p,
+        shown: m.path.clone().unwrap_or_default(),
+        kind,
+        key: (m.dev, m.inode),
     };
     // Known allocators first, in KNOWN's order; then any object defining
     // malloc (a static binary), each object read once.
     let mut tried = vec![false; files.len()];
     for (pat, kind) in KNOWN {
-        for (f, tried) in files.iter().zip(tried.iter_mut()) {
+        for (m, tried) in files.iter().zip(tried.iter_mut()) {
+            let f = m.path.as_deref().unwrap_or(Path::new("/"));
             let base = f.file_name().and_then(|b| b.to_str()).unwrap_or("");
             if base.starts_with(pat) && !*tried {
                 *tried = true;
-                let p = rooted(f);
-                if defines_malloc(&p, prefix) {
-                    return Ok((p, kind));
+                let p = rooted(m);
+                if known.contains(&(m.dev, m.inode)) || defines_malloc(&p, prefix) {
+                    return Ok(found(m, p, kind));
                 }
             }
         }
     }
-    for (f, _) in files.iter().zip(&tried).filter(|(_, &t)| !t) {
-        let p = rooted(f);
-        if defines_malloc(&p, prefix) {
-            return Ok((p, "static"));
+    for (m, _) in files.iter().zip(&tried).filter(|(_, &t)| !t) {
+        let p = rooted(m);
+        if known.contains(&(m.dev, m.inode)) || defines_malloc(&p, prefix) {
+            return Ok(found(m, p, "static"));
         }
     }
     bail!("process {pid} maps no object defining {prefix}malloc (use --lib PATH)")
+}
+
+/// Processes whose allocator was not found, and why.
+pub type Failed = Vec<(u32, String)>;
+
+/// The allocators of a set of processes (a container, a pod, a cgroup),
+/// one per file really mapped. Processes whose allocator cannot be found
+/// (gone, or a kernel thread) are returned apart, with the reason.
+pub fn find_allocators(pids: &[u32], prefix: &str) -> (Vec<(AllocatorFile, Vec<u32>)>, Failed) {
+    let mut files: Vec<(AllocatorFile, Vec<u32>)> = Vec::new();
+    let mut failed = Vec::new();
+    for &pid in pids {
+        let known: Vec<_> = files.iter().map(|(f, _)| f.key).collect();
+        match find_allocator_file_known(pid, prefix, &known) {
+            Ok(a) => match files.iter_mut().find(|(f, _)| f.key == a.key) {
+                Some((_, users)) => users.push(pid),
+                None => files.push((a, vec![pid])),
+            },
+            Err(e) => failed.push((pid, format!("{e:#}"))),
+        }
+    }
+    (files, failed)
 }
 
 /// The allocator an executable will use once exec'd: itself if it defines
@@ -493,7 +568,7 @@ pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>) -> 
     };
     for prog in ["alloc_enter", "alloc_return", "free_enter"] {
         let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
-        // A second object (the C++ runtime) reuses the loaded programs.
+        // Loaded once; attached once per allocator file and C++ runtime.
         if p.fd().is_err() {
             p.load().map_err(|e| bpf::load_error(prog, e))?;
         }

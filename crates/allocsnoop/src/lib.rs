@@ -15,6 +15,7 @@ use alloc_probes::sys as ops;
 use alloc_probes::{kept_frames, load_tracer, ops_for, probes, stack_frames, ProbeArgs, Tracer};
 use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{RunArgs, TargetArgs};
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
@@ -85,13 +86,22 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
-    event_loop.start_target(target, |pid| maps.prime(pid))?;
+    // Events of a traced container (or of -p's, when in one) say which.
+    let mut containers =
+        (target.scope.is_some() || target.requested_pid.is_some()).then(PidContainers::new);
+    event_loop.start_target(target, |pid| {
+        maps.prime(pid);
+        if let Some(c) = containers.as_mut() {
+            c.prime(pid);
+        }
+    })?;
     info!("attached, tracing allocations (Ctrl-C to stop)");
     let mut out = Output::stdout();
     let mut printer = Printer {
         clock: WallClock::new(),
         maps,
         stack: cli.stack,
+        containers,
         unwinder,
         blocks: Blocks::default(),
     };
@@ -106,6 +116,8 @@ struct Printer {
     clock: WallClock,
     maps: MapsCache,
     stack: bool,
+    /// The container of each process, read once per process.
+    containers: Option<PidContainers>,
     /// The DWARF walker's tables (None with --unwind fp or without --stack).
     unwinder: Option<Unwinder>,
     blocks: Blocks,
@@ -160,6 +172,10 @@ impl Handler for Printer {
             let n = (e.nr_frames as usize).min(e.frames.len());
             let kept = kept_frames(&mut self.maps, e.pid, &e.frames[..n]);
             v["stack"] = Value::Array(stack_frames(&mut self.maps, e.pid, &e.frames[..kept]));
+        }
+        let c = self.containers.as_mut().and_then(|c| c.get(e.pid));
+        if let (Some(c), Some(obj)) = (c, v.as_object_mut()) {
+            c.enrich(obj);
         }
         let mismatch = self.blocks.event(&e, &v);
         out.line(&v)?;

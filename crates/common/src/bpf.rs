@@ -63,6 +63,9 @@ pub struct Filter {
     pub tgid: u32,
     follow_children: u8,
     pub cgroup_id: u64,
+    /// Depth of the cgroup below the hierarchy's root: its whole subtree
+    /// passes the filter.
+    pub cgroup_level: u32,
     self_tgid: u32,
 }
 
@@ -74,8 +77,15 @@ impl Filter {
             tgid,
             follow_children: u8::from(follow_children),
             cgroup_id,
+            cgroup_level: 0,
             self_tgid: std::process::id(),
         }
+    }
+
+    /// The level of the filter's cgroup (see [`crate::cli::cgroup_level`]).
+    pub fn with_cgroup_level(mut self, level: u32) -> Self {
+        self.cgroup_level = level;
+        self
     }
 
     pub fn follows_children(&self) -> bool {
@@ -87,6 +97,7 @@ impl Filter {
         loader.override_global("targ_tgid", &self.tgid, true);
         loader.override_global("follow_children", &self.follow_children, true);
         loader.override_global("targ_cgroup_id", &self.cgroup_id, true);
+        loader.override_global("targ_cgroup_level", &self.cgroup_level, true);
         loader.override_global("self_tgid", &self.self_tgid, true);
     }
 }

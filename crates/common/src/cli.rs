@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::container::{self, CgroupTarget, ContainerInfo, Selected};
 use crate::text::parse_seconds;
 
 /// Which processes to trace: one PID, a command we launch, or everything.
@@ -19,9 +20,26 @@ pub struct TargetArgs {
     #[arg(short = 'p', long = "pid", value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
 
-    /// Trace only tasks in this cgroup v2 (path to its directory, e.g. /sys/fs/cgroup/unified/my.slice).
-    #[arg(long, value_name = "PATH")]
+    /// Trace only tasks in this cgroup v2 and the cgroups below it (path to its directory, e.g.
+    /// /sys/fs/cgroup/my.slice, or /sys/fs/cgroup/unified/... on hybrid hosts).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["container", "pod", "pod_uid"])]
     pub cgroup: Option<PathBuf>,
+
+    /// Trace only this container: its name (podman, docker, containerd, CRI), its id, or a
+    /// unique prefix of the id. Found from /proc/*/cgroup and the runtimes' files, no daemon
+    /// asked; the container's whole cgroup is traced, processes started in it later included.
+    #[arg(long, value_name = "NAME|ID", conflicts_with_all = ["pid", "command", "pod", "pod_uid"])]
+    pub container: Option<String>,
+
+    /// Trace only this Kubernetes pod (or podman pod): every container of it. Found from the
+    /// kubepods cgroups and the CRI annotations the runtimes record; NAMESPACE may be left
+    /// out when the name is unique on the node.
+    #[arg(long, value_name = "[NAMESPACE/]NAME", conflicts_with_all = ["pid", "command", "pod_uid"])]
+    pub pod: Option<String>,
+
+    /// Trace only the pod with this uid (metadata.uid), as --pod.
+    #[arg(long = "pod-uid", value_name = "UID", conflicts_with_all = ["pid", "command"])]
+    pub pod_uid: Option<String>,
 
     /// Launch CMD with its arguments (PATH is searched) and trace it (execsnoop and syscount:
     /// and its children); probes are attached before it runs its first instruction. The tool
@@ -53,9 +71,20 @@ pub struct IntervalArgs {
 }
 
 impl TargetArgs {
-    /// Validate `-p` (the process must exist) and return the cgroup id to
+    /// `--container`, `--pod` or `--pod-uid`, if one was given.
+    pub fn selector(&self) -> Option<crate::container::Selector> {
+        use crate::container::Selector;
+        self.container
+            .clone()
+            .map(Selector::Container)
+            .or_else(|| self.pod.as_deref().map(Selector::pod))
+            .or_else(|| self.pod_uid.clone().map(Selector::PodUid))
+    }
+
+    /// Validate `-p` (the process must exist) and resolve `--cgroup`,
+    /// `--container`, `--pod` or `--pod-uid` to the cgroup subtree to
     /// filter on, if any.
-    pub fn check(&self) -> Result<Option<u64>> {
+    pub fn check(&self) -> Result<Option<CgroupScope>> {
         if let Some(pid) = self.pid {
             if pid == 0 || !crate::procmaps::process_exists(pid) {
                 bail!("no such process: {pid}");
@@ -68,7 +97,43 @@ impl TargetArgs {
                 bail!("{pid} is a thread of process {tgid}: give the process ID (-p {tgid})");
             }
         }
-        self.cgroup.as_deref().map(cgroup_id).transpose()
+        if let Some(sel) = self.selector() {
+            let selected = container::select(&sel)?;
+            return Ok(Some(CgroupScope {
+                cgroup: selected.cgroup.clone(),
+                selected: Some(selected),
+            }));
+        }
+        match &self.cgroup {
+            Some(dir) => {
+                Ok(Some(CgroupScope { cgroup: CgroupTarget::of_dir(dir)?, selected: None }))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// The cgroup subtree a run is limited to, and the containers it was
+/// chosen by (`--container`, `--pod`, `--pod-uid`; none for `--cgroup`).
+#[derive(Debug, Clone)]
+pub struct CgroupScope {
+    pub cgroup: CgroupTarget,
+    pub selected: Option<Selected>,
+}
+
+impl CgroupScope {
+    /// The id and level for the BPF filter; (0, 0) without a scope.
+    pub fn filter_of(scope: Option<&CgroupScope>) -> (u64, u32) {
+        scope.map_or((0, 0), |s| (s.cgroup.id, s.cgroup.level))
+    }
+
+    /// The container the run was limited to by `--container`, if so.
+    pub fn container(&self) -> Option<&ContainerInfo> {
+        let s = self.selected.as_ref()?;
+        match (&s.selector, s.resolved.containers.as_slice()) {
+            (container::Selector::Container(_), [one]) => Some(one),
+            _ => None,
+        }
     }
 }
 

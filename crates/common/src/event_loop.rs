@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -45,6 +46,9 @@ pub struct EventLoop {
     target: Option<(OwnedFd, Option<Launched>)>,
     deadline: Option<Instant>,
     interval: Option<Duration>,
+    /// `cgroup.events` of a container or pod traced: the run ends when
+    /// no process is left in it.
+    cgroup_events: Option<PathBuf>,
 }
 
 /// How often the lost-event counters are checked during a run.
@@ -74,15 +78,26 @@ impl EventLoop {
             target: None,
             deadline: duration.map(|d| Instant::now() + d),
             interval,
+            cgroup_events: None,
         })
     }
 
     /// Start on the target once the probes are attached: watch a `-p`
-    /// process, or release the held command and watch it. `on_target` sees
-    /// the target's pid first (e.g. to read its mappings, which vanish when
-    /// it exits).
+    /// process, or release the held command and watch it, or a container's
+    /// or pod's cgroup. `on_target` sees the target's pids first (e.g. to
+    /// read their mappings, which vanish when they exit).
     pub fn start_target(&mut self, target: Target, mut on_target: impl FnMut(u32)) -> Result<()> {
-        let Target { requested_pid, held, .. } = target;
+        let Target { requested_pid, held, scope } = target;
+        if let Some(s) = &scope {
+            for pid in s.cgroup.pids() {
+                on_target(pid);
+            }
+            // A container or pod that exits ends the run, as a -p process
+            // does; a --cgroup may be empty at first (filled later).
+            if s.selected.is_some() {
+                self.watch_cgroup(&s.cgroup.dir);
+            }
+        }
         if let Some(pid) = requested_pid {
             on_target(pid);
             self.watch(pid, None)?;
@@ -109,6 +124,13 @@ impl EventLoop {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         self.target = Some((fd, launched));
         Ok(())
+    }
+
+    /// End the run when cgroup `dir` (a container's, a pod's) and its
+    /// subtree have no process left, as a `-p` run ends with its process.
+    /// Checked at every wakeup (at least once a second).
+    pub fn watch_cgroup(&mut self, dir: &Path) {
+        self.cgroup_events = Some(dir.join("cgroup.events"));
     }
 
     pub fn run(
@@ -169,6 +191,9 @@ impl EventLoop {
                     self.target.as_ref().and_then(|(_, l)| l.as_ref()).and_then(Launched::reap);
                 break End::TargetExited(status);
             }
+            if self.cgroup_events.as_deref().is_some_and(cgroup_empty) {
+                break End::TargetExited(None);
+            }
             let now = Instant::now();
             if let (Some(t), Some(i)) = (next_tick, self.interval) {
                 if now >= t {
@@ -217,6 +242,15 @@ impl EventLoop {
                 )
             };
         }
+    }
+}
+
+/// Whether a cgroup's `cgroup.events` says no process is left in its
+/// subtree (or the cgroup is gone).
+fn cgroup_empty(events: &Path) -> bool {
+    match std::fs::read_to_string(events) {
+        Ok(s) => s.lines().any(|l| l == "populated 0"),
+        Err(_) => true,
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod container;
 pub mod event_loop;
 pub mod launch;
 pub mod log;

@@ -24,6 +24,10 @@ pub struct MapEntry {
     pub end: u64,
     /// File offset of `start`.
     pub offset: u64,
+    /// Device (major, minor) and inode of the file: the file really mapped
+    /// (for overlayfs, the layer's file), so equal for every container of
+    /// an image.
+    pub dev: (u32, u32),
     pub inode: u64,
     pub exec: bool,
     /// `None` for anonymous memory; `[heap]`, `[vdso]` and the like kept, so
@@ -59,7 +63,9 @@ fn parse_line(line: &[u8]) -> Option<MapEntry> {
     let range = field()?;
     let perms = field()?;
     let offset = hex_field(field()?)?;
-    let _dev = field()?;
+    let dev = field()?;
+    let colon = dev.iter().position(|&b| b == b':')?;
+    let dev = (hex_field(&dev[..colon])? as u32, hex_field(&dev[colon + 1..])? as u32);
     let inode = std::str::from_utf8(field()?).ok()?.parse().ok()?;
     let dash = range.iter().position(|&b| b == b'-')?;
     let start = hex_field(&range[..dash])?;
@@ -75,7 +81,16 @@ fn parse_line(line: &[u8]) -> Option<MapEntry> {
         deleted = true;
     }
     let path = (!path.is_empty()).then(|| PathBuf::from(OsString::from_vec(path.to_vec())));
-    Some(MapEntry { start, end, offset, inode, exec: perms.get(2) == Some(&b'x'), path, deleted })
+    Some(MapEntry {
+        start,
+        end,
+        offset,
+        dev,
+        inode,
+        exec: perms.get(2) == Some(&b'x'),
+        path,
+        deleted,
+    })
 }
 
 fn hex_field(b: &[u8]) -> Option<u64> {

@@ -1,5 +1,6 @@
 //! Getting a tracer's target ready, the same way in every tool: validate
-//! `-p`/`--cgroup` (a mistyped PID is reported whatever the privileges),
+//! `-p`/`--cgroup` and resolve `--container`/`--pod`/`--pod-uid` (a
+//! mistyped PID or name is reported whatever the privileges),
 //! check what loading BPF needs, do the tool's own checks, and only then
 //! launch `-- CMD`, held until the probes are attached, so a failed check
 //! never leaves a command started.
@@ -7,7 +8,7 @@
 use anyhow::Result;
 
 use crate::bpf::{self, Filter};
-use crate::cli::TargetArgs;
+use crate::cli::{CgroupScope, TargetArgs};
 use crate::launch::{self, Held};
 
 /// What a tracer traces, ready for its BPF filter and its event loop.
@@ -17,26 +18,31 @@ pub struct Target {
     pub requested_pid: Option<u32>,
     /// The launched command, held until the event loop releases it.
     pub held: Option<Held>,
-    /// `--cgroup`'s id, 0 without.
-    pub cgroup_id: u64,
+    /// The cgroup subtree of `--cgroup`, `--container`, `--pod` or
+    /// `--pod-uid`, and the containers chosen.
+    pub scope: Option<CgroupScope>,
 }
 
 impl TargetArgs {
     /// Check the target and the system, then launch the command (held).
     pub fn prepare(&self) -> Result<Target> {
-        self.prepare_with(|| Ok(())).map(|(t, ())| t)
+        self.prepare_with(|_| Ok(())).map(|(t, ())| t)
     }
 
     /// As [`prepare`](Self::prepare), with the tool's own checks run
     /// before the command is launched (an allocation tracer finds the
-    /// allocator to probe); their result is returned with the target.
-    pub fn prepare_with<T>(&self, checks: impl FnOnce() -> Result<T>) -> Result<(Target, T)> {
-        let cgroup_id = self.check()?.unwrap_or(0);
+    /// allocator to probe, in the cgroup scope when there is one); their
+    /// result is returned with the target.
+    pub fn prepare_with<T>(
+        &self,
+        checks: impl FnOnce(Option<&CgroupScope>) -> Result<T>,
+    ) -> Result<(Target, T)> {
+        let scope = self.check()?;
         bpf::preflight()?;
-        let checked = checks()?;
+        let checked = checks(scope.as_ref())?;
         let held =
             if self.command.is_empty() { None } else { Some(launch::spawn_held(&self.command)?) };
-        Ok((Target { requested_pid: self.pid, held, cgroup_id }, checked))
+        Ok((Target { requested_pid: self.pid, held, scope }, checked))
     }
 }
 
@@ -50,12 +56,16 @@ impl Target {
     /// The BPF filter for tracepoint-based tools: the process, and with a
     /// launched command its descendants too; and the cgroup.
     pub fn filter(&self) -> Filter {
-        Filter::new(self.pid().unwrap_or(0), self.held.is_some(), self.cgroup_id)
+        let (id, level) = CgroupScope::filter_of(self.scope.as_ref());
+        Filter::new(self.pid().unwrap_or(0), self.held.is_some(), id).with_cgroup_level(level)
     }
 
     /// The BPF filter for uprobe-based tools: the kernel already scopes
-    /// uprobes to the process (its mm), so only the cgroup is left.
+    /// uprobes to the process (its mm), so only the cgroup is left. Without
+    /// a process, a probe fires for every process mapping the file (every
+    /// container of an image): the cgroup filter keeps the target's.
     pub fn cgroup_filter(&self) -> Filter {
-        Filter::new(0, false, self.cgroup_id)
+        let (id, level) = CgroupScope::filter_of(self.scope.as_ref());
+        Filter::new(0, false, id).with_cgroup_level(level)
     }
 }

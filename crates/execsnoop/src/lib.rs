@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use leakd_common::bpf::{self, LostCounter};
 use leakd_common::cli::{RunArgs, TargetArgs};
+use leakd_common::container::CgroupCache;
 use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::text::{bytes_to_string, c_string, WallClock};
@@ -112,7 +113,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     event_loop.start_target(target, |_| {})?;
     info!("attached, tracing execs (Ctrl-C to stop)");
     let mut out = Output::stdout();
-    let mut printer = Printer { clock: WallClock::new(), filters: cli.filters };
+    let mut printer =
+        Printer { clock: WallClock::new(), filters: cli.filters, containers: CgroupCache::new() };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
     Ok(0)
 }
@@ -120,11 +122,17 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 struct Printer {
     clock: WallClock,
     filters: ExecFilters,
+    /// The container of each cgroup id seen: a map lookup per event.
+    containers: CgroupCache,
 }
 
 impl Handler for Printer {
     fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
-        if let Some(v) = self.format(data) {
+        if let Some(mut v) = self.format(data) {
+            let cgroup = v["cgroup_id"].as_u64().unwrap_or(0);
+            if let (Some(c), Some(obj)) = (self.containers.get(cgroup), v.as_object_mut()) {
+                c.enrich(obj);
+            }
             out.line(&v)?;
         }
         Ok(())

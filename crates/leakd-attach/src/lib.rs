@@ -38,9 +38,10 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
-use symres::{Options as SymOptions, Resolver};
+use leakd_symbolize::{Options as SymOptions, Resolver};
 
 use leakd_common::bpf::{self, LostCounter};
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{End, EventLoop};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
@@ -110,19 +111,20 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut maps = MapsCache::new();
     // Snapshot the mappings now: they vanish when the target exits, and the
     // final report is formatted after that.
-    event_loop.start_target(target, |pid| maps.prime(pid))?;
+    // And the containers of the processes, for the same reason.
+    let scope = target.scope.clone();
+    let mut containers = PidContainers::new();
+    event_loop.start_target(target, |pid| {
+        maps.prime(pid);
+        containers.prime(pid);
+    })?;
     let every = cli.interval.interval.unwrap_or(Duration::from_secs(5));
     info!(
         "attached, tracking live allocations, reporting every {:.3} s (Ctrl-C to stop)",
         every.as_secs_f64()
     );
     let mut out = Output::stdout();
-    let symbolizer = cli.symbolize.then(|| {
-        Symbolizer::new(Resolver::new(SymOptions {
-            verbose: leakd_common::log::level(),
-            ..SymOptions::default()
-        }))
-    });
+    let symbolizer = cli.symbolize.then(|| Symbolizer::new(Resolver::new(SymOptions::default())));
     let settings = Settings {
         combined: cli.combined,
         sample_bytes: cli.sample_bytes,
@@ -133,7 +135,11 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         every,
     };
     let sites = Sites::new(stacks, sites, maps);
-    let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1, unwinder);
+    let mut targets: Vec<u32> = scope.as_ref().map(|s| s.cgroup.pids()).unwrap_or_default();
+    targets.extend(pid);
+    let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1, unwinder)
+        .with_containers(containers, scope);
+    reporter.preload_modules(&targets);
     if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
         return Ok(leakd_common::EXIT_OK);

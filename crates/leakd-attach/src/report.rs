@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use leakd_symbolize::Resolver;
 use serde_json::{json, Value};
-use symres::Resolver;
 
+use leakd_common::cli::CgroupScope;
+use leakd_common::container::PidContainers;
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
 use leakd_common::text::{hex, WallClock};
@@ -100,6 +102,10 @@ pub(crate) struct Reporter {
     symbolizer: Option<Symbolizer>,
     clock: WallClock,
     pid: Option<u32>,
+    /// The container of each process with a stack line.
+    containers: PidContainers,
+    /// The cgroup, container or pod traced.
+    scope: Option<CgroupScope>,
     history: HashMap<LineKey, History>,
     next_report: Instant,
     ticks: u32,
@@ -178,6 +184,8 @@ impl Reporter {
             symbolizer,
             clock: WallClock::new(),
             pid,
+            containers: PidContainers::new(),
+            scope: None,
             history: HashMap::new(),
             next_report,
             ticks: 0,
@@ -193,6 +201,41 @@ impl Reporter {
         }
     }
 
+    /// What the report and stack lines say about containers: the scope
+    /// traced and the containers of the processes, read while they ran.
+    pub(crate) fn with_containers(
+        mut self,
+        containers: PidContainers,
+        scope: Option<CgroupScope>,
+    ) -> Self {
+        self.containers = containers;
+        self.scope = scope;
+        self
+    }
+
+    /// `container` and `pod` of the report line: the container traced (by
+    /// -p or --container), or the pod of a --pod run.
+    fn add_target_container(&mut self, header: &mut Value) {
+        let Some(obj) = header.as_object_mut() else { return };
+        if let Some(pid) = self.pid {
+            if let Some(c) = self.containers.get(pid) {
+                c.enrich(obj);
+            }
+            return;
+        }
+        let Some(scope) = &self.scope else { return };
+        if let Some(c) = scope.container() {
+            c.enrich(obj);
+        } else if let Some(p) = scope
+            .selected
+            .as_ref()
+            .and_then(|s| s.resolved.containers.first())
+            .and_then(|c| c.pod_json())
+        {
+            obj.insert("pod".into(), p);
+        }
+    }
+
     /// Read every live block from the kernel map.
     fn snapshot(&self) -> Result<Vec<sys::leakd_attach_alloc>> {
         let limit = 2 * self.settings.max_allocs as usize + 1024;
@@ -200,6 +243,36 @@ impl Reporter {
     }
 
     /// Write a line, symbolized with --symbolize (exactly as `| symres`).
+    /// With --symbolize, load now the modules of processes that run in a
+    /// container: when the container exits (killed, OOM-killed), its files
+    /// go with it, and the final report, made after, is still symbolized
+    /// from what was loaded while they were there.
+    pub(crate) fn preload_modules(&mut self, pids: &[u32]) {
+        if self.symbolizer.is_none() {
+            return;
+        }
+        for &pid in pids {
+            if !alloc_probes::probes::has_own_root(pid) {
+                continue;
+            }
+            let Ok(entries) = leakd_common::procmaps::read_maps(pid) else { continue };
+            let starts: Vec<u64> = entries
+                .iter()
+                .filter(|m| m.exec && m.path.as_deref().is_some_and(|p| p.is_absolute()))
+                .map(|m| m.start)
+                .collect();
+            let frames: Vec<Value> =
+                starts.iter().filter_map(|&a| self.sites.maps.frame(pid, a)).collect();
+            let v = json!({"type": "stack", "pid": pid, "stack": frames});
+            let Some(Symbolizer { resolver, line, out }) = self.symbolizer.as_mut() else { return };
+            line.clear();
+            if serde_json::to_writer(&mut *line, &v).is_ok() {
+                out.clear();
+                let _ = resolver.process_line_into(line, out);
+            }
+        }
+    }
+
     fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
         let Some(Symbolizer { resolver, line, out: resolved }) = self.symbolizer.as_mut() else {
             out.line(&v)?;
@@ -387,6 +460,7 @@ impl Reporter {
         if let Some(pid) = self.pid {
             header["pid"] = json!(pid);
         }
+        self.add_target_container(&mut header);
         header["final"] = json!(final_);
         header["outstanding_bytes"] = json!(total_bytes);
         header["outstanding_count"] = json!(total_count);
@@ -446,6 +520,9 @@ impl Reporter {
                 v["estimated"] = json!(true);
             }
             v["caller"] = json!(hex(caller));
+            if let (Some(c), Some(obj)) = (self.containers.get(*pid), v.as_object_mut()) {
+                c.enrich(obj);
+            }
             v["stack"] = Value::Array(stack);
             self.emit(out, v)?;
         }

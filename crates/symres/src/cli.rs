@@ -9,10 +9,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use leakd_common::cli::RunArgs;
 use leakd_common::{Context, Result};
 
-use crate::log;
 use crate::pipeline;
-use crate::resolver::Options;
-use crate::symbolizer::Resolver;
+use leakd_symbolize::{log, Options, Resolver, MAX_OPEN_MODULES};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -56,6 +54,13 @@ pub struct Cli {
     #[arg(long = "index-dir", value_name = "DIR")]
     index_dir: Option<PathBuf>,
 
+    /// Keep at most N modules (ELF files) open in each resolving thread; the one used longest
+    /// ago is closed to make room, and loaded again when a frame needs it. Bounds symres's
+    /// memory over a stream naming many files.
+    #[arg(long = "max-modules", value_name = "N", default_value_t = MAX_OPEN_MODULES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_modules: u32,
+
     /// Resolve with N threads [default: one per CPU, at most 4]. They share the parsed
     /// DWARF; each has its own caches of answers. Lines are written in the order they came.
     /// -j1 resolves in the thread that reads and writes. A line that comes alone has the DWARF
@@ -71,25 +76,28 @@ pub fn command() -> clap::Command {
 
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
-    log::set_level(cli.run.verbose);
     let threads = cli.threads.map_or_else(default_threads, usize::from);
     let opts = Options {
         debug_dirs: cli.debug_dirs.clone(),
         inlined: !cli.no_inlined,
         index_dir: cli.index_dir.clone(),
-        verbose: cli.run.verbose,
         warm_threads: threads,
+        max_modules: cli.max_modules as usize,
     };
     if !cli.build_index.is_empty() {
         return build_indexes(&mut Resolver::new(opts), &cli.build_index, threads);
     }
     let deadline = cli.run.duration.map(|d| Instant::now() + d);
     let malformed = pipeline::filter(Resolver::new(opts), threads, deadline)?;
-    if malformed > 0 {
-        eprintln!("{}", log::error_line(format_args!("{malformed} malformed line(s) skipped")));
-        return Ok(1);
+    if malformed.lines > 0 {
+        let n = malformed.lines;
+        eprintln!("{}", log::error_line(format_args!("{n} malformed line(s) skipped")));
     }
-    Ok(0)
+    if malformed.frames > 0 {
+        let n = malformed.frames;
+        eprintln!("{}", log::error_line(format_args!("{n} malformed frame(s) left unresolved")));
+    }
+    Ok(i32::from(malformed != pipeline::Malformed::default()))
 }
 
 /// One resolving thread per CPU symres may run on, at most 4: each thread

@@ -13,17 +13,32 @@ use std::time::Instant;
 
 use leakd_common::{Context, Result};
 
-use crate::log;
-use crate::symbolizer::Resolver;
+use leakd_symbolize::log;
+use leakd_symbolize::Resolver;
 
 /// Longest input line accepted; longer ones are skipped as malformed
 /// instead of being buffered without bound.
 const MAX_LINE_BYTES: usize = 64 << 20;
 
+/// What was wrong with the input (each said on stderr as it came).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    /// Lines skipped (not JSON, not an object, a bad pid, too long).
+    pub lines: u64,
+    /// Frames left unresolved (`"reason":"malformed"`) in lines written.
+    pub frames: u64,
+}
+
+impl std::ops::AddAssign for Malformed {
+    fn add_assign(&mut self, o: Malformed) {
+        self.lines += o.lines;
+        self.frames += o.frames;
+    }
+}
+
 /// Resolve standard input to standard output with `threads` threads (1:
-/// this one) until end of input or `deadline`; returns the number of
-/// malformed lines (each said on stderr).
-pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Result<u64> {
+/// this one) until end of input or `deadline`; returns what was malformed.
+pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Result<Malformed> {
     let pool = &Pool::default();
     if threads > 1 {
         return run_threads(threads, &first, deadline, pool);
@@ -54,18 +69,18 @@ pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Res
 /// Resolve with `threads` workers: the reader (this thread) sends batches
 /// to them in turn (batch k to worker k mod n, so the writer knows whose
 /// result comes next); a writer thread writes the results in input order.
-/// Each worker's resolver is a `fresh` one of `first`'s. Returns the
-/// number of malformed lines.
+/// Each worker's resolver is a `fresh` one of `first`'s. Returns what was
+/// malformed.
 fn run_threads(
     threads: usize,
     first: &Resolver,
     deadline: Option<Instant>,
     pool: &Pool,
-) -> Result<u64> {
+) -> Result<Malformed> {
     // Set when the writer stops (a closed pipe downstream): the others
     // stop too.
     let gone = &AtomicBool::new(false);
-    std::thread::scope(|scope| -> Result<u64> {
+    std::thread::scope(|scope| -> Result<Malformed> {
         let mut workers = Vec::new();
         let mut from_workers = Vec::new();
         for _ in 0..threads {
@@ -126,11 +141,13 @@ const BATCH_BYTES: usize = 1 << 18;
 /// Buffers passed around again: a fresh one for every batch cost page
 /// faults (large allocations are mapped anew each time).
 #[derive(Default)]
-struct Pool(std::sync::Mutex<Vec<Vec<u8>>>);
+struct Pool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
 
 impl Pool {
     fn get(&self) -> Vec<u8> {
-        self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+        self.free.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
     }
 
     fn put(&self, mut b: Vec<u8>) {
@@ -139,7 +156,7 @@ impl Pool {
             return;
         }
         b.clear();
-        if let Ok(mut p) = self.0.lock() {
+        if let Ok(mut p) = self.free.lock() {
             // Enough for the batches in flight.
             if p.len() < 32 {
                 p.push(b);
@@ -173,7 +190,7 @@ struct Done {
     out: Vec<u8>,
     /// Messages for stderr.
     errors: Vec<u8>,
-    malformed: u64,
+    malformed: Malformed,
     then_too_long: Option<u64>,
     flush: bool,
 }
@@ -264,7 +281,7 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
     let mut d = Done {
         out: pool.get(),
         errors: Vec::new(),
-        malformed: 0,
+        malformed: Malformed::default(),
         then_too_long: None,
         flush: b.flush,
     };
@@ -284,7 +301,7 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
             Err(_) => {
                 // Whatever the line had written goes; so does the
                 // resolver, whose caches may be half updated (the shared
-                // DWARF is only ever parsed further, see crate::dwarf).
+                // DWARF is only ever parsed further, see leakd_symbolize's dwarf module).
                 d.out.truncate(at.0);
                 d.errors.truncate(at.1);
                 let _ = writeln!(
@@ -294,7 +311,7 @@ fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
                         "line {lineno}: internal error (a panic, reported above), skipped"
                     ))
                 );
-                d.malformed += 1;
+                d.malformed.lines += 1;
                 let fresh = resolver.fresh();
                 std::mem::forget(std::mem::replace(resolver, fresh));
                 resolver.set_warm(few);
@@ -333,9 +350,8 @@ fn worker(
     std::mem::forget(resolver);
 }
 
-/// Write the workers' results in input order; the number of malformed
-/// lines.
-fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64> {
+/// Write the workers' results in input order; what was malformed.
+fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<Malformed> {
     let mut w = Writer::new();
     for k in 0.. {
         // Gone with nothing left: that was the last batch.
@@ -345,15 +361,18 @@ fn write_batches(workers: Vec<mpsc::Receiver<Done>>, pool: &Pool) -> Result<u64>
     w.finish()
 }
 
-/// Standard output, and the count of malformed lines.
+/// Standard output, and what was malformed.
 struct Writer {
     out: BufWriter<io::StdoutLock<'static>>,
-    malformed: u64,
+    malformed: Malformed,
 }
 
 impl Writer {
     fn new() -> Writer {
-        Writer { out: BufWriter::with_capacity(1 << 16, io::stdout().lock()), malformed: 0 }
+        Writer {
+            out: BufWriter::with_capacity(1 << 16, io::stdout().lock()),
+            malformed: Malformed::default(),
+        }
     }
 
     /// A batch's lines, then its messages.
@@ -376,49 +395,58 @@ impl Writer {
                 );
             }
         }
-        self.malformed += d.malformed + u64::from(d.then_too_long.is_some());
+        self.malformed += d.malformed;
+        self.malformed.lines += u64::from(d.then_too_long.is_some());
         if d.flush {
             out.flush().context("writing to standard output")?;
         }
         Ok(())
     }
 
-    fn finish(mut self) -> Result<u64> {
+    fn finish(mut self) -> Result<Malformed> {
         self.out.flush().context("writing to standard output")?;
         Ok(self.malformed)
     }
 }
 
 /// Write input line `lineno` (without its newline) resolved, or as it
-/// was when it has no frames; returns 1 when it is malformed (and skipped,
-/// with a message in `errors`).
+/// was when it has no frames; says on stderr (`errors`) what was malformed:
+/// the line (skipped) or some of its frames (left unresolved).
 fn line(
     resolver: &mut Resolver,
     text: &[u8],
     lineno: u64,
     out: &mut Vec<u8>,
     errors: &mut Vec<u8>,
-) -> u64 {
+) -> Malformed {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     // Blank lines (JSON's whitespace only) have no frames: written
     // unchanged, like any such line.
     if text.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
         out.extend_from_slice(text);
         out.push(b'\n');
-        return 0;
+        return Malformed::default();
     }
     // Appended to `out` in place when resolved (left as it was otherwise).
+    // Writing to a Vec cannot fail.
     match resolver.process_line_into(text, out) {
         Ok(false) => out.extend_from_slice(text),
         Ok(true) => {}
         Err(e) => {
-            // Cannot fail: writing to a Vec.
             let _ = writeln!(errors, "{}", log::error_line(format_args!("line {lineno}: {e}")));
-            return 1;
+            return Malformed { lines: 1, frames: 0 };
         }
     }
     out.push(b'\n');
-    0
+    let bad = resolver.bad_frames();
+    for b in bad {
+        let _ = writeln!(
+            errors,
+            "{}",
+            log::error_line(format_args!("line {lineno}: {b} (frame left unresolved)"))
+        );
+    }
+    Malformed { lines: 0, frames: bad.len() as u64 }
 }
 
 fn skip_rest_of_line(input: &mut impl BufRead) -> Result<()> {

@@ -5,6 +5,7 @@
 //! an increment that lands during the read is simply part of the next
 //! interval, instead of being wiped by a clear that raced with it.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use aya::Ebpf;
 use serde_json::{json, Map, Value};
 
 use leakd_common::bpf;
+use leakd_common::container::CgroupCache;
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
 use leakd_common::procmaps::process_exists;
@@ -75,6 +77,8 @@ pub(crate) struct Reporter {
     counters: Counters,
     hists: Option<PerCpuArray<MapData, sys::syscount_hist>>,
     comms: Option<BpfHashMap<MapData, u32, sys::syscount_comm>>,
+    /// The container of each cgroup id seen (process rows).
+    containers: RefCell<CgroupCache>,
     grouping: Grouping,
     latency: bool,
     top: usize,
@@ -98,6 +102,7 @@ impl Reporter {
             counters,
             hists,
             comms,
+            containers: RefCell::new(CgroupCache::new()),
             grouping,
             latency: opts.latency,
             top: opts.top,
@@ -152,6 +157,18 @@ impl Reporter {
             }
         }
         Ok(now)
+    }
+
+    /// `container` and `pod` of a process row, from the cgroup the kernel
+    /// recorded with its name (a cached lookup, no system call per row).
+    fn add_container(&self, tgid: u32, m: &mut Map<String, Value>) {
+        let Some(c) = self.comms.as_ref().and_then(|m| m.get(&tgid, 0).ok()) else { return };
+        if c.cgroup_id == 0 {
+            return;
+        }
+        if let Some(info) = self.containers.borrow_mut().get(c.cgroup_id) {
+            info.enrich(m);
+        }
     }
 
     fn comm(&self, tgid: u32) -> String {
@@ -285,6 +302,7 @@ impl Reporter {
         if g.process {
             m.insert("pid".into(), json!(k.tgid));
             m.insert("comm".into(), json!(self.comm(k.tgid)));
+            self.add_container(k.tgid, &mut m);
         }
         if g.syscall {
             m.insert("syscall".into(), json!(syscall_name(k.nr)));

@@ -5,7 +5,7 @@
 //! hot path), but parsing a large binary's DWARF is most of what a new
 //! address costs, so that is done once per file for all of them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use rustc_hash::FxHashMap;
 
@@ -32,8 +32,10 @@ impl FileKey {
 /// What the resolvers made from one another (`AddrResolver::fresh`) share.
 #[derive(Clone, Default)]
 pub struct Shared {
-    /// The DWARF units of the files loaded so far.
-    dwarf: Arc<Mutex<FxHashMap<FileKey, Arc<Units>>>>,
+    /// The DWARF units of the files loaded so far, as long as a module of
+    /// some resolver holds them (a module closed by every resolver lets
+    /// its DWARF go).
+    dwarf: Arc<Mutex<FxHashMap<FileKey, Weak<Units>>>>,
 }
 
 impl Shared {
@@ -41,14 +43,29 @@ impl Shared {
     /// resolver already made them.
     pub fn dwarf(&self, key: Option<FileKey>, secs: DwarfSections) -> Arc<Units> {
         let lock = || self.dwarf.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(units) = key.and_then(|k| lock().get(&k).cloned()) {
+        if let Some(units) = key.and_then(|k| lock().get(&k).and_then(Weak::upgrade)) {
             return units;
         }
         // Made unlocked (it reads .debug_aranges): the other threads go on
         // with other files; should two make one at once, the first kept wins.
         let units = Arc::new(Units::new(secs));
         let Some(key) = key else { return units };
-        lock().entry(key).or_insert(units).clone()
+        let mut map = lock();
+        if let Some(kept) = map.get(&key).and_then(Weak::upgrade) {
+            return kept;
+        }
+        // Entries of DWARF no longer held go before the map doubles.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(key, Arc::downgrade(&units));
+        units
+    }
+
+    /// How many files' DWARF units are held (for tests).
+    #[cfg(test)]
+    pub fn dwarf_held(&self) -> usize {
+        self.dwarf.lock().unwrap().values().filter(|w| w.strong_count() > 0).count()
     }
 }
 

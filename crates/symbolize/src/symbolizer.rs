@@ -75,6 +75,13 @@ impl Resolver {
         frame_line::process_into(&mut self.addrs, &mut self.lines, line, out)
     }
 
+    /// The frames of the last line given to `process_line_into` that were
+    /// left unresolved as malformed (`"reason":"malformed"`), each as
+    /// `stack[2].addr: why`.
+    pub fn bad_frames(&self) -> &[String] {
+        self.lines.bad_frames()
+    }
+
     /// `process_line_into` with a new buffer: `Ok(None)` when the line has
     /// no frames.
     pub fn process_line_bytes(
@@ -86,12 +93,12 @@ impl Resolver {
     }
 
     /// Whether lines now come few at a time (see `AddrResolver::set_warm`).
-    pub(crate) fn set_warm(&mut self, on: bool) {
+    pub fn set_warm(&mut self, on: bool) {
         self.addrs.set_warm(on);
     }
 
     /// Build the index of `file` (see `AddrResolver::build_index`).
-    pub(crate) fn build_index(
+    pub fn build_index(
         &mut self,
         file: &std::path::Path,
         threads: usize,

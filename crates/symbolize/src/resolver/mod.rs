@@ -20,6 +20,7 @@ mod debuginfo;
 mod module;
 mod pids;
 mod shared;
+mod table;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -40,10 +41,11 @@ use leakd_common::procmaps::{self, MapEntry};
 
 pub use build_id::{parse_build_id, BuildId, LastBuildId};
 use debuginfo::DebugDirs;
-use module::{open_elf, Module, ModuleId};
+use module::{open_file, parse_elf, Module};
 use pids::Pids;
 pub use shared::ColdTarget;
 use shared::{warm_units, FileKey, Shared};
+use table::{ModuleId, ModuleTable};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -54,13 +56,20 @@ pub struct Options {
     /// Where prebuilt indexes are looked for (`symres --build-index`);
     /// `None`: the default cache directory.
     pub index_dir: Option<PathBuf>,
-    /// Messages on stderr from this level (-v is 1) on; process-wide (see
-    /// `crate::log`): a resolver can raise it, not lower it.
-    pub verbose: u8,
     /// Threads that may parse the DWARF units one line needs at once, when
     /// lines come few at a time (see `AddrResolver::set_warm`); 0 or 1: none.
     pub warm_threads: usize,
+    /// Modules (ELF files) each resolver keeps open at most; the one used
+    /// longest ago is closed to make room (and loaded again if needed).
+    pub max_modules: usize,
 }
+
+/// `Options::max_modules` by default: a process maps tens of files, a
+/// stream of many processes' stacks a few hundred, and each open module
+/// costs its symbol table and answers (~100 KiB for a small library), a
+/// file mapping (256 at most in all, see crate::mmap) and, for a large
+/// debug build, its parsed DWARF.
+pub const MAX_OPEN_MODULES: u32 = 128;
 
 impl Default for Options {
     fn default() -> Self {
@@ -68,8 +77,8 @@ impl Default for Options {
             debug_dirs: Vec::new(),
             inlined: true,
             index_dir: None,
-            verbose: 0,
             warm_threads: 0,
+            max_modules: MAX_OPEN_MODULES as usize,
         }
     }
 }
@@ -109,7 +118,7 @@ const MAX_KEYS: usize = 1 << 14;
 pub struct AddrResolver {
     opts: Options,
     debug_dirs: DebugDirs,
-    modules: Vec<Module>,
+    modules: ModuleTable,
     by_inode: HashMap<FileKey, ModuleId>,
     /// Path as given (or as built from /proc) → loaded module or failure.
     by_path: HashMap<PathBuf, Result<ModuleId, Reason>>,
@@ -140,12 +149,11 @@ impl AddrResolver {
     /// A resolver with caches of its own but for the DWARF units in
     /// `shared`.
     fn sharing(opts: Options, shared: Shared) -> Self {
-        log::set_level(opts.verbose);
         AddrResolver {
             warm: true,
             debug_dirs: DebugDirs::new(opts.debug_dirs.clone()),
+            modules: ModuleTable::new(opts.max_modules),
             opts,
-            modules: Vec::new(),
             by_inode: HashMap::new(),
             by_path: HashMap::new(),
             by_build_id: HashMap::new(),
@@ -249,8 +257,15 @@ impl AddrResolver {
             if let Some(hit) =
                 hits.iter().find(|h| h.pid == pid && h.build_id.as_deref() == build_id)
             {
-                let r = hit.module;
-                return r.and_then(|id| look(&mut self.modules[id], offset, back));
+                match hit.module {
+                    Err(r) => return Err(r),
+                    Ok(id) => {
+                        if let Some(m) = self.modules.get_mut(id) {
+                            return look(m, offset, back);
+                        }
+                        // Closed since: looked for again below.
+                    }
+                }
             }
         }
         let r = self.module_for_name(&module_path(module), build_id, pid);
@@ -262,8 +277,9 @@ impl AddrResolver {
         if list.len() >= 64 {
             list.clear();
         }
+        list.retain(|h| h.pid != pid || h.build_id.as_deref() != build_id);
         list.push(NameHit { pid, build_id: build_id.map(<[u8]>::to_vec), module: r });
-        r.and_then(|id| look(&mut self.modules[id], offset, back))
+        self.look_in(r, offset, back, look)
     }
 
     fn module_for_name(
@@ -340,7 +356,10 @@ impl AddrResolver {
                 outcome: Err(Reason::NoSymbols),
             };
         }
-        let id = match mapping.module {
+        let id = match mapping
+            .module
+            .filter(|r| r.is_err() || r.is_ok_and(|id| self.modules.is_open(id)))
+        {
             Some(r) => r,
             None => {
                 // The mapping is copied only when its module is first loaded.
@@ -353,7 +372,7 @@ impl AddrResolver {
                 r
             }
         };
-        let outcome = id.and_then(|id| look(&mut self.modules[id], offset, back));
+        let outcome = self.look_in(id, offset, back, look);
         PidFrame { module: Some(module_name), offset: Some(offset.wrapping_add(back)), outcome }
     }
 
@@ -371,7 +390,9 @@ impl AddrResolver {
         let map_file =
             PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
         let same_file = !entry.deleted
-            && std::fs::metadata(&rooted).is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
+            && crate::files::open_regular(&rooted)
+                .and_then(|f| f.metadata())
+                .is_ok_and(|m| m.ino() == entry.inode || entry.inode == 0);
         let candidates = if same_file { vec![rooted, map_file] } else { vec![map_file, rooted] };
         self.module_for(&candidates, path, build_id)
     }
@@ -404,12 +425,14 @@ impl AddrResolver {
         for path in candidates {
             match self.load_path(path, nominal) {
                 Ok(id) => {
-                    let have = self.modules[id].build_id.as_deref();
+                    let have = self.modules.get(id).and_then(|m| m.build_id.as_deref());
                     match (build_id, have) {
                         (Some(want), Some(have)) if want != have => {
                             // The file may have been replaced since it was loaded.
                             if let Ok(id2) = self.reload_if_changed(path, nominal, id) {
-                                if self.modules[id2].build_id.as_deref() == Some(want) {
+                                let have =
+                                    self.modules.get(id2).and_then(|m| m.build_id.as_deref());
+                                if have == Some(want) {
                                     return Ok(id2);
                                 }
                             }
@@ -443,8 +466,8 @@ impl AddrResolver {
         nominal: &Path,
         old: ModuleId,
     ) -> Result<ModuleId, Reason> {
-        let md = std::fs::metadata(path).map_err(|_| Reason::FileMissing)?;
-        if self.by_inode.get(&FileKey::of(&md)) == Some(&old) {
+        let (_, key) = open_file(path)?;
+        if self.by_inode.get(&key) == Some(&old) {
             return Ok(old);
         }
         self.by_path.remove(path);
@@ -452,8 +475,10 @@ impl AddrResolver {
     }
 
     fn load_path(&mut self, path: &Path, nominal: &Path) -> Result<ModuleId, Reason> {
-        if let Some(r) = self.by_path.get(path) {
-            return *r;
+        if let Some(&r) = self.by_path.get(path) {
+            if r.is_err() || r.is_ok_and(|id| self.modules.is_open(id)) {
+                return r;
+            }
         }
         let r = self.load_path_uncached(path, nominal);
         if self.by_path.len() >= MAX_KEYS {
@@ -464,19 +489,13 @@ impl AddrResolver {
     }
 
     fn load_path_uncached(&mut self, path: &Path, nominal: &Path) -> Result<ModuleId, Reason> {
-        let md = match std::fs::metadata(path) {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => return Err(Reason::FileMissing),
-            Err(e) => {
-                log::once(1, || format!("{}: {e}", path.display()));
-                return Err(Reason::FileMissing);
-            }
-        };
-        let key = FileKey::of(&md);
+        let (file, key) = open_file(path)?;
         if let Some(&id) = self.by_inode.get(&key) {
-            return Ok(id);
+            if self.modules.is_open(id) {
+                return Ok(id);
+            }
         }
-        let elf = open_elf(path)?;
+        let elf = parse_elf(path, file)?;
         let debug = if elf.dwarf.is_none() {
             self.debug_dirs.find_debug_file(&elf, nominal, path)
         } else {
@@ -496,8 +515,38 @@ impl AddrResolver {
         key: Option<FileKey>,
     ) -> ModuleId {
         let index = elf.build_id.as_deref().and_then(|id| self.load_index(id));
-        self.modules.push(Module::new(elf, debug, key, &self.shared, index));
-        self.modules.len() - 1
+        let (id, closed) = self.modules.insert(Module::new(elf, debug, key, &self.shared, index));
+        if let Some(m) = closed {
+            log::log!(
+                2,
+                "closed a module used longest ago ({} open at most)",
+                self.opts.max_modules
+            );
+            if let Some(k) = m.key {
+                if self.by_inode.get(&k).is_some_and(|&i| !self.modules.is_open(i)) {
+                    self.by_inode.remove(&k);
+                }
+            }
+            if self.by_build_id.values().any(|m| m.is_some_and(|i| !self.modules.is_open(i))) {
+                let modules = &self.modules;
+                self.by_build_id.retain(|_, m| m.is_none_or(|i| modules.is_open(i)));
+            }
+        }
+        id
+    }
+
+    /// `look` in module `id` (a module found just now: open).
+    fn look_in<T>(
+        &mut self,
+        id: Result<ModuleId, Reason>,
+        offset: u64,
+        back: u64,
+        look: impl FnOnce(&mut Module, u64, u64) -> Result<T, Reason>,
+    ) -> Result<T, Reason> {
+        match self.modules.get_mut(id?) {
+            Some(m) => look(m, offset, back),
+            None => Err(Reason::FileMissing),
+        }
     }
 
     fn index_dir(&self) -> Option<PathBuf> {
@@ -548,7 +597,8 @@ impl AddrResolver {
         let dir = self
             .index_dir()
             .ok_or("no index directory (set HOME, XDG_CACHE_HOME or --index-dir)")?;
-        let m = &mut self.modules[id];
+        const CLOSED: &str = "closed while indexed";
+        let m = self.modules.get_mut(id).ok_or(CLOSED)?;
         let build_id = m.build_id.clone().ok_or("no build id to name its index by")?;
         let mut addrs: Vec<u64> = m.symbols.boundaries().collect();
         if let Some(units) = m.units() {
@@ -562,10 +612,10 @@ impl AddrResolver {
             others.push((r, id));
         }
         type Answerer<'a> = Box<dyn FnMut(u64) -> Result<Resolution, Reason> + Send + 'a>;
-        let m = &mut self.modules[id];
+        let m = self.modules.get_mut(id).ok_or(CLOSED)?;
         let mut answerers: Vec<Answerer> = vec![Box::new(|a| m.lookup_vaddr(a, true))];
         for (r, id) in &mut others {
-            let m = &mut r.modules[*id];
+            let m = r.modules.get_mut(*id).ok_or(CLOSED)?;
             answerers.push(Box::new(|a| m.lookup_vaddr(a, true)));
         }
         let ix = crate::index::Built::new_threaded(addrs, answerers);
@@ -584,19 +634,18 @@ impl AddrResolver {
     /// A module built from the debug file alone (the binary is gone or has
     /// changed): debug files keep the program headers, symbols and DWARF.
     fn debug_module_by_build_id(&mut self, id: &[u8]) -> Option<ModuleId> {
-        if let Some(r) = self.by_build_id.get(id) {
-            return *r;
+        if let Some(&r) = self.by_build_id.get(id) {
+            if r.is_none_or(|m| self.modules.is_open(m)) {
+                return r;
+            }
         }
         let mut found = None;
         for p in self.debug_dirs.build_id_paths(id) {
-            if !p.is_file() {
-                continue;
-            }
-            if let Ok(d) = open_elf(&p) {
+            let Ok((file, key)) = open_file(&p) else { continue };
+            if let Ok(d) = parse_elf(&p, file) {
                 if d.build_id.as_deref() == Some(id) && !d.segments.is_empty() {
                     log::once(1, || format!("using debug file {} by build id", p.display()));
-                    let key = std::fs::metadata(&p).ok().map(|md| FileKey::of(&md));
-                    found = Some(self.add_module(d, None, key));
+                    found = Some(self.add_module(d, None, Some(key)));
                     break;
                 }
             }
@@ -619,7 +668,7 @@ pub fn fuzz_elf(data: &[u8]) {
         elf.segments.iter().flat_map(|s| [s.offset, s.offset.wrapping_add(s.filesz / 2)]).collect();
     probes.extend((0..16u64).map(|i| i * 0x40 + 0x1000));
     let id = r.add_module(elf, None, None);
-    let m = &mut r.modules[id];
+    let Some(m) = r.modules.get_mut(id) else { return };
     for off in probes {
         let _ = m.lookup_offset(off, 0, true);
         let _ = m.lookup_offset(off.wrapping_add(3), 1, true);
@@ -692,8 +741,11 @@ mod tests {
         let mut a = AddrResolver::new(Options::default());
         let mut other = AddrResolver::new(Options::default());
         let id = a.load_path(&exe, &exe).unwrap();
-        let addrs: Vec<u64> = a.modules[id].symbols.boundaries().step_by(53).collect();
-        let Some(index) = a.modules[id].units().cloned() else { panic!("no DWARF index") };
+        let addrs: Vec<u64> =
+            a.modules.get_mut(id).unwrap().symbols.boundaries().step_by(53).collect();
+        let Some(index) = a.modules.get_mut(id).unwrap().units().cloned() else {
+            panic!("no DWARF index")
+        };
         let targets: Vec<ColdTarget> = addrs
             .iter()
             .filter_map(|&vaddr| {
@@ -706,8 +758,8 @@ mod tests {
         let other_id = other.load_path(&exe, &exe).unwrap();
         for &v in &addrs {
             assert_eq!(
-                a.modules[id].lookup_vaddr(v, true),
-                other.modules[other_id].lookup_vaddr(v, true),
+                a.modules.get_mut(id).unwrap().lookup_vaddr(v, true),
+                other.modules.get_mut(other_id).unwrap().lookup_vaddr(v, true),
                 "at {v:#x}"
             );
         }
@@ -723,27 +775,33 @@ mod tests {
         let mut b = a.fresh();
         let mut other = AddrResolver::new(Options::default());
         let ia = a.load_path(&exe, &exe).unwrap();
-        let addrs: Vec<u64> = a.modules[ia].symbols.boundaries().step_by(97).collect();
+        let addrs: Vec<u64> =
+            a.modules.get_mut(ia).unwrap().symbols.boundaries().step_by(97).collect();
         let mut with_lines = 0;
         for r in [&mut a, &mut b, &mut other] {
             let id = r.load_path(&exe, &exe).unwrap();
-            let answers: Vec<_> =
-                addrs.iter().map(|&v| r.modules[id].lookup_vaddr(v, true)).collect();
+            let answers: Vec<_> = addrs
+                .iter()
+                .map(|&v| r.modules.get_mut(id).unwrap().lookup_vaddr(v, true))
+                .collect();
             with_lines =
                 answers.iter().filter(|x| x.as_ref().is_ok_and(|x| x.line.is_some())).count();
             assert!(with_lines > 20, "{with_lines} of {} answers have a line", addrs.len());
         }
-        let index = |r: &AddrResolver| match r.modules.last().and_then(|m| m.dwarf.as_ref()) {
-            Some(module::DwarfState::Ready(ix)) => ix.clone(),
-            _ => panic!("no DWARF index after {with_lines} lookups"),
+        let index = |r: &mut AddrResolver| {
+            let id = r.load_path(&exe, &exe).unwrap();
+            match r.modules.get(id).and_then(|m| m.dwarf.as_ref()) {
+                Some(module::DwarfState::Ready(ix)) => ix.clone(),
+                _ => panic!("no DWARF index after {with_lines} lookups"),
+            }
         };
-        assert!(Arc::ptr_eq(&index(&a), &index(&b)));
-        assert!(!Arc::ptr_eq(&index(&a), &index(&other)));
+        assert!(Arc::ptr_eq(&index(&mut a), &index(&mut b)));
+        assert!(!Arc::ptr_eq(&index(&mut a), &index(&mut other)));
+        let (ida, idb) = (a.load_path(&exe, &exe).unwrap(), b.load_path(&exe, &exe).unwrap());
         for &v in &addrs {
-            let id = a.modules.len() - 1;
             assert_eq!(
-                a.modules[id].lookup_vaddr(v, true),
-                b.modules[id].lookup_vaddr(v, true),
+                a.modules.get_mut(ida).unwrap().lookup_vaddr(v, true),
+                b.modules.get_mut(idb).unwrap().lookup_vaddr(v, true),
                 "at {v:#x}"
             );
         }
@@ -757,7 +815,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let mut r = AddrResolver::new(Options::default());
         let id = r.load_path(&exe, &exe).unwrap();
-        let m = &mut r.modules[id];
+        let m = r.modules.get_mut(id).unwrap();
         let data: Vec<u64> = m
             .segments
             .iter()
@@ -780,6 +838,52 @@ mod tests {
             .filter(|&&a| m.lookup_vaddr(a, true).is_ok_and(|a| a.file.is_some()))
             .count();
         assert!(with_file * 2 > starts.len(), "{with_file} of {}", starts.len());
+    }
+
+    /// Issue 18, item 10: a stream naming many distinct files keeps at most
+    /// `max_modules` of them open (and their DWARF), closing the one used
+    /// longest ago; a closed one is loaded again when named again, with the
+    /// same answer.
+    #[test]
+    fn open_modules_stay_within_their_bound() {
+        let dir = std::env::temp_dir().join(format!("symres-lru-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("prog");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/symres/prog.c");
+        let ok =
+            std::process::Command::new("gcc").args(["-g", "-O1", "-o"]).arg(&bin).arg(src).status();
+        assert!(ok.is_ok_and(|s| s.success()), "gcc builds the fixture");
+        // Distinct files (inodes) with the same contents.
+        let copies: Vec<String> = (0..12)
+            .map(|i| {
+                let p = dir.join(format!("copy{i}"));
+                std::fs::copy(&bin, &p).unwrap();
+                p.to_str().unwrap().to_string()
+            })
+            .collect();
+        let mut r = AddrResolver::new(Options { max_modules: 3, ..Options::default() });
+        fn frame(module: &str, offset: u64) -> ModuleFrame<'_> {
+            ModuleFrame { module, offset, back: 0, build_id: None, pid: None }
+        }
+        let offset = (0x1000..0x2000)
+            .step_by(8)
+            .find(|&o| {
+                r.resolve_module_offset(&frame(&copies[0], o)).is_ok_and(|a| a.line.is_some())
+            })
+            .expect("an offset with a line");
+        let first = r.resolve_module_offset(&frame(&copies[0], offset)).unwrap();
+        let mut most = (0, 0);
+        for c in &copies {
+            let a = r.resolve_module_offset(&frame(c, offset)).unwrap();
+            assert_eq!(a, first, "{c}");
+            most = (most.0.max(r.modules.open()), most.1.max(r.shared.dwarf_held()));
+        }
+        assert_eq!(most, (3, 3), "(modules open, DWARF held) at most");
+        assert_eq!(r.by_inode.len(), 3);
+        // The first was closed long ago: loaded again, the same answer.
+        assert_eq!(r.resolve_module_offset(&frame(&copies[0], offset)).unwrap(), first);
+        assert_eq!(r.modules.open(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A poor man's fuzzer that runs with every `cargo test`: a real binary

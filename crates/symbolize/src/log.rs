@@ -1,54 +1,31 @@
-//! Messages on stderr, prefixed with the running tool's name.
+//! Messages on stderr, under the running tool's name and `-v` level.
 //!
 //! symres runs as its own filter and inside leakd-attach (`--symbolize`),
-//! so a message must name the program the user ran, not this crate; and
-//! whether it is said depends on that program's `-v`. Both live here,
-//! process-wide, instead of being passed down every call: the name comes
-//! from argv[0] (the program the user ran), the level from [`set_level`]
-//! (symres's `run`, or the `verbose` a library user puts in `Options`).
-//! When leakd-common grows the workspace's logging module, this one becomes
-//! a thin forwarder to it.
+//! so a message must name the program the user ran, and whether it is said
+//! depends on that program's `-v`: both are leakd-common's (`log`, set up
+//! by `leakd_common::main`). What symres adds: messages said once per run
+//! (each resolving thread meets the same files and failures), and its
+//! `error:` lines.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-static LEVEL: AtomicU8 = AtomicU8::new(0);
-static TOOL: OnceLock<String> = OnceLock::new();
+use leakd_common::log as common;
 
 /// Messages said once (see [`once`]) are remembered up to this many: a
 /// long run under -v meets a message per process that exits.
 const MAX_REMEMBERED: usize = 1 << 14;
 static SAID: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-/// The name messages start with: the file name of argv[0], else "symres".
-pub fn tool() -> &'static str {
-    TOOL.get_or_init(|| {
-        std::env::args_os()
-            .next()
-            .and_then(|a| {
-                std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned())
-            })
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "symres".to_string())
-    })
-}
-
-/// Raise the verbosity to `level` (-v is 1): a library user's options may
-/// ask for more than the program's own, never for less.
-pub fn set_level(level: u8) {
-    LEVEL.fetch_max(level, Ordering::Relaxed);
-}
-
-/// Whether messages of `level` are said.
+/// Whether messages of `level` (1 for `-v`) are said.
 #[inline]
 pub fn enabled(level: u8) -> bool {
-    LEVEL.load(Ordering::Relaxed) >= level
+    common::enabled(level)
 }
 
 /// Say `msg` on stderr as `tool: msg`.
 pub fn say(msg: std::fmt::Arguments<'_>) {
-    eprintln!("{}: {msg}", tool());
+    common::print(msg);
 }
 
 /// Say the message `msg` makes at `level`, unless that level is off or it
@@ -80,7 +57,7 @@ fn first_time(said: &mut HashSet<String>, msg: &str) -> bool {
 
 /// The text of an error message for stderr: `tool: error: msg`.
 pub fn error_line(msg: std::fmt::Arguments<'_>) -> String {
-    format!("{}: error: {msg}", tool())
+    format!("{}: error: {msg}", common::tool())
 }
 
 /// Say `msg` at `level` (every time).

@@ -42,10 +42,6 @@ impl Bytes {
     /// A whole file: mapped (only the pages the parsers touch are ever
     /// read; see crate::mmap for why that is safe even if the file
     /// shrinks), or read when it cannot be mapped.
-    pub fn open(path: &std::path::Path) -> std::io::Result<Bytes> {
-        Bytes::of_file(std::fs::File::open(path)?)
-    }
-
     /// An open file, as `open`; read no further than its size.
     pub fn of_file(mut f: std::fs::File) -> std::io::Result<Bytes> {
         let len = f.metadata()?.len();
@@ -343,8 +339,14 @@ impl DwarfSections {
 impl ElfFile {
     /// Read and parse `path`. Never panics on malformed files (goblin's
     /// parser is additionally fenced off with catch_unwind by the caller).
+    #[cfg(test)]
     pub fn open(path: &std::path::Path) -> Result<ElfFile, LoadError> {
-        ElfFile::parse_shared(Bytes::open(path).map_err(LoadError::Missing)?)
+        ElfFile::of_file(crate::files::open_regular(path).map_err(LoadError::Missing)?)
+    }
+
+    /// An open file (see crate::files for how frames' files are opened).
+    pub fn of_file(file: std::fs::File) -> Result<ElfFile, LoadError> {
+        ElfFile::parse_shared(Bytes::of_file(file).map_err(LoadError::Missing)?)
     }
 
     pub fn parse(data: &[u8]) -> Result<ElfFile, LoadError> {

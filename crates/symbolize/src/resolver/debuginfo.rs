@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::module::open_elf;
 use crate::elf::{self, ElfFile};
+use crate::files;
 use crate::log;
 
 const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
@@ -42,7 +43,7 @@ impl DebugDirs {
     pub fn find_debug_file(&self, elf: &ElfFile, nominal: &Path, actual: &Path) -> Option<ElfFile> {
         if let Some(id) = &elf.build_id {
             for p in self.build_id_paths(id) {
-                if !p.is_file() {
+                if !p.exists() {
                     continue;
                 }
                 match open_elf(&p) {
@@ -69,10 +70,11 @@ impl DebugDirs {
             paths.push(d.join(name));
         }
         for p in paths {
-            if p == actual || p == nominal || !p.is_file() {
+            if p == actual || p == nominal {
                 continue;
             }
-            let Ok(data) = std::fs::read(&p) else { continue };
+            // Beside a process's module: resolved inside its root.
+            let Ok(data) = files::read_regular(&p) else { continue };
             if elf::crc32(&data) != *crc {
                 log::once(1, || {
                     format!("{}: CRC does not match .gnu_debuglink, ignored", p.display())

@@ -63,10 +63,6 @@ pub enum Item {
     /// A frame whose text is that of a frame seen before (see
     /// `Scan::scan`): skipped, its members not recorded.
     Known { array: usize, index: usize, open: usize, close: usize },
-    /// An element of a frame array that is not an object.
-    NotObject { array: usize, index: usize, value: Span },
-    /// A frame array's value that is neither an array nor null.
-    NotArray { array: usize, value: Span },
 }
 
 /// The line is not JSON (serde_json says why).
@@ -461,10 +457,8 @@ impl<'a> Scanner<'a> {
         let array = self.out.arrays.len();
         self.out.arrays.push(self.path());
         if self.peek() != Some(b'[') {
-            let value = self.value(None)?;
-            if &self.b[value.start..value.end] != b"null" {
-                self.out.items.push(Item::NotArray { array, value });
-            }
+            // Not an array of frames: checked, left alone.
+            self.value(None)?;
             return Ok(());
         }
         self.seq(b'[', b']', |s, index| {
@@ -487,8 +481,8 @@ impl<'a> Scanner<'a> {
                 let members = first..s.out.members.len();
                 s.out.items.push(Item::Frame { array, index, open, close: s.i - 1, members });
             } else {
-                let value = s.value(None)?;
-                s.out.items.push(Item::NotObject { array, index, value });
+                // Not a frame: checked, left alone.
+                s.value(None)?;
             }
             Ok(())
         })
@@ -688,14 +682,12 @@ mod tests {
         let s = scan(line).unwrap();
         assert_eq!(&line[s.pid.unwrap().start..s.pid.unwrap().end], "3");
         assert_eq!(s.arrays, ["a[0].frames", "stack", "b.stack"]);
-        assert_eq!(s.items.len(), 3);
+        // Neither 5 nor "x" is a frame.
+        assert_eq!(s.items.len(), 1);
         let Item::Frame { open, close, members, .. } = s.items[0].clone() else { panic!() };
         assert_eq!(&line[open..=close], r#"{"addr":"0x1", "k":[1]}"#);
         let m: Vec<&str> =
             s.members[members].iter().map(|m| &line[m.whole().start..m.whole().end]).collect();
         assert_eq!(m, [r#""addr":"0x1""#, r#""k":[1]"#]);
-        assert!(matches!(s.items[1], Item::NotObject { index: 1, .. }));
-        let Item::NotArray { array: 2, value } = s.items[2] else { panic!() };
-        assert_eq!(&line[value.start..value.end], "\"x\"");
     }
 }

@@ -1,9 +1,12 @@
 //! One input line: find the frames, resolve them, write them back.
 //!
 //! The input is written by other programs (ours, and whatever a user pipes
-//! in), so every field is checked before it is trusted: a line with a wrong
-//! type anywhere in a frame is rejected as a whole with a message naming the
-//! field, instead of being half-resolved.
+//! in), so every field is checked before it is trusted: a frame with a
+//! field of the wrong type gets `"reason":"malformed"` and a message naming
+//! the field, and the other frames of its line are resolved as usual. What
+//! is not a frame (an array element that is not an object, an object with
+//! neither addr, module nor offset) is left as it is: a line with nothing
+//! else passes through unchanged.
 
 use std::borrow::Cow;
 use std::hash::Hasher;
@@ -82,6 +85,16 @@ pub struct Scratch {
     /// The line's answers written as text (see `Answer::Written`).
     texts: Vec<u8>,
     frames: FrameCache,
+    /// The last line's frames left unresolved as malformed: where, and why.
+    bad: Vec<String>,
+}
+
+impl Scratch {
+    /// The last line's frames left unresolved as malformed ("reason":
+    /// "malformed"): each as `stack[2].addr: why`.
+    pub fn bad_frames(&self) -> &[String] {
+        &self.bad
+    }
 }
 
 /// Answers by frame text. A stream repeats its frames (the same stacks in
@@ -193,7 +206,8 @@ pub fn process_into(
     out: &mut Vec<u8>,
 ) -> Result<bool, LineError> {
     let text = std::str::from_utf8(line).map_err(|_| not_json(line))?;
-    let Scratch { scan: s, edits, texts, frames } = scratch;
+    let Scratch { scan: s, edits, texts, frames, bad } = scratch;
+    bad.clear();
     s.scan(text, &|rest| frames.known_len(rest)).map_err(|_| not_json(line))?;
     if !s.is_object {
         return Err(LineError("not a JSON object".into()));
@@ -203,17 +217,19 @@ pub fn process_into(
         return Ok(false);
     }
     let pid = match s.pid {
-        None => None,
-        Some(v) if &text[v.start..v.end] == "null" => None,
+        None => Ok(None),
+        Some(v) if &text[v.start..v.end] == "null" => Ok(None),
         Some(v) => {
-            Some(text[v.start..v.end].parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| {
+            text[v.start..v.end].parse::<u32>().ok().filter(|&p| p > 0).map(Some).ok_or_else(|| {
                 LineError(format!("pid: expected a process ID, got {}", short(text, v)))
-            })?)
+            })
         }
     };
     resolver.next_generation();
     if resolver.warms() {
-        warm(resolver, text, s, pid);
+        if let Ok(pid) = pid {
+            warm(resolver, text, s, pid);
+        }
     }
     edits.clear();
     texts.clear();
@@ -223,26 +239,18 @@ pub fn process_into(
                 (*array, *index, *open, *close, Some(members.clone()))
             }
             Item::Known { array, index, open, close } => (*array, *index, *open, *close, None),
-            Item::NotObject { array, index, value } => {
-                return Err(LineError(format!(
-                    "{}[{index}]: a frame must be an object, got {}",
-                    s.arrays[*array],
-                    short(text, *value)
-                )));
-            }
-            Item::NotArray { array, value } => {
-                return Err(LineError(format!(
-                    "{}: expected an array of frames, got {}",
-                    s.arrays[*array],
-                    short(text, *value)
-                )));
-            }
         };
+        // An object without addr, module or offset is not a frame either.
+        if members.as_ref().is_some_and(|m| !is_frame(text, &s.members[m.clone()])) {
+            continue;
+        }
+        // The line's pid matters once it has a frame.
+        let pid = pid.clone()?;
         // A known frame had members when it was answered.
         let has_members = members.as_ref().is_none_or(|m| !m.is_empty());
         let whole = &line[open..=close];
-        let key = FrameCache::key(pid, whole);
-        if let Some(fields) = frames.get(key, whole) {
+        let cache_key = FrameCache::key(pid, whole);
+        if let Some(fields) = frames.get(cache_key, whole) {
             let added = Added { module: None, offset: None, fields: fields.clone() };
             edits.push(Edit { open, close, has_members, stale: None, added });
             continue;
@@ -250,11 +258,28 @@ pub fn process_into(
         // A known frame of another process (or forgotten since): its
         // members after all.
         let members = members.unwrap_or_else(|| s.frame_members(text, open));
-        let (added, stale, live) =
-            frame(resolver, text, &s.members[members.clone()], pid, texts)
-                .map_err(|e| LineError(format!("{}[{index}].{e}", s.arrays[array])))?;
+        let frame_members = &s.members[members.clone()];
+        let (added, stale, live) = match frame(resolver, text, frame_members, pid, texts) {
+            Ok(f) => f,
+            Err(e) => {
+                // This frame alone goes unresolved, said why.
+                bad.push(format!("{}[{index}].{e}", s.arrays[array]));
+                let stale =
+                    frame_members.iter().any(|m| OUR_FIELDS.contains(&key(text, m).as_ref()));
+                let added =
+                    Added { module: None, offset: None, fields: Fields::Reason(Reason::Malformed) };
+                edits.push(Edit {
+                    open,
+                    close,
+                    has_members,
+                    stale: stale.then_some(members),
+                    added,
+                });
+                continue;
+            }
+        };
         if !stale && !live {
-            frames.put(key, whole, || match &added.fields {
+            frames.put(cache_key, whole, || match &added.fields {
                 Fields::Resolved(a) => Fields::Resolved(a.owned(texts)),
                 f => f.clone(),
             });
@@ -262,8 +287,17 @@ pub fn process_into(
         let stale = stale.then_some(members);
         edits.push(Edit { open, close, has_members, stale, added });
     }
+    if edits.is_empty() {
+        return Ok(false);
+    }
     write(text, s, edits, texts, out);
     Ok(true)
+}
+
+/// Whether an object of a frame array is a frame: it has `addr`, `module`
+/// or `offset` (others, such as `{"foo":1}`, are left alone).
+fn is_frame(text: &str, members: &[Member]) -> bool {
+    members.iter().any(|m| matches!(key(text, m).as_ref(), "addr" | "module" | "offset"))
 }
 
 fn key<'a>(text: &'a str, m: &Member) -> Cow<'a, str> {
@@ -343,34 +377,40 @@ fn write(text: &str, s: &Scan, edits: &[Edit], texts: &[u8], out: &mut Vec<u8>) 
     out.extend_from_slice(&b[at..]);
 }
 
-/// A value of a frame symres reads: its span, and whether it is a string
-/// with escape sequences.
-type Value = Option<(Span, bool)>;
+/// A value of a frame symres reads.
+#[derive(Clone, Copy)]
+struct Value {
+    span: Span,
+    /// A string with escape sequences.
+    escaped: bool,
+}
 
 /// The fields of a frame symres reads (the last of duplicate keys wins, as
 /// in most JSON readers).
 #[derive(Default)]
 struct Given {
-    addr: Value,
-    offset: Value,
-    module: Value,
-    build_id: Value,
-    kernel: Value,
-    return_address: Value,
+    addr: Option<Value>,
+    offset: Option<Value>,
+    module: Option<Value>,
+    build_id: Option<Value>,
+    kernel: Option<Value>,
+    return_address: Option<Value>,
 }
 
 /// Parse the DWARF units the line's frames (module and offset) will use
-/// for the first time at once (`Resolver::warm`). Up to the
-/// first frame in error, where answering the line stops too.
+/// for the first time at once (`Resolver::warm`).
 fn warm(r: &mut AddrResolver, text: &str, s: &Scan, pid: Option<u32>) {
     let mut targets = Vec::new();
     for item in &s.items {
         let members = match item {
             Item::Frame { members, .. } => members,
             Item::Known { .. } => continue,
-            Item::NotObject { .. } | Item::NotArray { .. } => break,
         };
-        let Ok(p) = parse_frame(r, text, &s.members[members.clone()]) else { break };
+        let members = &s.members[members.clone()];
+        if !is_frame(text, members) {
+            continue;
+        }
+        let Ok(p) = parse_frame(r, text, members) else { continue };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
             targets.extend(r.cold_target(&ModuleFrame {
                 module,
@@ -428,7 +468,8 @@ fn parse_frame<'a>(
                 continue;
             }
         };
-        *slot = (&text[m.value.start..m.value.end] != "null").then_some((m.value, m.value_escaped));
+        *slot = (&text[m.value.start..m.value.end] != "null")
+            .then_some(Value { span: m.value, escaped: m.value_escaped });
     }
     let addr = opt_u64(text, g.addr, "addr")?;
     let offset = opt_u64(text, g.offset, "offset")?;
@@ -436,7 +477,7 @@ fn parse_frame<'a>(
         None => None,
         Some(v) => match str_value(text, v) {
             Some(s) if !s.is_empty() => Some(s),
-            _ => return Err(format!("module: expected a file name, got {}", short(text, v.0))),
+            _ => return Err(format!("module: expected a file name, got {}", short(text, v.span))),
         },
     };
     let build_id = match g.build_id {
@@ -444,7 +485,7 @@ fn parse_frame<'a>(
         Some(v) => match str_value(text, v) {
             Some(s) => r.parse_build_id(&s).map_err(|e| format!("build_id: {e}"))?,
             None => {
-                return Err(format!("build_id: expected a hex string, got {}", short(text, v.0)))
+                return Err(format!("build_id: expected a hex string, got {}", short(text, v.span)))
             }
         },
     };
@@ -523,7 +564,7 @@ fn frame(
 }
 
 /// The contents of a string value, or `None` when it is not a string.
-fn str_value(text: &str, (v, escaped): (Span, bool)) -> Option<Cow<'_, str>> {
+fn str_value(text: &str, Value { span: v, escaped }: Value) -> Option<Cow<'_, str>> {
     if text.as_bytes()[v.start] != b'"' {
         return None;
     }
@@ -547,8 +588,8 @@ fn parse_hex(h: &[u8]) -> Option<u64> {
 }
 
 /// `true`, `false` or absent (false).
-fn bool_value(text: &str, v: Value, name: &str) -> Result<bool, String> {
-    match v.map(|(v, _)| (v, &text[v.start..v.end])) {
+fn bool_value(text: &str, v: Option<Value>, name: &str) -> Result<bool, String> {
+    match v.map(|Value { span: v, .. }| (v, &text[v.start..v.end])) {
         None | Some((_, "false")) => Ok(false),
         Some((_, "true")) => Ok(true),
         Some((v, _)) => Err(format!("{name}: expected true or false, got {}", short(text, v))),
@@ -557,13 +598,13 @@ fn bool_value(text: &str, v: Value, name: &str) -> Result<bool, String> {
 
 /// An address or offset: `"0x1a2b"` (hex), `"6699"` (decimal string) or a
 /// JSON integer. Anything else, or anything above 2^64-1, is an error.
-fn opt_u64(text: &str, value: Value, key: &str) -> Result<Option<u64>, String> {
+fn opt_u64(text: &str, value: Option<Value>, key: &str) -> Result<Option<u64>, String> {
     let Some(value) = value else { return Ok(None) };
-    let v = value.0;
+    let v = value.span;
     // As our tracers write them: "0x" and hex digits, no escapes.
     if let (Some(h), false) = (
         text.as_bytes()[v.start..v.end].strip_prefix(b"\"0x").and_then(|h| h.strip_suffix(b"\"")),
-        value.1,
+        value.escaped,
     ) {
         if let Some(n) = parse_hex(h) {
             return Ok(Some(n));
@@ -620,48 +661,108 @@ mod tests {
         assert_eq!(run(&deep), Ok(None));
     }
 
+    /// A line resolved, and what its malformed frames said.
+    fn run_frames(line: &str) -> (String, Vec<String>) {
+        let mut r = AddrResolver::new(Options::default());
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        match process_into(&mut r, &mut scratch, line.as_bytes(), &mut out) {
+            Ok(true) => (String::from_utf8(out).unwrap(), scratch.bad_frames().to_vec()),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
     #[test]
     fn malformed_lines_say_what_is_wrong() {
         assert!(run("not json").unwrap_err().starts_with("not JSON"));
         assert_eq!(run("[1]").unwrap_err(), "not a JSON object");
         assert_eq!(
-            run(r#"{"type":"a","stack":5}"#).unwrap_err(),
-            "stack: expected an array of frames, got 5"
-        );
-        assert_eq!(
-            run(r#"{"type":"a","stack":[7]}"#).unwrap_err(),
-            "stack[0]: a frame must be an object, got 7"
-        );
-        assert_eq!(
-            run(r#"{"type":"a","stack":[{"addr":"0x1ffffffffffffffff"}]}"#).unwrap_err(),
-            "stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\""
-        );
-        assert_eq!(
-            run(r#"{"type":"a","stack":[{"addr":1e30}]}"#).unwrap_err(),
-            "stack[0].addr: not a 64-bit address: 1e30"
-        );
-        assert_eq!(
-            run(r#"{"type":"a","stack":[{"addr":-1}]}"#).unwrap_err(),
-            "stack[0].addr: not a 64-bit address: -1"
-        );
-        assert_eq!(
-            run(r#"{"type":"a","x":{"frames":[{"module":"/bin/true"}]}}"#).unwrap_err(),
-            "x.frames[0].offset: missing (a frame with a module needs its file offset)"
-        );
-        assert_eq!(
             run(r#"{"type":"a","pid":"12","stack":[{"addr":"0x1"}]}"#).unwrap_err(),
             "pid: expected a process ID, got \"12\""
         );
         // A line without frames is written unchanged, whatever its pid.
-        for line in
-            [r#"{"type":"exec","pid":"12"}"#, r#"{"type":"a","pid":0,"stack":[]}"#, r#"{"pid":-1}"#]
-        {
+        for line in [
+            r#"{"type":"exec","pid":"12"}"#,
+            r#"{"type":"a","pid":0,"stack":[]}"#,
+            r#"{"pid":-1}"#,
+            r#"{"pid":"x","stack":[{"foo":1}]}"#,
+        ] {
             assert_eq!(run(line), Ok(None), "{line}");
         }
+    }
+
+    /// Issue 18, item 9: what is not a frame (an element that is not an
+    /// object, an object without addr, module or offset, a frame array
+    /// that is not an array) is left alone, and a line with nothing else
+    /// passes through unchanged.
+    #[test]
+    fn lines_whose_arrays_hold_no_frames_pass_through() {
+        for line in [
+            r#"{"stack":["a"]}"#,
+            r#"{"meta":{"stack":[1,2]}}"#,
+            r#"{"stack":[{"foo":1}]}"#,
+            r#"{"type":"a","stack":5}"#,
+            r#"{"type":"a","stack":[7,null,[{"x":1}],{"sym":"f"}]}"#,
+        ] {
+            assert_eq!(run(line), Ok(None), "{line}");
+        }
+        // Beside a frame, they are copied as they came.
+        let (out, bad) =
+            run_frames(r#"{"stack":["a",{"foo":1},{"module":"/no/x","offset":"0x10"}]}"#);
         assert_eq!(
-            run(r#"{"type":"a","stack":[{"module":"/x","offset":"0x1","build_id":"xyz"}]}"#)
-                .unwrap_err(),
-            "stack[0].build_id: build_id must be an even number of hex digits, at most 128"
+            out,
+            r#"{"stack":["a",{"foo":1},{"module":"/no/x","offset":"0x10","reason":"file_missing"}]}"#
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    /// Issue 18, item 9: a malformed frame gets "reason":"malformed" and
+    /// says why; the other frames of its line are resolved all the same.
+    #[test]
+    fn malformed_frames_get_a_reason_and_the_others_are_resolved() {
+        let cases = [
+            (
+                r#"{"addr":"0x1ffffffffffffffff"}"#,
+                "stack[0].addr: not a 64-bit address: \"0x1ffffffffffffffff\"",
+            ),
+            (r#"{"addr":1e30}"#, "stack[0].addr: not a 64-bit address: 1e30"),
+            (r#"{"addr":-1}"#, "stack[0].addr: not a 64-bit address: -1"),
+            (r#"{"addr":true}"#, "stack[0].addr: expected a hex string like \"0x1234\", got true"),
+            (
+                r#"{"module":"/bin/true"}"#,
+                "stack[0].offset: missing (a frame with a module needs its file offset)",
+            ),
+            (
+                r#"{"offset":"0x10"}"#,
+                "stack[0].addr: missing (a frame needs addr, or module and offset)",
+            ),
+            (
+                r#"{"module":"/x","offset":"0x1","build_id":"xyz"}"#,
+                "stack[0].build_id: build_id must be an even number of hex digits, at most 128",
+            ),
+            (r#"{"module":5,"offset":"0x1"}"#, "stack[0].module: expected a file name, got 5"),
+        ];
+        let good = r#"{"module":"/no/y","offset":"0x20"}"#;
+        for (frame, why) in cases {
+            let line = format!(r#"{{"type":"a","stack":[{frame},{good}]}}"#);
+            let (out, bad) = run_frames(&line);
+            let want = format!(
+                r#"{{"type":"a","stack":[{},{}]}}"#,
+                frame.replace('}', r#","reason":"malformed"}"#).replacen(r#"{,"#, "{", 1),
+                good.replace('}', r#","reason":"file_missing"}"#)
+            );
+            assert_eq!(out, want, "{line}");
+            assert_eq!(bad, [why], "{line}");
+            assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+        }
+        // Nested arrays are named by their path; a stale reason is
+        // replaced, not doubled.
+        let (out, bad) =
+            run_frames(r#"{"x":{"frames":[{"module":"/bin/true","reason":"unmapped"}]}}"#);
+        assert_eq!(out, r#"{"x":{"frames":[{"module":"/bin/true","reason":"malformed"}]}}"#);
+        assert_eq!(
+            bad,
+            ["x.frames[0].offset: missing (a frame with a module needs its file offset)"]
         );
     }
 

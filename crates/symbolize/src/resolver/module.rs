@@ -5,6 +5,7 @@
 //! a binary search, so everything a lookup makes is kept here: answers by
 //! address, demangled names, interned file names.
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,16 +16,16 @@ use crate::answer::{Answer, Inlined, Outcome, Reason, Resolution};
 use crate::demangle::demangle;
 use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
 use crate::elf::{self, ElfFile, LoadError};
+use crate::files;
 use crate::index::Index;
 use crate::log;
-
-/// A module's place in its resolver's table.
-pub type ModuleId = usize;
 
 /// Answers remembered per module before the cache is reset.
 const MAX_CACHED_ANSWERS: usize = 1 << 20;
 
 pub struct Module {
+    /// The identity of the file it was loaded from, when known.
+    pub key: Option<FileKey>,
     /// Build id of the file whose segments are used (the binary, or the debug
     /// file when the binary itself is gone).
     pub build_id: Option<Vec<u8>>,
@@ -57,11 +58,32 @@ pub enum DwarfState {
     Absent,
 }
 
+/// Open a file a frame leads to (regular files only, without blocking,
+/// inside a process's root: see crate::files), with its identity; why not
+/// is said under -v.
+pub fn open_file(path: &Path) -> Result<(File, FileKey), Reason> {
+    let opened = files::open_regular(path).and_then(|f| {
+        let md = f.metadata()?;
+        Ok((f, FileKey::of(&md)))
+    });
+    opened.map_err(|e| {
+        log::once(1, || format!("{}: {e}", path.display()));
+        Reason::FileMissing
+    })
+}
+
 /// Open and parse an ELF file, saying under -v what it holds or why not.
 pub fn open_elf(path: &Path) -> Result<ElfFile, Reason> {
+    let (file, _) = open_file(path)?;
+    parse_elf(path, file)
+}
+
+/// Parse the ELF file `file` (opened from `path`), saying under -v what
+/// it holds or why not.
+pub fn parse_elf(path: &Path, file: File) -> Result<ElfFile, Reason> {
     // goblin is fuzzed and its errors are handled, but a panic deep in a
     // parser must cost one frame, not the whole stream.
-    let r = std::panic::catch_unwind(|| ElfFile::open(path))
+    let r = std::panic::catch_unwind(|| ElfFile::of_file(file))
         .unwrap_or_else(|_| Err(LoadError::Corrupt("parser panicked".into())));
     match r {
         Ok(e) => {
@@ -107,6 +129,7 @@ impl Module {
             None => (symbols, dwarf),
         };
         Module {
+            key,
             build_id,
             segments,
             symbols,

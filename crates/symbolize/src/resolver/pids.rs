@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use leakd_common::procmaps::{self, MapEntry};
 
-use super::module::ModuleId;
+use super::table::ModuleId;
 use crate::answer::Reason;
 use crate::log;
 

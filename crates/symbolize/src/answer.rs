@@ -31,6 +31,10 @@ pub enum Reason {
     NoProcess,
     /// The process's /proc/PID/maps cannot be read (not ours to read).
     NoPermission,
+    /// The frame has a field symres reads with a value it cannot take (an
+    /// address that is not one, a module without its offset, ...); the
+    /// message on stderr says which.
+    Malformed,
 }
 
 impl Reason {
@@ -43,6 +47,7 @@ impl Reason {
             Reason::CorruptElf => "corrupt_elf",
             Reason::NoProcess => "no_process",
             Reason::NoPermission => "no_permission",
+            Reason::Malformed => "malformed",
         }
     }
 }
