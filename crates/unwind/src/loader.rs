@@ -81,7 +81,7 @@ impl Mode {
 pub fn configure<'a>(loader: &mut EbpfLoader<'a>, mode: &'a u8) {
     loader.override_global("unwind_mode", mode, true);
     if *mode == Mode::Fp.bpf_value() {
-        for m in ["unwind_rows", "unwind_modules", "unwind_unknown"] {
+        for m in ["unwind_rows", "unwind_modules", "unwind_unknown", "unwind_cache"] {
             loader.map_max_entries(m, 1);
         }
     } else {
