@@ -14,9 +14,12 @@
  *
  * The walk is a bpf_loop over frames, so the verifier checks one step, not
  * UNWIND_MAX_FRAMES copies of it. Its state lives in a per-CPU scratch
- * value (frames do not fit in 512 bytes of BPF stack), so a walk must not
- * be interrupted by another on the same CPU: uprobes run with preemption
- * disabled here, and this code does not run in NMI context.
+ * value (frames do not fit in 512 bytes of BPF stack). Uprobe programs
+ * run with migration disabled but may be preempted on a preemptible
+ * kernel, and another task's walk on the same CPU would then reuse the
+ * scratch: each walk takes a sequence number, checked at every step and at
+ * the end, and a walk that finds it changed is given up (its stack counted
+ * as lost) rather than returning frames mixed from two stacks.
  *
  * The including file may define UNWIND_STACK_TABLE to get
  * unwind_stack_id(): the stack stored in `unwind_stacks` under a hash of
@@ -108,7 +111,15 @@ struct unwind_scratch {
 	__u32 lo, hi; /* binary search bounds */
 	__u64 off;    /* file offset searched for */
 	__u64 hash;
+	__u64 walk_seq; /* bumped by every walk on this CPU */
 	__u64 frames[UNWIND_MAX_FRAMES];
+};
+
+/* The walk's own state, on its BPF stack (bpf_loop's context). */
+struct unwind_walk_ctx {
+	__u64 seq;
+	__u32 interrupted;
+	__u32 pad;
 };
 
 struct {
@@ -328,12 +339,17 @@ static __always_inline int unwind_read(__u64 addr, __u64 *v)
 static long unwind_step(__u32 i, void *ctx)
 {
 	struct unwind_scratch *s = unwind_scratch_get();
+	struct unwind_walk_ctx *w = ctx;
 	struct unwind_row *r;
 	__u64 pc, look, cfa, ra, bp;
 	__u32 n;
 
 	if (!s)
 		return 1;
+	if (s->walk_seq != w->seq) {
+		w->interrupted = 1;
+		return 1;
+	}
 	n = s->n;
 	if (n >= s->max || n >= UNWIND_MAX_FRAMES) {
 		s->stop = UNWIND_STOP_DEPTH;
@@ -436,9 +452,11 @@ static __always_inline void unwind_check_vmas(struct unwind_scratch *s)
 static __always_inline struct unwind_scratch *unwind_walk(__u64 pc, __u64 sp, __u64 bp, __u32 max)
 {
 	struct unwind_scratch *s = unwind_scratch_get();
+	struct unwind_walk_ctx w = {};
 
 	if (!s)
 		return NULL;
+	w.seq = ++s->walk_seq;
 	s->pc = pc;
 	s->sp = sp;
 	s->bp = bp;
@@ -450,7 +468,11 @@ static __always_inline struct unwind_scratch *unwind_walk(__u64 pc, __u64 sp, __
 	s->stop = UNWIND_STOP_DEPTH;
 	s->pid = bpf_get_current_pid_tgid() >> 32;
 	s->hash = 0xcbf29ce484222325ULL;
-	bpf_loop(UNWIND_MAX_FRAMES, unwind_step, NULL, 0);
+	bpf_loop(UNWIND_MAX_FRAMES, unwind_step, &w, 0);
+	if (w.interrupted || s->walk_seq != w.seq) {
+		unwind_count_stop(UNWIND_STOP_INTERRUPTED);
+		return NULL;
+	}
 	unwind_count_stop(s->stop);
 	return s;
 }
