@@ -90,9 +90,21 @@ struct Run {
     code: i32,
 }
 
+/// Where symres keeps its cache of answers in these tests (not the
+/// user's home), unless a test says otherwise.
+fn test_cache_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("symres-cache-{}", std::process::id()))
+}
+
 fn symres(args: &[&str], input: &str) -> Run {
+    symres_in(&test_cache_home(), args, input)
+}
+
+/// `symres` with its cache home ($XDG_CACHE_HOME) at `cache_home`.
+fn symres_in(cache_home: &Path, args: &[&str], input: &str) -> Run {
     let out = Cmd::cargo_bin("symres")
         .unwrap()
+        .env("XDG_CACHE_HOME", cache_home)
         .args(args)
         .write_stdin(input.to_string())
         .output()
@@ -235,13 +247,17 @@ fn threads_that_cannot_start_are_an_error() {
         let mut child = cmd
             .arg("--nproc=1")
             .arg(crate::support::bin("symres"))
+            .env("XDG_CACHE_HOME", test_cache_home())
             .arg(j)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(line.as_bytes()).unwrap();
+        // -j2 may fail and exit before it reads: a broken pipe then.
+        if let Err(e) = child.stdin.take().unwrap().write_all(line.as_bytes()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
         let out = child.wait_with_output().unwrap();
         (
             out.status.code(),
@@ -476,8 +492,9 @@ fn shared_library_frames() {
 
     // A line needing two units for the first use (one per module): with
     // threads, parsed at once, and the same answers.
-    let one = symres(&["-j", "1", "-vv"], &line);
-    let two = symres(&["-j", "2", "-vv"], &line);
+    // (Cold: not from the cache an earlier run left.)
+    let one = symres(&["-j", "1", "-vv", "--no-cache"], &line);
+    let two = symres(&["-j", "2", "-vv", "--no-cache"], &line);
     assert_eq!(one.stdout, two.stdout);
     assert!(
         two.stderr.contains("symres: parsing 2 DWARF units at once on 2 threads"),
@@ -845,6 +862,7 @@ fn live_stream_is_not_held_back() {
     let prog = build_prog(&dir, "prog", &[]);
     let good = run_prog(&prog);
     let mut child = Command::new(crate::support::bin("symres"))
+        .env("XDG_CACHE_HOME", test_cache_home())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1003,6 +1021,7 @@ fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
         c
     };
     let mut child = cmd
+        .env("XDG_CACHE_HOME", test_cache_home())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1088,11 +1107,292 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
     }
 }
 
+/// Frames at every byte of `prog`'s .text, return addresses and not, 16 a
+/// line (no two alike in a line); and their number.
+fn text_frames(prog: &Path) -> (String, u64) {
+    let (off, size) = section(prog, ".text");
+    let p = prog.to_str().unwrap();
+    let frames: Vec<String> = (off..off + size)
+        .map(|o| {
+            json!({"module": p, "offset": format!("{o:#x}"), "return_address": o % 2 == 0})
+                .to_string()
+        })
+        .collect();
+    let input = frames
+        .chunks(16)
+        .map(|c| format!("{{\"type\":\"t\",\"stack\":[{}]}}\n", c.join(",")))
+        .collect();
+    (input, size)
+}
+
+/// The file names in `dir` (none when it does not exist), sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The number N in "cache: N frames answered from the cache" (-v).
+fn cache_hits(stderr: &str) -> u64 {
+    let l = stderr
+        .lines()
+        .find(|l| l.ends_with(" frames answered from the cache"))
+        .unwrap_or_else(|| panic!("no count of cache hits in {stderr}"));
+    l.trim_start_matches("symres: cache: ").split(' ').next().unwrap().parse().unwrap()
+}
+
+/// The first run leaves its answers in $XDG_CACHE_HOME/leakd/symres (else
+/// ~/.cache/leakd/symres), named by build id; the second run answers every
+/// frame from there, byte for byte as without it; --no-cache neither reads
+/// nor writes it; -j does not change what is cached.
+#[test]
+fn cache_answers_the_second_run_the_same() {
+    let dir = TempDir::new("cache");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (input, n) = text_frames(&prog);
+    let home = dir.path("xdg");
+    let cache = home.join("leakd/symres");
+    let name = format!("{}.answers", build_id(&prog));
+
+    let bare = symres_in(&dir.path("unused"), &["--no-cache"], &input);
+    assert_eq!(bare.code, 0, "{}", bare.stderr);
+    assert!(bare.stdout.contains("\"sym\":\"target_function\""), "resolved at all");
+    assert_eq!(names_in(&dir.path("unused")), Vec::<String>::new(), "--no-cache wrote");
+
+    let first = symres_in(&home, &["-v", "-j3"], &input);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(cache_hits(&first.stderr), 0);
+    assert!(
+        first.stderr.contains(&format!("cache: wrote {}", cache.join(&name).display())),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(names_in(&cache), std::slice::from_ref(&name));
+    assert_eq!(first.stdout, bare.stdout);
+
+    for j in ["-j1", "-j3"] {
+        let second = symres_in(&home, &["-v", j], &input);
+        assert_eq!(second.code, 0, "{}", second.stderr);
+        assert!(second.stderr.contains("cache: using"), "{}", second.stderr);
+        assert_eq!(cache_hits(&second.stderr), n, "{j}: every frame from the cache");
+        assert!(!second.stderr.contains("cache: wrote"), "nothing new: {}", second.stderr);
+        assert!(second.stdout == bare.stdout, "{j}: output differs with the cache");
+    }
+    // --no-cache does not read it either.
+    let off = symres_in(&home, &["-v", "--no-cache"], &input);
+    assert!(!off.stderr.contains("cache:"), "{}", off.stderr);
+    assert_eq!(off.stdout, bare.stdout);
+
+    // Without XDG_CACHE_HOME: under $HOME/.cache.
+    let out = Cmd::cargo_bin("symres")
+        .unwrap()
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", dir.path("home"))
+        .write_stdin(input.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(names_in(&dir.path("home/.cache/leakd/symres")), [name]);
+}
+
+/// Cache files past --cache-size go, those used longest ago first; a
+/// file used (read) counts as used then.
+#[test]
+fn cache_evicts_the_least_recently_used_at_its_size() {
+    let dir = TempDir::new("evict");
+    // The same code under three build ids: three cache files of one size.
+    let ids = ["aa", "bb", "cc"].map(|b| b.repeat(20));
+    let progs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| build_prog(&dir, &format!("p{}", &id[..2]), &[&format!("-Wl,--build-id=0x{id}")]))
+        .collect();
+    let home = dir.path("xdg");
+    let cache = home.join("leakd/symres");
+    let file = |i: usize| cache.join(format!("{}.answers", ids[i]));
+    let run = |i: usize, size: &str| {
+        let (input, _) = text_frames(&progs[i]);
+        let r = symres_in(&home, &["-v", "--cache-size", size], &input);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r
+    };
+    run(0, "1G");
+    let size = std::fs::metadata(file(0)).unwrap().len();
+    run(1, "1G");
+    assert_eq!(std::fs::metadata(file(1)).unwrap().len(), size);
+    // 0 used again (answered from its file): 1 is now the oldest.
+    let again = run(0, "1G");
+    assert!(again.stderr.contains("cache: using"), "{}", again.stderr);
+    // Room for two: writing 2 evicts 1.
+    let r = run(2, &(2 * size + size / 2).to_string());
+    assert!(r.stderr.contains(&format!("cache: evicted {}.answers", ids[1])), "{}", r.stderr);
+    assert_eq!(names_in(&cache), [format!("{}.answers", ids[0]), format!("{}.answers", ids[2])]);
+    // Room for one: the others evicted down to the bound.
+    let r = run(1, &(size + 1).to_string());
+    assert_eq!(names_in(&cache).len(), 1, "{}", r.stderr);
+    assert_eq!(names_in(&cache), [format!("{}.answers", ids[1])]);
+    // A bound below one file: nothing written, and the bound holds even
+    // for a run that learned nothing new.
+    let r = run(2, &(size - 1).to_string());
+    assert!(r.stderr.contains("over the cache size; not written"), "{}", r.stderr);
+    assert_eq!(names_in(&cache), Vec::<String>::new(), "{}", r.stderr);
+    run(0, "1G");
+    run(0, "100");
+    assert_eq!(names_in(&cache), Vec::<String>::new());
+    // Sizes in K/M/G; nonsense refused.
+    let bad = symres(&["--cache-size", "12X"], "");
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("not a size"), "{}", bad.stderr);
+}
+
+/// A damaged or truncated cache file is said (without -v), ignored, and
+/// written anew; the output is what it is without a cache.
+#[test]
+fn damaged_or_truncated_cache_files_are_rebuilt() {
+    let dir = TempDir::new("damaged");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (input, n) = text_frames(&prog);
+    let home = dir.path("xdg");
+    let file = home.join(format!("leakd/symres/{}.answers", build_id(&prog)));
+    let good = symres_in(&home, &[], &input);
+    assert_eq!(good.code, 0);
+    let bytes = std::fs::read(&file).unwrap();
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    for (what, data) in [("a flipped bit", flipped), ("half", bytes[..bytes.len() / 2].to_vec())] {
+        std::fs::write(&file, &data).unwrap();
+        let r = symres_in(&home, &[], &input);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        let warning = format!("symres: warning: cache file {}: ", file.display());
+        assert!(r.stderr.starts_with(&warning), "{what}: {}", r.stderr);
+        assert!(r.stderr.contains("ignored, written anew"), "{what}: {}", r.stderr);
+        assert_eq!(r.stdout, good.stdout, "{what}");
+        // Written anew: the next run answers every frame from it.
+        let next = symres_in(&home, &["-v"], &input);
+        assert_eq!(cache_hits(&next.stderr), n, "{what}: {}", next.stderr);
+        assert!(!next.stderr.contains("warning"), "{what}: {}", next.stderr);
+        assert_eq!(std::fs::read(&file).unwrap(), bytes, "{what}: not the same file again");
+    }
+}
+
+/// Runs at once on one cache: each writes a whole file (aside, then
+/// renamed), none reads half of one, and what is left is whole.
+#[test]
+fn concurrent_runs_share_the_cache() {
+    let dir = TempDir::new("concurrent");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (input, n) = text_frames(&prog);
+    let home = dir.path("xdg");
+    let bare = symres_in(&dir.path("unused"), &["--no-cache"], &input);
+    for round in 0..3 {
+        let runs: Vec<Child> = (0..4)
+            .map(|_| {
+                let mut c = Command::new(crate::support::bin("symres"))
+                    .env("XDG_CACHE_HOME", &home)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = c.stdin.take().unwrap();
+                let input = input.clone();
+                std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+                c
+            })
+            .collect();
+        for c in runs {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            assert_eq!(String::from_utf8_lossy(&out.stderr), "", "round {round}");
+            assert!(out.stdout == bare.stdout.as_bytes(), "round {round}: output differs");
+        }
+    }
+    // One whole file, no temporary one left.
+    let cache = home.join("leakd/symres");
+    assert_eq!(names_in(&cache), [format!("{}.answers", build_id(&prog))]);
+    let next = symres_in(&home, &["-v"], &input);
+    assert_eq!(cache_hits(&next.stderr), n, "{}", next.stderr);
+}
+
+/// A binary rebuilt at the same path has a new build id: it is never
+/// answered from the old build's cache file, which stays for the old one.
+#[test]
+fn rebuilt_binary_is_not_answered_from_the_old_cache() {
+    let dir = TempDir::new("rebuilt");
+    let home = dir.path("xdg");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (old_input, _) = text_frames(&prog);
+    let old_id = build_id(&prog);
+    assert_eq!(symres_in(&home, &[], &old_input).code, 0);
+    // Other code at the same path (unoptimized: every address moves).
+    sh(Command::new("gcc")
+        .args(["-g", "-O0", "-Wl,--build-id"])
+        .arg(fixture("prog.c"))
+        .arg("-o")
+        .arg(&prog));
+    let new_id = build_id(&prog);
+    assert_ne!(old_id, new_id);
+    let (input, _) = text_frames(&prog);
+    let bare = symres_in(&dir.path("unused"), &["--no-cache"], &input);
+    let r = symres_in(&home, &["-v"], &input);
+    assert_eq!(cache_hits(&r.stderr), 0, "{}", r.stderr);
+    assert!(!r.stderr.contains(&format!("{old_id}.answers")), "{}", r.stderr);
+    assert_eq!(r.stdout, bare.stdout);
+    let mut want = vec![format!("{new_id}.answers"), format!("{old_id}.answers")];
+    want.sort();
+    assert_eq!(names_in(&home.join("leakd/symres")), want);
+    // The old cache file holds the old build's id: put under the new one's
+    // name, it is refused (said), never answered from.
+    let cache = home.join("leakd/symres");
+    std::fs::copy(cache.join(format!("{old_id}.answers")), cache.join(format!("{new_id}.answers")))
+        .unwrap();
+    let r = symres_in(&home, &["-v"], &input);
+    assert!(r.stderr.contains("cache of another build"), "{}", r.stderr);
+    assert_eq!(cache_hits(&r.stderr), 0, "{}", r.stderr);
+    assert_eq!(r.stdout, bare.stdout);
+}
+
+/// What a run killed while writing its cache file leaves (a temporary
+/// file, never the file itself: that is only ever renamed into place) is
+/// removed by a later run once it is 10 minutes old; a newer one may be
+/// another run's, still writing, and stays.
+#[test]
+fn a_killed_writers_temporary_file_is_removed_later() {
+    let dir = TempDir::new("killed");
+    let prog = build_prog(&dir, "prog", &[]);
+    let (input, _) = text_frames(&prog);
+    let home = dir.path("xdg");
+    let cache = home.join("leakd/symres");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let id = build_id(&prog);
+    let (old, new) = (format!(".{id}.answers.00000000deadbeef"), format!(".{id}.answers.1"));
+    for name in [&old, &new] {
+        std::fs::write(cache.join(name), b"SYMRESAC half a file").unwrap();
+    }
+    let then = std::time::SystemTime::now() - Duration::from_secs(11 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(cache.join(&old))
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    let r = symres_in(&home, &[], &input);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr, "", "a temporary file is not read");
+    let mut want = vec![new, format!("{id}.answers")];
+    want.sort();
+    assert_eq!(names_in(&cache), want);
+}
+
 /// symres with a watchdog: `None` when it has not finished within
 /// `secs` seconds (it is then killed), else its exit code, stdout and
 /// stderr.
 fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, String)> {
     let mut child = Command::new(crate::support::bin("symres"))
+        .env("XDG_CACHE_HOME", test_cache_home())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1227,4 +1527,60 @@ fn lines_without_frames_pass_through_and_a_bad_frame_spoils_only_itself() {
             "symres: error: 1 malformed frame(s) left unresolved",
         ]
     );
+}
+
+/// Issue 17: symres's code speaks with the running tool's name and level.
+/// Under `leakd-attach -v --symbolize` its messages (files loaded, said
+/// under -v) start with "leakd-attach:", never "symres:".
+#[leakd_test_macros::bpf_test]
+fn messages_under_leakd_attach_carry_its_name() {
+    let out = Cmd::cargo_bin("leakd-attach")
+        .unwrap()
+        .args(["-v", "--symbolize", "--"])
+        .args([crate::support::LEAKER, "ten-nine", "--linger", "0.3"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let leaker = Path::new(crate::support::LEAKER).file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.lines().any(|l| l.starts_with("leakd-attach: loaded ") && l.contains(leaker)),
+        "{err}"
+    );
+    assert!(!err.lines().any(|l| l.starts_with("symres:")), "{err}");
+}
+
+/// A module closed to make room (--max-modules) keeps what it learned:
+/// the cache gets every answer of every module, and the next run answers
+/// every frame from it.
+#[test]
+fn closed_modules_keep_what_they_learned_for_the_cache() {
+    let dir = TempDir::new("closedcache");
+    let ids = ["ab", "cd"].map(|b| b.repeat(20));
+    let progs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| build_prog(&dir, &format!("p{}", &id[..2]), &[&format!("-Wl,--build-id=0x{id}")]))
+        .collect();
+    let (off, size) = section(&progs[0], ".text");
+    // Each line names both files, one after the other: with one module
+    // open, every frame closes the other.
+    let input: String = (off..off + size)
+        .step_by(4)
+        .map(|o| {
+            let f = |p: &Path| json!({"module": p.to_str().unwrap(), "offset": format!("{o:#x}")});
+            format!("{}\n", json!({"type": "t", "stack": [f(&progs[0]), f(&progs[1])]}))
+        })
+        .collect();
+    let frames = 2 * size.div_ceil(4);
+    let home = dir.path("xdg");
+    let first = symres_in(&home, &["-j1", "-vv", "--max-modules", "1"], &input);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(first.stderr.contains("closed a module used longest ago"), "{}", first.stderr);
+    let mut want: Vec<String> = ids.iter().map(|i| format!("{i}.answers")).collect();
+    want.sort();
+    assert_eq!(names_in(&home.join("leakd/symres")), want);
+    let second = symres_in(&home, &["-j1", "-v", "--max-modules", "1"], &input);
+    assert_eq!(cache_hits(&second.stderr), frames, "{}", second.stderr);
+    assert_eq!(second.stdout, first.stdout);
 }

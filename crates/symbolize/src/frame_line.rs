@@ -240,13 +240,17 @@ pub fn process_into(
             }
             Item::Known { array, index, open, close } => (*array, *index, *open, *close, None),
         };
-        // An object without addr, module or offset is not a frame either.
-        if members.as_ref().is_some_and(|m| !is_frame(text, &s.members[m.clone()])) {
-            continue;
-        }
-        // The line's pid matters once it has a frame.
-        let pid = pid.clone()?;
-        // A known frame had members when it was answered.
+        // The line's pid matters once it has a frame (an object without
+        // addr, module or offset is not one, and is left alone).
+        let pid = match &pid {
+            Ok(pid) => *pid,
+            Err(e) => match &members {
+                Some(m) if !is_frame(text, &s.members[m.clone()]) => continue,
+                _ => return Err(e.clone()),
+            },
+        };
+        // A known frame had members when it was answered (only frames are
+        // kept).
         let has_members = members.as_ref().is_none_or(|m| !m.is_empty());
         let whole = &line[open..=close];
         let cache_key = FrameCache::key(pid, whole);
@@ -260,7 +264,8 @@ pub fn process_into(
         let members = members.unwrap_or_else(|| s.frame_members(text, open));
         let frame_members = &s.members[members.clone()];
         let (added, stale, live) = match frame(resolver, text, frame_members, pid, texts) {
-            Ok(f) => f,
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
             Err(e) => {
                 // This frame alone goes unresolved, said why.
                 bad.push(format!("{}[{index}].{e}", s.arrays[array]));
@@ -406,11 +411,7 @@ fn warm(r: &mut AddrResolver, text: &str, s: &Scan, pid: Option<u32>) {
             Item::Frame { members, .. } => members,
             Item::Known { .. } => continue,
         };
-        let members = &s.members[members.clone()];
-        if !is_frame(text, members) {
-            continue;
-        }
-        let Ok(p) = parse_frame(r, text, members) else { continue };
+        let Ok(Some(p)) = parse_frame(r, text, &s.members[members.clone()]) else { continue };
         if let (Some(module), Some(offset)) = (&p.module, p.offset) {
             targets.extend(r.cold_target(&ModuleFrame {
                 module,
@@ -444,14 +445,17 @@ fn parse_frame<'a>(
     r: &mut AddrResolver,
     text: &'a str,
     members: &[Member],
-) -> Result<Parsed<'a>, String> {
+) -> Result<Option<Parsed<'a>>, String> {
     let mut g = Given::default();
     let mut stale = false;
-    let (mut module_key, mut offset_key) = (false, false);
+    let (mut module_key, mut offset_key, mut addr_key) = (false, false, false);
     for m in members {
         let k = key(text, m);
         let slot = match k.as_ref() {
-            "addr" => &mut g.addr,
+            "addr" => {
+                addr_key = true;
+                &mut g.addr
+            }
             "offset" => {
                 offset_key = true;
                 &mut g.offset
@@ -470,6 +474,10 @@ fn parse_frame<'a>(
         };
         *slot = (&text[m.value.start..m.value.end] != "null")
             .then_some(Value { span: m.value, escaped: m.value_escaped });
+    }
+    // Not a frame (see `is_frame`).
+    if !(addr_key || module_key || offset_key) {
+        return Ok(None);
     }
     let addr = opt_u64(text, g.addr, "addr")?;
     let offset = opt_u64(text, g.offset, "offset")?;
@@ -491,7 +499,7 @@ fn parse_frame<'a>(
     };
     let kernel = bool_value(text, g.kernel, "kernel")?;
     let back = u64::from(bool_value(text, g.return_address, "return_address")?);
-    Ok(Parsed { addr, offset, module, build_id, kernel, back, stale, module_key, offset_key })
+    Ok(Some(Parsed { addr, offset, module, build_id, kernel, back, stale, module_key, offset_key }))
 }
 
 /// Resolve one frame; also says whether it must be rewritten (it holds
@@ -503,9 +511,10 @@ fn frame(
     members: &[Member],
     pid: Option<u32>,
     texts: &mut Vec<u8>,
-) -> Result<(Added, bool, bool), String> {
+) -> Result<Option<(Added, bool, bool)>, String> {
+    let Some(parsed) = parse_frame(r, text, members)? else { return Ok(None) };
     let Parsed { addr, offset, module, build_id, kernel, back, mut stale, module_key, offset_key } =
-        parse_frame(r, text, members)?;
+        parsed;
 
     // Our tools' stack frames are return addresses (`back`): the call is
     // the byte before, and the next instruction may belong to another line
@@ -560,7 +569,7 @@ fn frame(
     };
     // A null module or offset is replaced by the one found.
     stale |= (module_key && found_module.is_some()) || (offset_key && found_offset.is_some());
-    Ok((Added { module: found_module, offset: found_offset, fields }, stale, live))
+    Ok(Some((Added { module: found_module, offset: found_offset, fields }, stale, live)))
 }
 
 /// The contents of a string value, or `None` when it is not a string.

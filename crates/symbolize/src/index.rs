@@ -18,26 +18,31 @@
 //! ignored (said under -v), and never read past its bounds.
 
 use std::path::PathBuf;
+
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::answer::{members, write_answer, Inlined, Reason, Resolution};
+use crate::answer::{members, write_answer, Reason, Resolution};
 use crate::elf::Bytes;
 use crate::frame_scan::Scan;
 use crate::store::StoreDir;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
+/// A cache file of answers (the cache module's): the same layout.
+const CACHE_MAGIC: &[u8; 8] = b"SYMRESAC";
 /// The format's version. An index also records the symres that wrote it:
 /// answers (demangling, say) may change between versions, so another
 /// version's index is ignored rather than trusted. The version is raised
 /// too when the answers change within one (4: no DWARF answers outside
 /// executable segments; 5: file and line in an index built from a debug
-/// file).
-const VERSION: u32 = 5;
+/// file; 6: pieces whose answer is not known, for caches of answers).
+const VERSION: u32 = 6;
 const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
 /// "None" for answers.
 const NONE32: u32 = u32::MAX;
+/// "Not known" for answers (in a cache: look the address up).
+const UNKNOWN32: u32 = u32::MAX - 1;
 /// "None" for symbol starts.
 const NONE64: u64 = u64::MAX;
 
@@ -57,43 +62,107 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 /// One answer as stored: `sym_offset` is computed from the symbol's start
-/// at lookup.
+/// at lookup; the rest is the answer as symres writes it into a frame, in
+/// parts: `"sym":...`, `"file":...` and `"line":...` (each rendered alone,
+/// so any may be empty; `sym_offset` goes after the first), and the
+/// elements of `"inlined"` without their braces. All but the line are
+/// shared by many answers. Kept rendered, so that the answers of a cache
+/// file read back are written again as they were.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stored {
-    sym: Option<Arc<str>>,
-    sym_start: Option<u64>,
-    file: Option<Arc<str>>,
-    line: Option<u32>,
-    inlined: Vec<Inlined>,
+pub struct Stored {
+    /// `NONE64` for none.
+    sym_start: u64,
+    parts: [Arc<[u8]>; 3],
+    inlined: Vec<Arc<[u8]>>,
 }
 
-impl Stored {
-    fn of(vaddr: u64, r: &Resolution) -> Stored {
-        Stored {
-            sym: r.sym.clone(),
-            sym_start: r.sym_offset.map(|o| vaddr.wrapping_sub(o)),
-            file: r.file.clone(),
-            line: r.line,
-            inlined: r.inlined.clone(),
+/// Parts rendered so far, by what they were rendered from: answers share
+/// their names and files (interned, so the same `Arc`), and a cache of
+/// answers renders each once, not once per address.
+#[derive(Default)]
+pub struct Renderer {
+    syms: FxHashMap<usize, Arc<[u8]>>,
+    files: FxHashMap<usize, Arc<[u8]>>,
+    lines: FxHashMap<Option<u32>, Arc<[u8]>>,
+    inlined: FxHashMap<(usize, usize, Option<u32>), Arc<[u8]>>,
+    /// The `Arc`s keyed by address are kept alive here (an address is
+    /// not reused while its key is in a map).
+    keep: Vec<Arc<str>>,
+}
+
+/// The address an optional shared string is at (0 for none).
+fn addr_of(s: &Option<Arc<str>>) -> usize {
+    s.as_ref().map_or(0, |s| s.as_ptr() as usize)
+}
+
+impl Renderer {
+    fn keep(&mut self, s: &Option<Arc<str>>) {
+        if let Some(s) = s {
+            self.keep.push(s.clone());
         }
     }
 
-    /// The answer as symres writes it into a frame, in parts: `"sym":...`,
-    /// `"file":...` and `"line":...` (each rendered alone, so any may be
-    /// empty; `sym_offset` goes after the first), and the elements of
-    /// `"inlined"` without their braces. All but the line are shared by
-    /// many answers.
-    fn rendered(&self) -> ([Vec<u8>; 3], Vec<Vec<u8>>) {
-        let sym = members(self.sym.as_deref(), None, None);
-        let file = members(None, self.file.as_deref(), None);
-        let line = members(None, None, self.line);
-        let inlined = self
-            .inlined
-            .iter()
-            .map(|f| members(f.sym.as_deref(), f.file.as_deref(), f.line))
-            .collect();
-        ([sym, file, line], inlined)
+    /// The answer `r` of a frame at `frame_addr` (whose `sym_offset` is
+    /// counted from there).
+    pub fn stored(&mut self, frame_addr: u64, r: &Resolution) -> Stored {
+        let sym = match self.syms.get(&addr_of(&r.sym)) {
+            Some(p) => p.clone(),
+            None => {
+                let p: Arc<[u8]> = members(r.sym.as_deref(), None, None).into();
+                self.keep(&r.sym);
+                self.syms.insert(addr_of(&r.sym), p.clone());
+                p
+            }
+        };
+        let file = match self.files.get(&addr_of(&r.file)) {
+            Some(p) => p.clone(),
+            None => {
+                let p: Arc<[u8]> = members(None, r.file.as_deref(), None).into();
+                self.keep(&r.file);
+                self.files.insert(addr_of(&r.file), p.clone());
+                p
+            }
+        };
+        let line =
+            self.lines.entry(r.line).or_insert_with(|| members(None, None, r.line).into()).clone();
+        let mut inlined = Vec::with_capacity(r.inlined.len());
+        for f in &r.inlined {
+            let key = (addr_of(&f.sym), addr_of(&f.file), f.line);
+            let p = match self.inlined.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<[u8]> = members(f.sym.as_deref(), f.file.as_deref(), f.line).into();
+                    self.keep(&f.sym);
+                    self.keep(&f.file);
+                    self.inlined.insert(key, p.clone());
+                    p
+                }
+            };
+            inlined.push(p);
+        }
+        Stored {
+            sym_start: r.sym_offset.map_or(NONE64, |o| frame_addr.wrapping_sub(o)),
+            parts: [sym, file, line],
+            inlined,
+        }
     }
+}
+
+impl Stored {
+    /// `Renderer::stored` without sharing.
+    pub fn of(frame_addr: u64, r: &Resolution) -> Stored {
+        Renderer::default().stored(frame_addr, r)
+    }
+}
+
+/// What a piece of a module answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Known(Stored),
+    /// No answer (no symbol, no DWARF there).
+    Nothing,
+    /// Not known (a cache of answers holds only the addresses it met).
+    Unknown,
 }
 
 /// Where pieces may start: `addrs` and 0, sorted, without repeats.
@@ -108,7 +177,9 @@ fn cuts(mut addrs: Vec<u64>) -> Vec<u64> {
 #[derive(Default)]
 pub struct Built {
     starts: Vec<u64>,
-    answers: Vec<Option<u32>>,
+    /// Where each piece's answer is in `stored`, or NONE32 (no answer) or
+    /// UNKNOWN32.
+    answers: Vec<u32>,
     stored: Vec<Stored>,
 }
 
@@ -140,8 +211,8 @@ impl Built {
         });
         let mut ix = Built::default();
         for p in parts {
-            for (a, i) in p.starts.into_iter().zip(p.answers) {
-                ix.push(a, i.map(|i| p.stored[i as usize].clone()));
+            for (i, &a) in p.starts.iter().enumerate() {
+                ix.push(a, p.piece(i));
             }
         }
         ix
@@ -151,23 +222,44 @@ impl Built {
     fn of_cuts(addrs: &[u64], mut answer: impl FnMut(u64) -> Result<Resolution, Reason>) -> Built {
         let mut ix = Built::default();
         for &a in addrs {
-            ix.push(a, answer(a).ok().map(|r| Stored::of(a, &r)));
+            ix.push(a, answer(a).map_or(Piece::Nothing, |r| Piece::Known(Stored::of(a, &r))));
         }
         ix
     }
 
-    /// A piece starting at `a`, unless the answer is the one before.
-    fn push(&mut self, a: u64, s: Option<Stored>) {
-        if let Some(last) = self.answers.last() {
-            if last.map(|i| &self.stored[i as usize]) == s.as_ref() {
+    /// Piece `i`'s answer.
+    fn piece(&self, i: usize) -> Piece {
+        match self.answers[i] {
+            NONE32 => Piece::Nothing,
+            UNKNOWN32 => Piece::Unknown,
+            k => Piece::Known(self.stored[k as usize].clone()),
+        }
+    }
+
+    /// A piece starting at `a` (after every piece so far), unless the
+    /// answer is the one before.
+    pub fn push(&mut self, a: u64, s: Piece) {
+        if let Some(&last) = self.answers.last() {
+            let same = match (&s, last) {
+                (Piece::Nothing, NONE32) | (Piece::Unknown, UNKNOWN32) => true,
+                (Piece::Known(s), k) if k != NONE32 && k != UNKNOWN32 => {
+                    self.stored[k as usize] == *s
+                }
+                _ => false,
+            };
+            if same {
                 return;
             }
         }
         self.starts.push(a);
-        self.answers.push(s.map(|s| {
-            self.stored.push(s);
-            (self.stored.len() - 1) as u32
-        }));
+        self.answers.push(match s {
+            Piece::Nothing => NONE32,
+            Piece::Unknown => UNKNOWN32,
+            Piece::Known(s) => {
+                self.stored.push(s);
+                (self.stored.len() - 1) as u32
+            }
+        });
     }
 
     /// The file's bytes, for the module with `build_id`.
@@ -188,16 +280,49 @@ impl Built {
     /// (u32), the `"line"` part.
     /// `None` when the index would pass 4 GB (its offsets are 32-bit).
     pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
+        self.bytes_after(header(build_id))
+    }
+
+    /// The bytes of a cache file of answers for the module with
+    /// `build_id`, made from files described by `provenance` (see
+    /// `Index::parse_cache`): the index's layout with another magic, the
+    /// provenance and a CRC-32 of all that follows it after the build id.
+    pub fn to_cache_bytes(&self, build_id: &[u8], provenance: &[u8]) -> Option<Vec<u8>> {
+        let mut head = header(build_id);
+        head[..8].copy_from_slice(CACHE_MAGIC);
+        put32(&mut head, u32::try_from(provenance.len()).ok()?);
+        head.extend_from_slice(provenance);
+        let crc_at = head.len();
+        put32(&mut head, 0);
+        let mut out = self.bytes_after(head)?;
+        let crc = crc32fast::hash(&out[crc_at + 4..]);
+        out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        Some(out)
+    }
+
+    /// The file: `head` (up to the counts), then the tables and the blob.
+    fn bytes_after(&self, head: Vec<u8>) -> Option<Vec<u8>> {
         let mut blob = Vec::new();
         let mut shared: FxHashMap<(Kind, &[u8]), u32> = FxHashMap::default();
         let mut records = Vec::with_capacity(self.stored.len());
-        let rendered: Vec<_> = self.stored.iter().map(Stored::rendered).collect();
-        let parts = rendered.iter().flat_map(|([sym, file, _], inlined)| {
-            [(Kind::Sym, &sym[..]), (Kind::File, &file[..])]
+        let rendered: Vec<_> = self.stored.iter().map(|s| (&s.parts, &s.inlined)).collect();
+        let parts = rendered.iter().flat_map(|&([sym, file, _], inlined)| {
+            [(Kind::Sym, sym), (Kind::File, file)]
                 .into_iter()
-                .chain(inlined.iter().map(|p| (Kind::Inlined, &p[..])))
+                .chain(inlined.iter().map(|p| (Kind::Inlined, p)))
         });
-        for (kind, part) in parts {
+        // Parts are mostly shared `Arc`s: found by address before content.
+        let mut by_addr: FxHashMap<(Kind, usize), u32> = FxHashMap::default();
+        for (kind, arc) in parts {
+            let addr = (kind, arc.as_ptr() as usize);
+            if by_addr.contains_key(&addr) {
+                continue;
+            }
+            let part: &[u8] = arc;
+            if let Some(&at) = shared.get(&(kind, part)) {
+                by_addr.insert(addr, at);
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(e) = shared.entry((kind, part)) {
                 blob.resize(blob.len().next_multiple_of(8), 0);
                 e.insert(u32::try_from(blob.len()).ok()?);
@@ -207,23 +332,25 @@ impl Built {
                         | (kind as u32) << 30,
                 );
                 blob.extend_from_slice(part);
+                by_addr.insert(addr, (blob.len() - part.len() - 4) as u32);
             }
         }
-        for (s, ([sym, file, line], inlined)) in self.stored.iter().zip(&rendered) {
+        for (s, &([sym, file, line], inlined)) in self.stored.iter().zip(&rendered) {
             blob.resize(blob.len().next_multiple_of(8), 0);
             records.push(u32::try_from(blob.len()).ok()?);
-            blob.extend_from_slice(&s.sym_start.unwrap_or(NONE64).to_le_bytes());
-            put32(&mut blob, shared[&(Kind::Sym, &sym[..])]);
-            put32(&mut blob, shared[&(Kind::File, &file[..])]);
+            blob.extend_from_slice(&s.sym_start.to_le_bytes());
+            let at = |kind: Kind, p: &Arc<[u8]>| by_addr[&(kind, p.as_ptr() as usize)];
+            put32(&mut blob, at(Kind::Sym, sym));
+            put32(&mut blob, at(Kind::File, file));
             put32(&mut blob, line.len() as u32);
             put32(&mut blob, inlined.len() as u32);
-            for part in inlined {
-                put32(&mut blob, shared[&(Kind::Inlined, &part[..])]);
+            for part in inlined.iter() {
+                put32(&mut blob, at(Kind::Inlined, part));
             }
             blob.extend_from_slice(line);
         }
         let n_blocks = self.starts.len().div_ceil(BLOCK);
-        let mut out = header(build_id);
+        let mut out = head;
         put32(&mut out, self.starts.len() as u32);
         put32(&mut out, n_blocks as u32);
         let fence_at = out.len() + 4 * 8;
@@ -244,7 +371,13 @@ impl Built {
                 out.extend_from_slice(&NONE64.to_le_bytes());
             }
             for i in pieces.clone() {
-                put32(&mut out, self.answers[i].map_or(NONE32, |a| records[a as usize]));
+                put32(
+                    &mut out,
+                    match self.answers[i] {
+                        a @ (NONE32 | UNKNOWN32) => a,
+                        a => records[a as usize],
+                    },
+                );
             }
             for _ in pieces.len()..BLOCK {
                 put32(&mut out, NONE32);
@@ -358,6 +491,39 @@ pub struct Index {
     scan: Scan,
 }
 
+/// Check the header of an index or cache file (`magic`) for the module
+/// with `build_id`; where its counts start.
+fn header_end(d: &[u8], magic: &[u8; 8], build_id: &[u8]) -> Result<usize, String> {
+    if d.get(..8) != Some(magic.as_slice()) {
+        return Err(if magic == MAGIC { "not a symres index" } else { "not a symres cache" }.into());
+    }
+    let version = u32_at(d, 8).ok_or("truncated")?;
+    if version != VERSION {
+        return Err(format!("format version {version}, this symres reads {VERSION}"));
+    }
+    let writer_len = u32_at(d, 12).ok_or("truncated")? as usize;
+    let writer = d.get(16..16usize.saturating_add(writer_len)).ok_or("truncated")?;
+    if writer != WRITER.as_bytes() {
+        return Err(match std::str::from_utf8(writer) {
+            Ok(w) if w.len() <= 64 && w.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+                format!("written by {w}, not {WRITER}")
+            }
+            _ => format!("not written by {WRITER}"),
+        });
+    }
+    let at_id = 16 + writer_len;
+    let id_len = u32_at(d, at_id).ok_or("truncated")? as usize;
+    if d.get(at_id + 4..(at_id + 4).saturating_add(id_len)) != Some(build_id) {
+        return Err(if magic == MAGIC {
+            "index of another build"
+        } else {
+            "cache of another build"
+        }
+        .into());
+    }
+    Ok(at_id + 4 + build_id.len())
+}
+
 fn u32_at(d: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
@@ -372,30 +538,36 @@ impl Index {
     /// corrupt index gives wrong answers or none, never a read out of
     /// bounds or a line that is not JSON.
     pub fn parse(data: Bytes, build_id: &[u8]) -> Result<Index, String> {
+        let h = header_end(&data, MAGIC, build_id)?;
+        Index::tables(data, h)
+    }
+
+    /// `parse` for a cache file of answers (`Built::to_cache_bytes`),
+    /// made from the files `provenance` describes: one made from other
+    /// files (a debug file installed since, say) is refused, and so is
+    /// one whose CRC does not match (damaged or cut short).
+    pub fn parse_cache(data: Bytes, build_id: &[u8], provenance: &[u8]) -> Result<Index, String> {
         let d: &[u8] = &data;
-        if d.get(..8) != Some(MAGIC.as_slice()) {
-            return Err("not a symres index".into());
+        let h = header_end(d, CACHE_MAGIC, build_id)?;
+        let len = u32_at(d, h).ok_or("truncated")? as usize;
+        let p = d.get(h + 4..(h + 4).saturating_add(len)).ok_or("truncated")?;
+        if p != provenance {
+            return Err(
+                "made from other files (the file changed, or a debug file was installed or removed)"
+                    .into(),
+            );
         }
-        let version = u32_at(d, 8).ok_or("truncated")?;
-        if version != VERSION {
-            return Err(format!("index version {version}, this symres reads {VERSION}"));
+        let crc_at = h + 4 + len;
+        let crc = u32_at(d, crc_at).ok_or("truncated")?;
+        if crc32fast::hash(&d[crc_at + 4..]) != crc {
+            return Err("damaged or truncated (checksum mismatch)".into());
         }
-        let writer_len = u32_at(d, 12).ok_or("truncated")? as usize;
-        let writer = d.get(16..16usize.saturating_add(writer_len)).ok_or("truncated")?;
-        if writer != WRITER.as_bytes() {
-            return Err(match std::str::from_utf8(writer) {
-                Ok(w) if w.len() <= 64 && w.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
-                    format!("written by {w}, not {WRITER}")
-                }
-                _ => format!("not written by {WRITER}"),
-            });
-        }
-        let at_id = 16 + writer_len;
-        let id_len = u32_at(d, at_id).ok_or("truncated")? as usize;
-        if d.get(at_id + 4..(at_id + 4).saturating_add(id_len)) != Some(build_id) {
-            return Err("index of another build".into());
-        }
-        let h = at_id + 4 + build_id.len();
+        Index::tables(data, crc_at + 4)
+    }
+
+    /// The index whose counts start at `h`, its tables checked to fit.
+    fn tables(data: Bytes, h: usize) -> Result<Index, String> {
+        let d: &[u8] = &data;
         let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
         let (n_pieces, n_blocks) = (count(0)?, count(1)?);
         let at = |i: usize| {
@@ -434,6 +606,13 @@ impl Index {
 
     /// Where the answer of the piece holding `vaddr` is in the blob.
     fn record(&self, vaddr: u64) -> Option<usize> {
+        // Answers are 8-aligned (what `checked` relies on).
+        self.word(vaddr).filter(|&r| r != NONE32 && r % 8 == 0).map(|r| r as usize)
+    }
+
+    /// The answer word of the piece holding `vaddr`: where its answer is
+    /// in the blob, NONE32 or UNKNOWN32 (or anything, in a damaged file).
+    fn word(&self, vaddr: u64) -> Option<u32> {
         let d: &[u8] = &self.data;
         let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
         // The last block whose first piece starts at or before `vaddr`.
@@ -446,13 +625,31 @@ impl Index {
                 hi = mid;
             }
         }
-        let block = self.blocks_at + BLOCK_BYTES * lo.checked_sub(1)?;
+        let b = lo.checked_sub(1)?;
+        let block = self.blocks_at + BLOCK_BYTES * b;
         let starts = d.get(block..block + BLOCK_BYTES)?;
-        // The last piece of the block that starts at or before `vaddr`.
-        let i =
-            (0..BLOCK).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
-        // Answers are 8-aligned (what `checked` relies on).
-        u32_at(starts, 8 * BLOCK + 4 * i).filter(|&r| r != NONE32 && r % 8 == 0).map(|r| r as usize)
+        // The last piece of the block that starts at or before `vaddr` (of
+        // those there are: the padding after the last starts at u64::MAX).
+        let n = self.n_pieces.saturating_sub(b * BLOCK).min(BLOCK);
+        let i = (0..n).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
+        u32_at(starts, 8 * BLOCK + 4 * i)
+    }
+
+    /// Whether the answer at `vaddr` is known (in a cache of answers).
+    pub fn knows(&self, vaddr: u64) -> bool {
+        !matches!(self.word(vaddr), Some(UNKNOWN32) | None)
+    }
+
+    /// `answer`, for a cache of answers: `None` when the answer at
+    /// `vaddr` is not known (the address must be looked up).
+    pub fn lookup(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Option<Result<(), Reason>> {
+        match self.word(vaddr) {
+            Some(UNKNOWN32) | None => None,
+            Some(r) if r != NONE32 && r % 8 == 0 => {
+                Some(self.answer_at(r as usize, vaddr, back, o))
+            }
+            Some(_) => Some(Err(Reason::NoSymbols)),
+        }
     }
 
     /// The answer at `vaddr` as JSON object members, ready for a frame,
@@ -461,6 +658,17 @@ impl Index {
     /// Appended to `o`, which is left as it was when there is none.
     pub fn answer(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Result<(), Reason> {
         let at = self.record(vaddr).ok_or(Reason::NoSymbols)?;
+        self.answer_at(at, vaddr, back, o)
+    }
+
+    /// `answer` of the record at `at` of the blob (8-aligned).
+    fn answer_at(
+        &mut self,
+        at: usize,
+        vaddr: u64,
+        back: u64,
+        o: &mut Vec<u8>,
+    ) -> Result<(), Reason> {
         if self.checked_answers.is_empty() {
             let words = self.blob.len().div_ceil(8 * 64);
             self.checked_answers = vec![0; words];
@@ -508,6 +716,73 @@ impl Index {
         Ok(())
     }
 
+    /// The answer at blob offset `at` as stored, if it passes the checks
+    /// `answer` makes (for a cache written again with more answers).
+    fn stored_at(&mut self, at: usize, memo: &mut FxHashMap<usize, Arc<[u8]>>) -> Option<Stored> {
+        let mut o = Vec::new();
+        // The checks of `answer`, once (they are remembered).
+        self.answer_at(at, 0, 0, &mut o).ok()?;
+        let blob = self.data.get(self.blob.clone())?;
+        let field = |i: usize| u32_at(blob, at + 8 + 4 * i).map(|n| n as usize);
+        let n = field(3)?.min(blob.len().saturating_sub(at + 24) / 4).min(MAX_INLINED);
+        let text =
+            |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end));
+        // Shared parts are read once each.
+        let mut part = |i: usize| -> Option<Arc<[u8]>> {
+            let at = field(i)?;
+            if let Some(p) = memo.get(&at) {
+                return Some(p.clone());
+            }
+            let word = u32_at(blob, at)?;
+            let p: Arc<[u8]> = text(at + 4, (word & PART_LEN) as usize)?.into();
+            memo.insert(at, p.clone());
+            Some(p)
+        };
+        let (sym, file) = (part(0)?, part(1)?);
+        let inlined = (0..n).map(|i| part(4 + i)).collect::<Option<_>>()?;
+        Some(Stored {
+            sym_start: u64_at(blob, at)?,
+            parts: [sym, file, text(at + 24 + 4 * n, field(2)?)?.into()],
+            inlined,
+        })
+    }
+
+    /// The pieces whose answer is known, as [start, end) and the answer, in
+    /// order (those of a damaged file that cannot be read are left out).
+    pub fn known(&mut self) -> Vec<(u64, u64, Piece)> {
+        let mut raw = Vec::new();
+        for p in 0..self.n_pieces {
+            let (b, i) = (p / BLOCK, p % BLOCK);
+            let block = self.blocks_at + b * BLOCK_BYTES;
+            let (Some(start), Some(word)) =
+                (u64_at(&self.data, block + 8 * i), u32_at(&self.data, block + 8 * BLOCK + 4 * i))
+            else {
+                break;
+            };
+            raw.push((start, word));
+        }
+        let mut out = Vec::new();
+        let mut memo = FxHashMap::default();
+        for (k, &(start, word)) in raw.iter().enumerate() {
+            let end = raw.get(k + 1).map_or(u64::MAX, |n| n.0);
+            // In order, or not at all (a damaged file).
+            if end <= start || out.last().is_some_and(|&(_, e, _)| start < e) {
+                continue;
+            }
+            let piece = match word {
+                UNKNOWN32 => continue,
+                NONE32 => Piece::Nothing,
+                r if r % 8 == 0 => match self.stored_at(r as usize, &mut memo) {
+                    Some(s) => Piece::Known(s),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            out.push((start, end, piece));
+        }
+        out
+    }
+
     /// The index of `build_id` in `dir`, if there is a usable one.
     pub fn load(dir: &StoreDir, build_id: &[u8]) -> Result<Option<Index>, String> {
         let name = file_name(build_id);
@@ -552,6 +827,7 @@ fn put32(out: &mut Vec<u8>, v: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answer::Inlined;
 
     impl Index {
         /// `answer` as a string of its own.

@@ -16,7 +16,8 @@
 //!    back) and `frame_scan` (the validating scanner that finds them)
 //! 3. `resolver/` (frame → module → answer, with its caches: loaded
 //!    modules, debug files, processes' maps, DWARF shared between threads)
-//! 4. the sources of answers: `index` (prebuilt answers), `dwarf`, `elf`,
+//! 4. the sources of answers: `cache` (the answers runs learned, by build
+//!    id) over `index` (prebuilt answers, the cache's file layout), `dwarf`, `elf`,
 //!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
 //!    whoever else writes there), `files` (opening the files frames name:
 //!    regular ones, without blocking, inside a process's root)
@@ -29,6 +30,7 @@
 //! because of one bad line or one bad file.
 
 mod answer;
+mod cache;
 mod demangle;
 mod dwarf;
 mod elf;
@@ -47,6 +49,9 @@ mod symbolizer;
 mod testing;
 
 pub use answer::{Inlined, Outcome, PidFrame, Reason, Resolution};
+#[doc(hidden)]
+pub use cache::fuzz as fuzz_cache;
+pub use cache::DEFAULT_SIZE as DEFAULT_CACHE_SIZE;
 pub use demangle::demangle;
 pub use frame_line::LineError;
 #[doc(hidden)]

@@ -35,6 +35,15 @@ pub struct StoreDir {
     shared: bool,
 }
 
+/// A file in a directory, as `StoreDir::entries` lists it.
+#[derive(Debug)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    /// Modification time: seconds since the epoch, nanoseconds.
+    pub modified: (i64, i64),
+}
+
 /// A new file in a directory, not yet under its name (removed if dropped
 /// before `StoreDir::commit`).
 #[derive(Debug)]
@@ -160,6 +169,43 @@ impl StoreDir {
         })?;
         tmp.committed = true;
         Ok(self.path.join(name))
+    }
+
+    /// `commit` without waiting for the data to reach the disk: for a
+    /// cache, which a crash may lose (its readers check a CRC), but whose
+    /// fsync would hold up the end of every run.
+    pub fn commit_unsynced(&self, mut tmp: TempFile<'_>, name: &str) -> io::Result<PathBuf> {
+        let fd = Some(self.dir.as_raw_fd());
+        renameat(fd, tmp.name.as_str(), fd, name).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("{}: {e}", self.path.join(name).display()),
+            )
+        })?;
+        tmp.committed = true;
+        Ok(self.path.join(name))
+    }
+
+    /// The regular files in the directory (not through symlinks), with
+    /// their sizes and modification times.
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.path)? {
+            let Ok(e) = e else { continue };
+            let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+            // symlink_metadata: a link is not followed (nor listed).
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_file() {
+                out.push(Entry { name, size: md.len(), modified: (md.mtime(), md.mtime_nsec()) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the file `name` (a link is removed, not followed).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        unlinkat(Some(self.dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+            .map_err(io::Error::from)
     }
 
     /// The regular file `name` for reading (`Ok(None)` when there is none),

@@ -97,6 +97,18 @@ impl Resolver {
         self.addrs.set_warm(on);
     }
 
+    /// This resolver's part of the cache of answers, handed over when its
+    /// last line is answered (see `AddrResolver::finish_cache`).
+    pub fn finish_cache(&mut self) {
+        self.addrs.finish_cache();
+    }
+
+    /// Write the cache of answers: what this resolver and those made from
+    /// it by `fresh` learned, once they are done (`Options::cache`).
+    pub fn write_cache(&mut self) {
+        self.addrs.write_cache();
+    }
+
     /// Build the index of `file` (see `AddrResolver::build_index`).
     pub fn build_index(
         &mut self,

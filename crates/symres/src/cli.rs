@@ -49,11 +49,21 @@ pub struct Cli {
     #[arg(long = "build-index", value_name = "FILE", num_args = 1.., conflicts_with = "no_inlined")]
     build_index: Vec<PathBuf>,
 
-    /// Where indexes are written and looked for [default: $XDG_CACHE_HOME/leakd/symres,
-    /// else ~/.cache/leakd/symres].
+    /// Where indexes and the cache of answers are written and looked for [default:
+    /// $XDG_CACHE_HOME/leakd/symres, else ~/.cache/leakd/symres].
     #[arg(long = "index-dir", value_name = "DIR")]
     index_dir: Option<PathBuf>,
 
+    /// Do not read or write the cache of answers. By default, what a run answers for a
+    /// module with a build id is kept in the index directory when its input ends
+    /// (<build-id>.answers), and later runs answer those addresses from it.
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+
+    /// Keep the cache files under SIZE bytes (suffixes K, M, G: powers of 1024), those
+    /// used longest ago removed first [default: 256M].
+    #[arg(long = "cache-size", value_name = "SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// Keep at most N modules (ELF files) open in each resolving thread; the one used longest
     /// ago is closed to make room, and loaded again when a frame needs it. Bounds symres's
     /// memory over a stream naming many files.
@@ -82,6 +92,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         inlined: !cli.no_inlined,
         index_dir: cli.index_dir.clone(),
         warm_threads: threads,
+        cache: !cli.no_cache && cli.build_index.is_empty(),
+        cache_size: cli.cache_size.unwrap_or(leakd_symbolize::DEFAULT_CACHE_SIZE),
         max_modules: cli.max_modules as usize,
     };
     if !cli.build_index.is_empty() {
@@ -98,6 +110,21 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         eprintln!("{}", log::error_line(format_args!("{n} malformed frame(s) left unresolved")));
     }
     Ok(i32::from(malformed != pipeline::Malformed::default()))
+}
+
+/// A size in bytes: a number, with K, M or G for powers of 1024.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("not a size: {s:?} (a number of bytes, with K, M or G)"))
 }
 
 /// One resolving thread per CPU symres may run on, at most 4: each thread

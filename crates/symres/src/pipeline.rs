@@ -41,7 +41,11 @@ impl std::ops::AddAssign for Malformed {
 pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Result<Malformed> {
     let pool = &Pool::default();
     if threads > 1 {
-        return run_threads(threads, &first, deadline, pool);
+        let mut first = first;
+        let r = run_threads(threads, &first, deadline, pool);
+        // The workers are done: what they learned is handed over.
+        first.write_cache();
+        return r;
     }
     // One thread does it all: no threads to start (a single line's
     // wait), no handing over.
@@ -57,13 +61,16 @@ pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Res
             }
         }
     })?;
+    let r = match io_error {
+        Some(e) => Err(e),
+        None => writer.finish(),
+    };
+    // After the last line is out: the cache costs the output nothing.
+    resolver.write_cache();
     // Tearing down every cached table costs ~5% of a large run; the
     // process ends now and the kernel frees it all at once.
     std::mem::forget(resolver);
-    if let Some(e) = io_error {
-        return Err(e);
-    }
-    writer.finish()
+    r
 }
 
 /// Resolve with `threads` workers: the reader (this thread) sends batches
@@ -345,6 +352,7 @@ fn worker(
             break;
         }
     }
+    resolver.finish_cache();
     // Tearing down every cached table costs ~5% of a large run; the process
     // ends soon and the kernel frees it all at once.
     std::mem::forget(resolver);

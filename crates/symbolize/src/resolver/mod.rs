@@ -59,6 +59,12 @@ pub struct Options {
     /// Threads that may parse the DWARF units one line needs at once, when
     /// lines come few at a time (see `AddrResolver::set_warm`); 0 or 1: none.
     pub warm_threads: usize,
+    /// Answer from, and add to, the cache of answers in the index
+    /// directory (see `crate::cache`), with inlined functions only; its
+    /// files are kept under `cache_size` bytes. Off by default: a library
+    /// user opts in, and writes it (`AddrResolver::write_cache`).
+    pub cache: bool,
+    pub cache_size: u64,
     /// Modules (ELF files) each resolver keeps open at most; the one used
     /// longest ago is closed to make room (and loaded again if needed).
     pub max_modules: usize,
@@ -78,6 +84,8 @@ impl Default for Options {
             inlined: true,
             index_dir: None,
             warm_threads: 0,
+            cache: false,
+            cache_size: crate::cache::DEFAULT_SIZE,
             max_modules: MAX_OPEN_MODULES as usize,
         }
     }
@@ -233,9 +241,9 @@ impl AddrResolver {
         let found = self.module_offset_with(f, |m, offset, back| {
             let vaddr =
                 elf::offset_to_vaddr(&m.segments, offset).filter(|&v| elf::is_code(&m.segments, v));
-            let Some(vaddr) =
-                vaddr.filter(|&v| m.index.is_none() && !m.answers.contains_key(&(v, back)))
-            else {
+            let Some(vaddr) = vaddr.filter(|&v| {
+                m.index.is_none() && !m.answers.contains_key(&(v, back)) && !m.cached(v)
+            }) else {
                 return Ok(None);
             };
             let Some(units) = m.units() else { return Ok(None) };
@@ -515,8 +523,24 @@ impl AddrResolver {
         key: Option<FileKey>,
     ) -> ModuleId {
         let index = elf.build_id.as_deref().and_then(|id| self.load_index(id));
-        let (id, closed) = self.modules.insert(Module::new(elf, debug, key, &self.shared, index));
-        if let Some(m) = closed {
+        let mut m = Module::new(elf, debug, key, &self.shared, index);
+        if self.opts.cache && self.opts.inlined && m.index.is_none() && !m.provenance.is_empty() {
+            if let (Some(id), Some(dir)) = (m.build_id.as_deref(), self.index_dir()) {
+                m.learn = true;
+                m.cache = match StoreDir::open(&dir) {
+                    Ok(store) => crate::cache::load(&store, id, &m.provenance),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        log::once(1, || format!("cache: {e}"));
+                        None
+                    }
+                };
+            }
+        }
+        let (id, closed) = self.modules.insert(m);
+        if let Some(mut m) = closed {
+            // What it learned for the cache is kept.
+            self.hand_over(&mut m);
             log::log!(
                 2,
                 "closed a module used longest ago ({} open at most)",
@@ -546,6 +570,47 @@ impl AddrResolver {
         match self.modules.get_mut(id?) {
             Some(m) => look(m, offset, back),
             None => Err(Reason::FileMissing),
+        }
+    }
+
+    /// Hand what this resolver's modules learned to the cache's writer
+    /// (`write_cache`, on any resolver of the stream), once its last line
+    /// is answered.
+    pub fn finish_cache(&mut self) {
+        for m in self.modules.iter_mut() {
+            hand_over(&self.shared, m);
+        }
+    }
+
+    /// `finish_cache` for one module (one being closed, say).
+    fn hand_over(&self, m: &mut Module) {
+        hand_over(&self.shared, m);
+    }
+
+    /// Write what the resolvers of this stream learned (`finish_cache`) to
+    /// the cache directory, merged with what is there.
+    pub fn write_cache(&mut self) {
+        self.finish_cache();
+        let (hits, learned) = self.shared.take_learned();
+        if !self.opts.cache {
+            return;
+        }
+        log::log!(1, "cache: {hits} frames answered from the cache");
+        // One entry per build id: each thread's answers together.
+        let mut by_id: Vec<crate::cache::Learned> = Vec::new();
+        for l in learned {
+            match by_id
+                .iter_mut()
+                .find(|b| b.build_id == l.build_id && b.provenance == l.provenance)
+            {
+                Some(b) => b.points.extend(l.points),
+                None => by_id.push(l),
+            }
+        }
+        if let Some(dir) = self.index_dir() {
+            let t0 = std::time::Instant::now();
+            crate::cache::write(&dir, self.opts.cache_size, by_id);
+            log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
     }
 
@@ -656,6 +721,15 @@ impl AddrResolver {
         }
         self.by_build_id.insert(id.to_vec(), found);
         found
+    }
+}
+
+/// Hand what `m` learned, and its count of frames answered from the
+/// cache, to the cache's writer.
+fn hand_over(shared: &Shared, m: &mut Module) {
+    shared.cache_hits(std::mem::take(&mut m.cache_hits));
+    if let Some(l) = m.take_learned() {
+        shared.learned(l);
     }
 }
 
@@ -799,11 +873,22 @@ mod tests {
         assert!(!Arc::ptr_eq(&index(&mut a), &index(&mut other)));
         let (ida, idb) = (a.load_path(&exe, &exe).unwrap(), b.load_path(&exe, &exe).unwrap());
         for &v in &addrs {
-            assert_eq!(
+            let (x, y) = (
                 a.modules.get_mut(ida).unwrap().lookup_vaddr(v, true),
                 b.modules.get_mut(idb).unwrap().lookup_vaddr(v, true),
-                "at {v:#x}"
             );
+            assert_eq!(x, y, "at {v:#x}");
+            // Symbol names are demangled once for both (one string), not
+            // for the other stream's resolver.
+            let ido = other.load_path(&exe, &exe).unwrap();
+            let z = other.modules.get_mut(ido).unwrap().lookup_vaddr(v, true);
+            let from_symbols = a.modules.get_mut(ida).unwrap().symbols.lookup(v).is_some();
+            if let (true, Ok(Some(x)), Ok(Some(y)), Ok(Some(z))) =
+                (from_symbols, x.map(|r| r.sym), y.map(|r| r.sym), z.map(|r| r.sym))
+            {
+                assert!(Arc::ptr_eq(&x, &y), "{x} demangled twice");
+                assert!(!Arc::ptr_eq(&x, &z), "{x} shared with another stream");
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use crate::demangle::demangle;
 use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
 use crate::elf::{self, ElfFile, LoadError};
 use crate::files;
-use crate::index::Index;
+use crate::index::{Index, Piece, Renderer};
 use crate::log;
 
 /// Answers remembered per module before the cache is reset.
@@ -40,6 +40,18 @@ pub struct Module {
     /// its build id: lines are then answered from it, without symbols or
     /// DWARF (the structured answers of `resolve_*` still come from those).
     pub index: Option<Index>,
+    /// The answers earlier runs made (see `crate::cache`), when there is
+    /// no index: looked up first, as an index is, but an address it does
+    /// not know is looked up in the symbols and DWARF.
+    pub cache: Option<Index>,
+    /// What the answers are made from (`cache::provenance`), and the
+    /// answers made in this run, when they are to be cached (the module
+    /// has a build id and no index, and the cache is on).
+    pub provenance: Vec<u8>,
+    pub learn: bool,
+    pub learned: Vec<(u64, u64, Outcome)>,
+    /// Frames answered from the cache.
+    pub cache_hits: u64,
     /// By address looked up, and how far back from the frame's (see
     /// `Resolution::shifted`).
     pub answers: FxHashMap<(u64, u64), Outcome>,
@@ -121,6 +133,14 @@ impl Module {
         index: Option<Index>,
     ) -> Module {
         let ElfFile { build_id, segments, symbols, dwarf, .. } = elf;
+        let provenance = crate::cache::provenance(
+            key.map(|k| k.describe()).as_deref(),
+            dwarf.is_some(),
+            symbols.len(),
+            debug.as_ref().map(|d| {
+                (d.build_id.as_deref().unwrap_or_default(), d.symbols.len(), d.dwarf.is_some())
+            }),
+        );
         let (symbols, dwarf) = match debug {
             Some(d) => {
                 let symbols = if d.symbols.len() > symbols.len() { d.symbols } else { symbols };
@@ -136,6 +156,11 @@ impl Module {
             dwarf: Some(dwarf.map_or(DwarfState::Absent, |d| DwarfState::Pending(d, key))),
             shared: shared.clone(),
             index,
+            cache: None,
+            provenance,
+            learn: false,
+            learned: Vec::new(),
+            cache_hits: 0,
             answers: FxHashMap::default(),
             demangled: FxHashMap::default(),
             files: FxHashMap::default(),
@@ -164,7 +189,39 @@ impl Module {
             let start = texts.len();
             return ix.answer(vaddr, back, texts).map(|()| Answer::Written(start..texts.len()));
         }
+        if let Some(c) = &mut self.cache {
+            let vaddr = elf::offset_to_vaddr(&self.segments, offset).ok_or(Reason::Unmapped)?;
+            let start = texts.len();
+            if let Some(r) = c.lookup(vaddr, back, texts) {
+                self.cache_hits += 1;
+                return r.map(|()| Answer::Written(start..texts.len()));
+            }
+        }
         self.lookup_offset(offset, back, inlined).map(Answer::Made)
+    }
+
+    /// Whether the answer at `vaddr` is in the cache of earlier runs.
+    pub fn cached(&self, vaddr: u64) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.knows(vaddr))
+    }
+
+    /// What this run learned, for the cache (emptied).
+    pub fn take_learned(&mut self) -> Option<crate::cache::Learned> {
+        let learned = std::mem::take(&mut self.learned);
+        let build_id = self.build_id.clone().filter(|_| !learned.is_empty())?;
+        let mut renderer = Renderer::default();
+        let points = learned
+            .into_iter()
+            .filter_map(|(vaddr, back, r)| {
+                let piece = match r {
+                    Ok(r) => Piece::Known(renderer.stored(vaddr.wrapping_add(back), &r)),
+                    Err(Reason::NoSymbols) => Piece::Nothing,
+                    Err(_) => return None,
+                };
+                Some((vaddr, piece))
+            })
+            .collect();
+        Some(crate::cache::Learned { build_id, provenance: self.provenance.clone(), points })
     }
 
     /// The answer at file offset `offset`, for a frame `back` bytes
@@ -181,6 +238,9 @@ impl Module {
             self.answers.clear();
         }
         self.answers.insert((vaddr, back), r.clone());
+        if self.learn && self.learned.len() < crate::cache::MAX_LEARNED {
+            self.learned.push((vaddr, back, r.clone()));
+        }
         r
     }
 
@@ -190,7 +250,14 @@ impl Module {
             let name = match self.demangled.get(&i) {
                 Some(n) => n.clone(),
                 None => {
-                    let n: Arc<str> = Arc::from(demangle(&self.symbols.name(i)));
+                    // Another thread may have demangled it (each meets the
+                    // same functions): C++ names cost microseconds each.
+                    let symbols = &self.symbols;
+                    let make = || Arc::from(demangle(&symbols.name(i)));
+                    let n: Arc<str> = match self.key {
+                        Some(key) => self.shared.demangled(key, i, make),
+                        None => make(),
+                    };
                     self.demangled.insert(i, n.clone());
                     n
                 }

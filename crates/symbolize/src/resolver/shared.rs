@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use rustc_hash::FxHashMap;
 
+use crate::cache::Learned;
 use crate::dwarf::Units;
 use crate::elf::DwarfSections;
+use crate::elf::SymName;
 
 /// Identity of a file: the same file gives the same DWARF, whichever path
 /// (/proc/PID/root/..., /proc/PID/map_files/...) reached it.
@@ -19,13 +21,24 @@ pub struct FileKey {
     dev: u64,
     ino: u64,
     size: u64,
-    mtime: i64,
+    mtime: (i64, i64),
 }
 
 impl FileKey {
+    /// The identity as text, for what a cache of answers was made from.
+    pub fn describe(&self) -> String {
+        let FileKey { dev, ino, size, mtime: (s, ns) } = self;
+        format!("file {dev}:{ino}, {size} bytes, modified {s}.{ns:09}")
+    }
+
     pub fn of(md: &std::fs::Metadata) -> FileKey {
         use std::os::unix::fs::MetadataExt;
-        FileKey { dev: md.dev(), ino: md.ino(), size: md.size(), mtime: md.mtime() }
+        FileKey {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+        }
     }
 }
 
@@ -36,9 +49,59 @@ pub struct Shared {
     /// some resolver holds them (a module closed by every resolver lets
     /// its DWARF go).
     dwarf: Arc<Mutex<FxHashMap<FileKey, Weak<Units>>>>,
+    /// What the resolvers learned for the cache, and how many frames they
+    /// answered from it, once each is done.
+    learned: Arc<Mutex<(u64, Vec<Learned>)>>,
+    /// Symbol names demangled by any of the resolvers, by file and name.
+    names: Arc<Mutex<Names>>,
 }
 
+/// Demangled symbol names by file and name.
+type Names = FxHashMap<(FileKey, SymName), Arc<str>>;
+
+/// Names kept in `Shared::names` before it is emptied (a long run meets
+/// new files without end).
+const MAX_NAMES: usize = 1 << 18;
+
 impl Shared {
+    /// The demangled name `i` of the file `key`, made by `make` unless
+    /// another resolver made it (outside the lock).
+    pub fn demangled(&self, key: FileKey, i: SymName, make: impl FnOnce() -> Arc<str>) -> Arc<str> {
+        let lock = || self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = lock().get(&(key, i)) {
+            return n.clone();
+        }
+        let n = make();
+        let mut names = lock();
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.entry((key, i)).or_insert(n).clone()
+    }
+
+    /// Add what a module learned (`AddrResolver::finish_cache`).
+    pub fn learned(&self, mut l: Learned) {
+        let mut all = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        // What a stream keeps for the cache is bounded (a long run over
+        // many modules meets new addresses without end).
+        let kept: usize = all.1.iter().map(|l| l.points.len()).sum();
+        l.points.truncate(crate::cache::MAX_LEARNED.saturating_sub(kept));
+        if !l.points.is_empty() {
+            all.1.push(l);
+        }
+    }
+
+    /// Add frames answered from the cache.
+    pub fn cache_hits(&self, n: u64) {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner()).0 += n;
+    }
+
+    /// All the resolvers learned, and the frames they answered from the
+    /// cache.
+    pub fn take_learned(&self) -> (u64, Vec<Learned>) {
+        std::mem::take(&mut *self.learned.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The DWARF units of the file `key`, made from `secs` unless another
     /// resolver already made them.
     pub fn dwarf(&self, key: Option<FileKey>, secs: DwarfSections) -> Arc<Units> {

@@ -54,6 +54,11 @@ impl ModuleTable {
         (slot.generation == id.generation).then_some(slot.module.as_ref()).flatten()
     }
 
+    /// The open modules (not a use).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Module> {
+        self.slots.iter_mut().filter_map(|s| s.module.as_mut())
+    }
+
     pub fn is_open(&self, id: ModuleId) -> bool {
         self.get(id).is_some()
     }
