@@ -76,7 +76,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("capture_stack", &stack, true);
     leakd_unwind::configure(&mut loader, &mode_value);
     let Tracer { mut ebpf, target } = load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
-    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target)?;
+    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
     let mut lost = LostCounter::new(&mut ebpf)?;

@@ -108,7 +108,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
-    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target)?;
+    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
     let stacks = if mode == Mode::Fp {
         Stacks::Fp(bpf::take_map(&mut ebpf, "stacks")?)
     } else {
