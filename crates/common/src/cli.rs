@@ -3,11 +3,10 @@
 //! thing everywhere (and appear the same way in every man page).
 
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::container::{self, CgroupTarget, ContainerInfo, Selected};
@@ -191,19 +190,4 @@ fn is_kernel_thread(pid: u32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
     flags.is_some_and(|f| f & PF_KTHREAD != 0)
-}
-
-/// The cgroup v2 id the kernel reports (`bpf_get_current_cgroup_id`) is the
-/// inode number of the cgroup's directory in the cgroup2 filesystem.
-pub fn cgroup_id(path: &Path) -> Result<u64> {
-    let md = std::fs::metadata(path).with_context(|| format!("cgroup {}", path.display()))?;
-    if !md.is_dir() {
-        bail!("cgroup {}: not a directory", path.display());
-    }
-    let fs =
-        nix::sys::statfs::statfs(path).with_context(|| format!("cgroup {}", path.display()))?;
-    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
-        bail!("cgroup {}: not in a cgroup v2 filesystem", path.display());
-    }
-    Ok(md.ino())
 }

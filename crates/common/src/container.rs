@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 /// The runtime a container belongs to, from its cgroup name or its files.
@@ -885,6 +885,21 @@ impl Default for PidContainers {
     }
 }
 
+/// The cgroup v2 id the kernel reports (`bpf_get_current_cgroup_id`) is the
+/// inode number of the cgroup's directory in the cgroup2 filesystem.
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    let md = fs::metadata(path).with_context(|| format!("cgroup {}", path.display()))?;
+    if !md.is_dir() {
+        bail!("cgroup {}: not a directory", path.display());
+    }
+    let fs =
+        nix::sys::statfs::statfs(path).with_context(|| format!("cgroup {}", path.display()))?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        bail!("cgroup {}: not in a cgroup v2 filesystem", path.display());
+    }
+    Ok(md.ino())
+}
+
 /// A cgroup directory to trace with its whole subtree.
 #[derive(Debug, Clone)]
 pub struct CgroupTarget {
@@ -899,7 +914,7 @@ impl CgroupTarget {
     /// A cgroup v2 directory given by path (`--cgroup`), on whichever
     /// cgroup2 mount holds it.
     pub fn of_dir(path: &Path) -> Result<Self> {
-        let id = crate::cli::cgroup_id(path)?;
+        let id = cgroup_id(path)?;
         let dir = fs::canonicalize(path)?;
         let data = fs::read_to_string("/proc/self/mountinfo")?;
         let mount = parse_cgroup2_mounts(&data)
@@ -953,7 +968,7 @@ pub fn select(sel: &Selector) -> Result<Selected> {
     let mut searched = vec![mount.dir.display().to_string()];
     for host in host_cgroup2_mounts() {
         if let Some(dir) = host.dir_of(&resolved.cgroup) {
-            let id = crate::cli::cgroup_id(&dir)?;
+            let id = cgroup_id(&dir)?;
             let Some(level) = host.level_of(&dir) else { continue };
             let cgroup = CgroupTarget { dir, id, level };
             return Ok(Selected { selector: sel.clone(), cgroup, resolved });
