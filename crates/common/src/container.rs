@@ -357,14 +357,31 @@ struct Meta {
     name: Option<String>,
     runtime: Option<Runtime>,
     pod: PodInfo,
+    /// The podman store that knows the container, for its pod's name.
+    store: Option<Store>,
+}
+
+/// A podman storage directory (relative to the store's root) and, for a
+/// user's rootless store, the uid that must own the files read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Store {
+    dir: String,
+    owner: Option<u32>,
+}
+
+/// A container podman knows: its name and the store it is in.
+#[derive(Debug, Clone)]
+struct PodmanEntry {
+    name: String,
+    store: Store,
 }
 
 /// Reader of the runtimes' on-disk state, under a root (the host's, seen
-/// through /proc/1/root, or a test's directory).
+/// through a host process's root, or a test's directory).
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     root: PathBuf,
-    podman: Option<HashMap<String, (String, String)>>,
+    podman: Option<HashMap<String, PodmanEntry>>,
 }
 
 /// Where each runtime keeps its state, as searched (for error messages).
@@ -372,6 +389,36 @@ pub const META_PLACES: &str = "podman (/var/lib/containers/storage, and users' \
      ~/.local/share/containers/storage), docker \
      (/var/lib/docker/containers), containerd (/run/containerd/io.containerd.runtime.v2.task), \
      CRI-O (/run/containers/storage), runc (/run/runc)";
+
+/// The largest runtime metadata file read (libpod's database is the
+/// largest; a containers.json of thousands of containers is a few MiB).
+pub const META_MAX_BYTES: u64 = 64 << 20;
+
+/// The contents and owner of a runtime's metadata file, if it is a
+/// regular file of at most [`META_MAX_BYTES`]. The tools run as root and
+/// read users' rootless podman stores: the last component is not followed
+/// if a symlink, and the open does not block (a FIFO would hang the event
+/// loop of the system-wide tools), so a user can make these reads neither
+/// hang, nor read another file, nor grow without bound (/dev/zero).
+pub fn read_meta_file(path: &Path) -> Option<(Vec<u8>, u32)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let md = file.metadata().ok()?;
+    if !md.is_file() || md.len() > META_MAX_BYTES {
+        return None;
+    }
+    let mut data = Vec::with_capacity(usize::try_from(md.len()).ok()?);
+    file.take(META_MAX_BYTES + 1).read_to_end(&mut data).ok()?;
+    if data.len() as u64 > META_MAX_BYTES {
+        return None;
+    }
+    Some((data, md.uid()))
+}
 
 impl MetaStore {
     /// The host's files: through a host process's root when it is another
@@ -390,42 +437,66 @@ impl MetaStore {
         self.root.join(p.trim_start_matches('/'))
     }
 
-    fn read_json(&self, p: &str) -> Option<Value> {
-        let data = fs::read(self.path(p)).ok()?;
+    /// The JSON file `p`, if it is safe to read (see [`read_meta_file`])
+    /// and, when `owner` is given, owned by that uid.
+    fn read_json(&self, p: &str, owner: Option<u32>) -> Option<Value> {
+        let (data, uid) = read_meta_file(&self.path(p))?;
+        if owner.is_some_and(|o| o != uid) {
+            return None;
+        }
         serde_json::from_slice(&data).ok()
     }
 
-    /// podman's (and CRI-O's) storage directories: root's, and each
-    /// user's for rootless podman.
-    fn podman_stores(&self) -> Vec<String> {
-        let mut stores = vec![
-            "var/lib/containers/storage".to_string(),
-            "run/containers/storage".to_string(),
-            "root/.local/share/containers/storage".to_string(),
-        ];
+    /// podman's (and CRI-O's) storage directories: root's first, then
+    /// each user's for rootless podman, whose files must be owned by the
+    /// owner of that user's home directory.
+    fn podman_stores(&self) -> Vec<Store> {
+        let mut stores: Vec<Store> = [
+            "var/lib/containers/storage",
+            "run/containers/storage",
+            "root/.local/share/containers/storage",
+        ]
+        .iter()
+        .map(|d| Store { dir: d.to_string(), owner: None })
+        .collect();
+        let mut users = Vec::new();
         if let Ok(homes) = fs::read_dir(self.path("home")) {
             for h in homes.flatten() {
-                if let Some(user) = h.file_name().to_str() {
-                    stores.push(format!("home/{user}/.local/share/containers/storage"));
-                }
+                let (Some(user), Ok(md)) =
+                    (h.file_name().to_str().map(str::to_string), h.metadata())
+                else {
+                    continue;
+                };
+                users.push(Store {
+                    dir: format!("home/{user}/.local/share/containers/storage"),
+                    owner: Some(md.uid()),
+                });
             }
         }
+        users.sort_by(|a, b| a.dir.cmp(&b.dir));
+        stores.extend(users);
         stores
     }
 
-    /// Container id -> (name, storage directory), from each store's
-    /// containers.json.
-    fn podman_names(&mut self) -> &HashMap<String, (String, String)> {
+    /// Container id -> name and store, from each store's containers.json.
+    /// The first store to name an id keeps it: root's stores come first,
+    /// so a user's store cannot rename root's containers.
+    fn podman_names(&mut self) -> &HashMap<String, PodmanEntry> {
         if self.podman.is_none() {
             let mut map = HashMap::new();
             for store in self.podman_stores() {
-                let file = format!("{store}/overlay-containers/containers.json");
-                let Some(Value::Array(list)) = self.read_json(&file) else { continue };
+                let file = format!("{}/overlay-containers/containers.json", store.dir);
+                let Some(Value::Array(list)) = self.read_json(&file, store.owner) else {
+                    continue;
+                };
                 for c in list {
                     let id = c.get("id").and_then(Value::as_str);
                     let name = c.pointer("/names/0").and_then(Value::as_str);
                     if let (Some(id), Some(name)) = (id, name) {
-                        map.insert(id.to_string(), (name.to_string(), store.clone()));
+                        map.entry(id.to_string()).or_insert_with(|| PodmanEntry {
+                            name: name.to_string(),
+                            store: store.clone(),
+                        });
                     }
                 }
             }
@@ -435,78 +506,115 @@ impl MetaStore {
     }
 
     /// Names, runtime and pod of container `id`, from whichever runtime
-    /// knows it.
+    /// knows it. Root's runtimes are asked before users' rootless podman
+    /// stores, so that a user cannot claim another runtime's container.
     fn lookup(&mut self, id: &str) -> Meta {
-        let mut m = Meta::default();
-        if let Some((name, own_store)) = self.podman_names().get(id).cloned() {
-            m.name = Some(name);
-            m.runtime = Some(Runtime::Podman);
-            // CRI-O keeps its containers' config under /run.
-            for store in [own_store.as_str(), "run/containers/storage"] {
-                let cfg = format!("{store}/overlay-containers/{id}/userdata/config.json");
-                if let Some(spec) = self.read_json(&cfg) {
-                    let ann = annotations(&spec);
-                    if ann.contains_key("io.kubernetes.pod.name") {
-                        m.runtime = Some(Runtime::CriO);
-                    }
-                    apply_annotations(&mut m, &ann);
-                    break;
-                }
-            }
+        let podman = self.podman_names().get(id).cloned();
+        let (root_podman, user_podman) = match podman {
+            Some(p) if p.store.owner.is_some() => (None, Some(p)),
+            p => (p, None),
+        };
+        if let Some(p) = root_podman {
+            return self.podman_meta(id, p);
+        }
+        if let Some(m) = self.docker_meta(id).or_else(|| self.containerd_meta(id)) {
             return m;
         }
-        if let Some(cfg) = self.read_json(&format!("var/lib/docker/containers/{id}/config.v2.json"))
-        {
-            m.runtime = Some(Runtime::Docker);
-            m.name = cfg
-                .get("Name")
-                .and_then(Value::as_str)
-                .map(|n| n.trim_start_matches('/').to_string());
-            if let Some(Value::Object(labels)) = cfg.pointer("/Config/Labels") {
-                let ann = labels
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect();
+        if let Some(m) = self.runc_meta(id) {
+            return m;
+        }
+        user_podman.map_or_else(Meta::default, |p| self.podman_meta(id, p))
+    }
+
+    fn podman_meta(&self, id: &str, p: PodmanEntry) -> Meta {
+        let mut m = Meta {
+            name: Some(p.name),
+            runtime: Some(Runtime::Podman),
+            store: Some(p.store.clone()),
+            ..Meta::default()
+        };
+        // CRI-O keeps its containers' config under /run.
+        let own = (p.store.dir.as_str(), p.store.owner);
+        for (store, owner) in [own, ("run/containers/storage", None)] {
+            let cfg = format!("{store}/overlay-containers/{id}/userdata/config.json");
+            if let Some(spec) = self.read_json(&cfg, owner) {
+                let ann = annotations(&spec);
+                if ann.contains_key("io.kubernetes.pod.name") {
+                    m.runtime = Some(Runtime::CriO);
+                }
                 apply_annotations(&mut m, &ann);
+                break;
             }
-            return m;
-        }
-        let tasks = self.path("run/containerd/io.containerd.runtime.v2.task");
-        if let Ok(namespaces) = fs::read_dir(&tasks) {
-            for ns in namespaces.flatten() {
-                let cfg = ns.path().join(id).join("config.json");
-                let Some(spec) = fs::read(&cfg).ok().and_then(|d| serde_json::from_slice(&d).ok())
-                else {
-                    continue;
-                };
-                m.runtime = Some(Runtime::Containerd);
-                m.name = Some(id.to_string());
-                apply_annotations(&mut m, &annotations(&spec));
-                return m;
-            }
-        }
-        if let Some(state) = self.read_json(&format!("run/runc/{id}/state.json")) {
-            m.runtime = Some(Runtime::Runc);
-            m.name = Some(id.to_string());
-            let mut ann = BTreeMap::new();
-            if let Some(Value::Array(labels)) = state.pointer("/config/labels") {
-                for l in labels.iter().filter_map(Value::as_str) {
-                    if let Some((k, v)) = l.split_once('=') {
-                        ann.insert(k.to_string(), v.to_string());
-                    }
-                }
-            }
-            apply_annotations(&mut m, &ann);
         }
         m
     }
 
+    fn docker_meta(&self, id: &str) -> Option<Meta> {
+        let cfg =
+            self.read_json(&format!("var/lib/docker/containers/{id}/config.v2.json"), None)?;
+        let mut m = Meta { runtime: Some(Runtime::Docker), ..Meta::default() };
+        m.name =
+            cfg.get("Name").and_then(Value::as_str).map(|n| n.trim_start_matches('/').to_string());
+        if let Some(Value::Object(labels)) = cfg.pointer("/Config/Labels") {
+            let ann = labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            apply_annotations(&mut m, &ann);
+        }
+        Some(m)
+    }
+
+    fn containerd_meta(&self, id: &str) -> Option<Meta> {
+        let tasks = "run/containerd/io.containerd.runtime.v2.task";
+        let namespaces = fs::read_dir(self.path(tasks)).ok()?;
+        for ns in namespaces.flatten() {
+            let Some(ns) = ns.file_name().to_str().map(str::to_string) else { continue };
+            let Some(spec) = self.read_json(&format!("{tasks}/{ns}/{id}/config.json"), None) else {
+                continue;
+            };
+            let mut m = Meta {
+                runtime: Some(Runtime::Containerd),
+                name: Some(id.to_string()),
+                ..Meta::default()
+            };
+            apply_annotations(&mut m, &annotations(&spec));
+            return Some(m);
+        }
+        None
+    }
+
+    fn runc_meta(&self, id: &str) -> Option<Meta> {
+        let state = self.read_json(&format!("run/runc/{id}/state.json"), None)?;
+        let mut m =
+            Meta { runtime: Some(Runtime::Runc), name: Some(id.to_string()), ..Meta::default() };
+        let mut ann = BTreeMap::new();
+        if let Some(Value::Array(labels)) = state.pointer("/config/labels") {
+            for l in labels.iter().filter_map(Value::as_str) {
+                if let Some((k, v)) = l.split_once('=') {
+                    ann.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        apply_annotations(&mut m, &ann);
+        Some(m)
+    }
+
     /// A podman pod's name, from libpod's database (a bolt file whose
-    /// values are JSON: the pod's config starts `{"id":"PODID","name":`).
-    fn podman_pod_name(&self, pod_id: &str) -> Option<String> {
+    /// values are JSON: the pod's config starts `{"id":"PODID","name":`):
+    /// the database of the container's own store if known, else root's.
+    fn podman_pod_name(&self, pod_id: &str, store: Option<&Store>) -> Option<String> {
         let needle = format!("{{\"id\":\"{pod_id}\",\"name\":\"");
-        self.podman_stores().iter().find_map(|store| {
-            let db = fs::read(self.path(&format!("{store}/libpod/bolt_state.db"))).ok()?;
+        let stores = match store {
+            Some(s) => vec![s.clone()],
+            None => self.podman_stores().into_iter().filter(|s| s.owner.is_none()).collect(),
+        };
+        stores.iter().find_map(|store| {
+            let (db, uid) =
+                read_meta_file(&self.path(&format!("{}/libpod/bolt_state.db", store.dir)))?;
+            if store.owner.is_some_and(|o| o != uid) {
+                return None;
+            }
             let at = find_bytes(&db, needle.as_bytes())? + needle.len();
             let end = db[at..].iter().position(|&b| b == b'"')?;
             String::from_utf8(db[at..at + end].to_vec()).ok()
@@ -573,7 +681,7 @@ fn build(
     let runtime = meta.runtime.or(info.runtime);
     if pod.name.is_none() && runtime == Some(Runtime::Podman) {
         if let Some(pod_id) = &info.pod_uid {
-            pod.name = store.podman_pod_name(pod_id);
+            pod.name = store.podman_pod_name(pod_id, meta.store.as_ref());
         }
     }
     let in_pod = pod.uid.is_some() || pod.name.is_some();
@@ -1284,11 +1392,131 @@ mod tests {
         assert_eq!(look(&mut store, &rc), (s(&rc), Some(Runc), None, s("bare"), None));
         assert_eq!(look(&mut store, &rl), (s("mine"), Some(Podman), None, None, None));
         assert_eq!(look(&mut store, &id('9')), (None, None, None, None, None));
-        assert_eq!(store.podman_pod_name(&pod_id), s("mypod"));
+        assert_eq!(store.podman_pod_name(&pod_id, None), s("mypod"));
         // A podman container in a pod: its pod's name from libpod's db.
         let info = parse_cgroup_path(&format!("/libpod_parent/{pod_id}/libpod-{pm}"));
         let c = build(&mut store, pm.clone(), &info, "", vec![1]);
         assert_eq!(c.pod_json(), Some(json!({"namespace": null, "name": "mypod", "uid": pod_id})));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A metadata file a user can point elsewhere: a FIFO or a symlink
+    /// (to /dev/zero, or to a file) is not read, and neither is a file
+    /// over the cap; a FIFO must not block the open.
+    #[test]
+    fn metadata_files_are_regular_bounded_and_not_followed() {
+        let dir = std::env::temp_dir().join(format!("leakd-metafile-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("plain.json");
+        fs::write(&plain, "[]").unwrap();
+        let uid = fs::metadata(&dir).unwrap().uid();
+        assert_eq!(read_meta_file(&plain), Some((b"[]".to_vec(), uid)));
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(read_meta_file(&fifo), None);
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero")).unwrap();
+        assert_eq!(read_meta_file(&dir.join("zero")), None);
+        std::os::unix::fs::symlink(&plain, dir.join("link")).unwrap();
+        assert_eq!(read_meta_file(&dir.join("link")), None);
+        // Sparse: costs no disk.
+        let big = dir.join("big");
+        fs::File::create(&big).unwrap().set_len(META_MAX_BYTES + 1).unwrap();
+        assert_eq!(read_meta_file(&big), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A user's rootless store names only the containers whose files that
+    /// user owns, and never one that root's runtimes know.
+    #[test]
+    fn users_stores_cannot_override_roots() {
+        use std::os::unix::fs::{chown, symlink};
+        let root = std::env::temp_dir().join(format!("leakd-users-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let put = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        let id = |c: char| c.to_string().repeat(64);
+        let (rootc, dk, mine, theirs) = (id('1'), id('2'), id('3'), id('4'));
+        let pod_id = id('6');
+        let ctrs = "overlay-containers/containers.json";
+        put(
+            &format!("var/lib/containers/storage/{ctrs}"),
+            &format!(r#"[{{"id":"{rootc}","names":["web"]}}]"#),
+        );
+        put(
+            "var/lib/containers/storage/libpod/bolt_state.db",
+            &format!("{{\"id\":\"{pod_id}\",\"name\":\"rootpod\"}}"),
+        );
+        put(&format!("var/lib/docker/containers/{dk}/config.v2.json"), r#"{"Name":"/db"}"#);
+        // alice (uid 1000) claims root's containers, and has one of her own.
+        let alice = "home/alice/.local/share/containers/storage";
+        put(
+            &format!("{alice}/{ctrs}"),
+            &format!(
+                r#"[{{"id":"{rootc}","names":["evil"]}},{{"id":"{dk}","names":["evil2"]}},
+                   {{"id":"{mine}","names":["mine"]}}]"#
+            ),
+        );
+        put(
+            &format!("{alice}/overlay-containers/{mine}/userdata/config.json"),
+            r#"{"annotations":{"io.kubernetes.pod.name":"fake"}}"#,
+        );
+        put(
+            &format!("{alice}/libpod/bolt_state.db"),
+            &format!("{{\"id\":\"{pod_id}\",\"name\":\"alicepod\"}}"),
+        );
+        // bob (uid 1001) lists a container from a file alice owns.
+        let bob = "home/bob/.local/share/containers/storage";
+        put(&format!("{bob}/{ctrs}"), &format!(r#"[{{"id":"{theirs}","names":["x"]}}]"#));
+        // carol's (uid 1002) containers.json is a FIFO: nothing, no hang.
+        let carol = root.join("home/carol/.local/share/containers/storage/overlay-containers");
+        fs::create_dir_all(&carol).unwrap();
+        nix::unistd::mkfifo(
+            &carol.join("containers.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .unwrap();
+        // dave (uid 1003) links his to root's.
+        let dave = root.join("home/dave/.local/share/containers/storage/overlay-containers");
+        fs::create_dir_all(&dave).unwrap();
+        symlink(
+            root.join(format!("var/lib/containers/storage/{ctrs}")),
+            dave.join("containers.json"),
+        )
+        .unwrap();
+        // chown needs root, as the tools do.
+        fn own(p: &Path, uid: u32) {
+            chown(p, Some(uid), Some(uid)).unwrap();
+            if fs::symlink_metadata(p).unwrap().is_dir() {
+                for e in fs::read_dir(p).unwrap().flatten() {
+                    own(&e.path(), uid);
+                }
+            }
+        }
+        own(&root.join("home/alice"), 1000);
+        chown(root.join("home/bob"), Some(1001), Some(1001)).unwrap();
+        own(&root.join(format!("{bob}/{ctrs}")), 1000);
+        chown(root.join("home/carol"), Some(1002), Some(1002)).unwrap();
+        chown(root.join("home/dave"), Some(1003), Some(1003)).unwrap();
+        let mut store = MetaStore::at(root.clone());
+        let s = |x: &str| Some(x.to_string());
+        let look = |store: &mut MetaStore, id: &str| {
+            let m = store.lookup(id);
+            (m.name, m.runtime, m.pod.name)
+        };
+        use Runtime::*;
+        assert_eq!(look(&mut store, &rootc), (s("web"), Some(Podman), None));
+        assert_eq!(look(&mut store, &dk), (s("db"), Some(Docker), None));
+        assert_eq!(look(&mut store, &mine), (s("mine"), Some(CriO), s("fake")));
+        assert_eq!(look(&mut store, &theirs), (None, None, None));
+        // Root's container in root's pod: root's database names the pod.
+        let info = parse_cgroup_path(&format!("/libpod_parent/{pod_id}/libpod-{rootc}"));
+        let c = build(&mut store, rootc.clone(), &info, "", vec![1]);
+        assert_eq!(c.pod.and_then(|p| p.name), s("rootpod"));
+        assert_eq!(store.podman_pod_name(&pod_id, None), s("rootpod"));
         fs::remove_dir_all(&root).unwrap();
     }
 
