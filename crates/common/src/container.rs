@@ -11,7 +11,7 @@
 //! from the runtimes' on-disk state, read through `/proc/1/root` so that the
 //! tool also works from a `--pid=host` container that only mounts `/sys`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -883,55 +883,71 @@ pub fn of_process(store: &mut MetaStore, pid: u32) -> Option<ContainerInfo> {
 /// Container of each cgroup id the kernel reports with events, for the
 /// system-wide tools. Events only look the id up in a map; an id not seen
 /// before refreshes the map from the cgroup2 tree, at most every
-/// [`RESCAN_EVERY`], so a stream of events costs no system call each. An
-/// id still unknown after a rescan (a cgroup created since) is looked for
-/// again at the next one.
+/// [`RESCAN_EVERY`], so a stream of events costs no system call each. Each
+/// rescan drops the ids whose cgroup is gone, so the map holds the live
+/// cgroups only, and reads runtime metadata only for cgroups new since the
+/// last one. An id the rescan does not find belonged to a cgroup removed
+/// since its event (cgroup ids are not reused): it is remembered, up to
+/// [`GONE_MAX`] of them, so its later events do not walk the tree again.
 pub struct CgroupCache {
     mount: Option<Cgroup2Mount>,
     store: MetaStore,
     map: HashMap<u64, Option<ContainerInfo>>,
+    gone: HashSet<u64>,
     last_scan: Option<Instant>,
 }
 
 /// The least time between two scans of the cgroup tree.
 pub const RESCAN_EVERY: Duration = Duration::from_millis(200);
 
+/// The most ids of removed cgroups remembered (then forgotten at once).
+pub const GONE_MAX: usize = 4096;
+
 impl CgroupCache {
     pub fn new() -> Self {
-        CgroupCache {
-            mount: cgroup2_mount().ok(),
-            store: MetaStore::host(),
-            map: HashMap::new(),
-            last_scan: None,
-        }
+        Self::at(cgroup2_mount().ok(), MetaStore::host())
+    }
+
+    fn at(mount: Option<Cgroup2Mount>, store: MetaStore) -> Self {
+        CgroupCache { mount, store, map: HashMap::new(), gone: HashSet::new(), last_scan: None }
     }
 
     /// The container of cgroup `id`, if any.
     pub fn get(&mut self, id: u64) -> Option<&ContainerInfo> {
-        if !self.map.contains_key(&id) && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        if !self.map.contains_key(&id)
+            && !self.gone.contains(&id)
+            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
         {
-            self.rescan();
+            self.rescan(id);
         }
         self.map.get(&id).and_then(Option::as_ref)
     }
 
-    fn rescan(&mut self) {
+    fn rescan(&mut self, wanted: u64) {
         self.last_scan = Some(Instant::now());
         let Some(mount) = self.mount.clone() else { return };
-        // Names may have appeared since (a container being created).
-        self.store.podman = None;
-        let mut found = Vec::new();
+        let mut live = HashSet::new();
+        let mut new = Vec::new();
         walk(&mount.dir, 0, &mut |dir, ino| {
-            let rel = dir.strip_prefix(&mount.dir).ok()?;
-            let path = format!("/{}", rel.to_string_lossy());
-            let info = parse_cgroup_path(&path);
-            found.push((ino, info, path));
+            live.insert(ino);
+            if !self.map.contains_key(&ino) {
+                let rel = dir.strip_prefix(&mount.dir).ok()?;
+                new.push((ino, format!("/{}", rel.to_string_lossy())));
+            }
             Some(())
         });
-        for (ino, info, path) in found {
-            if self.map.get(&ino).is_some_and(Option::is_some) {
-                continue;
+        self.map.retain(|ino, _| live.contains(ino));
+        if !live.contains(&wanted) {
+            if self.gone.len() >= GONE_MAX {
+                self.gone.clear();
             }
+            self.gone.insert(wanted);
+        }
+        // Names may have appeared since the last read (a container being
+        // created): read the stores again, once, if a new container needs them.
+        self.store.podman = None;
+        for (ino, path) in new {
+            let info = parse_cgroup_path(&path);
             let c = info
                 .container_id
                 .clone()
@@ -1517,6 +1533,39 @@ mod tests {
         let c = build(&mut store, rootc.clone(), &info, "", vec![1]);
         assert_eq!(c.pod.and_then(|p| p.name), s("rootpod"));
         assert_eq!(store.podman_pod_name(&pod_id, None), s("rootpod"));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The cache holds the live cgroups only: a rescan drops the removed
+    /// ones, and the id of a removed one does not make its next events
+    /// walk the tree again.
+    #[test]
+    fn cgroup_cache_prunes_removed_cgroups() {
+        let root = std::env::temp_dir().join(format!("leakd-cgcache-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let cid = "a".repeat(64);
+        let ctr = root.join(format!("machine.slice/libpod-{cid}.scope"));
+        fs::create_dir_all(&ctr).unwrap();
+        fs::create_dir_all(root.join("system.slice")).unwrap();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        let mount = Cgroup2Mount { dir: root.clone(), root: "/".to_string() };
+        let mut cache = CgroupCache::at(Some(mount), MetaStore::at(root.join("nometa")));
+        let id = ino(&ctr);
+        assert_eq!(cache.get(id).map(|c| c.id.clone()), Some(cid.clone()));
+        assert_eq!(cache.map.len(), 4, "root, machine.slice, its scope, system.slice");
+        fs::remove_dir(&ctr).unwrap();
+        // Another cgroup's event (one already removed too) makes a rescan,
+        // which drops the removed container's cgroup.
+        let dead = u64::MAX;
+        cache.last_scan = None;
+        assert!(cache.get(dead).is_none());
+        assert_eq!(cache.map.len(), 3);
+        assert!(!cache.map.contains_key(&id));
+        assert!(cache.gone.contains(&dead));
+        // A removed cgroup's id, asked again, does not walk the tree again.
+        cache.last_scan = None;
+        assert!(cache.get(dead).is_none());
+        assert!(cache.last_scan.is_none(), "no rescan for a removed cgroup");
         fs::remove_dir_all(&root).unwrap();
     }
 
