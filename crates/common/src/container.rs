@@ -8,8 +8,9 @@
 //! cgroup after its uid and QoS class, and each runtime keeps the names and
 //! the CRI annotations in plain files. So the ids come from `/proc/*/cgroup`,
 //! the cgroup directories from the cgroup2 mount (wherever it is), and names
-//! from the runtimes' on-disk state, read through `/proc/1/root` so that the
-//! tool also works from a `--pid=host` container that only mounts `/sys`.
+//! from the runtimes' on-disk state, read through a host process's root
+//! ([`host_root_pid`]) so that the tool also works from a `--pid=host`
+//! container that only mounts `/sys`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
