@@ -184,6 +184,92 @@ fn install_refuses_to_overwrite_a_file_it_did_not_put() {
     );
 }
 
+#[test]
+fn install_that_fails_midway_is_recorded_and_undone() {
+    let tmp = TempDir::new("install-midway");
+    let prefix = tmp.0.join("p");
+    let p = prefix.to_str().unwrap();
+    let before = tree(&tmp.0);
+    // A --from whose fifth tool (symres) is a directory: install copies
+    // execsnoop..leakd-attach and their pages, then fails on it.
+    let from = TempDir::new("install-midway-from");
+    for t in TOOLS {
+        if t == "symres" {
+            std::fs::create_dir(from.0.join(t)).unwrap();
+        } else {
+            std::fs::copy(bin_dir().join(t), from.0.join(t)).unwrap();
+        }
+    }
+    let out = install(&["--from", from.0.to_str().unwrap(), p]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(prefix.join("bin/leakd-attach").exists(), "failed after the first tools");
+    assert!(!prefix.join("bin/symres").exists());
+
+    // Uninstall removes what the failed install put.
+    let out = install(&["--uninstall", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&tmp.0), before, "uninstall after a failed install");
+
+    // Failed again, then rerun with good binaries: the files already
+    // copied are its own, not refused; then uninstall leaves nothing.
+    let out = install(&["--from", from.0.to_str().unwrap(), p]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = install(&["--from", bin_dir().to_str().unwrap(), p]);
+    assert!(out.status.success(), "rerun after a failed install: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read(prefix.join("bin/symres")).unwrap(),
+        std::fs::read(bin_dir().join("symres")).unwrap()
+    );
+    let out = install(&["--uninstall", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&tmp.0), before, "uninstall after the rerun");
+}
+
+#[test]
+fn uninstall_refuses_a_manifest_naming_other_files() {
+    let tmp = TempDir::new("install-tampered");
+    let prefix = tmp.0.join("p");
+    let p = prefix.to_str().unwrap();
+    let out = install(&["--from", bin_dir().to_str().unwrap(), p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A victim outside the prefix, and one inside it that install never
+    // puts, each named by a tampered manifest.
+    let victim = tmp.0.join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let stray = prefix.join("bin/other");
+    std::fs::write(&stray, "keep me too").unwrap();
+    let manifest = prefix.join("share/leakd/install-manifest");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    for (bad, named) in [
+        (format!("f {}\n", victim.display()), victim.display().to_string()),
+        (format!("f {}\n", stray.display()), stray.display().to_string()),
+        (format!("f {}/bin/../../victim\n", p), format!("{p}/bin/../../victim")),
+        (format!("d {}\n", tmp.0.join("victim").display()), victim.display().to_string()),
+    ] {
+        std::fs::write(&manifest, format!("{good}{bad}")).unwrap();
+        let before = tree(&tmp.0);
+        let out = install(&["--uninstall", p]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out)
+                .contains(&format!("names '{}', which scripts/install never installs", bad.trim())),
+            "{named}: {}",
+            stderr(&out)
+        );
+        assert_eq!(tree(&tmp.0), before, "nothing removed for {bad}");
+        // A reinstall refuses the tampered manifest too.
+        let out = install(&["--from", bin_dir().to_str().unwrap(), p]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(std::fs::read_to_string(&stray).unwrap(), "keep me too");
+    // The untampered manifest still uninstalls.
+    std::fs::write(&manifest, good).unwrap();
+    let out = install(&["--uninstall", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&prefix), ["bin", "bin/other"].iter().map(|s| s.to_string()).collect());
+}
+
 // ---------------------------------------------------------------------------
 // The image
 // ---------------------------------------------------------------------------
