@@ -263,19 +263,29 @@ fn uninstall_refuses_a_manifest_naming_other_files() {
     }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     assert_eq!(std::fs::read_to_string(&stray).unwrap(), "keep me too");
-    // Nor does it follow PREFIX/bin replaced by a link to another directory.
-    std::fs::write(&manifest, &good).unwrap();
-    let elsewhere = tmp.0.join("elsewhere");
-    std::fs::create_dir(&elsewhere).unwrap();
-    std::fs::write(elsewhere.join("symres"), "not ours").unwrap();
-    std::fs::rename(prefix.join("bin"), tmp.0.join("bin-aside")).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, prefix.join("bin")).unwrap();
-    let out = install(&["--uninstall", p]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("bin leads elsewhere"), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(elsewhere.join("symres")).unwrap(), "not ours");
-    std::fs::remove_file(prefix.join("bin")).unwrap();
-    std::fs::rename(tmp.0.join("bin-aside"), prefix.join("bin")).unwrap();
+    // Nor does it follow PREFIX/bin replaced by another user's link to
+    // another directory (giving the link away needs root).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::write(&manifest, &good).unwrap();
+        let elsewhere = tmp.0.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("symres"), "not ours").unwrap();
+        std::fs::rename(prefix.join("bin"), tmp.0.join("bin-aside")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, prefix.join("bin")).unwrap();
+        // Made by someone else than root (nobody).
+        std::os::unix::fs::lchown(prefix.join("bin"), Some(65534), Some(65534)).unwrap();
+        let out = install(&["--uninstall", p]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("bin is a symbolic link not made by root"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(elsewhere.join("symres")).unwrap(), "not ours");
+        std::fs::remove_file(prefix.join("bin")).unwrap();
+        std::fs::rename(tmp.0.join("bin-aside"), prefix.join("bin")).unwrap();
+    }
     // The untampered manifest still uninstalls.
     std::fs::write(&manifest, good).unwrap();
     let out = install(&["--uninstall", p]);
