@@ -1009,6 +1009,10 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     );
 }
 
+/// The random parts of the first temporary names symres tries, in
+/// `symres_as`.
+const TEMP_NAMES: [&str; 2] = ["00000000deadbee1", "00000000deadbee2"];
+
 /// Run symres as `uid` (root: as it is) with `args`; exit code and stderr.
 fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
     let bin = crate::support::bin("symres");
@@ -1022,6 +1026,7 @@ fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
     };
     let mut child = cmd
         .env("XDG_CACHE_HOME", test_cache_home())
+        .env("LEAKD_SYMRES_TEST_TEMP_NAMES", TEMP_NAMES.join(","))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1038,14 +1043,17 @@ fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
 }
 
 /// Issue 18, item 1: whoever can write to the index directory plants
-/// symlinks where `--build-index` writes (its temporary names for the
-/// next few thousand pids, and the index's own name) pointing at a file
-/// of the user running symres. Run as root and as an ordinary user, symres
-/// never writes through them: a directory another user owns (or that
-/// others may write to without the sticky bit) is refused; in a sticky one
-/// (like /tmp) the index goes in by an exclusive create and a rename (that
-/// replaces a link planted at its name, as root), and the victim is left
-/// as it was.
+/// files where `--build-index` writes pointing at a file of the user
+/// running symres: a symlink and a hard link at exactly the temporary
+/// names symres will try first (fixed for the test by
+/// `LEAKD_SYMRES_TEST_TEMP_NAMES`, random otherwise), and a symlink at the
+/// index's own name. Run as root and as an ordinary user, symres never
+/// writes through them: a directory another user owns (or that others may
+/// write to without the sticky bit) is refused; in a sticky one (like
+/// /tmp) the index goes in by an exclusive create (the planted names are
+/// skipped, never opened: without `O_EXCL` the hard link would be written
+/// through) and a rename (that replaces a link planted at its name, as
+/// root), and the victim is left as it was.
 #[test]
 fn planted_symlinks_in_the_index_directory_are_never_written_through() {
     use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
@@ -1065,17 +1073,13 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
             std::fs::create_dir(d).unwrap();
             std::os::unix::fs::chown(d, Some(owner), Some(owner)).unwrap();
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
-            let next: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            let mut names = if final_name { vec![name.clone()] } else { vec![] };
-            names.extend((next..next + 3000).map(|pid| format!(".{name}.{pid}")));
-            for n in names {
+            let mut links = if final_name { vec![name.clone()] } else { vec![] };
+            links.push(format!(".{name}.{}", TEMP_NAMES[0]));
+            for n in links {
                 symlink(&victim, d.join(&n)).unwrap();
                 lchown(d.join(&n), Some(ATTACKER), Some(ATTACKER)).unwrap();
             }
+            std::fs::hard_link(&victim, d.join(format!(".{name}.{}", TEMP_NAMES[1]))).unwrap();
         };
         // The attacker's directory, open to all (a shared --index-dir).
         let theirs = dir.path(&format!("theirs-{runner}"));
@@ -1095,6 +1099,12 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "uid {runner}: {err}");
         assert_eq!(code, 0, "uid {runner}: {err}");
         assert!(out.contains(&name), "{out}");
+        // The planted names are there as planted (tried, never opened).
+        for (n, is_link) in TEMP_NAMES.iter().zip([true, false]) {
+            let md = std::fs::symlink_metadata(sticky.join(format!(".{name}.{n}"))).unwrap();
+            assert_eq!(md.file_type().is_symlink(), is_link, "{n}");
+        }
+        assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 3, "uid {runner}");
         let index = std::fs::symlink_metadata(sticky.join(&name)).unwrap();
         assert!(index.file_type().is_file(), "uid {runner}: {index:?}");
         assert_eq!(index.uid(), runner);
