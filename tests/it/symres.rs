@@ -1399,7 +1399,9 @@ fn a_killed_writers_temporary_file_is_removed_later() {
 
 /// symres with a watchdog: `None` when it has not finished within
 /// `secs` seconds (it is then killed), else its exit code, stdout and
-/// stderr.
+/// stderr. Its input is written and its output read by threads while the
+/// watchdog polls: a symres that writes more than a pipe holds finishes,
+/// not read as a hang.
 fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, String)> {
     let mut child = Command::new(crate::support::bin("symres"))
         .env("XDG_CACHE_HOME", test_cache_home())
@@ -1409,22 +1411,51 @@ fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    // A symres that exits without reading all of it: EPIPE, not an error.
+    let writer = std::thread::spawn(move || drop(stdin.write_all(input.as_bytes())));
+    fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            r.read_to_end(&mut b).unwrap();
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    }
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    Some((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    };
+    writer.join().unwrap();
+    Some((status.code().unwrap_or(-1), out.join().unwrap(), err.join().unwrap()))
+}
+
+/// `symres_within` reads what symres writes while it waits: output of
+/// twice what a pipe holds comes back whole, within the watchdog's time.
+/// (The input is smaller, less than a full pipe more than symres has read
+/// by then, so a watchdog that only polled would time out, not hang.)
+#[test]
+fn symres_within_drains_a_large_output() {
+    let frame = r#"{"module":"/x","offset":"0x1"}"#;
+    let line = format!("{{\"stack\":[{}]}}\n", [frame; 20].join(","));
+    let input = line.repeat(120);
+    assert!(input.len() < 80 * 1024, "{}", input.len());
+    let (code, out, err) =
+        symres_within(60, &["--no-cache"], &input).expect("read as a hang: output not drained");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() > 128 * 1024, "{} bytes", out.len());
+    assert_eq!(out.lines().count(), 120);
+    assert_eq!(out.matches(r#""reason":"file_missing""#).count(), 2400);
 }
 
 /// Issue 18, item 3: files that are not regular files that end never make
