@@ -213,6 +213,9 @@ pub struct Tracer {
     /// What is traced; its launched command is held until the event loop
     /// releases it.
     pub target: Target,
+    /// Whether C++'s operators are probed too (a C++ runtime was found):
+    /// only then can a block be freed with the wrong operator.
+    pub cxx: bool,
 }
 
 /// What allocsnoop and leakd-attach both do before their loops: prepare
@@ -240,7 +243,7 @@ pub fn load_tracer(
     for p in plan.allocators.iter().chain(&plan.cxx) {
         probes::attach(&mut ebpf, &p.lib, &p.sites, target.pid())?;
     }
-    Ok(Tracer { ebpf, target })
+    Ok(Tracer { ebpf, target, cxx: plan.cxx.is_some() })
 }
 
 /// The frames of a stack as printed (all return addresses), for addresses
