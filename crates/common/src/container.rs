@@ -463,8 +463,9 @@ impl MetaStore {
         let mut users = Vec::new();
         if let Ok(homes) = fs::read_dir(self.path("home")) {
             for h in homes.flatten() {
+                // Followed: /home/NAME may be root's link to elsewhere.
                 let (Some(user), Ok(md)) =
-                    (h.file_name().to_str().map(str::to_string), h.metadata())
+                    (h.file_name().to_str().map(str::to_string), fs::metadata(h.path()))
                 else {
                     continue;
                 };
@@ -1518,6 +1519,14 @@ mod tests {
         own(&root.join(format!("{bob}/{ctrs}")), 1000);
         chown(root.join("home/carol"), Some(1002), Some(1002)).unwrap();
         chown(root.join("home/dave"), Some(1003), Some(1003)).unwrap();
+        // erin's (uid 1004) home is root's link to another disk.
+        let erins = id('7');
+        put(
+            &format!("data/erin/.local/share/containers/storage/{ctrs}"),
+            &format!(r#"[{{"id":"{erins}","names":["erins"]}}]"#),
+        );
+        own(&root.join("data/erin"), 1004);
+        symlink(root.join("data/erin"), root.join("home/erin")).unwrap();
         let mut store = MetaStore::at(root.clone());
         let s = |x: &str| Some(x.to_string());
         let look = |store: &mut MetaStore, id: &str| {
@@ -1529,6 +1538,7 @@ mod tests {
         assert_eq!(look(&mut store, &dk), (s("db"), Some(Docker), None));
         assert_eq!(look(&mut store, &mine), (s("mine"), Some(CriO), s("fake")));
         assert_eq!(look(&mut store, &theirs), (None, None, None));
+        assert_eq!(look(&mut store, &erins), (s("erins"), Some(Podman), None));
         // Root's container in root's pod: root's database names the pod.
         let info = parse_cgroup_path(&format!("/libpod_parent/{pod_id}/libpod-{rootc}"));
         let c = build(&mut store, rootc.clone(), &info, "", vec![1]);
