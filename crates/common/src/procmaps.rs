@@ -125,11 +125,26 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Where mappings come from when /proc/PID/maps does not have them: the
+/// process exited before its maps were read (they read empty from then on).
+/// Implemented by crate::captured (what BPF recorded while the stacks were
+/// taken); a trait so that this module does not depend on BPF maps.
+pub trait MappingSource {
+    /// The executable mapping containing `addr` in process `pid`.
+    fn mapping(&mut self, pid: u32, addr: u64) -> Option<&MapEntry>;
+}
+
+/// A file's build id, by path and identity: the same path names different
+/// files in different containers.
+type BuildIdKey = (PathBuf, (u32, u32), u64);
+
 /// Cached maps of the processes seen in a stream, plus build ids per file.
 #[derive(Default)]
 pub struct MapsCache {
     procs: HashMap<u32, ProcMaps>,
-    build_ids: HashMap<PathBuf, Option<String>>,
+    build_ids: HashMap<BuildIdKey, Option<String>>,
+    /// Asked when the last copy of a process's maps lacks an address.
+    fallback: Option<Box<dyn MappingSource>>,
     /// How many processes make the next sweep of those that are gone (0:
     /// MAX_PROCS): twice what a sweep left, so that a system with more
     /// live processes than that is not swept at each new one.
@@ -162,6 +177,13 @@ const MAX_BUILD_IDS: usize = 16384;
 impl MapsCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Ask `source` for addresses the process's maps (or their last copy)
+    /// lack.
+    pub fn with_fallback(mut self, source: Box<dyn MappingSource>) -> Self {
+        self.fallback = Some(source);
+        self
     }
 
     fn refresh(&mut self, pid: u32) {
@@ -197,8 +219,10 @@ impl MapsCache {
     /// found (the process may have mapped it since), unless a re-read found
     /// nothing new within REREAD_AFTER.
     pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
-        let i = self.index_of(pid, addr)?;
-        self.procs.get(&pid)?.entries.get(i)
+        if let Some(i) = self.index_of(pid, addr) {
+            return self.procs.get(&pid)?.entries.get(i);
+        }
+        self.fallback.as_mut()?.mapping(pid, addr)
     }
 
     fn index_of(&mut self, pid: u32, addr: u64) -> Option<usize> {
@@ -219,10 +243,9 @@ impl MapsCache {
     /// crate::text rule), `offset` (file offset) and `build_id`.
     /// Returns None when `addr` is not in an executable mapping.
     pub fn frame(&mut self, pid: u32, addr: u64) -> Option<Value> {
-        let i = self.index_of(pid, addr)?;
-        // Field by field, so the mapping stays borrowed while the build-id
-        // cache is updated.
-        let m = self.procs.get(&pid)?.entries.get(i)?;
+        // A copy, so the mapping is not borrowed while the build-id cache
+        // is updated.
+        let m = self.lookup(pid, addr)?.clone();
         if !m.exec {
             return None;
         }
@@ -232,28 +255,41 @@ impl MapsCache {
         let offset = (addr - m.start).wrapping_add(m.offset);
         let module = bytes_to_string(path.as_os_str().as_encoded_bytes());
         let mut f = json!({ "addr": hex(addr), "module": module, "offset": hex(offset) });
-        if let Some(id) = cached_build_id(&mut self.build_ids, pid, path) {
+        if let Some(id) = cached_build_id(&mut self.build_ids, pid, &m, path) {
             f["build_id"] = json!(id);
         }
         Some(f)
     }
 }
 
-/// A file's build id, read once per path.
+/// A file's build id, read once per file: through the process's root while
+/// it exists, else at the same path in ours when that is the same file
+/// (after a container exits, the path in ours is usually another file).
 fn cached_build_id(
-    cache: &mut HashMap<PathBuf, Option<String>>,
+    cache: &mut HashMap<BuildIdKey, Option<String>>,
     pid: u32,
+    m: &MapEntry,
     path: &Path,
 ) -> Option<String> {
-    if let Some(b) = cache.get(path) {
+    let key = (path.to_path_buf(), m.dev, m.inode);
+    if let Some(b) = cache.get(&key) {
         return b.clone();
     }
     if cache.len() >= MAX_BUILD_IDS {
         cache.clear();
     }
-    let id = read_build_id(&under_root(pid, path)).or_else(|| read_build_id(path));
-    cache.insert(path.to_path_buf(), id.clone());
+    let id = read_build_id(&under_root(pid, path))
+        .or_else(|| same_file(path, m).then(|| read_build_id(path)).flatten());
+    cache.insert(key, id.clone());
     id
+}
+
+/// Whether `path` (in our mount namespace) is the file `m` maps.
+fn same_file(path: &Path, m: &MapEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else { return false };
+    let dev = md.dev();
+    md.ino() == m.inode && (libc::major(dev), libc::minor(dev)) == m.dev
 }
 
 /// Read the NT_GNU_BUILD_ID note of an ELF file, reading only the headers
