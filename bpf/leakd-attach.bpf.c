@@ -50,7 +50,7 @@ struct {
 
 /* 127 = PERF_MAX_STACK_DEPTH, the most bpf_get_stackid walks. Identical
  * stacks share one id, so this bounds distinct allocation sites. User space
- * deletes the ids of sites that went idle (see sites_gc in lib.rs). */
+ * deletes the ids of sites that went idle (see Sites::gc in sites.rs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, LEAKD_ATTACH_MAX_STACKS);
@@ -321,4 +321,108 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp)
 {
 	untrack(addr);
+}
+
+/* Exec replaces the image: the old one's blocks are gone with its address
+ * space, and a block is never freed by another process. Left in `allocs`
+ * they would be outstanding forever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} execs SEC(".maps");
+
+struct exec_scan {
+	__u32 pid;
+	__u32 found;
+};
+
+/* What the walk ended, per CPU. Kept in a map value, not in the walk's
+ * context on the stack: the verifier tracks stack scalars exactly, so a
+ * counter there would differ at every iteration it explores. */
+struct exec_ended {
+	__u64 count;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_ended);
+} exec_ended SEC(".maps");
+
+static long site_has_blocks(struct bpf_map *map, struct leakd_attach_site *k,
+			    struct leakd_attach_stats *v, struct exec_scan *s)
+{
+	if (k->pid == s->pid && v->allocs != v->frees) {
+		s->found = 1;
+		return 1; /* stop */
+	}
+	return 0;
+}
+
+static long end_block(struct bpf_map *map, struct leakd_attach_block *k,
+		      struct leakd_attach_alloc *v, struct exec_scan *s)
+{
+	struct leakd_attach_alloc a;
+	struct leakd_attach_stats *st;
+	struct exec_ended *n;
+	__u32 zero = 0;
+
+	if (k->pid != s->pid)
+		return 0;
+	a = *v;
+	/* As in untrack: only a successful delete counts the free. */
+	if (bpf_map_delete_elem(&allocs, k))
+		return 0;
+	st = site_stats(&a);
+	if (st)
+		count_block(&st->frees, &st->free_bytes, &st->est_frees, &st->est_free_bytes, a.size, 1);
+	n = bpf_map_lookup_elem(&exec_ended, &zero);
+	if (n) {
+		n->count++;
+		n->bytes += a.size;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(leakd_attach_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_scan s = { .pid = bpf_get_current_pid_tgid() >> 32 };
+	struct leakd_attach_exec *e;
+	struct exec_ended *n;
+	__u32 zero = 0;
+
+	if (!leakd_wanted())
+		return 0;
+	/* The sites map is small (bounded by the distinct stacks): walking
+	 * the big `allocs` map only for a process that has blocks keeps the
+	 * execs of the rest of the system cheap. The other threads are gone
+	 * by now (exec kills them first): nothing of the old image allocates
+	 * or frees during the walk. */
+	bpf_for_each_map_elem(&sites, site_has_blocks, &s, 0);
+	if (!s.found)
+		return 0;
+	n = bpf_map_lookup_elem(&exec_ended, &zero);
+	if (!n)
+		return 0;
+	n->count = 0;
+	n->bytes = 0;
+	bpf_for_each_map_elem(&allocs, end_block, &s, 0);
+	if (!n->count)
+		return 0;
+	e = bpf_ringbuf_reserve(&execs, sizeof(*e), 0);
+	if (!e) {
+		leakd_count_lost(LEAKD_LOST_RINGBUF);
+		return 0;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->count = n->count;
+	e->bytes = n->bytes;
+	e->pid = s.pid;
+	e->pad = 0;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
 }

@@ -63,4 +63,16 @@ struct leakd_attach_stats {
 	__u64 est_alloc_bytes;
 };
 
+/* The blocks of a process whose image was replaced by exec: they end
+ * there (counted as freed), and one of these goes through the `execs` ring
+ * buffer for each exec of a process that had any. */
+struct leakd_attach_exec {
+	__u64 ts_ns;     /* CLOCK_MONOTONIC */
+	__u64 count;     /* blocks ended */
+	__u64 bytes;     /* their requested sizes, summed */
+	__u32 pid;       /* tgid */
+	__u32 pad;
+	__u8 comm[16];   /* the new image's */
+};
+
 #endif

@@ -221,7 +221,7 @@ static void emit(void)
 static const char usage_text[] =
 	"leaker SCENARIO [options]; SCENARIO: ten-nine | steady | none | mixed | threads; "
 	"options: --sleep SECS, --wait-signal, --linger SECS|inf, --count K, --size BYTES, "
-	"--threads N, --interval SECS, --max BYTES";
+	"--threads N, --interval SECS, --max BYTES, --exec SCENARIO";
 
 /* Exit status 2 means bad usage, 1 a runtime failure. */
 static PRINTF_LIKE(2, 3) NORETURN void fail(int status, const char *fmt, ...)
@@ -307,6 +307,7 @@ static struct {
 	unsigned threads;
 	double interval_s;
 	size_t max;
+	const char *exec_scenario; /* --exec: then become a leaker running this */
 } opt = {
 	.count = 10,
 	.threads = 4,
@@ -389,6 +390,7 @@ static void parse_args(int argc, char **argv)
 
 		static const char *const valued[] = {
 			"--sleep", "--linger", "--count", "--size", "--threads", "--interval", "--max",
+			"--exec",
 		};
 		bool known = false;
 		for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
@@ -416,6 +418,8 @@ static void parse_args(int argc, char **argv)
 			opt.size_set = true;
 		} else if (strcmp(name, "--threads") == 0) {
 			opt.threads = (unsigned)parse_uint(name, val, 1, MAX_THREADS);
+		} else if (strcmp(name, "--exec") == 0) {
+			opt.exec_scenario = val;
 		} else { /* --max */
 			opt.max = (size_t)parse_uint(name, val, 0, (size_t)1 << 50);
 		}
@@ -858,5 +862,11 @@ int main(int argc, char **argv)
 	if (opt.linger_forever)
 		sleep_forever();
 	sleep_for(opt.linger_s);
+	if (opt.exec_scenario != NULL) {
+		/* The blocks leaked so far end with this image: what a tracer
+		 * must then report is the new image's. */
+		execl("/proc/self/exe", "leaker", opt.exec_scenario, (char *)NULL);
+		fail(1, "exec /proc/self/exe: %s", strerror(errno));
+	}
 	return 0;
 }

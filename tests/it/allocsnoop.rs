@@ -521,3 +521,24 @@ fn system_wide_without_pid() {
     assert_eq!(events.iter().filter(|e| e["op"] == "malloc").count(), 10);
     assert_eq!(events.iter().filter(|e| e["op"] == "free").count(), 9);
 }
+
+/// -p of a process that has exited but not been reaped: said as such.
+#[test]
+fn a_zombie_is_said_to_be_exiting() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    // Not waited for: a zombie once it has exited.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    {
+        assert!(std::time::Instant::now() < deadline, "{pid} never exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out =
+        Cmd::cargo_bin("allocsnoop").unwrap().args(["-p", &pid.to_string()]).output().unwrap();
+    child.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("process {pid} is exiting")), "{err}");
+}

@@ -268,21 +268,31 @@ fn leak_found_by_each_beside(
     want_pod: Option<&Value>,
     stop: Stop<'_>,
 ) {
-    let tools: Vec<Child> = selectors
-        .iter()
-        .map(|sel| {
-            let mut args: Vec<&str> = sel.iter().map(String::as_str).collect();
-            args.extend(["--symbolize", "-d", "60"]);
-            let (tool, err) = spawn_attached("leakd-attach", &args);
-            crate::support::discard(err);
-            tool
-        })
-        .collect();
+    // The tools attach at once (each takes seconds on a loaded machine);
     // allocsnoop too, by the first selector: every 4096-byte block.
     let mut snoop_args: Vec<&str> = selectors[0].iter().map(String::as_str).collect();
     snoop_args.extend(["--min-size", "4096", "--max-size", "4096", "-d", "60"]);
-    let (snoop, snoop_err) = spawn_attached("allocsnoop", &snoop_args);
-    crate::support::discard(snoop_err);
+    let (tools, snoop) = std::thread::scope(|scope| {
+        let tools: Vec<_> = selectors
+            .iter()
+            .map(|sel| {
+                scope.spawn(move || {
+                    let mut args: Vec<&str> = sel.iter().map(String::as_str).collect();
+                    args.extend(["--symbolize", "-d", "60"]);
+                    let (tool, err) = spawn_attached("leakd-attach", &args);
+                    crate::support::discard(err);
+                    tool
+                })
+            })
+            .collect();
+        let snoop = scope.spawn(|| {
+            let (snoop, err) = spawn_attached("allocsnoop", &snoop_args);
+            crate::support::discard(err);
+            snoop
+        });
+        let tools: Vec<Child> = tools.into_iter().map(|t| t.join().unwrap()).collect();
+        (tools, snoop.join().unwrap())
+    });
     signal(c.pid, libc::SIGUSR1);
     if let Some(b) = beside {
         signal(b.pid, libc::SIGUSR1);
@@ -432,11 +442,15 @@ fn containerd_leak_by_id() {
     let id = hex_id("ctr");
     let ns = tag("ns");
     let ns = ns.as_str();
-    // The task may still be stopping when the test ends: retried.
+    // The task may still be stopping when the test ends, and containerd
+    // leaves the namespace's cgroup (in every hierarchy): retried.
     let rm = format!(
         "for i in $(seq 50); do ctr -n {ns} tasks delete --force {id}; \
          ctr -n {ns} containers delete {id} && break; sleep 0.1; done; \
-         ctr namespaces remove {ns}"
+         ctr namespaces remove {ns}; \
+         for i in $(seq 50); do left=; for h in /sys/fs/cgroup/*/; do \
+         [ -d ${{h}}{ns} ] && ! rmdir ${{h}}{ns} 2>/dev/null && left=1; done; \
+         [ -z \"$left\" ] && break; sleep 0.1; done; true"
     );
     cleanup.add(&["sh", "-c", &rm]);
     let root = rootfs(false, "ctr", &mut cleanup).to_str().unwrap().to_string();
@@ -707,6 +721,8 @@ fn from_a_private_cgroup_namespace() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if the test fails first: its cgroup can then be removed.
+    let _kill = KillPid(tool.id());
     let mut err = BufReader::new(tool.stderr.take().unwrap());
     let mut log = String::new();
     loop {
@@ -738,4 +754,98 @@ fn from_a_private_cgroup_namespace() {
     assert_eq!(r["container"]["name"], name.as_str(), "{r}");
     assert_eq!(stacks.len(), 1, "{lines:?}");
     drop(cg);
+}
+
+/// SIGKILL to a process when dropped (a test that failed before it ended).
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if crate::support::is_root() && std::path::Path::new(&format!("/proc/{}", self.0)).exists()
+        {
+            signal(self.0, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A C++ program in a container: its runtime's operators are probed
+/// (through the container's root), so its five `new char[4096]` are
+/// reported as new[].
+#[bpf_test]
+fn podman_cxx_operators() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = std::env::temp_dir().join(tag("rootfs-cxx"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    cleanup.add(&["rm", "-rf", dir.to_str().unwrap()]);
+    let src = dir.join("leaker.cc");
+    std::fs::write(
+        &src,
+        r#"#include <csignal>
+#include <cstdio>
+#include <unistd.h>
+int main() {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &s, nullptr);
+    fprintf(stderr, "{\"type\":\"leaker_ready\"}\n");
+    int sig;
+    sigwait(&s, &sig);
+    for (int i = 0; i < 5; i++) {
+        volatile char *p = new char[4096];
+        p[0] = 1;
+    }
+    fprintf(stderr, "{\"type\":\"leaker_summary\",\"leaked_count\":5}\n");
+    for (;;) pause();
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.join("leaker");
+    run(&["g++", "-O0", "-o", exe.to_str().unwrap(), src.to_str().unwrap()]);
+    std::fs::remove_file(&src).unwrap();
+    for line in run(&["ldd", exe.to_str().unwrap()]).lines() {
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+        let to = dir.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(path, &to).unwrap();
+    }
+    let img = format!("localhost/{}:1", tag("img-cxx"));
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = tar.stdout.take().unwrap();
+    let out = Command::new("podman").args(["import", "-", &img]).stdin(stdin).output().unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cleanup.add(&["podman", "rmi", "-f", &img]);
+    let name = tag("cxx");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let mut c = podman_run(&name, &img, &["/leaker"]);
+    let (snoop, err) = spawn_attached(
+        "allocsnoop",
+        &["--container", &name, "--min-size", "4096", "--max-size", "4096", "-d", "60"],
+    );
+    crate::support::discard(err);
+    signal(c.pid, libc::SIGUSR1);
+    assert_eq!(c.summary()["leaked_count"], 5);
+    interrupt(&snoop);
+    let (code, lines, _) = wait_output(snoop);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let news: Vec<&Value> =
+        of_type(&lines, "alloc").into_iter().filter(|a| a["op"] == "new[]").collect();
+    assert_eq!(news.len(), 5, "{lines:?}");
+    for a in news {
+        assert_eq!(a["size_bytes"], 4096, "{a}");
+        assert_eq!(a["container"]["name"], name.as_str(), "{a}");
+    }
 }

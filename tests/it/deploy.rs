@@ -1,6 +1,7 @@
 //! What takes leakd to where programs run: scripts/install into a prefix
 //! and back out, the image (scripts/image) run privileged against a leaker
-//! in another container, the Kubernetes manifests and kubectl-leakd's
+//! in another container (by --container ID and by host PID) and on the
+//! host, the Kubernetes manifests and kubectl-leakd's
 //! --dry-run output checked by a real schema validator, and kubectl-leakd's
 //! logic against a stand-in kubectl (tests/fixtures/k8s/kubectl) answering
 //! in Kubernetes' own JSON: no cluster can run on these machines.
@@ -233,6 +234,13 @@ impl Drop for Podman {
     }
 }
 
+/// How the README runs the image's tools: privileged (BPF, perf events,
+/// other processes' memory), the host's PIDs, the host's /sys, and the
+/// host's cgroup tree (podman mounts a cgroupfs of the container's own over
+/// /sys/fs/cgroup, under the /sys volume).
+const RUN_TOOLS: &[&str] =
+    &["--privileged", "--pid=host", "-v", "/sys:/sys", "-v", "/sys/fs/cgroup:/sys/fs/cgroup"];
+
 /// The image as scripts/image builds it, from the test build's binaries,
 /// under a tag of the test's own (`name`; removed at the end).
 fn build_image(podman: &mut Podman, name: &str) -> String {
@@ -308,7 +316,8 @@ fn image_finds_the_leak_in_another_container() {
 
     let mut child = podman
         .cmd()
-        .args(["run", "--rm", "--name", &tool, "--privileged", "--pid=host", "-v", "/sys:/sys"])
+        .args(["run", "--rm", "--name", &tool])
+        .args(RUN_TOOLS)
         .args(["--network", "none", &image, "leakd-attach", "-v", "--symbolize", "-p", &pid_s])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -473,8 +482,25 @@ fn manifests_pass_strict_schema_validation() {
     assert_eq!(c["name"], "leakd");
     assert_eq!(c["command"], serde_json::json!(["leakd-idle"]));
     assert_eq!(c["securityContext"]["privileged"], true);
-    assert_eq!(c["volumeMounts"][0]["mountPath"], "/sys");
-    assert_eq!(t["spec"]["volumes"][0]["hostPath"]["path"], "/sys");
+    assert_host_sys(c, &t["spec"]);
+}
+
+/// The node's /sys and cgroup tree, at their places.
+fn assert_host_sys(container: &Value, spec: &Value) {
+    let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(mounts, [("sys", "/sys"), ("cgroup", "/sys/fs/cgroup")]);
+    let volumes: Vec<(&str, &str)> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["hostPath"]["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(volumes, [("sys", "/sys"), ("cgroup", "/sys/fs/cgroup")]);
 }
 
 /// The documents of a YAML file, as JSON (PyYAML comes with
@@ -573,8 +599,7 @@ fn assert_tool_pod(pod: &Value) {
     assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(c["image"], "localhost/leakd:latest");
     assert_eq!(c["command"], serde_json::json!(["leakd-idle"]));
-    assert_eq!(c["volumeMounts"][0]["mountPath"], "/sys");
-    assert_eq!(spec["volumes"][0]["hostPath"]["path"], "/sys");
+    assert_host_sys(c, spec);
 }
 
 #[test]
@@ -824,6 +849,34 @@ fn plugin_all_nodes_merges_lines_with_their_node() {
         log.iter().filter(|a| a[0] == "exec").map(|a| a[3].as_str()).collect();
     assert_eq!(execs, BTreeSet::from(["leakd-4xk9p", "leakd-b7m2q"]));
     assert!(!log.iter().any(|a| a[0] == "create" || a[0] == "delete"), "{log:?}");
+
+    // --dry-run: the commands, one per running node, none run.
+    let plugin = Plugin::new("all-dry");
+    let out = plugin.output(&["--all-nodes", "--dry-run", "--", "-x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["node"], "worker-1");
+    assert_eq!(
+        lines[0]["command"],
+        serde_json::json!([
+            "kubectl",
+            "exec",
+            "-n",
+            "leakd",
+            "leakd-4xk9p",
+            "-c",
+            "leakd",
+            "--",
+            "execsnoop",
+            "-x"
+        ])
+    );
+    assert_eq!(lines[1]["node"], "worker-2");
+    assert!(!plugin.log().iter().any(|a| a[0] == "exec"));
 }
 
 /// Ctrl-C with --all-nodes stops the tool on every node; each node's final
@@ -864,19 +917,10 @@ fn idle_stop_ends_the_tools_of_its_own_container_only() {
     let image = build_image(&mut podman, "idle");
     let idle = format!("leakd-test-idle-{}", std::process::id());
     podman.containers.push(idle.clone());
-    podman.run(&[
-        "run",
-        "-d",
-        "--name",
-        &idle,
-        "--privileged",
-        "--pid=host",
-        "-v",
-        "/sys:/sys",
-        "--network",
-        "none",
-        &image,
-    ]);
+    podman.run(
+        &[&["run", "-d", "--name", idle.as_str()][..], RUN_TOOLS, &["--network", "none", &image]]
+            .concat(),
+    );
     let host = KillOnDrop(Command::new("sleep").arg("600").spawn().unwrap());
 
     let mut child = podman
@@ -1007,6 +1051,171 @@ fn plugin_stops_the_tools_when_its_reader_goes() {
             position(&log, &["delete", "pod", "-n", "leakd", &name]);
         } else {
             assert_eq!(stopped, stops, "{log:?}");
+        }
+    }
+}
+
+/// The image's leakd-attach on a process of the host, by its host PID
+/// (-p): the allocator is found through /proc/PID/root, not in the image.
+#[test]
+fn image_finds_the_leak_of_a_host_process() {
+    if !support::root_available("container") || !required("podman", runs("podman", &["--version"]))
+    {
+        return;
+    }
+    let mut podman = Podman::new();
+    let image = build_image(&mut podman, "host");
+    let tool = format!("leakd-test-host-tool-{}", std::process::id());
+    podman.containers.push(tool.clone());
+    let (mut leaker, pid, mut err) =
+        support::start_leaker(&["ten-nine", "--wait-signal", "--linger", "1"]);
+    let pid_s = pid.to_string();
+    let mut child = podman
+        .cmd()
+        .args(["run", "--rm", "--name", &tool])
+        .args(RUN_TOOLS)
+        .args(["--network", "none", &image, "leakd-attach", "-v", "--symbolize", "-p", &pid_s])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let tool_err = BufReader::new(child.stderr.take().unwrap());
+    wait_attached(KillOnDrop(child), tool_err, stdout, |child, log| {
+        assert!(log.contains("attached"), "the tool in the image never attached: {log}");
+        support::signal(pid, libc::SIGUSR1);
+        let mut rest = String::new();
+        err.read_to_string(&mut rest).unwrap();
+        assert!(leaker.0.wait().unwrap().success());
+        let (code, out) = finish(child, Duration::from_secs(60));
+        assert_eq!(code, Some(3), "leaks found => exit 3");
+        let lines = json_lines(&out);
+        let (r, stacks) = final_report(&lines);
+        assert_eq!(r["pid"], pid);
+        assert_eq!(r["outstanding_count"], 1, "{lines:?}");
+        assert_eq!(r["outstanding_bytes"], 8);
+        assert_eq!(stacks.len(), 1, "{lines:?}");
+        assert_eq!(stacks[0]["allocs"], 10);
+        assert_eq!(stacks[0]["frees"], 9);
+        assert_eq!(stacks[0]["stack"][0]["sym"], "leak_ten_nine_alloc", "{}", stacks[0]);
+    });
+}
+
+/// The README's command: the image's leakd-attach on another container by
+/// its id (--container), symbolized, stopped as on Ctrl-C.
+#[test]
+fn image_finds_the_leak_in_a_container_by_its_id() {
+    if !support::root_available("container") || !required("podman", runs("podman", &["--version"]))
+    {
+        return;
+    }
+    let mut podman = Podman::new();
+    let image = build_image(&mut podman, "byid");
+    let id = std::process::id();
+    let leaker = format!("leakd-test-byid-leaker-{id}");
+    let tool = format!("leakd-test-byid-tool-{id}");
+    podman.containers.push(leaker.clone());
+    podman.containers.push(tool.clone());
+    let out = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        &leaker,
+        "--network",
+        "none",
+        &image,
+        "leaker",
+        "ten-nine",
+        "--wait-signal",
+        "--linger",
+        "inf",
+    ]);
+    let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(cid.len(), 64, "{cid}");
+    wait_logs(&podman, &leaker, "leaker_ready");
+    let pid = container_pid(&podman, &leaker);
+
+    let mut child = podman
+        .cmd()
+        .args(["run", "--rm", "--name", &tool])
+        .args(RUN_TOOLS)
+        .args(["--network", "none", &image, "leakd-attach", "-v", "--container", &cid])
+        .arg("--symbolize")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    wait_attached(KillOnDrop(child), err, stdout, |child, log| {
+        assert!(log.contains("attached"), "the tool in the image never attached: {log}");
+        support::signal(pid, libc::SIGUSR1);
+        wait_logs(&podman, &leaker, "leaker_summary");
+        // Ctrl-C, as a user stops it: the final report.
+        podman.run(&["kill", "--signal", "INT", &tool]);
+        let (code, out) = finish(child, Duration::from_secs(60));
+        assert_eq!(code, Some(3), "leaks found => exit 3");
+        let lines = json_lines(&out);
+        let (r, stacks) = final_report(&lines);
+        assert_eq!(r["outstanding_count"], 1, "{lines:?}");
+        assert_eq!(r["outstanding_bytes"], 8);
+        assert_eq!(stacks.len(), 1, "{lines:?}");
+        assert_eq!(stacks[0]["allocs"], 10);
+        assert_eq!(stacks[0]["frees"], 9);
+        assert_eq!(stacks[0]["stack"][0]["sym"], "leak_ten_nine_alloc", "{}", stacks[0]);
+        assert_eq!(r["container"]["id"], cid.as_str(), "{r}");
+    });
+}
+
+/// The last report of a run (it must be the final one) and its stacks.
+fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
+    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
+    let r = lines[i].clone();
+    assert_eq!(r["final"], true, "last report is final: {r}");
+    let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
+    (r, stacks)
+}
+
+/// kubectl itself finds the plugin on PATH and hands it its arguments,
+/// -n included: `kubectl leakd ...` is the command users type.
+#[test]
+fn kubectl_runs_the_plugin() {
+    if !required("kubectl", runs("kubectl", &["version", "--client"])) {
+        return;
+    }
+    let plugin = Plugin::new("via-kubectl");
+    let path = format!("{}:{}", repo().join("deploy").display(), std::env::var("PATH").unwrap());
+    let out = Command::new("kubectl").args(["plugin", "list"]).env("PATH", &path).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains(&repo().join("deploy/kubectl-leakd").display().to_string()), "{list}");
+    let out = Command::new("kubectl")
+        .args(["leakd", "-n", "memleak-demo", POD, "-c", "sidecar", "--dry-run"])
+        .env("PATH", &path)
+        // The plugin's own kubectl calls go to the stand-in.
+        .env("KUBECTL", repo().join("tests/fixtures/k8s/kubectl"))
+        .env("FAKE_KUBECTL_DIR", &plugin.state.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pod["metadata"]["annotations"]["leakd/container-id"], SIDECAR_ID);
+}
+
+/// kubectl's --context and --kubeconfig, given to the plugin, go with every
+/// kubectl command it runs (the cluster it reads is the one it acts on).
+#[test]
+fn plugin_passes_context_and_kubeconfig_on() {
+    for args in [
+        &["--context", "prod", "--kubeconfig", "/k/config", "-n", "memleak-demo", POD][..],
+        &["--all-nodes", "--context", "prod", "--kubeconfig", "/k/config"][..],
+    ] {
+        let plugin = Plugin::new("context");
+        let out = plugin.output(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let log = plugin.log();
+        assert!(log.len() >= 3, "{log:?}");
+        for a in &log {
+            assert_eq!(a[..4], ["--context", "prod", "--kubeconfig", "/k/config"], "{a:?}");
         }
     }
 }

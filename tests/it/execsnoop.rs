@@ -428,3 +428,130 @@ fn cgroup_filter() {
     assert_eq!(execs[0]["argv"], json!(["/bin/true", "inside"]));
     assert_eq!(execs[0]["cgroup_id"], ino);
 }
+
+/// A launched command's standard output goes to the tool's standard error
+/// (or --command-output), never into the JSON stream on standard output.
+#[bpf_test]
+fn launched_commands_stdout_stays_out_of_the_json() {
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .args(["--", "sh", "-c", "echo hello; /bin/true"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Every line parses (json_lines panics on one that does not).
+    let lines = json_lines(&out.stdout);
+    assert!(of_type(&lines, "exec").iter().any(|e| e["comm"] == "true"), "{lines:?}");
+    assert!(err.lines().any(|l| l == "hello"), "{err}");
+
+    let file = std::env::temp_dir().join(format!("leakd-cmd-out-{}", std::process::id()));
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .arg("--command-output")
+        .arg(&file)
+        .args(["--", "sh", "-c", "echo hello; /bin/true"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let written = std::fs::read_to_string(&file);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    json_lines(&out.stdout);
+    assert_eq!(written.unwrap(), "hello\n");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hello"));
+}
+
+/// `--user` runs the command with that user's uid, gid and groups.
+#[bpf_test]
+fn user_runs_the_command_as_that_user() {
+    let id = |args: &[&str]| {
+        let o = Command::new("id").args(args).output().unwrap();
+        assert!(o.status.success(), "id {args:?}");
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let uid: u64 = id(&["-u", "nobody"]).parse().unwrap();
+    let groups = id(&["-G", "nobody"]);
+    let file = std::env::temp_dir().join(format!("leakd-user-{}", std::process::id()));
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .args(["--user", "nobody", "--command-output"])
+        .arg(&file)
+        .args(["--", "sh", "-c", "id -u; id -G; /bin/true"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let written = std::fs::read_to_string(&file);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 4, "sh, id, id, true: {lines:?}");
+    assert!(execs.iter().all(|e| e["uid"] == uid), "{lines:?}");
+    assert_eq!(written.unwrap(), format!("{uid}\n{groups}\n"));
+
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .args(["--user", "no-such-user-leakd", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+}
+
+/// SIGUSR1 (leakd-attach's "report now") must not kill execsnoop.
+#[bpf_test]
+fn sigusr1_is_ignored() {
+    let (mut tool, _err) = spawn_attached("execsnoop", &["--", "sleep", "2"]);
+    crate::support::signal(tool.id(), libc::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(tool.try_wait().unwrap().is_none(), "SIGUSR1 ended execsnoop");
+    let status = tool.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A launched command that ignores SIGTERM is killed after the grace.
+#[bpf_test]
+fn launched_command_ignoring_sigterm_gets_sigkill() {
+    let start = Instant::now();
+    let out = Cmd::cargo_bin("execsnoop")
+        .unwrap()
+        .args(["-d", "0.5", "--", "sh", "-c", "trap '' TERM; exec sleep 60"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let sleep = of_type(&lines, "exec")
+        .into_iter()
+        .find(|e| e["comm"] == "sleep")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let pid = sleep["pid"].as_u64().unwrap();
+    let deadline = start + Duration::from_secs(15);
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => break,
+            Ok(stat)
+                if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                break
+            }
+            Ok(stat) => assert!(Instant::now() < deadline, "still runs after SIGTERM: {stat}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run with standard output closed (`>&-`): an error, not a silent exit 0.
+#[test]
+fn closed_stdout_is_an_error() {
+    let out = Command::new("sh")
+        .args(["-c", "exec \"$0\" -d 0.1 >&-"])
+        .arg(bin("execsnoop"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("execsnoop: error: standard output is closed"), "{err}");
+}

@@ -826,6 +826,7 @@ fn usage_errors_exit_2() {
             (&["--max-allocs", "0"], "0 is not in 1.."),
             (&["--sample-bytes", "0"], "0 is not in 1.."),
             (&["--top", "x"], "invalid value"),
+            (&["-i", "0.01"], "-i must be at least that"),
             (&["--min-size", "10", "--max-size", "5"], "--min-size 10 is larger than --max-size 5"),
         ],
     );
@@ -852,4 +853,58 @@ fn lost_events_make_a_clean_result_incomplete() {
     assert_eq!(r["outstanding_count"], 0, "{lines:?}");
     assert_eq!(out.status.code(), Some(4), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not certain"));
+}
+
+/// A process that leaks 50 blocks and then execs a clean program: the old
+/// image's blocks end with it (counted as freed, said in an exec line), and
+/// the run ends with nothing outstanding.
+#[bpf_test]
+fn exec_ends_the_old_images_blocks() {
+    let out = launched(
+        &[],
+        &[
+            LEAKER,
+            "steady",
+            "--size",
+            "64",
+            "--max",
+            "3200",
+            "--interval",
+            "0",
+            "--linger",
+            "0",
+            "--exec",
+            "none",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "nothing outstanding => exit 0; stderr: {err}");
+    let lines = json_lines(&out.stdout);
+    let execs = of_type(&lines, "exec");
+    assert_eq!(execs.len(), 1, "{lines:?}");
+    assert_eq!(execs[0]["freed_count"], 50, "{lines:?}");
+    assert_eq!(execs[0]["freed_bytes"], 3200, "{lines:?}");
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 0, "{lines:?}");
+    assert!(stacks.is_empty(), "{stacks:?}");
+    // The new image was traced too (its own allocs, all freed).
+    assert!(r["allocs"].as_u64().unwrap() > 50, "{r}");
+    assert_eq!(r["allocs"], r["frees"], "{r}");
+}
+
+/// A --max-allocs whose preallocated map would not fit in the machine's
+/// memory is refused before anything is loaded (it used to allocate ~120
+/// bytes of kernel memory per block first). u32::MAX blocks is ~512 GiB.
+#[test]
+fn max_allocs_beyond_memory_is_refused() {
+    let out = Cmd::cargo_bin("leakd-attach")
+        .unwrap()
+        .args(["--max-allocs", &u32::MAX.to_string(), "-p", "1"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("would take ~512.0 GiB of kernel memory"), "{err}");
+    assert!(err.contains("use at most"), "{err}");
 }

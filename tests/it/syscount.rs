@@ -390,3 +390,29 @@ fn usage_errors() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Examples:") && help.contains("syscount -M -- make"), "{help}");
 }
+
+/// SIGUSR1 prints a report now (the counts so far), and the run goes on.
+#[bpf_test]
+fn sigusr1_prints_a_report_now() {
+    let (mut tool, _err) = spawn_attached("syscount", &["--", "sleep", "3"]);
+    crate::support::signal(tool.id(), libc::SIGUSR1);
+    let mut out = BufReader::new(tool.stdout.take().unwrap());
+    // A report is its rows, then its "interval" line.
+    let v = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "syscount ended after SIGUSR1");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        if v["type"] == "interval" {
+            break v;
+        }
+    };
+    assert_eq!(v["seq"], 1, "{v}");
+    assert!(tool.try_wait().unwrap().is_none(), "syscount ended after SIGUSR1");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(tool.wait().unwrap().code(), Some(0));
+    // The final report follows, numbered after it.
+    let lines = json_lines(rest.as_bytes());
+    let last = of_type(&lines, "interval");
+    assert_eq!(last.last().unwrap()["seq"], 2, "{lines:?}");
+}

@@ -150,8 +150,11 @@ fn plan_for_target(
         None
     } else if let Some(exe) = &exe {
         probes::cxx_runtime_for_exec(exe, &leakd_unwind::exec_files(exe))
+    } else if let Some(pid) = target.pid {
+        probes::find_cxx_runtime(pid)
     } else {
-        target.pid.and_then(probes::find_cxx_runtime)
+        // A container's or pod's: the first of its processes that has one.
+        scope.and_then(|s| s.cgroup.pids().into_iter().find_map(probes::find_cxx_runtime))
     };
     let cxx = match runtime {
         Some(rt) => {

@@ -5,6 +5,7 @@
 //! program failed, with the kernel's log one `-v` away.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -193,6 +194,91 @@ pub fn start_following(ebpf: &mut Ebpf, btf: &Btf, filter: &Filter) -> Result<()
     attach_btf_tracepoint(ebpf, btf, "leakd_fork", "sched_process_fork")?;
     attach_btf_tracepoint(ebpf, btf, "leakd_exit", "sched_process_exit")?;
     Ok(())
+}
+
+/// Read every entry of a BPF hash map in batches (`BPF_MAP_LOOKUP_BATCH`),
+/// handing each batch to `f`: one system call per `batch` entries instead of
+/// two per entry (get-next-key, lookup), and no copy of the whole map, so a
+/// reader that folds each batch into a summary needs memory bounded by the
+/// summary. Entries are read bucket by bucket: one inserted or deleted
+/// during the walk may be seen or not, but none is seen twice.
+pub fn for_each_batch<K, V>(
+    map: &MapData,
+    batch: usize,
+    mut f: impl FnMut(&[K], &[V]) -> Result<()>,
+) -> Result<()>
+where
+    K: aya::Pod + Default,
+    V: aya::Pod + Default,
+{
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut cap = batch.max(1);
+    let mut keys = vec![K::default(); cap];
+    let mut values = vec![V::default(); cap];
+    // A hash map's batch token is a bucket index.
+    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { std::ptr::addr_of!(token_in) as u64 },
+            out_batch: std::ptr::addr_of_mut!(token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: cap as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr is a valid `union bpf_attr` prefix for this command;
+        // the kernel writes at most `count` keys and values into buffers of
+        // `cap` elements of the map's key and value types, and one u32 into
+        // token_out; every pointer outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::addr_of_mut!(attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(io::Error::last_os_error);
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            // ENOSPC: one bucket holds more than `count` entries; nothing
+            // was read: retry the same bucket with room for them.
+            Some(libc::ENOSPC) => {
+                cap *= 2;
+                keys.resize(cap, K::default());
+                values.resize(cap, V::default());
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            Some(_) => {
+                return Err(err.map(anyhow::Error::new).unwrap_or_else(|| anyhow!("batch")))
+                    .context("reading a BPF map in batches")
+            }
+        }
+        let n = (attr.count as usize).min(cap);
+        f(&keys[..n], &values[..n])?;
+        // ENOENT: that was the last bucket.
+        if err.is_some() {
+            return Ok(());
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 /// Take map `name` out of a loaded object, as the map type `T` it is used

@@ -44,9 +44,21 @@ pub struct TargetArgs {
     /// Launch CMD with its arguments (PATH is searched) and trace it (execsnoop and syscount:
     /// and its children); probes are attached before it runs its first instruction. The tool
     /// ends when CMD exits; if the tool ends first (--duration, a signal, closed output), CMD
-    /// is sent SIGTERM.
+    /// is sent SIGTERM, then SIGKILL if it is still running 2 s later. CMD's standard output
+    /// goes to the tool's standard error (standard output is the tool's JSON), or to
+    /// --command-output.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+
+    /// Run CMD as this user (a name or a numeric uid): its uid, primary group and
+    /// supplementary groups, as `strace -u` does; the tool keeps its privileges.
+    #[arg(long, value_name = "USER", requires = "command")]
+    pub user: Option<String>,
+
+    /// Write CMD's standard output to FILE (created, or truncated) instead of to the tool's
+    /// standard error.
+    #[arg(long, value_name = "FILE", requires = "command")]
+    pub command_output: Option<PathBuf>,
 }
 
 /// Options about the run itself.
@@ -91,6 +103,9 @@ impl TargetArgs {
             }
             if is_kernel_thread(pid) {
                 bail!("process {pid} is a kernel thread: it has no user space to trace");
+            }
+            if is_exiting(pid) {
+                bail!("process {pid} is exiting (a zombie): it has no user space left to trace");
             }
             // /proc/TID exists too (unlisted), but the tools filter by process.
             if let Some(tgid) = thread_group(pid).filter(|&t| t != pid) {
@@ -140,6 +155,30 @@ impl CgroupScope {
 /// The process (thread group) a thread ID belongs to.
 fn thread_group(tid: u32) -> Option<u32> {
     crate::procmaps::status_field(&tid.to_string(), "Tgid")?.parse().ok()
+}
+
+/// The state letter of /proc/PID/stat (or /proc/PID/task/TID/stat).
+fn stat_state(stat_path: &Path) -> Option<char> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // The comm field may hold spaces and parentheses: the state follows
+    // the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Whether every thread of a process has exited (Z, zombie, or X, dead):
+/// it is waiting to be reaped and has no address space left. A leader
+/// that exited while other threads run is a zombie too, but its process
+/// is not exiting.
+fn is_exiting(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for t in tasks.flatten() {
+        any = true;
+        if !matches!(stat_state(&t.path().join("stat")), Some('Z' | 'X') | None) {
+            return false;
+        }
+    }
+    any
 }
 
 /// PF_KTHREAD in the flags field of /proc/PID/stat.

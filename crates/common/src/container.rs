@@ -364,11 +364,12 @@ struct Meta {
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     root: PathBuf,
-    podman: Option<HashMap<String, String>>,
+    podman: Option<HashMap<String, (String, String)>>,
 }
 
 /// Where each runtime keeps its state, as searched (for error messages).
-pub const META_PLACES: &str = "podman (/var/lib/containers/storage), docker \
+pub const META_PLACES: &str = "podman (/var/lib/containers/storage, and users' \
+     ~/.local/share/containers/storage), docker \
      (/var/lib/docker/containers), containerd (/run/containerd/io.containerd.runtime.v2.task), \
      CRI-O (/run/containers/storage), runc (/run/runc)";
 
@@ -395,17 +396,37 @@ impl MetaStore {
         serde_json::from_slice(&data).ok()
     }
 
-    fn podman_names(&mut self) -> &HashMap<String, String> {
+    /// podman's (and CRI-O's) storage directories: root's, and each
+    /// user's for rootless podman.
+    fn podman_stores(&self) -> Vec<String> {
+        let mut stores = vec![
+            "var/lib/containers/storage".to_string(),
+            "run/containers/storage".to_string(),
+            "root/.local/share/containers/storage".to_string(),
+        ];
+        if let Ok(homes) = fs::read_dir(self.path("home")) {
+            for h in homes.flatten() {
+                if let Some(user) = h.file_name().to_str() {
+                    stores.push(format!("home/{user}/.local/share/containers/storage"));
+                }
+            }
+        }
+        stores
+    }
+
+    /// Container id -> (name, storage directory), from each store's
+    /// containers.json.
+    fn podman_names(&mut self) -> &HashMap<String, (String, String)> {
         if self.podman.is_none() {
             let mut map = HashMap::new();
-            for store in ["var/lib/containers/storage", "run/containers/storage"] {
+            for store in self.podman_stores() {
                 let file = format!("{store}/overlay-containers/containers.json");
                 let Some(Value::Array(list)) = self.read_json(&file) else { continue };
                 for c in list {
                     let id = c.get("id").and_then(Value::as_str);
                     let name = c.pointer("/names/0").and_then(Value::as_str);
                     if let (Some(id), Some(name)) = (id, name) {
-                        map.insert(id.to_string(), name.to_string());
+                        map.insert(id.to_string(), (name.to_string(), store.clone()));
                     }
                 }
             }
@@ -418,10 +439,11 @@ impl MetaStore {
     /// knows it.
     fn lookup(&mut self, id: &str) -> Meta {
         let mut m = Meta::default();
-        if let Some(name) = self.podman_names().get(id).cloned() {
+        if let Some((name, own_store)) = self.podman_names().get(id).cloned() {
             m.name = Some(name);
             m.runtime = Some(Runtime::Podman);
-            for store in ["var/lib/containers/storage", "run/containers/storage"] {
+            // CRI-O keeps its containers' config under /run.
+            for store in [own_store.as_str(), "run/containers/storage"] {
                 let cfg = format!("{store}/overlay-containers/{id}/userdata/config.json");
                 if let Some(spec) = self.read_json(&cfg) {
                     let ann = annotations(&spec);
@@ -483,11 +505,13 @@ impl MetaStore {
     /// A podman pod's name, from libpod's database (a bolt file whose
     /// values are JSON: the pod's config starts `{"id":"PODID","name":`).
     fn podman_pod_name(&self, pod_id: &str) -> Option<String> {
-        let db = fs::read(self.path("var/lib/containers/storage/libpod/bolt_state.db")).ok()?;
         let needle = format!("{{\"id\":\"{pod_id}\",\"name\":\"");
-        let at = find_bytes(&db, needle.as_bytes())? + needle.len();
-        let end = db[at..].iter().position(|&b| b == b'"')?;
-        String::from_utf8(db[at..at + end].to_vec()).ok()
+        self.podman_stores().iter().find_map(|store| {
+            let db = fs::read(self.path(&format!("{store}/libpod/bolt_state.db"))).ok()?;
+            let at = find_bytes(&db, needle.as_bytes())? + needle.len();
+            let end = db[at..].iter().position(|&b| b == b'"')?;
+            String::from_utf8(db[at..at + end].to_vec()).ok()
+        })
     }
 }
 
@@ -1132,6 +1156,12 @@ mod tests {
             &format!("\0\0junk{{\"id\":\"{pod_id}\",\"name\":\"mypod\",\"x\":1}}\0"),
         );
         put(&format!("var/lib/docker/containers/{dk}/config.v2.json"), r#"{"Name":"/db"}"#);
+        // Rootless podman: a user's own store.
+        let rl = id('8');
+        put(
+            "home/alice/.local/share/containers/storage/overlay-containers/containers.json",
+            &format!(r#"[{{"id":"{rl}","names":["mine"]}}]"#),
+        );
         put(
             &format!("var/lib/docker/containers/{ds}/config.v2.json"),
             r#"{"Name":"/k8s_app_x","Config":{"Labels":{"io.kubernetes.container.name":"app",
@@ -1170,6 +1200,7 @@ mod tests {
             (s("api"), Some(Containerd), s("default"), s("api-7d9"), s("u-cri"))
         );
         assert_eq!(look(&mut store, &rc), (s(&rc), Some(Runc), None, s("bare"), None));
+        assert_eq!(look(&mut store, &rl), (s("mine"), Some(Podman), None, None, None));
         assert_eq!(look(&mut store, &id('9')), (None, None, None, None, None));
         assert_eq!(store.podman_pod_name(&pod_id), s("mypod"));
         // A podman container in a pod: its pod's name from libpod's db.

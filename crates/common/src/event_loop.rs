@@ -39,10 +39,16 @@ pub trait Handler {
     fn interval(&mut self, _out: &mut Output) -> Result<()> {
         Ok(())
     }
+    /// SIGUSR1 arrived: a tool that reports does so now; the others
+    /// ignore it (it must not kill a tracer).
+    fn usr1(&mut self, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub struct EventLoop {
     sig_r: UnixStream,
+    usr1_r: UnixStream,
     target: Option<(OwnedFd, Option<Launched>)>,
     deadline: Option<Instant>,
     interval: Option<Duration>,
@@ -73,8 +79,13 @@ impl EventLoop {
             signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?)
                 .context("installing signal handler")?;
         }
+        let (usr1_r, usr1_w) = UnixStream::pair().context("socketpair")?;
+        usr1_r.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR1, usr1_w)
+            .context("installing signal handler")?;
         Ok(EventLoop {
             sig_r,
+            usr1_r,
             target: None,
             deadline: duration.map(|d| Instant::now() + d),
             interval,
@@ -155,10 +166,11 @@ impl EventLoop {
                 wake = wake.min(t);
             }
             let ms = wake.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32;
-            let (sig_ready, out_closed, target_ready) = {
+            let (sig_ready, out_closed, usr1_ready, target_ready) = {
                 let mut fds = vec![
                     PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
                     PollFd::new(stdout.as_fd(), PollFlags::empty()),
+                    PollFd::new(self.usr1_r.as_fd(), PollFlags::POLLIN),
                 ];
                 if let Some((pidfd, _)) = &self.target {
                     fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
@@ -172,7 +184,7 @@ impl EventLoop {
                 }
                 let ready =
                     |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-                (ready(0), ready(1), self.target.is_some() && ready(2))
+                (ready(0), ready(1), ready(2), self.target.is_some() && ready(3))
             };
             if let Some(r) = ring.as_deref_mut() {
                 drain(r, out, handler, Instant::now() + DRAIN_SLICE)?;
@@ -185,6 +197,12 @@ impl EventLoop {
                 let mut buf = [0u8; 64];
                 let _ = self.sig_r.read(&mut buf);
                 break End::Signal;
+            }
+            if usr1_ready {
+                let mut buf = [0u8; 64];
+                let _ = self.usr1_r.read(&mut buf);
+                handler.usr1(out)?;
+                out.flush()?;
             }
             if target_ready {
                 let status =
@@ -226,23 +244,53 @@ impl EventLoop {
 
     /// A command we launched does not outlive a run that ended before it
     /// (--duration, a signal, closed output): it gets SIGTERM, as `timeout`
-    /// would send, rather than running on untraced and orphaned. Sent
-    /// through the pidfd, so it cannot reach a recycled pid.
+    /// would send, rather than running on untraced and orphaned, and
+    /// SIGKILL if it is still there after [`KILL_GRACE`] (it ignores or
+    /// handles SIGTERM without exiting). Sent through the pidfd, so they
+    /// cannot reach a recycled pid.
     fn stop_launched(&self) {
         if let Some((pidfd, Some(_))) = &self.target {
-            // SAFETY: pidfd_send_signal takes a pidfd we own, a signal
-            // number, a null siginfo and no flags; no memory is passed.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGTERM,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+            send(pidfd, libc::SIGTERM);
+            // The pidfd becomes readable when the process exits.
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            let deadline = Instant::now() + KILL_GRACE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    send(pidfd, libc::SIGKILL);
+                    return;
+                }
+                let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, ms) {
+                    Ok(n) if n > 0 => return,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => {
+                        send(pidfd, libc::SIGKILL);
+                        return;
+                    }
+                }
+            }
         }
     }
+}
+
+/// How long a launched command has to exit after SIGTERM before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Send `sig` to the process of a pidfd.
+fn send(pidfd: &OwnedFd, sig: i32) {
+    // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, a
+    // null siginfo and no flags; no memory is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
 }
 
 /// Whether a cgroup's `cgroup.events` says no process is left in its

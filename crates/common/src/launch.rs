@@ -36,6 +36,8 @@ pub struct Held {
     released: bool,
     exec_err: OwnedFd,
     display: String,
+    /// `--user`'s name, for errors.
+    user: Option<String>,
 }
 
 /// A launched command that has exec'd.
@@ -68,8 +70,56 @@ pub fn resolve(cmd: &OsStr) -> Result<PathBuf> {
     bail!("cannot run {}: command not found in PATH", cmd.to_string_lossy())
 }
 
+/// Who a launched command runs as (`--user`).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Supplementary groups, from the group database.
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl Credentials {
+    /// A user by name, or by numeric uid (which must be in the password
+    /// database, for its group and groups).
+    pub fn lookup(spec: &str) -> Result<Self> {
+        use nix::unistd::{getgrouplist, Uid, User};
+        let user = match spec.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(spec),
+        }
+        .with_context(|| format!("--user {spec}: looking up the user"))?;
+        let Some(user) = user else { bail!("--user {spec}: no such user") };
+        let c_name = CString::new(user.name.as_bytes()).context("--user: name contains a NUL")?;
+        let groups = getgrouplist(&c_name, user.gid)
+            .with_context(|| format!("--user {spec}: reading the groups of {}", user.name))?;
+        Ok(Credentials {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+        })
+    }
+}
+
+/// How a command is launched besides its argv.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Run as this user instead of ours.
+    pub user: Option<Credentials>,
+    /// Its standard output; `None`: our standard error, so that our own
+    /// standard output stays the tool's JSON lines.
+    pub stdout: Option<OwnedFd>,
+}
+
+/// What the child was doing when it failed, sent with the errno.
+const STAGE_EXEC: i32 = 0;
+const STAGE_STDOUT: i32 = 1;
+const STAGE_USER: i32 = 2;
+
 /// Fork a child that will exec `argv` once released.
-pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
+pub fn spawn_held(argv: &[OsString], opts: &Options) -> Result<Held> {
     let Some(first) = argv.first() else { bail!("no command given after --") };
     let path = resolve(first)?;
     let c_path =
@@ -81,12 +131,16 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
         .context("command argument contains a NUL byte")?;
     let mut ptrs: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
+    let stdout_fd = opts.stdout.as_ref().map_or(libc::STDERR_FILENO, |f| f.as_raw_fd());
+    let creds = opts.user.as_ref();
+    let groups: &[libc::gid_t] = creds.map_or(&[], |c| &c.groups[..]);
     let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
 
     // SAFETY: the child branch below only calls async-signal-safe functions
-    // (close, read, write, signal, execve, _exit) on memory prepared before the fork,
-    // and never returns into Rust code.
+    // (close, dup2, read, write, signal, raw set*id system calls, execve,
+    // _exit) on memory prepared before the fork, and never returns into
+    // Rust code.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             let go = go_r.as_raw_fd();
@@ -104,6 +158,28 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
                 // release: a tracer counts from there, and this call is not
                 // the command's.
                 libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                let fail = |stage: i32| -> ! {
+                    let report = [stage, *libc::__errno_location()];
+                    libc::write(err, report.as_ptr().cast(), std::mem::size_of_val(&report));
+                    libc::_exit(127)
+                };
+                // Before the release, like everything here: a tracer counts
+                // the command's system calls from the release on.
+                if libc::dup2(stdout_fd, libc::STDOUT_FILENO) < 0 {
+                    fail(STAGE_STDOUT);
+                }
+                if let Some(c) = creds {
+                    // Raw system calls: glibc's wrappers signal every thread
+                    // of the process, and set*id in a forked child of a
+                    // threaded parent is not async-signal-safe there. Groups
+                    // first, uid last: after it, nothing else may be changed.
+                    if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                        || libc::syscall(libc::SYS_setgid, c.gid) != 0
+                        || libc::syscall(libc::SYS_setuid, c.uid) != 0
+                    {
+                        fail(STAGE_USER);
+                    }
+                }
                 let mut b = 0u8;
                 loop {
                     let n = libc::read(go, (&mut b as *mut u8).cast(), 1);
@@ -117,9 +193,7 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
                     libc::_exit(127);
                 }
                 libc::execve(c_path.as_ptr(), ptrs.as_ptr(), environ);
-                let errno = *libc::__errno_location();
-                libc::write(err, (&errno as *const i32).cast(), std::mem::size_of::<i32>());
-                libc::_exit(127);
+                fail(STAGE_EXEC);
             }
         }
         ForkResult::Parent { child } => {
@@ -131,6 +205,7 @@ pub fn spawn_held(argv: &[OsString]) -> Result<Held> {
                 released: false,
                 exec_err: err_r,
                 display: path.display().to_string(),
+                user: creds.map(|c| c.name.clone()),
             })
         }
     }
@@ -146,7 +221,7 @@ impl Held {
         // On failure Drop kills and reaps the child.
         nix::unistd::write(&self.go, &[1u8]).context("releasing the launched command")?;
         self.released = true;
-        let mut buf = [0u8; 4];
+        let mut buf = [0u8; 8];
         // EOF (0 bytes) means the exec succeeded: the CLOEXEC pipe closed.
         let n = loop {
             match nix::unistd::read(self.exec_err.as_raw_fd(), &mut buf) {
@@ -154,10 +229,20 @@ impl Held {
                 other => break other.unwrap_or(0),
             }
         };
-        if n == 4 {
-            let errno = i32::from_ne_bytes(buf);
+        if n == 8 {
+            let stage = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
             let _ = waitpid(self.pid, None);
-            bail!("cannot run {}: {}", self.display, std::io::Error::from_raw_os_error(errno));
+            let e = std::io::Error::from_raw_os_error(errno);
+            match stage {
+                STAGE_STDOUT => bail!("cannot run {}: redirecting its output: {e}", self.display),
+                STAGE_USER => bail!(
+                    "cannot run {} as {}: {e}",
+                    self.display,
+                    self.user.as_deref().unwrap_or("?")
+                ),
+                _ => bail!("cannot run {}: {e}", self.display),
+            }
         }
         let pid = self.pid.as_raw() as u32;
         wait_for_exe_mapping(pid);
@@ -223,7 +308,7 @@ mod tests {
         let marker = std::env::temp_dir().join(format!("leakd-held-{}", std::process::id()));
         let _ = std::fs::remove_file(&marker);
         let argv: Vec<OsString> = ["/bin/touch".into(), marker.clone().into_os_string()].into();
-        let held = spawn_held(&argv).unwrap();
+        let held = spawn_held(&argv, &Options::default()).unwrap();
         let pid = held.pid();
         drop(held);
         // Reaped by the drop: the pid no longer exists (not even a zombie).
@@ -236,7 +321,7 @@ mod tests {
         let marker = std::env::temp_dir().join(format!("leakd-released-{}", std::process::id()));
         let _ = std::fs::remove_file(&marker);
         let argv: Vec<OsString> = ["touch".into(), marker.clone().into_os_string()].into();
-        let launched = spawn_held(&argv).unwrap().release().unwrap();
+        let launched = spawn_held(&argv, &Options::default()).unwrap().release().unwrap();
         assert_eq!(launched.reap(), Some(0));
         assert!(marker.exists());
         let _ = std::fs::remove_file(&marker);

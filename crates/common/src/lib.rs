@@ -105,6 +105,12 @@ where
     };
     let level = matches.try_get_one::<u8>("verbose").ok().flatten().copied().unwrap_or(0);
     log::init(&name, level);
+    if !stdout_is_open() {
+        // Run as `tool >&-`: every line would go to the /dev/null put
+        // there and the run look successful.
+        eprintln!("{name}: error: standard output is closed: nowhere to write the results");
+        return EXIT_ERROR;
+    }
     match run(&matches) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => EXIT_OK,
@@ -117,6 +123,27 @@ where
             EXIT_ERROR
         }
     }
+}
+
+/// Whether file descriptor 1 was open when we were started. Rust's
+/// runtime opens /dev/null read-write on a standard descriptor found closed
+/// at startup, before main runs; a shell's `>/dev/null` opens it
+/// write-only. So a read-write /dev/null on fd 1 means it was closed.
+fn stdout_is_open() -> bool {
+    let fd = libc::STDOUT_FILENO;
+    // SAFETY: F_GETFL on a descriptor number only reads its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags == -1 {
+        return false;
+    }
+    // SAFETY: a zeroed stat is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into `st`, which outlives the call.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let dev_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3);
+    !(dev_null && flags & libc::O_ACCMODE == libc::O_RDWR)
 }
 
 fn format_chain(e: &Error) -> String {

@@ -5,7 +5,7 @@
 //! launch `-- CMD`, held until the probes are attached, so a failed check
 //! never leaves a command started.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::bpf::{self, Filter};
 use crate::cli::{CgroupScope, TargetArgs};
@@ -40,9 +40,24 @@ impl TargetArgs {
         let scope = self.check()?;
         bpf::preflight()?;
         let checked = checks(scope.as_ref())?;
-        let held =
-            if self.command.is_empty() { None } else { Some(launch::spawn_held(&self.command)?) };
+        let held = if self.command.is_empty() { None } else { Some(self.launch()?) };
         Ok((Target { requested_pid: self.pid, held, scope }, checked))
+    }
+}
+
+impl TargetArgs {
+    /// Fork the command, held, as --user with --command-output.
+    fn launch(&self) -> Result<Held> {
+        let user = self.user.as_deref().map(launch::Credentials::lookup).transpose()?;
+        let stdout = match &self.command_output {
+            Some(path) => Some(
+                std::fs::File::create(path)
+                    .with_context(|| format!("--command-output {}", path.display()))?
+                    .into(),
+            ),
+            None => None,
+        };
+        launch::spawn_held(&self.command, &launch::Options { user, stdout })
     }
 }
 

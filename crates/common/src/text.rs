@@ -5,9 +5,15 @@
 //! lose information a user may need (a file name is still a valid name when it
 //! is not UTF-8). The rule, stated in every man page's OUTPUT section:
 //!
-//! > Valid UTF-8 is written unchanged. Each byte that is not part of a valid
-//! > UTF-8 sequence is written as the four characters `\xHH` (a backslash, `x`
-//! > and two lower-case hex digits).
+//! > Valid UTF-8 is written unchanged, except the backslash. Each byte that is
+//! > not part of a valid UTF-8 sequence, and each backslash, is written as the
+//! > four characters `\xHH` (a backslash, `x` and two lower-case hex digits;
+//! > a backslash is `\x5c`).
+//!
+//! Escaping the backslash too is what makes the rule unambiguous: every
+//! backslash in a string written by it starts an escape, so a name that
+//! holds the four characters `\xff` (written `\x5cxff`) cannot be told for
+//! one holding the byte 0xff (written `\xff`).
 
 use std::time::Duration;
 
@@ -15,7 +21,12 @@ use std::time::Duration;
 pub fn bytes_to_string(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
+        let valid = chunk.valid();
+        if valid.contains('\\') {
+            out.push_str(&valid.replace('\\', "\\x5c"));
+        } else {
+            out.push_str(valid);
+        }
         for b in chunk.invalid() {
             out.push_str(&format!("\\x{b:02x}"));
         }
@@ -23,18 +34,20 @@ pub fn bytes_to_string(bytes: &[u8]) -> String {
     out
 }
 
-/// `bytes_to_string`, without a copy when the bytes are UTF-8 already.
+/// `bytes_to_string`, without a copy when the bytes are UTF-8 (and hold
+/// no backslash) already.
 pub fn to_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     match std::str::from_utf8(bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => std::borrow::Cow::Owned(bytes_to_string(bytes)),
+        Ok(s) if !s.contains('\\') => std::borrow::Cow::Borrowed(s),
+        _ => std::borrow::Cow::Owned(bytes_to_string(bytes)),
     }
 }
 
 /// The bytes `s` stands for under the rule, when it holds `\xHH` sequences
 /// that the rule writes: those decoded. `None` when `s` stands for its own
-/// bytes (a valid name may hold the characters `\x41`: the rule would have
-/// written the byte they decode to as itself, so they are left alone).
+/// bytes (text from elsewhere may hold the characters `\x41`: the rule
+/// would have written the byte they decode to as itself, so they are left
+/// alone).
 pub fn string_to_bytes(s: &str) -> Option<Vec<u8>> {
     if !s.contains("\\x") {
         return None;
@@ -172,10 +185,25 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_backslash_is_escaped_so_escapes_are_unambiguous() {
+        // The four characters \xff and the byte 0xff used to both be \xff.
+        assert_eq!(bytes_to_string(b"\\xff"), "\\x5cxff");
+        assert_eq!(bytes_to_string(b"\xff"), "\\xff");
+        assert_eq!(bytes_to_string(b"C:\\dir"), "C:\\x5cdir");
+        assert_eq!(to_text(b"a\\b"), "a\\x5cb");
+        assert_eq!(string_to_bytes("\\x5cxff").as_deref(), Some(&b"\\xff"[..]));
+    }
+
+    #[test]
     fn strings_written_by_the_rule_read_back() {
-        for bytes in
-            [&b"a\xffb\xfe"[..], b"\xc3", b"caf\xc3\xa9\xff", b"\\x\xff", b"/tmp/nu\xff/prog"]
-        {
+        for bytes in [
+            &b"a\xffb\xfe"[..],
+            b"\xc3",
+            b"caf\xc3\xa9\xff",
+            b"\\x\xff",
+            b"/tmp/nu\xff/prog",
+            b"a\\b",
+        ] {
             let s = bytes_to_string(bytes);
             assert_eq!(string_to_bytes(&s).as_deref(), Some(bytes), "{s}");
         }

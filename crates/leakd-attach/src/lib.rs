@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
 use leakd_symbolize::{Options as SymOptions, Resolver};
@@ -57,12 +57,14 @@ bpf_mirror!(pub mod sys = "leakd-attach");
 // bindgen generated these from bpf/leakd-attach.h as #[repr(C)] structs of
 // integers only, with no implicit padding: leakd_attach_alloc is 3 x u64 +
 // 2 x u32, leakd_attach_site u64 + 2 x u32, leakd_attach_stats 8 x u64,
-// leakd_attach_block u64 + 2 x u32 (an explicit padding field).
+// leakd_attach_block u64 + 2 x u32 (an explicit padding field),
+// leakd_attach_exec 3 x u64 + 2 x u32 + 16 x u8.
 bpf_pod!(
     unsafe sys::leakd_attach_alloc,
     sys::leakd_attach_site,
     sys::leakd_attach_stats,
     sys::leakd_attach_block,
+    sys::leakd_attach_exec,
 );
 
 static OBJECT: &[u8] = bpf_object!("leakd-attach");
@@ -74,6 +76,14 @@ const TICK: Duration = Duration::from_millis(100);
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let ops = alloc_probes::ops_for(&cli.probe, &[])?;
+    cli::check_max_allocs(cli.max_allocs)?;
+    if let Some(i) = cli.interval.interval.filter(|&i| i < TICK) {
+        return Err(leakd_common::usage_error(format!(
+            "-i {}: reports are checked every {} s, so -i must be at least that",
+            i.as_secs_f64(),
+            TICK.as_secs_f64()
+        )));
+    }
     // SIGUSR1 asks for a report now. Registered before anything can send it
     // (a launched command is still held), so it never kills us.
     let usr1 = Arc::new(AtomicBool::new(false));
@@ -107,6 +117,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     };
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
         bpf::take_map(&mut ebpf, "sites")?;
+    // Before the command is released: its exec must not be missed.
+    let btf = bpf::kernel_btf()?;
+    bpf::attach_btf_tracepoint(&mut ebpf, &btf, "leakd_attach_exec", "sched_process_exec")?;
+    let mut execs: RingBuf<MapData> = bpf::take_map(&mut ebpf, "execs")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
     // What BPF recorded of the mappings of each new site's stack places its
@@ -131,7 +145,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let settings = Settings {
         combined: cli.combined,
         sample_bytes: cli.sample_bytes,
-        max_allocs: cli.max_allocs,
         top: cli.top,
         older_than_ns: cli.older_than.saturating_mul(1_000_000),
         trend: cli.trend,
@@ -143,7 +156,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1, unwinder)
         .with_containers(containers, scope);
     reporter.preload_modules(&targets);
-    if event_loop.run(None, &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
+    if event_loop.run(Some(&mut execs), &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.
         return Ok(leakd_common::EXIT_OK);
     }

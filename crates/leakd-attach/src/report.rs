@@ -13,19 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
 use leakd_symbolize::Resolver;
 use serde_json::{json, Value};
 
+use leakd_common::bpf;
 use leakd_common::cli::CgroupScope;
 use leakd_common::container::PidContainers;
 use leakd_common::event_loop::Handler;
 use leakd_common::out::Output;
-use leakd_common::text::{hex, WallClock};
+use leakd_common::text::{c_string, hex, WallClock};
 use leakd_common::{warn, Context, Result};
 
 use crate::sampling::{fixed_to_count, sample_weight};
-use crate::sites::{add_stats, allocs_frees, walk, LineKey, SiteKey, Sites, Stats};
+use crate::sites::{add_stats, allocs_frees, LineKey, SiteKey, Sites, Stats, BATCH};
 use crate::sys;
 
 /// What a report says about one site. Counts and bytes are exact without
@@ -87,7 +88,6 @@ impl Symbolizer {
 pub(crate) struct Settings {
     pub combined: bool,
     pub sample_bytes: Option<u64>,
-    pub max_allocs: u32,
     pub top: usize,
     pub older_than_ns: u64,
     pub trend: usize,
@@ -115,7 +115,18 @@ pub(crate) struct Reporter {
 }
 
 impl Handler for Reporter {
-    fn event(&mut self, _data: &[u8], _out: &mut Output) -> Result<()> {
+    /// An exec ended the blocks of the replaced image (see
+    /// bpf/leakd-attach.bpf.c): counted as freed there, said here.
+    fn event(&mut self, data: &[u8], out: &mut Output) -> Result<()> {
+        let e: sys::leakd_attach_exec = bpf::read_event(data);
+        out.line(&json!({
+            "type": "exec",
+            "ts_ns": self.clock.wall_ns(e.ts_ns),
+            "pid": e.pid,
+            "comm": c_string(&e.comm),
+            "freed_count": e.count,
+            "freed_bytes": e.bytes,
+        }))?;
         Ok(())
     }
 
@@ -236,13 +247,6 @@ impl Reporter {
         }
     }
 
-    /// Read every live block from the kernel map.
-    fn snapshot(&self) -> Result<Vec<sys::leakd_attach_alloc>> {
-        let limit = 2 * self.settings.max_allocs as usize + 1024;
-        Ok(walk(&self.allocs, limit, "allocs")?.into_iter().map(|(_, v)| v).collect())
-    }
-
-    /// Write a line, symbolized with --symbolize (exactly as `| symres`).
     /// With --symbolize, load now the modules of processes that run in a
     /// container: when the container exits (killed, OOM-killed), its files
     /// go with it, and the final report, made after, is still symbolized
@@ -273,6 +277,7 @@ impl Reporter {
         }
     }
 
+    /// Write a line, symbolized with --symbolize (exactly as `| symres`).
     fn emit(&mut self, out: &mut Output, v: Value) -> Result<()> {
         let Some(Symbolizer { resolver, line, out: resolved }) = self.symbolizer.as_mut() else {
             out.line(&v)?;
@@ -303,22 +308,25 @@ impl Reporter {
                 self.sites.maps.prime(pid);
             }
         }
+        let mono_now = WallClock::monotonic_now_ns();
+        let now = Instant::now();
         // Live blocks first, totals second: the kernel counts an alloc before
         // it inserts the block, so every block seen is already counted and a
         // line never shows more outstanding than allocated.
-        let blocks = if self.settings.combined { Vec::new() } else { self.snapshot()? };
+        let mut live: HashSet<SiteKey> = HashSet::new();
+        let per_site = if self.settings.combined {
+            None
+        } else {
+            Some(self.sites_of_blocks(mono_now, &mut live)?)
+        };
         let totals = self.sites.totals()?;
-        let mono_now = WallClock::monotonic_now_ns();
-        let now = Instant::now();
         if self.ticks <= PRIME_TICKS {
             // Libraries may not all be mapped yet: the frames kept may change.
             self.sites.forget_lines();
         }
-        let mut live: HashSet<SiteKey> = HashSet::new();
-        let groups = if self.settings.combined {
-            self.groups_of_totals(&totals)
-        } else {
-            self.groups_of_blocks(&blocks, mono_now, &mut live)
+        let groups = match per_site {
+            None => self.groups_of_totals(&totals),
+            Some(per_site) => self.groups_of_sites(per_site),
         };
         let line_totals = self.line_totals(&totals, &groups);
         // Every tracked block since the start, outstanding or not (shows
@@ -365,26 +373,54 @@ impl Reporter {
         groups
     }
 
-    /// The default mode: outstanding per line from the live blocks, old
+    /// The default mode: outstanding per site from the live blocks, old
     /// enough for --older-than; `live` gets every site with a live block.
-    fn groups_of_blocks(
-        &mut self,
-        blocks: &[sys::leakd_attach_alloc],
+    /// The blocks are read in batches and folded as they come: the memory
+    /// this takes is bounded by the number of sites, not of blocks.
+    fn sites_of_blocks(
+        &self,
         mono_now: u64,
         live: &mut HashSet<SiteKey>,
-    ) -> HashMap<LineKey, Group> {
-        // Summed per site first (a small key per block), then per line
-        // (a line key holds a whole stack: built and hashed per site).
+    ) -> Result<HashMap<SiteKey, Group>> {
+        let (older_than_ns, sample_bytes) =
+            (self.settings.older_than_ns, self.settings.sample_bytes);
+        // Every site with a live block gets an entry (empty when none of
+        // its blocks is old enough): the entries are then also the live
+        // sites, with one hash per block instead of two. Consecutive blocks
+        // of one site (a leak from one stack) are summed before hashing.
         let mut sites: HashMap<SiteKey, Group> = HashMap::new();
-        for b in blocks {
-            let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
-            live.insert(key);
-            let age = mono_now.saturating_sub(b.ts_ns);
-            if age < self.settings.older_than_ns {
-                continue;
+        let mut run: Option<(SiteKey, Group)> = None;
+        let fold = |_: &[sys::leakd_attach_block], blocks: &[sys::leakd_attach_alloc]| {
+            for b in blocks {
+                let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
+                let old_enough = mono_now.saturating_sub(b.ts_ns) >= older_than_ns;
+                match &mut run {
+                    Some((k, _)) if *k == key => {}
+                    _ => {
+                        if let Some((k, g)) = run.take() {
+                            sites.entry(k).or_default().merge(&g);
+                        }
+                        run = Some((key, Group::default()));
+                    }
+                }
+                if let (true, Some((_, g))) = (old_enough, run.as_mut()) {
+                    g.add_block(b.size, b.ts_ns, sample_bytes);
+                }
             }
-            sites.entry(key).or_default().add_block(b.size, b.ts_ns, self.settings.sample_bytes);
+            Ok(())
+        };
+        bpf::for_each_batch(self.allocs.map(), BATCH, fold)?;
+        if let Some((k, g)) = run {
+            sites.entry(k).or_default().merge(&g);
         }
+        live.extend(sites.keys().copied());
+        sites.retain(|_, g| g.count > 0);
+        Ok(sites)
+    }
+
+    /// The default mode: per line from per site (a line key holds a whole
+    /// stack: built and hashed per site, never per block).
+    fn groups_of_sites(&mut self, sites: HashMap<SiteKey, Group>) -> HashMap<LineKey, Group> {
         let mut groups: HashMap<LineKey, Group> = HashMap::new();
         for (key, site) in &sites {
             groups.entry(self.sites.line_key(key)).or_default().merge(site);

@@ -11,8 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, StackTraceMap};
 
+use leakd_common::bpf;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::{debug, trace, Result};
 
@@ -35,6 +36,9 @@ pub(crate) type Stats = sys::leakd_attach_stats;
 /// the same frames and are merged into one line. Shared, not copied: a
 /// report uses each key in several tables (groups, totals, history).
 pub(crate) type LineKey = Rc<(u32, Vec<u64>)>;
+
+/// Entries read from a kernel map per system call.
+pub(crate) const BATCH: usize = 4096;
 
 /// Where stacks are kept: the kernel's stack map (frame pointers), or the
 /// DWARF walker's table (same id space: its ids have bit 31 set, frames
@@ -99,8 +103,12 @@ impl Sites {
 
     /// Per-site totals from the kernel.
     pub(crate) fn totals(&self) -> Result<HashMap<SiteKey, Stats>> {
-        let entries = walk(&self.sites, 2 * sys::LEAKD_ATTACH_MAX_SITES as usize + 1024, "sites")?;
-        Ok(entries.into_iter().collect())
+        let mut totals = HashMap::new();
+        bpf::for_each_batch(self.sites.map(), BATCH, |keys: &[SiteKey], stats: &[Stats]| {
+            totals.extend(keys.iter().copied().zip(stats.iter().copied()));
+            Ok(())
+        })?;
+        Ok(totals)
     }
 
     /// The cumulative counts of lines whose sites were deleted.
@@ -242,42 +250,4 @@ pub(crate) fn allocs_frees(st: &Stats, sampling: bool) -> (u64, u64) {
     } else {
         (st.allocs, st.frees)
     }
-}
-
-/// Walk a BPF hash map that changes under us. A key deleted during the walk
-/// makes the kernel restart from the first key, so keys are de-duplicated
-/// and the walk is bounded; entries gone between "next key" and lookup are
-/// skipped.
-pub(crate) fn walk<K, V>(
-    map: &BpfHashMap<MapData, K, V>,
-    limit: usize,
-    what: &str,
-) -> Result<Vec<(K, V)>>
-where
-    K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod,
-{
-    let mut seen = HashSet::new();
-    let mut entries = Vec::new();
-    for (steps, key) in map.keys().enumerate() {
-        if steps >= limit {
-            break;
-        }
-        let key = key
-            .map_err(|e| leakd_common::Error::new(e).context(format!("walking the {what} map")))?;
-        if seen.contains(&key) {
-            continue;
-        }
-        match map.get(&key, 0) {
-            Ok(v) => {
-                seen.insert(key);
-                entries.push((key, v));
-            }
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => {
-                return Err(leakd_common::Error::new(e).context(format!("reading the {what} map")))
-            }
-        }
-    }
-    Ok(entries)
 }

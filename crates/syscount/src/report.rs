@@ -335,6 +335,12 @@ impl Handler for Reporter {
     fn interval(&mut self, out: &mut Output) -> Result<()> {
         self.report(out)
     }
+
+    /// A report now, of the counts since the previous one, as an interval
+    /// boundary would; the next report starts from here.
+    fn usr1(&mut self, out: &mut Output) -> Result<()> {
+        self.report(out)
+    }
 }
 
 /// By count (or time with -L), highest first; ties in key order so that
