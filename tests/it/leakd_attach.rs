@@ -258,10 +258,8 @@ fn older_than_leaves_out_young_blocks() {
 #[bpf_test]
 fn size_range_keeps_only_blocks_within_it() {
     // mixed leaks blocks of 40 to 5000 bytes; 1280 and 2560 are in range.
-    let out = launched(
-        &["--top", "0", "--min-size", "1000", "--max-size", "3000"],
-        &[LEAKER, "mixed", "--linger", "0.3"],
-    );
+    let out =
+        launched(&["--top", "0", "--min-size", "1000", "--max-size", "3000"], &[LEAKER, "mixed"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
     let (r, stacks) = final_report(&lines);
@@ -275,10 +273,7 @@ fn size_range_keeps_only_blocks_within_it() {
 
 #[bpf_test]
 fn threads_leaker_part_matches_summary() {
-    let out = launched(
-        &["--top", "0"],
-        &[LEAKER, "threads", "--threads", "3", "--count", "2", "--linger", "0.3"],
-    );
+    let out = launched(&["--top", "0"], &[LEAKER, "threads", "--threads", "3", "--count", "2"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let summary = crate::support::leaker_summary(&out.stderr);
     let lines = json_lines(&out.stdout);
@@ -415,7 +410,7 @@ fn by_site(stacks: &[Value]) -> std::collections::BTreeMap<String, [u64; 4]> {
 fn combined_mixed_same_as_default() {
     let mut sites = Vec::new();
     for args in [&["--top", "0"][..], &["--top", "0", "--combined"][..]] {
-        let out = launched(args, &[LEAKER, "mixed", "--linger", "0.3"]);
+        let out = launched(args, &[LEAKER, "mixed"]);
         assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
         let summary = crate::support::leaker_summary(&out.stderr);
         let lines = json_lines(&out.stdout);
@@ -486,7 +481,7 @@ fn sample_bytes_estimates_are_close() {
 
 #[bpf_test]
 fn symbolize_names_the_leaking_function() {
-    let out = launched(&["--symbolize"], &[LEAKER, "ten-nine", "--linger", "0.3"]);
+    let out = launched(&["--symbolize"], &[LEAKER, "ten-nine"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines = json_lines(&out.stdout);
     let (_, stacks) = final_report(&lines);
