@@ -14,9 +14,8 @@
  *
  * Paths come from walking the file's dentries and mounts up to the root of
  * the mount namespace (bpf_d_path is not allowed in uprobes), once per
- * file. A container's overlayfs file is mapped through its layer's
- * private mount, whose root is the layer's root: the walk gives the path
- * inside the container, as /proc/PID/maps does. */
+ * file: the path inside a container for a container's process, as
+ * /proc/PID/maps prints it. */
 #ifndef MAPPINGS_BPF_H
 #define MAPPINGS_BPF_H
 
@@ -28,6 +27,9 @@
 #endif
 
 #define MAPPINGS_VM_EXEC 0x4
+/* include/linux/fs.h since 6.13: the file is embedded in a struct
+ * backing_file (overlayfs maps its layers' files so). */
+#define MAPPINGS_FMODE_BACKING (1U << 24)
 /* Path components walked, mount crossings included. */
 #define MAPPINGS_DEPTH 64
 
@@ -117,8 +119,18 @@ static long mappings_vma_cb(struct task_struct *task, struct vm_area_struct *vma
 	v->pgoff_bytes = BPF_CORE_READ(vma, vm_pgoff) << 12;
 	v->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	v->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	v->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
-	v->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+	/* The path the process opened (as /proc/PID/maps prints it): for an
+	 * overlayfs file, the overlay's, not the layer's (a layer's private
+	 * mount has the layer's root for root). */
+	if (BPF_CORE_READ(f, f_mode) & MAPPINGS_FMODE_BACKING) {
+		struct backing_file *bf = container_of(f, struct backing_file, file);
+
+		v->dentry = (__u64)BPF_CORE_READ(bf, user_path.dentry);
+		v->mnt = (__u64)BPF_CORE_READ(bf, user_path.mnt);
+	} else {
+		v->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+		v->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+	}
 	return 0;
 }
 

@@ -39,8 +39,7 @@ struct mappings_file_key {
 };
 
 /* A file's path as its process sees it (from the root of its mount
- * namespace; for a container's overlayfs, from the root of the layer,
- * which is the same path): bytes buf[start, MAPPINGS_PATH_MAX), no NUL.
+ * namespace): bytes buf[start, MAPPINGS_PATH_MAX), no NUL.
  * cut: components were left out at the start (too deep or too long). */
 struct mappings_path {
 	__u32 start;

@@ -125,10 +125,10 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Where mappings come from when /proc/PID/maps does not have them: the
-/// process exited before its maps were read (they read empty from then on).
-/// Implemented by crate::captured (what BPF recorded while the stacks were
-/// taken); a trait so that this module does not depend on BPF maps.
+/// Mappings recorded when stacks were taken, which /proc/PID/maps may no
+/// longer (or not yet) have: the process exited before its maps were read
+/// (they read empty from then on). Implemented by crate::captured (what BPF
+/// recorded); a trait so that this module does not depend on BPF maps.
 pub trait MappingSource {
     /// The executable mapping containing `addr` in process `pid`.
     fn mapping(&mut self, pid: u32, addr: u64) -> Option<&MapEntry>;
@@ -143,7 +143,7 @@ type BuildIdKey = (PathBuf, (u32, u32), u64);
 pub struct MapsCache {
     procs: HashMap<u32, ProcMaps>,
     build_ids: HashMap<BuildIdKey, Option<String>>,
-    /// Asked when the last copy of a process's maps lacks an address.
+    /// Asked first (see [`MapsCache::lookup`]).
     fallback: Option<Box<dyn MappingSource>>,
     /// How many processes make the next sweep of those that are gone (0:
     /// MAX_PROCS): twice what a sweep left, so that a system with more
@@ -179,8 +179,8 @@ impl MapsCache {
         Self::default()
     }
 
-    /// Ask `source` for addresses the process's maps (or their last copy)
-    /// lack.
+    /// Ask `source` first for the mappings of addresses (see
+    /// [`MapsCache::lookup`]).
     pub fn with_fallback(mut self, source: Box<dyn MappingSource>) -> Self {
         self.fallback = Some(source);
         self
@@ -218,10 +218,25 @@ impl MapsCache {
     /// The mapping containing `addr`, re-reading the maps when it is not
     /// found (the process may have mapped it since), unless a re-read found
     /// nothing new within REREAD_AFTER.
+    ///
+    /// A mapping recorded with the stack (see [`MappingSource`]) comes
+    /// first: it is what the address was in when the stack was taken, where
+    /// a copy of /proc/PID/maps may have been read before (a library half
+    /// mapped by ld.so reads as a non-executable range) or after (the
+    /// process exited) and is kept only for want of better.
     pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
+        let recorded = self.recorded(pid, addr).map(|m| m.path.is_some());
+        if recorded == Some(true) {
+            return self.recorded(pid, addr);
+        }
         if let Some(i) = self.index_of(pid, addr) {
             return self.procs.get(&pid)?.entries.get(i);
         }
+        // Recorded without its path (too long, or the path map full).
+        self.recorded(pid, addr)
+    }
+
+    fn recorded(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
         self.fallback.as_mut()?.mapping(pid, addr)
     }
 
@@ -397,6 +412,45 @@ garbage\n";
         assert_eq!(find(&m, 0x55d0c0a05000), None);
         assert_eq!(find(&m, 0x7f0000002fff), Some(4));
         assert_eq!(find(&m, 1), None);
+    }
+
+    /// Mappings as recorded with the stacks, for the tests.
+    struct Recorded(Vec<MapEntry>);
+
+    impl MappingSource for Recorded {
+        fn mapping(&mut self, _pid: u32, addr: u64) -> Option<&MapEntry> {
+            self.0.get(find(&self.0, addr)?)
+        }
+    }
+
+    fn entry(start: u64, exec: bool, path: Option<&str>) -> MapEntry {
+        MapEntry {
+            start,
+            end: start + 0x1000,
+            offset: 0x2000,
+            dev: (8, 1),
+            inode: 7,
+            exec,
+            path: path.map(PathBuf::from),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn recorded_mappings_come_before_a_stale_copy_of_the_maps() {
+        let ghost = u32::MAX - 1; // no such process: its maps never read again
+        let recorded = vec![entry(0x1000, true, Some("/lib/a.so")), entry(0x5000, true, None)];
+        let mut c = MapsCache::new().with_fallback(Box::new(Recorded(recorded)));
+        // The copy was read while ld.so had the range mapped read-only.
+        let stale =
+            vec![entry(0x1000, false, Some("/lib/a.so")), entry(0x5000, true, Some("/lib/b.so"))];
+        c.procs.insert(ghost, ProcMaps { entries: stale, settled: Some(Instant::now()) });
+        let f = c.frame(ghost, 0x1010).expect("recorded executable");
+        assert_eq!(f["module"], "/lib/a.so");
+        assert_eq!(f["offset"], "0x2010");
+        // Recorded without a path: the copy's path is better than none.
+        assert_eq!(c.frame(ghost, 0x5010).unwrap()["module"], "/lib/b.so");
+        assert!(c.lookup(ghost, 0x9000).is_none());
     }
 
     #[test]
