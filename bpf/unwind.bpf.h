@@ -14,9 +14,12 @@
  *
  * The walk is a bpf_loop over frames, so the verifier checks one step, not
  * UNWIND_MAX_FRAMES copies of it. Its state lives in a per-CPU scratch
- * value (frames do not fit in 512 bytes of BPF stack), so a walk must not
- * be interrupted by another on the same CPU: uprobes run with preemption
- * disabled here, and this code does not run in NMI context.
+ * value (frames do not fit in 512 bytes of BPF stack). Uprobe programs
+ * run with migration disabled but may be preempted on a preemptible
+ * kernel, and another task's walk on the same CPU would then reuse the
+ * scratch: each walk takes a sequence number, checked at every step and at
+ * the end, and a walk that finds it changed is given up (its stack counted
+ * as lost) rather than returning frames mixed from two stacks.
  *
  * The including file may define UNWIND_STACK_TABLE to get
  * unwind_stack_id(): the stack stored in `unwind_stacks` under a hash of
@@ -64,11 +67,8 @@ struct {
 	__type(value, __u64);
 } unwind_stops SEC(".maps");
 
-struct unwind_scratch {
-	__u64 pc;
-	__u64 sp;
-	__u64 bp;
-	/* The mapping the last pc was in, and its file's rows. */
+/* A mapping and its file's rows. */
+struct unwind_vma_slot {
 	__u64 vm_start;
 	__u64 vm_end;
 	__u64 vm_pgoff_bytes;
@@ -77,6 +77,33 @@ struct unwind_scratch {
 	__u32 count;
 	__u32 has_file;  /* the mapping is a file's */
 	__u32 has_table; /* that file's rows are loaded (count may be 0) */
+};
+
+/* Mappings kept from walk to walk (per CPU), while the process's mappings
+ * have not changed: bpf_find_vma then runs only when a walk enters a
+ * mapping none of the last ones covers. */
+#define UNWIND_VMA_SLOTS 4
+
+struct unwind_scratch {
+	__u64 pc;
+	__u64 sp;
+	__u64 bp;
+	/* The mapping the last pc was in, and its file's rows (the fields of
+	 * struct unwind_vma_slot, in its order). */
+	__u64 vm_start;
+	__u64 vm_end;
+	__u64 vm_pgoff_bytes;
+	struct unwind_module_key key;
+	__u32 first;
+	__u32 count;
+	__u32 has_file;
+	__u32 has_table;
+	/* Whose mappings the slots are: the mm, and its mmap_lock sequence
+	 * (bumped by every change to its mappings) when they were found. */
+	__u64 cache_mm;
+	__u32 cache_seq;
+	__u32 cache_next;
+	struct unwind_vma_slot vmas[UNWIND_VMA_SLOTS];
 	__u32 n;         /* frames written */
 	__u32 max;       /* frames wanted */
 	__u32 stop;      /* enum unwind_stop, once stopped */
@@ -84,7 +111,15 @@ struct unwind_scratch {
 	__u32 lo, hi; /* binary search bounds */
 	__u64 off;    /* file offset searched for */
 	__u64 hash;
+	__u64 walk_seq; /* bumped by every walk on this CPU */
 	__u64 frames[UNWIND_MAX_FRAMES];
+};
+
+/* The walk's own state, on its BPF stack (bpf_loop's context). */
+struct unwind_walk_ctx {
+	__u64 seq;
+	__u32 interrupted;
+	__u32 pad;
 };
 
 struct {
@@ -128,6 +163,33 @@ static long unwind_vma_cb(struct task_struct *task, struct vm_area_struct *vma, 
 	return 0;
 }
 
+/* Point the scratch at a kept mapping holding `pc`; 0 if none does. */
+static __always_inline int unwind_cached_vma(struct unwind_scratch *s, __u64 pc)
+{
+	int i;
+
+	for (i = 0; i < UNWIND_VMA_SLOTS; i++) {
+		struct unwind_vma_slot *v = &s->vmas[i];
+
+		if (pc >= v->vm_start && pc < v->vm_end) {
+			__builtin_memcpy(&s->vm_start, v, sizeof(*v));
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Keep the current mapping for later walks: unless its file's table is
+ * still to come (a library just dlopen'ed), which must be looked up again. */
+static __always_inline void unwind_keep_vma(struct unwind_scratch *s)
+{
+	__u32 i = s->cache_next++ & (UNWIND_VMA_SLOTS - 1);
+
+	if (s->has_file && !s->has_table)
+		return;
+	__builtin_memcpy(&s->vmas[i], &s->vm_start, sizeof(s->vmas[i]));
+}
+
 /* Point the scratch at the mapping of `pc` and its rows; 0 if none. */
 static __always_inline int unwind_enter_vma(struct unwind_scratch *s, __u64 pc)
 {
@@ -143,8 +205,10 @@ static __always_inline int unwind_enter_vma(struct unwind_scratch *s, __u64 pc)
 	s->has_file = v.has_file;
 	s->has_table = 0;
 	s->count = 0;
-	if (!v.has_file)
+	if (!v.has_file) {
+		unwind_keep_vma(s);
 		return 1;
+	}
 	s->key.ino = v.ino;
 	s->key.dev = v.dev;
 	s->key.pad = 0;
@@ -153,6 +217,7 @@ static __always_inline int unwind_enter_vma(struct unwind_scratch *s, __u64 pc)
 		s->has_table = 1;
 		s->first = m->first;
 		s->count = m->count;
+		unwind_keep_vma(s);
 		return 1;
 	}
 	/* Ask user space for this file's rows (once: NOEXIST). */
@@ -274,12 +339,17 @@ static __always_inline int unwind_read(__u64 addr, __u64 *v)
 static long unwind_step(__u32 i, void *ctx)
 {
 	struct unwind_scratch *s = unwind_scratch_get();
+	struct unwind_walk_ctx *w = ctx;
 	struct unwind_row *r;
 	__u64 pc, look, cfa, ra, bp;
 	__u32 n;
 
 	if (!s)
 		return 1;
+	if (s->walk_seq != w->seq) {
+		w->interrupted = 1;
+		return 1;
+	}
 	n = s->n;
 	if (n >= s->max || n >= UNWIND_MAX_FRAMES) {
 		s->stop = UNWIND_STOP_DEPTH;
@@ -293,7 +363,7 @@ static long unwind_step(__u32 i, void *ctx)
 	/* Return addresses: the call is the instruction before. */
 	look = pc - 1;
 	if (look < s->vm_start || look >= s->vm_end) {
-		if (!unwind_enter_vma(s, look)) {
+		if (!unwind_cached_vma(s, look) && !unwind_enter_vma(s, look)) {
 			s->stop = UNWIND_STOP_NO_VMA;
 			return 1;
 		}
@@ -356,26 +426,53 @@ next:
 	return 0;
 }
 
+/* Forget the kept mappings unless they are this process's and its
+ * mappings have not changed since (an odd sequence: being changed now). */
+static __always_inline void unwind_check_vmas(struct unwind_scratch *s)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u64 mm = (__u64)BPF_CORE_READ(t, mm);
+	__u32 seq = 1, i;
+
+	if (bpf_core_field_exists(((struct mm_struct *)0)->mm_lock_seq))
+		seq = BPF_CORE_READ(t, mm, mm_lock_seq.sequence);
+	if (mm == s->cache_mm && seq == s->cache_seq && !(seq & 1))
+		return;
+	for (i = 0; i < UNWIND_VMA_SLOTS; i++) {
+		s->vmas[i].vm_start = 0;
+		s->vmas[i].vm_end = 0;
+	}
+	s->cache_mm = mm;
+	s->cache_seq = seq;
+}
+
 /* Walk from a caller's state (pc = a return address into it, its sp and
  * rbp) into the scratch's frames; returns the scratch (frames[0..n)) or
  * NULL. */
 static __always_inline struct unwind_scratch *unwind_walk(__u64 pc, __u64 sp, __u64 bp, __u32 max)
 {
 	struct unwind_scratch *s = unwind_scratch_get();
+	struct unwind_walk_ctx w = {};
 
 	if (!s)
 		return NULL;
+	w.seq = ++s->walk_seq;
 	s->pc = pc;
 	s->sp = sp;
 	s->bp = bp;
 	s->vm_start = 0;
 	s->vm_end = 0;
+	unwind_check_vmas(s);
 	s->n = 0;
 	s->max = max;
 	s->stop = UNWIND_STOP_DEPTH;
 	s->pid = bpf_get_current_pid_tgid() >> 32;
 	s->hash = 0xcbf29ce484222325ULL;
-	bpf_loop(UNWIND_MAX_FRAMES, unwind_step, NULL, 0);
+	bpf_loop(UNWIND_MAX_FRAMES, unwind_step, &w, 0);
+	if (w.interrupted || s->walk_seq != w.seq) {
+		unwind_count_stop(UNWIND_STOP_INTERRUPTED);
+		return NULL;
+	}
 	unwind_count_stop(s->stop);
 	return s;
 }

@@ -58,7 +58,8 @@ enum unwind_stop {
 	UNWIND_STOP_UNSUPPORTED = 4, /* a row the walker cannot evaluate, or a signal frame */
 	UNWIND_STOP_READ = 5,        /* reading the stack faulted */
 	UNWIND_STOP_NO_VMA = 6,      /* the pc is in no mapping */
-	UNWIND_STOP_MAX = 7,
+	UNWIND_STOP_INTERRUPTED = 7, /* another walk took the CPU's scratch: given up */
+	UNWIND_STOP_MAX = 8,
 };
 
 /* A module seen by the walker with no table loaded: user space builds one

@@ -374,13 +374,12 @@ pub const META_PLACES: &str = "podman (/var/lib/containers/storage, and users' \
      CRI-O (/run/containers/storage), runc (/run/runc)";
 
 impl MetaStore {
-    /// The host's files: through /proc/1/root when it is another root than
-    /// ours (a tool in a container with the host's PID namespace).
+    /// The host's files: through a host process's root when it is another
+    /// root than ours (a tool in a container with the host's PID namespace;
+    /// see [`host_root_pid`]).
     pub fn host() -> Self {
-        let ours = fs::metadata("/").map(|m| (m.dev(), m.ino())).ok();
-        let pid1 = fs::metadata("/proc/1/root").map(|m| (m.dev(), m.ino())).ok();
-        let root = if pid1.is_some() && pid1 != ours { "/proc/1/root" } else { "/" };
-        Self::at(PathBuf::from(root))
+        let root = host_root_pid().map_or_else(|| PathBuf::from("/"), proc_root);
+        Self::at(root)
     }
 
     pub fn at(root: PathBuf) -> Self {
@@ -943,16 +942,84 @@ pub fn select(sel: &Selector) -> Result<Selected> {
     let all = scan(&mut store);
     let resolved = resolve(sel, &all)?;
     let mount = cgroup2_mount()?;
-    let Some(dir) = mount.dir_of(&resolved.cgroup) else {
-        bail!(
-            "cgroup {} of {} not found under {}",
-            resolved.cgroup,
-            describe(&resolved.containers[0]),
-            mount.dir.display()
-        );
+    if let Some(dir) = mount.dir_of(&resolved.cgroup) {
+        let cgroup = CgroupTarget::of_dir(&dir)?;
+        return Ok(Selected { selector: sel.clone(), cgroup, resolved });
+    }
+    // In a container of its own (the leakd image run with --pid=host and
+    // the host's /sys), our /sys/fs/cgroup may be the runtime's mount of
+    // our own cgroup namespace, which does not hold the target: the host's
+    // hierarchy is still reachable through PID 1's root.
+    let mut searched = vec![mount.dir.display().to_string()];
+    for host in host_cgroup2_mounts() {
+        if let Some(dir) = host.dir_of(&resolved.cgroup) {
+            let id = crate::cli::cgroup_id(&dir)?;
+            let Some(level) = host.level_of(&dir) else { continue };
+            let cgroup = CgroupTarget { dir, id, level };
+            return Ok(Selected { selector: sel.clone(), cgroup, resolved });
+        }
+        searched.push(host.dir.display().to_string());
+    }
+    bail!(
+        "cgroup {} of {} not found under {}",
+        resolved.cgroup,
+        describe(&resolved.containers[0]),
+        searched.join(" or ")
+    );
+}
+
+/// A process whose root is the host's, when ours is not: PID 1 (systemd on
+/// a node), else the first ancestor of ours with another root than ours
+/// (the runtime's shim, conmon or containerd-shim, when we run in a
+/// container sharing the host's PIDs). None when we are on the host, or
+/// cannot read another root.
+pub fn host_root_pid() -> Option<u32> {
+    let key = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let ours = key(Path::new("/"))?;
+    let mut candidates = vec![1];
+    let mut pid = std::process::id();
+    for _ in 0..8 {
+        match crate::procmaps::status_field(&pid.to_string(), "PPid")
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            Some(pp) if pp > 1 => {
+                candidates.push(pp);
+                pid = pp;
+            }
+            _ => break,
+        }
+    }
+    candidates.into_iter().find(|&p| {
+        let root = proc_root(p);
+        key(&root).is_some_and(|k| k != ours) && fs::read_dir(&root).is_ok()
+    })
+}
+
+fn proc_root(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root"))
+}
+
+/// The host's cgroup2 mounts, seen through a host process's root (see
+/// [`host_root_pid`]); the usual mount points first.
+fn host_cgroup2_mounts() -> Vec<Cgroup2Mount> {
+    let Some(pid) = host_root_pid() else { return Vec::new() };
+    let Ok(data) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return Vec::new();
     };
-    let cgroup = CgroupTarget::of_dir(&dir)?;
-    Ok(Selected { selector: sel.clone(), cgroup, resolved })
+    let root = proc_root(pid);
+    let mut mounts: Vec<Cgroup2Mount> = parse_cgroup2_mounts(&data)
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .map(|m| Cgroup2Mount {
+            dir: root.join(m.dir.strip_prefix("/").unwrap_or(&m.dir)),
+            root: m.root,
+        })
+        .collect();
+    let usual = |m: &Cgroup2Mount| {
+        !(m.dir.ends_with("sys/fs/cgroup") || m.dir.ends_with("sys/fs/cgroup/unified"))
+    };
+    mounts.sort_by_key(usual);
+    mounts
 }
 
 #[cfg(test)]

@@ -103,13 +103,13 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     leakd_unwind::configure(&mut loader, &mode_value);
     // Only one of the two stack tables is used.
     loader.map_max_entries(if mode == Mode::Fp { "unwind_stacks" } else { "stacks" }, 1);
-    let alloc_probes::Tracer { mut ebpf, target } =
+    let alloc_probes::Tracer { mut ebpf, target, .. } =
         alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let pid = target.pid();
 
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
-    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target)?;
+    let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
     let stacks = if mode == Mode::Fp {
         Stacks::Fp(bpf::take_map(&mut ebpf, "stacks")?)
     } else {

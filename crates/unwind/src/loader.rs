@@ -20,6 +20,7 @@ use clap::{Args, ValueEnum};
 use goblin::elf::Elf;
 use leakd_common::bpf::take_map;
 use leakd_common::cli::TargetArgs;
+use leakd_common::target::Target;
 use leakd_common::{debug, info, launch, procmaps, warn, Result};
 
 use crate::sys;
@@ -81,7 +82,7 @@ impl Mode {
 pub fn configure<'a>(loader: &mut EbpfLoader<'a>, mode: &'a u8) {
     loader.override_global("unwind_mode", mode, true);
     if *mode == Mode::Fp.bpf_value() {
-        for m in ["unwind_rows", "unwind_modules", "unwind_unknown"] {
+        for m in ["unwind_rows", "unwind_modules", "unwind_unknown", "unwind_cache"] {
             loader.map_max_entries(m, 1);
         }
     } else {
@@ -110,20 +111,39 @@ pub struct Unwinder {
 }
 
 /// Names of `enum unwind_stop`, by value.
-pub const STOP_NAMES: [&str; sys::unwind_stop_UNWIND_STOP_MAX as usize] =
-    ["end", "depth", "no_row", "anonymous", "unsupported", "read_fault", "no_mapping"];
+pub const STOP_NAMES: [&str; sys::unwind_stop_UNWIND_STOP_MAX as usize] = [
+    "end",
+    "depth",
+    "no_row",
+    "anonymous",
+    "unsupported",
+    "read_fault",
+    "no_mapping",
+    "interrupted",
+];
 
 impl Unwinder {
     /// Take the walker's maps from a loaded object, and load the tables of
-    /// the target's files (a launched command is still held: before it
-    /// runs). `None` with --unwind fp.
-    pub fn start(ebpf: &mut Ebpf, mode: Mode, target: &TargetArgs) -> Result<Option<Self>> {
+    /// the target's files: a `-p` process's, a launched command's (still
+    /// held: before it runs), or those of every process already in the
+    /// cgroup of `--cgroup`/`--container`/`--pod`. `None` with --unwind fp.
+    pub fn start(
+        ebpf: &mut Ebpf,
+        mode: Mode,
+        args: &TargetArgs,
+        target: &Target,
+    ) -> Result<Option<Self>> {
         let Some(mut u) = Self::new(ebpf, mode)? else { return Ok(None) };
-        if let Some(pid) = target.pid {
+        if let Some(pid) = args.pid {
             u.preload_pid(pid);
         }
-        if let Some(cmd) = target.command.first() {
+        if let Some(cmd) = args.command.first() {
             u.preload_exec(&launch::resolve(cmd)?);
+        }
+        if let Some(scope) = &target.scope {
+            for pid in cgroup_pids(&scope.cgroup.dir) {
+                u.preload_pid(pid);
+            }
         }
         Ok(Some(u))
     }
@@ -267,6 +287,30 @@ impl Unwinder {
             debug!("  {} ({} rows)", l.path.display(), l.rows);
         }
     }
+}
+
+/// The processes of a cgroup and of the cgroups below it (a pod's
+/// containers), at most a few levels and a few thousand down.
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = todo.pop() {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if depth >= 8 || pids.len() > 4096 {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push((e.path(), depth + 1));
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// The files an executable maps once exec'd: itself, its interpreter and
