@@ -840,3 +840,32 @@ int main() {
         assert_eq!(a["container"]["name"], name.as_str(), "{a}");
     }
 }
+
+/// Issue 22: without -p, the allocation tracers probed only the host's
+/// libc, so a system-wide run missed a container whose image brings its
+/// own. Every allocator file mapped at attach is probed now.
+#[bpf_test]
+fn system_wide_allocsnoop_sees_a_container_with_its_own_libc() {
+    if !runtime("podman") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let img = image("podman", false, "syswide", &mut cleanup);
+    let name = tag("syswide");
+    cleanup.add(&["podman", "rm", "-f", "-t", "0", &name]);
+    let mut c = podman_run(&name, &img, STEADY);
+    let (snoop, err, log) = crate::support::spawn_attached_with_log(
+        "allocsnoop",
+        &["--op", "malloc", "--min-size", "4096", "--max-size", "4096", "-d", "60"],
+    );
+    crate::support::discard(err);
+    signal(c.pid, libc::SIGUSR1);
+    assert_eq!(c.summary()["leaked_count"], 10);
+    interrupt(&snoop);
+    let (code, lines, _) = wait_output(snoop);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let mine: Vec<_> = of_type(&lines, "alloc").into_iter().filter(|a| a["pid"] == c.pid).collect();
+    let lost = of_type(&lines, "lost");
+    assert_eq!(mine.len(), 10, "{} lines, lost {lost:?}; {log}", lines.len());
+    assert!(mine.iter().all(|a| a["op"] == "malloc" && a["size_bytes"] == 4096), "{mine:?}");
+}

@@ -184,6 +184,115 @@ fn install_refuses_to_overwrite_a_file_it_did_not_put() {
     );
 }
 
+#[test]
+fn install_that_fails_midway_is_recorded_and_undone() {
+    let tmp = TempDir::new("install-midway");
+    let prefix = tmp.0.join("p");
+    let p = prefix.to_str().unwrap();
+    let before = tree(&tmp.0);
+    // A --from whose fifth tool (symres) is a directory: install copies
+    // execsnoop..leakd-attach and their pages, then fails on it.
+    let from = TempDir::new("install-midway-from");
+    for t in TOOLS {
+        if t == "symres" {
+            std::fs::create_dir(from.0.join(t)).unwrap();
+        } else {
+            std::fs::copy(bin_dir().join(t), from.0.join(t)).unwrap();
+        }
+    }
+    let out = install(&["--from", from.0.to_str().unwrap(), p]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(prefix.join("bin/leakd-attach").exists(), "failed after the first tools");
+    assert!(!prefix.join("bin/symres").exists());
+
+    // Uninstall removes what the failed install put.
+    let out = install(&["--uninstall", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&tmp.0), before, "uninstall after a failed install");
+
+    // Failed again, then rerun with good binaries: the files already
+    // copied are its own, not refused; then uninstall leaves nothing.
+    let out = install(&["--from", from.0.to_str().unwrap(), p]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = install(&["--from", bin_dir().to_str().unwrap(), p]);
+    assert!(out.status.success(), "rerun after a failed install: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read(prefix.join("bin/symres")).unwrap(),
+        std::fs::read(bin_dir().join("symres")).unwrap()
+    );
+    let out = install(&["--uninstall", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&tmp.0), before, "uninstall after the rerun");
+}
+
+#[test]
+fn uninstall_refuses_a_manifest_naming_other_files() {
+    let tmp = TempDir::new("install-tampered");
+    let prefix = tmp.0.join("p");
+    let p = prefix.to_str().unwrap();
+    let out = install(&["--from", bin_dir().to_str().unwrap(), p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A victim outside the prefix, and one inside it that install never
+    // puts, each named by a tampered manifest.
+    let victim = tmp.0.join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let stray = prefix.join("bin/other");
+    std::fs::write(&stray, "keep me too").unwrap();
+    let manifest = prefix.join("share/leakd/install-manifest");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    for (bad, named) in [
+        (format!("f {}\n", victim.display()), victim.display().to_string()),
+        (format!("f {}\n", stray.display()), stray.display().to_string()),
+        (format!("f {}/bin/../../victim\n", p), format!("{p}/bin/../../victim")),
+        (format!("d {}\n", tmp.0.join("victim").display()), victim.display().to_string()),
+    ] {
+        std::fs::write(&manifest, format!("{good}{bad}")).unwrap();
+        let before = tree(&tmp.0);
+        let out = install(&["--uninstall", p]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out)
+                .contains(&format!("names '{}', which scripts/install never installs", bad.trim())),
+            "{named}: {}",
+            stderr(&out)
+        );
+        assert_eq!(tree(&tmp.0), before, "nothing removed for {bad}");
+        // A reinstall refuses the tampered manifest too.
+        let out = install(&["--from", bin_dir().to_str().unwrap(), p]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(std::fs::read_to_string(&stray).unwrap(), "keep me too");
+    // Nor does it follow PREFIX/bin replaced by another user's link to
+    // another directory (giving the link away needs root).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::write(&manifest, &good).unwrap();
+        let elsewhere = tmp.0.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("symres"), "not ours").unwrap();
+        std::fs::rename(prefix.join("bin"), tmp.0.join("bin-aside")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, prefix.join("bin")).unwrap();
+        // Made by someone else than root (nobody).
+        std::os::unix::fs::lchown(prefix.join("bin"), Some(65534), Some(65534)).unwrap();
+        let out = install(&["--uninstall", p]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("bin is a symbolic link not made by root"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(elsewhere.join("symres")).unwrap(), "not ours");
+        std::fs::remove_file(prefix.join("bin")).unwrap();
+        std::fs::rename(tmp.0.join("bin-aside"), prefix.join("bin")).unwrap();
+    }
+    // The untampered manifest still uninstalls.
+    std::fs::write(&manifest, good).unwrap();
+    let out = install(&["--uninstall", p]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&prefix), ["bin", "bin/other"].iter().map(|s| s.to_string()).collect());
+}
+
 // ---------------------------------------------------------------------------
 // The image
 // ---------------------------------------------------------------------------
@@ -555,13 +664,28 @@ impl Plugin {
         self.cmd(args, "finish").output().unwrap()
     }
 
-    /// The kubectl commands it was given, in order.
-    fn log(&self) -> Vec<Vec<String>> {
+    /// The kubectl commands it was given, in order, as given.
+    fn raw_log(&self) -> Vec<Vec<String>> {
         let text = std::fs::read_to_string(self.state.0.join("log.jsonl")).unwrap_or_default();
         text.lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
                 v["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().into()).collect()
+            })
+            .collect()
+    }
+
+    /// The kubectl commands, each tool's exec without the `leakd-idle
+    /// --session TOKEN --` that starts it (the stand-in refuses a tool
+    /// started without it).
+    fn log(&self) -> Vec<Vec<String>> {
+        self.raw_log()
+            .into_iter()
+            .map(|mut a| {
+                if a.len() > 11 && a[0] == "exec" && a[7] == "leakd-idle" && a[8] == "--session" {
+                    a.drain(7..11);
+                }
+                a
             })
             .collect()
     }
@@ -814,7 +938,7 @@ fn exec_pid(plugin: &Plugin, pod: &str) -> u64 {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|v| {
             let a = &v["argv"];
-            a[0] == "exec" && a[3] == pod && a[8] != "leakd-idle"
+            a[0] == "exec" && a[3] == pod && a[8] != "--stop"
         })
         .and_then(|v| v["pid"].as_u64())
         .expect("the tool's exec")
@@ -864,6 +988,8 @@ fn plugin_all_nodes_merges_lines_with_their_node() {
         .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["node"], "worker-1");
+    let token = lines[0]["command"][10].as_str().unwrap().to_string();
+    assert!(token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
     assert_eq!(
         lines[0]["command"],
         serde_json::json!([
@@ -875,12 +1001,20 @@ fn plugin_all_nodes_merges_lines_with_their_node() {
             "-c",
             "leakd",
             "--",
+            "leakd-idle",
+            "--session",
+            token,
+            "--",
             "execsnoop",
             "-x"
         ])
     );
     assert_eq!(lines[1]["node"], "worker-2");
-    assert!(!plugin.log().iter().any(|a| a[0] == "exec"));
+    // One read-only get, nothing else.
+    assert_eq!(
+        plugin.log(),
+        [["get", "pods", "-n", "leakd", "-l", "app.kubernetes.io/name=leakd", "-o", "json"]]
+    );
 }
 
 /// Ctrl-C with --all-nodes stops the tool on every node; each node's final
@@ -907,10 +1041,139 @@ fn plugin_all_nodes_on_sigint_stops_every_node() {
     }
 }
 
-/// leakd-idle --stop, for real: in a container of the image run as the
-/// DaemonSet runs it (privileged, the host's PIDs), a tool started beside
-/// it with exec gets SIGINT and ends; a host process is left alone, though
-/// the container sees it.
+/// The DaemonSet's pods are shared: two users' --all-nodes runs at once,
+/// and one's Ctrl-C stops its own tools only (its session's token), the
+/// other's run on until it is stopped in turn.
+#[test]
+fn plugin_all_nodes_stops_only_its_own_session() {
+    let plugin = Plugin::new("sessions");
+    let (first, first_out) = spawn(plugin.cmd(&["--all-nodes"], "until-stop"));
+    let (second, second_out) =
+        spawn(plugin.cmd(&["--all-nodes", "--tool", "syscount"], "until-stop"));
+    // Both sessions' tools run in both pods.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sessions = |pod: &str| -> BTreeSet<String> {
+        std::fs::read_dir(&plugin.state.0)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_prefix(&format!("running-{pod}-")).map(String::from)
+            })
+            .collect()
+    };
+    while sessions("leakd-4xk9p").len() < 2 || sessions("leakd-b7m2q").len() < 2 {
+        assert!(Instant::now() < deadline, "the two sessions never both ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let both = sessions("leakd-4xk9p");
+    assert_eq!(both, sessions("leakd-b7m2q"), "one token per session, the same on every node");
+
+    support::interrupt(&first.0);
+    let (code, out) = finish((first, first_out), Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let finals = json_lines(&out).iter().filter(|l| l["type"] == "final").count();
+    assert_eq!(finals, 2, "the first session's tools ended on both nodes");
+    // One token was stopped, on both pods; the other session runs on.
+    let log = plugin.raw_log();
+    let stops: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|a| a[0] == "exec" && a[7] == "leakd-idle" && a[8] == "--stop")
+        .map(|a| (a[3].as_str(), a[9].as_str()))
+        .collect();
+    assert_eq!(stops.len(), 2, "{log:?}");
+    let stopped = stops[0].1;
+    assert!(both.contains(stopped), "{stopped} in {both:?}");
+    assert!(stops.iter().all(|(_, t)| *t == stopped), "{stops:?}");
+    let mut second = second;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(second.0.try_wait().unwrap().is_none(), "the other session's run ended too");
+
+    support::interrupt(&second.0);
+    let (code, out) = finish((second, second_out), Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let lines = json_lines(&out);
+    assert_eq!(lines.iter().filter(|l| l["type"] == "final").count(), 2);
+    assert!(lines.iter().all(|l| l["type"] != "start" || l["argv"][0] == "syscount"), "{lines:?}");
+}
+
+/// A malformed pod from kubectl (a container without a name, a field of the
+/// wrong type) is an error of the plugin's, not a Python traceback.
+#[test]
+fn plugin_reports_a_malformed_pod() {
+    let good: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/k8s/pod.json")).unwrap(),
+    )
+    .unwrap();
+    /// What is broken, how, and what the error says.
+    type Edit = (&'static str, fn(&mut Value), &'static str);
+    let edits: [Edit; 4] = [
+        (
+            "a container without a name",
+            |p| {
+                p["spec"]["containers"][1].as_object_mut().unwrap().remove("name");
+            },
+            "spec.containers[1] has no name",
+        ),
+        (
+            "containers not a list",
+            |p| p["spec"]["containers"] = Value::from(7),
+            "containers is a int",
+        ),
+        ("status a string", |p| p["status"] = Value::from("x"), "status is a str"),
+        (
+            "a state of the wrong type",
+            |p| p["status"]["containerStatuses"][0]["state"] = Value::from(1),
+            "state is a int",
+        ),
+    ];
+    for (what, edit, msg) in edits {
+        let plugin = Plugin::new("malformed");
+        let mut pod = good.clone();
+        edit(&mut pod);
+        let file = plugin.state.0.join("malformed-pod.json");
+        std::fs::write(&file, pod.to_string()).unwrap();
+        let out = plugin
+            .cmd(&["-n", "memleak-demo", POD], "finish")
+            .env("FAKE_KUBECTL_POD", &file)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.starts_with("kubectl-leakd: error: "), "{what}: {err}");
+        assert!(err.contains(msg), "{what}: {err}");
+        assert!(!err.contains("Traceback"), "{what}: {err}");
+        assert!(!plugin.log().iter().any(|a| a[0] == "create"), "{what}");
+    }
+}
+
+/// --help: the two forms of the command, once each, and what --dry-run
+/// still does.
+#[test]
+fn plugin_help_shows_each_form_once() {
+    let plugin = Plugin::new("help");
+    let out = plugin.output(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let forms: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| l.starts_with("kubectl leakd ")).collect();
+    assert_eq!(
+        forms,
+        [
+            "kubectl leakd [-n NS] POD [-c CONTAINER] [--tool NAME] [--dry-run] [-- TOOL-ARGS]",
+            "kubectl leakd --all-nodes [--tool execsnoop|syscount] [--dry-run] [-- TOOL-ARGS]",
+        ],
+        "{text}"
+    );
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("nothing is created or run, after one read-only kubectl get"), "{text}");
+    assert!(plugin.log().is_empty());
+}
+
+/// leakd-idle --session/--stop, for real: in a container of the image run as the
+/// DaemonSet runs it (privileged, the host's PIDs), two sessions' tools
+/// started beside it with exec: stopping one session's sends SIGINT to that
+/// tool alone, which ends, while the other runs on until stopped in turn;
+/// a host process is left alone, though the container sees it.
 #[test]
 fn idle_stop_ends_the_tools_of_its_own_container_only() {
     if !support::root_available("container") || !required("podman", runs("podman", &["--version"]))
@@ -927,24 +1190,51 @@ fn idle_stop_ends_the_tools_of_its_own_container_only() {
     );
     let host = KillOnDrop(Command::new("sleep").arg("600").spawn().unwrap());
 
-    let mut child = podman
-        .cmd()
-        .args(["exec", &idle, "execsnoop", "-v", "-d", "120"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let err = BufReader::new(child.stderr.take().unwrap());
-    wait_attached(KillOnDrop(child), err, stdout, |child, log| {
-        assert!(log.contains("attached"), "execsnoop never attached: {log}");
-        let started = Instant::now();
-        let out = podman.run(&["exec", &idle, "leakd-idle", "--stop"]);
-        assert_eq!(stderr(&out).trim(), "leakd-idle: sent SIGINT to 1 process(es)");
-        let (code, _) = finish(child, Duration::from_secs(60));
-        assert_eq!(code, Some(0), "execsnoop ends as on Ctrl-C");
-        assert!(started.elapsed() < Duration::from_secs(60), "ended by the signal, not by -d");
+    // Two sessions' execsnoop in the one container, as two users'
+    // kubectl leakd --all-nodes in a DaemonSet's pod.
+    let session = |token: &str| {
+        let mut child = podman
+            .cmd()
+            .args(["exec", &idle, "leakd-idle", "--session", token, "--"])
+            .args(["execsnoop", "-v", "-d", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        (KillOnDrop(child), err, stdout)
+    };
+    let (a, a_err, a_out) = session("aaaa1111");
+    wait_attached(a, a_err, a_out, |a, log| {
+        assert!(log.contains("attached"), "execsnoop of session a never attached: {log}");
+        let (b, b_err, b_out) = session("bbbb2222");
+        wait_attached(b, b_err, b_out, |mut b, log| {
+            assert!(log.contains("attached"), "execsnoop of session b never attached: {log}");
+            let started = Instant::now();
+            let out = podman.run(&["exec", &idle, "leakd-idle", "--stop", "aaaa1111"]);
+            assert_eq!(
+                stderr(&out).trim(),
+                "leakd-idle: sent SIGINT to 1 process(es) of session aaaa1111"
+            );
+            let (code, _) = finish(a, Duration::from_secs(60));
+            assert_eq!(code, Some(0), "execsnoop a ends as on Ctrl-C");
+            assert!(started.elapsed() < Duration::from_secs(60), "ended by the signal, not by -d");
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(b.0 .0.try_wait().unwrap().is_none(), "stopping session a stopped b too");
+
+            let out = podman.run(&["exec", &idle, "leakd-idle", "--stop", "bbbb2222"]);
+            assert_eq!(
+                stderr(&out).trim(),
+                "leakd-idle: sent SIGINT to 1 process(es) of session bbbb2222"
+            );
+            let (code, _) = finish(b, Duration::from_secs(60));
+            assert_eq!(code, Some(0), "execsnoop b ends as on Ctrl-C");
+        });
     });
+    // No session's token, no stop of them all.
+    let out = podman.cmd().args(["exec", &idle, "leakd-idle", "--stop"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(Path::new(&format!("/proc/{}", host.0.id())).exists(), "the host's sleep lives on");
     // The idle process itself is still there, and ends at once on SIGTERM.
     let out = podman.run(&["inspect", "-f", "{{.State.Running}}", &idle]);
@@ -1044,7 +1334,7 @@ fn plugin_stops_the_tools_when_its_reader_goes() {
         let log = plugin.log();
         let mut stopped: Vec<&str> = log
             .iter()
-            .filter(|a| a.ends_with(&["leakd-idle".to_string(), "--stop".to_string()]))
+            .filter(|a| a.len() == 10 && a[0] == "exec" && a[7] == "leakd-idle" && a[8] == "--stop")
             .map(|a| a[3].as_str())
             .collect();
         stopped.sort();

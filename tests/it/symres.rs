@@ -1009,6 +1009,10 @@ fn prebuilt_index_answers_like_dwarf_at_every_offset() {
     );
 }
 
+/// The random parts of the first temporary names symres tries, in
+/// `symres_as`.
+const TEMP_NAMES: [&str; 2] = ["00000000deadbee1", "00000000deadbee2"];
+
 /// Run symres as `uid` (root: as it is) with `args`; exit code and stderr.
 fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
     let bin = crate::support::bin("symres");
@@ -1022,6 +1026,7 @@ fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
     };
     let mut child = cmd
         .env("XDG_CACHE_HOME", test_cache_home())
+        .env("LEAKD_SYMRES_TEST_TEMP_NAMES", TEMP_NAMES.join(","))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1038,14 +1043,17 @@ fn symres_as(uid: u32, args: &[&str], input: &str) -> (i32, String, String) {
 }
 
 /// Issue 18, item 1: whoever can write to the index directory plants
-/// symlinks where `--build-index` writes (its temporary names for the
-/// next few thousand pids, and the index's own name) pointing at a file
-/// of the user running symres. Run as root and as an ordinary user, symres
-/// never writes through them: a directory another user owns (or that
-/// others may write to without the sticky bit) is refused; in a sticky one
-/// (like /tmp) the index goes in by an exclusive create and a rename (that
-/// replaces a link planted at its name, as root), and the victim is left
-/// as it was.
+/// files where `--build-index` writes pointing at a file of the user
+/// running symres: a symlink and a hard link at exactly the temporary
+/// names symres will try first (fixed for the test by
+/// `LEAKD_SYMRES_TEST_TEMP_NAMES`, random otherwise), and a symlink at the
+/// index's own name. Run as root and as an ordinary user, symres never
+/// writes through them: a directory another user owns (or that others may
+/// write to without the sticky bit) is refused; in a sticky one (like
+/// /tmp) the index goes in by an exclusive create (the planted names are
+/// skipped, never opened: without `O_EXCL` the hard link would be written
+/// through) and a rename (that replaces a link planted at its name, as
+/// root), and the victim is left as it was.
 #[test]
 fn planted_symlinks_in_the_index_directory_are_never_written_through() {
     use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
@@ -1065,17 +1073,13 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
             std::fs::create_dir(d).unwrap();
             std::os::unix::fs::chown(d, Some(owner), Some(owner)).unwrap();
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
-            let next: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            let mut names = if final_name { vec![name.clone()] } else { vec![] };
-            names.extend((next..next + 3000).map(|pid| format!(".{name}.{pid}")));
-            for n in names {
+            let mut links = if final_name { vec![name.clone()] } else { vec![] };
+            links.push(format!(".{name}.{}", TEMP_NAMES[0]));
+            for n in links {
                 symlink(&victim, d.join(&n)).unwrap();
                 lchown(d.join(&n), Some(ATTACKER), Some(ATTACKER)).unwrap();
             }
+            std::fs::hard_link(&victim, d.join(format!(".{name}.{}", TEMP_NAMES[1]))).unwrap();
         };
         // The attacker's directory, open to all (a shared --index-dir).
         let theirs = dir.path(&format!("theirs-{runner}"));
@@ -1095,6 +1099,12 @@ fn planted_symlinks_in_the_index_directory_are_never_written_through() {
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "uid {runner}: {err}");
         assert_eq!(code, 0, "uid {runner}: {err}");
         assert!(out.contains(&name), "{out}");
+        // The planted names are there as planted (tried, never opened).
+        for (n, is_link) in TEMP_NAMES.iter().zip([true, false]) {
+            let md = std::fs::symlink_metadata(sticky.join(format!(".{name}.{n}"))).unwrap();
+            assert_eq!(md.file_type().is_symlink(), is_link, "{n}");
+        }
+        assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 3, "uid {runner}");
         let index = std::fs::symlink_metadata(sticky.join(&name)).unwrap();
         assert!(index.file_type().is_file(), "uid {runner}: {index:?}");
         assert_eq!(index.uid(), runner);
@@ -1389,7 +1399,9 @@ fn a_killed_writers_temporary_file_is_removed_later() {
 
 /// symres with a watchdog: `None` when it has not finished within
 /// `secs` seconds (it is then killed), else its exit code, stdout and
-/// stderr.
+/// stderr. Its input is written and its output read by threads while the
+/// watchdog polls: a symres that writes more than a pipe holds finishes,
+/// not read as a hang.
 fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, String)> {
     let mut child = Command::new(crate::support::bin("symres"))
         .env("XDG_CACHE_HOME", test_cache_home())
@@ -1399,22 +1411,51 @@ fn symres_within(secs: u64, args: &[&str], input: &str) -> Option<(i32, String, 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    // A symres that exits without reading all of it: EPIPE, not an error.
+    let writer = std::thread::spawn(move || drop(stdin.write_all(input.as_bytes())));
+    fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            r.read_to_end(&mut b).unwrap();
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    }
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    Some((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    };
+    writer.join().unwrap();
+    Some((status.code().unwrap_or(-1), out.join().unwrap(), err.join().unwrap()))
+}
+
+/// `symres_within` reads what symres writes while it waits: output of
+/// twice what a pipe holds comes back whole, within the watchdog's time.
+/// (The input is smaller, less than a full pipe more than symres has read
+/// by then, so a watchdog that only polled would time out, not hang.)
+#[test]
+fn symres_within_drains_a_large_output() {
+    let frame = r#"{"module":"/x","offset":"0x1"}"#;
+    let line = format!("{{\"stack\":[{}]}}\n", [frame; 20].join(","));
+    let input = line.repeat(120);
+    assert!(input.len() < 80 * 1024, "{}", input.len());
+    let (code, out, err) =
+        symres_within(60, &["--no-cache"], &input).expect("read as a hang: output not drained");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() > 128 * 1024, "{} bytes", out.len());
+    assert_eq!(out.lines().count(), 120);
+    assert_eq!(out.matches(r#""reason":"file_missing""#).count(), 2400);
 }
 
 /// Issue 18, item 3: files that are not regular files that end never make

@@ -463,3 +463,22 @@ fn allocsnoop_reports_cxx_operators_and_a_mismatched_delete() {
     assert_chain(&syms(&m["alloc"]["stack"]), &["mismatched", "main"]);
     assert_chain(&syms(&m["free"]["stack"]), &["mismatched", "main"]);
 }
+
+#[bpf_test]
+fn cxx_static_binary_has_its_operators_probed_in_the_executable() {
+    let dir = build_c(
+        "unwind-cxx-static",
+        &[("leaky.cc", LEAKY_CXX)],
+        &[&["g++", "-g", "-O2", "-fomit-frame-pointer", "-static", "-o", "leaky", "leaky.cc"]],
+    );
+    let bin = dir.join("leaky");
+    let out = run_tool("leakd-attach", &["--symbolize", "-v"], &[bin.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(stderr.contains(&format!("C++ runtime: {}", bin.display())), "{stderr}");
+    let stacks = final_stacks(&out);
+    let s = stack_from(&stacks, "cxx_leaf");
+    assert_eq!(s["outstanding_count"], 4, "{s}");
+    assert_eq!(s["outstanding_bytes"], 160, "{s}");
+    assert_chain(&syms(&s["stack"]), &["cxx_leaf", "cxx_mid", "cxx_top", "main"]);
+}

@@ -16,7 +16,7 @@ use leakd_common::cli::{CgroupScope, TargetArgs};
 use leakd_common::procmaps::MapsCache;
 use leakd_common::target::Target;
 use leakd_common::text::hex;
-use leakd_common::{anyhow, bail, info, launch, warn, Result};
+use leakd_common::{anyhow, bail, debug, info, launch, warn, Result};
 
 /// `enum alloc_op` of bpf/alloc.h, the attach cookie of every probe.
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
@@ -126,6 +126,12 @@ fn plan_for_target(
         Some(s) if probe.lib.is_none() && exe.is_none() && target.pid.is_none() => {
             scope_allocators(probe, s)?
         }
+        None if probe.lib.is_none() && exe.is_none() && target.pid.is_none() => {
+            match system_allocators(probe) {
+                libs if libs.is_empty() => vec![resolve_lib(probe, None, None)?],
+                libs => libs,
+            }
+        }
         _ => vec![resolve_lib(probe, target.pid, exe.as_deref())?],
     };
     let mut allocators = Vec::new();
@@ -207,12 +213,53 @@ fn scope_allocators(probe: &ProbeArgs, s: &CgroupScope) -> Result<Vec<(PathBuf, 
     Ok(libs)
 }
 
+/// The allocators of every process now running, one per file really
+/// mapped (ours first: the host's libc, or the image's when we run in a
+/// container): a system-wide run also sees the processes of containers,
+/// whose libc is another file than the host's.
+fn system_allocators(probe: &ProbeArgs) -> Vec<(PathBuf, &'static str)> {
+    let me = std::process::id();
+    let mut pids = vec![me];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        pids.extend(
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|&p| p != me),
+        );
+    }
+    let (files, failed) = probes::find_allocators(&pids, &probe.prefix);
+    for (pid, why) in &failed {
+        debug!("process {pid}: {why}");
+    }
+    let libs: Vec<_> = files
+        .into_iter()
+        .map(|(f, users)| {
+            info!(
+                "allocator of {} process(es): {} as {}",
+                users.len(),
+                f.shown.display(),
+                f.path.display()
+            );
+            (f.path, f.kind)
+        })
+        .collect();
+    info!(
+        "processes started after this are traced only if they use an allocator file probed \
+         now ({} file(s))",
+        libs.len()
+    );
+    libs
+}
+
 /// An allocation tracer loaded and attached to its target.
 pub struct Tracer {
     pub ebpf: aya::Ebpf,
     /// What is traced; its launched command is held until the event loop
     /// releases it.
     pub target: Target,
+    /// Whether C++'s operators are probed too (a C++ runtime was found):
+    /// only then can a block be freed with the wrong operator.
+    pub cxx: bool,
 }
 
 /// What allocsnoop and leakd-attach both do before their loops: prepare
@@ -240,7 +287,7 @@ pub fn load_tracer(
     for p in plan.allocators.iter().chain(&plan.cxx) {
         probes::attach(&mut ebpf, &p.lib, &p.sites, target.pid())?;
     }
-    Ok(Tracer { ebpf, target })
+    Ok(Tracer { ebpf, target, cxx: plan.cxx.is_some() })
 }
 
 /// The frames of a stack as printed (all return addresses), for addresses

@@ -20,7 +20,7 @@ use leakd_common::event_loop::{EventLoop, Handler};
 use leakd_common::out::Output;
 use leakd_common::procmaps::MapsCache;
 use leakd_common::text::{c_string, hex, WallClock};
-use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Result};
+use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, warn, Result};
 use leakd_unwind::{Mode, UnwindArgs, Unwinder};
 
 bpf_mirror!(pub mod sys = "allocsnoop");
@@ -75,7 +75,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
     leakd_unwind::configure(&mut loader, &mode_value);
-    let Tracer { mut ebpf, target } = load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
+    let Tracer { mut ebpf, target, cxx } =
+        load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
 
     let mut ring: RingBuf<MapData> = bpf::take_map(&mut ebpf, "events")?;
@@ -103,7 +104,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         stack: cli.stack,
         containers,
         unwinder,
-        blocks: Blocks::default(),
+        blocks: Blocks { check: cxx, ..Blocks::default() },
     };
     event_loop.run(Some(&mut ring), &mut out, &mut lost, &mut printer)?;
     if let Some(u) = &printer.unwinder {
@@ -177,7 +178,7 @@ impl Handler for Printer {
         if let (Some(c), Some(obj)) = (c, v.as_object_mut()) {
             c.enrich(obj);
         }
-        let mismatch = self.blocks.event(&e, &v);
+        let mismatch = self.blocks.event(&e, &v, self.stack, &mut self.maps);
         out.line(&v)?;
         if let Some(m) = mismatch {
             out.line(&m)?;
@@ -207,12 +208,27 @@ const MAX_LIVE: usize = 1 << 20;
 /// (valgrind's "mismatched free() / delete / delete []").
 #[derive(Default)]
 struct Blocks {
-    live: HashMap<(u32, u64), (u32, Option<Value>)>,
+    /// Whether to check at all: without C++'s operators probed, every
+    /// free matches its allocation.
+    check: bool,
+    /// The op and the (kept) return addresses of each live block; frames
+    /// are rendered only for a mismatch.
+    live: HashMap<(u32, u64), (u32, Vec<u64>)>,
+    /// Whether the note that MAX_LIVE was reached has been said.
+    said_full: bool,
 }
-
 impl Blocks {
     /// Account for one event; the mismatch line it makes, if any.
-    fn event(&mut self, e: &sys::allocsnoop_event, v: &Value) -> Option<Value> {
+    fn event(
+        &mut self,
+        e: &sys::allocsnoop_event,
+        v: &Value,
+        stack: bool,
+        maps: &mut MapsCache,
+    ) -> Option<Value> {
+        if !self.check {
+            return None;
+        }
         let fam = family(e.op)?;
         let freed = match e.op {
             probes::OP_FREE
@@ -227,7 +243,7 @@ impl Blocks {
         };
         let mut mismatch = None;
         if let Some(addr) = freed {
-            if let Some((op, stack)) = self.live.remove(&(e.pid, addr)) {
+            if let Some((op, pcs)) = self.live.remove(&(e.pid, addr)) {
                 if family(op) != Some(fam) {
                     let mut m = json!({
                         "type": "mismatch",
@@ -239,8 +255,8 @@ impl Blocks {
                         "alloc": { "op": probes::op_name(op) },
                         "free": { "op": probes::op_name(e.op) },
                     });
-                    if let Some(st) = stack {
-                        m["alloc"]["stack"] = st;
+                    if stack {
+                        m["alloc"]["stack"] = Value::Array(stack_frames(maps, e.pid, &pcs));
                     }
                     if let Some(st) = v.get("stack") {
                         m["free"]["stack"] = st.clone();
@@ -253,8 +269,22 @@ impl Blocks {
             e.op,
             probes::OP_FREE | ops::alloc_op_ALLOC_OP_DELETE | ops::alloc_op_ALLOC_OP_DELETE_ARRAY
         );
-        if made && e.failed == 0 && e.addr != 0 && self.live.len() < MAX_LIVE {
-            self.live.insert((e.pid, e.addr), (e.op, v.get("stack").cloned()));
+        if made && e.failed == 0 && e.addr != 0 {
+            if self.live.len() < MAX_LIVE {
+                let pcs = if stack {
+                    let n = (e.nr_frames as usize).min(e.frames.len());
+                    e.frames[..kept_frames(maps, e.pid, &e.frames[..n])].to_vec()
+                } else {
+                    Vec::new()
+                };
+                self.live.insert((e.pid, e.addr), (e.op, pcs));
+            } else if !self.said_full {
+                self.said_full = true;
+                warn!(
+                    "{MAX_LIVE} live blocks remembered: blocks allocated from now on are not \
+                     checked for a mismatched free"
+                );
+            }
         }
         mismatch
     }

@@ -102,7 +102,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     leakd_unwind::configure(&mut loader, &mode_value);
     // Only one of the two stack tables is used.
     loader.map_max_entries(if mode == Mode::Fp { "unwind_stacks" } else { "stacks" }, 1);
-    let alloc_probes::Tracer { mut ebpf, target } =
+    let alloc_probes::Tracer { mut ebpf, target, .. } =
         alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let pid = target.pid();
 

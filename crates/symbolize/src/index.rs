@@ -420,18 +420,23 @@ pub fn fuzz(data: &[u8]) {
         for (a, back) in [(a, 0), (a.wrapping_add(1), 1)] {
             out.clear();
             if ix.answer(a, back, &mut out).is_ok() {
-                let line = format!("{{{}}}", std::str::from_utf8(&out).expect("UTF-8"));
-                assert!(!line.contains('\n'), "{line}");
-                assert!(
-                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line)
-                        .is_ok(),
-                    "{line}"
-                );
+                assert_json_members(&out);
             } else {
                 assert!(out.is_empty());
             }
         }
     }
+}
+
+/// For the fuzz targets (of the index and of the cache): `out`, an
+/// answer, must be JSON object members, on one line.
+pub(crate) fn assert_json_members(out: &[u8]) {
+    let line = format!("{{{}}}", std::str::from_utf8(out).expect("UTF-8"));
+    assert!(!line.contains('\n'), "{line}");
+    assert!(
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(),
+        "{line}"
+    );
 }
 
 /// What a shared part of answers is, written with it: an index's parts
