@@ -4,6 +4,7 @@
 #include "alloc.bpf.h"
 #include "allocsnoop.h"
 #include "unwind.bpf.h"
+#include "mappings.bpf.h"
 
 const volatile __u8 capture_stack = 0;
 const volatile __u64 min_size = 0;
@@ -38,6 +39,47 @@ static __always_inline struct allocsnoop_event *reserve(void)
 	e->failed = 0;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	return e;
+}
+
+/* Stacks whose mappings were recorded, by process and hash of the frames:
+ * an event's stack is looked up in the process's mappings (mappings.bpf.h)
+ * only the first time it is seen. */
+struct stack_seen_key {
+	__u64 hash;
+	__u32 pid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct stack_seen_key);
+	__type(value, __u8);
+} stacks_seen SEC(".maps");
+
+/* Record the mappings of the event's frames if its stack is new. */
+static __always_inline void note_stack(struct allocsnoop_event *e)
+{
+	struct stack_seen_key k = { .hash = 0xcbf29ce484222325ULL, .pid = e->pid };
+	struct mappings_scratch *m;
+	__u8 one = 1;
+	__u32 i, n = e->nr_frames;
+
+	if (!n)
+		return;
+	for (i = 0; i < ALLOCSNOOP_MAX_FRAMES; i++) {
+		if (i >= n)
+			break;
+		k.hash = (k.hash ^ e->frames[i]) * 0x100000001b3ULL;
+	}
+	if (bpf_map_lookup_elem(&stacks_seen, &k))
+		return;
+	m = mappings_scratch_get();
+	if (!m)
+		return;
+	__builtin_memcpy(m->frames, e->frames, sizeof(e->frames));
+	mappings_note(m, n < ALLOCSNOOP_MAX_FRAMES ? n : ALLOCSNOOP_MAX_FRAMES);
+	bpf_map_update_elem(&stacks_seen, &k, &one, BPF_ANY);
 }
 
 /* Frames of a DWARF walk into the event. */
@@ -82,6 +124,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 			else
 				leakd_count_lost(LEAKD_LOST_STACK);
 		}
+		note_stack(e);
 	}
 	bpf_ringbuf_submit(e, leakd_rb_flags(&events, capture_stack ? sizeof(*e) : HDR_SIZE));
 }
@@ -118,5 +161,7 @@ static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size,
 			leakd_count_lost(LEAKD_LOST_STACK);
 		}
 	}
+	if (capture_stack)
+		note_stack(e);
 	bpf_ringbuf_submit(e, leakd_rb_flags(&events, capture_stack ? sizeof(*e) : HDR_SIZE));
 }

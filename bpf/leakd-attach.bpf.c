@@ -26,6 +26,7 @@
 #include "leakd-attach.h"
 #define UNWIND_STACK_TABLE LEAKD_ATTACH_MAX_STACKS
 #include "unwind.bpf.h"
+#include "mappings.bpf.h"
 
 #define EEXIST 17
 
@@ -150,8 +151,10 @@ static __always_inline void count_block(__u64 *n, __u64 *n_bytes, __u64 *est_n,
 }
 
 /* The totals of the site a block belongs to, created on first use (the
- * same key for its alloc and its free, built from the block's record). */
-static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_attach_alloc *a)
+ * same key for its alloc and its free, built from the block's record);
+ * *created says whether this call created them. */
+static __always_inline struct leakd_attach_stats *site_stats_new(const struct leakd_attach_alloc *a,
+								 int *created)
 {
 	static const struct leakd_attach_stats zero = {};
 	struct leakd_attach_site site = {
@@ -164,11 +167,48 @@ static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_
 	if (s)
 		return s;
 	/* NOEXIST: another CPU may create it at the same time; then use theirs. */
-	bpf_map_update_elem(&sites, &site, &zero, BPF_NOEXIST);
+	*created = bpf_map_update_elem(&sites, &site, &zero, BPF_NOEXIST) == 0;
 	s = bpf_map_lookup_elem(&sites, &site);
 	if (!s)
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
 	return s;
+}
+
+static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_attach_alloc *a)
+{
+	int created;
+
+	return site_stats_new(a, &created);
+}
+
+/* A new site: record the mappings of its stack's frames (see
+ * mappings.bpf.h), so its lines keep their modules after the process
+ * exits. The walk is read again (the kernel's stack map cannot be read
+ * from BPF), once per site. */
+static __always_inline void note_site_mappings(void *ctx, __u64 caller)
+{
+	struct mappings_scratch *m = mappings_scratch_get();
+	struct unwind_scratch *u;
+	long n;
+
+	if (!m)
+		return;
+	if (unwind_mode == UNWIND_MODE_FP) {
+		n = bpf_get_stack(ctx, m->frames, sizeof(m->frames), BPF_F_USER_STACK);
+		n = n > 0 ? n / sizeof(__u64) : 0;
+	} else {
+		/* The walk user_stack_id just made is still in the scratch. */
+		u = unwind_scratch_get();
+		if (!u)
+			return;
+		__builtin_memcpy(m->frames, u->frames, sizeof(u->frames));
+		n = u->n < UNWIND_MAX_FRAMES ? u->n : UNWIND_MAX_FRAMES;
+	}
+	if (n <= 0) {
+		m->frames[0] = caller;
+		n = 1;
+	}
+	mappings_note(m, n);
 }
 
 /* The key of the calling process's block at `addr`. */
@@ -223,6 +263,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	struct leakd_attach_block key = block_key(addr);
 	struct leakd_attach_alloc a = {};
 	struct leakd_attach_stats *s;
+	int created = 0;
 	long id, err;
 
 	/* realloc frees its argument when it succeeds, and glibc's realloc(p, 0)
@@ -256,9 +297,11 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	/* Count the alloc before the block can be seen (and freed by another
 	 * thread), so its free is never counted before it; take it back if the
 	 * block cannot be tracked. */
-	s = site_stats(&a);
+	s = site_stats_new(&a, &created);
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
+	if (created)
+		note_site_mappings(ctx, a.caller);
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
 	err = bpf_map_update_elem(&allocs, &key, &a, BPF_NOEXIST);
 	if (err == -EEXIST) {

@@ -1,3 +1,4 @@
 fn main() {
     leakd_bpf_build::mirror("leakd");
+    leakd_bpf_build::mirror("mappings");
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use alloc_probes::sys as ops;
 use alloc_probes::{kept_frames, load_tracer, ops_for, probes, stack_frames, ProbeArgs, Tracer};
 use leakd_common::bpf::{self, LostCounter};
+use leakd_common::captured::Captured;
 use leakd_common::cli::{RunArgs, TargetArgs};
 use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{EventLoop, Handler};
@@ -75,6 +76,12 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut loader = EbpfLoader::new();
     loader.override_global("capture_stack", &stack, true);
     leakd_unwind::configure(&mut loader, &mode_value);
+    if !cli.stack {
+        // Mappings are recorded only for stacks.
+        for map in ["mappings_vmas", "mappings_paths", "stacks_seen"] {
+            loader.map_max_entries(map, 1);
+        }
+    }
     let Tracer { mut ebpf, target, cxx } =
         load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
@@ -84,7 +91,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     // With DWARF stacks, files met without a table are looked for often.
     let tick = unwinder.is_some().then_some(leakd_unwind::POLL);
     let mut event_loop = EventLoop::new(cli.run.duration, tick)?;
-    let mut maps = MapsCache::new();
+    // What BPF recorded of the mappings of each new stack places frames of
+    // processes that exited before their event was formatted.
+    let mut maps = MapsCache::new().with_fallback(Box::new(Captured::take(&mut ebpf)?));
     // Remember the target's mappings now, in case it exits before its
     // first event is formatted.
     // Events of a traced container (or of -p's, when in one) say which.

@@ -6,6 +6,7 @@
 //! broken pipes, lost-event reporting — lives here so it cannot drift.
 
 pub mod bpf;
+pub mod captured;
 pub mod cli;
 pub mod container;
 pub mod event_loop;

@@ -125,11 +125,26 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Mappings recorded when stacks were taken, which /proc/PID/maps may no
+/// longer (or not yet) have: the process exited before its maps were read
+/// (they read empty from then on). Implemented by crate::captured (what BPF
+/// recorded); a trait so that this module does not depend on BPF maps.
+pub trait MappingSource {
+    /// The executable mapping containing `addr` in process `pid`.
+    fn mapping(&mut self, pid: u32, addr: u64) -> Option<&MapEntry>;
+}
+
+/// A file's build id, by path and identity: the same path names different
+/// files in different containers.
+type BuildIdKey = (PathBuf, (u32, u32), u64);
+
 /// Cached maps of the processes seen in a stream, plus build ids per file.
 #[derive(Default)]
 pub struct MapsCache {
     procs: HashMap<u32, ProcMaps>,
-    build_ids: HashMap<PathBuf, Option<String>>,
+    build_ids: HashMap<BuildIdKey, Option<String>>,
+    /// Asked first (see [`MapsCache::lookup`]).
+    fallback: Option<Box<dyn MappingSource>>,
     /// How many processes make the next sweep of those that are gone (0:
     /// MAX_PROCS): twice what a sweep left, so that a system with more
     /// live processes than that is not swept at each new one.
@@ -164,6 +179,13 @@ impl MapsCache {
         Self::default()
     }
 
+    /// Ask `source` first for the mappings of addresses (see
+    /// [`MapsCache::lookup`]).
+    pub fn with_fallback(mut self, source: Box<dyn MappingSource>) -> Self {
+        self.fallback = Some(source);
+        self
+    }
+
     fn refresh(&mut self, pid: u32) {
         let now = Instant::now();
         if !self.procs.contains_key(&pid) && self.procs.len() >= self.next_sweep.max(MAX_PROCS) {
@@ -196,9 +218,26 @@ impl MapsCache {
     /// The mapping containing `addr`, re-reading the maps when it is not
     /// found (the process may have mapped it since), unless a re-read found
     /// nothing new within REREAD_AFTER.
+    ///
+    /// A mapping recorded with the stack (see [`MappingSource`]) comes
+    /// first: it is what the address was in when the stack was taken, where
+    /// a copy of /proc/PID/maps may have been read before (a library half
+    /// mapped by ld.so reads as a non-executable range) or after (the
+    /// process exited) and is kept only for want of better.
     pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
-        let i = self.index_of(pid, addr)?;
-        self.procs.get(&pid)?.entries.get(i)
+        let recorded = self.recorded(pid, addr).map(|m| m.path.is_some());
+        if recorded == Some(true) {
+            return self.recorded(pid, addr);
+        }
+        if let Some(i) = self.index_of(pid, addr) {
+            return self.procs.get(&pid)?.entries.get(i);
+        }
+        // Recorded without its path (too long, or the path map full).
+        self.recorded(pid, addr)
+    }
+
+    fn recorded(&mut self, pid: u32, addr: u64) -> Option<&MapEntry> {
+        self.fallback.as_mut()?.mapping(pid, addr)
     }
 
     fn index_of(&mut self, pid: u32, addr: u64) -> Option<usize> {
@@ -219,10 +258,9 @@ impl MapsCache {
     /// crate::text rule), `offset` (file offset) and `build_id`.
     /// Returns None when `addr` is not in an executable mapping.
     pub fn frame(&mut self, pid: u32, addr: u64) -> Option<Value> {
-        let i = self.index_of(pid, addr)?;
-        // Field by field, so the mapping stays borrowed while the build-id
-        // cache is updated.
-        let m = self.procs.get(&pid)?.entries.get(i)?;
+        // A copy, so the mapping is not borrowed while the build-id cache
+        // is updated.
+        let m = self.lookup(pid, addr)?.clone();
         if !m.exec {
             return None;
         }
@@ -232,28 +270,41 @@ impl MapsCache {
         let offset = (addr - m.start).wrapping_add(m.offset);
         let module = bytes_to_string(path.as_os_str().as_encoded_bytes());
         let mut f = json!({ "addr": hex(addr), "module": module, "offset": hex(offset) });
-        if let Some(id) = cached_build_id(&mut self.build_ids, pid, path) {
+        if let Some(id) = cached_build_id(&mut self.build_ids, pid, &m, path) {
             f["build_id"] = json!(id);
         }
         Some(f)
     }
 }
 
-/// A file's build id, read once per path.
+/// A file's build id, read once per file: through the process's root while
+/// it exists, else at the same path in ours when that is the same file
+/// (after a container exits, the path in ours is usually another file).
 fn cached_build_id(
-    cache: &mut HashMap<PathBuf, Option<String>>,
+    cache: &mut HashMap<BuildIdKey, Option<String>>,
     pid: u32,
+    m: &MapEntry,
     path: &Path,
 ) -> Option<String> {
-    if let Some(b) = cache.get(path) {
+    let key = (path.to_path_buf(), m.dev, m.inode);
+    if let Some(b) = cache.get(&key) {
         return b.clone();
     }
     if cache.len() >= MAX_BUILD_IDS {
         cache.clear();
     }
-    let id = read_build_id(&under_root(pid, path)).or_else(|| read_build_id(path));
-    cache.insert(path.to_path_buf(), id.clone());
+    let id = read_build_id(&under_root(pid, path))
+        .or_else(|| same_file(path, m).then(|| read_build_id(path)).flatten());
+    cache.insert(key, id.clone());
     id
+}
+
+/// Whether `path` (in our mount namespace) is the file `m` maps.
+fn same_file(path: &Path, m: &MapEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else { return false };
+    let dev = md.dev();
+    md.ino() == m.inode && (libc::major(dev), libc::minor(dev)) == m.dev
 }
 
 /// Read the NT_GNU_BUILD_ID note of an ELF file, reading only the headers
@@ -361,6 +412,45 @@ garbage\n";
         assert_eq!(find(&m, 0x55d0c0a05000), None);
         assert_eq!(find(&m, 0x7f0000002fff), Some(4));
         assert_eq!(find(&m, 1), None);
+    }
+
+    /// Mappings as recorded with the stacks, for the tests.
+    struct Recorded(Vec<MapEntry>);
+
+    impl MappingSource for Recorded {
+        fn mapping(&mut self, _pid: u32, addr: u64) -> Option<&MapEntry> {
+            self.0.get(find(&self.0, addr)?)
+        }
+    }
+
+    fn entry(start: u64, exec: bool, path: Option<&str>) -> MapEntry {
+        MapEntry {
+            start,
+            end: start + 0x1000,
+            offset: 0x2000,
+            dev: (8, 1),
+            inode: 7,
+            exec,
+            path: path.map(PathBuf::from),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn recorded_mappings_come_before_a_stale_copy_of_the_maps() {
+        let ghost = u32::MAX - 1; // no such process: its maps never read again
+        let recorded = vec![entry(0x1000, true, Some("/lib/a.so")), entry(0x5000, true, None)];
+        let mut c = MapsCache::new().with_fallback(Box::new(Recorded(recorded)));
+        // The copy was read while ld.so had the range mapped read-only.
+        let stale =
+            vec![entry(0x1000, false, Some("/lib/a.so")), entry(0x5000, true, Some("/lib/b.so"))];
+        c.procs.insert(ghost, ProcMaps { entries: stale, settled: Some(Instant::now()) });
+        let f = c.frame(ghost, 0x1010).expect("recorded executable");
+        assert_eq!(f["module"], "/lib/a.so");
+        assert_eq!(f["offset"], "0x2010");
+        // Recorded without a path: the copy's path is better than none.
+        assert_eq!(c.frame(ghost, 0x5010).unwrap()["module"], "/lib/b.so");
+        assert!(c.lookup(ghost, 0x9000).is_none());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use clap::{ArgMatches, FromArgMatches};
 use leakd_symbolize::{Options as SymOptions, Resolver};
 
 use leakd_common::bpf::{self, LostCounter};
+use leakd_common::captured::Captured;
 use leakd_common::container::PidContainers;
 use leakd_common::event_loop::{End, EventLoop};
 use leakd_common::out::Output;
@@ -122,7 +123,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut execs: RingBuf<MapData> = bpf::take_map(&mut ebpf, "execs")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
-    let mut maps = MapsCache::new();
+    // What BPF recorded of the mappings of each new site's stack places its
+    // frames after the process exited (its /proc maps read empty then).
+    let mut maps = MapsCache::new().with_fallback(Box::new(Captured::take(&mut ebpf)?));
     // Snapshot the mappings now: they vanish when the target exits, and the
     // final report is formatted after that.
     // And the containers of the processes, for the same reason.
