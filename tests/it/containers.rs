@@ -18,9 +18,7 @@ use crate::support::{
     bin, interrupt, json_lines, of_type, signal, spawn_attached, KillOnDrop, LEAKER,
 };
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-}
+use crate::support::in_ci;
 
 /// Whether `cli` can run containers here; in CI a missing runtime fails.
 fn runtime(cli: &str) -> bool {
@@ -225,14 +223,7 @@ fn wait_output(mut child: Child) -> (Option<i32>, Vec<Value>, String) {
     (status.code(), json_lines(&stdout), String::new())
 }
 
-/// The final report line and its stack lines.
-fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
-    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
-    let r = lines[i].clone();
-    assert_eq!(r["final"], true, "last report is final: {r}");
-    let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
-    (r, stacks)
-}
+use crate::support::final_report;
 
 /// How the runs of [`leak_found_by_each`] end.
 enum Stop<'a> {

@@ -34,7 +34,7 @@ fn required(what: &str, present: bool) -> bool {
     if present {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false")) {
+    if support::in_ci() {
         panic!("{what} is missing in CI (scripts/setup installs it), refusing to skip");
     }
     eprintln!("note: skipping test: {what} is missing (scripts/setup installs it)");
@@ -1461,14 +1461,7 @@ fn image_finds_the_leak_in_a_container_by_its_id() {
     });
 }
 
-/// The last report of a run (it must be the final one) and its stacks.
-fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
-    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
-    let r = lines[i].clone();
-    assert_eq!(r["final"], true, "last report is final: {r}");
-    let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
-    (r, stacks)
-}
+use crate::support::final_report;
 
 /// kubectl itself finds the plugin on PATH and hands it its arguments,
 /// -n included: `kubectl leakd ...` is the command users type.

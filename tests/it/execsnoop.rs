@@ -555,3 +555,80 @@ fn closed_stdout_is_an_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("execsnoop: error: standard output is closed"), "{err}");
 }
+
+/// Wait until `pid` has exited (gone, or a zombie waiting for init); if it
+/// still runs after `within`, kill it (no leftover) and fail.
+fn assert_ends(pid: u64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat)
+                if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return
+            }
+            Ok(stat) if Instant::now() >= deadline => {
+                crate::support::signal(pid as u32, libc::SIGKILL);
+                panic!("{what} still runs: {stat}");
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A run that ends first stops the command's children too, not only the
+/// command: it runs in its own process group, which is signalled.
+#[bpf_test]
+fn launched_command_children_are_stopped_when_the_run_ends_first() {
+    // Not a pipe for stderr (where the command's output goes): a sleep left
+    // behind would hold it open, and reading it to the end would wait for
+    // the sleep to end by itself, which is what the test must catch.
+    let err_path = std::env::temp_dir().join(format!("leakd-pgrp-{}.err", std::process::id()));
+    let err_file = std::fs::File::create(&err_path).unwrap();
+    let out = Command::new(bin("execsnoop"))
+        .args(["-d", "1", "--", "sh", "-c", "sleep 60 & wait"])
+        .stderr(err_file)
+        .output()
+        .unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lines = json_lines(&out.stdout);
+    let sleep = of_type(&lines, "exec")
+        .into_iter()
+        .find(|e| e["comm"] == "sleep")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let pid = sleep["pid"].as_u64().unwrap();
+    // SIGTERM to the group ends it at once; the grace (2 s) and SIGKILL
+    // would too: allow for both.
+    assert_ends(pid, Duration::from_secs(10), "the launched command's background child");
+}
+
+/// The terminal's Ctrl-C reaches the tool only (the command has its own
+/// process group): the tool forwards SIGINT to the command before SIGTERM.
+#[bpf_test]
+fn sigint_to_the_tool_is_forwarded_to_the_command() {
+    let dir = std::env::temp_dir().join(format!("leakd-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("out");
+    let (mut tool, _err) = spawn_attached(
+        "execsnoop",
+        &[
+            "--command-output",
+            file.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo INT' INT; trap 'echo TERM' TERM; sleep 60 & wait",
+        ],
+    );
+    // The command is released once attached; let sh set its traps.
+    std::thread::sleep(Duration::from_millis(500));
+    crate::support::signal(tool.id(), libc::SIGINT);
+    let status = tool.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let got = std::fs::read_to_string(&file).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(got.lines().any(|l| l == "INT"), "the command did not get SIGINT: {got:?}");
+}

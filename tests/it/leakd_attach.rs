@@ -11,7 +11,8 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use crate::support::{
-    json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER, LEAKER_NOFP,
+    final_report, json_lines, of_type, spawn_attached, start_leaker, KillOnDrop, LEAKER,
+    LEAKER_NOFP,
 };
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
@@ -25,15 +26,6 @@ fn launched(args: &[&str], cmd: &[&str]) -> Output {
         .timeout(Duration::from_secs(60))
         .output()
         .unwrap()
-}
-
-/// The report marker lines, and the stack lines of the final report.
-fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
-    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
-    let r = lines[i].clone();
-    assert_eq!(r["final"], true, "last report is final: {r}");
-    let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
-    (r, stacks)
 }
 
 /// Function containing a return address, by addr2line (None when it cannot run).

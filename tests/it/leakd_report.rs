@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::support::{self, bin, LEAKER};
+use crate::support::{self, bin, in_ci, LEAKER};
 use assert_cmd::Command as Cmd;
 use leakd_test_macros::bpf_test;
 
@@ -30,10 +30,6 @@ const MIXED: [(&str, u64); 11] = [
     ("mixed_valloc", 4000),
     ("mixed_pvalloc", 5000),
 ];
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-}
 
 /// Whether an external program the test needs is installed; in CI a
 /// missing one is a failure (scripts/setup installs it), elsewhere a skip.

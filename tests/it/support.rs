@@ -19,11 +19,27 @@ pub fn root_available(what: &str) -> bool {
     if is_root() {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false")) {
+    if in_ci() {
         panic!("{what} tests must run as root in CI (CI is set), refusing to skip");
     }
     eprintln!("note: skipping {what} test: not root");
     false
+}
+
+/// Whether the tests run in CI (CI set to anything but "", "0" or "false"),
+/// where a missing privilege or program fails a test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// The last report of a run (it must be the final one) and the stack lines
+/// that follow it.
+pub fn final_report(lines: &[Value]) -> (Value, Vec<Value>) {
+    let i = lines.iter().rposition(|v| v["type"] == "report").expect("a report line");
+    let r = lines[i].clone();
+    assert_eq!(r["final"], true, "last report is final: {r}");
+    let stacks = lines[i + 1..].iter().filter(|v| v["type"] == "stack").cloned().collect();
+    (r, stacks)
 }
 
 /// Whether the tests run as root.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod container;
 pub mod event_loop;
 pub mod launch;
+pub mod lines;
 pub mod log;
 pub mod out;
 pub mod procmaps;

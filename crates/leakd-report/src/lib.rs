@@ -16,11 +16,12 @@ mod pprof;
 mod text;
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
+use leakd_common::lines::{read_line_bounded, Bounded, MAX_LINE_BYTES};
 use leakd_common::{Context, Result};
 
 pub use flame::xml_escape;
@@ -83,10 +84,6 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
-/// Longest input line accepted; longer ones are skipped as malformed
-/// instead of being buffered without bound (as symres does).
-const MAX_LINE_BYTES: usize = 64 << 20;
-
 pub fn run(matches: &ArgMatches) -> Result<i32> {
     let cli = Cli::from_arg_matches(matches)?;
     let stdin = io::stdin();
@@ -137,36 +134,17 @@ fn render<R: Read>(cli: &Cli, mut input: BufReader<R>, out: &mut impl Write) -> 
     let mut lineno = 0u64;
     let mut stats = Stats { skipped: 0 };
     loop {
-        buf.clear();
-        let n = (&mut input)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .context("reading standard input")?;
-        if n == 0 {
-            break;
-        }
-        lineno += 1;
-        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
-            // Drop the rest of the over-long line without keeping it.
-            loop {
-                let chunk = input.fill_buf().context("reading standard input")?;
-                if chunk.is_empty() {
-                    break;
-                }
-                match chunk.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        input.consume(i + 1);
-                        break;
-                    }
-                    None => {
-                        let len = chunk.len();
-                        input.consume(len);
-                    }
-                }
+        match read_line_bounded(&mut input, &mut buf, MAX_LINE_BYTES)
+            .context("reading standard input")?
+        {
+            Bounded::Eof => break,
+            Bounded::Line => lineno += 1,
+            Bounded::TooLong => {
+                lineno += 1;
+                warn(lineno, &format!("longer than {MAX_LINE_BYTES} bytes"));
+                stats.skipped += 1;
+                continue;
             }
-            warn(lineno, &format!("longer than {MAX_LINE_BYTES} bytes"));
-            stats.skipped += 1;
-            continue;
         }
         let line = trim_eol(&buf);
         if !line.iter().all(u8::is_ascii_whitespace) {

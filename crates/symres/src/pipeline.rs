@@ -5,20 +5,17 @@
 //! one bad line: a line costs itself at most, even when resolving it
 //! panics.
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use leakd_common::lines::{read_line_bounded, Bounded, MAX_LINE_BYTES};
 use leakd_common::{Context, Result};
 
 use leakd_symbolize::log;
 use leakd_symbolize::Resolver;
-
-/// Longest input line accepted; longer ones are skipped as malformed
-/// instead of being buffered without bound.
-const MAX_LINE_BYTES: usize = 64 << 20;
 
 /// What was wrong with the input (each said on stderr as it came).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -254,22 +251,19 @@ fn read_batches(
                 break;
             }
         }
-        buf.clear();
-        let n = (&mut input)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .context("reading standard input")?;
-        if n == 0 {
-            break;
-        }
-        lineno += 1;
-        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
-            skip_rest_of_line(&mut input)?;
-            batch.then_too_long = true;
-            if !send(&mut batch, lineno) {
-                return Ok(());
+        match read_line_bounded(&mut input, &mut buf, MAX_LINE_BYTES)
+            .context("reading standard input")?
+        {
+            Bounded::Eof => break,
+            Bounded::Line => lineno += 1,
+            Bounded::TooLong => {
+                lineno += 1;
+                batch.then_too_long = true;
+                if !send(&mut batch, lineno) {
+                    return Ok(());
+                }
+                continue;
             }
-            continue;
         }
         batch.text.extend_from_slice(&buf);
     }
@@ -455,25 +449,6 @@ fn line(
         );
     }
     Malformed { lines: 0, frames: bad.len() as u64 }
-}
-
-fn skip_rest_of_line(input: &mut impl BufRead) -> Result<()> {
-    loop {
-        let chunk = input.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                input.consume(i + 1);
-                return Ok(());
-            }
-            None => {
-                let n = chunk.len();
-                input.consume(n);
-            }
-        }
-    }
 }
 
 /// Wait until stdin is readable or `deadline` passes (false).
