@@ -43,13 +43,9 @@ pub struct TargetArgs {
     /// Launch CMD with its arguments (PATH is searched) and trace it (execsnoop and syscount:
     /// and its children); probes are attached before it runs its first instruction. The tool
     /// ends when CMD exits; if the tool ends first (--duration, a signal, closed output), CMD
-    /// and its children are sent SIGTERM, then SIGKILL if any is still running 2 s later: CMD
-    /// runs in its own process group, which gets these signals (a process that leaves the
-    /// group escapes them). The terminal's Ctrl-C reaches the tool, which forwards SIGINT
-    /// (and SIGHUP) to that group before SIGTERM; as a background group, CMD stops
-    /// (SIGTTIN) if it reads the terminal: give it its input from a file or a pipe. CMD's
-    /// standard output goes to the tool's standard error (standard output is the tool's
-    /// JSON), or to --command-output.
+    /// is sent SIGTERM, then SIGKILL if it is still running 2 s later. CMD's standard output
+    /// goes to the tool's standard error (standard output is the tool's JSON), or to
+    /// --command-output.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 

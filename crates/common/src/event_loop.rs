@@ -11,8 +11,6 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -50,9 +48,6 @@ pub trait Handler {
 
 pub struct EventLoop {
     sig_r: UnixStream,
-    /// The last of SIGINT/SIGTERM/SIGHUP received, forwarded to a launched
-    /// command's process group when it ends the run.
-    last_sig: Arc<AtomicUsize>,
     usr1_r: UnixStream,
     target: Option<(OwnedFd, Option<Launched>)>,
     deadline: Option<Instant>,
@@ -73,7 +68,6 @@ impl EventLoop {
     pub fn new(duration: Option<Duration>, interval: Option<Duration>) -> Result<Self> {
         let (sig_r, sig_w) = UnixStream::pair().context("socketpair")?;
         sig_r.set_nonblocking(true)?;
-        let last_sig = Arc::new(AtomicUsize::new(0));
         // SIGHUP too: a closed terminal ends the run like Ctrl-C, with the
         // final lines written; unless it is ignored (`nohup`), which stays so.
         for sig in
@@ -82,8 +76,6 @@ impl EventLoop {
             if sig == signal_hook::consts::SIGHUP && is_ignored(sig) {
                 continue;
             }
-            signal_hook::flag::register_usize(sig, Arc::clone(&last_sig), sig as usize)
-                .context("installing signal handler")?;
             signal_hook::low_level::pipe::register(sig, sig_w.try_clone()?)
                 .context("installing signal handler")?;
         }
@@ -93,7 +85,6 @@ impl EventLoop {
             .context("installing signal handler")?;
         Ok(EventLoop {
             sig_r,
-            last_sig,
             usr1_r,
             target: None,
             deadline: duration.map(|d| Instant::now() + d),
@@ -235,11 +226,7 @@ impl EventLoop {
             }
         };
         if !matches!(end, End::TargetExited(_)) {
-            let sig = match end {
-                End::Signal => i32::try_from(self.last_sig.load(Ordering::Relaxed)).ok(),
-                _ => None,
-            };
-            self.stop_launched(sig.filter(|&s| s > 0));
+            self.stop_launched();
         }
         if end != End::OutputClosed {
             if let Some(r) = ring {
@@ -256,68 +243,37 @@ impl EventLoop {
     }
 
     /// A command we launched does not outlive a run that ended before it
-    /// (--duration, a signal, closed output), nor do its children (`sh -c
-    /// 'sleep 60 & wait'`, make's jobs): its process group (it was started
-    /// in its own, see `launch`) gets SIGTERM, as `timeout` would send,
-    /// rather than running on untraced and orphaned, and SIGKILL if any of
-    /// it is still there after [`KILL_GRACE`] (it ignores or handles
-    /// SIGTERM without exiting). A signal that ended the run (`sig`: Ctrl-C's
-    /// SIGINT, which the terminal no longer delivers to the command's own
-    /// group) is forwarded first, so the command sees what it saw before.
-    ///
-    /// The command itself is also signalled through its pidfd, in case it
-    /// left the group. The group's id cannot be recycled while we signal
-    /// it: the command is not reaped until it has exited, and after that
-    /// the id stays taken as long as a member of the group lives.
-    fn stop_launched(&self, sig: Option<i32>) {
-        let Some((pidfd, Some(launched))) = &self.target else { return };
-        let group = launched.pid as libc::pid_t;
-        let signal_all = |s: i32| {
-            send(pidfd, s);
-            // SAFETY: kill takes a process group id and a signal number; no
-            // memory is passed. ESRCH (no member left) is harmless.
-            unsafe { libc::kill(-group, s) };
-        };
-        if let Some(s) = sig.filter(|&s| s != libc::SIGTERM) {
-            signal_all(s);
-        }
-        signal_all(libc::SIGTERM);
-        let deadline = Instant::now() + KILL_GRACE;
-        let mut reaped = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                signal_all(libc::SIGKILL);
-                return;
-            }
-            if !reaped {
-                // The pidfd becomes readable when the command exits.
-                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-                let ms = left.min(GROUP_CHECK).as_millis() as i32;
-                match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-                    Ok(n) if n > 0 => {
-                        let _ = launched.reap();
-                        reaped = true;
-                    }
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+    /// (--duration, a signal, closed output): it gets SIGTERM, as `timeout`
+    /// would send, rather than running on untraced and orphaned, and
+    /// SIGKILL if it is still there after [`KILL_GRACE`] (it ignores or
+    /// handles SIGTERM without exiting). Sent through the pidfd, so they
+    /// cannot reach a recycled pid.
+    fn stop_launched(&self) {
+        if let Some((pidfd, Some(_))) = &self.target {
+            send(pidfd, libc::SIGTERM);
+            // The pidfd becomes readable when the process exits.
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            let deadline = Instant::now() + KILL_GRACE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    send(pidfd, libc::SIGKILL);
+                    return;
+                }
+                let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, ms) {
+                    Ok(n) if n > 0 => return,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => {
-                        signal_all(libc::SIGKILL);
+                        send(pidfd, libc::SIGKILL);
                         return;
                     }
                 }
-            } else {
-                std::thread::sleep(left.min(GROUP_CHECK));
-            }
-            // SAFETY: signal 0 only checks that the group has a member.
-            if unsafe { libc::kill(-group, 0) } != 0 {
-                return;
             }
         }
     }
 }
-
-/// How often a stopping command's process group is checked for members.
-const GROUP_CHECK: Duration = Duration::from_millis(20);
 
 /// How long a launched command has to exit after SIGTERM before SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);

@@ -9,11 +9,6 @@
 //! execs. Between fork and exec the child only makes async-signal-safe system
 //! calls and never allocates: another thread of the parent could hold the
 //! allocator's lock at fork time (and an allocation tracer would see it).
-//!
-//! The command runs in its own process group, so that a run that ends
-//! before it can stop it *and its children* (the event loop signals the
-//! group). The terminal's signals (Ctrl-C) then reach the tool only, which
-//! forwards them to the group when they end the run.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -143,8 +138,8 @@ pub fn spawn_held(argv: &[OsString], opts: &Options) -> Result<Held> {
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
 
     // SAFETY: the child branch below only calls async-signal-safe functions
-    // (close, dup2, setpgid, read, write, signal, raw set*id system calls,
-    // execve, _exit) on memory prepared before the fork, and never returns into
+    // (close, dup2, read, write, signal, raw set*id system calls, execve,
+    // _exit) on memory prepared before the fork, and never returns into
     // Rust code.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
@@ -163,9 +158,6 @@ pub fn spawn_held(argv: &[OsString], opts: &Options) -> Result<Held> {
                 // release: a tracer counts from there, and this call is not
                 // the command's.
                 libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                // Its own process group (also set by the parent, whichever
-                // runs first), before the release: see the module's doc.
-                libc::setpgid(0, 0);
                 let fail = |stage: i32| -> ! {
                     let report = [stage, *libc::__errno_location()];
                     libc::write(err, report.as_ptr().cast(), std::mem::size_of_val(&report));
@@ -205,9 +197,6 @@ pub fn spawn_held(argv: &[OsString], opts: &Options) -> Result<Held> {
             }
         }
         ForkResult::Parent { child } => {
-            // As the child does: the group exists once we return, whichever
-            // of the two ran first.
-            let _ = nix::unistd::setpgid(child, child);
             drop(go_r);
             drop(err_w);
             Ok(Held {
@@ -325,15 +314,6 @@ mod tests {
         // Reaped by the drop: the pid no longer exists (not even a zombie).
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child {pid} left behind");
         assert!(!marker.exists(), "the command ran");
-    }
-
-    #[test]
-    fn a_held_command_leads_its_own_process_group() {
-        let argv: Vec<OsString> = ["sleep".into(), "5".into()].into();
-        let held = spawn_held(&argv, &Options::default()).unwrap();
-        let pid = Pid::from_raw(held.pid() as i32);
-        assert_eq!(nix::unistd::getpgid(Some(pid)), Ok(pid));
-        assert_ne!(nix::unistd::getpgrp(), pid);
     }
 
     #[test]
