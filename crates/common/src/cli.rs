@@ -43,9 +43,10 @@ pub struct TargetArgs {
     /// Launch CMD with its arguments (PATH is searched) and trace it (execsnoop and syscount:
     /// and its children); probes are attached before it runs its first instruction. The tool
     /// ends when CMD exits; if the tool ends first (--duration, a signal, closed output), CMD
-    /// is sent SIGTERM, then SIGKILL if it is still running 2 s later. CMD's standard output
-    /// goes to the tool's standard error (standard output is the tool's JSON), or to
-    /// --command-output.
+    /// is sent SIGTERM, then SIGKILL if it is still running 2 s later (CMD only: what it left
+    /// running in the background is not signalled, as with `timeout --foreground`). CMD's
+    /// standard output goes to the tool's standard error (standard output is the tool's JSON),
+    /// or to --command-output.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 
