@@ -21,15 +21,8 @@
 
 #include "leakd.bpf.h"
 #include "mappings.h"
+#include "vma.bpf.h"
 
-#ifndef container_of
-#define container_of(ptr, type, member) ((type *)((void *)(ptr) - __builtin_offsetof(type, member)))
-#endif
-
-#define MAPPINGS_VM_EXEC 0x4
-/* include/linux/fs.h since 6.13: the file is embedded in a struct
- * backing_file (overlayfs maps its layers' files so). */
-#define MAPPINGS_FMODE_BACKING (1U << 24)
 /* Path components walked, mount crossings included. */
 #define MAPPINGS_DEPTH 64
 
@@ -93,47 +86,6 @@ static __always_inline struct mappings_scratch *mappings_scratch_get(void)
 	return bpf_map_lookup_elem(&mappings_scratch, &zero);
 }
 
-/* What bpf_find_vma's callback hands back (its context must be on the
- * stack). */
-struct mappings_found {
-	__u64 start;
-	__u64 end;
-	__u64 pgoff_bytes;
-	__u64 ino;
-	__u64 dentry;
-	__u64 mnt;
-	__u32 dev;
-	__u32 exec_file;
-};
-
-static long mappings_vma_cb(struct task_struct *task, struct vm_area_struct *vma, void *data)
-{
-	struct mappings_found *v = data;
-	struct file *f = BPF_CORE_READ(vma, vm_file);
-
-	v->start = BPF_CORE_READ(vma, vm_start);
-	v->end = BPF_CORE_READ(vma, vm_end);
-	if (!f || !(BPF_CORE_READ(vma, __vm_flags) & MAPPINGS_VM_EXEC))
-		return 0;
-	v->exec_file = 1;
-	v->pgoff_bytes = BPF_CORE_READ(vma, vm_pgoff) << 12;
-	v->ino = BPF_CORE_READ(f, f_inode, i_ino);
-	v->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	/* The path the process opened (as /proc/PID/maps prints it): for an
-	 * overlayfs file, the overlay's, not the layer's (a layer's private
-	 * mount has the layer's root for root). */
-	if (BPF_CORE_READ(f, f_mode) & MAPPINGS_FMODE_BACKING) {
-		struct backing_file *bf = container_of(f, struct backing_file, file);
-
-		v->dentry = (__u64)BPF_CORE_READ(bf, user_path.dentry);
-		v->mnt = (__u64)BPF_CORE_READ(bf, user_path.mnt);
-	} else {
-		v->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
-		v->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
-	}
-	return 0;
-}
-
 /* One step up the path: prepend the dentry's name, or cross to the mount
  * it is mounted on; 1 stops (at the root, or when the path is too long). */
 static long mappings_path_step(__u32 i, void *ctx)
@@ -187,7 +139,7 @@ static long mappings_path_step(__u32 i, void *ctx)
 static long mappings_frame_step(__u32 i, void *ctx)
 {
 	struct mappings_scratch *s = mappings_scratch_get();
-	struct mappings_found v = {};
+	struct leakd_vma v = {};
 	struct mappings_vma_key k = {};
 	struct mappings_vma val = {};
 	struct mappings_file_key fk = {};
@@ -206,11 +158,11 @@ static long mappings_frame_step(__u32 i, void *ctx)
 		return 1;
 	if (pc >= s->last_start && pc < s->last_end)
 		return 0;
-	if (bpf_find_vma(bpf_get_current_task_btf(), pc, mappings_vma_cb, &v, 0) || !v.end)
+	if (!leakd_find_vma(pc, &v))
 		return 0;
 	s->last_start = v.start;
 	s->last_end = v.end;
-	if (!v.exec_file)
+	if (!v.has_file || !v.exec)
 		return 0;
 	k.start = v.start;
 	k.pid = s->pid;

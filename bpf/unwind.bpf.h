@@ -29,6 +29,7 @@
 
 #include "leakd.bpf.h"
 #include "unwind.h"
+#include "vma.bpf.h"
 
 #define UNWIND_MODE_FP 0
 #define UNWIND_MODE_AUTO 1
@@ -136,33 +137,6 @@ static __always_inline struct unwind_scratch *unwind_scratch_get(void)
 	return bpf_map_lookup_elem(&unwind_scratch, &zero);
 }
 
-/* What bpf_find_vma's callback hands back (its context must be on the
- * stack). */
-struct unwind_vma {
-	__u64 start;
-	__u64 end;
-	__u64 pgoff_bytes;
-	__u64 ino;
-	__u32 dev;
-	__u32 has_file;
-};
-
-static long unwind_vma_cb(struct task_struct *task, struct vm_area_struct *vma, void *data)
-{
-	struct unwind_vma *v = data;
-	struct file *f = BPF_CORE_READ(vma, vm_file);
-
-	v->start = BPF_CORE_READ(vma, vm_start);
-	v->end = BPF_CORE_READ(vma, vm_end);
-	v->pgoff_bytes = BPF_CORE_READ(vma, vm_pgoff) << 12;
-	v->has_file = f != NULL;
-	if (f) {
-		v->ino = BPF_CORE_READ(f, f_inode, i_ino);
-		v->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	}
-	return 0;
-}
-
 /* Point the scratch at a kept mapping holding `pc`; 0 if none does. */
 static __always_inline int unwind_cached_vma(struct unwind_scratch *s, __u64 pc)
 {
@@ -193,11 +167,11 @@ static __always_inline void unwind_keep_vma(struct unwind_scratch *s)
 /* Point the scratch at the mapping of `pc` and its rows; 0 if none. */
 static __always_inline int unwind_enter_vma(struct unwind_scratch *s, __u64 pc)
 {
-	struct unwind_vma v = {};
+	struct leakd_vma v = {};
 	struct unwind_module *m;
 	struct unwind_new_module nm = {};
 
-	if (bpf_find_vma(bpf_get_current_task_btf(), pc, unwind_vma_cb, &v, 0) || !v.end)
+	if (!leakd_find_vma(pc, &v))
 		return 0;
 	s->vm_start = v.start;
 	s->vm_end = v.end;
