@@ -337,8 +337,12 @@ impl Drop for Podman {
         for c in &self.containers {
             let _ = self.cmd().args(["rm", "-f", "-t", "0", c]).output();
         }
+        // By tag, not forced, and never during another test's build: tests
+        // building the same files can get the same image id, and a forced
+        // removal of one tag takes the image from under the other's build.
+        let _builds = IMAGE_BUILDS.lock().unwrap_or_else(|e| e.into_inner());
         for i in &self.images {
-            let _ = self.cmd().args(["rmi", "-f", i]).output();
+            let _ = self.cmd().args(["rmi", i]).output();
         }
     }
 }
@@ -354,11 +358,15 @@ const RUN_TOOLS: &[&str] =
 /// the host's cgroup tree through PID 1's root.
 const RUN_TOOLS_SYS_ONLY: &[&str] = &["--privileged", "--pid=host", "-v", "/sys:/sys"];
 
+/// Held while an image is built or removed (see `Podman`'s drop).
+static IMAGE_BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The image as scripts/image builds it, from the test build's binaries,
 /// under a tag of the test's own (`name`; removed at the end).
 fn build_image(podman: &mut Podman, name: &str) -> String {
     let tag = format!("localhost/leakd-test-{name}-{}:latest", std::process::id());
     podman.images.push(tag.clone());
+    let _builds = IMAGE_BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(repo().join("scripts/image"))
         .args(["--from", bin_dir().to_str().unwrap(), "--tag", &tag, "--engine", "podman"])
         .env("CONTAINERS_CONF", podman.conf.0.join("containers.conf"))
