@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::support::{self, bin, in_ci, LEAKER};
+use crate::support::{self, bin, in_ci, TempDir, LEAKER};
 use assert_cmd::Command as Cmd;
 use leakd_test_macros::bpf_test;
 
@@ -44,27 +44,6 @@ fn have(program: &str, package: &str) -> Option<PathBuf> {
         );
     }
     found
-}
-
-/// A fresh directory for one test's files, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("leakd-report-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// leakd-attach -- leaker mixed | symres, once for all tests of the run.
