@@ -74,8 +74,9 @@ pub struct Resolution {
     pub line: Option<u32>,
     pub inlined: Vec<Inlined>,
     /// The fields above as JSON object members, rendered once and copied
-    /// into every frame with this answer.
-    pub(crate) json: std::sync::OnceLock<Box<str>>,
+    /// into every frame with this answer; and the length of its first
+    /// member, `sym` (0 without), after which `sym_offset` is.
+    pub(crate) json: std::sync::OnceLock<(Box<str>, usize)>,
 }
 
 impl Resolution {
@@ -95,10 +96,16 @@ impl Resolution {
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
     /// a frame. Rendered once per answer and reused for every frame.
     pub fn json_fields(&self) -> &str {
+        &self.rendered().0
+    }
+
+    /// `json_fields`, and the length of its `sym` member (0 without),
+    /// which `sym_offset` follows.
+    pub(crate) fn rendered(&self) -> &(Box<str>, usize) {
         self.json.get_or_init(|| self.render())
     }
 
-    fn render(&self) -> Box<str> {
+    fn render(&self) -> (Box<str>, usize) {
         // The parts, one after another in one buffer (a fresh vector for
         // each was a tenth of a cold run over a large build).
         let mut parts = Vec::with_capacity(512);
@@ -120,13 +127,13 @@ impl Resolution {
         let mut o = Vec::with_capacity(parts.len() + 64);
         write_answer(
             &mut o,
-            &parts[sym],
+            &parts[sym.clone()],
             self.sym_offset,
             &parts[file],
             &parts[line],
             inlined.iter().map(|r| Some(&parts[r.clone()])),
         );
-        String::from_utf8(o).unwrap_or_default().into_boxed_str()
+        (String::from_utf8(o).unwrap_or_default().into_boxed_str(), sym.len())
     }
 }
 

@@ -7,28 +7,45 @@
 //! therefore writes, when its input ends, the answers it made for every
 //! module with a build id, as a file named by that build id
 //! (`<build-id>.answers`) in the index directory; the next run answers
-//! those addresses from it, with the binary search of a prebuilt index
-//! (the file has the layout of one: see `crate::index`), and merges what it
-//! learns in turn. It is a by-product of answering, written after the last
-//! line: the first run is no slower and its first line no later.
+//! those addresses from it, and merges what it learns in turn.
+//!
+//! The file is laid out for the second run, which reads little else: a
+//! small fence (each block's first address) binary-searched, one block of
+//! sorted address ranges, then one record holding the answer's text as
+//! the output has it, cut where `sym_offset` goes (the only part that
+//! depends on the address). Answers are not shared between records: a
+//! lookup reads one contiguous record instead of chasing parts across the
+//! file, and the first run writes each answer as it rendered it for its
+//! output (a copy, no rendering, no interning), so the cache costs it
+//! little.
 //!
 //! A cache file is input like any other file, and shared by concurrent
 //! runs: it is written aside and renamed (`crate::store`: a run killed
 //! mid-write leaves no half file, two runs each put a whole file in place,
 //! the last one wins); it names the build id and the files its answers
 //! were made from (a debug file installed since makes it stale), and holds
-//! a CRC of its contents, so that a damaged or truncated file is said (a
-//! warning, -v or not), ignored and written anew. The files together stay
-//! under a size bound (`--cache-size`): the ones used longest ago (by
-//! modification time, set again when a file is used) go first.
+//! a CRC of its contents, checked at load (a few milliseconds for the
+//! largest files), so that a damaged or truncated file is said (a
+//! warning, -v or not), ignored and written anew. Each record's text is
+//! also checked to be JSON members as symres writes them, once, when first
+//! used (that check would read the whole file at load): a file that passes
+//! its CRC but was not written by symres still cannot break a line. The
+//! files together stay under a size bound (`--cache-size`): the ones used
+//! longest ago (by modification time, set again when a file is used) go
+//! first.
 
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::SystemTime;
 
+use crate::answer::{Outcome, Reason};
 use crate::elf::Bytes;
-use crate::index::{Built, Index, Piece};
+use crate::frame_scan::Scan;
 use crate::log;
 use crate::store::StoreDir;
+use leakd_common::text::push_hex_string;
 
 /// The size the cache files of a directory are kept under, by default.
 pub const DEFAULT_SIZE: u64 = 256 << 20;
@@ -39,13 +56,33 @@ pub const MAX_LEARNED: usize = 1 << 20;
 
 const SUFFIX: &str = ".answers";
 
-/// A cache file of more pieces than this is rewritten only when a run
+const MAGIC: &[u8; 8] = b"SYMRESAC";
+/// The layout's version (7: answers whole, by address range; 6 and before
+/// shared the layout of a prebuilt index).
+const VERSION: u32 = 7;
+/// Answers (demangling, say) may change between versions of symres: a
+/// file records the one that wrote it, and another's is not trusted.
+const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
+
+/// A cache file of more entries than this is rewritten only when a run
 /// brings at least a `FEW_RATIO`th as many new answers.
-const FEW_PIECES: usize = 1 << 14;
+const FEW_ENTRIES: usize = 1 << 14;
 const FEW_RATIO: usize = 64;
 
 /// A temporary cache file this old is a killed run's, removed.
 const STALE_SECS: u64 = 600;
+
+/// No answer (a record word), no symbol start (a record's first field).
+const NONE32: u32 = u32::MAX;
+const NONE64: u64 = u64::MAX;
+
+/// Entries per block: their starts and ends (u64 each), then where their
+/// records are (u32).
+const BLOCK: usize = 16;
+const BLOCK_BYTES: usize = BLOCK * 20;
+/// A record's fixed part: the symbol's start (u64), the lengths of the
+/// text before and after `sym_offset` (u32 each).
+const RECORD_HEAD: usize = 16;
 
 /// The cache file name for a build id.
 pub fn file_name(build_id: &[u8]) -> String {
@@ -55,8 +92,8 @@ pub fn file_name(build_id: &[u8]) -> String {
 /// What answers of a module are made from, beside its build id: the file
 /// (`file`, its identity: a file changed in place keeps its build id but
 /// may answer otherwise), and the same build gives other answers with a
-/// separate debug file than without (see `Index::parse_cache`). Empty when
-/// the file's identity is unknown: nothing is cached then.
+/// separate debug file than without. Empty when the file's identity is
+/// unknown: nothing is cached then.
 pub fn provenance(
     file: Option<&str>,
     own_dwarf: bool,
@@ -78,7 +115,7 @@ pub fn provenance(
 /// The cache of the module with `build_id` in `store`, if there is a
 /// usable one; a damaged one is said (whatever the verbosity) and left to
 /// be written anew. A file used is marked as such (its modification time).
-pub fn load(store: &StoreDir, build_id: &[u8], provenance: &[u8]) -> Option<Index> {
+pub fn load(store: &StoreDir, build_id: &[u8], provenance: &[u8]) -> Option<CacheFile> {
     let name = file_name(build_id);
     let path = store.path().join(&name);
     let file = match store.open_file(&name) {
@@ -98,10 +135,10 @@ pub fn load(store: &StoreDir, build_id: &[u8], provenance: &[u8]) -> Option<Inde
             return None;
         }
     };
-    match Index::parse_cache(data, build_id, provenance) {
-        Ok(ix) => {
-            log::once(1, || format!("cache: using {} ({} pieces)", path.display(), ix.pieces()));
-            Some(ix)
+    match CacheFile::parse(data, build_id, provenance) {
+        Ok(c) => {
+            log::once(1, || format!("cache: using {} ({} entries)", path.display(), c.entries()));
+            Some(c)
         }
         // Stale, not damaged: said under -v.
         Err(e) if e.starts_with("made from") || e.starts_with("written by") => {
@@ -117,48 +154,490 @@ pub fn load(store: &StoreDir, build_id: &[u8], provenance: &[u8]) -> Option<Inde
     }
 }
 
-/// What one module learned in a run: answers by the address looked up.
+/// What one module learned in a run: by the address looked up, how far
+/// back from the frame's it was (see `Resolution::shifted`) and the
+/// answer, as the output has it.
 pub struct Learned {
     pub build_id: Vec<u8>,
     pub provenance: Vec<u8>,
-    pub points: Vec<(u64, Piece)>,
+    pub points: Vec<(u64, u64, Outcome)>,
 }
 
-/// The cache file of `old`'s pieces known (sorted, apart) and `points`
-/// (any order, repeats allowed): each point a piece of one address, unless
-/// `old` knows it already.
-pub fn merged(mut old: Vec<(u64, u64, Piece)>, mut points: Vec<(u64, Piece)>) -> Built {
+/// A cache file, read in place: loading checks its header, CRC and table
+/// bounds; each record is checked when first used.
+pub struct CacheFile {
+    data: Bytes,
+    n: usize,
+    n_blocks: usize,
+    fence_at: usize,
+    blocks_at: usize,
+    /// The records' range in `data`.
+    blob: std::ops::Range<usize>,
+    /// Records found good, a bit per 8 bytes of blob (records are
+    /// 8-aligned and at least 16 bytes long: one bit stands for one).
+    checked: Vec<u64>,
+    scan: Scan,
+}
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+fn u64_at(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+fn put32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A file's first bytes, up to and with its CRC (zero: filled in last):
+/// magic, version, writer, build id, provenance (u32 lengths before the
+/// bytes); where the CRC is.
+fn header(build_id: &[u8], provenance: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut out = Vec::with_capacity(64 + build_id.len() + provenance.len());
+    out.extend_from_slice(MAGIC);
+    put32(&mut out, VERSION);
+    for part in [WRITER.as_bytes(), build_id, provenance] {
+        put32(&mut out, u32::try_from(part.len()).ok()?);
+        out.extend_from_slice(part);
+    }
+    let crc_at = out.len();
+    put32(&mut out, 0);
+    Some((out, crc_at))
+}
+
+impl CacheFile {
+    /// A cache file for the module with `build_id`, made from the files
+    /// `provenance` describes: one of another build, made from other
+    /// files (a debug file installed since, say), by another symres, or
+    /// whose CRC does not match (damaged or cut short) is refused, and so
+    /// is one whose tables do not fit in it.
+    pub fn parse(data: Bytes, build_id: &[u8], provenance: &[u8]) -> Result<CacheFile, String> {
+        let d: &[u8] = &data;
+        if d.get(..8) != Some(MAGIC.as_slice()) {
+            return Err("not a symres cache".into());
+        }
+        let version = u32_at(d, 8).ok_or("truncated")?;
+        if version != VERSION {
+            return Err(format!("written by another symres (format {version}, not {VERSION})"));
+        }
+        let mut at = 12;
+        let mut part = || -> Result<&[u8], String> {
+            let len = u32_at(d, at).ok_or("truncated")? as usize;
+            let p = d.get(at + 4..(at + 4).saturating_add(len)).ok_or("truncated")?;
+            at += 4 + len;
+            Ok(p)
+        };
+        let writer = part()?;
+        if writer != WRITER.as_bytes() {
+            return Err(match std::str::from_utf8(writer) {
+                Ok(w) if w.len() <= 64 && w.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+                    format!("written by {w}, not {WRITER}")
+                }
+                _ => format!("written by something else than {WRITER}"),
+            });
+        }
+        if part()? != build_id {
+            return Err("cache of another build".into());
+        }
+        if part()? != provenance {
+            return Err(
+                "made from other files (the file changed, or a debug file was installed or removed)"
+                    .into(),
+            );
+        }
+        let crc = u32_at(d, at).ok_or("truncated")?;
+        let h = at + 4;
+        if crc32fast::hash(&d[h..]) != crc {
+            return Err("damaged or truncated (checksum mismatch)".into());
+        }
+        let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
+        let (n, n_blocks) = (count(0)?, count(1)?);
+        let at = |i: usize| {
+            u64_at(d, h + 8 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated")
+        };
+        let (fence_at, blocks_at, blob_at, blob_end) = (at(0)?, at(1)?, at(2)?, at(3)?);
+        let fits = |start: usize, n: usize, size: usize| {
+            n.checked_mul(size)
+                .and_then(|len| start.checked_add(len))
+                .is_some_and(|end| end <= d.len())
+        };
+        if !(n_blocks == n.div_ceil(BLOCK)
+            && fits(fence_at, n_blocks, 8)
+            && fits(blocks_at, n_blocks, BLOCK_BYTES)
+            && blob_at <= blob_end
+            && blob_end <= d.len())
+        {
+            return Err("truncated".into());
+        }
+        Ok(CacheFile {
+            n,
+            n_blocks,
+            fence_at,
+            blocks_at,
+            blob: blob_at..blob_end,
+            checked: Vec::new(),
+            scan: Scan::default(),
+            data,
+        })
+    }
+
+    /// How many address ranges it answers.
+    pub fn entries(&self) -> usize {
+        self.n
+    }
+
+    /// Entry `i`: its start, end and record word (`None` past the
+    /// tables).
+    fn entry(&self, i: usize) -> Option<(u64, u64, u32)> {
+        let (b, k) = (i / BLOCK, i % BLOCK);
+        let block = self.blocks_at.checked_add(b.checked_mul(BLOCK_BYTES)?)?;
+        let d: &[u8] = &self.data;
+        Some((
+            u64_at(d, block + 8 * k)?,
+            u64_at(d, block + 8 * (BLOCK + k))?,
+            u32_at(d, block + 16 * BLOCK + 4 * k)?,
+        ))
+    }
+
+    /// The record word of the entry whose range holds `vaddr`: where its
+    /// record is in the blob, or NONE32 (no answer there).
+    fn word(&self, vaddr: u64) -> Option<u32> {
+        let d: &[u8] = &self.data;
+        let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
+        // The last block whose first entry starts at or before `vaddr`.
+        let (mut lo, mut hi) = (0, self.n_blocks);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if first(mid) <= vaddr {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let b = lo.checked_sub(1)?;
+        let block = d.get(self.blocks_at + BLOCK_BYTES * b..)?.get(..BLOCK_BYTES)?;
+        let n = self.n.saturating_sub(b * BLOCK).min(BLOCK);
+        // The last entry of the block that starts at or before `vaddr`.
+        let k = (0..n).take_while(|&k| u64_at(block, 8 * k).is_some_and(|s| s <= vaddr)).last()?;
+        if u64_at(block, 8 * (BLOCK + k))? <= vaddr {
+            return None;
+        }
+        u32_at(block, 16 * BLOCK + 4 * k)
+    }
+
+    /// Whether the answer at `vaddr` is known.
+    pub fn knows(&self, vaddr: u64) -> bool {
+        self.word(vaddr).is_some()
+    }
+
+    /// The answer at `vaddr` for a frame `back` bytes further (see
+    /// `Resolution::shifted`) as JSON object members, appended to `o`: the
+    /// same text as the lookup gives. `None` when the answer is not known
+    /// (nor is a record that fails its check: looked up again).
+    pub fn lookup(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Option<Result<(), Reason>> {
+        let word = self.word(vaddr)?;
+        if word == NONE32 {
+            return Some(Err(Reason::NoSymbols));
+        }
+        let (start, head, tail) = self.record(word as usize)?;
+        let base = o.len();
+        o.extend_from_slice(head);
+        if start != NONE64 {
+            if o.len() > base {
+                o.push(b',');
+            }
+            o.extend_from_slice(b"\"sym_offset\":");
+            push_hex_string(o, vaddr.wrapping_sub(start).wrapping_add(back));
+        }
+        if !tail.is_empty() {
+            if o.len() > base {
+                o.push(b',');
+            }
+            o.extend_from_slice(tail);
+        }
+        Some(Ok(()))
+    }
+
+    /// The record at blob offset `at`: the symbol's start and the text
+    /// before and after `sym_offset`, if it passes the checks (UTF-8 JSON
+    /// members as symres writes them, in their order, naming a function
+    /// or a file); remembered once found good.
+    fn record(&mut self, at: usize) -> Option<(u64, &[u8], &[u8])> {
+        let blob = self.data.get(self.blob.clone())?;
+        if at % 8 != 0 {
+            return None;
+        }
+        let start = u64_at(blob, at)?;
+        let head_len = u32_at(blob, at + 8)? as usize;
+        let tail_len = u32_at(blob, at + 12)? as usize;
+        let head_at = at + RECORD_HEAD;
+        let head = blob.get(head_at..head_at.checked_add(head_len)?)?;
+        let tail = blob.get(head_at + head_len..(head_at + head_len).checked_add(tail_len)?)?;
+        if self.checked.is_empty() {
+            self.checked = vec![0; blob.len().div_ceil(8 * 64)];
+        }
+        let (word, bit) = (at / 8 / 64, at / 8 % 64);
+        let w = self.checked.get_mut(word)?;
+        if *w & 1 << bit == 0 {
+            let scan = &mut self.scan;
+            let mut next = 0;
+            let good = !(head.is_empty() && tail.is_empty())
+                && std::str::from_utf8(head).is_ok_and(|t| scan.answer_members(t, &mut next))
+                // `sym_offset` goes after `sym` and before the rest.
+                && (start == NONE64 || next <= 1)
+                && std::str::from_utf8(tail).is_ok_and(|t| {
+                    next = next.max(usize::from(start != NONE64));
+                    scan.answer_members(t, &mut next)
+                });
+            if !good {
+                return None;
+            }
+            *w |= 1 << bit;
+        }
+        Some((start, head, tail))
+    }
+
+    /// The entries whose answer is known, in order, as start, end and
+    /// the record (`None`: no answer) as the symbol's start and where the
+    /// text before and after `sym_offset` is in the file; those of a
+    /// damaged file that fail their check, or are out of order, are left
+    /// out.
+    fn known(&mut self) -> Vec<Known> {
+        let mut out: Vec<Known> = Vec::new();
+        for i in 0..self.n {
+            let Some((start, end, word)) = self.entry(i) else { break };
+            if end <= start || out.last().is_some_and(|&(_, e, _)| start < e) {
+                continue;
+            }
+            let rec = if word == NONE32 {
+                None
+            } else {
+                let base = self.data.as_ptr() as usize;
+                let Some((s, head, tail)) = self.record(word as usize) else { continue };
+                let at = |t: &[u8]| {
+                    let from = t.as_ptr() as usize - base;
+                    from..from + t.len()
+                };
+                Some((s, at(head), at(tail)))
+            };
+            out.push((start, end, rec));
+        }
+        out
+    }
+}
+
+/// An entry of a file to write: its range of addresses, and its record
+/// (`None`: no answer) as the symbol's start and the text before and after
+/// `sym_offset`.
+type Entry<'a> = (u64, u64, Option<Record<'a>>);
+
+/// A record: the symbol's start (`NONE64` for none), the text before and
+/// after `sym_offset`.
+type Record<'a> = (u64, &'a [u8], &'a [u8]);
+
+/// An entry of a file read (`CacheFile::known`): its record's texts as
+/// ranges of the file.
+type Known = (u64, u64, Option<(u64, Range<usize>, Range<usize>)>);
+
+/// The answer `outcome` at `vaddr`, for a frame `back` bytes further, as
+/// a record (`None` inside: no answer); `None` when it is not for a cache
+/// (a failure that may not last: a missing file, say).
+fn record_of(vaddr: u64, back: u64, outcome: &Outcome) -> Option<Option<Record<'_>>> {
+    let r = match outcome {
+        Ok(r) => r,
+        Err(Reason::NoSymbols) => return Some(None),
+        Err(_) => return None,
+    };
+    // The text the output has (rendered for it, copied, not rendered
+    // again), cut around `sym_offset`, which goes right after `sym`,
+    // before the rest (see `answer::write_answer`).
+    let (text, head_len) = r.rendered();
+    let text = text.as_bytes();
+    let head = text.get(..*head_len)?;
+    let Some(off) = r.sym_offset else { return Some(Some((NONE64, text, b""))) };
+    let rest = &text[head.len()..];
+    let rest = if head.is_empty() { rest } else { rest.strip_prefix(b",")? };
+    let rest = rest.strip_prefix(b"\"sym_offset\":\"0x")?;
+    let hex = memchr::memchr(b'"', rest)?;
+    if std::str::from_utf8(&rest[..hex]).ok().and_then(|h| u64::from_str_radix(h, 16).ok())
+        != Some(off)
+    {
+        return None;
+    }
+    let tail = &rest[hex + 1..];
+    Some(Some((
+        vaddr.wrapping_add(back).wrapping_sub(off),
+        head,
+        tail.strip_prefix(b",").unwrap_or(tail),
+    )))
+}
+
+/// The entries of a file: `old`'s, and the `points` (any order, repeats
+/// allowed) those do not cover, each an entry of one address.
+fn entries<'a>(old: Vec<Entry<'a>>, points: &'a mut [(u64, u64, Outcome)]) -> Vec<Entry<'a>> {
     points.sort_unstable_by_key(|p| p.0);
-    points.dedup_by_key(|p| p.0);
     let known = |a: u64| {
         let i = old.partition_point(|s| s.0 <= a);
         i > 0 && a < old[i - 1].1
     };
-    let fresh: Vec<(u64, u64, Piece)> = points
-        .into_iter()
-        .filter(|&(a, _)| a != u64::MAX && !known(a))
-        .map(|(a, p)| (a, a + 1, p))
-        .collect();
-    old.extend(fresh);
-    // Two sorted runs: a merge.
-    old.sort_by_key(|s| s.0);
-    let mut b = Built::default();
-    if old.first().is_none_or(|s| s.0 > 0) {
-        b.push(0, Piece::Unknown);
-    }
-    // Where the piece before ends.
-    let mut end = None;
-    for (start, stop, piece) in old {
-        if end.is_some_and(|e| e < start) {
-            b.push(end.unwrap_or(start), Piece::Unknown);
+    let mut fresh: Vec<Entry<'a>> = Vec::with_capacity(points.len());
+    for (a, back, r) in points.iter() {
+        if *a == u64::MAX || fresh.last().is_some_and(|e| e.0 == *a) || known(*a) {
+            continue;
         }
-        b.push(start, piece);
-        end = Some(stop);
+        if let Some(rec) = record_of(*a, *back, r) {
+            fresh.push((*a, *a + 1, rec));
+        }
     }
-    if let Some(e) = end.filter(|&e| e != u64::MAX) {
-        b.push(e, Piece::Unknown);
+    if old.is_empty() {
+        return fresh;
     }
-    b
+    // Two sorted runs, apart: a merge.
+    let mut all = old;
+    all.extend(fresh);
+    all.sort_by_key(|e| e.0);
+    all
+}
+
+/// A writer that keeps a CRC of what goes through it.
+struct Crc<W> {
+    w: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.crc.update(&b[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// A record's size in the blob.
+fn record_len(e: &Entry<'_>) -> usize {
+    e.2.map_or(0, |(_, h, t)| (RECORD_HEAD + h.len() + t.len()).next_multiple_of(8))
+}
+
+/// Write the cache file of `entries` (sorted, apart) for the module with
+/// `build_id`, made from the files `provenance` describes, to `w`, with a
+/// CRC of zero; returns where the CRC goes and what it is. An error of
+/// kind `InvalidData` when it would pass 4 GB (its offsets are 32-bit).
+///
+/// Layout (little-endian): `header`; the numbers of entries and blocks
+/// (u32 each); where the fence, the blocks and the blob start and where
+/// the blob ends (u64 each). The fence: each block's first start (u64).
+/// The blocks: `BLOCK` entries each, their starts (u64, ascending;
+/// u64::MAX past the last entry), their ends (u64, past the range), then
+/// where their records are in the blob (u32; u32::MAX for no answer). The
+/// blob: the records, each at a multiple of 8 (see `CacheFile::record`):
+/// the symbol's start (u64; u64::MAX for none), the lengths of the text
+/// before and after `sym_offset` (u32 each), those texts.
+fn write_file(
+    w: impl Write,
+    entries: &[Entry<'_>],
+    build_id: &[u8],
+    provenance: &[u8],
+) -> std::io::Result<(usize, u32)> {
+    let too_large = || std::io::Error::new(std::io::ErrorKind::InvalidData, "too large");
+    let (head, crc_at) = header(build_id, provenance).ok_or_else(too_large)?;
+    let mut w = w;
+    w.write_all(&head)?;
+    let mut w = Crc { w, crc: crc32fast::Hasher::new() };
+    let n = entries.len();
+    let n_blocks = n.div_ceil(BLOCK);
+    let fence_at = head.len() + 8 + 4 * 8;
+    let blocks_at = fence_at + n_blocks * 8;
+    let blob_at = blocks_at + n_blocks * BLOCK_BYTES;
+    let blob_len: usize = entries.iter().map(record_len).sum();
+    if blob_at + blob_len > u32::MAX as usize {
+        return Err(too_large());
+    }
+    let mut tables = Vec::with_capacity(blob_at - head.len());
+    put32(&mut tables, n as u32);
+    put32(&mut tables, n_blocks as u32);
+    for at in [fence_at, blocks_at, blob_at, blob_at + blob_len] {
+        tables.extend_from_slice(&(at as u64).to_le_bytes());
+    }
+    for block in entries.chunks(BLOCK) {
+        tables.extend_from_slice(&block[0].0.to_le_bytes());
+    }
+    let mut rec_at = 0;
+    for block in entries.chunks(BLOCK) {
+        for e in block {
+            tables.extend_from_slice(&e.0.to_le_bytes());
+        }
+        for _ in block.len()..BLOCK {
+            tables.extend_from_slice(&NONE64.to_le_bytes());
+        }
+        for e in block {
+            tables.extend_from_slice(&e.1.to_le_bytes());
+        }
+        for _ in block.len()..BLOCK {
+            tables.extend_from_slice(&NONE64.to_le_bytes());
+        }
+        for e in block {
+            match e.2 {
+                None => put32(&mut tables, NONE32),
+                Some(_) => {
+                    put32(&mut tables, rec_at as u32);
+                    rec_at += record_len(e);
+                }
+            }
+        }
+        for _ in block.len()..BLOCK {
+            put32(&mut tables, NONE32);
+        }
+    }
+    w.write_all(&tables)?;
+    drop(tables);
+    let pad = [0u8; 8];
+    for e in entries {
+        let Some((start, head, tail)) = e.2 else { continue };
+        let mut fixed = [0u8; RECORD_HEAD];
+        fixed[..8].copy_from_slice(&start.to_le_bytes());
+        fixed[8..12].copy_from_slice(&(head.len() as u32).to_le_bytes());
+        fixed[12..].copy_from_slice(&(tail.len() as u32).to_le_bytes());
+        w.write_all(&fixed)?;
+        w.write_all(head)?;
+        w.write_all(tail)?;
+        w.write_all(&pad[..record_len(e) - RECORD_HEAD - head.len() - tail.len()])?;
+    }
+    w.flush()?;
+    Ok((crc_at, w.crc.finalize()))
+}
+
+/// The size of the file `write_file` writes.
+fn file_len(entries: &[Entry<'_>], build_id: &[u8], provenance: &[u8]) -> u64 {
+    let head = header(build_id, provenance).map_or(0, |h| h.0.len());
+    let n_blocks = entries.len().div_ceil(BLOCK);
+    let blob_len: usize = entries.iter().map(record_len).sum();
+    (head + 8 + 4 * 8 + n_blocks * (8 + BLOCK_BYTES) + blob_len) as u64
+}
+
+/// The bytes `write_file` writes, with their CRC.
+fn to_bytes(entries: &[Entry<'_>], build_id: &[u8], provenance: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (crc_at, crc) = write_file(&mut out, entries, build_id, provenance).ok()?;
+    out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    Some(out)
+}
+
+/// `old`'s entries, read from it (see `CacheFile::known`).
+fn old_entries<'a>(old: Option<&'a CacheFile>, known: &[Known]) -> Vec<Entry<'a>> {
+    let Some(old) = old else { return Vec::new() };
+    let d: &'a [u8] = &old.data;
+    known
+        .iter()
+        .map(|(s, e, r)| {
+            (*s, *e, r.as_ref().map(|(start, h, t)| (*start, &d[h.clone()], &d[t.clone()])))
+        })
+        .collect()
 }
 
 /// Write what the modules learned (one entry per build id, the threads'
@@ -179,49 +658,52 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
             return;
         }
     };
-    for l in learned {
+    for mut l in learned {
         if l.points.is_empty() {
             continue;
         }
         let name = file_name(&l.build_id);
         // What is there now (another run's, maybe, since this one began).
-        let there = load_quiet(&store, &l.build_id, &l.provenance);
-        // A rewrite costs time in proportion to the file (about 100 ms for
-        // 100k answers): not for a few new answers to a large file (a run
-        // of a few lines would end that much later).
-        if let Some(ix) = there.as_ref().filter(|ix| {
-            ix.pieces() > FEW_PIECES && l.points.len().saturating_mul(FEW_RATIO) < ix.pieces()
+        let mut there = load_quiet(&store, &l.build_id, &l.provenance);
+        // A rewrite costs time in proportion to the file: not for a few
+        // new answers to a large file (a run of a few lines would end
+        // that much later).
+        if let Some(c) = there.as_ref().filter(|c| {
+            c.entries() > FEW_ENTRIES && l.points.len().saturating_mul(FEW_RATIO) < c.entries()
         }) {
             log::once(1, || {
                 format!(
-                    "cache: {name}: {} new answers, too few to rewrite its {} pieces",
+                    "cache: {name}: {} new answers, too few to rewrite its {} entries",
                     l.points.len(),
-                    ix.pieces()
+                    c.entries()
                 )
             });
             continue;
         }
-        let old = there.map_or_else(Vec::new, |mut ix| ix.known());
-        let n_old = old.len();
-        let n_new = l.points.len();
-        let built = merged(old, l.points);
-        let Some(bytes) = built.to_cache_bytes(&l.build_id, &l.provenance) else { continue };
-        if bytes.len() as u64 > limit {
+        let known = there.as_mut().map(CacheFile::known).unwrap_or_default();
+        let old = old_entries(there.as_ref(), &known);
+        let (n_old, n_new) = (old.len(), l.points.len());
+        let entries = entries(old, &mut l.points);
+        let size = file_len(&entries, &l.build_id, &l.provenance);
+        if size > limit {
             log::once(1, || {
-                format!("cache: {name}: {} bytes, over the cache size; not written", bytes.len())
+                format!("cache: {name}: {size} bytes, over the cache size; not written")
             });
             continue;
         }
-        let r = store.create_temp(&name).and_then(|mut tmp| {
-            std::io::Write::write_all(&mut tmp.file, &bytes)?;
+        // Written as it is made (a copy of it in memory cost page faults
+        // as much as the writing), the CRC last.
+        let r = store.create_temp(&name).and_then(|tmp| {
+            let w = std::io::BufWriter::with_capacity(1 << 17, &tmp.file);
+            let (crc_at, crc) = write_file(w, &entries, &l.build_id, &l.provenance)?;
+            tmp.file.write_all_at(&crc.to_le_bytes(), crc_at as u64)?;
             store.commit_unsynced(tmp, &name)
         });
         match r {
             Ok(path) => log::once(1, || {
                 format!(
-                    "cache: wrote {} ({} pieces: {n_old} known before, {n_new} answers made now)",
+                    "cache: wrote {} ({n_old} entries known before, {n_new} answers made now)",
                     path.display(),
-                    built.pieces()
                 )
             }),
             Err(e) => log::once(1, || format!("cache: {e}")),
@@ -231,9 +713,9 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
 }
 
 /// `load` without a word (the writer's look at what is there now).
-fn load_quiet(store: &StoreDir, build_id: &[u8], provenance: &[u8]) -> Option<Index> {
+fn load_quiet(store: &StoreDir, build_id: &[u8], provenance: &[u8]) -> Option<CacheFile> {
     let file = store.open_file(&file_name(build_id)).ok()??;
-    Index::parse_cache(Bytes::of_file(file).ok()?, build_id, provenance).ok()
+    CacheFile::parse(Bytes::of_file(file).ok()?, build_id, provenance).ok()
 }
 
 /// Remove the cache files used longest ago until those left take at most
@@ -270,102 +752,230 @@ fn evict(store: &StoreDir, limit: u64) {
 }
 
 /// For the fuzz target: `data` as a cache file, whole, and after a good
-/// header (with its CRC); lookups and a merge must not panic or read out
-/// of bounds, and every answer must be JSON object members.
+/// header (with its CRC made to match); lookups and a merge must not panic
+/// or read out of bounds, and every answer must be JSON object members.
 pub fn fuzz(data: &[u8]) {
     let (id, prov) = ([0x5a], b"p".as_slice());
-    let _ = Index::parse_cache(Bytes::heap(data.to_vec()), &id, prov);
-    let mut file = Built::default().to_cache_bytes(&id, prov).unwrap_or_default();
-    // The empty cache's header, up to its counts: then `data`, its CRC
-    // made good.
-    let head = file.len().saturating_sub(8 + 4 * 8);
-    file.truncate(head);
+    let _ = CacheFile::parse(Bytes::heap(data.to_vec()), &id, prov);
+    let Some((mut file, crc_at)) = header(&id, prov) else { return };
     file.extend_from_slice(data);
-    let crc_at = head - 4;
     let crc = crc32fast::hash(&file[crc_at + 4..]);
     file[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-    let Ok(mut ix) = Index::parse_cache(Bytes::heap(file), &id, prov) else { return };
-    let known = ix.known();
-    let mut addrs: Vec<u64> = known.iter().flat_map(|k| [k.0, k.1]).take(64).collect();
+    let Ok(mut c) = CacheFile::parse(Bytes::heap(file), &id, prov) else { return };
+    let mut addrs: Vec<u64> = (0..c.entries().min(64))
+        .filter_map(|i| c.entry(i))
+        .flat_map(|(s, e, _)| [s, e, e.wrapping_sub(1)])
+        .collect();
     addrs.extend([0, 1, 0x1000, u64::MAX]);
     let mut out = Vec::new();
     for a in addrs {
         for back in [0, 1] {
             out.clear();
-            if let Some(Ok(())) = ix.lookup(a, back, &mut out) {
-                crate::index::assert_json_members(&out);
+            match c.lookup(a, back, &mut out) {
+                Some(Ok(())) => assert_json_members(&out),
+                _ => assert!(out.is_empty(), "no answer, nothing written"),
             }
         }
     }
-    let again = merged(known, vec![(0x10, Piece::Nothing)]);
-    assert!(again.to_cache_bytes(&id, prov).is_some());
+    let known = c.known();
+    let old = old_entries(Some(&c), &known);
+    let mut points = vec![(0x10, 0, Err(Reason::NoSymbols))];
+    let again = to_bytes(&entries(old, &mut points), &id, prov).expect("a merge writes a file");
+    assert!(CacheFile::parse(Bytes::heap(again), &id, prov).is_ok(), "and it reads back");
+}
+
+/// `out`, an answer, must be JSON object members, on one line.
+fn assert_json_members(out: &[u8]) {
+    let line = format!("{{{}}}", std::str::from_utf8(out).expect("UTF-8"));
+    assert!(!line.contains('\n'), "{line}");
+    assert!(
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).is_ok(),
+        "{line}"
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::answer::Resolution;
+    use crate::answer::{Inlined, Resolution};
+    use std::sync::Arc;
 
-    fn res(sym: &str, off: u64) -> Piece {
-        let r =
-            Resolution { sym: Some(sym.into()), sym_offset: Some(off), ..Resolution::default() };
-        Piece::Known(crate::index::Stored::of(0x100 + off, &r))
-    }
-
-    /// The text a cache gives at `a`, `None` when it does not know.
-    fn text(ix: &mut Index, a: u64) -> Option<Result<String, Reason>> {
-        let mut o = Vec::new();
-        ix.lookup(a, 0, &mut o).map(|r| r.map(|()| String::from_utf8(o).unwrap()))
-    }
-
-    use crate::answer::Reason;
-
-    /// Points become pieces of one address; what an older file knew stays;
-    /// everything else is not known (looked up again).
-    #[test]
-    fn merged_points_and_pieces() {
-        let (id, prov) = ([1, 2], b"p".as_slice());
-        let first =
-            merged(vec![], vec![(0x100, res("f", 0)), (0x102, res("f", 2)), (0x101, res("f", 1))]);
-        // 0, then 0x100..0x103 (one answer: the same function), then unknown.
-        assert_eq!(first.pieces(), 3);
-        let bytes = first.to_cache_bytes(&id, prov).unwrap();
-        let mut ix = Index::parse_cache(Bytes::heap(bytes.clone()), &id, prov).unwrap();
-        assert_eq!(text(&mut ix, 0xff), None);
-        assert_eq!(text(&mut ix, 0x101), Some(Ok("\"sym\":\"f\",\"sym_offset\":\"0x1\"".into())));
-        assert_eq!(text(&mut ix, 0x103), None);
-        // Merged with new points: one inside (kept as it was), others
-        // apart, one "no answer", and u64::MAX (never cached).
-        let again = merged(
-            ix.known(),
-            vec![
-                (0x101, res("x", 9)),
-                (0x200, res("g", 0x100)),
-                (0x50, Piece::Nothing),
-                (u64::MAX, Piece::Nothing),
+    /// An answer at `vaddr` in function `sym` starting at `start`, for a
+    /// frame `back` bytes further (shifted, as the lookup makes it).
+    fn res(sym: &str, start: u64, vaddr: u64, back: u64) -> Outcome {
+        Ok(Arc::new(Resolution {
+            sym: Some(sym.into()),
+            sym_offset: Some(vaddr - start + back),
+            file: Some("a \"b\".c".into()),
+            line: Some(7),
+            inlined: vec![
+                Inlined { sym: Some("g".into()), file: None, line: Some(9) },
+                Inlined { sym: None, file: Some("h.c".into()), line: None },
             ],
-        );
-        let bytes = again.to_cache_bytes(&id, prov).unwrap();
-        let mut ix = Index::parse_cache(Bytes::heap(bytes.clone()), &id, prov).unwrap();
-        assert_eq!(text(&mut ix, 0x101), Some(Ok("\"sym\":\"f\",\"sym_offset\":\"0x1\"".into())));
-        assert_eq!(text(&mut ix, 0x200), Some(Ok("\"sym\":\"g\",\"sym_offset\":\"0x100\"".into())));
-        assert_eq!(text(&mut ix, 0x50), Some(Err(Reason::NoSymbols)));
-        for a in [0, 0x4f, 0x51, 0x103, 0x1ff, 0x201, u64::MAX] {
-            assert_eq!(text(&mut ix, a), None, "{a:#x}");
+            json: Default::default(),
+        }))
+    }
+
+    /// The text a cache gives at `a` (for a frame `back` further), `None`
+    /// when it does not know.
+    fn text(c: &mut CacheFile, a: u64, back: u64) -> Option<Result<String, Reason>> {
+        let mut o = b"[before]".to_vec();
+        let r = c.lookup(a, back, &mut o);
+        let t = o.strip_prefix(b"[before]").expect("what was there is kept").to_vec();
+        if !matches!(r, Some(Ok(()))) {
+            assert!(t.is_empty(), "no answer, nothing written");
         }
-        // Another build's, or from other files: refused.
-        assert!(Index::parse_cache(Bytes::heap(bytes.clone()), &[1], prov).is_err());
-        assert!(Index::parse_cache(Bytes::heap(bytes.clone()), &id, b"q")
-            .is_err_and(|e| e.starts_with("made from")));
+        r.map(|r| r.map(|()| String::from_utf8(t).unwrap()))
+    }
+
+    /// The file of `old`'s entries and `points`, as `write` makes it.
+    fn build(
+        old: Option<&mut CacheFile>,
+        mut points: Vec<(u64, u64, Outcome)>,
+        id: &[u8],
+        prov: &[u8],
+    ) -> Option<Vec<u8>> {
+        let (known, old) = match old {
+            Some(c) => (c.known(), Some(&*c)),
+            None => (Vec::new(), None),
+        };
+        let entries = entries(old_entries(old, &known), &mut points);
+        to_bytes(&entries, id, prov)
+    }
+
+    fn parse(bytes: &[u8], id: &[u8], prov: &[u8]) -> Result<CacheFile, String> {
+        CacheFile::parse(Bytes::heap(bytes.to_vec()), id, prov)
+    }
+
+    /// Answers come back as the lookup wrote them, byte for byte, for
+    /// either kind of frame; what an older file knew stays; everything
+    /// else is not known (looked up again).
+    #[test]
+    fn answers_come_back_byte_for_byte_and_merge() {
+        let (id, prov) = ([1, 2], b"p".as_slice());
+        let name_only = Ok(Arc::new(Resolution { sym: Some("n".into()), ..Default::default() }));
+        let file_only = Ok(Arc::new(Resolution {
+            sym_offset: Some(3),
+            file: Some("f.c".into()),
+            ..Default::default()
+        }));
+        let points = vec![
+            (0x102, 1, res("f", 0x100, 0x102, 1)),
+            (0x100, 0, res("f", 0x100, 0x100, 0)),
+            (0x100, 1, res("f", 0x100, 0x100, 1)),
+            (0x150, 0, name_only.clone()),
+            (0x160, 0, file_only.clone()),
+            (0x170, 0, Err(Reason::NoSymbols)),
+            (0x180, 0, Err(Reason::FileMissing)),
+            (u64::MAX, 0, Err(Reason::NoSymbols)),
+        ];
+        let bytes = build(None, points, &id, prov).unwrap();
+        let mut c = parse(&bytes, &id, prov).unwrap();
+        assert_eq!(c.entries(), 5);
+        let want = |o: &Outcome| o.as_ref().unwrap().json_fields().to_string();
+        for (a, back) in [(0x100, 0), (0x100, 1), (0x102, 0), (0x102, 1)] {
+            assert_eq!(text(&mut c, a, back), Some(Ok(want(&res("f", 0x100, a, back)))), "{a:#x}");
+        }
+        assert_eq!(text(&mut c, 0x150, 1), Some(Ok(want(&name_only))));
+        assert_eq!(text(&mut c, 0x160, 0), Some(Ok(want(&file_only))));
+        assert_eq!(text(&mut c, 0x170, 0), Some(Err(Reason::NoSymbols)));
+        for a in [0, 0xff, 0x101, 0x103, 0x180, u64::MAX] {
+            assert_eq!(text(&mut c, a, 0), None, "{a:#x}");
+        }
+        // Merged with new points: one it knows (kept as it was), one new.
+        assert_eq!(c.known().len(), 5);
+        let again = build(
+            Some(&mut c),
+            vec![(0x100, 0, res("x", 0, 0x100, 0)), (0x90, 0, res("y", 0x80, 0x90, 0))],
+            &id,
+            prov,
+        )
+        .unwrap();
+        let mut c = parse(&again, &id, prov).unwrap();
+        assert_eq!(c.entries(), 6);
+        assert_eq!(text(&mut c, 0x100, 0), Some(Ok(want(&res("f", 0x100, 0x100, 0)))));
+        assert_eq!(text(&mut c, 0x90, 1), Some(Ok(want(&res("y", 0x80, 0x90, 1)))));
+        // Another build's, from other files, another version: refused.
+        assert!(parse(&again, &[1], prov).is_err_and(|e| e == "cache of another build"));
+        assert!(parse(&again, &id, b"q").is_err_and(|e| e.starts_with("made from")));
+        let mut old = again.clone();
+        old[8] = 6;
+        assert!(parse(&old, &id, prov).is_err_and(|e| e.starts_with("written by")));
         // Any byte changed, or any cut: refused.
-        for at in (0..bytes.len()).step_by(7) {
-            let mut bad = bytes.clone();
+        for at in (0..again.len()).step_by(5) {
+            let mut bad = again.clone();
             bad[at] ^= 0x20;
-            assert!(Index::parse_cache(Bytes::heap(bad), &id, prov).is_err(), "byte {at}");
-            assert!(
-                Index::parse_cache(Bytes::heap(bytes[..at].to_vec()), &id, prov).is_err(),
-                "cut at {at}"
-            );
+            assert!(parse(&bad, &id, prov).is_err(), "byte {at}");
+            assert!(parse(&again[..at], &id, prov).is_err(), "cut at {at}");
+        }
+    }
+
+    /// More entries than a block holds: the fence leads to the right one.
+    #[test]
+    fn many_blocks() {
+        let (id, prov) = ([3], b"p".as_slice());
+        let points: Vec<_> = (0..1000u64)
+            .map(|i| (0x1000 + 3 * i, 0, res(&format!("f{i}"), 0x1000, 0x1000 + 3 * i, 0)))
+            .collect();
+        let bytes = build(None, points, &id, prov).unwrap();
+        let mut c = parse(&bytes, &id, prov).unwrap();
+        assert_eq!(c.entries(), 1000);
+        for a in 0xff0..0x1000 + 3 * 1001 {
+            let got = text(&mut c, a, 0);
+            let i = a.wrapping_sub(0x1000) / 3;
+            if a >= 0x1000 && (a - 0x1000) % 3 == 0 && i < 1000 {
+                let r = res(&format!("f{i}"), 0x1000, a, 0);
+                assert_eq!(got, Some(Ok(r.unwrap().json_fields().to_string())), "{a:#x}");
+            } else {
+                assert_eq!(got, None, "{a:#x}");
+            }
+        }
+    }
+
+    /// A record that is not what symres writes, behind a good CRC, gives
+    /// no answer (the address is looked up), never a broken line.
+    #[test]
+    fn records_not_as_symres_writes_them_give_no_answer() {
+        let (id, prov) = ([5], b"p".as_slice());
+        let bytes = build(None, vec![(0x100, 0, res("f", 0x100, 0x100, 0))], &id, prov).unwrap();
+        let c = parse(&bytes, &id, prov).unwrap();
+        let rec = c.blob.start;
+        let head = rec + RECORD_HEAD;
+        let fix = |mut b: Vec<u8>| {
+            let (_, crc_at) = header(&id, prov).unwrap();
+            let crc = crc32fast::hash(&b[crc_at + 4..]);
+            b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let lookup = |b: Vec<u8>| text(&mut parse(&fix(b), &id, prov).unwrap(), 0x100, 0);
+        assert!(matches!(lookup(bytes.clone()), Some(Ok(_))));
+        type Damage<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+        let cases: [(&str, Damage); 6] = [
+            ("a quote gone", Box::new(|b| b[head] = b'x')),
+            ("a newline in a string", Box::new(|b| b[head + 8] = b'\n')),
+            ("a length past the blob", Box::new(|b| b[rec + 8..rec + 12].fill(0xff))),
+            ("no text", Box::new(|b| b[rec + 8..rec + 16].fill(0))),
+            (
+                "a record word off its alignment",
+                Box::new(|b| {
+                    let w = c.blocks_at + 16 * BLOCK;
+                    b[w] = 4;
+                }),
+            ),
+            // "file" before "sym_offset": out of order.
+            (
+                "file in the head",
+                Box::new(|b| {
+                    let t = memchr::memmem::find(&b[head..], b"\"file\"").unwrap();
+                    b[head + 1..head + 5].copy_from_slice(b"file");
+                    b[head + t + 1..head + t + 5].copy_from_slice(b"sym\"");
+                }),
+            ),
+        ];
+        for (what, damage) in cases {
+            let mut bad = bytes.clone();
+            damage(&mut bad);
+            assert_eq!(lookup(bad), None, "{what}");
         }
     }
 
@@ -379,23 +989,23 @@ mod tests {
         let learned = |addrs: std::ops::Range<u64>| Learned {
             build_id: id.clone(),
             provenance: prov.clone(),
-            // Every other address: a piece each, and one unknown after.
-            points: addrs.map(|a| (0x1000 + 2 * a, res(&format!("f{a}"), 0))).collect(),
+            points: addrs
+                .map(|a| (0x1000 + 2 * a, 0, res("f", 0x1000, 0x1000 + 2 * a, 0)))
+                .collect(),
         };
-        let n = FEW_PIECES as u64;
+        let n = FEW_ENTRIES as u64 * 2;
         write(&dir, DEFAULT_SIZE, vec![learned(0..n)]);
         let file = dir.join(file_name(&id));
         let before = std::fs::read(&file).unwrap();
-        let pieces = Index::parse_cache(Bytes::heap(before.clone()), &id, &prov).unwrap().pieces();
-        assert!(pieces > 2 * FEW_PIECES, "{pieces}");
-        let few = (pieces / FEW_RATIO - 1) as u64;
+        let entries = parse(&before, &id, &prov).unwrap().entries();
+        assert_eq!(entries, n as usize);
+        let few = (entries / FEW_RATIO - 1) as u64;
         write(&dir, DEFAULT_SIZE, vec![learned(n..n + few)]);
         assert!(std::fs::read(&file).unwrap() == before, "rewritten for {few} answers");
         let enough = few + 2;
         write(&dir, DEFAULT_SIZE, vec![learned(n..n + enough)]);
-        let after =
-            Index::parse_cache(Bytes::heap(std::fs::read(&file).unwrap()), &id, &prov).unwrap();
-        assert_eq!(after.pieces(), pieces + 2 * enough as usize);
+        let after = parse(&std::fs::read(&file).unwrap(), &id, &prov).unwrap();
+        assert_eq!(after.entries(), entries + enough as usize);
         assert!(after.knows(0x1000 + 2 * (n + enough - 1)));
         assert!(after.knows(0x1000));
         let _ = std::fs::remove_dir_all(&dir);
@@ -406,15 +1016,20 @@ mod tests {
     /// merge that writes a file that reads back.
     #[test]
     fn damage_behind_a_good_crc_never_breaks_a_line() {
-        let b = merged(
-            vec![],
-            (0..40u64)
-                .map(|a| (0x100 + 3 * a, if a % 5 == 0 { Piece::Nothing } else { res("f", a) }))
-                .collect(),
-        );
-        let good = b.to_cache_bytes(&[0x5a], b"p").unwrap();
-        let head = Built::default().to_cache_bytes(&[0x5a], b"p").unwrap().len() - 40;
+        let points = (0..40u64)
+            .map(|a| {
+                let v = 0x100 + 3 * a;
+                (
+                    v,
+                    a % 2,
+                    if a % 5 == 0 { Err(Reason::NoSymbols) } else { res("f", 0x100, v, a % 2) },
+                )
+            })
+            .collect();
+        let good = build(None, points, &[0x5a], b"p").unwrap();
+        let head = header(&[0x5a], b"p").unwrap().0.len();
         let body = &good[head..];
+        fuzz(body);
         let mut next = crate::testing::rng(0xcac4_e5ee_d000_0001);
         for _ in 0..3000 {
             let mut bad = body.to_vec();
@@ -426,16 +1041,7 @@ mod tests {
                 if next() % 8 == 0 { (next() % bad.len() as u64) as usize } else { bad.len() };
             fuzz(&bad[..cut]);
         }
-    }
-
-    /// The fuzz target's entry, on a real cache file (its header cut off).
-    #[test]
-    fn fuzz_entry_reads_a_cache() {
-        let b = merged(vec![], vec![(0x100, res("f", 0)), (0x180, Piece::Nothing)]);
-        let bytes = b.to_cache_bytes(&[0x5a], b"p").unwrap();
-        let head = Built::default().to_cache_bytes(&[0x5a], b"p").unwrap().len() - 40;
-        fuzz(&bytes[head..]);
-        fuzz(&bytes);
+        fuzz(&good);
         fuzz(b"");
     }
 

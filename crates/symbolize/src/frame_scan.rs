@@ -18,6 +18,10 @@ use std::borrow::Cow;
 
 use crate::json::plain_prefix;
 
+/// The members of an answer, in the order symres writes them (see
+/// `Scan::answer_members`; `sym_offset` goes between the first two).
+pub const ANSWER_KEYS: [&str; 4] = ["sym", "file", "line", "inlined"];
+
 /// Arrays with these names hold frames.
 pub const FRAME_ARRAYS: [&str; 2] = ["stack", "frames"];
 /// Frames are looked for in objects this many levels (of objects and
@@ -136,7 +140,31 @@ impl Scan {
     /// each at most once, each with a string or a small unsigned integer;
     /// no spaces, nothing nested. Empty text is none.
     pub fn fields(&mut self, text: &str, keys: &[&str]) -> bool {
-        let mut s = Scanner {
+        let mut s = self.checker(text);
+        let mut next = 0;
+        s.members(keys, &mut next, None)
+    }
+
+    /// Whether `text` is members of a frame's answer as symres writes them
+    /// (the records of a cache file of answers): keys of
+    /// [`ANSWER_KEYS`] from `*next` on, in that order, each at most once
+    /// (`*next` moves past those found); `sym` and `file` strings, `line`
+    /// a small unsigned integer, `inlined` an array of objects whose
+    /// members `fields` takes with the keys `sym`, `file` and `line`. No
+    /// spaces. Empty text is none.
+    pub fn answer_members(&mut self, text: &str, next: &mut usize) -> bool {
+        let b = text.as_bytes();
+        // Nearly every answer has no escape sequence: its strings end at
+        // the next quote, found a word at a time (a cache's second run
+        // checks every answer it copies).
+        if memchr::memchr(b'\\', b).is_none() && !has_control(b) {
+            return plain_members(b, &mut 0, &ANSWER_KEYS, next, None);
+        }
+        self.checker(text).members(&ANSWER_KEYS, next, None)
+    }
+
+    fn checker<'a>(&'a mut self, text: &'a str) -> Scanner<'a> {
+        Scanner {
             text,
             b: text.as_bytes(),
             i: 0,
@@ -144,38 +172,7 @@ impl Scan {
             escaped: false,
             known: &|_| None,
             out: self,
-        };
-        let mut next_key = 0;
-        while s.i < s.b.len() {
-            if s.i > 0 && s.eat(b',').is_err() {
-                return false;
-            }
-            let Ok((key, escaped)) = s.string() else { return false };
-            let Some(k) = keys[next_key..]
-                .iter()
-                .position(|&k| !escaped && k.as_bytes() == &s.b[key.start..key.end])
-            else {
-                return false;
-            };
-            next_key += k + 1;
-            if s.eat(b':').is_err() {
-                return false;
-            }
-            let ok = match s.peek() {
-                Some(b'"') => s.string().is_ok(),
-                Some(b'0'..=b'9') => {
-                    // JSON: no leading zero ("0" alone).
-                    let zero = s.peek() == Some(b'0');
-                    let n = s.digits();
-                    (1..=10).contains(&n) && !(zero && n > 1)
-                }
-                _ => false,
-            };
-            if !ok {
-                return false;
-            }
         }
-        true
     }
 
     /// The members of the frame object at `open` of `text`, a line scanned
@@ -195,6 +192,110 @@ impl Scan {
         // Cannot fail: the line was scanned whole.
         let _ = s.frame_object();
         first..self.members.len()
+    }
+}
+
+/// Whether `b` has a control character (below 0x20), which no JSON
+/// string may hold as it is.
+fn has_control(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let x = u64::from_le_bytes(a);
+        // The high bit of each byte below 0x20 (and maybe of some after
+        // one: it is there either way).
+        if x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&c| c < 0x20)
+}
+
+/// `Scanner::members` for text without escape sequences or control
+/// characters (the caller checked): each string ends at the next quote.
+fn plain_members(
+    b: &[u8],
+    i: &mut usize,
+    keys: &[&str],
+    next: &mut usize,
+    close: Option<u8>,
+) -> bool {
+    let first = *i;
+    // The string at `*i`, moved past.
+    let string = |i: &mut usize| -> Option<std::ops::Range<usize>> {
+        if b.get(*i) != Some(&b'"') {
+            return None;
+        }
+        let len = memchr::memchr(b'"', &b[*i + 1..])?;
+        let s = *i + 1..*i + 1 + len;
+        *i += len + 2;
+        Some(s)
+    };
+    loop {
+        match (b.get(*i), close) {
+            (None, None) => return true,
+            (Some(&c), Some(end)) if c == end => return true,
+            (None, Some(_)) => return false,
+            _ => {}
+        }
+        if *i > first {
+            if b[*i] != b',' {
+                return false;
+            }
+            *i += 1;
+        }
+        let Some(key) = string(i) else { return false };
+        let Some(k) = keys[*next..].iter().position(|k| k.as_bytes() == &b[key.clone()]) else {
+            return false;
+        };
+        let inlined = keys[*next + k] == "inlined";
+        *next += k + 1;
+        if b.get(*i) != Some(&b':') {
+            return false;
+        }
+        *i += 1;
+        let ok = match b.get(*i) {
+            Some(b'[') if inlined => {
+                *i += 1;
+                let mut first = true;
+                loop {
+                    if b.get(*i) == Some(&b']') {
+                        *i += 1;
+                        break true;
+                    }
+                    if !first {
+                        if b.get(*i) != Some(&b',') {
+                            break false;
+                        }
+                        *i += 1;
+                    }
+                    first = false;
+                    let mut inner = 0;
+                    if b.get(*i) != Some(&b'{') {
+                        break false;
+                    }
+                    *i += 1;
+                    if !plain_members(b, i, &["sym", "file", "line"], &mut inner, Some(b'}')) {
+                        break false;
+                    }
+                    *i += 1;
+                }
+            }
+            Some(b'"') if !inlined => string(i).is_some(),
+            Some(&c @ b'0'..=b'9') if !inlined => {
+                let n = b[*i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                *i += n;
+                // JSON: no leading zero ("0" alone).
+                (1..=10).contains(&n) && !(c == b'0' && n > 1)
+            }
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
     }
 }
 
@@ -225,6 +326,73 @@ pub fn string_at<'a>(text: &'a str, span: Span, escaped: bool) -> Cow<'a, str> {
 }
 
 impl<'a> Scanner<'a> {
+    /// Members as symres writes them (see `Scan::fields`), up to `close`
+    /// (the end of the text when `None`), with keys from `keys[*next..]`.
+    fn members(&mut self, keys: &[&str], next: &mut usize, close: Option<u8>) -> bool {
+        let first = self.i;
+        loop {
+            match (self.peek(), close) {
+                (None, None) => return true,
+                (Some(c), Some(end)) if c == end => return true,
+                (None, Some(_)) => return false,
+                _ => {}
+            }
+            if self.i > first && self.eat(b',').is_err() {
+                return false;
+            }
+            let Ok((key, escaped)) = self.string() else { return false };
+            let Some(k) = keys[*next..]
+                .iter()
+                .position(|&k| !escaped && k.as_bytes() == &self.b[key.start..key.end])
+            else {
+                return false;
+            };
+            let inlined = keys[*next + k] == "inlined";
+            *next += k + 1;
+            if self.eat(b':').is_err() {
+                return false;
+            }
+            let ok = match self.peek() {
+                Some(b'[') if inlined => self.inlined(),
+                Some(b'"') if !inlined => self.string().is_ok(),
+                Some(b'0'..=b'9') if !inlined => {
+                    // JSON: no leading zero ("0" alone).
+                    let zero = self.peek() == Some(b'0');
+                    let n = self.digits();
+                    (1..=10).contains(&n) && !(zero && n > 1)
+                }
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+
+    /// `[{members},...]`: the inlined calls of an answer.
+    fn inlined(&mut self) -> bool {
+        if self.eat(b'[').is_err() {
+            return false;
+        }
+        let mut first = true;
+        loop {
+            if self.eat(b']').is_ok() {
+                return true;
+            }
+            if !first && self.eat(b',').is_err() {
+                return false;
+            }
+            first = false;
+            let mut next = 0;
+            if self.eat(b'{').is_err()
+                || !self.members(&["sym", "file", "line"], &mut next, Some(b'}'))
+                || self.eat(b'}').is_err()
+            {
+                return false;
+            }
+        }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -524,6 +692,52 @@ impl<'a> Scanner<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The quick check of answers without escapes (`plain_members`)
+    /// agrees with the full one on answers and on their mutations: both
+    /// accept what symres writes and nothing else.
+    #[test]
+    fn plain_answer_check_agrees_with_the_full_one() {
+        let full = |t: &str, next: &mut usize| {
+            let mut scan = Scan::default();
+            scan.checker(t).members(&ANSWER_KEYS, next, None)
+        };
+        let good = [
+            r#""sym":"f<T>","file":"/a/b.c","line":12,"inlined":[{"sym":"g","line":9},{"file":"h.c"}]"#,
+            r#""sym":"main""#,
+            r#""file":"x.rs","line":0"#,
+            r#""inlined":[]"#,
+            "",
+        ];
+        for t in good {
+            let (mut a, mut b) = (0, 0);
+            assert!(Scan::default().answer_members(t, &mut a), "{t}");
+            assert!(full(t, &mut b), "{t}");
+            assert_eq!(a, b, "{t}");
+        }
+        // Keys continue where the head left them: "sym" again is refused.
+        let mut next = 1;
+        assert!(!Scan::default().answer_members(r#""sym":"f""#, &mut next));
+        let alphabet = b"{}[]:,\"0123456789 .-eE\\\nabsymfilnet";
+        let mut rng = crate::testing::rng(0x005e_ed0f_a115);
+        let mut plain = 0;
+        for _ in 0..20_000 {
+            let base = good[(rng() % 4) as usize].as_bytes();
+            let b = crate::testing::mutate(base, alphabet, &mut rng);
+            let Ok(t) = std::str::from_utf8(&b) else { continue };
+            plain += usize::from(!t.contains(['\\', '\n']));
+            let (mut a, mut c) = (0, 0);
+            let quick = Scan::default().answer_members(t, &mut a);
+            assert_eq!(quick, full(t, &mut c), "{t}");
+            if quick {
+                assert_eq!(a, c, "{t}");
+                let line = format!("{{{t}}}");
+                assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "{line}");
+            }
+        }
+        assert!(plain > 10_000, "{plain} took the quick path");
+    }
+
     use super::*;
 
     fn scan(s: &str) -> R<Scan> {

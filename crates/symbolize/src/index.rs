@@ -29,8 +29,6 @@ use crate::frame_scan::Scan;
 use crate::store::StoreDir;
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
-/// A cache file of answers (the cache module's): the same layout.
-const CACHE_MAGIC: &[u8; 8] = b"SYMRESAC";
 /// The format's version. An index also records the symres that wrote it:
 /// answers (demangling, say) may change between versions, so another
 /// version's index is ignored rather than trusted. The version is raised
@@ -41,8 +39,6 @@ const VERSION: u32 = 6;
 const WRITER: &str = concat!("symres ", env!("CARGO_PKG_VERSION"));
 /// "None" for answers.
 const NONE32: u32 = u32::MAX;
-/// "Not known" for answers (in a cache: look the address up).
-const UNKNOWN32: u32 = u32::MAX - 1;
 /// "None" for symbol starts.
 const NONE64: u64 = u64::MAX;
 
@@ -161,8 +157,6 @@ pub enum Piece {
     Known(Stored),
     /// No answer (no symbol, no DWARF there).
     Nothing,
-    /// Not known (a cache of answers holds only the addresses it met).
-    Unknown,
 }
 
 /// Where pieces may start: `addrs` and 0, sorted, without repeats.
@@ -177,8 +171,7 @@ fn cuts(mut addrs: Vec<u64>) -> Vec<u64> {
 #[derive(Default)]
 pub struct Built {
     starts: Vec<u64>,
-    /// Where each piece's answer is in `stored`, or NONE32 (no answer) or
-    /// UNKNOWN32.
+    /// Where each piece's answer is in `stored`, or NONE32 (no answer).
     answers: Vec<u32>,
     stored: Vec<Stored>,
 }
@@ -231,7 +224,6 @@ impl Built {
     fn piece(&self, i: usize) -> Piece {
         match self.answers[i] {
             NONE32 => Piece::Nothing,
-            UNKNOWN32 => Piece::Unknown,
             k => Piece::Known(self.stored[k as usize].clone()),
         }
     }
@@ -241,10 +233,8 @@ impl Built {
     pub fn push(&mut self, a: u64, s: Piece) {
         if let Some(&last) = self.answers.last() {
             let same = match (&s, last) {
-                (Piece::Nothing, NONE32) | (Piece::Unknown, UNKNOWN32) => true,
-                (Piece::Known(s), k) if k != NONE32 && k != UNKNOWN32 => {
-                    self.stored[k as usize] == *s
-                }
+                (Piece::Nothing, NONE32) => true,
+                (Piece::Known(s), k) if k != NONE32 => self.stored[k as usize] == *s,
                 _ => false,
             };
             if same {
@@ -254,7 +244,6 @@ impl Built {
         self.starts.push(a);
         self.answers.push(match s {
             Piece::Nothing => NONE32,
-            Piece::Unknown => UNKNOWN32,
             Piece::Known(s) => {
                 self.stored.push(s);
                 (self.stored.len() - 1) as u32
@@ -281,23 +270,6 @@ impl Built {
     /// `None` when the index would pass 4 GB (its offsets are 32-bit).
     pub fn to_bytes(&self, build_id: &[u8]) -> Option<Vec<u8>> {
         self.bytes_after(header(build_id))
-    }
-
-    /// The bytes of a cache file of answers for the module with
-    /// `build_id`, made from files described by `provenance` (see
-    /// `Index::parse_cache`): the index's layout with another magic, the
-    /// provenance and a CRC-32 of all that follows it after the build id.
-    pub fn to_cache_bytes(&self, build_id: &[u8], provenance: &[u8]) -> Option<Vec<u8>> {
-        let mut head = header(build_id);
-        head[..8].copy_from_slice(CACHE_MAGIC);
-        put32(&mut head, u32::try_from(provenance.len()).ok()?);
-        head.extend_from_slice(provenance);
-        let crc_at = head.len();
-        put32(&mut head, 0);
-        let mut out = self.bytes_after(head)?;
-        let crc = crc32fast::hash(&out[crc_at + 4..]);
-        out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-        Some(out)
     }
 
     /// The file: `head` (up to the counts), then the tables and the blob.
@@ -374,7 +346,7 @@ impl Built {
                 put32(
                     &mut out,
                     match self.answers[i] {
-                        a @ (NONE32 | UNKNOWN32) => a,
+                        NONE32 => NONE32,
                         a => records[a as usize],
                     },
                 );
@@ -428,9 +400,9 @@ pub fn fuzz(data: &[u8]) {
     }
 }
 
-/// For the fuzz targets (of the index and of the cache): `out`, an
-/// answer, must be JSON object members, on one line.
-pub(crate) fn assert_json_members(out: &[u8]) {
+/// For the fuzz target: `out`, an answer, must be JSON object members, on
+/// one line.
+fn assert_json_members(out: &[u8]) {
     let line = format!("{{{}}}", std::str::from_utf8(out).expect("UTF-8"));
     assert!(!line.contains('\n'), "{line}");
     assert!(
@@ -496,11 +468,11 @@ pub struct Index {
     scan: Scan,
 }
 
-/// Check the header of an index or cache file (`magic`) for the module
-/// with `build_id`; where its counts start.
-fn header_end(d: &[u8], magic: &[u8; 8], build_id: &[u8]) -> Result<usize, String> {
-    if d.get(..8) != Some(magic.as_slice()) {
-        return Err(if magic == MAGIC { "not a symres index" } else { "not a symres cache" }.into());
+/// Check the header of an index file for the module with `build_id`;
+/// where its counts start.
+fn header_end(d: &[u8], build_id: &[u8]) -> Result<usize, String> {
+    if d.get(..8) != Some(MAGIC.as_slice()) {
+        return Err("not a symres index".into());
     }
     let version = u32_at(d, 8).ok_or("truncated")?;
     if version != VERSION {
@@ -519,12 +491,7 @@ fn header_end(d: &[u8], magic: &[u8; 8], build_id: &[u8]) -> Result<usize, Strin
     let at_id = 16 + writer_len;
     let id_len = u32_at(d, at_id).ok_or("truncated")? as usize;
     if d.get(at_id + 4..(at_id + 4).saturating_add(id_len)) != Some(build_id) {
-        return Err(if magic == MAGIC {
-            "index of another build"
-        } else {
-            "cache of another build"
-        }
-        .into());
+        return Err("index of another build".into());
     }
     Ok(at_id + 4 + build_id.len())
 }
@@ -543,31 +510,8 @@ impl Index {
     /// corrupt index gives wrong answers or none, never a read out of
     /// bounds or a line that is not JSON.
     pub fn parse(data: Bytes, build_id: &[u8]) -> Result<Index, String> {
-        let h = header_end(&data, MAGIC, build_id)?;
+        let h = header_end(&data, build_id)?;
         Index::tables(data, h)
-    }
-
-    /// `parse` for a cache file of answers (`Built::to_cache_bytes`),
-    /// made from the files `provenance` describes: one made from other
-    /// files (a debug file installed since, say) is refused, and so is
-    /// one whose CRC does not match (damaged or cut short).
-    pub fn parse_cache(data: Bytes, build_id: &[u8], provenance: &[u8]) -> Result<Index, String> {
-        let d: &[u8] = &data;
-        let h = header_end(d, CACHE_MAGIC, build_id)?;
-        let len = u32_at(d, h).ok_or("truncated")? as usize;
-        let p = d.get(h + 4..(h + 4).saturating_add(len)).ok_or("truncated")?;
-        if p != provenance {
-            return Err(
-                "made from other files (the file changed, or a debug file was installed or removed)"
-                    .into(),
-            );
-        }
-        let crc_at = h + 4 + len;
-        let crc = u32_at(d, crc_at).ok_or("truncated")?;
-        if crc32fast::hash(&d[crc_at + 4..]) != crc {
-            return Err("damaged or truncated (checksum mismatch)".into());
-        }
-        Index::tables(data, crc_at + 4)
     }
 
     /// The index whose counts start at `h`, its tables checked to fit.
@@ -616,7 +560,7 @@ impl Index {
     }
 
     /// The answer word of the piece holding `vaddr`: where its answer is
-    /// in the blob, NONE32 or UNKNOWN32 (or anything, in a damaged file).
+    /// in the blob or NONE32 (or anything, in a damaged file).
     fn word(&self, vaddr: u64) -> Option<u32> {
         let d: &[u8] = &self.data;
         let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
@@ -638,23 +582,6 @@ impl Index {
         let n = self.n_pieces.saturating_sub(b * BLOCK).min(BLOCK);
         let i = (0..n).take_while(|&i| u64_at(starts, 8 * i).is_some_and(|s| s <= vaddr)).last()?;
         u32_at(starts, 8 * BLOCK + 4 * i)
-    }
-
-    /// Whether the answer at `vaddr` is known (in a cache of answers).
-    pub fn knows(&self, vaddr: u64) -> bool {
-        !matches!(self.word(vaddr), Some(UNKNOWN32) | None)
-    }
-
-    /// `answer`, for a cache of answers: `None` when the answer at
-    /// `vaddr` is not known (the address must be looked up).
-    pub fn lookup(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Option<Result<(), Reason>> {
-        match self.word(vaddr) {
-            Some(UNKNOWN32) | None => None,
-            Some(r) if r != NONE32 && r % 8 == 0 => {
-                Some(self.answer_at(r as usize, vaddr, back, o))
-            }
-            Some(_) => Some(Err(Reason::NoSymbols)),
-        }
     }
 
     /// The answer at `vaddr` as JSON object members, ready for a frame,
@@ -719,73 +646,6 @@ impl Index {
             return Err(Reason::NoSymbols);
         }
         Ok(())
-    }
-
-    /// The answer at blob offset `at` as stored, if it passes the checks
-    /// `answer` makes (for a cache written again with more answers).
-    fn stored_at(&mut self, at: usize, memo: &mut FxHashMap<usize, Arc<[u8]>>) -> Option<Stored> {
-        let mut o = Vec::new();
-        // The checks of `answer`, once (they are remembered).
-        self.answer_at(at, 0, 0, &mut o).ok()?;
-        let blob = self.data.get(self.blob.clone())?;
-        let field = |i: usize| u32_at(blob, at + 8 + 4 * i).map(|n| n as usize);
-        let n = field(3)?.min(blob.len().saturating_sub(at + 24) / 4).min(MAX_INLINED);
-        let text =
-            |from: usize, len: usize| from.checked_add(len).and_then(|end| blob.get(from..end));
-        // Shared parts are read once each.
-        let mut part = |i: usize| -> Option<Arc<[u8]>> {
-            let at = field(i)?;
-            if let Some(p) = memo.get(&at) {
-                return Some(p.clone());
-            }
-            let word = u32_at(blob, at)?;
-            let p: Arc<[u8]> = text(at + 4, (word & PART_LEN) as usize)?.into();
-            memo.insert(at, p.clone());
-            Some(p)
-        };
-        let (sym, file) = (part(0)?, part(1)?);
-        let inlined = (0..n).map(|i| part(4 + i)).collect::<Option<_>>()?;
-        Some(Stored {
-            sym_start: u64_at(blob, at)?,
-            parts: [sym, file, text(at + 24 + 4 * n, field(2)?)?.into()],
-            inlined,
-        })
-    }
-
-    /// The pieces whose answer is known, as [start, end) and the answer, in
-    /// order (those of a damaged file that cannot be read are left out).
-    pub fn known(&mut self) -> Vec<(u64, u64, Piece)> {
-        let mut raw = Vec::new();
-        for p in 0..self.n_pieces {
-            let (b, i) = (p / BLOCK, p % BLOCK);
-            let block = self.blocks_at + b * BLOCK_BYTES;
-            let (Some(start), Some(word)) =
-                (u64_at(&self.data, block + 8 * i), u32_at(&self.data, block + 8 * BLOCK + 4 * i))
-            else {
-                break;
-            };
-            raw.push((start, word));
-        }
-        let mut out = Vec::new();
-        let mut memo = FxHashMap::default();
-        for (k, &(start, word)) in raw.iter().enumerate() {
-            let end = raw.get(k + 1).map_or(u64::MAX, |n| n.0);
-            // In order, or not at all (a damaged file).
-            if end <= start || out.last().is_some_and(|&(_, e, _)| start < e) {
-                continue;
-            }
-            let piece = match word {
-                UNKNOWN32 => continue,
-                NONE32 => Piece::Nothing,
-                r if r % 8 == 0 => match self.stored_at(r as usize, &mut memo) {
-                    Some(s) => Piece::Known(s),
-                    None => continue,
-                },
-                _ => continue,
-            };
-            out.push((start, end, piece));
-        }
-        out
     }
 
     /// The index of `build_id` in `dir`, if there is a usable one.

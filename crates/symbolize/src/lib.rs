@@ -17,7 +17,7 @@
 //! 3. `resolver/` (frame → module → answer, with its caches: loaded
 //!    modules, debug files, processes' maps, DWARF shared between threads)
 //! 4. the sources of answers: `cache` (the answers runs learned, by build
-//!    id) over `index` (prebuilt answers, the cache's file layout), `dwarf`, `elf`,
+//!    id), `index` (prebuilt answers), `dwarf`, `elf`,
 //!    `kallsyms`, `mmap`, `store` (files in the index directory, safe from
 //!    whoever else writes there), `files` (opening the files frames name:
 //!    regular ones, without blocking, inside a process's root)

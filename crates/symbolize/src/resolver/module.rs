@@ -17,7 +17,7 @@ use crate::demangle::demangle;
 use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
 use crate::elf::{self, ElfFile, LoadError};
 use crate::files;
-use crate::index::{Index, Piece, Renderer};
+use crate::index::Index;
 use crate::log;
 
 /// Answers remembered per module before the cache is reset.
@@ -43,7 +43,7 @@ pub struct Module {
     /// The answers earlier runs made (see `crate::cache`), when there is
     /// no index: looked up first, as an index is, but an address it does
     /// not know is looked up in the symbols and DWARF.
-    pub cache: Option<Index>,
+    pub cache: Option<crate::cache::CacheFile>,
     /// What the answers are made from (`cache::provenance`), and the
     /// answers made in this run, when they are to be cached (the module
     /// has a build id and no index, and the cache is on).
@@ -207,20 +207,8 @@ impl Module {
 
     /// What this run learned, for the cache (emptied).
     pub fn take_learned(&mut self) -> Option<crate::cache::Learned> {
-        let learned = std::mem::take(&mut self.learned);
-        let build_id = self.build_id.clone().filter(|_| !learned.is_empty())?;
-        let mut renderer = Renderer::default();
-        let points = learned
-            .into_iter()
-            .filter_map(|(vaddr, back, r)| {
-                let piece = match r {
-                    Ok(r) => Piece::Known(renderer.stored(vaddr.wrapping_add(back), &r)),
-                    Err(Reason::NoSymbols) => Piece::Nothing,
-                    Err(_) => return None,
-                };
-                Some((vaddr, piece))
-            })
-            .collect();
+        let points = std::mem::take(&mut self.learned);
+        let build_id = self.build_id.clone().filter(|_| !points.is_empty())?;
         Some(crate::cache::Learned { build_id, provenance: self.provenance.clone(), points })
     }
 
