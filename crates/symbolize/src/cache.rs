@@ -76,13 +76,15 @@ const STALE_SECS: u64 = 600;
 const NONE32: u32 = u32::MAX;
 const NONE64: u64 = u64::MAX;
 
-/// Entries per block: their starts and ends (u64 each), then where their
-/// records are (u32).
-const BLOCK: usize = 16;
-const BLOCK_BYTES: usize = BLOCK * 20;
-/// A record's fixed part: the symbol's start (u64), the lengths of the
-/// text before and after `sym_offset` (u32 each).
-const RECORD_HEAD: usize = 16;
+/// Entries per block: their starts (u64), then where their records are
+/// (u32), then padding: 128 bytes, two cache lines fetched together (the
+/// blocks start at a multiple of 128 in the file).
+const BLOCK: usize = 8;
+const BLOCK_BYTES: usize = 128;
+/// A record's fixed part: the end of its entry's range (u64), the
+/// symbol's start (u64), the lengths of the text before and after
+/// `sym_offset` (u32 each; the first NONE32 for no answer).
+const RECORD_HEAD: usize = 24;
 
 /// The cache file name for a build id.
 pub fn file_name(build_id: &[u8]) -> String {
@@ -288,22 +290,19 @@ impl CacheFile {
         self.n
     }
 
-    /// Entry `i`: its start, end and record word (`None` past the
-    /// tables).
-    fn entry(&self, i: usize) -> Option<(u64, u64, u32)> {
+    /// Entry `i`: its start and where its record is in the blob (`None`
+    /// past the tables).
+    fn entry(&self, i: usize) -> Option<(u64, usize)> {
         let (b, k) = (i / BLOCK, i % BLOCK);
         let block = self.blocks_at.checked_add(b.checked_mul(BLOCK_BYTES)?)?;
         let d: &[u8] = &self.data;
-        Some((
-            u64_at(d, block + 8 * k)?,
-            u64_at(d, block + 8 * (BLOCK + k))?,
-            u32_at(d, block + 16 * BLOCK + 4 * k)?,
-        ))
+        Some((u64_at(d, block + 8 * k)?, u32_at(d, block + 8 * BLOCK + 4 * k)? as usize))
     }
 
-    /// The record word of the entry whose range holds `vaddr`: where its
-    /// record is in the blob, or NONE32 (no answer there).
-    fn word(&self, vaddr: u64) -> Option<u32> {
+    /// Where the record of the last entry starting at or before `vaddr`
+    /// is in the blob, and the end of that entry's range if it holds
+    /// `vaddr`.
+    fn find(&self, vaddr: u64) -> Option<usize> {
         let d: &[u8] = &self.data;
         let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
         // The last block whose first entry starts at or before `vaddr`.
@@ -321,15 +320,15 @@ impl CacheFile {
         let n = self.n.saturating_sub(b * BLOCK).min(BLOCK);
         // The last entry of the block that starts at or before `vaddr`.
         let k = (0..n).take_while(|&k| u64_at(block, 8 * k).is_some_and(|s| s <= vaddr)).last()?;
-        if u64_at(block, 8 * (BLOCK + k))? <= vaddr {
-            return None;
-        }
-        u32_at(block, 16 * BLOCK + 4 * k)
+        let at = u32_at(block, 8 * BLOCK + 4 * k)? as usize;
+        // Its range holds `vaddr`.
+        let end = u64_at(d.get(self.blob.clone())?, at)?;
+        (vaddr < end).then_some(at)
     }
 
     /// Whether the answer at `vaddr` is known.
     pub fn knows(&self, vaddr: u64) -> bool {
-        self.word(vaddr).is_some()
+        self.find(vaddr).is_some()
     }
 
     /// The answer at `vaddr` for a frame `back` bytes further (see
@@ -337,11 +336,10 @@ impl CacheFile {
     /// same text as the lookup gives. `None` when the answer is not known
     /// (nor is a record that fails its check: looked up again).
     pub fn lookup(&mut self, vaddr: u64, back: u64, o: &mut Vec<u8>) -> Option<Result<(), Reason>> {
-        let word = self.word(vaddr)?;
-        if word == NONE32 {
+        let at = self.find(vaddr)?;
+        let Some((start, head, tail)) = self.record(at)? else {
             return Some(Err(Reason::NoSymbols));
-        }
-        let (start, head, tail) = self.record(word as usize)?;
+        };
         let base = o.len();
         o.extend_from_slice(head);
         if start != NONE64 {
@@ -360,18 +358,22 @@ impl CacheFile {
         Some(Ok(()))
     }
 
-    /// The record at blob offset `at`: the symbol's start and the text
-    /// before and after `sym_offset`, if it passes the checks (UTF-8 JSON
-    /// members as symres writes them, in their order, naming a function
-    /// or a file); remembered once found good.
-    fn record(&mut self, at: usize) -> Option<(u64, &[u8], &[u8])> {
+    /// The answer of the record at blob offset `at` (`None` inside: no
+    /// answer): the symbol's start and the text before and after
+    /// `sym_offset`, if it passes the checks (UTF-8 JSON members as symres
+    /// writes them, in their order, naming a function or a file);
+    /// remembered once found good.
+    fn record(&mut self, at: usize) -> Option<Option<Record<'_>>> {
         let blob = self.data.get(self.blob.clone())?;
         if at % 8 != 0 {
             return None;
         }
-        let start = u64_at(blob, at)?;
-        let head_len = u32_at(blob, at + 8)? as usize;
-        let tail_len = u32_at(blob, at + 12)? as usize;
+        let start = u64_at(blob, at + 8)?;
+        let head_len = u32_at(blob, at + 16)?;
+        if head_len == NONE32 {
+            return Some(None);
+        }
+        let (head_len, tail_len) = (head_len as usize, u32_at(blob, at + 20)? as usize);
         let head_at = at + RECORD_HEAD;
         let head = blob.get(head_at..head_at.checked_add(head_len)?)?;
         let tail = blob.get(head_at + head_len..(head_at + head_len).checked_add(tail_len)?)?;
@@ -384,19 +386,19 @@ impl CacheFile {
             let scan = &mut self.scan;
             let mut next = 0;
             let good = !(head.is_empty() && tail.is_empty())
-                && std::str::from_utf8(head).is_ok_and(|t| scan.answer_members(t, &mut next))
+                && scan.answer_members(head, &mut next)
                 // `sym_offset` goes after `sym` and before the rest.
                 && (start == NONE64 || next <= 1)
-                && std::str::from_utf8(tail).is_ok_and(|t| {
+                && {
                     next = next.max(usize::from(start != NONE64));
-                    scan.answer_members(t, &mut next)
-                });
+                    scan.answer_members(tail, &mut next)
+                };
             if !good {
                 return None;
             }
             *w |= 1 << bit;
         }
-        Some((start, head, tail))
+        Some(Some((start, head, tail)))
     }
 
     /// The entries whose answer is known, in order, as start, end and
@@ -406,21 +408,25 @@ impl CacheFile {
     /// out.
     fn known(&mut self) -> Vec<Known> {
         let mut out: Vec<Known> = Vec::new();
+        let base = self.data.as_ptr() as usize;
         for i in 0..self.n {
-            let Some((start, end, word)) = self.entry(i) else { break };
+            let Some((start, at)) = self.entry(i) else { break };
+            let Some(end) = self.data.get(self.blob.clone()).and_then(|b| u64_at(b, at)) else {
+                continue;
+            };
             if end <= start || out.last().is_some_and(|&(_, e, _)| start < e) {
                 continue;
             }
-            let rec = if word == NONE32 {
-                None
-            } else {
-                let base = self.data.as_ptr() as usize;
-                let Some((s, head, tail)) = self.record(word as usize) else { continue };
-                let at = |t: &[u8]| {
-                    let from = t.as_ptr() as usize - base;
-                    from..from + t.len()
-                };
-                Some((s, at(head), at(tail)))
+            let rec = match self.record(at) {
+                None => continue,
+                Some(None) => None,
+                Some(Some((s, head, tail))) => {
+                    let at = |t: &[u8]| {
+                        let from = t.as_ptr() as usize - base;
+                        from..from + t.len()
+                    };
+                    Some((s, at(head), at(tail)))
+                }
             };
             out.push((start, end, rec));
         }
@@ -521,7 +527,7 @@ impl<W: Write> Write for Crc<W> {
 
 /// A record's size in the blob.
 fn record_len(e: &Entry<'_>) -> usize {
-    e.2.map_or(0, |(_, h, t)| (RECORD_HEAD + h.len() + t.len()).next_multiple_of(8))
+    RECORD_HEAD + e.2.map_or(0, |(_, h, t)| (h.len() + t.len()).next_multiple_of(8))
 }
 
 /// Write the cache file of `entries` (sorted, apart) for the module with
@@ -552,7 +558,7 @@ fn write_file(
     let n = entries.len();
     let n_blocks = n.div_ceil(BLOCK);
     let fence_at = head.len() + 8 + 4 * 8;
-    let blocks_at = fence_at + n_blocks * 8;
+    let blocks_at = (fence_at + n_blocks * 8).next_multiple_of(BLOCK_BYTES);
     let blob_at = blocks_at + n_blocks * BLOCK_BYTES;
     let blob_len: usize = entries.iter().map(record_len).sum();
     if blob_at + blob_len > u32::MAX as usize {
@@ -567,6 +573,7 @@ fn write_file(
     for block in entries.chunks(BLOCK) {
         tables.extend_from_slice(&block[0].0.to_le_bytes());
     }
+    tables.resize(blocks_at - head.len(), 0);
     let mut rec_at = 0;
     for block in entries.chunks(BLOCK) {
         for e in block {
@@ -576,33 +583,25 @@ fn write_file(
             tables.extend_from_slice(&NONE64.to_le_bytes());
         }
         for e in block {
-            tables.extend_from_slice(&e.1.to_le_bytes());
-        }
-        for _ in block.len()..BLOCK {
-            tables.extend_from_slice(&NONE64.to_le_bytes());
-        }
-        for e in block {
-            match e.2 {
-                None => put32(&mut tables, NONE32),
-                Some(_) => {
-                    put32(&mut tables, rec_at as u32);
-                    rec_at += record_len(e);
-                }
-            }
+            put32(&mut tables, rec_at as u32);
+            rec_at += record_len(e);
         }
         for _ in block.len()..BLOCK {
             put32(&mut tables, NONE32);
         }
+        tables.resize(tables.len() + BLOCK_BYTES - 12 * BLOCK, 0);
     }
     w.write_all(&tables)?;
     drop(tables);
     let pad = [0u8; 8];
     for e in entries {
-        let Some((start, head, tail)) = e.2 else { continue };
         let mut fixed = [0u8; RECORD_HEAD];
-        fixed[..8].copy_from_slice(&start.to_le_bytes());
-        fixed[8..12].copy_from_slice(&(head.len() as u32).to_le_bytes());
-        fixed[12..].copy_from_slice(&(tail.len() as u32).to_le_bytes());
+        fixed[..8].copy_from_slice(&e.1.to_le_bytes());
+        let (start, head, tail) = e.2.unwrap_or((0, b"", b""));
+        fixed[8..16].copy_from_slice(&start.to_le_bytes());
+        let head_len = if e.2.is_some() { head.len() as u32 } else { NONE32 };
+        fixed[16..20].copy_from_slice(&head_len.to_le_bytes());
+        fixed[20..].copy_from_slice(&(tail.len() as u32).to_le_bytes());
         w.write_all(&fixed)?;
         w.write_all(head)?;
         w.write_all(tail)?;
@@ -616,8 +615,9 @@ fn write_file(
 fn file_len(entries: &[Entry<'_>], build_id: &[u8], provenance: &[u8]) -> u64 {
     let head = header(build_id, provenance).map_or(0, |h| h.0.len());
     let n_blocks = entries.len().div_ceil(BLOCK);
+    let blocks_at = (head + 8 + 4 * 8 + n_blocks * 8).next_multiple_of(BLOCK_BYTES);
     let blob_len: usize = entries.iter().map(record_len).sum();
-    (head + 8 + 4 * 8 + n_blocks * (8 + BLOCK_BYTES) + blob_len) as u64
+    (blocks_at + n_blocks * BLOCK_BYTES + blob_len) as u64
 }
 
 /// The bytes `write_file` writes, with their CRC.
@@ -764,7 +764,7 @@ pub fn fuzz(data: &[u8]) {
     let Ok(mut c) = CacheFile::parse(Bytes::heap(file), &id, prov) else { return };
     let mut addrs: Vec<u64> = (0..c.entries().min(64))
         .filter_map(|i| c.entry(i))
-        .flat_map(|(s, e, _)| [s, e, e.wrapping_sub(1)])
+        .flat_map(|(s, _)| [s, s.wrapping_sub(1), s.wrapping_add(1)])
         .collect();
     addrs.extend([0, 1, 0x1000, u64::MAX]);
     let mut out = Vec::new();
@@ -950,15 +950,16 @@ mod tests {
         let lookup = |b: Vec<u8>| text(&mut parse(&fix(b), &id, prov).unwrap(), 0x100, 0);
         assert!(matches!(lookup(bytes.clone()), Some(Ok(_))));
         type Damage<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
-        let cases: [(&str, Damage); 6] = [
+        let cases: [(&str, Damage); 7] = [
             ("a quote gone", Box::new(|b| b[head] = b'x')),
             ("a newline in a string", Box::new(|b| b[head + 8] = b'\n')),
-            ("a length past the blob", Box::new(|b| b[rec + 8..rec + 12].fill(0xff))),
-            ("no text", Box::new(|b| b[rec + 8..rec + 16].fill(0))),
+            ("a length past the blob", Box::new(|b| b[rec + 20..rec + 24].fill(0xff))),
+            ("no text", Box::new(|b| b[rec + 16..rec + 24].fill(0))),
+            ("a range that ends before", Box::new(|b| b[rec..rec + 8].fill(0))),
             (
                 "a record word off its alignment",
                 Box::new(|b| {
-                    let w = c.blocks_at + 16 * BLOCK;
+                    let w = c.blocks_at + 8 * BLOCK;
                     b[w] = 4;
                 }),
             ),

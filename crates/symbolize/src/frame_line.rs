@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::hash::Hasher;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::answer::{Answer, Reason};
 use crate::frame_scan::{self as scan, Item, Member, Scan, Span};
@@ -108,8 +108,10 @@ impl Scratch {
 struct FrameCache {
     /// By the line's pid and the frame text's hash: the text, the answer.
     map: FxHashMap<(Option<u32>, u64), CachedFrame>,
-    /// Frames seen once (their keys).
-    seen: FxHashSet<(Option<u32>, u64)>,
+    /// Frames seen once: the hash of each key, in a slot of its own (a
+    /// slot taken by another frame forgets the one before: a stream of new
+    /// frames costs one store each, not a set that grows and rehashes).
+    seen: Vec<u64>,
     /// The text of kept frames that are flat objects, by the hash of their
     /// first `KNOWN_PREFIX` bytes: found again, they are not scanned again.
     known: FxHashMap<u64, Arc<[u8]>>,
@@ -121,6 +123,9 @@ const KNOWN_PREFIX: usize = 32;
 
 /// A frame's text and its answer.
 type CachedFrame = (Arc<[u8]>, Fields);
+
+/// Slots of frames seen once (see `FrameCache::seen`).
+const SEEN_SLOTS: usize = 1 << 14;
 
 /// Frames remembered before the cache is reset.
 const MAX_CACHED_FRAMES: usize = 1 << 16;
@@ -139,10 +144,17 @@ impl FrameCache {
 
     /// Keep `frame`'s answer if it was seen before (`fields` makes it).
     fn put(&mut self, key: (Option<u32>, u64), frame: &[u8], fields: impl FnOnce() -> Fields) {
-        if self.seen.len() >= 4 * MAX_CACHED_FRAMES {
-            self.seen.clear();
+        if self.seen.is_empty() {
+            self.seen = vec![0; SEEN_SLOTS];
         }
-        if self.seen.insert(key) {
+        let mut h = FxHasher::default();
+        h.write_u64(key.1);
+        h.write_u32(key.0.map_or(0, |p| p.wrapping_add(1)));
+        // Never 0, an empty slot.
+        let h = h.finish() | 1;
+        let slot = &mut self.seen[(h >> 32) as usize % SEEN_SLOTS];
+        if *slot != h {
+            *slot = h;
             return;
         }
         let fields = fields();

@@ -152,15 +152,14 @@ impl Scan {
     /// a small unsigned integer, `inlined` an array of objects whose
     /// members `fields` takes with the keys `sym`, `file` and `line`. No
     /// spaces. Empty text is none.
-    pub fn answer_members(&mut self, text: &str, next: &mut usize) -> bool {
-        let b = text.as_bytes();
-        // Nearly every answer has no escape sequence: its strings end at
-        // the next quote, found a word at a time (a cache's second run
-        // checks every answer it copies).
-        if memchr::memchr(b'\\', b).is_none() && !has_control(b) {
-            return plain_members(b, &mut 0, &ANSWER_KEYS, next, None);
+    pub fn answer_members(&mut self, text: &[u8], next: &mut usize) -> bool {
+        // Nearly every answer is ASCII without an escape sequence: its
+        // strings end at the next quote (a cache's second run checks every
+        // answer it copies).
+        if plain_ascii(text) {
+            return plain_members(text, &mut 0, &ANSWER_KEYS, next, None);
         }
-        self.checker(text).members(&ANSWER_KEYS, next, None)
+        std::str::from_utf8(text).is_ok_and(|t| self.checker(t).members(&ANSWER_KEYS, next, None))
     }
 
     fn checker<'a>(&'a mut self, text: &'a str) -> Scanner<'a> {
@@ -195,27 +194,28 @@ impl Scan {
     }
 }
 
-/// Whether `b` has a control character (below 0x20), which no JSON
-/// string may hold as it is.
-fn has_control(b: &[u8]) -> bool {
+/// Whether `b` is ASCII without control characters (below 0x20) or
+/// backslashes: a JSON string in it ends at the next quote. Eight bytes at
+/// a time.
+fn plain_ascii(b: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte below `n` (and maybe of some after one:
+    // flagged either way).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
     let mut words = b.chunks_exact(8);
+    let mut flags = 0;
     for w in &mut words {
         let mut a = [0u8; 8];
         a.copy_from_slice(w);
         let x = u64::from_le_bytes(a);
-        // The high bit of each byte below 0x20 (and maybe of some after
-        // one: it is there either way).
-        if x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0 {
-            return true;
-        }
+        flags |= x & HIGH | below(x, 0x20) | below(x ^ (ONES * u64::from(b'\\')), 1);
     }
-    words.remainder().iter().any(|&c| c < 0x20)
+    flags == 0 && words.remainder().iter().all(|&c| (0x20..0x80).contains(&c) && c != b'\\')
 }
 
 /// `Scanner::members` for text without escape sequences or control
-/// characters (the caller checked): each string ends at the next quote.
+/// characters (`plain_ascii`): each string ends at the next quote.
 fn plain_members(
     b: &[u8],
     i: &mut usize,
@@ -229,7 +229,12 @@ fn plain_members(
         if b.get(*i) != Some(&b'"') {
             return None;
         }
-        let len = memchr::memchr(b'"', &b[*i + 1..])?;
+        // No backslash or control byte: the first one `plain_prefix`
+        // stops at is the closing quote, if any.
+        let len = plain_prefix(&b[*i + 1..]);
+        if b.get(*i + 1 + len) != Some(&b'"') {
+            return None;
+        }
         let s = *i + 1..*i + 1 + len;
         *i += len + 2;
         Some(s)
@@ -705,19 +710,20 @@ mod tests {
         let good = [
             r#""sym":"f<T>","file":"/a/b.c","line":12,"inlined":[{"sym":"g","line":9},{"file":"h.c"}]"#,
             r#""sym":"main""#,
+            r#""sym":"fé\u00e9","file":"é.c""#,
             r#""file":"x.rs","line":0"#,
             r#""inlined":[]"#,
             "",
         ];
         for t in good {
             let (mut a, mut b) = (0, 0);
-            assert!(Scan::default().answer_members(t, &mut a), "{t}");
+            assert!(Scan::default().answer_members(t.as_bytes(), &mut a), "{t}");
             assert!(full(t, &mut b), "{t}");
             assert_eq!(a, b, "{t}");
         }
         // Keys continue where the head left them: "sym" again is refused.
         let mut next = 1;
-        assert!(!Scan::default().answer_members(r#""sym":"f""#, &mut next));
+        assert!(!Scan::default().answer_members(br#""sym":"f""#, &mut next));
         let alphabet = b"{}[]:,\"0123456789 .-eE\\\nabsymfilnet";
         let mut rng = crate::testing::rng(0x005e_ed0f_a115);
         let mut plain = 0;
@@ -727,7 +733,7 @@ mod tests {
             let Ok(t) = std::str::from_utf8(&b) else { continue };
             plain += usize::from(!t.contains(['\\', '\n']));
             let (mut a, mut c) = (0, 0);
-            let quick = Scan::default().answer_members(t, &mut a);
+            let quick = Scan::default().answer_members(t.as_bytes(), &mut a);
             assert_eq!(quick, full(t, &mut c), "{t}");
             if quick {
                 assert_eq!(a, c, "{t}");
