@@ -245,6 +245,13 @@ pub fn process_into(
     }
     edits.clear();
     texts.clear();
+    // From a cache of answers, each lookup is a few cache misses in a
+    // file of megabytes: the frames are read first, and what their lookups
+    // will read is fetched for all of them at once.
+    let mut pre = Vec::new();
+    if let (true, Ok(pid)) = (resolver.caches(), &pid) {
+        pre = prefetched(resolver, text, s, *pid);
+    }
     for i in 0..s.items.len() {
         let (array, index, open, close, members) = match &s.items[i] {
             Item::Frame { array, index, open, close, members } => {
@@ -275,7 +282,8 @@ pub fn process_into(
         // members after all.
         let members = members.unwrap_or_else(|| s.frame_members(text, open));
         let frame_members = &s.members[members.clone()];
-        let (added, stale, live) = match frame(resolver, text, frame_members, pid, texts) {
+        let parsed = pre.get_mut(i).and_then(Option::take);
+        let (added, stale, live) = match frame(resolver, text, frame_members, pid, texts, parsed) {
             Ok(Some(f)) => f,
             Ok(None) => continue,
             Err(e) => {
@@ -437,6 +445,47 @@ fn warm(r: &mut AddrResolver, text: &str, s: &Scan, pid: Option<u32>) {
     r.warm(targets);
 }
 
+/// The frames of a line read (`None` for those known by their text), and
+/// what their lookups in caches of answers will read fetched at once,
+/// stage by stage (see `AddrResolver::prefetch`).
+fn prefetched<'a>(
+    r: &mut AddrResolver,
+    text: &'a str,
+    s: &Scan,
+    pid: Option<u32>,
+) -> Vec<Option<Result<Option<Parsed<'a>>, String>>> {
+    let pre: Vec<_> = s
+        .items
+        .iter()
+        .map(|item| match item {
+            Item::Frame { members, .. } => Some(parse_frame(r, text, &s.members[members.clone()])),
+            Item::Known { .. } => None,
+        })
+        .collect();
+    for stage in 0..2 {
+        for p in pre.iter().flatten() {
+            if let Ok(Some(Parsed {
+                module: Some(module),
+                offset: Some(offset),
+                build_id,
+                back,
+                ..
+            })) = p
+            {
+                let f = ModuleFrame {
+                    module,
+                    offset: offset.saturating_sub(*back),
+                    back: *back,
+                    build_id: build_id.as_deref(),
+                    pid,
+                };
+                r.prefetch(&f, stage);
+            }
+        }
+    }
+    pre
+}
+
 /// A frame's members, read.
 struct Parsed<'a> {
     addr: Option<u64>,
@@ -523,8 +572,13 @@ fn frame(
     members: &[Member],
     pid: Option<u32>,
     texts: &mut Vec<u8>,
+    parsed: Option<Result<Option<Parsed<'_>>, String>>,
 ) -> Result<Option<(Added, bool, bool)>, String> {
-    let Some(parsed) = parse_frame(r, text, members)? else { return Ok(None) };
+    let parsed = match parsed {
+        Some(p) => p,
+        None => parse_frame(r, text, members),
+    };
+    let Some(parsed) = parsed? else { return Ok(None) };
     let Parsed { addr, offset, module, build_id, kernel, back, mut stale, module_key, offset_key } =
         parsed;
 

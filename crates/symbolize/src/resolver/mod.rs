@@ -147,6 +147,9 @@ pub struct AddrResolver {
     shared: Shared,
     /// Whether lines now come few at a time (see `set_warm`).
     warm: bool,
+    /// Whether a module was answered from a cache of answers (see
+    /// `prefetch`).
+    caches: bool,
 }
 
 impl AddrResolver {
@@ -159,6 +162,7 @@ impl AddrResolver {
     fn sharing(opts: Options, shared: Shared) -> Self {
         AddrResolver {
             warm: true,
+            caches: false,
             debug_dirs: DebugDirs::new(opts.debug_dirs.clone()),
             modules: ModuleTable::new(opts.max_modules),
             opts,
@@ -221,6 +225,21 @@ impl AddrResolver {
     ) -> Result<Answer, Reason> {
         let inlined = self.opts.inlined;
         self.module_offset_with(f, |m, offset, back| m.answer_offset(offset, back, inlined, texts))
+    }
+
+    /// Whether a module has a cache of answers: a line's frames are then
+    /// worth `prefetch`ing.
+    pub fn caches(&self) -> bool {
+        self.caches
+    }
+
+    /// Start fetching what answering the frame `f` from a cache of
+    /// answers will read, `stage` by stage (see `CacheFile::prefetch`).
+    pub fn prefetch(&mut self, f: &ModuleFrame<'_>, stage: u8) {
+        let _ = self.module_offset_with(f, |m, offset, _| {
+            m.prefetch(offset, stage);
+            Ok(())
+        });
     }
 
     /// `warm_units` on `Options::warm_threads` threads (said under -vv).
@@ -537,6 +556,7 @@ impl AddrResolver {
                 };
             }
         }
+        self.caches |= m.cache.is_some();
         let (id, closed) = self.modules.insert(m);
         if let Some(mut m) = closed {
             // What it learned for the cache is kept.

@@ -200,6 +200,16 @@ impl Module {
         self.lookup_offset(offset, back, inlined).map(Answer::Made)
     }
 
+    /// Start fetching what answering file offset `offset` from the cache
+    /// of earlier runs will read (see `CacheFile::prefetch`).
+    pub fn prefetch(&mut self, offset: u64, stage: u8) {
+        if let (None, Some(c)) = (&self.index, &mut self.cache) {
+            if let Some(vaddr) = elf::offset_to_vaddr(&self.segments, offset) {
+                c.prefetch(vaddr, stage);
+            }
+        }
+    }
+
     /// Whether the answer at `vaddr` is in the cache of earlier runs.
     pub fn cached(&self, vaddr: u64) -> bool {
         self.cache.as_ref().is_some_and(|c| c.knows(vaddr))
