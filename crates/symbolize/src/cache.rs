@@ -95,17 +95,23 @@ fn hint_slot(vaddr: u64) -> usize {
 /// Ask the CPU to bring the cache line at the start of `b` in, without
 /// waiting for it.
 fn prefetch(b: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
     if !b.is_empty() {
-        // SAFETY: a prefetch reads nothing the program sees and never
-        // faults; the address is inside `b` all the same. SSE is part of
-        // x86_64.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                b.as_ptr().cast::<i8>(),
-            )
-        };
+        prefetch_ptr(b.as_ptr());
     }
+}
+
+/// `prefetch` of the line holding `p`, which must point into memory the
+/// program holds.
+fn prefetch_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and never faults
+    // (callers pass an address inside memory they hold all the same). SSE
+    // is part of x86_64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A record's fixed part: the end of its entry's range (u64), the
@@ -562,7 +568,18 @@ fn entries<'a>(old: Vec<Entry<'a>>, points: &'a mut [(u64, u64, Outcome)]) -> Ve
         i > 0 && a < old[i - 1].1
     };
     let mut fresh: Vec<Entry<'a>> = Vec::with_capacity(points.len());
-    for (a, back, r) in points.iter() {
+    let points: &'a [(u64, u64, Outcome)] = points;
+    for (i, (a, back, r)) in points.iter().enumerate() {
+        // The answers are spread over the heap, each a cache miss or two
+        // away (the answer, then its text): fetched ahead.
+        if let Some((_, _, Ok(r))) = points.get(i + 16) {
+            prefetch_ptr(std::sync::Arc::as_ptr(r).cast());
+        }
+        if let Some((_, _, Ok(r))) = points.get(i + 8) {
+            if let Some((text, _)) = r.json.get() {
+                prefetch_ptr(text.as_ptr());
+            }
+        }
         if *a == u64::MAX || fresh.last().is_some_and(|e| e.0 == *a) || known(*a) {
             continue;
         }

@@ -462,27 +462,24 @@ fn prefetched<'a>(
             Item::Known { .. } => None,
         })
         .collect();
-    for stage in 0..2 {
-        for p in pre.iter().flatten() {
-            if let Ok(Some(Parsed {
-                module: Some(module),
-                offset: Some(offset),
-                build_id,
-                back,
-                ..
-            })) = p
-            {
-                let f = ModuleFrame {
-                    module,
-                    offset: offset.saturating_sub(*back),
-                    back: *back,
-                    build_id: build_id.as_deref(),
-                    pid,
-                };
-                r.prefetch(&f, stage);
-            }
-        }
-    }
+    let frames: Vec<ModuleFrame> = pre
+        .iter()
+        .flatten()
+        .filter_map(|p| match p {
+            Ok(Some(Parsed {
+                module: Some(module), offset: Some(offset), build_id, back, ..
+            })) => Some(ModuleFrame {
+                module,
+                offset: offset.saturating_sub(*back),
+                back: *back,
+                build_id: build_id.as_deref(),
+                pid,
+            }),
+            _ => None,
+        })
+        .collect();
+    r.prefetch(&frames);
+    drop(frames);
     pre
 }
 

@@ -150,6 +150,8 @@ pub struct AddrResolver {
     /// Whether a module was answered from a cache of answers (see
     /// `prefetch`).
     caches: bool,
+    /// `prefetch`'s list of modules and addresses, kept for the next line.
+    prefetching: Vec<(ModuleId, u64)>,
 }
 
 impl AddrResolver {
@@ -163,6 +165,7 @@ impl AddrResolver {
         AddrResolver {
             warm: true,
             caches: false,
+            prefetching: Vec::new(),
             debug_dirs: DebugDirs::new(opts.debug_dirs.clone()),
             modules: ModuleTable::new(opts.max_modules),
             opts,
@@ -233,13 +236,52 @@ impl AddrResolver {
         self.caches
     }
 
-    /// Start fetching what answering the frame `f` from a cache of
-    /// answers will read, `stage` by stage (see `CacheFile::prefetch`).
-    pub fn prefetch(&mut self, f: &ModuleFrame<'_>, stage: u8) {
-        let _ = self.module_offset_with(f, |m, offset, _| {
-            m.prefetch(offset, stage);
-            Ok(())
-        });
+    /// Start fetching what answering `frames` (a line's) from caches of
+    /// answers will read, stage by stage for all of them (see
+    /// `CacheFile::prefetch`), so that their cache misses overlap.
+    pub fn prefetch(&mut self, frames: &[ModuleFrame<'_>]) {
+        let mut targets = std::mem::take(&mut self.prefetching);
+        targets.clear();
+        // A line's frames name one module or a few, one after another.
+        let mut last: Option<(&ModuleFrame, Option<ModuleId>)> = None;
+        for f in frames {
+            let id = match last {
+                Some((l, id))
+                    if l.module == f.module && l.build_id == f.build_id && l.pid == f.pid =>
+                {
+                    id
+                }
+                _ => self.module_id(f),
+            };
+            last = Some((f, id));
+            let m = id.and_then(|id| Some((id, self.modules.get_mut(id)?)));
+            if let Some((id, v)) = m.and_then(|(id, m)| Some((id, m.cache_vaddr(f.offset)?))) {
+                targets.push((id, v));
+            }
+        }
+        for stage in 0..2 {
+            for &(id, vaddr) in &targets {
+                if let Some(m) = self.modules.get_mut(id) {
+                    m.prefetch(vaddr, stage);
+                }
+            }
+        }
+        self.prefetching = targets;
+    }
+
+    /// The open module of the frame `f` (loaded if need be).
+    fn module_id(&mut self, f: &ModuleFrame<'_>) -> Option<ModuleId> {
+        let find = |r: &Self| {
+            let hits = r.by_name.get(f.module)?;
+            let hit =
+                hits.iter().find(|h| h.pid == f.pid && h.build_id.as_deref() == f.build_id)?;
+            hit.module.ok().filter(|&id| r.modules.is_open(id))
+        };
+        if let Some(id) = find(self) {
+            return Some(id);
+        }
+        let _ = self.module_offset_with(f, |_, _, _| Ok(()));
+        find(self)
     }
 
     /// `warm_units` on `Options::warm_threads` threads (said under -vv).

@@ -200,13 +200,18 @@ impl Module {
         self.lookup_offset(offset, back, inlined).map(Answer::Made)
     }
 
-    /// Start fetching what answering file offset `offset` from the cache
-    /// of earlier runs will read (see `CacheFile::prefetch`).
-    pub fn prefetch(&mut self, offset: u64, stage: u8) {
-        if let (None, Some(c)) = (&self.index, &mut self.cache) {
-            if let Some(vaddr) = elf::offset_to_vaddr(&self.segments, offset) {
-                c.prefetch(vaddr, stage);
-            }
+    /// The address file offset `offset` is answered at from the cache of
+    /// earlier runs, if the module has one (and no index).
+    pub fn cache_vaddr(&self, offset: u64) -> Option<u64> {
+        self.cache.as_ref().filter(|_| self.index.is_none())?;
+        elf::offset_to_vaddr(&self.segments, offset)
+    }
+
+    /// Start fetching what answering `vaddr` from the cache of earlier
+    /// runs will read (see `CacheFile::prefetch`).
+    pub fn prefetch(&mut self, vaddr: u64, stage: u8) {
+        if let Some(c) = &mut self.cache {
+            c.prefetch(vaddr, stage);
         }
     }
 
