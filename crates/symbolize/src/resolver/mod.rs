@@ -839,8 +839,8 @@ mod tests {
         }
     }
 
-    /// Resolvers made by `fresh` use one parsed DWARF index per file, made
-    /// by whichever asks first, and answer the same from it; a resolver
+    /// Resolvers made by `fresh` use one parsed DWARF index and one sorted
+    /// symbol table per file, made by whichever asks first, and answer the same from it; a resolver
     /// made anew has its own.
     #[test]
     fn fresh_resolvers_share_parsed_dwarf() {
@@ -871,6 +871,13 @@ mod tests {
         };
         assert!(Arc::ptr_eq(&index(&mut a), &index(&mut b)));
         assert!(!Arc::ptr_eq(&index(&mut a), &index(&mut other)));
+        // So is the sorted symbol table (sorted once, by `a`'s first use).
+        let sorted = |r: &mut AddrResolver| {
+            let id = r.load_path(&exe, &exe).unwrap();
+            r.modules.get(id).unwrap().symbols.shared()
+        };
+        assert!(Arc::ptr_eq(&sorted(&mut a), &sorted(&mut b)));
+        assert!(!Arc::ptr_eq(&sorted(&mut a), &sorted(&mut other)));
         let (ida, idb) = (a.load_path(&exe, &exe).unwrap(), b.load_path(&exe, &exe).unwrap());
         for &v in &addrs {
             let (x, y) = (
