@@ -879,12 +879,22 @@ mod tests {
         assert!(Arc::ptr_eq(&sorted(&mut a), &sorted(&mut b)));
         assert!(!Arc::ptr_eq(&sorted(&mut a), &sorted(&mut other)));
         let (ida, idb) = (a.load_path(&exe, &exe).unwrap(), b.load_path(&exe, &exe).unwrap());
+        let mut inlined_shared = 0;
         for &v in &addrs {
             let (x, y) = (
                 a.modules.get_mut(ida).unwrap().lookup_vaddr(v, true),
                 b.modules.get_mut(idb).unwrap().lookup_vaddr(v, true),
             );
             assert_eq!(x, y, "at {v:#x}");
+            // So are DWARF's names of inlined functions.
+            if let (Ok(x), Ok(y)) = (&x, &y) {
+                for (i, j) in x.inlined.iter().zip(&y.inlined) {
+                    if let (Some(i), Some(j)) = (&i.sym, &j.sym) {
+                        assert!(Arc::ptr_eq(i, j), "{i} demangled twice");
+                        inlined_shared += 1;
+                    }
+                }
+            }
             // Symbol names are demangled once for both (one string), not
             // for the other stream's resolver.
             let ido = other.load_path(&exe, &exe).unwrap();
@@ -897,6 +907,7 @@ mod tests {
                 assert!(!Arc::ptr_eq(&x, &z), "{x} shared with another stream");
             }
         }
+        assert!(inlined_shared > 3, "{inlined_shared} inlined names compared");
     }
 
     /// Outside code (the ELF header, read-only data) DWARF knows only the

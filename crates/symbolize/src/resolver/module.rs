@@ -59,6 +59,8 @@ pub struct Module {
     /// DWARF (linkage) names, demangled, since the same inlined functions
     /// turn up at many addresses.
     dwarf_names: NameCache,
+    /// `lookup_vaddr`'s frames, kept for the next lookup.
+    frames: Vec<DwarfFrame>,
 }
 
 pub enum DwarfState {
@@ -166,6 +168,7 @@ impl Module {
             answers: FxHashMap::default(),
             files: FxHashMap::default(),
             dwarf_names: FxHashMap::default(),
+            frames: Vec::new(),
         }
     }
 
@@ -264,7 +267,10 @@ impl Module {
         // Outside code, DWARF knows only the ranges of functions the linker
         // dropped, which it leaves at address 0 (addr2line answers "??").
         let code = elf::is_code(&self.segments, vaddr);
-        let mut frames: Vec<DwarfFrame> = Vec::new();
+        // The frames' vector is the module's, used again: one allocation
+        // less per new address.
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
         if let Some(units) = units_of(&mut self.dwarf, &self.shared).filter(|_| code) {
             // A unit that .debug_aranges names but that knows nothing of the
             // address (code without line info) is the answer: no other unit
@@ -277,7 +283,7 @@ impl Module {
                     vaddr,
                     want_inlined,
                     outer_name,
-                    &mut self.dwarf_names,
+                    (&mut self.dwarf_names, Some(units.names())),
                     &mut self.files,
                     &mut frames,
                 );
@@ -290,10 +296,11 @@ impl Module {
                 res.sym = outer.sym;
             }
             res.inlined = frames
-                .into_iter()
+                .drain(..)
                 .map(|f| Inlined { sym: f.sym, file: f.file, line: f.line })
                 .collect();
         }
+        self.frames = frames;
         if res.sym.is_none() && res.file.is_none() {
             return Err(Reason::NoSymbols);
         }
