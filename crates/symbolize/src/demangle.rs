@@ -27,7 +27,11 @@ pub fn demangle(name: &str) -> String {
     }
     if name.starts_with("_Z") {
         if let Ok(sym) = cpp_demangle::Symbol::new(name) {
-            if let Ok(s) = sym.demangle() {
+            // What `sym.demangle()` writes, into a string with room for a
+            // long name (substitutions make names several times their
+            // mangled length): it grew from nothing, a copy per doubling.
+            let mut s = String::with_capacity(name.len() * 4);
+            if sym.structured_demangle(&mut s, &Default::default()).is_ok() {
                 return s;
             }
         }
