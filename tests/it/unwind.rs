@@ -6,11 +6,12 @@
 //! CFI).
 
 use leakd_test_macros::bpf_test;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{build_c, json_lines, LEAKER};
+use crate::support::{bin, build_c, json_lines, TempDir, LEAKER};
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
 
@@ -273,7 +274,9 @@ int main(int argc, char **argv) {
     void (*warmup)(void) = (void (*)(void))dlsym(h, "lib_warmup");
     void *(*top)(size_t) = (void *(*)(size_t))dlsym(h, "lib_top");
     warmup(); /* the walker meets the library: its table gets loaded */
-    usleep(600 * 1000);
+    /* The test creates argv[2] once the tool says the table is in; give
+     * up after a minute (the test then fails on the missing line). */
+    for (int i = 0; i < 12000 && access(argv[2], F_OK) != 0; i++) usleep(5000);
     for (int i = 0; i < 5; i++) sink = top(64);
     usleep(400 * 1000);
     return 0;
@@ -301,14 +304,36 @@ fn library_dlopened_after_attach_is_unwound() {
         ],
     );
     let lib = dir.join("libleaky.so");
-    let out = run_tool(
-        "leakd-attach",
-        &["--symbolize", "-v"],
-        &[dir.join("main").to_str().unwrap(), lib.to_str().unwrap()],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let go = TempDir::new("unwind-dlopen-go");
+    let go_file = go.path("go");
+    // No fixed sleep: the program waits (after meeting the library) until
+    // the tool's -v line says the library's table is loaded, which the
+    // tool prints only once the walker can use it.
+    let mut child = Command::new(bin("leakd-attach"))
+        .args(["--symbolize", "-v", "--"])
+        .arg(dir.join("main"))
+        .arg(&lib)
+        .arg(&go_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in err.lines().map_while(Result::ok) {
+            if line.contains("unwind table of") && line.contains("libleaky.so") {
+                std::fs::write(&go_file, "").unwrap();
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let out = child.wait_with_output().unwrap();
+    let stderr = reader.join().unwrap();
     assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
-    assert!(stderr.contains("unwind table of") && stderr.contains("libleaky.so"), "{stderr}");
+    assert!(go.path("go").exists(), "no unwind table line for libleaky.so: {stderr}");
     let stacks = final_stacks(&out);
     let s = stack_from(&stacks, "lib_leaf");
     assert_eq!(s["outstanding_count"], 5, "{s}");
