@@ -397,20 +397,77 @@ int main(int argc, char **) {
 }
 "#;
 
-fn leaky_cxx() -> PathBuf {
-    let dir = build_c(
-        "unwind-cxx",
-        &[("leaky.cc", LEAKY_CXX)],
-        &[&["g++", "-g", "-O2", "-fomit-frame-pointer", "-o", "leaky", "leaky.cc"]],
-    );
+/// The C++ runtimes the tests build LEAKY_CXX with.
+#[derive(Clone, Copy)]
+enum Runtime {
+    /// g++, libstdc++ (the operators are in libstdc++.so.6).
+    Libstdcxx,
+    /// clang++ -stdlib=libc++ (LLVM's libc++; Debian's has the operators
+    /// in libc++abi.so.1).
+    Libcxx,
+}
+
+impl Runtime {
+    /// The file the tool must name as the C++ runtime (-v).
+    fn library(self) -> &'static str {
+        match self {
+            Runtime::Libstdcxx => "libstdc++.so",
+            Runtime::Libcxx => "libc++abi.so",
+        }
+    }
+}
+
+/// clang++ of the clang scripts/setup installs, with its libc++
+/// (`scripts/setup --tests`).
+fn clangxx() -> &'static str {
+    static FOUND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        let dir = TempDir::new("libcxx-probe");
+        std::fs::write(dir.path("t.cc"), "#include <new>\nint main() { delete new int; }\n")
+            .unwrap();
+        ["clang++-19", "clang++-16", "clang++-14", "clang++"]
+            .into_iter()
+            .find(|c| {
+                Command::new(c)
+                    .args(["-stdlib=libc++", "-o"])
+                    .arg(dir.path("t"))
+                    .arg(dir.path("t.cc"))
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .expect("clang++ with libc++ (scripts/setup --tests installs them)")
+    })
+}
+
+fn leaky_cxx(rt: Runtime) -> PathBuf {
+    let (name, cxx, stdlib) = match rt {
+        Runtime::Libstdcxx => ("unwind-cxx", "g++", None),
+        Runtime::Libcxx => ("unwind-cxx-libcxx", clangxx(), Some("-stdlib=libc++")),
+    };
+    let mut cmd = vec![cxx, "-g", "-O2", "-fomit-frame-pointer"];
+    cmd.extend(stdlib);
+    cmd.extend(["-o", "leaky", "leaky.cc"]);
+    let dir = build_c(name, &[("leaky.cc", LEAKY_CXX)], &[&cmd]);
     dir.join("leaky")
 }
 
 #[bpf_test]
 fn cxx_new_names_its_callers_up_to_main() {
-    let bin = leaky_cxx();
-    let out = run_tool("leakd-attach", &["--symbolize"], &[bin.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    check_cxx_new(Runtime::Libstdcxx);
+}
+
+#[bpf_test]
+fn libcxx_new_names_its_callers_up_to_main() {
+    check_cxx_new(Runtime::Libcxx);
+}
+
+fn check_cxx_new(rt: Runtime) {
+    let bin = leaky_cxx(rt);
+    let out = run_tool("leakd-attach", &["--symbolize", "-v"], &[bin.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    let runtime = stderr.lines().find(|l| l.contains("C++ runtime: ")).unwrap_or("");
+    assert!(runtime.contains(rt.library()), "{stderr}");
     let stacks = final_stacks(&out);
     // The caller of new first, then its callers, in order, up to main.
     let s = stack_from(&stacks, "cxx_leaf");
@@ -438,7 +495,16 @@ fn cxx_new_names_its_callers_up_to_main() {
 
 #[bpf_test]
 fn allocsnoop_reports_cxx_operators_and_a_mismatched_delete() {
-    let bin = leaky_cxx();
+    check_allocsnoop_cxx(Runtime::Libstdcxx);
+}
+
+#[bpf_test]
+fn allocsnoop_reports_libcxx_operators_and_a_mismatched_delete() {
+    check_allocsnoop_cxx(Runtime::Libcxx);
+}
+
+fn check_allocsnoop_cxx(rt: Runtime) {
+    let bin = leaky_cxx(rt);
     let out = run_tool("allocsnoop", &["--stack"], &[bin.to_str().unwrap()]);
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let symres = Cmd::cargo_bin("symres").unwrap().write_stdin(out.stdout).output().unwrap();
