@@ -1002,3 +1002,29 @@ fn text_of_a_mismatch_line_names_both_calls_and_stacks() {
          \tfreed by delete at:\n\t\t0x3 [m+0x1221]\n"
     );
 }
+
+/// leakd-attach's exec line (the replaced image's blocks, counted as freed)
+/// is said as such, not drawn as an execsnoop row with empty columns.
+#[test]
+fn text_of_leakd_attach_exec_line_says_what_ended() {
+    let input = concat!(
+        r#"{"type":"exec","ts_ns":1,"pid":7,"comm":"sh","freed_count":50,"freed_bytes":3200}"#,
+        "\n",
+        r#"{"type":"exec","ts_ns":1,"pid":8,"ppid":7,"comm":"true","ret":0,"argv":["true"]}"#,
+        "\n"
+    );
+    let out = report(&[], input);
+    assert!(out.status.success(), "{out:?}");
+    let text = text(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].ends_with(
+            "pid 7: exec (sh) ended 50 blocks, 3200 bytes (3.1 KiB), of the old image: \
+             counted as freed"
+        ),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("TIME "), "{text}");
+    assert!(lines[2].contains(" true"), "{text}");
+}

@@ -67,6 +67,11 @@ pub struct Line<'a> {
     pub alloc: Option<Call<'a>>,
     #[serde(default, borrow)]
     pub free: Option<Call<'a>>,
+    // exec (leakd-attach): the replaced image's blocks that ended with it
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub freed_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub freed_bytes: Option<u64>,
     // execsnoop
     #[serde(default, borrow)]
     pub filename: Option<Cow<'a, str>>,

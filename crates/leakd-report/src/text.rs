@@ -260,6 +260,19 @@ impl Text {
     }
 
     fn exec(&mut self, o: &mut impl Write, l: &Line) -> io::Result<()> {
+        if let Some(n) = l.freed_count {
+            // leakd-attach's: not an execsnoop row, but what the exec ended.
+            let bytes = l.freed_bytes.unwrap_or(0);
+            return writeln!(
+                o,
+                "[{}] pid {}: exec ({}) ended {n} blocks, {bytes} bytes ({}), of the old \
+                 image: counted as freed",
+                clock(l.ts_ns.unwrap_or(0)),
+                l.pid.unwrap_or(0),
+                l.comm.as_deref().unwrap_or("?"),
+                human_bytes(bytes as f64),
+            );
+        }
         if !self.exec_header {
             self.exec_header = true;
             writeln!(
