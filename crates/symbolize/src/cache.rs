@@ -539,7 +539,7 @@ fn record_of(vaddr: u64, back: u64, outcome: &Outcome) -> Option<Option<Record<'
     // again), cut around `sym_offset`, which goes right after `sym`,
     // before the rest (see `answer::write_answer`).
     let (text, head_len) = r.rendered();
-    let text = text.as_bytes();
+    let text: &[u8] = text;
     let head = text.get(..*head_len)?;
     let Some(off) = r.sym_offset else { return Some(Some((NONE64, text, b""))) };
     let rest = &text[head.len()..];
