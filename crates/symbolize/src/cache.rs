@@ -330,6 +330,23 @@ impl CacheFile {
         })
     }
 
+    /// Another reader of the same file, checked already (each reader
+    /// remembers which records it found good).
+    pub fn fresh(&self) -> CacheFile {
+        CacheFile {
+            data: self.data.clone(),
+            n: self.n,
+            n_blocks: self.n_blocks,
+            fence_at: self.fence_at,
+            blocks_at: self.blocks_at,
+            blob: self.blob.clone(),
+            checked: Vec::new(),
+            scan: Scan::default(),
+            hints: [(0, NONE32); HINTS],
+            top: self.top.clone(),
+        }
+    }
+
     /// How many address ranges it answers.
     pub fn entries(&self) -> usize {
         self.n

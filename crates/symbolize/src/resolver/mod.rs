@@ -588,7 +588,7 @@ impl AddrResolver {
         if self.opts.cache && self.opts.inlined && m.index.is_none() && !m.provenance.is_empty() {
             if let (Some(id), Some(dir)) = (m.build_id.as_deref(), self.index_dir()) {
                 m.learn = true;
-                m.cache = match StoreDir::open(&dir) {
+                let load = || match StoreDir::open(&dir) {
                     Ok(store) => crate::cache::load(&store, id, &m.provenance),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(e) => {
@@ -596,6 +596,7 @@ impl AddrResolver {
                         None
                     }
                 };
+                m.cache = self.shared.cache_file(id, &m.provenance, load);
             }
         }
         self.caches |= m.cache.is_some();

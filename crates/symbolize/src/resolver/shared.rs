@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustc_hash::FxHashMap;
 
-use crate::cache::Learned;
+use crate::cache::{CacheFile, Learned};
 use crate::dwarf::Units;
 use crate::elf::DwarfSections;
 use crate::elf::Sorted;
@@ -55,9 +55,45 @@ pub struct Shared {
     /// The sorted symbol tables of the files loaded so far (with their
     /// demangled names), as long as a module of some resolver holds them.
     symbols: Arc<Mutex<FxHashMap<FileKey, Weak<OnceLock<Sorted>>>>>,
+    /// The cache files of answers loaded so far, by build id and what
+    /// their answers are made from (`None`: none usable): each is opened
+    /// and its CRC checked once for all the resolvers of a stream.
+    caches: Arc<Mutex<CacheFiles>>,
 }
 
+/// Cache files by build id and provenance.
+type CacheFiles = FxHashMap<(Vec<u8>, Vec<u8>), Option<CacheFile>>;
+
+/// Cache files kept in `Shared::caches` at most (each holds a mapping, of
+/// which a process has a bounded number: see crate::mmap).
+const MAX_CACHE_FILES: usize = 16;
+
 impl Shared {
+    /// The cache file of answers of the build `build_id` made from
+    /// `provenance`, as `load` loads it, unless another resolver did
+    /// (then a fresh reader of the same checked file). Loaded under the
+    /// lock: another resolver waits for this one's check rather than
+    /// making it again.
+    pub fn cache_file(
+        &self,
+        build_id: &[u8],
+        provenance: &[u8],
+        load: impl FnOnce() -> Option<CacheFile>,
+    ) -> Option<CacheFile> {
+        let mut map = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (build_id.to_vec(), provenance.to_vec());
+        if let Some(c) = map.get(&key) {
+            return c.as_ref().map(CacheFile::fresh);
+        }
+        let c = load();
+        let fresh = c.as_ref().map(CacheFile::fresh);
+        if map.len() >= MAX_CACHE_FILES {
+            map.clear();
+        }
+        map.insert(key, c);
+        fresh
+    }
+
     /// The sorted symbol table of the file `key`: another resolver's when
     /// one holds it, else `mine` (the table of the caller's module, which
     /// the others will then share).
@@ -177,4 +213,48 @@ pub fn warm_units(mut targets: Vec<ColdTarget>, threads: usize, inlined: bool) -
         work();
     });
     targets.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::Resolution;
+    use crate::store::StoreDir;
+
+    /// A cache file of answers is loaded (its CRC checked) once for all
+    /// the resolvers of a stream, the others getting readers of the same
+    /// file; a file not usable is remembered as such too.
+    #[test]
+    fn cache_files_are_loaded_once_per_stream() {
+        let dir = std::env::temp_dir().join(format!("symres-shared-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (id, prov) = (vec![9u8; 20], b"p".to_vec());
+        let r = Resolution { sym: Some("f".into()), sym_offset: Some(0), ..Default::default() };
+        let points = vec![(0x100, 0, Ok(Arc::new(r)))];
+        let learned = Learned { build_id: id.clone(), provenance: prov.clone(), points };
+        crate::cache::write(&dir, crate::cache::DEFAULT_SIZE, vec![learned]);
+        let store = StoreDir::open(&dir).unwrap();
+        let shared = Shared::default();
+        let loads = std::cell::Cell::new(0);
+        let load = |p: &'static [u8]| {
+            let (loads, store, id) = (&loads, &store, &id);
+            move || {
+                loads.set(loads.get() + 1);
+                crate::cache::load(store, id, p)
+            }
+        };
+        let mut a = shared.cache_file(&id, b"p", load(b"p")).unwrap();
+        let mut b = shared.clone().cache_file(&id, b"p", load(b"p")).unwrap();
+        assert_eq!(loads.get(), 1);
+        for c in [&mut a, &mut b] {
+            let mut o = Vec::new();
+            assert_eq!(c.lookup(0x100, 0, &mut o), Some(Ok(())));
+            assert_eq!(o, br#""sym":"f","sym_offset":"0x0""#);
+        }
+        // Made from other files: not usable, and not loaded again.
+        assert!(shared.cache_file(&id, b"q", load(b"q")).is_none());
+        assert!(shared.cache_file(&id, b"q", load(b"q")).is_none());
+        assert_eq!(loads.get(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
