@@ -49,7 +49,10 @@ fn main() {
         // what the name says (bench-symres compares names the same way).
         let norm = |s: &str| s.replace(", ", ",");
         let rejected = out.iter().filter(|d| d.is_none()).count();
-        let mut agree = 0;
+        // LLVM before 15 wrote `> >` where later ones write `>>`: also
+        // counted with no spaces at all.
+        let bare = |s: &str| s.replace(' ', "");
+        let (mut agree, mut agree_bare) = (0, 0);
         for ((m, r), d) in pairs.iter().zip(&out) {
             let Some(r) = r else { continue };
             let d = d.as_deref().unwrap_or(m);
@@ -58,9 +61,10 @@ fn main() {
             } else if diffs {
                 eprintln!("{label}\t{m}\t{d}\t{r}");
             }
+            agree_bare += usize::from(bare(d) == bare(r));
         }
         fields.push(format!(
-            "\"{label}\":{{\"ns_per_name\":{:.0},\"seconds\":{best:.4},\"rejected\":{rejected},\"agree\":{agree}}}",
+            "\"{label}\":{{\"ns_per_name\":{:.0},\"seconds\":{best:.4},\"rejected\":{rejected},\"agree\":{agree},\"agree_ignoring_spaces\":{agree_bare}}}",
             best * 1e9 / pairs.len().max(1) as f64
         ));
     }
