@@ -12,9 +12,20 @@ extern "C" {
     fn leakd_itanium_free(buf: *mut c_char);
 }
 
+/// The longest name given to LLVM's demangler. Its parser and printer
+/// recurse with no limit, up to one level per byte of the name, at about
+/// 400 bytes of stack a level: `_Z1f` and 6,000 `P`s overflow a thread's
+/// 2 MiB stack (a crash, not an error). 1,024 bytes keep the worst case
+/// near 0.5 MiB; the longest C++ name of node and libstdc++ is 483 bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
 /// The readable form of an Itanium-mangled name (`_ZN3foo3barEv` →
-/// `foo::bar()`), or `None` when LLVM's demangler rejects it.
+/// `foo::bar()`), or `None` when LLVM's demangler rejects it or the name is
+/// longer than [`MAX_NAME_LEN`].
 pub fn demangle(name: &str) -> Option<String> {
+    if name.len() > MAX_NAME_LEN {
+        return None;
+    }
     let mut len = 0usize;
     // SAFETY: the shim reads exactly `name.len()` bytes from `name`'s
     // pointer (no NUL needed) and writes one usize through `len`, a live
@@ -58,14 +69,27 @@ mod tests {
     }
 
     #[test]
+    fn names_past_the_limit_are_not_parsed() {
+        // Deep enough to overflow this test thread's stack if parsed.
+        let deep = format!("_Z1f{}v", "P".repeat(20_000));
+        assert_eq!(demangle(&deep), None);
+        let at_limit = format!("_Z1f{}v", "P".repeat(super::MAX_NAME_LEN - 5));
+        assert_eq!(at_limit.len(), super::MAX_NAME_LEN);
+        let d = demangle(&at_limit).expect("demangles");
+        assert_eq!(d, format!("f(void{})", "*".repeat(super::MAX_NAME_LEN - 5)));
+    }
+
+    #[test]
     fn long_names_grow_the_allocator() {
-        // Nested templates: more nodes than the first 4 KiB block holds.
+        // 100 template arguments: more nodes than the first 4 KiB block
+        // holds.
         let mut name = String::from("_Z1fI");
-        for _ in 0..200 {
+        for _ in 0..100 {
             name.push_str("N1a1bIiEE");
         }
         name.push_str("EvT_");
+        assert!(name.len() <= super::MAX_NAME_LEN);
         let d = demangle(&name).expect("demangles");
-        assert_eq!(d.matches("a::b<int>").count(), 201);
+        assert_eq!(d.matches("a::b<int>").count(), 101);
     }
 }

@@ -32,7 +32,8 @@ pub fn demangle(name: &str) -> String {
     if name.starts_with("_Z") {
         // LLVM's demangler: the names llvm-symbolizer prints, several times
         // faster than cpp_demangle (most of symres's time on a large C++
-        // binary). cpp_demangle is kept for what LLVM's rejects.
+        // binary). cpp_demangle is kept for what LLVM's rejects, and for
+        // names too long to give it (see MAX_NAME_LEN).
         if let Some(d) = leakd_llvm_demangle::demangle(name) {
             return d;
         }
@@ -152,5 +153,9 @@ mod tests {
         assert_eq!(demangle("_ZGTtdlPv"), "transaction clone for operator delete(void*)");
         // Rejected by both: the name as it is.
         assert_eq!(demangle("_ZN3foo"), "_ZN3foo");
+        // Too deep for LLVM's demangler (no recursion limit: it would
+        // overflow the stack): cpp_demangle's, which has one, rejects it.
+        let deep = format!("_Z1f{}v", "P".repeat(20_000));
+        assert_eq!(demangle(&deep), deep);
     }
 }
