@@ -185,7 +185,7 @@ static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_
  * mappings.bpf.h), so its lines keep their modules after the process
  * exits. The walk is read again (the kernel's stack map cannot be read
  * from BPF), once per site. */
-static __always_inline void note_site_mappings(void *ctx, __u64 caller)
+static __always_inline void note_site_mappings(void *ctx, __u64 caller, __u32 stack_id)
 {
 	struct mappings_scratch *m = mappings_scratch_get();
 	struct unwind_scratch *u;
@@ -193,7 +193,9 @@ static __always_inline void note_site_mappings(void *ctx, __u64 caller)
 
 	if (!m)
 		return;
-	if (unwind_mode == UNWIND_MODE_FP) {
+	if (stack_id == LEAKD_ATTACH_CALLER_STACK) {
+		n = 0;
+	} else if (unwind_mode == UNWIND_MODE_FP) {
 		n = bpf_get_stack(ctx, m->frames, sizeof(m->frames), BPF_F_USER_STACK);
 		n = n > 0 ? n / sizeof(__u64) : 0;
 	} else {
@@ -242,15 +244,38 @@ static __always_inline void untrack(__u64 addr)
 		count_block(&s->frees, &s->free_bytes, &s->est_frees, &s->est_free_bytes, a.size, 1);
 }
 
+/* The largest frame a frame pointer may span: no frame is bigger than
+ * the default stack limit. */
+#define FP_MAX_FRAME (8ULL << 20)
+
+/* Whether rbp can be a frame pointer in the return probe: the caller's
+ * frame, at or above the stack pointer and 8-aligned. */
+static __always_inline int fp_plausible(struct pt_regs *regs)
+{
+	__u64 sp = PT_REGS_SP(regs), bp = PT_REGS_FP(regs);
+
+	return bp >= sp && bp - sp < FP_MAX_FRAME && !(bp & 7);
+}
+
 /* The id of the calling user stack: in `stacks` (frame pointers, the
- * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set). */
+ * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set).
+ *
+ * The kernel's walk reads a frame at rbp and on until a read fails. In
+ * code built without frame pointers rbp holds anything, often a small
+ * integer or 0, and the failing read of an unmapped address is a page
+ * fault: ~0.5 us, more than the rest of the probe, to learn nothing but
+ * the caller (measured with scripts/bench-bpf-cost). Such an rbp gives
+ * LEAKD_ATTACH_CALLER_STACK without walking. */
 static __always_inline long user_stack_id(void *ctx)
 {
 	struct pt_regs *regs = ctx;
 	struct unwind_scratch *s;
 
-	if (unwind_mode == UNWIND_MODE_FP)
+	if (unwind_mode == UNWIND_MODE_FP) {
+		if (!fp_plausible(regs))
+			return LEAKD_ATTACH_CALLER_STACK;
 		return bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	}
 	s = unwind_walk(PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs), UNWIND_MAX_FRAMES);
 	if (!s)
 		return -1;
@@ -301,7 +326,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
 	if (created)
-		note_site_mappings(ctx, a.caller);
+		note_site_mappings(ctx, a.caller, a.stack_id);
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
 	err = bpf_map_update_elem(&allocs, &key, &a, BPF_NOEXIST);
 	if (err == -EEXIST) {

@@ -7,6 +7,10 @@
 
 /* stack_id when bpf_get_stackid failed: the block is grouped by caller. */
 #define LEAKD_ATTACH_NO_STACK 0xffffffffU
+/* stack_id when the stack is the caller alone, known without a walk (with
+ * frame pointers, when rbp cannot be one): no table holds it. Neither a
+ * stack map id (below LEAKD_ATTACH_MAX_STACKS) nor a DWARF one (bit 31). */
+#define LEAKD_ATTACH_CALLER_STACK 0x7fffffffU
 /* Capacity of the `stacks` map (distinct allocating stacks), and of the
  * `sites` map: twice that, since sites without a stack are keyed by caller. */
 #define LEAKD_ATTACH_MAX_STACKS 16384

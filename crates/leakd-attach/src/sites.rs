@@ -67,6 +67,12 @@ impl Stacks {
     }
 }
 
+/// Whether a stack id names an entry of a stack table: not when the walk
+/// failed, nor when the stack is the caller alone (no walk was made).
+fn in_table(stack_id: u32) -> bool {
+    stack_id != sys::LEAKD_ATTACH_NO_STACK && stack_id != sys::LEAKD_ATTACH_CALLER_STACK
+}
+
 /// The kernel's stack and site maps, and what is known here about them.
 pub(crate) struct Sites {
     stacks: Stacks,
@@ -133,7 +139,7 @@ impl Sites {
 
     /// The return addresses of a site's stack (empty when unavailable).
     fn stack_ips(&self, key: &SiteKey) -> Vec<u64> {
-        if key.stack_id == sys::LEAKD_ATTACH_NO_STACK {
+        if !in_table(key.stack_id) {
             return Vec::new();
         }
         match self.stacks.get(key.stack_id) {
@@ -176,7 +182,7 @@ impl Sites {
         let mut candidates = Vec::new();
         for (k, st) in totals {
             let ok = idle_now(k, st) && self.idle.get(k) == Some(&st.allocs);
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK {
+            if in_table(k.stack_id) {
                 let e = stack_ok.entry(k.stack_id).or_insert(true);
                 *e &= ok;
             }
@@ -187,14 +193,12 @@ impl Sites {
         self.idle = totals.iter().map(|(k, st)| (*k, st.allocs)).collect();
         let mut deleted_stacks: HashSet<u32> = HashSet::new();
         for k in candidates {
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK
-                && !stack_ok.get(&k.stack_id).copied().unwrap_or(false)
-            {
+            if in_table(k.stack_id) && !stack_ok.get(&k.stack_id).copied().unwrap_or(false) {
                 continue;
             }
             // Before the stack is gone.
             let line = self.line_key(&k);
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && deleted_stacks.insert(k.stack_id) {
+            if in_table(k.stack_id) && deleted_stacks.insert(k.stack_id) {
                 // Stack first: an alloc racing with us re-creates the same
                 // id (same stack, same hash bucket).
                 match self.stacks.remove(k.stack_id) {
