@@ -244,35 +244,17 @@ static __always_inline void untrack(__u64 addr)
 		count_block(&s->frees, &s->free_bytes, &s->est_frees, &s->est_free_bytes, a.size, 1);
 }
 
-/* The largest frame a frame pointer may span: no frame is bigger than
- * the default stack limit. */
-#define FP_MAX_FRAME (8ULL << 20)
-
-/* Whether rbp can be a frame pointer in the return probe: the caller's
- * frame, at or above the stack pointer and 8-aligned. */
-static __always_inline int fp_plausible(struct pt_regs *regs)
-{
-	__u64 sp = PT_REGS_SP(regs), bp = PT_REGS_FP(regs);
-
-	return bp >= sp && bp - sp < FP_MAX_FRAME && !(bp & 7);
-}
-
 /* The id of the calling user stack: in `stacks` (frame pointers, the
- * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set).
- *
- * The kernel's walk reads a frame at rbp and on until a read fails. In
- * code built without frame pointers rbp holds anything, often a small
- * integer or 0, and the failing read of an unmapped address is a page
- * fault: ~0.5 us, more than the rest of the probe, to learn nothing but
- * the caller (measured with scripts/bench-bpf-cost). Such an rbp gives
- * LEAKD_ATTACH_CALLER_STACK without walking. */
+ * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set), or
+ * LEAKD_ATTACH_CALLER_STACK when rbp cannot be a frame pointer (see
+ * unwind_fp_plausible). */
 static __always_inline long user_stack_id(void *ctx)
 {
 	struct pt_regs *regs = ctx;
 	struct unwind_scratch *s;
 
 	if (unwind_mode == UNWIND_MODE_FP) {
-		if (!fp_plausible(regs))
+		if (!unwind_fp_plausible(PT_REGS_SP(regs), PT_REGS_FP(regs)))
 			return LEAKD_ATTACH_CALLER_STACK;
 		return bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 	}

@@ -38,6 +38,23 @@
 /* Set by user space before load (--unwind): FP keeps bpf_get_stack. */
 const volatile __u8 unwind_mode = UNWIND_MODE_FP;
 
+/* The largest frame a frame pointer may span: no frame is bigger than
+ * the default stack limit. */
+#define UNWIND_FP_MAX_FRAME (8ULL << 20)
+
+/* Whether rbp can be the caller's frame pointer, given the stack pointer
+ * at the probe: at or above it, within one frame, 8-aligned. The kernel's
+ * frame-pointer walk (bpf_get_stack) reads a frame at rbp and on until a
+ * read fails; in code built without frame pointers rbp holds anything,
+ * often a small integer or 0, and the failing read of an unmapped address
+ * is a page fault: ~0.5 us, more than all the rest of a probe, to learn
+ * nothing past the caller (scripts/bench-bpf-floor). Without a plausible
+ * rbp the stack is the caller alone, known without the walk. */
+static __always_inline int unwind_fp_plausible(__u64 sp, __u64 bp)
+{
+	return bp >= sp && bp - sp < UNWIND_FP_MAX_FRAME && !(bp & 7);
+}
+
 /* max_entries set by user space before load. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
