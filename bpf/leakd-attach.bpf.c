@@ -30,6 +30,8 @@
 
 #define EEXIST 17
 
+_Static_assert(LEAKD_ATTACH_MISMATCH_FRAMES == UNWIND_MAX_FRAMES, "a walk fits a mismatch record");
+
 /* Only blocks whose requested size is within [min_size, max_size] are kept. */
 const volatile __u64 min_size = 0;
 const volatile __u64 max_size = ~0ULL;
@@ -154,13 +156,13 @@ static __always_inline void count_block(__u64 *n, __u64 *n_bytes, __u64 *est_n,
  * same key for its alloc and its free, built from the block's record);
  * *created says whether this call created them. */
 static __always_inline struct leakd_attach_stats *site_stats_new(const struct leakd_attach_alloc *a,
-								 int *created)
+								 __u32 pid, int *created)
 {
 	static const struct leakd_attach_stats zero = {};
 	struct leakd_attach_site site = {
 		.caller = a->caller,
 		.stack_id = a->stack_id,
-		.pid = a->pid,
+		.pid = pid,
 	};
 	struct leakd_attach_stats *s = bpf_map_lookup_elem(&sites, &site);
 
@@ -174,11 +176,12 @@ static __always_inline struct leakd_attach_stats *site_stats_new(const struct le
 	return s;
 }
 
-static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_attach_alloc *a)
+static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_attach_alloc *a,
+							     __u32 pid)
 {
 	int created;
 
-	return site_stats_new(a, &created);
+	return site_stats_new(a, pid, &created);
 }
 
 /* A new site: record the mappings of its stack's frames (see
@@ -224,8 +227,112 @@ static __always_inline struct leakd_attach_block block_key(__u64 addr)
 	return k;
 }
 
-/* Forget a tracked block (free, or the old block of a realloc). */
-static __always_inline void untrack(__u64 addr)
+/* Blocks freed with the wrong operator (struct leakd_attach_mismatch). A
+ * bug of the traced program, so rare: the reader drains it at its ticks,
+ * without wakeups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} mismatches SEC(".maps");
+
+/* Which deallocation a block calls for: free (the malloc family), delete
+ * (new) or delete[] (new[]); mmap'ed blocks, and untrack calls that are
+ * not a free (NO_CHECK), are not checked. */
+#define FAMILY_FREE 0
+#define FAMILY_DELETE 1
+#define FAMILY_DELETE_ARRAY 2
+#define FAMILY_NONE 3
+#define NO_CHECK ALLOC_OP_MAX
+
+static __always_inline __u32 op_family(__u32 op)
+{
+	switch (op) {
+	case ALLOC_OP_NEW:
+	case ALLOC_OP_DELETE:
+		return FAMILY_DELETE;
+	case ALLOC_OP_NEW_ARRAY:
+	case ALLOC_OP_DELETE_ARRAY:
+		return FAMILY_DELETE_ARRAY;
+	case ALLOC_OP_MMAP:
+	case ALLOC_OP_MUNMAP:
+	case NO_CHECK:
+		return FAMILY_NONE;
+	default:
+		return FAMILY_FREE;
+	}
+}
+
+/* Report block `a` at `addr` freed by `free_op`, with the free's stack:
+ * at the free's entry (sp: its return address at [sp]), or in a realloc's
+ * return probe (sp 0: ctx is at the caller). Out of line: only the rare
+ * mismatch pays for it. */
+static __noinline void report_mismatch(void *ctx, const struct leakd_attach_alloc *a, __u64 addr,
+				       __u32 free_op, __u64 sp)
+{
+	struct pt_regs *regs = ctx;
+	struct leakd_attach_mismatch *e;
+	struct mappings_scratch *m;
+	struct unwind_scratch *u;
+	__u64 ra = 0;
+	long n = 0;
+
+	e = bpf_ringbuf_reserve(&mismatches, sizeof(*e), 0);
+	if (!e) {
+		leakd_count_lost(LEAKD_LOST_RINGBUF);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->addr = addr;
+	e->size = a->size;
+	e->alloc_caller = a->caller;
+	e->alloc_stack_id = a->stack_id;
+	e->alloc_op = a->op;
+	e->free_op = free_op;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->tid = (__u32)bpf_get_current_pid_tgid();
+	e->nr_frames = 0;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	if (sp && bpf_probe_read_user(&ra, sizeof(ra), (void *)sp))
+		goto out; /* no stack */
+	if (unwind_mode != UNWIND_MODE_FP) {
+		/* At an entry the caller's state is one pop away (see allocsnoop). */
+		u = sp ? unwind_walk(ra, sp + 8, PT_REGS_FP(regs), LEAKD_ATTACH_MISMATCH_FRAMES) :
+			 unwind_walk(PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs),
+				     LEAKD_ATTACH_MISMATCH_FRAMES);
+		if (u) {
+			__builtin_memcpy(e->frames, u->frames, sizeof(e->frames));
+			n = u->n < LEAKD_ATTACH_MISMATCH_FRAMES ? u->n : LEAKD_ATTACH_MISMATCH_FRAMES;
+		}
+	} else if (sp) {
+		/* rbp is still the caller's: its return address, then the walk
+		 * without its first frame (the probed instruction). */
+		e->frames[0] = ra;
+		n = bpf_get_stack(ctx, &e->frames[1], sizeof(e->frames) - sizeof(__u64),
+				  BPF_F_USER_STACK | 1);
+		n = 1 + (n > 0 ? n / sizeof(__u64) : 0);
+	} else {
+		n = bpf_get_stack(ctx, e->frames, sizeof(e->frames), BPF_F_USER_STACK);
+		n = n > 0 ? n / sizeof(__u64) : 0;
+	}
+	if (n <= 0) {
+		leakd_count_lost(LEAKD_LOST_STACK);
+		goto out;
+	}
+	e->nr_frames = n;
+	/* Its modules, for a process that exits before the line is written. */
+	m = mappings_scratch_get();
+	if (m) {
+		__builtin_memcpy(m->frames, e->frames, sizeof(e->frames));
+		mappings_note(m, n < LEAKD_ATTACH_MISMATCH_FRAMES ? n : LEAKD_ATTACH_MISMATCH_FRAMES);
+	}
+out:
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* Forget a tracked block (free, or the old block of a realloc) that
+ * `op` frees (NO_CHECK: not a free, no check); see report_mismatch for
+ * ctx and sp. */
+static __always_inline void untrack_op(void *ctx, __u64 addr, __u32 op, __u64 sp)
 {
 	struct leakd_attach_block key = block_key(addr);
 	struct leakd_attach_alloc *found = bpf_map_lookup_elem(&allocs, &key);
@@ -239,9 +346,20 @@ static __always_inline void untrack(__u64 addr)
 	 * racing on two threads must not count twice). */
 	if (bpf_map_delete_elem(&allocs, &key))
 		return;
-	s = site_stats(&a);
+	/* Before the free is counted: a site whose frees are all counted may
+	 * have its stack deleted by user space, which reads this ring first. */
+	if (op_family(a.op) != op_family(op) && op_family(a.op) != FAMILY_NONE &&
+	    op_family(op) != FAMILY_NONE)
+		report_mismatch(ctx, &a, addr, op, sp);
+	s = site_stats(&a, key.pid);
 	if (s)
 		count_block(&s->frees, &s->free_bytes, &s->est_frees, &s->est_free_bytes, a.size, 1);
+}
+
+/* Forget a block whose free went unseen (no operator to check). */
+static __always_inline void untrack(__u64 addr)
+{
+	untrack_op(NULL, addr, NO_CHECK, 0);
 }
 
 /* The id of the calling user stack: in `stacks` (frame pointers, the
@@ -277,7 +395,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	 * frees p and returns NULL. Delete first: the new block may be at the
 	 * same address. */
 	if (old_addr && (addr || size == 0))
-		untrack(old_addr);
+		untrack_op(ctx, old_addr, op, 0);
 	if (!addr || failed)
 		return;
 	if (size < min_size || size > max_size || !sampled(size)) {
@@ -292,7 +410,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	a.ts_ns = bpf_ktime_get_ns();
 	/* In the return probe the instruction pointer is the return address. */
 	a.caller = PT_REGS_IP((struct pt_regs *)ctx);
-	a.pid = key.pid;
+	a.op = op;
 	/* ...and the user stack walk starts at the caller. */
 	id = user_stack_id(ctx);
 	if (id < 0) {
@@ -304,7 +422,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	/* Count the alloc before the block can be seen (and freed by another
 	 * thread), so its free is never counted before it; take it back if the
 	 * block cannot be tracked. */
-	s = site_stats_new(&a, &created);
+	s = site_stats_new(&a, key.pid, &created);
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
 	if (created)
@@ -327,7 +445,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 
 static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size, __u64 sp)
 {
-	untrack(addr);
+	untrack_op(ctx, addr, op, sp);
 }
 
 /* Exec replaces the image: the old one's blocks are gone with its address
@@ -382,7 +500,7 @@ static long end_block(struct bpf_map *map, struct leakd_attach_block *k,
 	/* As in untrack: only a successful delete counts the free. */
 	if (bpf_map_delete_elem(&allocs, k))
 		return 0;
-	st = site_stats(&a);
+	st = site_stats(&a, k->pid);
 	if (st)
 		count_block(&st->frees, &st->free_bytes, &st->est_frees, &st->est_free_bytes, a.size, 1);
 	n = bpf_map_lookup_elem(&exec_ended, &zero);

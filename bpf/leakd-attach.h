@@ -39,7 +39,7 @@ struct leakd_attach_alloc {
 	__u64 ts_ns;    /* CLOCK_MONOTONIC time of the allocation */
 	__u64 caller;   /* return address into the allocating function */
 	__u32 stack_id; /* id in the `stacks` map, or LEAKD_ATTACH_NO_STACK */
-	__u32 pid;      /* tgid of the allocating process */
+	__u32 op;       /* enum alloc_op of the call that made it (the tgid is the key's) */
 };
 
 /* One allocation site: what user space groups blocks by. */
@@ -77,6 +77,28 @@ struct leakd_attach_exec {
 	__u32 pid;       /* tgid */
 	__u32 pad;
 	__u8 comm[16];   /* the new image's */
+};
+
+/* Frames of a mismatch's free stack (UNWIND_MAX_FRAMES). */
+#define LEAKD_ATTACH_MISMATCH_FRAMES 64
+
+/* A tracked block freed with the wrong operator (new[] by delete or free,
+ * malloc by delete, new by realloc, ...), through the `mismatches` ring
+ * buffer. The allocation's stack is its site's (stack id and caller, as in
+ * leakd_attach_alloc); the free's is walked at the free, caller first. */
+struct leakd_attach_mismatch {
+	__u64 ts_ns;        /* CLOCK_MONOTONIC time of the free */
+	__u64 addr;
+	__u64 size;         /* the block's requested size */
+	__u64 alloc_caller;
+	__u32 alloc_stack_id;
+	__u32 alloc_op;     /* enum alloc_op */
+	__u32 free_op;      /* enum alloc_op */
+	__u32 pid;          /* tgid */
+	__u32 tid;
+	__u32 nr_frames;    /* valid entries of frames[] */
+	__u8 comm[16];
+	__u64 frames[LEAKD_ATTACH_MISMATCH_FRAMES];
 };
 
 #endif

@@ -895,3 +895,100 @@ fn max_allocs_beyond_memory_is_refused() {
     assert!(err.contains("would take ~512.0 GiB of kernel memory"), "{err}");
     assert!(err.contains("use at most"), "{err}");
 }
+
+/// Where `path`'s file offset `off` is mapped in process `pid`.
+fn mapped_address(pid: u32, path: &str, off: u64) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (range, map_off, file) = (f.first()?, f.get(2)?, f.get(5)?);
+        let (start, end) = range.split_once('-')?;
+        let (start, end) =
+            (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        let map_off = u64::from_str_radix(map_off, 16).ok()?;
+        (*file == path && off >= map_off && off - map_off < end - start)
+            .then(|| start + (off - map_off))
+    })
+}
+
+/// The byte at `addr` in process `pid`'s memory.
+fn byte_at(pid: u32, addr: u64) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut b = [0u8];
+    mem.read_exact_at(&mut b, addr).unwrap();
+    b[0]
+}
+
+/// Whether any process is left in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so after ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(|g| g == pgid.to_string()))
+            .unwrap_or(false)
+    })
+}
+
+/// leakd-attach exits once its last line is out and leaves detaching its
+/// uprobes (the kernel does it one at a time, ~0.1 s each) to a child that
+/// outlives it (common's detach.rs). The probes must still go: the
+/// breakpoint the kernel writes into the target's code (int3, 0xcc) is there
+/// while the tool runs and gone once the tool and that child have exited.
+/// The target is a static binary, its malloc its own: no other test's
+/// probes can be in it.
+#[bpf_test]
+fn probes_are_detached_after_the_tool_exits() {
+    use std::os::unix::process::CommandExt;
+    let dir = crate::support::build_c(
+        "detach-target",
+        &[("t.c", "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n")],
+        &[&["gcc", "-O2", "-static", "-o", "t", "t.c"]],
+    );
+    let target = KillOnDrop(Command::new(dir.join("t")).spawn().unwrap());
+    let tpid = target.0.id();
+    let exe = std::fs::read_link(format!("/proc/{tpid}/exe")).unwrap();
+    let mut tool = Command::new(crate::support::bin("leakd-attach"))
+        .args(["-v", "-p", &tpid.to_string(), "-d", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = tool.id();
+    let mut err = BufReader::new(tool.stderr.take().unwrap());
+    // "probe malloc+N at PATH+0xOFF (...)": where malloc's breakpoint is.
+    let mut addr = None;
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "exited before attaching: {log}");
+        log.push_str(&line);
+        if let Some(rest) = line.split_once("probe malloc+").map(|(_, r)| r) {
+            let (_, at) = rest.split_once(" at ").unwrap();
+            let (path, off) = at.split_whitespace().next().unwrap().rsplit_once("+0x").unwrap();
+            assert_eq!(std::path::Path::new(path), exe, "{line}");
+            let off = u64::from_str_radix(off, 16).unwrap();
+            addr = mapped_address(tpid, &exe.to_string_lossy(), off);
+        }
+        if line.contains("attached") {
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no malloc probe in the target: {log}"));
+    assert_eq!(byte_at(tpid, addr), 0xcc, "no breakpoint while attached");
+    let mut out = String::new();
+    tool.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let status = tool.wait().unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(out.contains("\"final\":true"), "{out}");
+    // The child detaching, then nothing: within a minute, however loaded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while group_alive(group) {
+        assert!(std::time::Instant::now() < deadline, "the detaching child never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(byte_at(tpid, addr), 0xcc, "the breakpoint outlived the tool");
+    let _ = std::fs::remove_dir_all(&dir);
+}

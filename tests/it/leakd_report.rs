@@ -983,3 +983,48 @@ fn the_screenshot_script_writes_a_png_of_a_page() {
     assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 800);
     assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 600);
 }
+
+#[test]
+fn text_of_a_mismatch_line_names_both_calls_and_stacks() {
+    let input = concat!(
+        r#"{"type":"mismatch","ts_ns":1,"pid":7,"tid":7,"comm":"m","addr":"0x10","size_bytes":24,"#,
+        r#""alloc":{"op":"new[]","stack":[{"addr":"0x1","sym":"array_by_delete()","sym_offset":"0xe","file":"m.cc","line":8},{"addr":"0x2","sym":"main"}]},"#,
+        r#""free":{"op":"delete","stack":[{"addr":"0x3","module":"/m","offset":"0x1221"}]}}"#,
+        "\n"
+    );
+    let out = report(&[], input);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "MISMATCH: m/7: block 0x10 of 24 bytes made by new[] freed by delete\n\
+         \tmade by new[] at:\n\t\tarray_by_delete()+0xe (m.cc:8)\n\t\tmain\n\
+         \tfreed by delete at:\n\t\t0x3 [m+0x1221]\n"
+    );
+}
+
+/// leakd-attach's exec line (the replaced image's blocks, counted as freed)
+/// is said as such, not drawn as an execsnoop row with empty columns.
+#[test]
+fn text_of_leakd_attach_exec_line_says_what_ended() {
+    let input = concat!(
+        r#"{"type":"exec","ts_ns":1,"pid":7,"comm":"sh","freed_count":50,"freed_bytes":3200}"#,
+        "\n",
+        r#"{"type":"exec","ts_ns":1,"pid":8,"ppid":7,"comm":"true","ret":0,"argv":["true"]}"#,
+        "\n"
+    );
+    let out = report(&[], input);
+    assert!(out.status.success(), "{out:?}");
+    let text = text(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].ends_with(
+            "pid 7: exec (sh) ended 50 blocks, 3200 bytes (3.1 KiB), of the old image: \
+             counted as freed"
+        ),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("TIME "), "{text}");
+    assert!(lines[2].contains(" true"), "{text}");
+}

@@ -270,7 +270,15 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        // Busy while a process is left in it: a tool's leakd-detach child
+        // outlives the tool by the seconds its uprobes take to detach.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = std::fs::remove_dir(&self.0) {
+            if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -6,11 +6,12 @@
 //! CFI).
 
 use leakd_test_macros::bpf_test;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{build_c, json_lines, LEAKER};
+use crate::support::{bin, build_c, json_lines, TempDir, LEAKER};
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
 
@@ -273,7 +274,9 @@ int main(int argc, char **argv) {
     void (*warmup)(void) = (void (*)(void))dlsym(h, "lib_warmup");
     void *(*top)(size_t) = (void *(*)(size_t))dlsym(h, "lib_top");
     warmup(); /* the walker meets the library: its table gets loaded */
-    usleep(600 * 1000);
+    /* The test creates argv[2] once the tool says the table is in; give
+     * up after a minute (the test then fails on the missing line). */
+    for (int i = 0; i < 12000 && access(argv[2], F_OK) != 0; i++) usleep(5000);
     for (int i = 0; i < 5; i++) sink = top(64);
     usleep(400 * 1000);
     return 0;
@@ -301,14 +304,36 @@ fn library_dlopened_after_attach_is_unwound() {
         ],
     );
     let lib = dir.join("libleaky.so");
-    let out = run_tool(
-        "leakd-attach",
-        &["--symbolize", "-v"],
-        &[dir.join("main").to_str().unwrap(), lib.to_str().unwrap()],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let go = TempDir::new("unwind-dlopen-go");
+    let go_file = go.path("go");
+    // No fixed sleep: the program waits (after meeting the library) until
+    // the tool's -v line says the library's table is loaded, which the
+    // tool prints only once the walker can use it.
+    let mut child = Command::new(bin("leakd-attach"))
+        .args(["--symbolize", "-v", "--"])
+        .arg(dir.join("main"))
+        .arg(&lib)
+        .arg(&go_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in err.lines().map_while(Result::ok) {
+            if line.contains("unwind table of") && line.contains("libleaky.so") {
+                std::fs::write(&go_file, "").unwrap();
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let out = child.wait_with_output().unwrap();
+    let stderr = reader.join().unwrap();
     assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
-    assert!(stderr.contains("unwind table of") && stderr.contains("libleaky.so"), "{stderr}");
+    assert!(go.path("go").exists(), "no unwind table line for libleaky.so: {stderr}");
     let stacks = final_stacks(&out);
     let s = stack_from(&stacks, "lib_leaf");
     assert_eq!(s["outstanding_count"], 5, "{s}");
@@ -372,20 +397,77 @@ int main(int argc, char **) {
 }
 "#;
 
-fn leaky_cxx() -> PathBuf {
-    let dir = build_c(
-        "unwind-cxx",
-        &[("leaky.cc", LEAKY_CXX)],
-        &[&["g++", "-g", "-O2", "-fomit-frame-pointer", "-o", "leaky", "leaky.cc"]],
-    );
+/// The C++ runtimes the tests build LEAKY_CXX with.
+#[derive(Clone, Copy)]
+enum Runtime {
+    /// g++, libstdc++ (the operators are in libstdc++.so.6).
+    Libstdcxx,
+    /// clang++ -stdlib=libc++ (LLVM's libc++; Debian's has the operators
+    /// in libc++abi.so.1).
+    Libcxx,
+}
+
+impl Runtime {
+    /// The file the tool must name as the C++ runtime (-v).
+    fn library(self) -> &'static str {
+        match self {
+            Runtime::Libstdcxx => "libstdc++.so",
+            Runtime::Libcxx => "libc++abi.so",
+        }
+    }
+}
+
+/// clang++ of the clang scripts/setup installs, with its libc++
+/// (`scripts/setup --tests`).
+fn clangxx() -> &'static str {
+    static FOUND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        let dir = TempDir::new("libcxx-probe");
+        std::fs::write(dir.path("t.cc"), "#include <new>\nint main() { delete new int; }\n")
+            .unwrap();
+        ["clang++-19", "clang++-16", "clang++-14", "clang++"]
+            .into_iter()
+            .find(|c| {
+                Command::new(c)
+                    .args(["-stdlib=libc++", "-o"])
+                    .arg(dir.path("t"))
+                    .arg(dir.path("t.cc"))
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .expect("clang++ with libc++ (scripts/setup --tests installs them)")
+    })
+}
+
+fn leaky_cxx(rt: Runtime) -> PathBuf {
+    let (name, cxx, stdlib) = match rt {
+        Runtime::Libstdcxx => ("unwind-cxx", "g++", None),
+        Runtime::Libcxx => ("unwind-cxx-libcxx", clangxx(), Some("-stdlib=libc++")),
+    };
+    let mut cmd = vec![cxx, "-g", "-O2", "-fomit-frame-pointer"];
+    cmd.extend(stdlib);
+    cmd.extend(["-o", "leaky", "leaky.cc"]);
+    let dir = build_c(name, &[("leaky.cc", LEAKY_CXX)], &[&cmd]);
     dir.join("leaky")
 }
 
 #[bpf_test]
 fn cxx_new_names_its_callers_up_to_main() {
-    let bin = leaky_cxx();
-    let out = run_tool("leakd-attach", &["--symbolize"], &[bin.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    check_cxx_new(Runtime::Libstdcxx);
+}
+
+#[bpf_test]
+fn libcxx_new_names_its_callers_up_to_main() {
+    check_cxx_new(Runtime::Libcxx);
+}
+
+fn check_cxx_new(rt: Runtime) {
+    let bin = leaky_cxx(rt);
+    let out = run_tool("leakd-attach", &["--symbolize", "-v"], &[bin.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    let runtime = stderr.lines().find(|l| l.contains("C++ runtime: ")).unwrap_or("");
+    assert!(runtime.contains(rt.library()), "{stderr}");
     let stacks = final_stacks(&out);
     // The caller of new first, then its callers, in order, up to main.
     let s = stack_from(&stacks, "cxx_leaf");
@@ -413,7 +495,16 @@ fn cxx_new_names_its_callers_up_to_main() {
 
 #[bpf_test]
 fn allocsnoop_reports_cxx_operators_and_a_mismatched_delete() {
-    let bin = leaky_cxx();
+    check_allocsnoop_cxx(Runtime::Libstdcxx);
+}
+
+#[bpf_test]
+fn allocsnoop_reports_libcxx_operators_and_a_mismatched_delete() {
+    check_allocsnoop_cxx(Runtime::Libcxx);
+}
+
+fn check_allocsnoop_cxx(rt: Runtime) {
+    let bin = leaky_cxx(rt);
     let out = run_tool("allocsnoop", &["--stack"], &[bin.to_str().unwrap()]);
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let symres = Cmd::cargo_bin("symres").unwrap().write_stdin(out.stdout).output().unwrap();
@@ -481,4 +572,106 @@ fn cxx_static_binary_has_its_operators_probed_in_the_executable() {
     assert_eq!(s["outstanding_count"], 4, "{s}");
     assert_eq!(s["outstanding_bytes"], 160, "{s}");
     assert_chain(&syms(&s["stack"]), &["cxx_leaf", "cxx_mid", "cxx_top", "main"]);
+}
+
+/// A C++ program built -O2 -fomit-frame-pointer freeing blocks with the
+/// wrong operator a known number of times, each in a function of its own:
+/// 2 new[] blocks (24 bytes) freed by delete, 3 malloc blocks (32) freed
+/// by delete, 1 new block (40) freed by free; then correct pairs (new and
+/// delete, new[] and delete[], malloc and free, 4 each), which must give
+/// none; and one block leaked, so the exit status says "leaks".
+const MISMATCH_CXX: &str = r#"
+#include <cstdlib>
+#include <new>
+#include <unistd.h>
+struct Obj { long v[5]; };
+void *volatile sink;
+__attribute__((noinline)) void array_by_delete() {
+    sink = new int[6];
+    ::operator delete(sink);
+    __asm__ volatile("" : : : "memory");
+}
+__attribute__((noinline)) void malloc_by_delete() {
+    sink = malloc(32);
+    ::operator delete(sink);
+    __asm__ volatile("" : : : "memory");
+}
+__attribute__((noinline)) void new_by_free() {
+    sink = new Obj;
+    free(sink);
+    __asm__ volatile("" : : : "memory");
+}
+__attribute__((noinline)) void correct_pairs() {
+    for (int i = 0; i < 4; i++) {
+        sink = new Obj;
+        delete static_cast<Obj *>(sink);
+        sink = new int[6];
+        delete[] static_cast<int *>(sink);
+        sink = malloc(32);
+        free(sink);
+    }
+    __asm__ volatile("" : : : "memory");
+}
+int main() {
+    for (int i = 0; i < 2; i++) array_by_delete();
+    for (int i = 0; i < 3; i++) malloc_by_delete();
+    new_by_free();
+    correct_pairs();
+    sink = malloc(77);
+    usleep(300 * 1000);
+    return 0;
+}
+"#;
+
+#[bpf_test]
+fn leakd_attach_reports_blocks_freed_with_the_wrong_operator() {
+    let dir = build_c(
+        "unwind-mismatch",
+        &[("mismatch.cc", MISMATCH_CXX)],
+        &[&["g++", "-g", "-O2", "-fomit-frame-pointer", "-o", "mismatch", "mismatch.cc"]],
+    );
+    let bin = dir.join("mismatch");
+    for mode in ["auto", "fp"] {
+        let out =
+            run_tool("leakd-attach", &["--symbolize", "--unwind", mode], &[bin.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let lines = json_lines(&out.stdout);
+        let mm: Vec<&Value> = lines.iter().filter(|v| v["type"] == "mismatch").collect();
+        // (function, alloc op, free op, size): exactly these, no more.
+        let mut got: Vec<(String, String, String, u64)> = mm
+            .iter()
+            .map(|m| {
+                let first = syms(&m["alloc"]["stack"]).first().cloned().unwrap_or_default();
+                let f = first.split('(').next().unwrap_or("").to_string();
+                let op = |k: &str| m[k]["op"].as_str().unwrap_or("").to_string();
+                (f, op("alloc"), op("free"), m["size_bytes"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        got.sort();
+        let want = |f: &str, a: &str, fr: &str, n: u64| (f.to_string(), a.into(), fr.into(), n);
+        assert_eq!(
+            got,
+            [
+                want("array_by_delete", "new[]", "delete", 24),
+                want("array_by_delete", "new[]", "delete", 24),
+                want("malloc_by_delete", "malloc", "delete", 32),
+                want("malloc_by_delete", "malloc", "delete", 32),
+                want("malloc_by_delete", "malloc", "delete", 32),
+                want("new_by_free", "new", "free", 40),
+            ],
+            "{mode}: {mm:#?}"
+        );
+        for m in &mm {
+            assert!(m["pid"].as_u64().is_some_and(|p| p > 0), "{m}");
+            assert!(m["addr"].as_str().is_some_and(|a| a.starts_with("0x")), "{m}");
+            // Both stacks start at the C++ caller (the free's too).
+            let alloc = syms(&m["alloc"]["stack"]);
+            let free = syms(&m["free"]["stack"]);
+            assert_eq!(alloc.first(), free.first(), "{mode}: {m}");
+            if mode == "auto" {
+                assert_chain(&alloc, &[&alloc[0], "main"]);
+                assert_chain(&free, &[&free[0], "main"]);
+            }
+        }
+    }
 }

@@ -315,9 +315,17 @@ pub fn defines_operator_new(path: &Path) -> bool {
     find_function(&elf, "_Znwm").is_some()
 }
 
-/// The C++ runtime of a process: a mapped libstdc++ or libc++, else its
-/// executable when it defines operator new itself (static); None for a
-/// program that is not C++.
+/// Whether a file's name is a C++ runtime's that may define the operators:
+/// libstdc++, libc++, or libc++abi (where LLVM's default build, Debian's
+/// among them, defines them: libc++ then has none).
+fn is_cxx_runtime(p: &Path) -> bool {
+    let base = p.file_name().and_then(|b| b.to_str()).unwrap_or("");
+    ["libstdc++.so", "libc++.so", "libc++abi.so"].iter().any(|n| base.starts_with(n))
+}
+
+/// The C++ runtime of a process: the mapped libstdc++, libc++ or libc++abi
+/// that defines operator new, else its executable when it defines operator
+/// new itself (static); None for a program that is not C++.
 pub fn find_cxx_runtime(pid: u32) -> Option<PathBuf> {
     let maps = procmaps::read_maps(pid).ok()?;
     let mut files: Vec<PathBuf> = Vec::new();
@@ -334,33 +342,23 @@ pub fn find_cxx_runtime(pid: u32) -> Option<PathBuf> {
             p.to_path_buf()
         }
     };
-    let is_runtime = |p: &Path| {
-        let base = p.file_name().and_then(|b| b.to_str()).unwrap_or("");
-        base.starts_with("libstdc++.so") || base.starts_with("libc++.so")
-    };
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     files
         .iter()
-        .filter(|f| is_runtime(f))
+        .filter(|f| is_cxx_runtime(f))
         .chain(exe.iter())
         .map(|f| rooted(f))
         .find(|f| defines_operator_new(f))
 }
 
 /// The C++ runtime an executable will use once exec'd: itself when it
-/// defines operator new, else the libstdc++/libc++ it needs.
+/// defines operator new, else the libstdc++, libc++ or libc++abi it needs
+/// (directly or not) that defines it.
 pub fn cxx_runtime_for_exec(exe: &Path, needed: &[PathBuf]) -> Option<PathBuf> {
     if defines_operator_new(exe) {
         return Some(exe.to_path_buf());
     }
-    needed
-        .iter()
-        .filter(|p| {
-            let base = p.file_name().and_then(|b| b.to_str()).unwrap_or("");
-            base.starts_with("libstdc++.so") || base.starts_with("libc++.so")
-        })
-        .find(|p| defines_operator_new(p))
-        .cloned()
+    needed.iter().filter(|p| is_cxx_runtime(p)).find(|p| defines_operator_new(p)).cloned()
 }
 
 /// Read a whole regular file. Anything else (a device such as /dev/zero,

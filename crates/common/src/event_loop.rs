@@ -239,6 +239,8 @@ impl EventLoop {
             lost.report(out)?;
             out.flush()?;
         }
+        // No probe is attached from here on; the tool still reports.
+        crate::detach::after_exit();
         Ok(end)
     }
 

@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod captured;
 pub mod cli;
 pub mod container;
+pub mod detach;
 pub mod event_loop;
 pub mod launch;
 pub mod lines;

@@ -58,9 +58,11 @@ bpf_mirror!(pub mod sys = "leakd-attach");
 // integers only, with no implicit padding: leakd_attach_alloc is 3 x u64 +
 // 2 x u32, leakd_attach_site u64 + 2 x u32, leakd_attach_stats 8 x u64,
 // leakd_attach_block u64 + 2 x u32 (an explicit padding field),
-// leakd_attach_exec 3 x u64 + 2 x u32 + 16 x u8.
+// leakd_attach_exec 3 x u64 + 2 x u32 + 16 x u8, leakd_attach_mismatch
+// 4 x u64 + 6 x u32 + 16 x u8 + 64 x u64.
 bpf_pod!(
-    unsafe sys::leakd_attach_alloc,
+    unsafe sys::leakd_attach_mismatch,
+    sys::leakd_attach_alloc,
     sys::leakd_attach_site,
     sys::leakd_attach_stats,
     sys::leakd_attach_block,
@@ -121,6 +123,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let btf = bpf::kernel_btf()?;
     bpf::attach_btf_tracepoint(&mut ebpf, &btf, "leakd_attach_exec", "sched_process_exec")?;
     let mut execs: RingBuf<MapData> = bpf::take_map(&mut ebpf, "execs")?;
+    let mismatches: RingBuf<MapData> = bpf::take_map(&mut ebpf, "mismatches")?;
     let mut lost = LostCounter::new(&mut ebpf)?;
     let mut event_loop = EventLoop::new(cli.run.duration, Some(TICK))?;
     // What BPF recorded of the mappings of each new site's stack places its
@@ -154,7 +157,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mut targets: Vec<u32> = scope.as_ref().map(|s| s.cgroup.pids()).unwrap_or_default();
     targets.extend(pid);
     let mut reporter = Reporter::new(allocs, sites, settings, symbolizer, pid, usr1, unwinder)
-        .with_containers(containers, scope);
+        .with_containers(containers, scope)
+        .with_mismatches(mismatches);
     reporter.preload_modules(&targets);
     if event_loop.run(Some(&mut execs), &mut out, &mut lost, &mut reporter)? == End::OutputClosed {
         // Nobody reads the final report: don't walk the map for it.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, RingBuf};
 use leakd_symbolize::Resolver;
 use serde_json::{json, Value};
 
@@ -28,6 +28,7 @@ use leakd_common::{warn, Context, Result};
 use crate::sampling::{fixed_to_count, sample_weight};
 use crate::sites::{add_stats, allocs_frees, LineKey, SiteKey, Sites, Stats, BATCH};
 use crate::sys;
+use alloc_probes::probes;
 
 /// What a report says about one site. Counts and bytes are exact without
 /// sampling and estimates (rounded) with it.
@@ -112,6 +113,8 @@ pub(crate) struct Reporter {
     usr1: Arc<AtomicBool>,
     /// The DWARF walker's tables (None with --unwind fp).
     unwinder: Option<Unwinder>,
+    /// Blocks freed with the wrong operator (see [`Reporter::mismatches`]).
+    mismatches: Option<RingBuf<MapData>>,
 }
 
 impl Handler for Reporter {
@@ -136,6 +139,7 @@ impl Handler for Reporter {
         if let Some(u) = self.unwinder.as_mut() {
             u.poll();
         }
+        self.mismatches(out)?;
         // Shared libraries are mapped by ld.so after exec, once the command
         // runs; refresh our copy of the maps often at first, so frames in
         // them resolve even when the command exits before the first report.
@@ -202,7 +206,52 @@ impl Reporter {
             ticks: 0,
             usr1,
             unwinder,
+            mismatches: None,
         }
+    }
+
+    /// Where the kernel sends blocks freed with the wrong operator.
+    pub(crate) fn with_mismatches(mut self, ring: RingBuf<MapData>) -> Self {
+        self.mismatches = Some(ring);
+        self
+    }
+
+    /// Write a `mismatch` line per block the kernel saw freed with the
+    /// wrong operator since the last call. Read at every tick (the kernel
+    /// sends them without a wakeup: they are rare) and in each report
+    /// before idle stacks are deleted, so the allocation's stack is still
+    /// there: the kernel sends the record before it counts the free.
+    fn mismatches(&mut self, out: &mut Output) -> Result<()> {
+        let Some(ring) = self.mismatches.as_mut() else { return Ok(()) };
+        let mut got: Vec<sys::leakd_attach_mismatch> = Vec::new();
+        while let Some(item) = ring.next() {
+            got.push(bpf::read_event(&item));
+        }
+        for e in got {
+            let site = SiteKey { caller: e.alloc_caller, stack_id: e.alloc_stack_id, pid: e.pid };
+            let line = self.sites.line_key(&site);
+            let maps = &mut self.sites.maps;
+            let alloc_stack = alloc_probes::stack_frames(maps, e.pid, &line.1);
+            let n = (e.nr_frames as usize).min(e.frames.len());
+            let kept = alloc_probes::kept_frames(maps, e.pid, &e.frames[..n]);
+            let free_stack = alloc_probes::stack_frames(maps, e.pid, &e.frames[..kept]);
+            let mut v = json!({
+                "type": "mismatch",
+                "ts_ns": self.clock.wall_ns(e.ts_ns),
+                "pid": e.pid,
+                "tid": e.tid,
+                "comm": c_string(&e.comm),
+                "addr": hex(e.addr),
+                "size_bytes": e.size,
+            });
+            if let (Some(c), Some(obj)) = (self.containers.get(e.pid), v.as_object_mut()) {
+                c.enrich(obj);
+            }
+            v["alloc"] = json!({ "op": probes::op_name(e.alloc_op), "stack": alloc_stack });
+            v["free"] = json!({ "op": probes::op_name(e.free_op), "stack": free_stack });
+            self.emit(out, v)?;
+        }
+        Ok(())
     }
 
     /// With -v: the unwind tables loaded and why walks stopped.
@@ -320,6 +369,9 @@ impl Reporter {
             Some(self.sites_of_blocks(mono_now, &mut live)?)
         };
         let totals = self.sites.totals()?;
+        // Before the gc may delete the stacks of sites whose last block
+        // was just freed with the wrong operator.
+        self.mismatches(out)?;
         if self.ticks <= PRIME_TICKS {
             // Libraries may not all be mapped yet: the frames kept may change.
             self.sites.forget_lines();
@@ -390,9 +442,9 @@ impl Reporter {
         // of one site (a leak from one stack) are summed before hashing.
         let mut sites: HashMap<SiteKey, Group> = HashMap::new();
         let mut run: Option<(SiteKey, Group)> = None;
-        let fold = |_: &[sys::leakd_attach_block], blocks: &[sys::leakd_attach_alloc]| {
-            for b in blocks {
-                let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: b.pid };
+        let fold = |keys: &[sys::leakd_attach_block], blocks: &[sys::leakd_attach_alloc]| {
+            for (blk, b) in keys.iter().zip(blocks) {
+                let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: blk.pid };
                 let old_enough = mono_now.saturating_sub(b.ts_ns) >= older_than_ns;
                 match &mut run {
                     Some((k, _)) if *k == key => {}

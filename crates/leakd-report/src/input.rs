@@ -61,6 +61,17 @@ pub struct Line<'a> {
     pub align_bytes: Option<u64>,
     #[serde(default)]
     pub failed: Option<bool>,
+    // mismatch (leakd-attach, allocsnoop): the call that made the block
+    // and the one that freed it
+    #[serde(default, borrow)]
+    pub alloc: Option<Call<'a>>,
+    #[serde(default, borrow)]
+    pub free: Option<Call<'a>>,
+    // exec (leakd-attach): the replaced image's blocks that ended with it
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub freed_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_opt")]
+    pub freed_bytes: Option<u64>,
     // execsnoop
     #[serde(default, borrow)]
     pub filename: Option<Cow<'a, str>>,
@@ -94,6 +105,15 @@ pub struct Line<'a> {
     pub reason: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "lenient_opt")]
     pub total: Option<u64>,
+}
+
+/// One side of a mismatch line: the operation and its stack.
+#[derive(Deserialize, Debug, Default)]
+pub struct Call<'a> {
+    #[serde(default, borrow)]
+    pub op: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub stack: Option<Vec<Frame<'a>>>,
 }
 
 /// A syscount latency histogram bucket.

@@ -116,6 +116,7 @@ fn check(l: &input::Line) -> std::result::Result<(), String> {
         "stack" => need(l.outstanding_bytes.is_some(), "\"outstanding_bytes\""),
         "alloc" => need(l.op.is_some(), "\"op\""),
         "exec" => need(l.pid.is_some(), "\"pid\""),
+        "mismatch" => need(l.alloc.is_some() && l.free.is_some(), "\"alloc\" and \"free\""),
         "syscall" | "process" | "process_syscall" => need(l.count.is_some(), "\"count\""),
         "interval" | "hist" | "lost" => Ok(()),
         other => Err(format!("unknown line type {other:?}")),

@@ -97,6 +97,33 @@ pub fn frame_lines(f: &Frame) -> Vec<String> {
     out
 }
 
+/// A block freed with the wrong operator: what made and freed it, and
+/// both stacks.
+fn mismatch(o: &mut impl Write, l: &Line) -> io::Result<()> {
+    let op = |c: &Option<crate::input::Call>| {
+        c.as_ref().and_then(|c| c.op.as_deref()).unwrap_or("?").to_string()
+    };
+    let size = l.size_bytes.map(|n| format!(" of {n} bytes")).unwrap_or_default();
+    writeln!(
+        o,
+        "MISMATCH: {}/{}: block {:#x}{size} made by {} freed by {}",
+        l.comm.as_deref().unwrap_or("?"),
+        l.pid.unwrap_or(0),
+        l.addr.unwrap_or(0),
+        op(&l.alloc),
+        op(&l.free),
+    )?;
+    for (what, c) in [("made", &l.alloc), ("freed", &l.free)] {
+        writeln!(o, "\t{what} by {} at:", op(c))?;
+        for f in c.iter().flat_map(|c| c.stack.iter().flatten()) {
+            for s in frame_lines(f) {
+                writeln!(o, "\t\t{s}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The caller of an allocation, short: `function+offset (file:line)`.
 fn caller(stack: Option<&[Frame]>) -> Option<String> {
     let f = stack?.first()?;
@@ -134,6 +161,7 @@ impl Text {
             "stack" => self.stack(o, l),
             "alloc" => self.alloc(o, l),
             "exec" => self.exec(o, l),
+            "mismatch" => mismatch(o, l),
             "syscall" | "process" | "process_syscall" => {
                 self.row(l);
                 Ok(())
@@ -232,6 +260,19 @@ impl Text {
     }
 
     fn exec(&mut self, o: &mut impl Write, l: &Line) -> io::Result<()> {
+        if let Some(n) = l.freed_count {
+            // leakd-attach's: not an execsnoop row, but what the exec ended.
+            let bytes = l.freed_bytes.unwrap_or(0);
+            return writeln!(
+                o,
+                "[{}] pid {}: exec ({}) ended {n} blocks, {bytes} bytes ({}), of the old \
+                 image: counted as freed",
+                clock(l.ts_ns.unwrap_or(0)),
+                l.pid.unwrap_or(0),
+                l.comm.as_deref().unwrap_or("?"),
+                human_bytes(bytes as f64),
+            );
+        }
         if !self.exec_header {
             self.exec_header = true;
             writeln!(

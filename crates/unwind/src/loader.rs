@@ -172,7 +172,7 @@ impl Unwinder {
         }
         let t0 = Instant::now();
         let mut module = sys::unwind_module { first: self.next, count: 0 };
-        match build_file(path) {
+        let built = match build_file(path) {
             Ok(t) => {
                 let n = t.rows.len() as u64;
                 if u64::from(self.next) + n > u64::from(ROWS_CAPACITY) {
@@ -194,19 +194,23 @@ impl Unwinder {
                         self.next += n as u32;
                     }
                 }
-                info!(
-                    "unwind table of {}: {} rows, {} KiB, {} unsupported, built and loaded in {:.1} ms",
-                    name.display(),
-                    module.count,
-                    t.bytes() / 1024,
-                    t.unsupported,
-                    t0.elapsed().as_secs_f64() * 1e3
-                );
+                Some((t.bytes() / 1024, t.unsupported))
             }
-            Err(e) => info!("no unwind table for {}: {e:#}", name.display()),
-        }
+            Err(e) => {
+                info!("no unwind table for {}: {e:#}", name.display());
+                None
+            }
+        };
         if let Err(e) = self.modules.insert(key, module, 0) {
             warn!("registering the unwind table of {}: {e}", name.display());
+        } else if let Some((kib, unsupported)) = built {
+            // Said once the walker can use it (tests wait for this line).
+            info!(
+                "unwind table of {}: {} rows, {kib} KiB, {unsupported} unsupported, built and loaded in {:.1} ms",
+                name.display(),
+                module.count,
+                t0.elapsed().as_secs_f64() * 1e3
+            );
         }
         self.loaded.insert(key, Loaded { path: name.to_path_buf(), rows: module.count });
     }
