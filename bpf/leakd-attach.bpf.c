@@ -50,16 +50,6 @@ struct {
 	__type(value, struct leakd_attach_alloc);
 } allocs SEC(".maps");
 
-/* 127 = PERF_MAX_STACK_DEPTH, the most bpf_get_stackid walks. Identical
- * stacks share one id, so this bounds distinct allocation sites. User space
- * deletes the ids of sites that went idle (see Sites::gc in sites.rs). */
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, LEAKD_ATTACH_MAX_STACKS);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, 127 * sizeof(__u64));
-} stacks SEC(".maps");
-
 /* Per-site totals; twice the stacks: sites without a stack are by caller. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -198,9 +188,6 @@ static __always_inline void note_site_mappings(void *ctx, __u64 caller, __u32 st
 		return;
 	if (stack_id == LEAKD_ATTACH_CALLER_STACK) {
 		n = 0;
-	} else if (unwind_mode == UNWIND_MODE_FP) {
-		n = bpf_get_stack(ctx, m->frames, sizeof(m->frames), BPF_F_USER_STACK);
-		n = n > 0 ? n / sizeof(__u64) : 0;
 	} else {
 		/* The walk user_stack_id just made is still in the scratch. */
 		u = unwind_scratch_get();
@@ -362,21 +349,28 @@ static __always_inline void untrack(__u64 addr)
 	untrack_op(NULL, addr, NO_CHECK, 0);
 }
 
-/* The id of the calling user stack: in `stacks` (frame pointers, the
- * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set), or
- * LEAKD_ATTACH_CALLER_STACK when rbp cannot be a frame pointer (see
- * unwind_fp_plausible). */
+/* The id of the calling user stack in `unwind_stacks` (ids with bit 31
+ * set), or LEAKD_ATTACH_CALLER_STACK when, with frame pointers only, rbp
+ * cannot be one (see unwind_fp_plausible). Frame-pointer stacks are
+ * walked here too, not by bpf_get_stackid: the walk reads a copy of the
+ * stack made once (see unwind_copy_stack), where the kernel's walk makes
+ * a user read per frame and ends with a faulting one at the outermost
+ * frame's rbp (0 or junk): 17 frames cost ~1.1 us there, ~0.5 here
+ * (scripts/bench-bpf-cost, fpbuilt/fp). */
 static __always_inline long user_stack_id(void *ctx)
 {
 	struct pt_regs *regs = ctx;
+	__u64 pc = PT_REGS_IP(regs), sp = PT_REGS_SP(regs), bp = PT_REGS_FP(regs);
 	struct unwind_scratch *s;
 
-	if (unwind_mode == UNWIND_MODE_FP) {
-		if (!unwind_fp_plausible(PT_REGS_SP(regs), PT_REGS_FP(regs)))
-			return LEAKD_ATTACH_CALLER_STACK;
-		return bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-	}
-	s = unwind_walk(PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs), UNWIND_MAX_FRAMES);
+	/* Loads from ctx at fixed offsets: clang would otherwise pick the
+	 * field by a computed offset, which the verifier refuses. */
+	barrier_var(pc);
+	barrier_var(sp);
+	barrier_var(bp);
+	if (unwind_mode == UNWIND_MODE_FP && !unwind_fp_plausible(sp, bp))
+		return LEAKD_ATTACH_CALLER_STACK;
+	s = unwind_walk(pc, sp, bp, UNWIND_MAX_FRAMES);
 	if (!s)
 		return -1;
 	return unwind_stack_id(s);

@@ -35,7 +35,8 @@
 #define UNWIND_MODE_AUTO 1
 #define UNWIND_MODE_DWARF 2
 
-/* Set by user space before load (--unwind): FP keeps bpf_get_stack. */
+/* Set by user space before load (--unwind): FP walks frame pointers only
+ * (leakd-attach with unwind_walk; allocsnoop with bpf_get_stack). */
 const volatile __u8 unwind_mode = UNWIND_MODE_FP;
 
 /* The largest frame a frame pointer may span: no frame is bigger than
@@ -398,6 +399,9 @@ static long unwind_step(__u32 i, void *ctx)
 	s->n = n + 1;
 	s->hash = (s->hash ^ pc) * 0x100000001b3ULL;
 
+	/* Frame pointers only: no mapping or row to find. */
+	if (unwind_mode == UNWIND_MODE_FP)
+		goto fp;
 	/* Return addresses: the call is the instruction before. */
 	look = pc - 1;
 	if (look < s->vm_start || look >= s->vm_end) {
@@ -416,9 +420,13 @@ static long unwind_step(__u32 i, void *ctx)
 			s->stop = UNWIND_STOP_NO_ROW;
 			return 1;
 		}
-		/* Frame pointers: [rbp] = caller's rbp, [rbp+8] = return address. */
+fp:
+		/* Frame pointers: [rbp] = caller's rbp, [rbp+8] = return address.
+		 * An rbp below the frame's sp, or far above it, is no frame
+		 * pointer: reading there would often fault (~0.5 us) or walk
+		 * junk. */
 		bp = s->bp;
-		if (!bp) {
+		if (!bp || !unwind_fp_plausible(s->sp, bp)) {
 			s->stop = UNWIND_STOP_END;
 			return 1;
 		}

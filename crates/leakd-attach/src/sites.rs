@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError};
 
 use leakd_common::bpf;
 use leakd_common::procmaps::MapsCache;
@@ -40,30 +40,20 @@ pub(crate) type LineKey = Rc<(u32, Vec<u64>)>;
 /// Entries read from a kernel map per system call.
 pub(crate) const BATCH: usize = 4096;
 
-/// Where stacks are kept: the kernel's stack map (frame pointers), or the
-/// DWARF walker's table (same id space: its ids have bit 31 set, frames
-/// zero-terminated).
-pub(crate) enum Stacks {
-    Fp(StackTraceMap<MapData>),
-    Dwarf(BpfHashMap<MapData, u32, [u64; leakd_unwind::sys::UNWIND_MAX_FRAMES as usize]>),
-}
+/// Where stacks are kept: the BPF walker's table (ids with bit 31 set,
+/// frames zero-terminated), in every --unwind mode.
+pub(crate) struct Stacks(
+    pub(crate) BpfHashMap<MapData, u32, [u64; leakd_unwind::sys::UNWIND_MAX_FRAMES as usize]>,
+);
 
 impl Stacks {
     fn get(&self, id: u32) -> Result<Vec<u64>, MapError> {
-        match self {
-            Stacks::Fp(m) => Ok(m.get(&id, 0)?.frames().iter().map(|f| f.ip).collect()),
-            Stacks::Dwarf(m) => {
-                let ips = m.get(&id, 0)?;
-                Ok(ips.iter().take_while(|&&ip| ip != 0).copied().collect())
-            }
-        }
+        let ips = self.0.get(&id, 0)?;
+        Ok(ips.iter().take_while(|&&ip| ip != 0).copied().collect())
     }
 
     fn remove(&mut self, id: u32) -> Result<(), MapError> {
-        match self {
-            Stacks::Fp(m) => m.remove(&id),
-            Stacks::Dwarf(m) => m.remove(&id),
-        }
+        self.0.remove(&id)
     }
 }
 
