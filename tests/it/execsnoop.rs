@@ -555,3 +555,17 @@ fn closed_stdout_is_an_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("execsnoop: error: standard output is closed"), "{err}");
 }
+
+/// A read-write /dev/null on stdout (Python's subprocess.DEVNULL, `1<>`)
+/// is an open stdout like any other, not taken for a closed one.
+#[test]
+fn read_write_dev_null_stdout_is_open() {
+    let out = Command::new("sh")
+        .args(["-c", "exec \"$0\" </dev/null 1<>/dev/null"])
+        .arg(bin("symres"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

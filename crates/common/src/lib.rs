@@ -21,6 +21,7 @@ pub mod text;
 
 use std::ffi::OsString;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use anyhow::{anyhow, bail, Context, Error, Result};
 
@@ -127,25 +128,32 @@ where
     }
 }
 
-/// Whether file descriptor 1 was open when we were started. Rust's
-/// runtime opens /dev/null read-write on a standard descriptor found closed
-/// at startup, before main runs; a shell's `>/dev/null` opens it
-/// write-only. So a read-write /dev/null on fd 1 means it was closed.
+/// Set when file descriptor 1 was closed as the process started.
+static STDOUT_CLOSED_AT_START: AtomicBool = AtomicBool::new(false);
+
+/// Runs before main (see [`NOTE_CLOSED_STDOUT`]), so before Rust's runtime
+/// opens /dev/null on a standard descriptor it finds closed: after that, a
+/// closed stdout looks like `>/dev/null`. Inferring it from a read-write
+/// /dev/null instead refused stdout=DEVNULL from Python and `1<>/dev/null`.
+extern "C" fn note_closed_stdout() {
+    // SAFETY: F_GETFD on a descriptor number only reads its flags.
+    if unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1 {
+        STDOUT_CLOSED_AT_START.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An ELF constructor: the C runtime calls the functions in .init_array
+/// before main, and Rust's runtime starts in main.
+#[used]
+#[link_section = ".init_array"]
+static NOTE_CLOSED_STDOUT: extern "C" fn() = note_closed_stdout;
+
+/// Whether file descriptor 1 was open when we were started.
 fn stdout_is_open() -> bool {
-    let fd = libc::STDOUT_FILENO;
-    // SAFETY: F_GETFL on a descriptor number only reads its flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags == -1 {
-        return false;
-    }
-    // SAFETY: a zeroed stat is a valid out-parameter for fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat writes into `st`, which outlives the call.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return false;
-    }
-    let dev_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3);
-    !(dev_null && flags & libc::O_ACCMODE == libc::O_RDWR)
+    // Read so the linker keeps the constructor with this code.
+    // SAFETY: a plain read of an initialised static.
+    let _ = unsafe { std::ptr::read_volatile(&NOTE_CLOSED_STDOUT) };
+    !STDOUT_CLOSED_AT_START.load(Ordering::Relaxed)
 }
 
 fn format_chain(e: &Error) -> String {

@@ -5,7 +5,6 @@
 //! copies them into frames. They live here, below all of those, so that
 //! each imports them and none imports another for them.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use crate::json::write_str;
@@ -75,7 +74,7 @@ pub struct Resolution {
     pub inlined: Vec<Inlined>,
     /// The fields above as JSON object members, rendered once and copied
     /// into every frame with this answer.
-    pub(crate) json: std::sync::OnceLock<Box<str>>,
+    pub(crate) json: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl Resolution {
@@ -95,39 +94,91 @@ impl Resolution {
     /// `"sym":...,"sym_offset":...` (no braces), as symres writes them into
     /// a frame. Rendered once per answer and reused for every frame.
     pub fn json_fields(&self) -> &str {
+        // Made of strs and ASCII: always UTF-8.
+        std::str::from_utf8(self.json_bytes()).unwrap_or_default()
+    }
+
+    /// `json_fields` as bytes (what a line is written from).
+    pub fn json_bytes(&self) -> &[u8] {
         self.json.get_or_init(|| self.render())
     }
 
-    fn render(&self) -> Box<str> {
-        // The parts, one after another in one buffer (a fresh vector for
-        // each was a tenth of a cold run over a large build).
-        let mut parts = Vec::with_capacity(512);
-        let mut part = |sym: Option<&str>, file: Option<&str>, line: Option<u32>| {
-            let start = parts.len();
-            members_into(&mut parts, sym, file, line);
-            start..parts.len()
-        };
-        let [sym, file, line] = [
-            part(self.sym.as_deref(), None, None),
-            part(None, self.file.as_deref(), None),
-            part(None, None, self.line),
-        ];
-        let inlined: Vec<_> = self
-            .inlined
-            .iter()
-            .map(|f| part(f.sym.as_deref(), f.file.as_deref(), f.line))
-            .collect();
-        let mut o = Vec::with_capacity(parts.len() + 64);
-        write_answer(
-            &mut o,
-            &parts[sym],
-            self.sym_offset,
-            &parts[file],
-            &parts[line],
-            inlined.iter().map(|r| Some(&parts[r.clone()])),
-        );
-        String::from_utf8(o).unwrap_or_default().into_boxed_str()
+    /// The members `write_answer` writes for the parts of this answer,
+    /// written straight into one reused buffer and copied out at their
+    /// size: parts in a buffer of their own, a vector of ranges, a UTF-8
+    /// check and a shrinking copy were a tenth of a cold run over a large
+    /// build.
+    fn render(&self) -> Box<[u8]> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|o| {
+            let Ok(mut o) = o.try_borrow_mut() else {
+                let mut o = Vec::new();
+                self.render_into(&mut o);
+                return o.into_boxed_slice();
+            };
+            o.clear();
+            self.render_into(&mut o);
+            Box::from(&o[..])
+        })
     }
+
+    fn render_into(&self, o: &mut Vec<u8>) {
+        let sep = |o: &mut Vec<u8>| {
+            if !o.is_empty() {
+                o.push(b',');
+            }
+        };
+        if let Some(sym) = &self.sym {
+            o.extend_from_slice(b"\"sym\":");
+            write_str(o, sym);
+        }
+        if let Some(x) = self.sym_offset {
+            sep(o);
+            o.extend_from_slice(b"\"sym_offset\":");
+            push_hex_string(o, x);
+        }
+        if let Some(file) = &self.file {
+            sep(o);
+            o.extend_from_slice(b"\"file\":");
+            write_str(o, file);
+        }
+        if let Some(line) = self.line {
+            sep(o);
+            o.extend_from_slice(b"\"line\":");
+            push_decimal(o, line);
+        }
+        if !self.inlined.is_empty() {
+            sep(o);
+            o.extend_from_slice(b"\"inlined\":[");
+            for (i, f) in self.inlined.iter().enumerate() {
+                if i > 0 {
+                    o.push(b',');
+                }
+                o.push(b'{');
+                members_into(o, f.sym.as_deref(), f.file.as_deref(), f.line);
+                o.push(b'}');
+            }
+            o.push(b']');
+        }
+    }
+}
+
+/// `n` in decimal (as `write!` would, without its machinery).
+fn push_decimal(o: &mut Vec<u8>, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    o.extend_from_slice(&digits[at..]);
 }
 
 /// The members an answer adds to a frame, from their parts: `sym`,
@@ -209,8 +260,7 @@ fn members_into(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Op
     }
     if let Some(l) = line {
         key(o, "line");
-        // Cannot fail: writing to a Vec.
-        let _ = write!(o, "{l}");
+        push_decimal(o, l);
     }
 }
 
@@ -243,7 +293,7 @@ impl Answer {
     /// answers are in).
     pub(crate) fn json<'a>(&'a self, texts: &'a [u8]) -> &'a [u8] {
         match self {
-            Answer::Made(r) => r.json_fields().as_bytes(),
+            Answer::Made(r) => r.json_bytes(),
             Answer::Text(t) => t,
             Answer::Written(r) => texts.get(r.clone()).unwrap_or_default(),
         }
@@ -284,5 +334,56 @@ mod tests {
         assert_eq!(bare.json_fields(), r#""file":"a.c""#);
         let off = Resolution { sym_offset: Some(0), line: Some(1), ..Default::default() };
         assert_eq!(off.json_fields(), r#""sym_offset":"0x0","line":1"#);
+    }
+
+    /// An answer rendered straight agrees with the one `write_answer`
+    /// makes from its parts (as the index writes answers), escapes and
+    /// all, and numbers are written as `write!` writes them.
+    #[test]
+    fn rendered_answers_are_write_answers() {
+        for n in [0, 7, 10, 99, 100, 65535, u32::MAX] {
+            let mut o = Vec::new();
+            push_decimal(&mut o, n);
+            assert_eq!(o, n.to_string().as_bytes());
+        }
+        let f = |s: &str| Some(Arc::<str>::from(s));
+        let inl = |sym, file, line| Inlined { sym, file, line };
+        for r in [
+            Resolution::default(),
+            Resolution { sym_offset: Some(0), ..Default::default() },
+            Resolution {
+                sym: f("a\"b\\c\u{1}é"),
+                sym_offset: Some(0xff),
+                file: f("/x/y.rs"),
+                line: Some(0),
+                inlined: vec![
+                    inl(f("g"), None, Some(12)),
+                    inl(None, f("h\"i"), None),
+                    inl(None, None, None),
+                ],
+                json: Default::default(),
+            },
+            Resolution {
+                line: Some(3),
+                inlined: vec![inl(f("k"), None, None)],
+                ..Default::default()
+            },
+        ] {
+            let m = |sym: Option<&Arc<str>>, file: Option<&Arc<str>>, line| {
+                members(sym.map(|s| &**s), file.map(|s| &**s), line)
+            };
+            let parts: Vec<Vec<u8>> =
+                r.inlined.iter().map(|i| m(i.sym.as_ref(), i.file.as_ref(), i.line)).collect();
+            let mut want = Vec::new();
+            assert!(write_answer(
+                &mut want,
+                &m(r.sym.as_ref(), None, None),
+                r.sym_offset,
+                &m(None, r.file.as_ref(), None),
+                &m(None, None, r.line),
+                parts.iter().map(|p| Some(&p[..])),
+            ));
+            assert_eq!(r.json_bytes(), &want[..], "{r:?}");
+        }
     }
 }

@@ -1,16 +1,23 @@
 //! Symbol names as people write them: Rust (legacy and v0) and C++.
 
+use std::fmt::Write as _;
+
 /// Rust (legacy and v0) and C++ (Itanium) names, readable. Rust's legacy
 /// scheme is a subset of C++'s, so it is tried first; its hash is dropped.
 pub fn demangle(name: &str) -> String {
-    if name.starts_with("_R") || name.starts_with("_ZN") || name.starts_with("__ZN") {
+    // A C++ nested name also parses as legacy Rust; only trust it when it
+    // was Rust's (a v0 name, or one ending in a 17h<hash>E path), which is
+    // told first: a C++ binary's names are then not parsed twice.
+    let rust = name.starts_with("_R")
+        || ((name.starts_with("_ZN") || name.starts_with("__ZN")) && looks_like_rust_legacy(name));
+    if rust {
         if let Ok(d) = rustc_demangle::try_demangle(name) {
-            let s = format!("{d:#}");
-            // A C++ nested name also parses as legacy Rust; only trust it when
-            // it was Rust's (a v0 name, or one ending in a 17h<hash>E path).
-            if name.starts_with("_R") || looks_like_rust_legacy(name) {
-                return s;
-            }
+            // Room for the usual length up front: `format!` would grow the
+            // string from nothing, a copy at each doubling.
+            let mut s = String::with_capacity(name.len() + name.len() / 2);
+            // Cannot fail: writing to a String.
+            let _ = write!(s, "{d:#}");
+            return s;
         }
     }
     if name.contains('$') && !name.starts_with("_Z") {
@@ -20,7 +27,11 @@ pub fn demangle(name: &str) -> String {
     }
     if name.starts_with("_Z") {
         if let Ok(sym) = cpp_demangle::Symbol::new(name) {
-            if let Ok(s) = sym.demangle() {
+            // What `sym.demangle()` writes, into a string with room for a
+            // long name (substitutions make names several times their
+            // mangled length): it grew from nothing, a copy per doubling.
+            let mut s = String::with_capacity(name.len() * 4);
+            if sym.structured_demangle(&mut s, &Default::default()).is_ok() {
                 return s;
             }
         }

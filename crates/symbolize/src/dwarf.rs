@@ -74,6 +74,10 @@ pub struct Units {
     /// Whether .debug_aranges covers every unit with code (see
     /// `aranges_complete`), found out on first need.
     complete: OnceLock<bool>,
+    /// The names demangled by the resolving threads (each keeps its own
+    /// too, asked first): a name one demangled is not demangled again by
+    /// another. Names lie in `secs`, which this holds (see `NameCache`).
+    names: Mutex<NameCache>,
 }
 
 // Shared between resolving threads (checked at compile time).
@@ -97,7 +101,19 @@ impl Units {
     /// address goes to the full context).
     pub fn new(secs: DwarfSections) -> Units {
         let (ranges, units) = aranges(&secs).unwrap_or_default();
-        Units { secs, ranges, units, full: OnceLock::new(), complete: OnceLock::new() }
+        Units {
+            secs,
+            ranges,
+            units,
+            full: OnceLock::new(),
+            complete: OnceLock::new(),
+            names: Mutex::default(),
+        }
+    }
+
+    /// The names demangled by the threads that share these units.
+    pub fn names(&self) -> &Mutex<NameCache> {
+        &self.names
     }
 
     /// The context that answers `vaddr`, locked: its unit's when that one
@@ -447,7 +463,7 @@ pub fn dwarf_frames(
     vaddr: u64,
     want_inlined: bool,
     outer_name: bool,
-    names: &mut NameCache,
+    (names, shared): (&mut NameCache, Option<&Mutex<NameCache>>),
     files: &mut FxHashMap<String, Arc<str>>,
     frames: &mut Vec<DwarfFrame>,
 ) {
@@ -457,7 +473,7 @@ pub fn dwarf_frames(
             let mut unnamed: Option<Reader> = None;
             while let Ok(Some(f)) = it.next() {
                 if let (Some(raw), Some(last)) = (unnamed.take(), frames.last_mut()) {
-                    last.sym = Some(demangle_cached(names, &raw));
+                    last.sym = Some(demangle_cached(names, shared, &raw));
                 }
                 unnamed = f.function.map(|n| n.name);
                 let (file, line) = match f.location {
@@ -470,7 +486,7 @@ pub fn dwarf_frames(
                 }
             }
             if let (true, Some(raw), Some(last)) = (outer_name, unnamed, frames.last_mut()) {
-                last.sym = Some(demangle_cached(names, &raw));
+                last.sym = Some(demangle_cached(names, shared, &raw));
             }
         }
     } else if let Ok(Some(l)) = ctx.find_location(vaddr) {
@@ -478,14 +494,31 @@ pub fn dwarf_frames(
     }
 }
 
-fn demangle_cached(cache: &mut NameCache, raw: &Reader) -> Arc<str> {
+/// The name `raw` demangled: from `cache`, else from `shared` (the
+/// other threads'), else demangled (unlocked) and kept in both.
+fn demangle_cached(
+    cache: &mut NameCache,
+    shared: Option<&Mutex<NameCache>>,
+    raw: &Reader,
+) -> Arc<str> {
     let bytes = raw.bytes();
-    cache
-        .entry((bytes.as_ptr() as usize, bytes.len()))
-        .or_insert_with(|| {
-            Arc::from(crate::demangle::demangle(&leakd_common::text::to_text(bytes)))
-        })
-        .clone()
+    let key = (bytes.as_ptr() as usize, bytes.len());
+    if let Some(n) = cache.get(&key) {
+        return n.clone();
+    }
+    fn lock(m: &Mutex<NameCache>) -> MutexGuard<'_, NameCache> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    let found = shared.and_then(|m| lock(m).get(&key).cloned());
+    let n = found.unwrap_or_else(|| {
+        let n: Arc<str> = Arc::from(crate::demangle::demangle(&leakd_common::text::to_text(bytes)));
+        match shared {
+            Some(m) => lock(m).entry(key).or_insert(n).clone(),
+            None => n,
+        }
+    });
+    cache.insert(key, n.clone());
+    n
 }
 
 fn intern(files: &mut FxHashMap<String, Arc<str>>, s: &str) -> Arc<str> {
@@ -521,7 +554,7 @@ mod tests {
             a,
             true,
             true,
-            &mut Default::default(),
+            (&mut Default::default(), None),
             &mut Default::default(),
             &mut out,
         );

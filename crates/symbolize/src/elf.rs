@@ -10,7 +10,7 @@
 //! with tens of MB of DWARF, copying cost as much time as reading.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use gimli::{EndianReader, RunTimeEndian};
 use goblin::elf::{
@@ -108,20 +108,19 @@ const MAX_NAME: usize = 64 << 10;
 /// stack) asks a handful of addresses, and a scan of the unsorted table
 /// answers each in microseconds, where the sort costs about a millisecond
 /// per 10,000 symbols.
+///
+/// The sorted table is shared by the tables of one file (`share`): each
+/// resolving thread loads the file, but it is sorted once, and each
+/// symbol's name demangled once, by whichever thread meets it first.
 #[derive(Default)]
 #[allow(clippy::len_without_is_empty)]
 pub struct SymbolTable {
     syms: Vec<Symbol>,
-    /// `syms[i].addr` once sorted (empty before), searched alone: a binary
-    /// search then touches an eighth of the cache lines.
-    addrs: Vec<u64>,
-    /// Every `TOP`th of `addrs`: searched first, it is small enough to stay
-    /// in cache, and leaves a search of one block of `addrs` (a few cache
-    /// lines) instead of a miss at nearly every step over a large table.
-    top: Vec<u64>,
-    sorted: bool,
+    /// Made from `syms` on first need, perhaps by another table of the
+    /// same file.
+    sorted: Arc<OnceLock<Sorted>>,
     /// Lookups answered by a scan so far.
-    scans: u32,
+    scans: std::cell::Cell<u32>,
     /// The file, for names in it.
     file: Option<Bytes>,
     /// Where string tables 1 and 2 end in the file: a name never runs past
@@ -132,6 +131,37 @@ pub struct SymbolTable {
     arena: Vec<u8>,
 }
 
+/// The symbols by address, the best of those at one address only.
+#[derive(Default)]
+pub struct Sorted {
+    /// The symbols' addresses, searched alone: a binary search then
+    /// touches an eighth of the cache lines.
+    addrs: Vec<u64>,
+    /// Every `TOP`th of `addrs`: searched first, it is small enough to stay
+    /// in cache, and leaves a search of one block of `addrs` (a few cache
+    /// lines) instead of a miss at nearly every step over a large table.
+    top: Vec<u64>,
+    /// The rest of each symbol, by its place in `addrs`: one cache line
+    /// gives the size, the name's place and the demangled name.
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    size: u64,
+    name: SymName,
+    /// The name demangled, once one lookup needed it.
+    demangled: OnceLock<Arc<str>>,
+}
+
+/// A symbol found by `SymbolTable::find`.
+pub struct Hit<'a> {
+    /// Where its name is, for `SymbolTable::name`.
+    pub name: SymName,
+    pub start: u64,
+    /// Where its demangled name is kept, once the table is sorted.
+    pub demangled: Option<&'a OnceLock<Arc<str>>>,
+}
+
 /// A symbol `SymbolTable::lookup` found, for `SymbolTable::name`: where
 /// its name is (the same whether the table was sorted yet or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,7 +170,7 @@ pub struct SymName {
     table: u8,
 }
 
-/// Symbols per block of the two-level search (see `SymbolTable::top`).
+/// Symbols per block of the two-level search (see `Sorted::top`).
 const TOP: usize = 32;
 
 /// Lookups answered by scanning before the table is sorted.
@@ -149,7 +179,7 @@ const SCANS: u32 = 32;
 impl Symbol {
     /// The sort key: address, then of symbols at the same address the best
     /// first (sized over unsized, global over weak over local, then the
-    /// first seen). Total: `seq` is unique.
+    /// first seen). Total: `seq` is unique, and is the symbol's place.
     fn key(&self) -> u128 {
         u128::from(self.addr) << 64
             | u128::from(self.size == 0) << 48
@@ -179,26 +209,37 @@ impl SymbolTable {
         self.syms.push(Symbol { addr, size, name_at: offset as u64, seq, rank, table });
     }
 
-    /// Sort by address, keeping the best of symbols at one address (see
-    /// `Symbol::key`).
-    fn sort(&mut self) {
-        if self.sorted {
-            return;
-        }
-        self.syms.sort_unstable_by_key(Symbol::key);
-        self.syms.dedup_by_key(|s| s.addr);
-        self.addrs = self.syms.iter().map(|s| s.addr).collect();
-        self.top = self.addrs.iter().step_by(TOP).copied().collect();
-        self.sorted = true;
+    /// The sorted table, to be shared with the other tables of the same
+    /// file (which hold the same symbols).
+    pub fn shared(&self) -> Arc<OnceLock<Sorted>> {
+        self.sorted.clone()
     }
 
-    /// The last of the sorted `addrs` at or below `addr`: its block by
-    /// `top`, then within the block.
-    fn position(&self, addr: u64) -> Option<usize> {
-        let block = self.top.partition_point(|&a| a <= addr).checked_sub(1)?;
-        let from = block * TOP;
-        let within = self.addrs.get(from..(from + TOP).min(self.addrs.len()))?;
-        Some(from + within.partition_point(|&a| a <= addr) - 1)
+    /// Use `sorted` (another table's of the same file) as this one's.
+    pub fn share(&mut self, sorted: Arc<OnceLock<Sorted>>) {
+        self.sorted = sorted;
+    }
+
+    /// Sorted by address, keeping the best of symbols at one address (see
+    /// `Symbol::key`).
+    fn sort(&self) -> &Sorted {
+        self.sorted.get_or_init(|| {
+            // The keys alone, sorted as integers: a comparison of two
+            // symbols computing their keys made the sort ten times slower.
+            let mut keys: Vec<u128> = self.syms.iter().map(Symbol::key).collect();
+            keys.sort_unstable();
+            keys.dedup_by_key(|k| (*k >> 64) as u64);
+            let mut addrs = Vec::with_capacity(keys.len());
+            let mut entries = Vec::with_capacity(keys.len());
+            for k in keys {
+                let s = &self.syms[k as u32 as usize];
+                addrs.push(s.addr);
+                let name = SymName { at: s.name_at, table: s.table };
+                entries.push(Entry { size: s.size, name, demangled: OnceLock::new() });
+            }
+            let top = addrs.iter().step_by(TOP).copied().collect();
+            Sorted { addrs, top, entries }
+        })
     }
 
     /// The symbol the sorted table would find for `addr` (the best of those
@@ -217,26 +258,36 @@ impl SymbolTable {
 
     /// The function containing `addr`: its name's place, and its start
     /// address.
-    pub fn lookup(&mut self, addr: u64) -> Option<(SymName, u64)> {
-        let s = if self.sorted || self.scans >= SCANS {
-            self.sort();
-            let i = self.position(addr)?;
-            self.syms.get(i)?
-        } else {
-            self.scans += 1;
-            self.scan(addr)?
-        };
-        if s.size > 0 && addr - s.addr >= s.size {
+    #[cfg(test)]
+    pub fn lookup(&self, addr: u64) -> Option<(SymName, u64)> {
+        self.find(addr).map(|h| (h.name, h.start))
+    }
+
+    /// The function containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<Hit<'_>> {
+        if self.sorted.get().is_none() && self.scans.get() < SCANS {
+            self.scans.set(self.scans.get() + 1);
+            let s = self.scan(addr)?;
+            if s.size > 0 && addr - s.addr >= s.size {
+                return None;
+            }
+            let name = SymName { at: s.name_at, table: s.table };
+            return Some(Hit { name, start: s.addr, demangled: None });
+        }
+        let sorted = self.sort();
+        let i = sorted.position(addr)?;
+        let (start, e) = (*sorted.addrs.get(i)?, sorted.entries.get(i)?);
+        if e.size > 0 && addr - start >= e.size {
             return None;
         }
-        Some((SymName { at: s.name_at, table: s.table }, s.addr))
+        Some(Hit { name: e.name, start, demangled: Some(&e.demangled) })
     }
 
     /// Every address where the symbol found may change: each symbol's
     /// start, and the end of each sized one.
     pub fn boundaries(&mut self) -> impl Iterator<Item = u64> + '_ {
-        self.sort();
-        self.syms.iter().flat_map(|s| [s.addr, s.addr.wrapping_add(s.size)])
+        let sorted = self.sort();
+        sorted.addrs.iter().zip(&sorted.entries).flat_map(|(&a, e)| [a, a.wrapping_add(e.size)])
     }
 
     /// The name of a symbol found, its bytes that are not UTF-8 written by
@@ -255,6 +306,17 @@ impl SymbolTable {
             .unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         leakd_common::text::to_text(&rest[..end])
+    }
+}
+
+impl Sorted {
+    /// The last of `addrs` at or below `addr`: its block by `top`, then
+    /// within the block.
+    fn position(&self, addr: u64) -> Option<usize> {
+        let block = self.top.partition_point(|&a| a <= addr).checked_sub(1)?;
+        let from = block * TOP;
+        let within = self.addrs.get(from..(from + TOP).min(self.addrs.len()))?;
+        Some(from + within.partition_point(|&a| a <= addr) - 1)
     }
 }
 
@@ -777,14 +839,14 @@ mod tests {
             if sorted {
                 t.sort();
             }
-            let mut name = |a: u64| t.lookup(a).map(|(n, s)| (t.name(n).to_string(), s));
+            let name = |a: u64| t.lookup(a).map(|(n, s)| (t.name(n).to_string(), s));
             assert_eq!(name(0x1000), Some(("a".into(), 0x1000)));
             assert_eq!(name(0x10ff), Some(("a".into(), 0x1000)));
             assert_eq!(name(0x1100), None);
             assert_eq!(name(0x2008), Some(("b".into(), 0x2000)));
             assert_eq!(name(0x3100), Some(("nosize".into(), 0x3000)));
             assert_eq!(name(0xfff), None);
-            assert_eq!(t.sorted, sorted);
+            assert_eq!(t.sorted.get().is_some(), sorted);
         }
     }
 
@@ -799,7 +861,7 @@ mod tests {
             for i in 0..n {
                 t.push(&format!("s{i}"), 0x1000 + next() % (n as u64 * 64), 0, 0);
             }
-            t.sort();
+            let t = t.sort();
             let probes = t.addrs.iter().flat_map(|&a| [a - 1, a, a + 1]).chain([0, u64::MAX]);
             for a in probes {
                 let want = t.addrs.partition_point(|&x| x <= a).checked_sub(1);
@@ -826,7 +888,7 @@ mod tests {
             }
             let addrs: Vec<u64> = (0..SCANS).map(|_| 0xff8 + next() % 0x240).collect();
             let scanned: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
-            assert!(!t.sorted);
+            assert!(t.sorted.get().is_none());
             t.sort();
             let sorted: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
             assert_eq!(scanned, sorted);
@@ -837,7 +899,7 @@ mod tests {
         for _ in 0..=SCANS {
             t.lookup(0x1000);
         }
-        assert!(t.sorted);
+        assert!(t.sorted.get().is_some());
     }
 
     #[test]

@@ -279,8 +279,15 @@ fn read_batches(
 fn resolve_batch(resolver: &mut Resolver, b: Batch, pool: &Pool) -> Done {
     let few = memchr::memchr_iter(b'\n', &b.text).take(WARM_LINES + 1).count() <= WARM_LINES;
     resolver.set_warm(few);
+    // Answers make lines two to three times longer: room for them up
+    // front (growing by doubling copied megabytes per batch).
+    let room = b.text.len().saturating_mul(3);
+    let mut out = pool.get();
+    if out.capacity() < room {
+        out = Vec::with_capacity(room);
+    }
     let mut d = Done {
-        out: pool.get(),
+        out,
         errors: Vec::new(),
         malformed: Malformed::default(),
         then_too_long: None,

@@ -839,8 +839,8 @@ mod tests {
         }
     }
 
-    /// Resolvers made by `fresh` use one parsed DWARF index per file, made
-    /// by whichever asks first, and answer the same from it; a resolver
+    /// Resolvers made by `fresh` use one parsed DWARF index and one sorted
+    /// symbol table per file, made by whichever asks first, and answer the same from it; a resolver
     /// made anew has its own.
     #[test]
     fn fresh_resolvers_share_parsed_dwarf() {
@@ -871,13 +871,30 @@ mod tests {
         };
         assert!(Arc::ptr_eq(&index(&mut a), &index(&mut b)));
         assert!(!Arc::ptr_eq(&index(&mut a), &index(&mut other)));
+        // So is the sorted symbol table (sorted once, by `a`'s first use).
+        let sorted = |r: &mut AddrResolver| {
+            let id = r.load_path(&exe, &exe).unwrap();
+            r.modules.get(id).unwrap().symbols.shared()
+        };
+        assert!(Arc::ptr_eq(&sorted(&mut a), &sorted(&mut b)));
+        assert!(!Arc::ptr_eq(&sorted(&mut a), &sorted(&mut other)));
         let (ida, idb) = (a.load_path(&exe, &exe).unwrap(), b.load_path(&exe, &exe).unwrap());
+        let mut inlined_shared = 0;
         for &v in &addrs {
             let (x, y) = (
                 a.modules.get_mut(ida).unwrap().lookup_vaddr(v, true),
                 b.modules.get_mut(idb).unwrap().lookup_vaddr(v, true),
             );
             assert_eq!(x, y, "at {v:#x}");
+            // So are DWARF's names of inlined functions.
+            if let (Ok(x), Ok(y)) = (&x, &y) {
+                for (i, j) in x.inlined.iter().zip(&y.inlined) {
+                    if let (Some(i), Some(j)) = (&i.sym, &j.sym) {
+                        assert!(Arc::ptr_eq(i, j), "{i} demangled twice");
+                        inlined_shared += 1;
+                    }
+                }
+            }
             // Symbol names are demangled once for both (one string), not
             // for the other stream's resolver.
             let ido = other.load_path(&exe, &exe).unwrap();
@@ -890,6 +907,7 @@ mod tests {
                 assert!(!Arc::ptr_eq(&x, &z), "{x} shared with another stream");
             }
         }
+        assert!(inlined_shared > 3, "{inlined_shared} inlined names compared");
     }
 
     /// Outside code (the ELF header, read-only data) DWARF knows only the

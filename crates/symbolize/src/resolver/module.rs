@@ -55,11 +55,12 @@ pub struct Module {
     /// By address looked up, and how far back from the frame's (see
     /// `Resolution::shifted`).
     pub answers: FxHashMap<(u64, u64), Outcome>,
-    demangled: FxHashMap<elf::SymName, Arc<str>>,
     files: FxHashMap<String, Arc<str>>,
     /// DWARF (linkage) names, demangled, since the same inlined functions
     /// turn up at many addresses.
     dwarf_names: NameCache,
+    /// `lookup_vaddr`'s frames, kept for the next lookup.
+    frames: Vec<DwarfFrame>,
 }
 
 pub enum DwarfState {
@@ -141,13 +142,16 @@ impl Module {
                 (d.build_id.as_deref().unwrap_or_default(), d.symbols.len(), d.dwarf.is_some())
             }),
         );
-        let (symbols, dwarf) = match debug {
+        let (mut symbols, dwarf) = match debug {
             Some(d) => {
                 let symbols = if d.symbols.len() > symbols.len() { d.symbols } else { symbols };
                 (symbols, dwarf.or(d.dwarf))
             }
             None => (symbols, dwarf),
         };
+        if let Some(key) = key {
+            symbols.share(shared.symbols(key, symbols.shared()));
+        }
         Module {
             key,
             build_id,
@@ -162,9 +166,9 @@ impl Module {
             learned: Vec::new(),
             cache_hits: 0,
             answers: FxHashMap::default(),
-            demangled: FxHashMap::default(),
             files: FxHashMap::default(),
             dwarf_names: FxHashMap::default(),
+            frames: Vec::new(),
         }
     }
 
@@ -246,30 +250,27 @@ impl Module {
 
     pub fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool) -> Result<Resolution, Reason> {
         let mut res = Resolution::default();
-        if let Some((i, start)) = self.symbols.lookup(vaddr) {
-            let name = match self.demangled.get(&i) {
-                Some(n) => n.clone(),
-                None => {
-                    // Another thread may have demangled it (each meets the
-                    // same functions): C++ names cost microseconds each.
-                    let symbols = &self.symbols;
-                    let make = || Arc::from(demangle(&symbols.name(i)));
-                    let n: Arc<str> = match self.key {
-                        Some(key) => self.shared.demangled(key, i, make),
-                        None => make(),
-                    };
-                    self.demangled.insert(i, n.clone());
-                    n
-                }
+        if let Some(hit) = self.symbols.find(vaddr) {
+            // Each symbol's name is demangled once, by whichever thread
+            // meets it first (C++ names cost microseconds each); the few
+            // found before the table is sorted are demangled each time.
+            let symbols = &self.symbols;
+            let make = || Arc::<str>::from(demangle(&symbols.name(hit.name)));
+            let name = match hit.demangled {
+                Some(cell) => cell.get_or_init(make).clone(),
+                None => make(),
             };
             // A name the file does not hold reads as "": DWARF may name it.
             res.sym = (!name.is_empty()).then_some(name);
-            res.sym_offset = Some(vaddr - start);
+            res.sym_offset = Some(vaddr - hit.start);
         }
         // Outside code, DWARF knows only the ranges of functions the linker
         // dropped, which it leaves at address 0 (addr2line answers "??").
         let code = elf::is_code(&self.segments, vaddr);
-        let mut frames: Vec<DwarfFrame> = Vec::new();
+        // The frames' vector is the module's, used again: one allocation
+        // less per new address.
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
         if let Some(units) = units_of(&mut self.dwarf, &self.shared).filter(|_| code) {
             // A unit that .debug_aranges names but that knows nothing of the
             // address (code without line info) is the answer: no other unit
@@ -282,7 +283,7 @@ impl Module {
                     vaddr,
                     want_inlined,
                     outer_name,
-                    &mut self.dwarf_names,
+                    (&mut self.dwarf_names, Some(units.names())),
                     &mut self.files,
                     &mut frames,
                 );
@@ -295,10 +296,11 @@ impl Module {
                 res.sym = outer.sym;
             }
             res.inlined = frames
-                .into_iter()
+                .drain(..)
                 .map(|f| Inlined { sym: f.sym, file: f.file, line: f.line })
                 .collect();
         }
+        self.frames = frames;
         if res.sym.is_none() && res.file.is_none() {
             return Err(Reason::NoSymbols);
         }

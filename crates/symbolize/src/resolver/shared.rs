@@ -5,14 +5,14 @@
 //! hot path), but parsing a large binary's DWARF is most of what a new
 //! address costs, so that is done once per file for all of them.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustc_hash::FxHashMap;
 
 use crate::cache::Learned;
 use crate::dwarf::Units;
 use crate::elf::DwarfSections;
-use crate::elf::SymName;
+use crate::elf::Sorted;
 
 /// Identity of a file: the same file gives the same DWARF, whichever path
 /// (/proc/PID/root/..., /proc/PID/map_files/...) reached it.
@@ -52,31 +52,26 @@ pub struct Shared {
     /// What the resolvers learned for the cache, and how many frames they
     /// answered from it, once each is done.
     learned: Arc<Mutex<(u64, Vec<Learned>)>>,
-    /// Symbol names demangled by any of the resolvers, by file and name.
-    names: Arc<Mutex<Names>>,
+    /// The sorted symbol tables of the files loaded so far (with their
+    /// demangled names), as long as a module of some resolver holds them.
+    symbols: Arc<Mutex<FxHashMap<FileKey, Weak<OnceLock<Sorted>>>>>,
 }
 
-/// Demangled symbol names by file and name.
-type Names = FxHashMap<(FileKey, SymName), Arc<str>>;
-
-/// Names kept in `Shared::names` before it is emptied (a long run meets
-/// new files without end).
-const MAX_NAMES: usize = 1 << 18;
-
 impl Shared {
-    /// The demangled name `i` of the file `key`, made by `make` unless
-    /// another resolver made it (outside the lock).
-    pub fn demangled(&self, key: FileKey, i: SymName, make: impl FnOnce() -> Arc<str>) -> Arc<str> {
-        let lock = || self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = lock().get(&(key, i)) {
-            return n.clone();
+    /// The sorted symbol table of the file `key`: another resolver's when
+    /// one holds it, else `mine` (the table of the caller's module, which
+    /// the others will then share).
+    pub fn symbols(&self, key: FileKey, mine: Arc<OnceLock<Sorted>>) -> Arc<OnceLock<Sorted>> {
+        let mut map = self.symbols.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = map.get(&key).and_then(Weak::upgrade) {
+            return kept;
         }
-        let n = make();
-        let mut names = lock();
-        if names.len() >= MAX_NAMES {
-            names.clear();
+        // Entries of tables no longer held go before the map doubles.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
         }
-        names.entry((key, i)).or_insert(n).clone()
+        map.insert(key, Arc::downgrade(&mine));
+        mine
     }
 
     /// Add what a module learned (`AddrResolver::finish_cache`).
