@@ -4,6 +4,10 @@ use std::fmt::Write as _;
 
 /// Rust (legacy and v0) and C++ (Itanium) names, readable. Rust's legacy
 /// scheme is a subset of C++'s, so it is tried first; its hash is dropped.
+/// C++ names are written as LLVM's demangler writes them (as
+/// llvm-symbolizer and llvm-cxxfilt print them): `std::vector<int>>`
+/// without a space between closing brackets, `non-virtual thunk to f()`,
+/// a clone suffix as `f() (.cold)`.
 pub fn demangle(name: &str) -> String {
     // A C++ nested name also parses as legacy Rust; only trust it when it
     // was Rust's (a v0 name, or one ending in a 17h<hash>E path), which is
@@ -26,6 +30,13 @@ pub fn demangle(name: &str) -> String {
         }
     }
     if name.starts_with("_Z") {
+        // LLVM's demangler: the names llvm-symbolizer prints, several times
+        // faster than cpp_demangle (most of symres's time on a large C++
+        // binary). cpp_demangle is kept for what LLVM's rejects, and for
+        // names too long to give it (see MAX_NAME_LEN).
+        if let Some(d) = leakd_llvm_demangle::demangle(name) {
+            return d;
+        }
         if let Ok(sym) = cpp_demangle::Symbol::new(name) {
             // What `sym.demangle()` writes, into a string with room for a
             // long name (substitutions make names several times their
@@ -118,5 +129,33 @@ mod tests {
             "<cpp_demangle::ast::LambdaSig as core::fmt::Debug>::fmt"
         );
         assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE.llvm.42"), "foo::bar");
+    }
+
+    #[test]
+    fn cpp_names_as_llvm_symbolizer_prints_them() {
+        // Where cpp_demangle wrote `> >`, `{virtual override thunk(...)}`
+        // and `[clone .cold]`.
+        assert_eq!(
+            demangle("_ZNSt6vectorIS_IiSaIiEESaIS1_EE5clearEv"),
+            "std::vector<std::vector<int, std::allocator<int>>, \
+             std::allocator<std::vector<int, std::allocator<int>>>>::clear()"
+        );
+        assert_eq!(
+            demangle("_ZThn104_N4node7UDPWrap10OnSendDoneEPNS_7ReqWrapI13uv_udp_send_sEEi"),
+            "non-virtual thunk to node::UDPWrap::OnSendDone(node::ReqWrap<uv_udp_send_s>*, int)"
+        );
+        assert_eq!(
+            demangle("_ZN6icu_7812NumberFormat12makeInstanceERKNS_6LocaleEaR10UErrorCode.part.0"),
+            "icu_78::NumberFormat::makeInstance(icu_78::Locale const&, signed char, UErrorCode&) (.part.0)"
+        );
+        // LLVM's demangler rejects transaction clones (GCC's -fgnu-tm):
+        // cpp_demangle's name, as before.
+        assert_eq!(demangle("_ZGTtdlPv"), "transaction clone for operator delete(void*)");
+        // Rejected by both: the name as it is.
+        assert_eq!(demangle("_ZN3foo"), "_ZN3foo");
+        // Too deep for LLVM's demangler (no recursion limit: it would
+        // overflow the stack): cpp_demangle's, which has one, rejects it.
+        let deep = format!("_Z1f{}v", "P".repeat(20_000));
+        assert_eq!(demangle(&deep), deep);
     }
 }

@@ -912,17 +912,11 @@ mod tests {
         let mut b = a.fresh();
         let mut other = AddrResolver::new(Options::default());
         let ia = a.load_path(&exe, &exe).unwrap();
-        // Symbol starts, and a little way into each function (where
-        // inlined calls are; how many a start has depends on the build).
-        let addrs: Vec<u64> = a
-            .modules
-            .get_mut(ia)
-            .unwrap()
-            .symbols
-            .boundaries()
-            .step_by(97)
-            .flat_map(|v| [v, v + 0x20])
-            .collect();
+        // Every 11th symbol: inlined frames are rare in this debug build,
+        // and a sparser sample found 3 or fewer once the binary held
+        // LLVM's demangler (many small C++ functions).
+        let addrs: Vec<u64> =
+            a.modules.get_mut(ia).unwrap().symbols.boundaries().step_by(11).collect();
         let mut with_lines = 0;
         for r in [&mut a, &mut b, &mut other] {
             let id = r.load_path(&exe, &exe).unwrap();
