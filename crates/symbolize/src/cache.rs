@@ -10,14 +10,17 @@
 //! those addresses from it, and merges what it learns in turn.
 //!
 //! The file is laid out for the second run, which reads little else: a
-//! small fence (each block's first address) binary-searched, one block of
-//! sorted address ranges, then one record holding the answer's text as
-//! the output has it, cut where `sym_offset` goes (the only part that
-//! depends on the address). Answers are not shared between records: a
-//! lookup reads one contiguous record instead of chasing parts across the
-//! file, and the first run writes each answer as it rendered it for its
-//! output (a copy, no rendering, no interning), so the cache costs it
-//! little.
+//! fence (each block's first address, searched through a small top level
+//! built at load), one block of 8 sorted range starts (two cache lines),
+//! then one record holding the range's end and the answer's text as the
+//! output has it, cut where `sym_offset` goes (the only part that depends
+//! on the address). A line's lookups are fetched ahead together
+//! (`CacheFile::prefetch`), so that their cache misses overlap. Answers
+//! are not shared between records: a lookup reads one contiguous record
+//! instead of chasing parts across the file, and the first run writes
+//! each answer as it rendered it for its output (a copy, no rendering, no
+//! interning); the price is a larger file (about the answers' size in the
+//! output), which the first run writes.
 //!
 //! A cache file is input like any other file, and shared by concurrent
 //! runs: it is written aside and renamed (`crate::store`: a run killed
