@@ -47,6 +47,7 @@ use crate::answer::{Outcome, Reason};
 use crate::elf::Bytes;
 use crate::frame_scan::Scan;
 use crate::log;
+use crate::prefetch::{prefetch, prefetch_ptr};
 use crate::store::StoreDir;
 use leakd_common::text::push_hex_string;
 
@@ -93,28 +94,6 @@ const HINTS: usize = 64;
 /// The slot of `vaddr`'s hint.
 fn hint_slot(vaddr: u64) -> usize {
     (vaddr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % HINTS
-}
-
-/// Ask the CPU to bring the cache line at the start of `b` in, without
-/// waiting for it.
-fn prefetch(b: &[u8]) {
-    if !b.is_empty() {
-        prefetch_ptr(b.as_ptr());
-    }
-}
-
-/// `prefetch` of the line holding `p`, which must point into memory the
-/// program holds.
-fn prefetch_ptr(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing the program sees and never faults
-    // (callers pass an address inside memory they hold all the same). SSE
-    // is part of x86_64.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// A record's fixed part: the end of its entry's range (u64), the

@@ -245,11 +245,11 @@ pub fn process_into(
     }
     edits.clear();
     texts.clear();
-    // From a cache of answers, each lookup is a few cache misses in a
-    // file of megabytes: the frames are read first, and what their lookups
-    // will read is fetched for all of them at once.
+    // From a cache of answers or a large symbol table, each lookup is a
+    // few cache misses in megabytes: the frames are read first, and what
+    // their lookups will read is fetched for all of them at once.
     let mut pre = Vec::new();
-    if let (true, Ok(pid)) = (resolver.caches(), &pid) {
+    if let Ok(pid) = &pid {
         pre = prefetched(resolver, text, s, *pid);
     }
     for i in 0..s.items.len() {
@@ -446,7 +446,8 @@ fn warm(r: &mut AddrResolver, text: &str, s: &Scan, pid: Option<u32>) {
 }
 
 /// The frames of a line read (`None` for those known by their text), and
-/// what their lookups in caches of answers will read fetched at once,
+/// what their lookups in caches of answers or symbol tables will read
+/// fetched at once,
 /// stage by stage (see `AddrResolver::prefetch`).
 fn prefetched<'a>(
     r: &mut AddrResolver,

@@ -42,6 +42,7 @@ mod json;
 mod kallsyms;
 pub mod log;
 mod mmap;
+mod prefetch;
 mod resolver;
 mod store;
 mod symbolizer;

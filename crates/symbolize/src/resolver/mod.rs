@@ -147,9 +147,6 @@ pub struct AddrResolver {
     shared: Shared,
     /// Whether lines now come few at a time (see `set_warm`).
     warm: bool,
-    /// Whether a module was answered from a cache of answers (see
-    /// `prefetch`).
-    caches: bool,
     /// `prefetch`'s list of modules and addresses, kept for the next line.
     prefetching: Vec<(ModuleId, u64)>,
 }
@@ -164,7 +161,6 @@ impl AddrResolver {
     fn sharing(opts: Options, shared: Shared) -> Self {
         AddrResolver {
             warm: true,
-            caches: false,
             prefetching: Vec::new(),
             debug_dirs: DebugDirs::new(opts.debug_dirs.clone()),
             modules: ModuleTable::new(opts.max_modules),
@@ -230,15 +226,9 @@ impl AddrResolver {
         self.module_offset_with(f, |m, offset, back| m.answer_offset(offset, back, inlined, texts))
     }
 
-    /// Whether a module has a cache of answers: a line's frames are then
-    /// worth `prefetch`ing.
-    pub fn caches(&self) -> bool {
-        self.caches
-    }
-
     /// Start fetching what answering `frames` (a line's) from caches of
-    /// answers will read, stage by stage for all of them (see
-    /// `CacheFile::prefetch`), so that their cache misses overlap.
+    /// answers or symbol tables will read, stage by stage for all of them
+    /// (see `Module::prefetch`), so that their cache misses overlap.
     pub fn prefetch(&mut self, frames: &[ModuleFrame<'_>]) {
         let mut targets = std::mem::take(&mut self.prefetching);
         targets.clear();
@@ -255,11 +245,11 @@ impl AddrResolver {
             };
             last = Some((f, id));
             let m = id.and_then(|id| Some((id, self.modules.get_mut(id)?)));
-            if let Some((id, v)) = m.and_then(|(id, m)| Some((id, m.cache_vaddr(f.offset)?))) {
+            if let Some((id, v)) = m.and_then(|(id, m)| Some((id, m.prefetch_vaddr(f.offset)?))) {
                 targets.push((id, v));
             }
         }
-        for stage in 0..2 {
+        for stage in 0..3 {
             for &(id, vaddr) in &targets {
                 if let Some(m) = self.modules.get_mut(id) {
                     m.prefetch(vaddr, stage);
@@ -599,7 +589,6 @@ impl AddrResolver {
                 m.cache = self.shared.cache_file(id, &m.provenance, load);
             }
         }
-        self.caches |= m.cache.is_some();
         let (id, closed) = self.modules.insert(m);
         if let Some(mut m) = closed {
             // What it learned for the cache is kept.

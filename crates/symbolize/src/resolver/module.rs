@@ -205,17 +205,21 @@ impl Module {
     }
 
     /// The address file offset `offset` is answered at from the cache of
-    /// earlier runs, if the module has one (and no index).
-    pub fn cache_vaddr(&self, offset: u64) -> Option<u64> {
-        self.cache.as_ref().filter(|_| self.index.is_none())?;
+    /// earlier runs or the symbols, if the module has no index.
+    pub fn prefetch_vaddr(&self, offset: u64) -> Option<u64> {
+        self.index.is_none().then_some(())?;
         elf::offset_to_vaddr(&self.segments, offset)
     }
 
-    /// Start fetching what answering `vaddr` from the cache of earlier
-    /// runs will read (see `CacheFile::prefetch`).
+    /// Start fetching what answering `vaddr` will read: from the cache of
+    /// earlier runs (see `CacheFile::prefetch`, stages 0 and 1) when the
+    /// module has one, from its symbols otherwise (`SymbolTable::prefetch`,
+    /// stages 0 to 2).
     pub fn prefetch(&mut self, vaddr: u64, stage: u8) {
-        if let Some(c) = &mut self.cache {
-            c.prefetch(vaddr, stage);
+        match &mut self.cache {
+            Some(c) if stage < 2 => c.prefetch(vaddr, stage),
+            Some(_) => {}
+            None => self.symbols.prefetch(vaddr, stage),
         }
     }
 
