@@ -106,10 +106,11 @@ const MAX_NAME: usize = 64 << 10;
 /// Names stay where they are in the file's string tables, found and checked
 /// only when a symbol is used: a large binary has a hundred thousand names,
 /// and copying and validating them all was a good part of the time to a
-/// first answer. So was sorting: a single line (symres in a shell, one
-/// stack) asks a handful of addresses, and a scan of the unsorted table
-/// answers each in microseconds, where the sort costs about a millisecond
-/// per 10,000 symbols.
+/// first answer. So was sorting, before it sorted by radix (`by_key`): a
+/// single line (symres in a shell, one stack) asks a handful of addresses,
+/// and a scan of the unsorted table answers each; now the sort costs about
+/// as much as a few scans (node: 153k symbols, 0.3 ms a scan), so only the
+/// first two lookups scan.
 ///
 /// The sorted table is shared by the tables of one file (`share`): each
 /// resolving thread loads the file, but it is sorted once, and each
@@ -198,8 +199,10 @@ pub struct SymName {
 /// Symbols per block of the two-level search (see `Sorted::top`).
 const TOP: usize = 32;
 
-/// Lookups answered by scanning before the table is sorted.
-const SCANS: u32 = 32;
+/// Lookups answered by scanning before the table is sorted: more cost more
+/// than the sort (with 32, a cold run on node spent 6% of its time in
+/// scans; a line of 16 frames took as long scanned as sorted).
+const SCANS: u32 = 2;
 
 impl Symbol {
     /// The sort key: address, then of symbols at the same address the best
@@ -980,17 +983,28 @@ mod tests {
     #[test]
     fn symbol_lookup_respects_sizes() {
         // Scanned (the first lookups), then sorted: the same answers.
-        for sorted in [false, true] {
+        let table = || {
             let mut t = SymbolTable::default();
             t.push("b", 0x2000, 0x10, 0);
             t.push("a_local_alias", 0x1000, 0x100, 2);
             t.push("a", 0x1000, 0x100, 0);
             t.push("a_second", 0x1000, 0x100, 0);
             t.push("nosize", 0x3000, 0, 0);
+            t
+        };
+        for sorted in [false, true] {
+            let t = table();
             if sorted {
                 t.sort();
             }
-            let name = |a: u64| t.lookup(a).map(|(n, s)| (t.name(n).to_string(), s));
+            // Unsorted, each lookup is a fresh table's first (a scan).
+            let name = |a: u64| {
+                let fresh = table();
+                let t = if sorted { &t } else { &fresh };
+                let r = t.lookup(a).map(|(n, s)| (t.name(n).to_string(), s));
+                assert_eq!(t.sorted.get().is_some(), sorted);
+                r
+            };
             assert_eq!(name(0x1000), Some(("a".into(), 0x1000)));
             assert_eq!(name(0x10ff), Some(("a".into(), 0x1000)));
             assert_eq!(name(0x1100), None);
@@ -1058,8 +1072,19 @@ mod tests {
                     ((r >> 16) % 3) as u8,
                 );
             }
-            let addrs: Vec<u64> = (0..SCANS).map(|_| 0xff8 + next() % 0x240).collect();
-            let scanned: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
+            let addrs: Vec<u64> = (0..32).map(|_| 0xff8 + next() % 0x240).collect();
+            let scanned: Vec<_> = addrs
+                .iter()
+                .map(|&a| {
+                    // What `find` answers from a scan.
+                    t.scan(a)
+                        .filter(|s| s.size == 0 || a - s.addr < s.size)
+                        .map(|s| (SymName { at: s.name_at, table: s.table }, s.addr))
+                })
+                .collect();
+            for &a in addrs.iter().take(SCANS as usize) {
+                assert_eq!(t.lookup(a), scanned[addrs.iter().position(|&x| x == a).unwrap()]);
+            }
             assert!(t.sorted.get().is_none());
             t.sort();
             let sorted: Vec<_> = addrs.iter().map(|&a| t.lookup(a)).collect();
