@@ -7,10 +7,53 @@
 // image has nothing but them). What the header needs from the runtime is
 // defined at the end of this file.
 
-#include "llvm/Demangle/ItaniumDemangle.h"
-
+// Every standard header the demangler's headers include, first: the
+// `realloc` macro below must rename only the demangler's calls.
+#include <algorithm>
+#include <array>
+#include <cassert>
+#include <cctype>
+#include <csetjmp>
 #include <cstddef>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+// The longest text the shim lets the demangler print. Substitutions
+// (S_, S0_, ...) name earlier parts of a name, so printed text can double
+// with every few bytes of a mangled name: `_Z1f1A` followed by 22
+// `PFvS<n>_S<n>_E` (230 bytes) prints 109 MB, 30 of them (310 bytes) would
+// print 28 GB, and the demangler grows its buffer without a limit (then
+// aborts when realloc fails). 1 MiB is a thousand times the longest name
+// given to it (MAX_NAME_LEN in lib.rs); the cpp_demangle crate, which
+// takes what this one refuses, stops at 13.6 MB.
+constexpr size_t MaxPrinted = size_t(1) << 20;
+
+namespace {
+// Where the current thread's print goes back to when it would pass
+// MaxPrinted (see print_bounded); null outside a print.
+thread_local std::jmp_buf *PrintEscape = nullptr;
+} // namespace
+
+// The demangler's headers call `std::realloc` to grow their buffers: its
+// output (OutputBuffer::grow) and, while parsing, its vectors. Renamed to
+// this, which refuses to grow a buffer past MaxPrinted while printing.
+namespace std {
+void *leakd_demangle_realloc(void *p, size_t n) {
+  if (n > MaxPrinted && PrintEscape != nullptr)
+    std::longjmp(*PrintEscape, 1);
+  return std::realloc(p, n);
+}
+} // namespace std
+#define realloc leakd_demangle_realloc
+#include "llvm/Demangle/ItaniumDemangle.h"
+#undef realloc
 
 using namespace llvm::itanium_demangle;
 
@@ -115,6 +158,24 @@ const char *llvm::itanium_demangle::parse_discriminator(const char *first,
   return first;
 }
 
+// Print AST into OB; false (OB's text incomplete) when the text would pass
+// MaxPrinted. The jump back skips only the frames of AST->print: they
+// hold no resource (printing allocates nothing but OB's buffer, which the
+// caller frees), and the state their scoped overrides would restore
+// belongs to OB and to the nodes, both discarded after a false. The
+// parser and its allocator live in the caller, destroyed as usual.
+static bool print_bounded(Node *AST, OutputBuffer &OB) {
+  std::jmp_buf Escape;
+  if (setjmp(Escape) != 0) {
+    PrintEscape = nullptr;
+    return false;
+  }
+  PrintEscape = &Escape;
+  AST->print(OB);
+  PrintEscape = nullptr;
+  return true;
+}
+
 // The readable form of the Itanium-mangled NAME (LEN bytes, no NUL needed),
 // as llvm::itaniumDemangle (with parameters) writes it: a malloc'd string of
 // *OUT_LEN bytes (not NUL-terminated) for leakd_itanium_free, or NULL when
@@ -129,7 +190,11 @@ extern "C" char *leakd_itanium_demangle(const char *name, size_t len,
   if (AST == nullptr)
     return nullptr;
   OutputBuffer OB;
-  AST->print(OB);
+  if (!print_bounded(AST, OB)) {
+    // Its buffer is as it was before the refused realloc.
+    std::free(OB.getBuffer());
+    return nullptr;
+  }
   // An empty result allocates nothing: report it as a failure.
   if (OB.getBuffer() == nullptr)
     return nullptr;

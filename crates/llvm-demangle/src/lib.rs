@@ -20,8 +20,9 @@ extern "C" {
 pub const MAX_NAME_LEN: usize = 1024;
 
 /// The readable form of an Itanium-mangled name (`_ZN3foo3barEv` →
-/// `foo::bar()`), or `None` when LLVM's demangler rejects it or the name is
-/// longer than [`MAX_NAME_LEN`].
+/// `foo::bar()`), or `None` when LLVM's demangler rejects it, the name is
+/// longer than [`MAX_NAME_LEN`], or its text would pass 1 MiB (substitutions
+/// can double it every few bytes: see `MaxPrinted` in shim.cpp).
 pub fn demangle(name: &str) -> Option<String> {
     if name.len() > MAX_NAME_LEN {
         return None;
@@ -77,6 +78,37 @@ mod tests {
         assert_eq!(at_limit.len(), super::MAX_NAME_LEN);
         let d = demangle(&at_limit).expect("demangles");
         assert_eq!(d, format!("f(void{})", "*".repeat(super::MAX_NAME_LEN - 5)));
+    }
+
+    /// `_Z1f1A`, then `k` (at most 18) pointers to functions of two
+    /// copies of the previous one, by substitution: its text doubles with
+    /// each.
+    fn doubling(k: usize) -> String {
+        // Substitution i: S_, then S<i - 1 in base 36>_.
+        let seq = |i: usize| match i {
+            0 => "S_".to_string(),
+            i => format!("S{}_", &"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i - 1..i]),
+        };
+        let mut name = String::from("_Z1f1A");
+        let mut last = 0;
+        for i in 0..k {
+            // The function type is substitution 2i + 1, its pointer 2i + 2.
+            name.push_str(&format!("PFv{0}{0}E", seq(last)));
+            last = 2 * i + 2;
+        }
+        name
+    }
+
+    #[test]
+    fn doubling_substitutions_stop_at_a_bound() {
+        let small = demangle(&doubling(2)).expect("demangles");
+        assert_eq!(small, "f(A, void (*)(A, A), void (*)(void (*)(A, A), void (*)(A, A)))");
+        // 14 doublings: 425 KB of text, printed.
+        let d = demangle(&doubling(14)).expect("under the bound");
+        assert!(d.len() > 400_000 && d.len() < 1 << 20, "{}", d.len());
+        // 16 would print 1.7 MB, over the bound.
+        assert_eq!(demangle(&doubling(16)), None);
+        assert_eq!(demangle(&doubling(17)), None);
     }
 
     #[test]
