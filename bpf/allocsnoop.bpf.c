@@ -117,6 +117,10 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 			copy_walk(e, unwind_walk(PT_REGS_IP((struct pt_regs *)ctx),
 						 PT_REGS_SP((struct pt_regs *)ctx),
 						 PT_REGS_FP((struct pt_regs *)ctx), ALLOCSNOOP_MAX_FRAMES));
+		} else if (!unwind_fp_plausible(PT_REGS_SP((struct pt_regs *)ctx),
+					       PT_REGS_FP((struct pt_regs *)ctx))) {
+			e->frames[0] = PT_REGS_IP((struct pt_regs *)ctx);
+			e->nr_frames = 1;
 		} else {
 			n = bpf_get_stack(ctx, e->frames, sizeof(e->frames), BPF_F_USER_STACK);
 			if (n > 0)
@@ -154,8 +158,11 @@ static __always_inline void on_free(void *ctx, __u32 op, __u64 addr, __u64 size,
 		 * the caller's): read the return address at [sp], then skip the
 		 * walk's first frame (the probed instruction itself). */
 		if (bpf_probe_read_user(&e->frames[0], sizeof(__u64), (void *)sp) == 0) {
-			n = bpf_get_stack(ctx, &e->frames[1], sizeof(e->frames) - sizeof(__u64),
-					  BPF_F_USER_STACK | 1);
+			n = 0;
+			if (unwind_fp_plausible(sp + 8, PT_REGS_FP((struct pt_regs *)ctx)))
+				n = bpf_get_stack(ctx, &e->frames[1],
+						  sizeof(e->frames) - sizeof(__u64),
+						  BPF_F_USER_STACK | 1);
 			e->nr_frames = 1 + (n > 0 ? n / sizeof(__u64) : 0);
 		} else {
 			leakd_count_lost(LEAKD_LOST_STACK);

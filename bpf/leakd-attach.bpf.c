@@ -50,16 +50,6 @@ struct {
 	__type(value, struct leakd_attach_alloc);
 } allocs SEC(".maps");
 
-/* 127 = PERF_MAX_STACK_DEPTH, the most bpf_get_stackid walks. Identical
- * stacks share one id, so this bounds distinct allocation sites. User space
- * deletes the ids of sites that went idle (see Sites::gc in sites.rs). */
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, LEAKD_ATTACH_MAX_STACKS);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, 127 * sizeof(__u64));
-} stacks SEC(".maps");
-
 /* Per-site totals; twice the stacks: sites without a stack are by caller. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -188,7 +178,7 @@ static __always_inline struct leakd_attach_stats *site_stats(const struct leakd_
  * mappings.bpf.h), so its lines keep their modules after the process
  * exits. The walk is read again (the kernel's stack map cannot be read
  * from BPF), once per site. */
-static __always_inline void note_site_mappings(void *ctx, __u64 caller)
+static __always_inline void note_site_mappings(void *ctx, __u64 caller, __u32 stack_id)
 {
 	struct mappings_scratch *m = mappings_scratch_get();
 	struct unwind_scratch *u;
@@ -196,9 +186,8 @@ static __always_inline void note_site_mappings(void *ctx, __u64 caller)
 
 	if (!m)
 		return;
-	if (unwind_mode == UNWIND_MODE_FP) {
-		n = bpf_get_stack(ctx, m->frames, sizeof(m->frames), BPF_F_USER_STACK);
-		n = n > 0 ? n / sizeof(__u64) : 0;
+	if (stack_id == LEAKD_ATTACH_CALLER_STACK) {
+		n = 0;
 	} else {
 		/* The walk user_stack_id just made is still in the scratch. */
 		u = unwind_scratch_get();
@@ -360,16 +349,28 @@ static __always_inline void untrack(__u64 addr)
 	untrack_op(NULL, addr, NO_CHECK, 0);
 }
 
-/* The id of the calling user stack: in `stacks` (frame pointers, the
- * kernel's walk) or in `unwind_stacks` (DWARF, ids with bit 31 set). */
+/* The id of the calling user stack in `unwind_stacks` (ids with bit 31
+ * set), or LEAKD_ATTACH_CALLER_STACK when, with frame pointers only, rbp
+ * cannot be one (see unwind_fp_plausible). Frame-pointer stacks are
+ * walked here too, not by bpf_get_stackid: the walk reads a copy of the
+ * stack made once (see unwind_copy_stack), where the kernel's walk makes
+ * a user read per frame and ends with a faulting one at the outermost
+ * frame's rbp (0 or junk): 17 frames cost ~1.1 us there, ~0.5 here
+ * (scripts/bench-bpf-cost, fpbuilt/fp). */
 static __always_inline long user_stack_id(void *ctx)
 {
 	struct pt_regs *regs = ctx;
+	__u64 pc = PT_REGS_IP(regs), sp = PT_REGS_SP(regs), bp = PT_REGS_FP(regs);
 	struct unwind_scratch *s;
 
-	if (unwind_mode == UNWIND_MODE_FP)
-		return bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-	s = unwind_walk(PT_REGS_IP(regs), PT_REGS_SP(regs), PT_REGS_FP(regs), UNWIND_MAX_FRAMES);
+	/* Loads from ctx at fixed offsets: clang would otherwise pick the
+	 * field by a computed offset, which the verifier refuses. */
+	barrier_var(pc);
+	barrier_var(sp);
+	barrier_var(bp);
+	if (unwind_mode == UNWIND_MODE_FP && !unwind_fp_plausible(sp, bp))
+		return LEAKD_ATTACH_CALLER_STACK;
+	s = unwind_walk(pc, sp, bp, UNWIND_MAX_FRAMES);
 	if (!s)
 		return -1;
 	return unwind_stack_id(s);
@@ -419,7 +420,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
 	if (created)
-		note_site_mappings(ctx, a.caller);
+		note_site_mappings(ctx, a.caller, a.stack_id);
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
 	err = bpf_map_update_elem(&allocs, &key, &a, BPF_NOEXIST);
 	if (err == -EEXIST) {

@@ -5,9 +5,13 @@
 #ifndef LEAKD_ATTACH_H
 #define LEAKD_ATTACH_H
 
-/* stack_id when bpf_get_stackid failed: the block is grouped by caller. */
+/* stack_id when the stack walk failed: the block is grouped by caller. */
 #define LEAKD_ATTACH_NO_STACK 0xffffffffU
-/* Capacity of the `stacks` map (distinct allocating stacks), and of the
+/* stack_id when the stack is the caller alone, known without a walk (with
+ * frame pointers, when rbp cannot be one): no table holds it, and it is
+ * no walked stack's id (those have bit 31 set). */
+#define LEAKD_ATTACH_CALLER_STACK 0x7fffffffU
+/* Capacity of the `unwind_stacks` map (distinct allocating stacks), and of the
  * `sites` map: twice that, since sites without a stack are keyed by caller. */
 #define LEAKD_ATTACH_MAX_STACKS 16384
 #define LEAKD_ATTACH_MAX_SITES (2 * LEAKD_ATTACH_MAX_STACKS)
@@ -34,7 +38,7 @@ struct leakd_attach_alloc {
 	__u64 size;     /* requested size in bytes */
 	__u64 ts_ns;    /* CLOCK_MONOTONIC time of the allocation */
 	__u64 caller;   /* return address into the allocating function */
-	__u32 stack_id; /* id in the `stacks` map, or LEAKD_ATTACH_NO_STACK */
+	__u32 stack_id; /* id in `unwind_stacks`, or LEAKD_ATTACH_NO_STACK/_CALLER_STACK */
 	__u32 op;       /* enum alloc_op of the call that made it (the tgid is the key's) */
 };
 

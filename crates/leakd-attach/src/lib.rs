@@ -49,7 +49,7 @@ use leakd_common::procmaps::MapsCache;
 use leakd_common::{bpf_mirror, bpf_object, bpf_pod, info, Context, Result};
 
 pub use cli::{command, Cli, EXIT_INCOMPLETE, EXIT_LEAKS};
-use leakd_unwind::{Mode, Unwinder};
+use leakd_unwind::Unwinder;
 use report::{Reporter, Settings, Symbolizer};
 use sites::{Sites, Stacks};
 
@@ -103,8 +103,6 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let mode = cli.unwind.unwind;
     let mode_value = mode.bpf_value();
     leakd_unwind::configure(&mut loader, &mode_value);
-    // Only one of the two stack tables is used.
-    loader.map_max_entries(if mode == Mode::Fp { "unwind_stacks" } else { "stacks" }, 1);
     let alloc_probes::Tracer { mut ebpf, target, .. } =
         alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let pid = target.pid();
@@ -112,11 +110,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
         bpf::take_map(&mut ebpf, "allocs")?;
     let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
-    let stacks = if mode == Mode::Fp {
-        Stacks::Fp(bpf::take_map(&mut ebpf, "stacks")?)
-    } else {
-        Stacks::Dwarf(bpf::take_map(&mut ebpf, "unwind_stacks")?)
-    };
+    let stacks = Stacks(bpf::take_map(&mut ebpf, "unwind_stacks")?);
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =
         bpf::take_map(&mut ebpf, "sites")?;
     // Before the command is released: its exec must not be missed.

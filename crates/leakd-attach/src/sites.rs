@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError};
 
 use leakd_common::bpf;
 use leakd_common::procmaps::MapsCache;
@@ -40,31 +40,27 @@ pub(crate) type LineKey = Rc<(u32, Vec<u64>)>;
 /// Entries read from a kernel map per system call.
 pub(crate) const BATCH: usize = 4096;
 
-/// Where stacks are kept: the kernel's stack map (frame pointers), or the
-/// DWARF walker's table (same id space: its ids have bit 31 set, frames
-/// zero-terminated).
-pub(crate) enum Stacks {
-    Fp(StackTraceMap<MapData>),
-    Dwarf(BpfHashMap<MapData, u32, [u64; leakd_unwind::sys::UNWIND_MAX_FRAMES as usize]>),
-}
+/// Where stacks are kept: the BPF walker's table (ids with bit 31 set,
+/// frames zero-terminated), in every --unwind mode.
+pub(crate) struct Stacks(
+    pub(crate) BpfHashMap<MapData, u32, [u64; leakd_unwind::sys::UNWIND_MAX_FRAMES as usize]>,
+);
 
 impl Stacks {
     fn get(&self, id: u32) -> Result<Vec<u64>, MapError> {
-        match self {
-            Stacks::Fp(m) => Ok(m.get(&id, 0)?.frames().iter().map(|f| f.ip).collect()),
-            Stacks::Dwarf(m) => {
-                let ips = m.get(&id, 0)?;
-                Ok(ips.iter().take_while(|&&ip| ip != 0).copied().collect())
-            }
-        }
+        let ips = self.0.get(&id, 0)?;
+        Ok(ips.iter().take_while(|&&ip| ip != 0).copied().collect())
     }
 
     fn remove(&mut self, id: u32) -> Result<(), MapError> {
-        match self {
-            Stacks::Fp(m) => m.remove(&id),
-            Stacks::Dwarf(m) => m.remove(&id),
-        }
+        self.0.remove(&id)
     }
+}
+
+/// Whether a stack id names an entry of a stack table: not when the walk
+/// failed, nor when the stack is the caller alone (no walk was made).
+fn in_table(stack_id: u32) -> bool {
+    stack_id != sys::LEAKD_ATTACH_NO_STACK && stack_id != sys::LEAKD_ATTACH_CALLER_STACK
 }
 
 /// The kernel's stack and site maps, and what is known here about them.
@@ -133,7 +129,7 @@ impl Sites {
 
     /// The return addresses of a site's stack (empty when unavailable).
     fn stack_ips(&self, key: &SiteKey) -> Vec<u64> {
-        if key.stack_id == sys::LEAKD_ATTACH_NO_STACK {
+        if !in_table(key.stack_id) {
             return Vec::new();
         }
         match self.stacks.get(key.stack_id) {
@@ -176,7 +172,7 @@ impl Sites {
         let mut candidates = Vec::new();
         for (k, st) in totals {
             let ok = idle_now(k, st) && self.idle.get(k) == Some(&st.allocs);
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK {
+            if in_table(k.stack_id) {
                 let e = stack_ok.entry(k.stack_id).or_insert(true);
                 *e &= ok;
             }
@@ -187,14 +183,12 @@ impl Sites {
         self.idle = totals.iter().map(|(k, st)| (*k, st.allocs)).collect();
         let mut deleted_stacks: HashSet<u32> = HashSet::new();
         for k in candidates {
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK
-                && !stack_ok.get(&k.stack_id).copied().unwrap_or(false)
-            {
+            if in_table(k.stack_id) && !stack_ok.get(&k.stack_id).copied().unwrap_or(false) {
                 continue;
             }
             // Before the stack is gone.
             let line = self.line_key(&k);
-            if k.stack_id != sys::LEAKD_ATTACH_NO_STACK && deleted_stacks.insert(k.stack_id) {
+            if in_table(k.stack_id) && deleted_stacks.insert(k.stack_id) {
                 // Stack first: an alloc racing with us re-creates the same
                 // id (same stack, same hash bucket).
                 match self.stacks.remove(k.stack_id) {
