@@ -7,13 +7,12 @@
 // image has nothing but them). What the header needs from the runtime is
 // defined at the end of this file.
 
-// Every standard header the demangler's headers include, first: the
-// `realloc` macro below must rename only the demangler's calls.
+// Every standard header the vendored ones include, first: the `final`
+// macro below must reach LLVM's headers only.
 #include <algorithm>
 #include <array>
 #include <cassert>
 #include <cctype>
-#include <csetjmp>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -25,35 +24,14 @@
 #include <type_traits>
 #include <utility>
 
-// The longest text the shim lets the demangler print. Substitutions
-// (S_, S0_, ...) name earlier parts of a name, so printed text can double
-// with every few bytes of a mangled name: `_Z1f1A` followed by 22
-// `PFvS<n>_S<n>_E` (230 bytes) prints 109 MB, 30 of them (310 bytes) would
-// print 28 GB, and the demangler grows its buffer without a limit (then
-// aborts when realloc fails). 1 MiB is a thousand times the longest name
-// given to it (MAX_NAME_LEN in lib.rs); the cpp_demangle crate, which
-// takes what this one refuses, stops at 13.6 MB.
-constexpr size_t MaxPrinted = size_t(1) << 20;
-
-namespace {
-// Where the current thread's print goes back to when it would pass
-// MaxPrinted (see print_bounded); null outside a print.
-thread_local std::jmp_buf *PrintEscape = nullptr;
-} // namespace
-
-// The demangler's headers call `std::realloc` to grow their buffers: its
-// output (OutputBuffer::grow) and, while parsing, its vectors. Renamed to
-// this, which refuses to grow a buffer past MaxPrinted while printing.
-namespace std {
-void *leakd_demangle_realloc(void *p, size_t n) {
-  if (n > MaxPrinted && PrintEscape != nullptr)
-    std::longjmp(*PrintEscape, 1);
-  return std::realloc(p, n);
-}
-} // namespace std
-#define realloc leakd_demangle_realloc
+// LLVM's node classes are `final`; the shim derives from each of them
+// (Capped, below) to stop printing a name whose output has no end. This
+// drops the keyword from the vendored headers as they are compiled here,
+// without editing them: nodes are only ever made through the shim's
+// allocator, so nothing else derives from them.
+#define final
 #include "llvm/Demangle/ItaniumDemangle.h"
-#undef realloc
+#undef final
 
 using namespace llvm::itanium_demangle;
 
@@ -112,13 +90,69 @@ public:
   }
 };
 
+// The most print steps (a node printing its left or right side) per name:
+// output that does not grow (empty parameter packs, repeated) must not loop
+// without end either. The tests' crafted name printing 64 KiB takes under
+// 64 Ki steps.
+constexpr size_t MaxSteps = 1024 * 1024;
+
+// The output buffer of one name, which has a longest (MaxOutput, given by
+// the caller): a name whose output would be longer is rejected. A
+// substitution (`S_`, `T_`) repeats a whole earlier part of the name, which
+// may itself repeat one, so a few hundred crafted bytes can double the
+// output at every step: printed, a name in a traced process's binary would
+// exhaust symres's memory (LLVM's OutputBuffer aborts when realloc fails)
+// and, before that, its time.
+class CappedOutput : public OutputBuffer {
+public:
+  explicit CappedOutput(size_t MaxOutput) : MaxOutput(MaxOutput) {}
+  const size_t MaxOutput;
+  size_t Steps = 0;
+  bool Over = false;
+
+  // Whether printing must stop: past either limit, now or before. Once
+  // over, every node returns at once: the nodes still printing only finish
+  // their own loops over children, which return at once too.
+  bool stop() {
+    if (!Over && (getCurrentPosition() > MaxOutput || ++Steps > MaxSteps))
+      Over = true;
+    return Over;
+  }
+};
+
+// Node T, printing nothing once its output buffer is over a limit. Every
+// node is made as one (NodeAllocator::makeNode), and every print of a
+// child goes through its virtual printLeft/printRight, so a walk over the
+// tree stops wherever it is. Printing happens into a CappedOutput only
+// (leakd_itanium_demangle).
+template <typename T> class Capped : public T {
+public:
+  using T::T;
+  void printLeft(OutputBuffer &OB) const override {
+    if (!static_cast<CappedOutput &>(OB).stop())
+      T::printLeft(OB);
+  }
+  void printRight(OutputBuffer &OB) const override {
+    if (!static_cast<CappedOutput &>(OB).stop())
+      T::printRight(OB);
+  }
+};
+
+// A leaf, whose printLeft is private: nothing to stop.
+template <>
+class Capped<ExpandedSpecialSubstitution> : public ExpandedSpecialSubstitution {
+public:
+  using ExpandedSpecialSubstitution::ExpandedSpecialSubstitution;
+};
+
 class NodeAllocator {
   BumpAllocator Alloc;
 
 public:
   void reset() {}
   template <typename T, typename... Args> T *makeNode(Args &&...args) {
-    return new (Alloc.allocate(sizeof(T))) T(std::forward<Args>(args)...);
+    return new (Alloc.allocate(sizeof(Capped<T>)))
+        Capped<T>(std::forward<Args>(args)...);
   }
   void *allocateNodeArray(size_t N) {
     return Alloc.allocate(sizeof(Node *) * N);
@@ -158,30 +192,13 @@ const char *llvm::itanium_demangle::parse_discriminator(const char *first,
   return first;
 }
 
-// Print AST into OB; false (OB's text incomplete) when the text would pass
-// MaxPrinted. The jump back skips only the frames of AST->print: they
-// hold no resource (printing allocates nothing but OB's buffer, which the
-// caller frees), and the state their scoped overrides would restore
-// belongs to OB and to the nodes, both discarded after a false. The
-// parser and its allocator live in the caller, destroyed as usual.
-static bool print_bounded(Node *AST, OutputBuffer &OB) {
-  std::jmp_buf Escape;
-  if (setjmp(Escape) != 0) {
-    PrintEscape = nullptr;
-    return false;
-  }
-  PrintEscape = &Escape;
-  AST->print(OB);
-  PrintEscape = nullptr;
-  return true;
-}
-
 // The readable form of the Itanium-mangled NAME (LEN bytes, no NUL needed),
 // as llvm::itaniumDemangle (with parameters) writes it: a malloc'd string of
 // *OUT_LEN bytes (not NUL-terminated) for leakd_itanium_free, or NULL when
-// the name is not one (or is empty).
+// the name is not one (or is empty) or its readable form would be longer
+// than MAX_OUTPUT bytes.
 extern "C" char *leakd_itanium_demangle(const char *name, size_t len,
-                                        size_t *out_len) {
+                                        size_t max_output, size_t *out_len) {
   *out_len = 0;
   if (name == nullptr || len == 0)
     return nullptr;
@@ -189,9 +206,9 @@ extern "C" char *leakd_itanium_demangle(const char *name, size_t len,
   Node *AST = Parser.parse(/*ParseParams=*/true);
   if (AST == nullptr)
     return nullptr;
-  OutputBuffer OB;
-  if (!print_bounded(AST, OB)) {
-    // Its buffer is as it was before the refused realloc.
+  CappedOutput OB(max_output);
+  AST->print(OB);
+  if (OB.Over || OB.getCurrentPosition() > max_output) {
     std::free(OB.getBuffer());
     return nullptr;
   }
