@@ -205,6 +205,42 @@ fn non_utf8_symbol_name_written_by_the_rule() {
     );
 }
 
+/// A C++ name in a traced binary whose readable form would have no end
+/// (substitutions doubling it: symres used to exhaust its memory and
+/// abort) comes out as it is, beside a normal name, demangled.
+#[test]
+fn cpp_name_printing_without_end_stays_mangled() {
+    let crafted = leakd_llvm_demangle::crafted::doubling(41);
+    let dir = TempDir::new("crafted");
+    let src = dir.path("crafted.c");
+    let c = format!(
+        "void crafted(void) __asm__(\"{crafted}\");\nvoid crafted(void) {{}}\n\
+         int add(int, int) __asm__(\"_Z3addii\");\nint add(int a, int b) {{ return a + b; }}\n\
+         int main(void) {{ crafted(); return add(1, 2); }}\n"
+    );
+    std::fs::write(&src, c).unwrap();
+    let bin = dir.path("crafted");
+    sh(Command::new("gcc").args(["-g0", "-O0", "-fPIE", "-pie"]).arg(&src).arg("-o").arg(&bin));
+    let nm = String::from_utf8(Command::new("nm").arg(&bin).output().unwrap().stdout).unwrap();
+    let addr = |sym: &str| {
+        nm.lines()
+            .find_map(|l| l.strip_suffix(&format!(" T {sym}")))
+            .map(|a| u64::from_str_radix(a, 16).unwrap())
+            .unwrap_or_else(|| panic!("no {sym} in {nm}"))
+    };
+    // A PIE's code lies at its file offset (checked on .text).
+    let [text_addr, text_off, _] = section_header(&bin, ".text");
+    assert_eq!(text_addr, text_off);
+    let frame = |sym: &str| json!({"module": bin.to_str().unwrap(), "offset": format!("{:#x}", addr(sym) + 1)});
+    let line = json!({"type": "t", "stack": [frame(&crafted), frame("_Z3addii")]});
+    let out = resolve(&[], &line.to_string());
+    assert_eq!(
+        (&out["stack"][0]["sym"], &out["stack"][1]["sym"]),
+        (&json!(crafted), &json!("add(int, int)")),
+        "{out}"
+    );
+}
+
 /// A thread that cannot be made (a limit on processes) is an error that
 /// says so, not a panic; -j1 needs none.
 #[test]

@@ -7,8 +7,16 @@
 
 use std::ffi::c_char;
 
+#[doc(hidden)]
+pub mod crafted;
+
 extern "C" {
-    fn leakd_itanium_demangle(name: *const c_char, len: usize, out_len: *mut usize) -> *mut c_char;
+    fn leakd_itanium_demangle(
+        name: *const c_char,
+        len: usize,
+        max_output: usize,
+        out_len: *mut usize,
+    ) -> *mut c_char;
     fn leakd_itanium_free(buf: *mut c_char);
 }
 
@@ -19,9 +27,18 @@ extern "C" {
 /// near 0.5 MiB; the longest C++ name of node and libstdc++ is 483 bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 
+/// The longest readable form, in bytes: a name whose demangled form would
+/// be longer is rejected. Substitutions repeat earlier parts of a name, so a
+/// crafted name of a few hundred bytes can double its output at each of
+/// them, without end (memory exhausted, and LLVM's printer aborts then);
+/// the shim stops printing at this length. Far above any real name's: the
+/// longest mangled one of node and libstdc++ is 483 bytes.
+pub const MAX_OUTPUT_LEN: usize = 64 * 1024;
+
 /// The readable form of an Itanium-mangled name (`_ZN3foo3barEv` →
-/// `foo::bar()`), or `None` when LLVM's demangler rejects it or the name is
-/// longer than [`MAX_NAME_LEN`].
+/// `foo::bar()`), or `None` when LLVM's demangler rejects it, the name is
+/// longer than [`MAX_NAME_LEN`] or its readable form would be longer than
+/// [`MAX_OUTPUT_LEN`].
 pub fn demangle(name: &str) -> Option<String> {
     if name.len() > MAX_NAME_LEN {
         return None;
@@ -30,7 +47,9 @@ pub fn demangle(name: &str) -> Option<String> {
     // SAFETY: the shim reads exactly `name.len()` bytes from `name`'s
     // pointer (no NUL needed) and writes one usize through `len`, a live
     // local.
-    let buf = unsafe { leakd_itanium_demangle(name.as_ptr().cast(), name.len(), &mut len) };
+    let buf = unsafe {
+        leakd_itanium_demangle(name.as_ptr().cast(), name.len(), MAX_OUTPUT_LEN, &mut len)
+    };
     if buf.is_null() {
         return None;
     }
@@ -48,6 +67,7 @@ pub fn demangle(name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::crafted::{doubling, printing};
     use super::demangle;
 
     #[test]
@@ -77,6 +97,71 @@ mod tests {
         assert_eq!(at_limit.len(), super::MAX_NAME_LEN);
         let d = demangle(&at_limit).expect("demangles");
         assert_eq!(d, format!("f(void{})", "*".repeat(super::MAX_NAME_LEN - 5)));
+    }
+
+    #[test]
+    fn output_is_capped() {
+        assert_eq!(
+            demangle(&doubling(3)).as_deref(),
+            Some("f(A, B<A, A>, B<B<A, A>, B<A, A>>, B<B<B<A, A>, B<A, A>>, B<B<A, A>, B<A, A>>>)")
+        );
+        // About 2^46 bytes (2^41 times `A`) from 464 bytes: all memory, or
+        // a very long time, if printed.
+        let crafted = doubling(41);
+        assert_eq!(crafted.len(), 464);
+        assert_eq!(demangle(&crafted), None);
+        // At the limit, and one byte past it.
+        let at_limit = printing(super::MAX_OUTPUT_LEN, demangle);
+        assert!(at_limit.len() <= super::MAX_NAME_LEN, "{}", at_limit.len());
+        assert_eq!(demangle(&at_limit).map(|d| d.len()), Some(super::MAX_OUTPUT_LEN));
+        assert_eq!(demangle(&printing(super::MAX_OUTPUT_LEN + 1, demangle)), None);
+    }
+
+    /// `open` n times, `middle`, `close` n times: as deep as MAX_NAME_LEN
+    /// allows.
+    fn nested(head: &str, open: &str, middle: &str, close: &str, tail: &str) -> String {
+        let fixed = head.len() + middle.len() + tail.len();
+        let n = (super::MAX_NAME_LEN - fixed) / (open.len() + close.len());
+        format!("{head}{}{middle}{}{tail}", open.repeat(n), close.repeat(n))
+    }
+
+    #[test]
+    fn deepest_names_fit_a_resolving_threads_stack() {
+        // symres resolves on threads of Rust's default 2 MiB stack. LLVM's
+        // parser and printer recurse once per level of nesting, with no
+        // limit: the deepest a name of MAX_NAME_LEN bytes can nest, in each
+        // of the ways that cost a level for the fewest bytes. (All of them
+        // fit in 256 KiB, not in 128 KiB, on x86-64.)
+        let names = [
+            // f(void*****...) and f(int const* const* ...)
+            nested("_Z1f", "P", "v", "", ""),
+            nested("_Z1f", "PK", "i", "", ""),
+            // f(int (*...) [][]...)
+            nested("_Z1fP", "A_", "i", "", ""),
+            // f(A<A<A<...int>>>)
+            nested("_Z1f", "1AI", "i", "E", ""),
+            // f(void (*(*...)())())
+            nested("_Z1f", "PF", "v", "vE", ""),
+            // f<-(-(-(...1)))>(): expressions
+            nested("_Z1fIX", "ng", "Li1E", "", "EEvv"),
+            // f<(1 + (1 + ...))>()
+            nested("_Z1fIX", "plLi1E", "Li1E", "", "EEvv"),
+            // a::b::c... nested names, and local names (f()::g()::...)
+            nested("_Z", "Z", "1fv", "E1gv", ""),
+        ];
+        let outcomes = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                names.iter().map(|n| (n.len(), demangle(n).map(|d| d.len()))).collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // Each as deep as the limit allows, and demangled in full.
+        assert!(
+            outcomes.iter().all(|(len, d)| *len > super::MAX_NAME_LEN - 6 && d.is_some()),
+            "{outcomes:?}"
+        );
     }
 
     #[test]

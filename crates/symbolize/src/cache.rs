@@ -627,12 +627,14 @@ fn record_len(e: &Entry<'_>) -> usize {
 /// Layout (little-endian): `header`; the numbers of entries and blocks
 /// (u32 each); where the fence, the blocks and the blob start and where
 /// the blob ends (u64 each). The fence: each block's first start (u64).
-/// The blocks: `BLOCK` entries each, their starts (u64, ascending;
-/// u64::MAX past the last entry), their ends (u64, past the range), then
-/// where their records are in the blob (u32; u32::MAX for no answer). The
-/// blob: the records, each at a multiple of 8 (see `CacheFile::record`):
-/// the symbol's start (u64; u64::MAX for none), the lengths of the text
-/// before and after `sym_offset` (u32 each), those texts.
+/// The blocks (`BLOCK_BYTES` each): `BLOCK` entries, their starts (u64,
+/// ascending; u64::MAX past the last entry), then where their records are
+/// in the blob (u32; u32::MAX past the last entry), then zeros. The blob:
+/// the records, each at a multiple of 8 (see `CacheFile::record`): the end
+/// of the entry's range (u64, past it), the symbol's start (u64; u64::MAX
+/// for none), the lengths of the text before and after `sym_offset` (u32
+/// each; the first u32::MAX for no answer), those texts, zeros to a
+/// multiple of 8.
 fn write_file(
     w: impl Write,
     entries: &[Entry<'_>],

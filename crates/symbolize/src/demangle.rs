@@ -37,17 +37,39 @@ pub fn demangle(name: &str) -> String {
         if let Some(d) = leakd_llvm_demangle::demangle(name) {
             return d;
         }
-        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
-            // What `sym.demangle()` writes, into a string with room for a
-            // long name (substitutions make names several times their
-            // mangled length): it grew from nothing, a copy per doubling.
-            let mut s = String::with_capacity(name.len() * 4);
-            if sym.structured_demangle(&mut s, &Default::default()).is_ok() {
-                return s;
-            }
+        if let Some(d) = cpp_demangle_capped(name) {
+            return d;
         }
     }
     name.to_string()
+}
+
+/// cpp_demangle's readable form of a C++ name, or `None` when it rejects
+/// the name or the form would be longer than LLVM's demangler allows
+/// ([`leakd_llvm_demangle::MAX_OUTPUT_LEN`]): a crafted name can double its
+/// output at each substitution, and cpp_demangle has no limit of its own.
+fn cpp_demangle_capped(name: &str) -> Option<String> {
+    let sym = cpp_demangle::Symbol::new(name).ok()?;
+    // What `sym.demangle()` writes, into a string with room for a long name
+    // (substitutions make names several times their mangled length): it
+    // grew from nothing, a copy per doubling.
+    let mut out = Capped(String::with_capacity(name.len() * 4));
+    sym.structured_demangle(&mut out, &Default::default()).ok()?;
+    Some(out.0)
+}
+
+/// A string that refuses (fmt::Error, which ends cpp_demangle's printing)
+/// to grow past [`leakd_llvm_demangle::MAX_OUTPUT_LEN`].
+struct Capped(String);
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.0.len() + s.len() > leakd_llvm_demangle::MAX_OUTPUT_LEN {
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(s);
+        Ok(())
+    }
 }
 
 /// DWARF gives some Rust functions (inlined closures, trait impls) by their
@@ -157,5 +179,37 @@ mod tests {
         // overflow the stack): cpp_demangle's, which has one, rejects it.
         let deep = format!("_Z1f{}v", "P".repeat(20_000));
         assert_eq!(demangle(&deep), deep);
+    }
+
+    #[test]
+    fn names_that_would_print_without_end_are_kept_mangled() {
+        use leakd_llvm_demangle::crafted::{doubling, printing};
+        use leakd_llvm_demangle::MAX_OUTPUT_LEN;
+        // About 2^46 bytes from 464: all memory, or a very long time, if
+        // printed. Rejected by each demangler, and then kept as it is.
+        let crafted = doubling(41);
+        assert_eq!(crafted.len(), 464);
+        assert_eq!(leakd_llvm_demangle::demangle(&crafted), None);
+        assert_eq!(cpp_demangle_capped(&crafted), None);
+        assert_eq!(demangle(&crafted), crafted);
+        // Over LLVM's MAX_NAME_LEN: cpp_demangle's alone.
+        let long = format!("{crafted}{}", "S_".repeat(300));
+        assert!(long.len() > leakd_llvm_demangle::MAX_NAME_LEN);
+        assert_eq!(demangle(&long), long);
+        // A name just under the limit is not, nor is a normal one.
+        assert_eq!(
+            cpp_demangle_capped(&doubling(2)).as_deref(),
+            Some("f(A, B<A, A>, B<B<A, A>, B<A, A> >)")
+        );
+        assert_eq!(demangle(&doubling(2)), "f(A, B<A, A>, B<B<A, A>, B<A, A>>)");
+        // cpp_demangle's output at the limit, and one byte over.
+        let at_limit = printing(MAX_OUTPUT_LEN, cpp_demangle_capped);
+        assert_eq!(cpp_demangle_capped(&at_limit).map(|d| d.len()), Some(MAX_OUTPUT_LEN));
+        assert_eq!(cpp_demangle_capped(&printing(MAX_OUTPUT_LEN + 1, cpp_demangle_capped)), None);
+        // Through demangle (LLVM's), the same.
+        let at_limit = printing(MAX_OUTPUT_LEN, leakd_llvm_demangle::demangle);
+        assert_eq!(demangle(&at_limit).len(), MAX_OUTPUT_LEN);
+        let over = printing(MAX_OUTPUT_LEN + 1, leakd_llvm_demangle::demangle);
+        assert_eq!(demangle(&over), over);
     }
 }

@@ -149,8 +149,8 @@ impl Module {
             }
             None => (symbols, dwarf),
         };
-        if let Some(key) = key {
-            symbols.share(shared.symbols(key, symbols.shared()));
+        if key.is_some() {
+            symbols.share(shared.symbols(&provenance, symbols.shared()));
         }
         Module {
             key,

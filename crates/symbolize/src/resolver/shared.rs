@@ -53,13 +53,20 @@ pub struct Shared {
     /// answered from it, once each is done.
     learned: Arc<Mutex<(u64, Vec<Learned>)>>,
     /// The sorted symbol tables of the files loaded so far (with their
-    /// demangled names), as long as a module of some resolver holds them.
-    symbols: Arc<Mutex<FxHashMap<FileKey, Weak<OnceLock<Sorted>>>>>,
+    /// demangled names), as long as a module of some resolver holds them,
+    /// by the module's provenance (`cache::provenance`): the file's
+    /// identity alone does not say whose symbols a module took, its own or
+    /// a debug file's (found for one process, not for another; installed
+    /// since), and a table names its symbols by their place in that file.
+    symbols: Arc<Mutex<SortedTables>>,
     /// The cache files of answers loaded so far, by build id and what
     /// their answers are made from (`None`: none usable): each is opened
     /// and its CRC checked once for all the resolvers of a stream.
     caches: Arc<Mutex<CacheFiles>>,
 }
+
+/// Sorted symbol tables by provenance (see `Shared::symbols`).
+type SortedTables = FxHashMap<Vec<u8>, Weak<OnceLock<Sorted>>>;
 
 /// Cache files by build id and provenance.
 type CacheFiles = FxHashMap<(Vec<u8>, Vec<u8>), Option<CacheFile>>;
@@ -94,19 +101,20 @@ impl Shared {
         fresh
     }
 
-    /// The sorted symbol table of the file `key`: another resolver's when
-    /// one holds it, else `mine` (the table of the caller's module, which
-    /// the others will then share).
-    pub fn symbols(&self, key: FileKey, mine: Arc<OnceLock<Sorted>>) -> Arc<OnceLock<Sorted>> {
+    /// The sorted symbol table of a module made from the files
+    /// `provenance` describes (not empty): another resolver's when one
+    /// holds it, else `mine` (the table of the caller's module, which the
+    /// others will then share).
+    pub fn symbols(&self, provenance: &[u8], mine: Arc<OnceLock<Sorted>>) -> Arc<OnceLock<Sorted>> {
         let mut map = self.symbols.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = map.get(&key).and_then(Weak::upgrade) {
+        if let Some(kept) = map.get(provenance).and_then(Weak::upgrade) {
             return kept;
         }
         // Entries of tables no longer held go before the map doubles.
         if map.len() >= 64 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        map.insert(key, Arc::downgrade(&mine));
+        map.insert(provenance.to_vec(), Arc::downgrade(&mine));
         mine
     }
 
@@ -220,6 +228,26 @@ mod tests {
     use super::*;
     use crate::answer::Resolution;
     use crate::store::StoreDir;
+
+    /// Modules of one file share a sorted symbol table only when they took
+    /// their symbols from the same files: one that took a debug file's
+    /// (another provenance) keeps its own.
+    #[test]
+    fn symbol_tables_are_shared_by_provenance() {
+        let shared = Shared::default();
+        let own = |p: &[u8]| {
+            let mine = Arc::new(OnceLock::new());
+            (shared.symbols(p, mine.clone()), mine)
+        };
+        let (a, a_mine) = own(b"file 1:2, 10 bytes: 5 symbols, DWARF");
+        assert!(Arc::ptr_eq(&a, &a_mine));
+        let (b, _) = own(b"file 1:2, 10 bytes: 5 symbols, DWARF");
+        assert!(Arc::ptr_eq(&a, &b), "the same files: shared");
+        let (c, c_mine) =
+            own(b"file 1:2, 10 bytes: 5 symbols, DWARF; debug file ab: 9 symbols, DWARF");
+        assert!(Arc::ptr_eq(&c, &c_mine), "a debug file's symbols: not shared");
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
 
     /// A cache file of answers is loaded (its CRC checked) once for all
     /// the resolvers of a stream, the others getting readers of the same
