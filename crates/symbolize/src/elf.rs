@@ -335,12 +335,17 @@ impl SymbolTable {
                 }
             }
             1 => {
-                let i = match known && hint.block != NONE32 {
-                    true => sorted.within(hint.block as usize, addr),
-                    false => sorted.position(addr),
+                // A hint is of one address (its block and place), or of none.
+                let block = if known && hint.block != NONE32 {
+                    Some(hint.block as usize)
+                } else {
+                    sorted.block(addr)
                 };
-                let Some(i) = i else { return };
-                *hint = Hint { addr, block: hint.block, at: i as u32 };
+                let Some((block, i)) = block.and_then(|b| Some((b, sorted.within(b, addr)?)))
+                else {
+                    return;
+                };
+                *hint = Hint { addr, block: block as u32, at: i as u32 };
                 if let Some(e) = sorted.entries.get(i) {
                     let p: *const u8 = std::ptr::from_ref(e).cast();
                     prefetch_ptr(p);
@@ -348,9 +353,10 @@ impl SymbolTable {
                 }
             }
             _ => {
-                let i = match known && hint.at != NONE32 {
-                    true => Some(hint.at as usize),
-                    false => sorted.position(addr),
+                let i = if known && hint.at != NONE32 {
+                    Some(hint.at as usize)
+                } else {
+                    sorted.position(addr)
                 };
                 let Some(e) = i.and_then(|i| sorted.entries.get(i)) else { return };
                 if e.demangled.get().is_some() {
@@ -1100,8 +1106,8 @@ mod tests {
     }
 
     /// Lookups after `prefetch` (its hints) answer as lookups without, for
-    /// lines of more frames than there are hints (slots shared), stages
-    /// stopped early, and addresses outside every symbol.
+    /// lines of more frames than there are hints (slots shared), frames
+    /// repeated, stages stopped early, and addresses outside every symbol.
     #[test]
     fn prefetched_lookups_answer_like_plain_ones() {
         let mut next = crate::testing::rng(0x9e7c_4ed1_1ee5_0002);
@@ -1119,7 +1125,10 @@ mod tests {
         t.sort();
         plain.sort();
         for line in 0..200 {
-            let frames: Vec<u64> = (0..line % 150).map(|_| next() % 0x42000).collect();
+            // Frames repeat within a line, and share hints' slots.
+            let pool: Vec<u64> = (0..1 + line % 97).map(|_| next() % 0x42000).collect();
+            let frames: Vec<u64> =
+                (0..line % 150).map(|_| pool[next() as usize % pool.len()]).collect();
             let stages = (line % 4) as u8;
             for stage in 0..stages {
                 for &a in &frames {
@@ -1128,6 +1137,21 @@ mod tests {
             }
             for &a in &frames {
                 assert_eq!(t.lookup(a), plain.lookup(a), "at {a:#x}, {stages} stages");
+            }
+        }
+        // Two addresses of one slot, in different blocks, met in any order
+        // of stages: a hint is never another address's.
+        let x = 0x2_0000;
+        let y = (x + 0x1000..).find(|&y| hint_slot(y) == hint_slot(x)).unwrap();
+        let blocks = t.sorted.get().map(|s| (s.block(x), s.block(y)));
+        assert!(matches!(blocks, Some((Some(a), Some(b))) if a != b));
+        for order in [[(x, 0), (y, 1), (y, 1)], [(x, 0), (y, 2), (y, 1)], [(y, 0), (x, 1), (x, 2)]]
+        {
+            for (a, stage) in order {
+                t.prefetch(a, stage);
+            }
+            for a in [x, y] {
+                assert_eq!(t.lookup(a), plain.lookup(a), "at {a:#x} after {order:x?}");
             }
         }
         assert!(plain.hints.is_empty());
