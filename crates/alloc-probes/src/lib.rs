@@ -285,7 +285,17 @@ pub fn load_tracer(
     loader.override_global("max_size", &max, true);
     let mut ebpf = bpf::load(&mut loader, object)?;
     for p in plan.allocators.iter().chain(&plan.cxx) {
-        probes::attach(&mut ebpf, &p.lib, &p.sites, target.pid())?;
+        if let Err(e) = probes::attach(&mut ebpf, &p.lib, &p.sites, target.pid()) {
+            // Beyond one process (system-wide, a cgroup, a container), the
+            // files were found through the processes using them, and one
+            // may exit (its root and file gone) before its turn: its
+            // blocks are gone too, and the others are still to trace.
+            if target.pid().is_none() && !p.lib.exists() {
+                warn!("{} is gone (its processes exited): not probed", p.lib.display());
+                continue;
+            }
+            return Err(e);
+        }
     }
     Ok(Tracer { ebpf, target, cxx: plan.cxx.is_some() })
 }
