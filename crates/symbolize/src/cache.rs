@@ -49,6 +49,7 @@ use crate::frame_scan::Scan;
 use crate::log;
 use crate::prefetch::{prefetch, prefetch_ptr};
 use crate::store::StoreDir;
+use crate::tables::{self, u32_at, u64_at, Layout};
 use leakd_common::text::push_hex_string;
 
 /// The size the cache files of a directory are kept under, by default.
@@ -203,14 +204,6 @@ pub struct CacheFile {
     top: Vec<u64>,
 }
 
-fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at.checked_add(8)?)?.try_into().ok()?))
-}
-
 fn put32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -276,31 +269,14 @@ impl CacheFile {
         if crc32fast::hash(&d[h..]) != crc {
             return Err("damaged or truncated (checksum mismatch)".into());
         }
-        let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
-        let (n, n_blocks) = (count(0)?, count(1)?);
-        let at = |i: usize| {
-            u64_at(d, h + 8 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated")
-        };
-        let (fence_at, blocks_at, blob_at, blob_end) = (at(0)?, at(1)?, at(2)?, at(3)?);
-        let fits = |start: usize, n: usize, size: usize| {
-            n.checked_mul(size)
-                .and_then(|len| start.checked_add(len))
-                .is_some_and(|end| end <= d.len())
-        };
-        if !(n_blocks == n.div_ceil(BLOCK)
-            && fits(fence_at, n_blocks, 8)
-            && fits(blocks_at, n_blocks, BLOCK_BYTES)
-            && blob_at <= blob_end
-            && blob_end <= d.len())
-        {
-            return Err("truncated".into());
-        }
+        let Layout { n, n_blocks, fence_at, blocks_at, blob } =
+            tables::layout(d, h, BLOCK, BLOCK_BYTES)?;
         Ok(CacheFile {
             n,
             n_blocks,
             fence_at,
             blocks_at,
-            blob: blob_at..blob_end,
+            blob,
             checked: Vec::new(),
             scan: Scan::default(),
             hints: [(0, NONE32); HINTS],

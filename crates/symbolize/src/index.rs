@@ -27,6 +27,7 @@ use crate::answer::{members, write_answer, Reason, Resolution};
 use crate::elf::Bytes;
 use crate::frame_scan::Scan;
 use crate::store::StoreDir;
+use crate::tables::{self, u32_at, u64_at, Layout};
 
 const MAGIC: &[u8; 8] = b"SYMRESIX";
 /// The format's version. An index also records the symres that wrote it:
@@ -496,14 +497,6 @@ fn header_end(d: &[u8], build_id: &[u8]) -> Result<usize, String> {
     Ok(at_id + 4 + build_id.len())
 }
 
-fn u32_at(d: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn u64_at(d: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(at..at.checked_add(8)?)?.try_into().ok()?))
-}
-
 impl Index {
     /// Check the header of an index file for the module with `build_id`,
     /// and that its tables fit in it. Answers are checked when read: a
@@ -517,31 +510,14 @@ impl Index {
     /// The index whose counts start at `h`, its tables checked to fit.
     fn tables(data: Bytes, h: usize) -> Result<Index, String> {
         let d: &[u8] = &data;
-        let count = |i: usize| u32_at(d, h + 4 * i).map(|n| n as usize).ok_or("truncated");
-        let (n_pieces, n_blocks) = (count(0)?, count(1)?);
-        let at = |i: usize| {
-            u64_at(d, h + 8 + 8 * i).and_then(|a| usize::try_from(a).ok()).ok_or("truncated")
-        };
-        let (fence_at, blocks_at, blob_at, blob_end) = (at(0)?, at(1)?, at(2)?, at(3)?);
-        let fits = |start: usize, n: usize, size: usize| {
-            n.checked_mul(size)
-                .and_then(|len| start.checked_add(len))
-                .is_some_and(|end| end <= d.len())
-        };
-        if !(n_blocks == n_pieces.div_ceil(BLOCK)
-            && fits(fence_at, n_blocks, 8)
-            && fits(blocks_at, n_blocks, BLOCK_BYTES)
-            && blob_at <= blob_end
-            && blob_end <= d.len())
-        {
-            return Err("truncated".into());
-        }
+        let Layout { n: n_pieces, n_blocks, fence_at, blocks_at, blob } =
+            tables::layout(d, h, BLOCK, BLOCK_BYTES)?;
         Ok(Index {
             fence_at,
             blocks_at,
             n_blocks,
             n_pieces,
-            blob: blob_at..blob_end,
+            blob,
             checked_answers: Vec::new(),
             checked_parts: Vec::new(),
             scan: Scan::default(),

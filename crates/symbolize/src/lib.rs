@@ -23,7 +23,8 @@
 //!    regular ones, without blocking, inside a process's root)
 //! 5. what everyone uses: `answer` (Reason, Resolution and how they are
 //!    written into a frame), `json` (string bytes), `demangle`, `log`
-//!    (messages under the running tool's name)
+//!    (messages under the running tool's name), `tables` (the layout the
+//!    index and the cache files share, checked to fit)
 //!
 //! In a filter it must never hold back a live stream (output is flushed
 //! whenever the next read could block) and never give up on a whole stream
@@ -46,6 +47,7 @@ mod prefetch;
 mod resolver;
 mod store;
 mod symbolizer;
+mod tables;
 #[cfg(test)]
 mod testing;
 
