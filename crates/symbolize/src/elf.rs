@@ -661,8 +661,13 @@ impl ElfFile {
                 };
                 match (raw, base) {
                     (Some(r), Some(base)) => {
-                        // Checked here only as far as "non-empty, in the table".
-                        if r.get(s.st_name).is_some_and(|&b| b != 0) {
+                        // Checked here only as far as "named, in the table",
+                        // without reading the name: reading every symbol's
+                        // first byte touched the whole string table (node's
+                        // is megabytes), a quarter of a single line's time.
+                        // An empty name is offset 0 (ELF's empty string); one
+                        // elsewhere reads as "" when used, as no name.
+                        if s.st_name != 0 && s.st_name < r.len() {
                             symbols.push_in_file(
                                 t as u8 + 1,
                                 base + s.st_name,
