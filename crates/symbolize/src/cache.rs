@@ -321,22 +321,10 @@ impl CacheFile {
 
     /// The block that holds the last entry starting at or before `vaddr`.
     fn block_of(&self, vaddr: u64) -> Option<usize> {
-        let d: &[u8] = &self.data;
-        let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
-        // The last block whose first entry starts at or before `vaddr`:
-        // among the `TOP` blocks after the last of `top` at or before it.
+        // Among the `TOP` blocks after the last of `top` at or before it.
         let t = self.top.partition_point(|&s| s <= vaddr);
         let lo = t.saturating_sub(1) * TOP;
-        let (mut lo, mut hi) = (lo, (lo + TOP).min(self.n_blocks));
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if first(mid) <= vaddr {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo.checked_sub(1)
+        tables::block_of(&self.data, self.fence_at, lo..(lo + TOP).min(self.n_blocks), vaddr)
     }
 
     /// Where the record of the last entry starting at or before `vaddr`

@@ -539,18 +539,8 @@ impl Index {
     /// in the blob or NONE32 (or anything, in a damaged file).
     fn word(&self, vaddr: u64) -> Option<u32> {
         let d: &[u8] = &self.data;
-        let first = |b: usize| u64_at(d, self.fence_at + 8 * b).unwrap_or(u64::MAX);
         // The last block whose first piece starts at or before `vaddr`.
-        let (mut lo, mut hi) = (0, self.n_blocks);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if first(mid) <= vaddr {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let b = lo.checked_sub(1)?;
+        let b = tables::block_of(d, self.fence_at, 0..self.n_blocks, vaddr)?;
         let block = self.blocks_at + BLOCK_BYTES * b;
         let starts = d.get(block..block + BLOCK_BYTES)?;
         // The last piece of the block that starts at or before `vaddr` (of

@@ -47,3 +47,22 @@ pub fn layout(d: &[u8], h: usize, per_block: usize, block_bytes: usize) -> Resul
     }
     Ok(Layout { n, n_blocks, fence_at, blocks_at, blob: blob_at..blob_end })
 }
+
+/// The last block among `blocks` whose first entry starts at or before
+/// `vaddr`, by a binary search of the fence at `fence_at` (each block's
+/// first start); `None` when there is none. A fence entry past the data
+/// reads as `u64::MAX`: a damaged file gives a wrong block, never a read
+/// out of bounds.
+pub fn block_of(d: &[u8], fence_at: usize, blocks: Range<usize>, vaddr: u64) -> Option<usize> {
+    let first = |b: usize| u64_at(d, fence_at + 8 * b).unwrap_or(u64::MAX);
+    let (mut lo, mut hi) = (blocks.start, blocks.end);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if first(mid) <= vaddr {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo.checked_sub(1)
+}
