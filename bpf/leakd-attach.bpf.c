@@ -1,9 +1,18 @@
-/* leakd-attach: keep every live heap block in a hash map ((process, address)
- * -> size, time, stack id) instead of streaming events. Frees delete entries, so the
- * map *is* the set of outstanding allocations and user space only has to
- * read it at report time: the cost per call is one map update or delete,
- * with nothing crossing to user space. The probe logic (which calls nest,
- * realloc semantics) lives in alloc.bpf.h.
+/* leakd-attach: keep every live heap block in a table ((process, address)
+ * -> size, time, stack id) instead of streaming events. Frees delete
+ * entries, so the table *is* the set of outstanding allocations and user
+ * space only has to read it at report time: the cost per call is one
+ * insert or delete, with nothing crossing to user space. The probe logic
+ * (which calls nest, realloc semantics) lives in alloc.bpf.h.
+ *
+ * Why a table of our own and not a BPF hash map: a preallocated hash map's
+ * update + lookup + delete cost ~270 ns per malloc+free pair here (the
+ * element free list, the bucket lock, the hash of a 16-byte key, an
+ * out-of-line call each; scripts/bench-bpf-floor), as much as the rest of
+ * the tracking together. The table is an array map, whose lookups the
+ * verifier inlines, laid out as set-associative buckets (see
+ * leakd-attach.h) and updated lock-free with compare-and-swap: a block's
+ * insert or delete reads one cache line of keys and writes its slot.
  *
  * Per-site totals (`sites`) are kept here too, with atomic adds, by both
  * the alloc and the free of a tracked block: the free finds the block's
@@ -28,8 +37,6 @@
 #include "unwind.bpf.h"
 #include "mappings.bpf.h"
 
-#define EEXIST 17
-
 _Static_assert(LEAKD_ATTACH_MISMATCH_FRAMES == UNWIND_MAX_FRAMES, "a walk fits a mismatch record");
 
 /* Only blocks whose requested size is within [min_size, max_size] are kept. */
@@ -42,13 +49,30 @@ const volatile __u32 neg_ln[LEAKD_ATTACH_LN_ENTRIES] = {};
 /* g((i + 0.5) / G_STEPS) in units of 1/LEAKD_ATTACH_ONE. */
 const volatile __u32 g_table[LEAKD_ATTACH_G_ENTRIES] = {};
 
-/* max_entries is set from --max-allocs by user space before load. */
+/* The live blocks (see leakd-attach.h): table_buckets home buckets, then
+ * LEAKD_ATTACH_WINDOW - 1 more that only take spilled blocks, so a window
+ * never wraps. max_entries (home buckets + window - 1) and table_buckets
+ * are set by user space from --max-allocs before load: at least twice as
+ * many slots as blocks tracked, so windows rarely fill. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1000000);
-	__type(key, struct leakd_attach_block);
-	__type(value, struct leakd_attach_alloc);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct leakd_attach_bucket);
 } allocs SEC(".maps");
+
+const volatile __u32 table_buckets = 1;
+/* Most blocks tracked at once (--max-allocs). */
+const volatile __u64 max_allocs = 1;
+
+/* Blocks tracked now: what keeps the count within max_allocs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} allocs_live SEC(".maps");
 
 /* Per-site totals; twice the stacks: sites without a stack are by caller. */
 struct {
@@ -203,15 +227,186 @@ static __always_inline void note_site_mappings(void *ctx, __u64 caller, __u32 st
 	mappings_note(m, n);
 }
 
-/* The key of the calling process's block at `addr`. */
-static __always_inline struct leakd_attach_block block_key(__u64 addr)
+/* The table key of process pid's block at `addr`: exact for a given pid
+ * (user addresses are below 2^47; the record's pid tells processes whose
+ * pids agree in the folded bits apart). Folding the pid in spreads the same
+ * address in several processes (forked, not exec'ed) over buckets. */
+static __always_inline __u64 table_key(__u64 addr, __u32 pid)
 {
-	struct leakd_attach_block k = {
-		.addr = addr,
-		.pid = bpf_get_current_pid_tgid() >> 32,
-	};
+	return addr ^ ((__u64)(pid & LEAKD_ATTACH_KEY_PID_MASK) << LEAKD_ATTACH_KEY_PID_SHIFT);
+}
 
-	return k;
+/* A key's home bucket: a multiplicative hash, reduced to [0, table_buckets)
+ * by a multiply-shift (no power-of-two table size needed). */
+static __always_inline __u32 home_bucket(__u64 key)
+{
+	__u64 h = (key * 0x9e3779b97f4a7c15ULL) >> 32;
+
+	return (h * table_buckets) >> 32;
+}
+
+static __always_inline struct leakd_attach_bucket *bucket_at(__u32 i)
+{
+	return bpf_map_lookup_elem(&allocs, &i);
+}
+
+static __always_inline __u32 rec_pid(const struct leakd_attach_alloc *a)
+{
+	return a->pid_op >> LEAKD_ATTACH_OP_BITS;
+}
+
+static __always_inline __u32 rec_op(const struct leakd_attach_alloc *a)
+{
+	return a->pid_op & ((1U << LEAKD_ATTACH_OP_BITS) - 1);
+}
+
+/* Where a block is: its bucket, slot, and its home bucket (the same one
+ * unless it spilled). */
+struct slot_ref {
+	struct leakd_attach_bucket *b;
+	struct leakd_attach_bucket *home;
+	__u32 i;
+};
+
+/* The slot of bucket b holding (key, pid), or -1. A key is read once
+ * (READ_ONCE: other CPUs write it); the record's pid is read after it. */
+static __always_inline int slot_of(struct leakd_attach_bucket *b, __u64 key, __u32 pid)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < LEAKD_ATTACH_SLOTS; i++) {
+		if (*(volatile __u64 *)&b->keys[i] == key && rec_pid(&b->recs[i]) == pid)
+			return i;
+	}
+	return -1;
+}
+
+/* Find process pid's block with `key` (home bucket first, the rest of the
+ * window only when blocks spilled from home). */
+static __always_inline int table_find(__u64 key, __u32 pid, struct slot_ref *r)
+{
+	struct leakd_attach_bucket *b;
+	__u32 home = home_bucket(key), d;
+	int i;
+
+	if (key <= LEAKD_ATTACH_KEY_BUSY)
+		return 0; /* never inserted */
+	r->home = bucket_at(home);
+	if (!r->home)
+		return 0;
+	i = slot_of(r->home, key, pid);
+	if (i >= 0) {
+		r->b = r->home;
+		r->i = i;
+		return 1;
+	}
+	if (!*(volatile __u64 *)&r->home->spill)
+		return 0;
+	for (d = 1; d < LEAKD_ATTACH_WINDOW; d++) {
+		b = bucket_at(home + d);
+		if (!b)
+			return 0;
+		i = slot_of(b, key, pid);
+		if (i >= 0) {
+			r->b = b;
+			r->i = i;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void live_add(__u64 n)
+{
+	__u32 zero = 0;
+	__u64 *live = bpf_map_lookup_elem(&allocs_live, &zero);
+
+	if (live)
+		__sync_fetch_and_add(live, n);
+}
+
+/* Take the block at r out of the table, copying its record to *a first;
+ * 0 when another CPU took it first. Only the caller whose compare-and-swap
+ * succeeds counts the free, so a double free racing on two threads counts
+ * once. The copy is made before the swap (after it the slot may be reused
+ * at once); it is the block's record unless, between the two, the block
+ * was freed and the same address allocated again in the same process and
+ * put back in the same slot: that needs a second free of the block racing
+ * with this one (a double free in the traced program), and then costs
+ * this free the new block's record (size, stack) instead of its own. */
+static __always_inline int table_take(struct slot_ref *r, __u64 key,
+				      struct leakd_attach_alloc *a)
+{
+	__u32 i = r->i;
+
+	if (i >= LEAKD_ATTACH_SLOTS)
+		return 0;
+	*a = r->b->recs[i];
+	if (__sync_val_compare_and_swap(&r->b->keys[i], key, LEAKD_ATTACH_KEY_EMPTY) != key)
+		return 0;
+	if (r->b != r->home)
+		__sync_fetch_and_add(&r->home->spill, -1);
+	live_add(-1);
+	return 1;
+}
+
+/* Claim an empty slot of bucket b for record a and publish it with key:
+ * the slot is claimed (0 -> 1) so no other CPU writes it, the record
+ * written, then the key set with an atomic exchange, which orders the
+ * record's stores before it for any reader of the key. */
+static __always_inline int bucket_claim(struct leakd_attach_bucket *b, __u64 key,
+					const struct leakd_attach_alloc *a)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < LEAKD_ATTACH_SLOTS; i++) {
+		if (*(volatile __u64 *)&b->keys[i] != LEAKD_ATTACH_KEY_EMPTY)
+			continue;
+		if (__sync_val_compare_and_swap(&b->keys[i], LEAKD_ATTACH_KEY_EMPTY,
+						LEAKD_ATTACH_KEY_BUSY) != LEAKD_ATTACH_KEY_EMPTY)
+			continue;
+		b->recs[i] = *a;
+		__sync_lock_test_and_set(&b->keys[i], key);
+		return 1;
+	}
+	return 0;
+}
+
+/* Insert process pid's block with key (not in the table: the caller
+ * checked), within max_allocs: home bucket first, else the next free slot
+ * of the window. 0 when full. */
+static __always_inline int table_insert(__u64 key, __u32 pid, const struct leakd_attach_alloc *a)
+{
+	struct leakd_attach_bucket *home, *b;
+	__u32 h = home_bucket(key), d, zero = 0;
+	__u64 *live;
+
+	if (key <= LEAKD_ATTACH_KEY_BUSY)
+		return 0; /* a reserved key: an address above 2^47 */
+	home = bucket_at(h);
+	live = bpf_map_lookup_elem(&allocs_live, &zero);
+	if (!home || !live)
+		return 0;
+	if (__sync_fetch_and_add(live, 1) >= max_allocs)
+		goto full;
+	if (bucket_claim(home, key, a))
+		return 1;
+	/* Counted before the block can be found there, so no lookup of it
+	 * stops at its home bucket. */
+	__sync_fetch_and_add(&home->spill, 1);
+	for (d = 1; d < LEAKD_ATTACH_WINDOW; d++) {
+		b = bucket_at(h + d);
+		if (!b)
+			break;
+		if (bucket_claim(b, key, a))
+			return 1;
+	}
+	__sync_fetch_and_add(&home->spill, -1);
+full:
+	__sync_fetch_and_add(live, -1);
+	return 0;
 }
 
 /* Blocks freed with the wrong operator (struct leakd_attach_mismatch). A
@@ -273,7 +468,7 @@ static __noinline void report_mismatch(void *ctx, const struct leakd_attach_allo
 	e->size = a->size;
 	e->alloc_caller = a->caller;
 	e->alloc_stack_id = a->stack_id;
-	e->alloc_op = a->op;
+	e->alloc_op = rec_op(a);
 	e->free_op = free_op;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->tid = (__u32)bpf_get_current_pid_tgid();
@@ -321,24 +516,22 @@ out:
  * ctx and sp. */
 static __always_inline void untrack_op(void *ctx, __u64 addr, __u32 op, __u64 sp)
 {
-	struct leakd_attach_block key = block_key(addr);
-	struct leakd_attach_alloc *found = bpf_map_lookup_elem(&allocs, &key);
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u64 key = table_key(addr, pid);
 	struct leakd_attach_alloc a;
 	struct leakd_attach_stats *s;
+	struct slot_ref r;
 
-	if (!found)
+	if (!table_find(key, pid, &r))
 		return; /* not tracked: before we attached, filtered out or not sampled */
-	a = *found;
-	/* Only the caller whose delete succeeds counts the free (a double free
-	 * racing on two threads must not count twice). */
-	if (bpf_map_delete_elem(&allocs, &key))
-		return;
+	if (!table_take(&r, key, &a))
+		return; /* taken by a racing free of the same block */
 	/* Before the free is counted: a site whose frees are all counted may
 	 * have its stack deleted by user space, which reads this ring first. */
-	if (op_family(a.op) != op_family(op) && op_family(a.op) != FAMILY_NONE &&
+	if (op_family(rec_op(&a)) != op_family(op) && op_family(rec_op(&a)) != FAMILY_NONE &&
 	    op_family(op) != FAMILY_NONE)
 		report_mismatch(ctx, &a, addr, op, sp);
-	s = site_stats(&a, key.pid);
+	s = site_stats(&a, pid);
 	if (s)
 		count_block(&s->frees, &s->free_bytes, &s->est_frees, &s->est_free_bytes, a.size, 1);
 }
@@ -379,11 +572,11 @@ static __always_inline long user_stack_id(void *ctx)
 static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_addr,
 				     __u64 size, __u64 align, int failed)
 {
-	struct leakd_attach_block key = block_key(addr);
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct leakd_attach_alloc a = {};
 	struct leakd_attach_stats *s;
 	int created = 0;
-	long id, err;
+	long id;
 
 	/* realloc frees its argument when it succeeds, and glibc's realloc(p, 0)
 	 * frees p and returns NULL. Delete first: the new block may be at the
@@ -404,7 +597,7 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	a.ts_ns = bpf_ktime_get_ns();
 	/* In the return probe the instruction pointer is the return address. */
 	a.caller = PT_REGS_IP((struct pt_regs *)ctx);
-	a.op = op;
+	a.pid_op = pid << LEAKD_ATTACH_OP_BITS | op;
 	/* ...and the user stack walk starts at the caller. */
 	id = user_stack_id(ctx);
 	if (id < 0) {
@@ -416,22 +609,19 @@ static __always_inline void on_alloc(void *ctx, __u32 op, __u64 addr, __u64 old_
 	/* Count the alloc before the block can be seen (and freed by another
 	 * thread), so its free is never counted before it; take it back if the
 	 * block cannot be tracked. */
-	s = site_stats_new(&a, key.pid, &created);
+	s = site_stats_new(&a, pid, &created);
 	if (!s)
 		return; /* counted as map_full: untracked, like a full allocs map */
 	if (created)
 		note_site_mappings(ctx, a.caller, a.stack_id);
 	count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, 1);
-	err = bpf_map_update_elem(&allocs, &key, &a, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/* Tracked still, yet malloc hands the address out again: the
-		 * block's free went unseen (freed through a path no probe is on).
-		 * It is not live: count its free, or its stack's allocs - frees
-		 * would no longer be what is outstanding. */
-		untrack(addr);
-		err = bpf_map_update_elem(&allocs, &key, &a, BPF_ANY);
-	}
-	if (err) {
+	/* Tracked still, yet malloc hands the address out again: the block's
+	 * free went unseen (freed through a path no probe is on). It is not
+	 * live: count its free, or its stack's allocs - frees would no longer
+	 * be what is outstanding. (The lookup reads the home bucket's keys,
+	 * which the insert reads next anyway.) */
+	untrack(addr);
+	if (!table_insert(table_key(addr, pid), pid, &a)) {
 		leakd_count_lost(LEAKD_LOST_MAP_FULL);
 		count_block(&s->allocs, &s->alloc_bytes, &s->est_allocs, &s->est_alloc_bytes, size, (__u64)-1);
 	}
@@ -480,27 +670,42 @@ static long site_has_blocks(struct bpf_map *map, struct leakd_attach_site *k,
 	return 0;
 }
 
-static long end_block(struct bpf_map *map, struct leakd_attach_block *k,
-		      struct leakd_attach_alloc *v, struct exec_scan *s)
+/* End the blocks of process s->pid in one bucket (index *idx). */
+static long end_bucket(struct bpf_map *map, __u32 *idx, struct leakd_attach_bucket *b,
+		       struct exec_scan *s)
 {
 	struct leakd_attach_alloc a;
 	struct leakd_attach_stats *st;
 	struct exec_ended *n;
+	struct slot_ref r;
 	__u32 zero = 0;
+	__u64 key;
+	int i;
 
-	if (k->pid != s->pid)
-		return 0;
-	a = *v;
-	/* As in untrack: only a successful delete counts the free. */
-	if (bpf_map_delete_elem(&allocs, k))
-		return 0;
-	st = site_stats(&a, k->pid);
-	if (st)
-		count_block(&st->frees, &st->free_bytes, &st->est_frees, &st->est_free_bytes, a.size, 1);
-	n = bpf_map_lookup_elem(&exec_ended, &zero);
-	if (n) {
-		n->count++;
-		n->bytes += a.size;
+	for (i = 0; i < LEAKD_ATTACH_SLOTS; i++) {
+		key = *(volatile __u64 *)&b->keys[i];
+		if (key <= LEAKD_ATTACH_KEY_BUSY || rec_pid(&b->recs[i]) != s->pid)
+			continue;
+		r.b = b;
+		r.i = i;
+		r.home = b;
+		if (home_bucket(key) != *idx) {
+			r.home = bucket_at(home_bucket(key));
+			if (!r.home)
+				continue;
+		}
+		/* As in untrack: only a successful take counts the free. */
+		if (!table_take(&r, key, &a))
+			continue;
+		st = site_stats(&a, s->pid);
+		if (st)
+			count_block(&st->frees, &st->free_bytes, &st->est_frees,
+				    &st->est_free_bytes, a.size, 1);
+		n = bpf_map_lookup_elem(&exec_ended, &zero);
+		if (n) {
+			n->count++;
+			n->bytes += a.size;
+		}
 	}
 	return 0;
 }
@@ -516,7 +721,7 @@ int BPF_PROG(leakd_attach_exec, struct task_struct *p, pid_t old_pid, struct lin
 	if (!leakd_wanted())
 		return 0;
 	/* The sites map is small (bounded by the distinct stacks): walking
-	 * the big `allocs` map only for a process that has blocks keeps the
+	 * the big `allocs` table only for a process that has blocks keeps the
 	 * execs of the rest of the system cheap. The other threads are gone
 	 * by now (exec kills them first): nothing of the old image allocates
 	 * or frees during the walk. */
@@ -528,7 +733,7 @@ int BPF_PROG(leakd_attach_exec, struct task_struct *p, pid_t old_pid, struct lin
 		return 0;
 	n->count = 0;
 	n->bytes = 0;
-	bpf_for_each_map_elem(&allocs, end_block, &s, 0);
+	bpf_for_each_map_elem(&allocs, end_bucket, &s, 0);
 	if (!n->count)
 		return 0;
 	e = bpf_ringbuf_reserve(&execs, sizeof(*e), 0);

@@ -1,7 +1,7 @@
-/* leakd-attach's kernel/user-space contract: the key and value kept per
- * live block in the `allocs` hash map and the per-site
- * totals kept in the `sites` hash map. The only definition; Rust mirrors it
- * with bindgen, so only fixed-size integer types here. */
+/* leakd-attach's kernel/user-space contract: the table of live blocks
+ * (`allocs`) and the per-site totals kept in the `sites` hash map. The
+ * only definition; Rust mirrors it with bindgen, so only fixed-size
+ * integer types here. */
 #ifndef LEAKD_ATTACH_H
 #define LEAKD_ATTACH_H
 
@@ -25,21 +25,41 @@
 /* Fixed-point unit of the tables and of the estimated counts (1.0). */
 #define LEAKD_ATTACH_ONE 65536
 
-/* A live block: its address in its process. Addresses repeat between the
- * processes of a system-wide or --cgroup run, and a block is only ever
- * freed by its own process. */
-struct leakd_attach_block {
-	__u64 addr;
-	__u32 pid; /* tgid */
-	__u32 pad;
-};
+/* Live blocks are kept in an open-addressing table (the `allocs` array
+ * map, mmapped by user space to read it at report time): an array of
+ * buckets, each a cache line of keys followed by their records. A block's
+ * key is its address with its process's pid folded in (leakd_attach_key);
+ * its home bucket is a hash of the key, and a block whose home bucket is
+ * full goes to one of the next LEAKD_ATTACH_WINDOW - 1 buckets (the home
+ * bucket's `spill` counts those, so lookups read past the home bucket only
+ * when some did). Key 0 is an empty slot, 1 a slot being written. */
+#define LEAKD_ATTACH_SLOTS 7
+#define LEAKD_ATTACH_WINDOW 8
+#define LEAKD_ATTACH_KEY_EMPTY 0
+#define LEAKD_ATTACH_KEY_BUSY 1
+/* Bits of the pid folded into a key, above bit 47 of the address. */
+#define LEAKD_ATTACH_KEY_PID_SHIFT 47
+#define LEAKD_ATTACH_KEY_PID_MASK 0x1ffff
+/* pid_op: the tgid above these bits, the op (enum alloc_op) in them. A
+ * pid is below 2^22 (PID_MAX_LIMIT), so it fits. */
+#define LEAKD_ATTACH_OP_BITS 8
 
+/* A live block's record. */
 struct leakd_attach_alloc {
 	__u64 size;     /* requested size in bytes */
 	__u64 ts_ns;    /* CLOCK_MONOTONIC time of the allocation */
 	__u64 caller;   /* return address into the allocating function */
 	__u32 stack_id; /* id in `unwind_stacks`, or LEAKD_ATTACH_NO_STACK/_CALLER_STACK */
-	__u32 op;       /* enum alloc_op of the call that made it (the tgid is the key's) */
+	__u32 pid_op;   /* tgid << LEAKD_ATTACH_OP_BITS | enum alloc_op of the call that made it */
+};
+
+/* One bucket of the table: 320 bytes, so with the array's page-aligned
+ * values the keys and the spill counter share one cache line. */
+struct leakd_attach_bucket {
+	__u64 spill;    /* blocks whose home is this bucket, kept in the next ones */
+	__u64 keys[LEAKD_ATTACH_SLOTS];
+	struct leakd_attach_alloc recs[LEAKD_ATTACH_SLOTS];
+	__u64 pad[4];
 };
 
 /* One allocation site: what user space groups blocks by. */

@@ -1,3 +1,4 @@
 fn main() {
-    leakd_bpf_build::build("leakd-attach");
+    // v3: the live-block table is updated with compare-and-swap.
+    leakd_bpf_build::build_with("leakd-attach", &["-mcpu=v3"]);
 }

@@ -881,7 +881,8 @@ fn exec_ends_the_old_images_blocks() {
 
 /// A --max-allocs whose preallocated map would not fit in the machine's
 /// memory is refused before anything is loaded (it used to allocate ~120
-/// bytes of kernel memory per block first). u32::MAX blocks is ~512 GiB.
+/// bytes of kernel memory per block first). u32::MAX blocks is ~366 GiB
+/// (1,227,133,520 buckets of 320 bytes).
 #[test]
 fn max_allocs_beyond_memory_is_refused() {
     let out = Cmd::cargo_bin("leakd-attach")
@@ -892,7 +893,7 @@ fn max_allocs_beyond_memory_is_refused() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("would take ~512.0 GiB of kernel memory"), "{err}");
+    assert!(err.contains("would take ~365.7 GiB of kernel memory (~91 bytes per block"), "{err}");
     assert!(err.contains("use at most"), "{err}");
 }
 

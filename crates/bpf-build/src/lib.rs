@@ -25,6 +25,13 @@ const CLANG_CANDIDATES: &[&str] = &["clang-19", "clang-16", "clang-14", "clang"]
 /// Exits the build script with a readable message (not a panic backtrace) when
 /// a required tool is missing.
 pub fn build(tool: &str) {
+    build_with(tool, &[]);
+}
+
+/// [`build`], with more arguments for clang (`-mcpu=v3` for an object
+/// that needs the BPF atomics that return a value: compare-and-swap,
+/// exchange, fetch-and-add).
+pub fn build_with(tool: &str, clang_args: &[&str]) {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bpf_dir = find_bpf_dir();
     for entry in
@@ -47,6 +54,7 @@ pub fn build(tool: &str) {
     let clang = find_clang();
     let status = Command::new(&clang)
         .args(["-target", "bpf", "-g", "-O2", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+        .args(clang_args)
         .arg("-I")
         .arg(&out)
         .arg("-I")

@@ -5,6 +5,8 @@ use clap::{CommandFactory, Parser};
 use alloc_probes::ProbeArgs;
 use leakd_common::cli::{IntervalArgs, RunArgs, TargetArgs};
 
+use crate::table;
+
 /// Exit status when outstanding allocations pass the filters at the end.
 pub const EXIT_LEAKS: i32 = 3;
 /// Exit status when nothing was found outstanding but events were lost, so
@@ -44,9 +46,10 @@ pub struct Cli {
     /// Only count blocks allocated at least MS milliseconds before the report.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) older_than: u64,
-    /// Most live blocks tracked at once (the kernel map's size, preallocated: about 128 bytes of
-    /// kernel memory per block); more are counted as lost (map_full). Refused when it would take
-    /// more than half of the memory available.
+    /// Most live blocks tracked at once (sizes the kernel's table, preallocated: about 92 bytes of
+    /// kernel memory per block); more are counted as lost (map_full), and so is, rarely, a block
+    /// whose part of the table is full before that (-v says the table's size). Refused when it
+    /// would take more than half of the memory available.
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_allocs: u32,
     /// Growth is measured over the last N reports; a stack is "growing" when it rose in each.
@@ -94,27 +97,30 @@ pub(crate) fn exit_code(outstanding: u64, lost_events: u64) -> i32 {
     leakd_common::EXIT_OK
 }
 
-/// Kernel memory a preallocated `allocs` entry takes: the element (a
-/// 48-byte header, the 16-byte key, the 32-byte value) and its share of
-/// the bucket array (16 bytes a bucket, up to two buckets an entry once
-/// rounded to a power of two).
-const BYTES_PER_BLOCK: u64 = 128;
-
-/// Refuse a --max-allocs whose preallocated map would take more than half
-/// of the memory available: the kernel would otherwise allocate it all
-/// (12 GB for 100 million, over 20 s) before anything is traced.
+/// Refuse a --max-allocs whose preallocated table would take more than
+/// half of the memory available: the kernel would otherwise allocate it
+/// all (9 GB for 100 million) before anything is traced.
 pub(crate) fn check_max_allocs(max_allocs: u32) -> leakd_common::Result<()> {
     let Some(available) = mem_available() else { return Ok(()) };
-    let need = u64::from(max_allocs) * BYTES_PER_BLOCK;
+    let need = table::table_bytes(max_allocs);
     if need > available / 2 {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        // The largest that fits: table_bytes grows with max_allocs.
+        let (mut lo, mut hi) = (0u32, max_allocs);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if table::table_bytes(mid) <= available / 2 {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
         return Err(leakd_common::usage_error(format!(
-            "--max-allocs {max_allocs} would take ~{:.1} GiB of kernel memory ({BYTES_PER_BLOCK} \
-             bytes per block, preallocated), more than half of the {:.1} GiB available: use at \
-             most {}",
+            "--max-allocs {max_allocs} would take ~{:.1} GiB of kernel memory (~{} bytes per \
+             block, preallocated), more than half of the {:.1} GiB available: use at most {lo}",
             gib(need),
+            need / u64::from(max_allocs),
             gib(available),
-            available / 2 / BYTES_PER_BLOCK
         )));
     }
     Ok(())

@@ -2,11 +2,11 @@
 //! outstanding heap allocations grouped by allocating stack, and which of
 //! those groups keep growing.
 //!
-//! Why a map and not a stream: a leak is an allocation *without* a matching
-//! free, so the kernel side keeps the set of live blocks itself (address ->
-//! size, time, stack id; frees delete). Nothing crosses to user space per
-//! call, so the overhead does not depend on how fast we read; user space
-//! only walks the map at each report. The probes are the alloc-probes
+//! Why a table and not a stream: a leak is an allocation *without* a
+//! matching free, so the kernel side keeps the set of live blocks itself
+//! (address -> size, time, stack id; frees delete). Nothing crosses to user
+//! space per call, so the overhead does not depend on how fast we read;
+//! user space only walks the table (mapped into its memory) at each report. The probes are the alloc-probes
 //! crate's, as allocsnoop's (same allocator detection, same probe sites,
 //! same realloc/nesting semantics).
 //!
@@ -24,18 +24,20 @@
 //!
 //! One module per job: `cli` (options and exit codes), `sampling`
 //! (the tables and weights), `sites` (site and line keys, the kernel's
-//! stack and site maps) and `report` (the reporter).
+//! stack and site maps), `table` (the kernel's table of live blocks) and
+//! `report` (the reporter).
 
 mod cli;
 mod report;
 mod sampling;
 mod sites;
+mod table;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::EbpfLoader;
 use clap::{ArgMatches, FromArgMatches};
 use leakd_symbolize::{Options as SymOptions, Resolver};
@@ -57,7 +59,7 @@ bpf_mirror!(pub mod sys = "leakd-attach");
 // bindgen generated these from bpf/leakd-attach.h as #[repr(C)] structs of
 // integers only, with no implicit padding: leakd_attach_alloc is 3 x u64 +
 // 2 x u32, leakd_attach_site u64 + 2 x u32, leakd_attach_stats 8 x u64,
-// leakd_attach_block u64 + 2 x u32 (an explicit padding field),
+// leakd_attach_bucket 8 x u64 + 7 leakd_attach_alloc + 4 x u64,
 // leakd_attach_exec 3 x u64 + 2 x u32 + 16 x u8, leakd_attach_mismatch
 // 4 x u64 + 6 x u32 + 16 x u8 + 64 x u64.
 bpf_pod!(
@@ -65,7 +67,7 @@ bpf_pod!(
     sys::leakd_attach_alloc,
     sys::leakd_attach_site,
     sys::leakd_attach_stats,
-    sys::leakd_attach_block,
+    sys::leakd_attach_bucket,
     sys::leakd_attach_exec,
 );
 
@@ -99,7 +101,18 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("sample_bytes", &sample_bytes, true);
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
-    loader.map_max_entries("allocs", cli.max_allocs);
+    let buckets = table::home_buckets(cli.max_allocs);
+    loader.override_global("table_buckets", &buckets, true);
+    let max_allocs = u64::from(cli.max_allocs);
+    loader.override_global("max_allocs", &max_allocs, true);
+    loader.map_max_entries("allocs", table::map_entries(cli.max_allocs));
+    info!(
+        "tracking at most {} live blocks in a table of {} buckets ({:.1} MiB of kernel memory); \
+         a block whose window of buckets is full before that (rare) is lost as map_full",
+        cli.max_allocs,
+        table::map_entries(cli.max_allocs),
+        table::table_bytes(cli.max_allocs) as f64 / (1u64 << 20) as f64
+    );
     let mode = cli.unwind.unwind;
     let mode_value = mode.bpf_value();
     leakd_unwind::configure(&mut loader, &mode_value);
@@ -107,8 +120,8 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
         alloc_probes::load_tracer(OBJECT, loader, &cli.probe, &ops, &cli.target)?;
     let pid = target.pid();
 
-    let allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc> =
-        bpf::take_map(&mut ebpf, "allocs")?;
+    let allocs: Array<MapData, sys::leakd_attach_bucket> = bpf::take_map(&mut ebpf, "allocs")?;
+    let allocs = table::Table::new(allocs)?;
     let unwinder = Unwinder::start(&mut ebpf, mode, &cli.target, &target)?;
     let stacks = Stacks(bpf::take_map(&mut ebpf, "unwind_stacks")?);
     let sites: BpfHashMap<MapData, sys::leakd_attach_site, sys::leakd_attach_stats> =

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use leakd_symbolize::Resolver;
 use serde_json::{json, Value};
 
@@ -26,8 +26,9 @@ use leakd_common::text::{c_string, hex, WallClock};
 use leakd_common::{warn, Context, Result};
 
 use crate::sampling::{fixed_to_count, sample_weight};
-use crate::sites::{add_stats, allocs_frees, LineKey, SiteKey, Sites, Stats, BATCH};
+use crate::sites::{add_stats, allocs_frees, LineKey, SiteKey, Sites, Stats};
 use crate::sys;
+use crate::table::Table;
 use alloc_probes::probes;
 
 /// What a report says about one site. Counts and bytes are exact without
@@ -96,7 +97,7 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct Reporter {
-    allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc>,
+    allocs: Table,
     sites: Sites,
     settings: Settings,
     /// With --symbolize.
@@ -183,7 +184,7 @@ fn growth(h: &History, trend: usize) -> (f64, bool) {
 
 impl Reporter {
     pub(crate) fn new(
-        allocs: BpfHashMap<MapData, sys::leakd_attach_block, sys::leakd_attach_alloc>,
+        allocs: Table,
         sites: Sites,
         settings: Settings,
         symbolizer: Option<Symbolizer>,
@@ -427,7 +428,7 @@ impl Reporter {
 
     /// The default mode: outstanding per site from the live blocks, old
     /// enough for --older-than; `live` gets every site with a live block.
-    /// The blocks are read in batches and folded as they come: the memory
+    /// The blocks are read in place and folded as they come: the memory
     /// this takes is bounded by the number of sites, not of blocks.
     fn sites_of_blocks(
         &self,
@@ -442,26 +443,22 @@ impl Reporter {
         // of one site (a leak from one stack) are summed before hashing.
         let mut sites: HashMap<SiteKey, Group> = HashMap::new();
         let mut run: Option<(SiteKey, Group)> = None;
-        let fold = |keys: &[sys::leakd_attach_block], blocks: &[sys::leakd_attach_alloc]| {
-            for (blk, b) in keys.iter().zip(blocks) {
-                let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid: blk.pid };
-                let old_enough = mono_now.saturating_sub(b.ts_ns) >= older_than_ns;
-                match &mut run {
-                    Some((k, _)) if *k == key => {}
-                    _ => {
-                        if let Some((k, g)) = run.take() {
-                            sites.entry(k).or_default().merge(&g);
-                        }
-                        run = Some((key, Group::default()));
+        self.allocs.for_each_block(|pid, b| {
+            let key = SiteKey { caller: b.caller, stack_id: b.stack_id, pid };
+            let old_enough = mono_now.saturating_sub(b.ts_ns) >= older_than_ns;
+            match &mut run {
+                Some((k, _)) if *k == key => {}
+                _ => {
+                    if let Some((k, g)) = run.take() {
+                        sites.entry(k).or_default().merge(&g);
                     }
-                }
-                if let (true, Some((_, g))) = (old_enough, run.as_mut()) {
-                    g.add_block(b.size, b.ts_ns, sample_bytes);
+                    run = Some((key, Group::default()));
                 }
             }
-            Ok(())
-        };
-        bpf::for_each_batch(self.allocs.map(), BATCH, fold)?;
+            if let (true, Some((_, g))) = (old_enough, run.as_mut()) {
+                g.add_block(b.size, b.ts_ns, sample_bytes);
+            }
+        });
         if let Some((k, g)) = run {
             sites.entry(k).or_default().merge(&g);
         }
