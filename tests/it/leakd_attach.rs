@@ -993,3 +993,200 @@ fn probes_are_detached_after_the_tool_exits() {
     assert_ne!(byte_at(tpid, addr), 0xcc, "the breakpoint outlived the tool");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A program for the kernel's table of live blocks: `many N F M` makes N
+/// live blocks of 4040 bytes, frees the first F, then makes M more;
+/// `fork` makes 6, forks a child that frees its copies of the 6 (the
+/// parent's addresses; its blocks were never the child's) and makes 3 of
+/// its own, then the parent frees 2 of its 6, says "done" and waits for
+/// the end of its input; `double` frees a 24-byte
+/// block twice (glibc's fastbins let free(a), free(b), free(a) pass when
+/// the tcache is off).
+const TABLE_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void *volatile keep[512];
+__attribute__((noinline)) void *table_alloc(size_t n)
+{
+	void *p = malloc(n);
+	__asm__ volatile("" : : "r"(p) : "memory");
+	return p;
+}
+int main(int argc, char **argv)
+{
+	if (argc == 5 && !strcmp(argv[1], "many")) {
+		int n = atoi(argv[2]), f = atoi(argv[3]), m = atoi(argv[4]);
+		for (int i = 0; i < n + m && i < 512; i++)
+			keep[i] = NULL;
+		for (int i = 0; i < n; i++)
+			keep[i] = table_alloc(4040);
+		for (int i = 0; i < f; i++)
+			free(keep[i]);
+		for (int i = 0; i < m; i++)
+			keep[n + i] = table_alloc(4040);
+	} else if (argc == 2 && !strcmp(argv[1], "fork")) {
+		for (int i = 0; i < 6; i++)
+			keep[i] = table_alloc(4040);
+		pid_t c = fork();
+		if (c == 0) {
+			for (int i = 0; i < 6; i++)
+				free(keep[i]);
+			for (int i = 0; i < 3; i++)
+				keep[i] = table_alloc(4040);
+			usleep(300 * 1000);
+			_exit(0);
+		}
+		waitpid(c, NULL, 0);
+		for (int i = 0; i < 2; i++)
+			free(keep[i]);
+		char line[16];
+		printf("done\n");
+		fflush(stdout);
+		while (fgets(line, sizeof line, stdin)) {}
+		return 0;
+	} else if (argc == 2 && !strcmp(argv[1], "double")) {
+		void *a = table_alloc(24), *b = table_alloc(24);
+		free(a);
+		free(b);
+		free(a);
+	} else {
+		return 2;
+	}
+	usleep(300 * 1000); /* keep the maps readable for the report */
+	return 0;
+}
+"#;
+
+fn table_prog() -> String {
+    let dir = crate::support::build_c(
+        "table",
+        &[("table.c", TABLE_C)],
+        &[&["gcc", "-O2", "-o", "table", "table.c"]],
+    );
+    dir.join("table").to_string_lossy().into_owned()
+}
+
+/// The `map_full` lost count of a run's output.
+fn map_full(lines: &[Value]) -> u64 {
+    of_type(lines, "lost")
+        .iter()
+        .filter(|l| l["reason"] == "map_full")
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// A table of one home bucket: every block's home is bucket 0, so the
+/// first 56 fill it and the 7 buckets after (spilling), and the other 44
+/// find their window full (lost as map_full, although far fewer blocks
+/// than --max-allocs are live). Freeing 50 of the 56, most of them spilled,
+/// must find each (the spill count sends lookups past the home bucket), and
+/// the 20 blocks made after take the slots freed.
+#[bpf_test]
+fn full_window_of_buckets_counts_blocks_lost() {
+    let prog = table_prog();
+    let out = launched(
+        &["--table-buckets", "1", "--min-size", "4040", "--max-size", "4040", "--top", "0"],
+        &[&prog, "many", "100", "50", "20"],
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(map_full(&lines), 44, "{lines:?}");
+    let (r, stacks) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 26, "{lines:?}");
+    assert_eq!(r["outstanding_bytes"], 26 * 4040, "{lines:?}");
+    assert_eq!(r["allocs"], 76, "{lines:?}");
+    assert_eq!(r["frees"], 50, "{lines:?}");
+    // Two call sites: the 100 blocks' and the 20 blocks'.
+    let counts: Vec<_> = stacks
+        .iter()
+        .map(|s| (s["outstanding_count"].clone(), s["allocs"].clone(), s["frees"].clone()))
+        .collect();
+    assert!(counts.contains(&(6.into(), 56.into(), 50.into())), "{lines:?}");
+    assert!(counts.contains(&(20.into(), 20.into(), 0.into())), "{lines:?}");
+    assert_eq!(stacks.len(), 2, "{lines:?}");
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// --max-allocs bounds the blocks tracked at once, not the blocks ever
+/// tracked: of 100 live blocks 30 are tracked (70 lost), the 30 are among
+/// the 50 freed, and then 20 new blocks fit again.
+#[bpf_test]
+fn max_allocs_bounds_the_blocks_live_at_once() {
+    let prog = table_prog();
+    let out = launched(
+        &["--max-allocs", "30", "--min-size", "4040", "--max-size", "4040"],
+        &[&prog, "many", "100", "50", "20"],
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(map_full(&lines), 70, "{lines:?}");
+    let (r, _) = final_report(&lines);
+    assert_eq!(r["outstanding_count"], 20, "{lines:?}");
+    assert_eq!(r["allocs"], 50, "{lines:?}");
+    assert_eq!(r["frees"], 30, "{lines:?}");
+}
+
+/// A forked child has its parent's addresses: its frees of the blocks it
+/// inherited (never its own blocks here: allocated before it existed) must
+/// not end the parent's blocks at the same addresses, and its own blocks,
+/// likely at those same addresses, are its own. Traced by cgroup, so both
+/// processes are.
+#[bpf_test]
+fn forked_processes_at_the_same_addresses_are_kept_apart() {
+    let prog = table_prog();
+    let cgroup = crate::support::TestCgroup::new("attach-table-fork");
+    let cg = &cgroup.0;
+    let (tool, tool_err) = spawn_attached(
+        "leakd-attach",
+        &["--cgroup", cg, "--min-size", "4040", "--max-size", "4040", "--top", "0"],
+    );
+    crate::support::discard(tool_err);
+    let (mut child, _, done) = crate::support::spawn_first_line(
+        Command::new("sh")
+            .args(["-c", &format!("echo $$ > {cg}/cgroup.procs && exec {prog} fork")]),
+    );
+    assert_eq!(done.trim(), "done");
+    let parent = u64::from(child.id());
+    crate::support::interrupt(&tool);
+    let (_, stdout) = wait_output(tool);
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    drop(cgroup);
+    let lines = json_lines(&stdout);
+    let (r, stacks) = final_report(&lines);
+    let of = |mine: bool| -> Vec<&Value> {
+        stacks.iter().filter(|s| (s["pid"].as_u64() == Some(parent)) == mine).collect()
+    };
+    let (p, c) = (of(true), of(false));
+    assert_eq!(p.len(), 1, "{lines:?}");
+    assert_eq!(p[0]["outstanding_count"], 4, "{lines:?}");
+    assert_eq!(p[0]["allocs"], 6, "{lines:?}");
+    assert_eq!(p[0]["frees"], 2, "{lines:?}");
+    assert_eq!(c.len(), 1, "{lines:?}");
+    assert_eq!(c[0]["outstanding_count"], 3, "{lines:?}");
+    assert_eq!(c[0]["allocs"], 3, "{lines:?}");
+    assert_eq!(c[0]["frees"], 0, "{lines:?}");
+    assert_eq!(r["outstanding_count"], 7, "{lines:?}");
+    assert_eq!(map_full(&lines), 0, "{lines:?}");
+}
+
+/// A block freed twice is counted freed once: the second free finds no
+/// block (its slot was emptied by the first).
+#[bpf_test]
+fn double_free_is_counted_once() {
+    let prog = table_prog();
+    let out = Cmd::cargo_bin("leakd-attach")
+        .unwrap()
+        .args(["--min-size", "24", "--max-size", "24", "--", &prog, "double"])
+        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let lines = json_lines(&out.stdout);
+    let (r, _) = final_report(&lines);
+    assert_eq!(r["allocs"], 2, "{lines:?}");
+    assert_eq!(r["frees"], 2, "{lines:?}");
+    assert_eq!(r["outstanding_count"], 0, "{lines:?}");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -52,6 +52,10 @@ pub struct Cli {
     /// would take more than half of the memory available.
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_allocs: u32,
+    /// Home buckets of the kernel's table instead of what --max-allocs sizes (hidden: tests
+    /// use a tiny table to fill windows of buckets).
+    #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(1..1 << 30))]
+    pub(crate) table_buckets: Option<u32>,
     /// Growth is measured over the last N reports; a stack is "growing" when it rose in each.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = at_least_one)]
     pub(crate) trend: usize,

@@ -101,17 +101,22 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     loader.override_global("sample_bytes", &sample_bytes, true);
     loader.override_global("neg_ln", &neg_ln, true);
     loader.override_global("g_table", &gt, true);
-    let buckets = table::home_buckets(cli.max_allocs);
+    let buckets = cli.table_buckets.unwrap_or_else(|| table::home_buckets(cli.max_allocs));
     loader.override_global("table_buckets", &buckets, true);
     let max_allocs = u64::from(cli.max_allocs);
     loader.override_global("max_allocs", &max_allocs, true);
-    loader.map_max_entries("allocs", table::map_entries(cli.max_allocs));
+    loader.map_max_entries("allocs", table::map_entries(buckets));
     info!(
-        "tracking at most {} live blocks in a table of {} buckets ({:.1} MiB of kernel memory); \
-         a block whose window of buckets is full before that (rare) is lost as map_full",
+        "tracking at most {} live blocks in a table of {} buckets of {} slots ({:.1} MiB of \
+         kernel memory); a block whose window of {} buckets is full before that (rare) is lost \
+         as map_full",
         cli.max_allocs,
-        table::map_entries(cli.max_allocs),
-        table::table_bytes(cli.max_allocs) as f64 / (1u64 << 20) as f64
+        table::map_entries(buckets),
+        sys::LEAKD_ATTACH_SLOTS,
+        (u64::from(table::map_entries(buckets))
+            * std::mem::size_of::<sys::leakd_attach_bucket>() as u64) as f64
+            / (1u64 << 20) as f64,
+        sys::LEAKD_ATTACH_WINDOW,
     );
     let mode = cli.unwind.unwind;
     let mode_value = mode.bpf_value();

@@ -40,15 +40,17 @@ pub(crate) fn home_buckets(max_allocs: u32) -> u32 {
     (2 * u64::from(max_allocs)).div_ceil(SLOTS) as u32
 }
 
-/// Entries of the kernel's array: the home buckets and the window's tail
-/// (blocks spill into the next buckets; the last home bucket's too).
-pub(crate) fn map_entries(max_allocs: u32) -> u32 {
-    home_buckets(max_allocs) + (WINDOW - 1) as u32
+/// Entries of the kernel's array for `home` home buckets: those and the
+/// window's tail (blocks spill into the next buckets; the last home
+/// bucket's too).
+pub(crate) fn map_entries(home: u32) -> u32 {
+    home + (WINDOW - 1) as u32
 }
 
-/// Kernel memory the table takes, preallocated (rounded to pages).
+/// Kernel memory the table for `max_allocs` blocks takes, preallocated
+/// (rounded to pages).
 pub(crate) fn table_bytes(max_allocs: u32) -> u64 {
-    (u64::from(map_entries(max_allocs)) * BUCKET_BYTES).next_multiple_of(4096)
+    (u64::from(map_entries(home_buckets(max_allocs))) * BUCKET_BYTES).next_multiple_of(4096)
 }
 
 /// The mapped table.
@@ -199,9 +201,9 @@ mod tests {
         assert_eq!(home_buckets(1), 1);
         assert_eq!(home_buckets(7), 2);
         assert_eq!(home_buckets(1_000_000), 285_715);
-        assert_eq!(map_entries(1), 8);
+        assert_eq!(map_entries(home_buckets(1)), 8);
         assert!(u64::from(home_buckets(u32::MAX)) * SLOTS >= 2 * u64::from(u32::MAX));
-        assert!(map_entries(u32::MAX) < u32::MAX);
+        assert!(map_entries(home_buckets(u32::MAX)) < u32::MAX);
         // 1M blocks: ~87 MiB, where the hash map took ~122 MiB.
         assert_eq!(table_bytes(1_000_000), 91_435_008);
     }
