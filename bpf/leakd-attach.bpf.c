@@ -354,7 +354,10 @@ static __always_inline int table_take(struct slot_ref *r, __u64 key,
 /* Claim an empty slot of bucket b for record a and publish it with key:
  * the slot is claimed (0 -> 1) so no other CPU writes it, the record
  * written, then the key set with an atomic exchange, which orders the
- * record's stores before it for any reader of the key. */
+ * record's stores before it for any reader of the key. The record's time
+ * is written last: it is the slot's generation for user space, which
+ * reads the table while it changes (crates/leakd-attach/src/table.rs:
+ * a freed block's address allocated again puts the same key back). */
 static __always_inline int bucket_claim(struct leakd_attach_bucket *b, __u64 key,
 					const struct leakd_attach_alloc *a)
 {
@@ -367,7 +370,12 @@ static __always_inline int bucket_claim(struct leakd_attach_bucket *b, __u64 key
 		if (__sync_val_compare_and_swap(&b->keys[i], LEAKD_ATTACH_KEY_EMPTY,
 						LEAKD_ATTACH_KEY_BUSY) != LEAKD_ATTACH_KEY_EMPTY)
 			continue;
-		b->recs[i] = *a;
+		b->recs[i].size = a->size;
+		b->recs[i].caller = a->caller;
+		b->recs[i].stack_id = a->stack_id;
+		b->recs[i].pid_op = a->pid_op;
+		asm volatile("" ::: "memory");
+		*(volatile __u64 *)&b->recs[i].ts_ns = a->ts_ns;
 		__sync_lock_test_and_set(&b->keys[i], key);
 		return 1;
 	}

@@ -6,9 +6,9 @@
 //! matching free, so the kernel side keeps the set of live blocks itself
 //! (address -> size, time, stack id; frees delete). Nothing crosses to user
 //! space per call, so the overhead does not depend on how fast we read;
-//! user space only walks the table (mapped into its memory) at each report. The probes are the alloc-probes
-//! crate's, as allocsnoop's (same allocator detection, same probe sites,
-//! same realloc/nesting semantics).
+//! user space only walks the table (mapped into its memory) at each
+//! report. The probes are the alloc-probes crate's, as allocsnoop's (same
+//! allocator detection, same probe sites, same realloc/nesting semantics).
 //!
 //! Why per-site totals in the kernel too: the free of a block knows its
 //! site (its `allocs` entry holds it), so the kernel keeps, per site,

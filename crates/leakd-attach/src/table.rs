@@ -7,11 +7,23 @@
 //! its buckets in memory: no system call and no copy per block, where the
 //! hash map it replaces was read in batches of lookups through the kernel.
 //!
-//! Why a key is read twice: the kernel inserts and deletes while we read.
-//! A slot is read as a seqlock reader would: its key (0 empty, 1 being
-//! written, else a block), then the record, then the key again; a slot
-//! whose key changed in between is skipped (the block was freed, so it is
-//! not outstanding anyway, or replaced, and then the next report sees it).
+//! Why a slot is read as it is: the kernel inserts and deletes while we
+//! read. A slot is read as a seqlock reader would: its key (0 empty, 1
+//! being written, else a block), then the record, then the key again; a
+//! slot whose key changed in between is skipped (the block was freed, so
+//! it is not outstanding anyway, or replaced, and then the next report
+//! sees it). The key alone cannot tell a block freed and its address
+//! allocated again by the same process, in the same slot, while we read
+//! (the key goes back to what it was; the kernel fills a bucket's first
+//! empty slot, and a malloc/free loop gets the same address each time,
+//! so a reader preempted in the middle of a record would see it): the
+//! record's time of allocation is its generation. The kernel writes it
+//! last, after the rest of the record, so a reader that reads it before
+//! and after the record and finds it unchanged read one block's record
+//! (two allocations are never at the same nanosecond), never one block's
+//! size with another's stack. A slot that keeps changing is skipped after
+//! a few tries: its address is being freed and reused, so what it holds
+//! is no leak.
 
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -130,20 +142,52 @@ unsafe fn scan(base: *const Bucket, n: usize, mut f: impl FnMut(u32, &Alloc)) {
             // AtomicU64 only loads through the pointer (no write needs
             // the mapping to be writable).
             let key = unsafe { AtomicU64::from_ptr(keys.add(i).cast_mut()) };
-            let k = key.load(Ordering::Acquire);
-            if k <= u64::from(sys::LEAKD_ATTACH_KEY_BUSY) {
-                continue;
+            // SAFETY: i < SLOTS, within the bucket's records.
+            let rec = unsafe { recs.add(i) };
+            // SAFETY: the key and record of one slot of the caller's
+            // buckets, written only as read_slot expects.
+            if let Some(a) = unsafe { read_slot(key, rec) } {
+                f(rec_pid(&a), &a);
             }
-            // SAFETY: within the bucket; a volatile read, since the kernel
-            // may rewrite the slot meanwhile (checked just below).
-            let rec = unsafe { ptr::read_volatile(recs.add(i)) };
-            fence(Ordering::Acquire);
-            if key.load(Ordering::Relaxed) != k {
-                continue;
-            }
-            f(rec_pid(&rec), &rec);
         }
     }
+}
+
+/// Tries at reading a slot that changes while read.
+const READ_TRIES: usize = 4;
+
+/// The record of one slot, if it holds a block (see the module's docs).
+///
+/// # Safety
+/// `rec` must be readable and aligned; the kernel writes it only while
+/// `key` reads 1 (busy), `ts_ns` last, and publishes it by setting `key`
+/// atomically.
+unsafe fn read_slot(key: &AtomicU64, rec: *const Alloc) -> Option<Alloc> {
+    for _ in 0..READ_TRIES {
+        let k = key.load(Ordering::Acquire);
+        if k <= u64::from(sys::LEAKD_ATTACH_KEY_BUSY) {
+            return None;
+        }
+        // SAFETY: readable and aligned (the caller's contract); volatile
+        // reads, since the kernel may rewrite the slot meanwhile (checked
+        // below: its key, then its generation, in the reverse order of
+        // the kernel's last two writes: a record read in part from a new
+        // block sees that block's key only after its time).
+        let ts = unsafe { ptr::addr_of!((*rec).ts_ns) };
+        // SAFETY: as above, the record's time alone.
+        let t0 = unsafe { ptr::read_volatile(ts) };
+        fence(Ordering::Acquire);
+        // SAFETY: as above, the whole record.
+        let a = unsafe { ptr::read_volatile(rec) };
+        fence(Ordering::Acquire);
+        let k2 = key.load(Ordering::Acquire);
+        // SAFETY: as above, the record's time alone.
+        let t1 = unsafe { ptr::read_volatile(ts) };
+        if k2 == k && t1 == t0 {
+            return Some(a);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -183,6 +227,71 @@ mod tests {
         t[2].recs[6] = rec(42, 128);
         assert_eq!(read(&t), vec![(41, 16), (42, 128)]);
         assert_eq!(read(&[]), vec![]);
+    }
+
+    /// The kernel's free and new insert of the same address in the same
+    /// slot, over and over while a reader reads it: the key goes back to
+    /// the same value each time, so only the record's generation (its
+    /// time, written last) can tell a record mixed from two blocks, and
+    /// none may be returned. Blocks of even times are x's, odd y's.
+    #[test]
+    fn never_returns_a_record_mixed_from_two_blocks() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+
+        const K: u64 = 0x5000;
+        let words = |a: &Alloc| {
+            [a.size, a.ts_ns, a.caller, u64::from(a.stack_id) | u64::from(a.pid_op) << 32]
+        };
+        let x = Alloc { ts_ns: 0, ..rec(41, 16) };
+        let y = Alloc { ts_ns: 1, caller: 0x99, stack_id: 3, ..rec(41, 4040) };
+        let slot = Arc::new((AtomicU64::new(K), [const { AtomicU64::new(0) }; 4]));
+        for (w, v) in slot.1.iter().zip(words(&x)) {
+            w.store(v, Ordering::Relaxed);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (slot, stop) = (slot.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // As table_take, then bucket_claim: empty, busy, the
+                    // record word by word with its time last, then the
+                    // same key.
+                    slot.0.store(0, Ordering::SeqCst);
+                    slot.0.store(u64::from(sys::LEAKD_ATTACH_KEY_BUSY), Ordering::SeqCst);
+                    let w = words(&Alloc { ts_ns: n, ..if n % 2 == 0 { x } else { y } });
+                    for i in [0, 2, 3, 1] {
+                        slot.1[i].store(w[i], Ordering::Release);
+                    }
+                    slot.0.swap(K, Ordering::SeqCst);
+                    n += 1;
+                }
+            })
+        };
+        let (mut read, mut seen) = (0, [false; 2]);
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(1500) {
+            // SAFETY: the four words are laid out as an Alloc (32 bytes,
+            // 8-aligned); the writer changes them only while the key is 1,
+            // its time last.
+            let got = unsafe { read_slot(&slot.0, slot.1.as_ptr().cast::<Alloc>()) };
+            if let Some(a) = got {
+                let want = if a.ts_ns % 2 == 0 { x } else { y };
+                assert!(
+                    (a.size, a.caller, a.stack_id, a.pid_op)
+                        == (want.size, want.caller, want.stack_id, want.pid_op),
+                    "a mixed record: {:?}",
+                    (a.size, a.ts_ns, a.caller, a.stack_id)
+                );
+                seen[(a.ts_ns % 2) as usize] = true;
+                read += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(read > 0, "no read succeeded");
+        assert!(seen[0] || seen[1]);
     }
 
     #[test]
