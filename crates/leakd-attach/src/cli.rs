@@ -46,7 +46,7 @@ pub struct Cli {
     /// Only count blocks allocated at least MS milliseconds before the report.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) older_than: u64,
-    /// Most live blocks tracked at once (sizes the kernel's table, preallocated: about 92 bytes of
+    /// Most live blocks tracked at once (sizes the kernel's table, preallocated: about 91 bytes of
     /// kernel memory per block); more are counted as lost (map_full), and so is, rarely, a block
     /// whose part of the table is full before that (-v says the table's size). Refused when it
     /// would take more than half of the memory available.
