@@ -83,12 +83,18 @@ static __always_inline __u64 mul_or_max(__u64 a, __u64 b)
 	return r;
 }
 
-SEC("uprobe")
-int BPF_KPROBE(alloc_enter)
+/* The programs below come in two kinds: the generic ones, attached to
+ * every allocator function, read which function fired from the attach
+ * cookie; malloc_enter/malloc_return and free_plain serve malloc and free
+ * alone, the calls a program makes most, and know their op without it
+ * (bpf_get_attach_cookie is a helper call, ~10 ns a hit: ~30 ns of each
+ * malloc+free pair, scripts/bench-bpf-floor). Each pair of programs is one
+ * body (the _common functions) with the op either read or constant. */
+
+static __always_inline int alloc_enter_common(struct pt_regs *ctx, int known, __u64 cookie)
 {
 	__u64 sp = PT_REGS_SP(ctx);
 	struct alloc_pending p = {}, *slot;
-	__u64 cookie;
 
 	if (!leakd_wanted())
 		return 0;
@@ -103,7 +109,8 @@ int BPF_KPROBE(alloc_enter)
 	/* A delete's free comes before any allocation of its thread: a
 	 * record still there is stale (its free was not probed). */
 	slot->free_addr = 0;
-	cookie = bpf_get_attach_cookie(ctx);
+	if (!known)
+		cookie = bpf_get_attach_cookie(ctx);
 	p.sp = sp;
 	p.op = cookie & ALLOC_COOKIE_OP_MASK;
 	switch (p.op) {
@@ -154,10 +161,20 @@ int BPF_KPROBE(alloc_enter)
 	return 0;
 }
 
-SEC("uretprobe")
-int BPF_KRETPROBE(alloc_return)
+SEC("uprobe")
+int BPF_KPROBE(alloc_enter)
 {
-	__u32 op = bpf_get_attach_cookie(ctx) & ALLOC_COOKIE_OP_MASK;
+	return alloc_enter_common(ctx, 0, 0);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(malloc_enter)
+{
+	return alloc_enter_common(ctx, 1, ALLOC_OP_MALLOC);
+}
+
+static __always_inline int alloc_return_common(struct pt_regs *ctx, __u32 op)
+{
 	__u64 ret = PT_REGS_RC(ctx);
 	struct alloc_pending *p;
 	__u64 addr = ret;
@@ -193,10 +210,20 @@ int BPF_KRETPROBE(alloc_return)
 	return 0;
 }
 
-SEC("uprobe")
-int BPF_KPROBE(free_enter)
+SEC("uretprobe")
+int BPF_KRETPROBE(alloc_return)
 {
-	__u32 op = bpf_get_attach_cookie(ctx) & ALLOC_COOKIE_OP_MASK;
+	return alloc_return_common(ctx, bpf_get_attach_cookie(ctx) & ALLOC_COOKIE_OP_MASK);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(malloc_return)
+{
+	return alloc_return_common(ctx, ALLOC_OP_MALLOC);
+}
+
+static __always_inline int free_enter_common(struct pt_regs *ctx, __u32 op)
+{
 	__u64 sp = PT_REGS_SP(ctx);
 	__u64 addr = PT_REGS_PARM1(ctx);
 	struct alloc_pending *p;
@@ -222,6 +249,18 @@ int BPF_KPROBE(free_enter)
 		p->free_sp = sp;
 	}
 	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(free_enter)
+{
+	return free_enter_common(ctx, bpf_get_attach_cookie(ctx) & ALLOC_COOKIE_OP_MASK);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(free_plain)
+{
+	return free_enter_common(ctx, ALLOC_OP_FREE);
 }
 
 #endif

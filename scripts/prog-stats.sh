@@ -36,3 +36,16 @@ prog_ns() {
     awk -v n="$2" '$1 == n && $3 > c { c = $3; t = $2 }
         END { if (c > 0) printf "%.0f", t / c }' "$1" 2>/dev/null
 }
+
+# prog_ns_first FILE NAME...: prog_ns of the first NAME in FILE that ran
+# (leakd-attach's malloc and free have programs of their own, malloc_enter,
+# malloc_return and free_plain; older builds served them with alloc_enter,
+# alloc_return and free_enter).
+prog_ns_first() {
+    local f=$1 n v
+    shift
+    for n in "$@"; do
+        v=$(prog_ns "$f" "$n")
+        if [ -n "$v" ]; then echo "$v"; return 0; fi
+    done
+}

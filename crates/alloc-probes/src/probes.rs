@@ -553,18 +553,33 @@ fn attach_order(sites: &[Site]) -> impl Iterator<Item = (&Site, &'static [&'stat
     let mut live: Vec<&Site> = sites.iter().filter(|s| s.alias_of.is_none()).collect();
     // Stable: within a rank, the sites keep their order.
     live.sort_by_key(rank);
-    live.into_iter().map(|s| {
-        (s, if is_free(s.op) { &["free_enter"][..] } else { &["alloc_enter", "alloc_return"][..] })
-    })
+    live.into_iter().map(|s| (s, programs(s)))
 }
 
-/// Attach the shared entry/return/free programs at every site.
+/// The programs of a site: malloc and free have their own, which know
+/// their op without reading the attach cookie (a helper call per hit, on
+/// the calls made most; see bpf/alloc.bpf.h), every other function the
+/// generic ones.
+fn programs(s: &Site) -> &'static [&'static str] {
+    match (s.op, s.flags) {
+        (OP_FREE, 0) => &["free_plain"],
+        (sys::alloc_op_ALLOC_OP_MALLOC, 0) => &["malloc_enter", "malloc_return"],
+        (op, _) if is_free(op) => &["free_enter"],
+        _ => &["alloc_enter", "alloc_return"],
+    }
+}
+
+/// Every program attach_order may name.
+const PROGRAMS: [&str; 6] =
+    ["alloc_enter", "alloc_return", "free_enter", "malloc_enter", "malloc_return", "free_plain"];
+
+/// Attach the entry/return/free programs at every site.
 pub fn attach(ebpf: &mut Ebpf, lib: &Path, sites: &[Site], pid: Option<u32>) -> Result<()> {
     let scope = match pid.and_then(NonZeroU32::new) {
         Some(p) => UProbeScope::OneProcess(p),
         None => UProbeScope::AllProcesses,
     };
-    for prog in ["alloc_enter", "alloc_return", "free_enter"] {
+    for prog in PROGRAMS {
         let p: &mut UProbe = bpf::program_mut(ebpf, prog)?;
         // Loaded once; attached once per allocator file and C++ runtime.
         if p.fd().is_err() {
@@ -638,13 +653,47 @@ mod tests {
         assert_eq!(
             order,
             [
-                (OP_FREE, free),
+                (OP_FREE, &["free_plain"][..]),
                 (OP_MUNMAP, free),
                 (realloc, alloc),
                 (sys::alloc_op_ALLOC_OP_REALLOCARRAY, alloc),
-                (malloc, alloc),
+                (malloc, &["malloc_enter", "malloc_return"][..]),
                 (memalign, alloc)
             ]
+        );
+        // Every program named is loaded.
+        for (_, progs) in attach_order(&sites) {
+            assert!(progs.iter().all(|p| PROGRAMS.contains(p)), "{progs:?}");
+        }
+    }
+
+    #[test]
+    fn malloc_and_free_have_programs_without_the_cookie() {
+        let site = |op: u32, flags: u32| Site {
+            op,
+            symbol: op_name(op).into(),
+            file_offset: 0,
+            probe_offset: 0,
+            why: String::new(),
+            alias_of: None,
+            flags,
+        };
+        let aligned = sys::ALLOC_COOKIE_ALIGNED;
+        assert_eq!(programs(&site(OP_FREE, 0)), ["free_plain"]);
+        assert_eq!(
+            programs(&site(sys::alloc_op_ALLOC_OP_MALLOC, 0)),
+            ["malloc_enter", "malloc_return"]
+        );
+        // The rest read the op (and the flags) from the cookie.
+        assert_eq!(programs(&site(sys::alloc_op_ALLOC_OP_DELETE, 0)), ["free_enter"]);
+        assert_eq!(programs(&site(OP_MUNMAP, 0)), ["free_enter"]);
+        assert_eq!(
+            programs(&site(sys::alloc_op_ALLOC_OP_NEW, aligned)),
+            ["alloc_enter", "alloc_return"]
+        );
+        assert_eq!(
+            programs(&site(sys::alloc_op_ALLOC_OP_CALLOC, 0)),
+            ["alloc_enter", "alloc_return"]
         );
     }
 
