@@ -3,9 +3,12 @@
 //!
 //! Why mmap and not map lookups: a report reads every live block, a
 //! million on a busy process. The table is an array map created with
-//! `BPF_F_MMAPABLE`, so it is mapped once, read-only, and a report walks
-//! its buckets in memory: no system call and no copy per block, where the
-//! hash map it replaces was read in batches of lookups through the kernel.
+//! `BPF_F_MMAPABLE`, so it is mapped once and a report walks its buckets
+//! in memory: no system call and no copy per block, where the hash map it
+//! replaces was read in batches of lookups through the kernel. The mapping
+//! is writable although nothing here writes: the keys are read as atomics
+//! (the kernel changes them with atomic instructions), and Rust's atomics
+//! may only point at memory valid for writes.
 //!
 //! Why a slot is read as it is: the kernel inserts and deletes while we
 //! read. A slot is read as a seqlock reader would: its key (0 empty, 1
@@ -85,12 +88,20 @@ impl Table {
             .filter(|&l| l > 0)
             .context("the allocs table has no buckets")?;
         let fd = map.map().fd().as_fd().as_raw_fd();
-        // SAFETY: a fresh read-only shared mapping of the map's fd, at an
-        // address the kernel picks; `len` is within the map's memory (its
-        // entries times their size). Nothing else is mapped there, and it
-        // is unmapped in drop, after every reader (all borrow self).
-        let p =
-            unsafe { libc::mmap(ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        // SAFETY: a fresh shared mapping of the map's fd, at an address the
+        // kernel picks; `len` is within the map's memory (its entries times
+        // their size). Nothing else is mapped there, and it is unmapped in
+        // drop, after every reader (all borrow self).
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(leakd_common::Error::new(std::io::Error::last_os_error())
                 .context("mapping the allocs table (mmap)"));
@@ -126,22 +137,25 @@ pub(crate) fn rec_pid(a: &Alloc) -> u32 {
 /// the module's docs for the order of reads).
 ///
 /// # Safety
-/// `base` must point at `n` buckets, aligned, readable for the whole call;
+/// `base` must point at `n` buckets, aligned, valid for reads and writes
+/// (the keys are read as atomics; nothing is written) for the whole call;
 /// others may write them concurrently only as the kernel does (keys with
 /// atomic instructions, a record only while its key is 1 (busy)).
-unsafe fn scan(base: *const Bucket, n: usize, mut f: impl FnMut(u32, &Alloc)) {
+unsafe fn scan(base: *mut Bucket, n: usize, mut f: impl FnMut(u32, &Alloc)) {
     for b in 0..n {
-        // SAFETY (the block): b < n, so the bucket is within the caller's
-        // buckets; the field pointers are made without references.
+        // SAFETY: b < n, so the bucket is within the caller's buckets.
         let bucket = unsafe { base.add(b) };
-        let keys = unsafe { ptr::addr_of!((*bucket).keys) }.cast::<u64>();
+        // SAFETY: a field of that bucket, its pointer made without a
+        // reference (others write the bucket meanwhile).
+        let keys = unsafe { ptr::addr_of_mut!((*bucket).keys) }.cast::<u64>();
+        // SAFETY: as for keys.
         let recs = unsafe { ptr::addr_of!((*bucket).recs) }.cast::<Alloc>();
         for i in 0..SLOTS as usize {
             // SAFETY: i < SLOTS, the arrays' length; a key is a naturally
             // aligned u64 the kernel only writes atomically, and
-            // AtomicU64 only loads through the pointer (no write needs
-            // the mapping to be writable).
-            let key = unsafe { AtomicU64::from_ptr(keys.add(i).cast_mut()) };
+            // the mapping is valid for reads and writes (see Table::new),
+            // as AtomicU64::from_ptr requires; only loads are made.
+            let key = unsafe { AtomicU64::from_ptr(keys.add(i)) };
             // SAFETY: i < SLOTS, within the bucket's records.
             let rec = unsafe { recs.add(i) };
             // SAFETY: the key and record of one slot of the caller's
@@ -204,10 +218,10 @@ mod tests {
         }
     }
 
-    fn read(buckets: &[Bucket]) -> Vec<(u32, u64)> {
+    fn read(buckets: &mut [Bucket]) -> Vec<(u32, u64)> {
         let mut got = Vec::new();
-        // SAFETY: a slice of buckets, nobody else writing.
-        unsafe { scan(buckets.as_ptr(), buckets.len(), |pid, a| got.push((pid, a.size))) };
+        // SAFETY: a slice of buckets, borrowed mutably, nobody else writing.
+        unsafe { scan(buckets.as_mut_ptr(), buckets.len(), |pid, a| got.push((pid, a.size))) };
         got
     }
 
@@ -225,8 +239,8 @@ mod tests {
         // address (keys differ by the pid's bits).
         t[2].keys[6] = 0x5000 ^ (42u64 << 47);
         t[2].recs[6] = rec(42, 128);
-        assert_eq!(read(&t), vec![(41, 16), (42, 128)]);
-        assert_eq!(read(&[]), vec![]);
+        assert_eq!(read(&mut t), vec![(41, 16), (42, 128)]);
+        assert_eq!(read(&mut []), vec![]);
     }
 
     /// The kernel's free and new insert of the same address in the same
