@@ -752,6 +752,7 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
             let w = std::io::BufWriter::with_capacity(1 << 17, &tmp.file);
             let (crc_at, crc) = write_file(w, &entries, &l.build_id, &l.provenance)?;
             tmp.file.write_all_at(&crc.to_le_bytes(), crc_at as u64)?;
+            test_stop_before_rename();
             store.commit_unsynced(tmp, &name)
         });
         match r {
@@ -765,6 +766,22 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
         }
     }
     evict(&store, limit);
+}
+
+/// For a test of a writer killed mid-write: with
+/// `LEAKD_SYMRES_TEST_STOP_BEFORE_RENAME` set, symres's background writer
+/// (the process `symres-cache`, see symres's `background` module; never
+/// symres itself, whose stop would hang the test) says so on stderr and
+/// stops itself (SIGSTOP) once the temporary file is written, before it is
+/// renamed into place, so that the test can kill it exactly there. Never
+/// set in a real run.
+fn test_stop_before_rename() {
+    if std::env::var_os("LEAKD_SYMRES_TEST_STOP_BEFORE_RENAME").is_some()
+        && std::fs::read("/proc/self/comm").is_ok_and(|c| c == b"symres-cache\n")
+    {
+        log::say(format_args!("cache: stopping before the rename (a test)"));
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
 }
 
 /// `load` without a word (the writer's look at what is there now).

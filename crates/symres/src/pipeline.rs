@@ -17,6 +17,8 @@ use leakd_common::{Context, Result};
 use leakd_symbolize::log;
 use leakd_symbolize::Resolver;
 
+use crate::background;
+
 /// What was wrong with the input (each said on stderr as it came).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Malformed {
@@ -40,8 +42,13 @@ pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Res
     if threads > 1 {
         let mut first = first;
         let r = run_threads(threads, &first, deadline, pool);
-        // The workers are done: what they learned is handed over.
-        first.write_cache();
+        // The workers are done (every thread but this one has ended): what
+        // they learned is handed over.
+        if let Some(w) = first.take_cache_write() {
+            background::write_cache(w);
+        }
+        // As below.
+        std::mem::forget(first);
         return r;
     }
     // One thread does it all: no threads to start (a single line's
@@ -62,8 +69,11 @@ pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Res
         Some(e) => Err(e),
         None => writer.finish(),
     };
-    // After the last line is out: the cache costs the output nothing.
-    resolver.write_cache();
+    // After the last line is out: the cache costs the output nothing (and,
+    // written by a child, the exit nothing either).
+    if let Some(w) = resolver.take_cache_write() {
+        background::write_cache(w);
+    }
     // Tearing down every cached table costs ~5% of a large run; the
     // process ends now and the kernel frees it all at once.
     std::mem::forget(resolver);

@@ -642,10 +642,20 @@ impl AddrResolver {
     /// Write what the resolvers of this stream learned (`finish_cache`) to
     /// the cache directory, merged with what is there.
     pub fn write_cache(&mut self) {
+        if let Some(w) = self.take_cache_write() {
+            w.run();
+        }
+    }
+
+    /// What `write_cache` would write, taken out of the resolvers of this
+    /// stream (`finish_cache`), to be written by `CacheWrite::run` later or
+    /// elsewhere (in a child process, after the output is out); `None`
+    /// without a cache.
+    pub fn take_cache_write(&mut self) -> Option<CacheWrite> {
         self.finish_cache();
         let (hits, learned) = self.shared.take_learned();
         if !self.opts.cache {
-            return;
+            return None;
         }
         log::log!(1, "cache: {hits} frames answered from the cache");
         // One entry per build id: each thread's answers together.
@@ -659,11 +669,8 @@ impl AddrResolver {
                 None => by_id.push(l),
             }
         }
-        if let Some(dir) = self.index_dir() {
-            let t0 = std::time::Instant::now();
-            crate::cache::write(&dir, self.opts.cache_size, by_id);
-            log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-        }
+        let dir = self.index_dir()?;
+        Some(CacheWrite { dir, size: self.opts.cache_size, learned: by_id })
     }
 
     fn index_dir(&self) -> Option<PathBuf> {
@@ -773,6 +780,30 @@ impl AddrResolver {
         }
         self.by_build_id.insert(id.to_vec(), found);
         found
+    }
+}
+
+/// A write of the cache of answers (`AddrResolver::take_cache_write`):
+/// what a stream's resolvers learned, for its cache directory.
+pub struct CacheWrite {
+    dir: PathBuf,
+    size: u64,
+    learned: Vec<crate::cache::Learned>,
+}
+
+impl CacheWrite {
+    /// Whether there is nothing to write: running it only keeps the
+    /// directory under its size (a listing), which costs too little to
+    /// hand elsewhere.
+    pub fn is_light(&self) -> bool {
+        self.learned.iter().all(|l| l.points.is_empty())
+    }
+
+    /// Write it, merged with what the directory holds now.
+    pub fn run(self) {
+        let t0 = std::time::Instant::now();
+        crate::cache::write(&self.dir, self.size, self.learned);
+        log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     }
 }
 
