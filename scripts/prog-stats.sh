@@ -11,7 +11,8 @@ prog_stats() {
         id=$(awk '/^prog_id:/ {print $2}' "/proc/$1/fdinfo/${fd##*/}" 2>/dev/null) || continue
         [ -n "$id" ] || continue
         printf '%s %s %s\n' \
-            "$(bpftool prog show id "$id" 2>/dev/null | grep -oE 'name [a-z_]+' | cut -d' ' -f2)" \
+            "$(bpftool prog show id "$id" 2>/dev/null |
+                awk '{ for (i = 1; i < NF; i++) if ($i == "name") { print $(i + 1); exit } }')" \
             "$(awk '/^run_time_ns:/ {print $2}' "/proc/$1/fdinfo/${fd##*/}" 2>/dev/null)" \
             "$(awk '/^run_cnt:/ {print $2}' "/proc/$1/fdinfo/${fd##*/}" 2>/dev/null)"
     done >"$2"

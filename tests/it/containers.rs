@@ -536,6 +536,13 @@ fn podman_kube_play_pod() {
     )
     .unwrap();
     cleanup.add(&["rm", "-f", yaml.to_str().unwrap()]);
+    // The pod's infra container needs podman's pause image, which podman
+    // builds locally on first use: remove it after the pod if this test
+    // made it (unforced, so another pod using it keeps it).
+    let pause = ["podman", "images", "-q", "--filter", "reference=localhost/podman-pause"];
+    if run(&pause).is_empty() {
+        cleanup.add(&["sh", "-c", &format!("{} | xargs -r podman rmi", pause.join(" "))]);
+    }
     cleanup.add(&["podman", "pod", "rm", "-f", "-t", "0", &pod_name]);
     run(&["podman", "kube", "play", "--network", "none", yaml.to_str().unwrap()]);
     let name = format!("{pod_name}-leaky");

@@ -940,6 +940,7 @@ fn group_alive(pgid: u32) -> bool {
 /// probes can be in it.
 #[bpf_test]
 fn probes_are_detached_after_the_tool_exits() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
     let dir = crate::support::build_c(
         "detach-target",
@@ -949,13 +950,32 @@ fn probes_are_detached_after_the_tool_exits() {
     let target = KillOnDrop(Command::new(dir.join("t")).spawn().unwrap());
     let tpid = target.0.id();
     let exe = std::fs::read_link(format!("/proc/{tpid}/exe")).unwrap();
-    let mut tool = Command::new(crate::support::bin("leakd-attach"))
-        .args(["-v", "-p", &tpid.to_string(), "-d", "1"])
+    // A pipe the tool inherits as fd 3, as a caller waiting for its end
+    // would pass it: its end-of-file must come with the tool's exit, not
+    // with the detaching child's.
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, owned from here.
+    let (watch, held) = unsafe {
+        assert_eq!(libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC), 0);
+        (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1]))
+    };
+    let held_fd = held.as_raw_fd();
+    let mut cmd = Command::new(crate::support::bin("leakd-attach"));
+    cmd.args(["-v", "-p", &tpid.to_string(), "-d", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+        .process_group(0);
+    // SAFETY: dup2 is async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(held_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut tool = cmd.spawn().unwrap();
+    drop(held);
     let group = tool.id();
     let mut err = BufReader::new(tool.stderr.take().unwrap());
     // "probe malloc+N at PATH+0xOFF (...)": where malloc's breakpoint is.
@@ -983,6 +1003,11 @@ fn probes_are_detached_after_the_tool_exits() {
     let status = tool.wait().unwrap();
     assert!(status.success(), "{status:?}: {log}");
     assert!(out.contains("\"final\":true"), "{out}");
+    // Nobody holds the pipe once the tool is gone: end-of-file, not EAGAIN.
+    let mut byte = 0u8;
+    // SAFETY: a read into a local byte.
+    let n = unsafe { libc::read(watch.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+    assert_eq!(n, 0, "fd 3 outlived the tool: {}", std::io::Error::last_os_error());
     // The child detaching, then nothing: within a minute, however loaded.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while group_alive(group) {

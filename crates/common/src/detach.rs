@@ -17,8 +17,16 @@
 //! the tool's exit status and output have reached whoever waits for them.
 //! Meanwhile the probes stay attached a few seconds longer; their events
 //! go nowhere.
+//!
+//! The child keeps only what the detach needs: anonymous-inode descriptors
+//! (links, perf events, programs, maps). Any other descriptor the tool
+//! inherited or opened (a pipe above stderr, a file, a socket) is closed, or
+//! a reader waiting for its end-of-file would wait for the detach too. Its
+//! signal handlers and mask go back to the defaults, so a SIGTERM or SIGHUP
+//! ends it (its exit then detaches) instead of reaching the tool's handlers.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
 use nix::fcntl::OFlag;
 use nix::unistd::{fork, pipe2, ForkResult};
@@ -31,9 +39,12 @@ const NAME: &[u8] = b"leakd-detach\0";
 /// be attached; best effort: if the fork fails, the tool detaches on exit as
 /// before.
 pub fn after_exit() {
+    // Listed before the fork: the child must not allocate.
+    let foreign = foreign_fds();
     let Ok((r, w)) = pipe2(OFlag::O_CLOEXEC) else { return };
     // SAFETY: the child makes only async-signal-safe system calls (prctl,
-    // close, read, _exit) on memory prepared before the fork, and never
+    // signal, sigprocmask, close, read, _exit) on memory prepared before
+    // the fork, and never
     // returns into Rust code, so a lock another thread held at fork time
     // (the allocator's) is never taken in it.
     match unsafe { fork() } {
@@ -49,6 +60,19 @@ pub fn after_exit() {
                 for fd in [wfd, libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
                     libc::close(fd);
                 }
+                for &fd in &foreign {
+                    if fd != rfd {
+                        libc::close(fd);
+                    }
+                }
+                for sig in 1..libc::SIGRTMIN() {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        libc::signal(sig, libc::SIG_DFL);
+                    }
+                }
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 // Until the tool exits (0) or the read fails for good.
                 while libc::read(rfd, (&mut byte as *mut u8).cast(), 1) < 0
                     && *libc::__errno_location() == libc::EINTR
@@ -62,5 +86,39 @@ pub fn after_exit() {
             std::mem::forget(w);
         }
         Err(_) => {}
+    }
+}
+
+/// The descriptors above stderr that the detach does not need: all but
+/// anonymous inodes (`anon_inode:bpf_link`, `anon_inode:[perf_event]`, ...).
+fn foreign_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd: RawFd = entry.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(entry.path()).ok()?;
+        (fd > libc::STDERR_FILENO && !target.as_os_str().as_bytes().starts_with(b"anon_inode:"))
+            .then_some(fd)
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    #[test]
+    fn foreign_fds_are_files_and_pipes_not_anonymous_inodes() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        // SAFETY: a plain system call; the descriptor is owned from here.
+        let epoll = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let fds = super::foreign_fds();
+        for fd in [r.as_raw_fd(), w.as_raw_fd(), file.as_raw_fd()] {
+            assert!(fds.contains(&fd), "{fd} not in {fds:?}");
+        }
+        assert!(epoll.as_raw_fd() > 2);
+        assert!(!fds.contains(&epoll.as_raw_fd()), "{fds:?}");
+        assert!(fds.iter().all(|&fd| fd > 2), "{fds:?}");
     }
 }
