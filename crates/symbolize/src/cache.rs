@@ -698,7 +698,7 @@ fn old_entries<'a>(old: Option<&'a CacheFile>, known: &[Known]) -> Vec<Entry<'a>
 /// Write what the modules learned (one entry per build id, the threads'
 /// answers together) into the cache directory `dir`, merged with what is
 /// there, then keep the directory's cache files under `limit` bytes.
-pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
+pub fn write(dir: &Path, limit: u64, learned: &mut [Learned]) {
     if learned.iter().all(|l| l.points.is_empty()) {
         // Nothing new; the bound holds all the same (it may be lower now).
         if let Ok(store) = StoreDir::open(dir) {
@@ -713,7 +713,7 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
             return;
         }
     };
-    for mut l in learned {
+    for l in learned {
         if l.points.is_empty() {
             continue;
         }
@@ -1075,16 +1075,16 @@ mod tests {
                 .collect(),
         };
         let n = FEW_ENTRIES as u64 * 2;
-        write(&dir, DEFAULT_SIZE, vec![learned(0..n)]);
+        write(&dir, DEFAULT_SIZE, &mut [learned(0..n)]);
         let file = dir.join(file_name(&id));
         let before = std::fs::read(&file).unwrap();
         let entries = parse(&before, &id, &prov).unwrap().entries();
         assert_eq!(entries, n as usize);
         let few = (entries / FEW_RATIO - 1) as u64;
-        write(&dir, DEFAULT_SIZE, vec![learned(n..n + few)]);
+        write(&dir, DEFAULT_SIZE, &mut [learned(n..n + few)]);
         assert!(std::fs::read(&file).unwrap() == before, "rewritten for {few} answers");
         let enough = few + 2;
-        write(&dir, DEFAULT_SIZE, vec![learned(n..n + enough)]);
+        write(&dir, DEFAULT_SIZE, &mut [learned(n..n + enough)]);
         let after = parse(&std::fs::read(&file).unwrap(), &id, &prov).unwrap();
         assert_eq!(after.entries(), entries + enough as usize);
         assert!(after.knows(0x1000 + 2 * (n + enough - 1)));

@@ -18,6 +18,12 @@
 //! written as before: aside, then renamed (a writer killed at any point
 //! leaves no half file), merged with what is there, safe beside other runs.
 //!
+//! Neither process lets go of the answers: the fork shares their pages
+//! until one side writes to them, and dropping 100k answers writes to
+//! each one's count of references, so that nearly every page of the heap
+//! was copied: in symres, that cost the first run as much as the write it
+//! had handed away (node: +25 ms of 105, before it was left out).
+//!
 //! `LEAKD_SYMRES_CACHE_FOREGROUND=1` writes it before exiting, as before
 //! (scripts that run symres twice and need the second run answered from
 //! the cache, tests). A run with nothing new to write, a fork that fails,
@@ -38,13 +44,19 @@ const NAME: &std::ffi::CStr = c"symres-cache";
 
 /// Write `w` (see the module docs): in a child process that outlives this
 /// one when it can, else now. Call after the last output is flushed.
-pub fn write_cache(w: CacheWrite) {
-    if w.is_light() || foreground() || !single_threaded() {
+pub fn write_cache(mut w: CacheWrite) {
+    // Written here, the answers are not dropped either: the process is
+    // about to exit, and the kernel frees them at once.
+    let here = |mut w: CacheWrite| {
         w.run();
+        std::mem::forget(w);
+    };
+    if w.is_light() || foreground() || !single_threaded() {
+        here(w);
         return;
     }
     let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
-        w.run();
+        here(w);
         return;
     };
     // SAFETY: this process has one thread (checked just above, and none is
@@ -67,17 +79,24 @@ pub fn write_cache(w: CacheWrite) {
             }
             drop(null);
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_ok();
-            // SAFETY: ends this process at once, which is all it is for.
+            // SAFETY: ends this process at once, which is all it is for
+            // (the answers are not dropped: that would write to every
+            // page they share with the parent, a copy of each).
             unsafe { nix::libc::_exit(i32::from(!ok)) }
         }
         Ok(ForkResult::Parent { child }) => {
+            // Not dropped: dropping the answers writes to each one's
+            // count of references, and every page the fork shared with
+            // the child would be copied for it (100k answers: most of the
+            // heap, 20 ms on node). The process is about to exit.
+            std::mem::forget(w);
             if log::enabled(1) {
                 log::say(format_args!(
                     "cache: written by process {child} (symres-cache), after this one exits"
                 ));
             }
         }
-        Err(_) => w.run(),
+        Err(_) => here(w),
     }
 }
 

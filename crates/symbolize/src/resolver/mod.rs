@@ -642,7 +642,7 @@ impl AddrResolver {
     /// Write what the resolvers of this stream learned (`finish_cache`) to
     /// the cache directory, merged with what is there.
     pub fn write_cache(&mut self) {
-        if let Some(w) = self.take_cache_write() {
+        if let Some(mut w) = self.take_cache_write() {
             w.run();
         }
     }
@@ -799,10 +799,13 @@ impl CacheWrite {
         self.learned.iter().all(|l| l.points.is_empty())
     }
 
-    /// Write it, merged with what the directory holds now.
-    pub fn run(self) {
+    /// Write it, merged with what the directory holds now (the answers
+    /// stay, to be dropped or not by the caller: a child process about to
+    /// exit need not write to every answer's count of references, each a
+    /// page copied from its parent).
+    pub fn run(&mut self) {
         let t0 = std::time::Instant::now();
-        crate::cache::write(&self.dir, self.size, self.learned);
+        crate::cache::write(&self.dir, self.size, &mut self.learned);
         log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     }
 }

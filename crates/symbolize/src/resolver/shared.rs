@@ -260,7 +260,7 @@ mod tests {
         let r = Resolution { sym: Some("f".into()), sym_offset: Some(0), ..Default::default() };
         let points = vec![(0x100, 0, Ok(Arc::new(r)))];
         let learned = Learned { build_id: id.clone(), provenance: prov.clone(), points };
-        crate::cache::write(&dir, crate::cache::DEFAULT_SIZE, vec![learned]);
+        crate::cache::write(&dir, crate::cache::DEFAULT_SIZE, &mut [learned]);
         let store = StoreDir::open(&dir).unwrap();
         let shared = Shared::default();
         let loads = std::cell::Cell::new(0);
