@@ -277,6 +277,30 @@ fn members_into(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Op
 
 pub type Outcome = Result<Arc<Resolution>, Reason>;
 
+/// A symbol's name demangled, and its `sym` member as a frame gets it,
+/// made once per symbol (by whichever thread meets it first): an answer
+/// from the symbol alone, the only kind a binary without line info gives,
+/// is then that member copied and its `sym_offset` (escaping the name for
+/// each address cost more than looking it up).
+#[derive(Debug, Clone)]
+pub struct SymText {
+    pub name: Arc<str>,
+    /// `"sym":"..."`, or nothing for an empty name (none: DWARF may name
+    /// the function).
+    pub json: Arc<[u8]>,
+}
+
+impl SymText {
+    pub fn new(name: String) -> SymText {
+        let mut json = Vec::with_capacity(name.len() + 8);
+        if !name.is_empty() {
+            json.extend_from_slice(b"\"sym\":");
+            write_str(&mut json, &name);
+        }
+        SymText { name: name.into(), json: json.into() }
+    }
+}
+
 /// A frame resolved through a live process's maps: the module and file
 /// offset found there, and the outcome.
 #[derive(Debug, Clone)]

@@ -179,6 +179,21 @@ pub struct Learned {
     pub build_id: Vec<u8>,
     pub provenance: Vec<u8>,
     pub points: Vec<(u64, u64, Outcome)>,
+    /// Answers from a symbol alone, as they were written (no answer was
+    /// made for them): the address, the symbol's start and its `sym`
+    /// member, the text before `sym_offset` (there is none after).
+    pub syms: Vec<(u64, u64, std::sync::Arc<[u8]>)>,
+}
+
+impl Learned {
+    /// The answers learned.
+    pub fn len(&self) -> usize {
+        self.points.len() + self.syms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A cache file, read in place: loading checks its header, CRC and table
@@ -522,9 +537,14 @@ fn record_of(vaddr: u64, back: u64, outcome: &Outcome) -> Option<Option<Record<'
     )))
 }
 
-/// The entries of a file: `old`'s, and the `points` (any order, repeats
-/// allowed) those do not cover, each an entry of one address.
-fn entries<'a>(old: Vec<Entry<'a>>, points: &'a mut [(u64, u64, Outcome)]) -> Vec<Entry<'a>> {
+/// The entries of a file: `old`'s, and the `points` and `syms` (see
+/// `Learned`; any order, repeats allowed) those do not cover, each an
+/// entry of one address.
+fn entries<'a>(
+    old: Vec<Entry<'a>>,
+    points: &'a mut [(u64, u64, Outcome)],
+    syms: &'a [(u64, u64, std::sync::Arc<[u8]>)],
+) -> Vec<Entry<'a>> {
     points.sort_unstable_by_key(|p| p.0);
     let known = |a: u64| {
         let i = old.partition_point(|s| s.0 <= a);
@@ -549,6 +569,22 @@ fn entries<'a>(old: Vec<Entry<'a>>, points: &'a mut [(u64, u64, Outcome)]) -> Ve
         if let Some(rec) = record_of(*a, *back, r) {
             fresh.push((*a, *a + 1, rec));
         }
+    }
+    if !syms.is_empty() {
+        // Each the record `record_of` makes of the answer written (the
+        // same text, the offset cut out).
+        let sorted = fresh.len();
+        fresh.extend(
+            syms.iter()
+                .filter(|(a, _, _)| *a != u64::MAX && !known(*a))
+                .map(|(a, start, head)| (*a, *a + 1, Some((*start, &head[..], &b""[..])))),
+        );
+        if sorted > 0 {
+            fresh.sort_by_key(|e| e.0);
+        } else {
+            fresh.sort_unstable_by_key(|e| e.0);
+        }
+        fresh.dedup_by_key(|e| e.0);
     }
     if old.is_empty() {
         return fresh;
@@ -699,7 +735,7 @@ fn old_entries<'a>(old: Option<&'a CacheFile>, known: &[Known]) -> Vec<Entry<'a>
 /// answers together) into the cache directory `dir`, merged with what is
 /// there, then keep the directory's cache files under `limit` bytes.
 pub fn write(dir: &Path, limit: u64, learned: &mut [Learned]) {
-    if learned.iter().all(|l| l.points.is_empty()) {
+    if learned.iter().all(Learned::is_empty) {
         // Nothing new; the bound holds all the same (it may be lower now).
         if let Ok(store) = StoreDir::open(dir) {
             evict(&store, limit);
@@ -714,7 +750,7 @@ pub fn write(dir: &Path, limit: u64, learned: &mut [Learned]) {
         }
     };
     for l in learned {
-        if l.points.is_empty() {
+        if l.is_empty() {
             continue;
         }
         let name = file_name(&l.build_id);
@@ -724,12 +760,12 @@ pub fn write(dir: &Path, limit: u64, learned: &mut [Learned]) {
         // new answers to a large file (a run of a few lines would end
         // that much later).
         if let Some(c) = there.as_ref().filter(|c| {
-            c.entries() > FEW_ENTRIES && l.points.len().saturating_mul(FEW_RATIO) < c.entries()
+            c.entries() > FEW_ENTRIES && l.len().saturating_mul(FEW_RATIO) < c.entries()
         }) {
             log::once(1, || {
                 format!(
                     "cache: {name}: {} new answers, too few to rewrite its {} entries",
-                    l.points.len(),
+                    l.len(),
                     c.entries()
                 )
             });
@@ -737,8 +773,8 @@ pub fn write(dir: &Path, limit: u64, learned: &mut [Learned]) {
         }
         let known = there.as_mut().map(CacheFile::known).unwrap_or_default();
         let old = old_entries(there.as_ref(), &known);
-        let (n_old, n_new) = (old.len(), l.points.len());
-        let entries = entries(old, &mut l.points);
+        let (n_old, n_new) = (old.len(), l.len());
+        let entries = entries(old, &mut l.points, &l.syms);
         let size = file_len(&entries, &l.build_id, &l.provenance);
         if size > limit {
             log::once(1, || {
@@ -852,7 +888,8 @@ pub fn fuzz(data: &[u8]) {
     let known = c.known();
     let old = old_entries(Some(&c), &known);
     let mut points = vec![(0x10, 0, Err(Reason::NoSymbols))];
-    let again = to_bytes(&entries(old, &mut points), &id, prov).expect("a merge writes a file");
+    let again =
+        to_bytes(&entries(old, &mut points, &[]), &id, prov).expect("a merge writes a file");
     assert!(CacheFile::parse(Bytes::heap(again), &id, prov).is_ok(), "and it reads back");
 }
 
@@ -911,7 +948,7 @@ mod tests {
             Some(c) => (c.known(), Some(&*c)),
             None => (Vec::new(), None),
         };
-        let entries = entries(old_entries(old, &known), &mut points);
+        let entries = entries(old_entries(old, &known), &mut points, &[]);
         to_bytes(&entries, id, prov)
     }
 
@@ -1073,6 +1110,7 @@ mod tests {
             points: addrs
                 .map(|a| (0x1000 + 2 * a, 0, res("f", 0x1000, 0x1000 + 2 * a, 0)))
                 .collect(),
+            syms: Vec::new(),
         };
         let n = FEW_ENTRIES as u64 * 2;
         write(&dir, DEFAULT_SIZE, &mut [learned(0..n)]);

@@ -18,6 +18,7 @@ use goblin::elf::{
     section_header, sym, Elf,
 };
 
+use crate::answer::SymText;
 use crate::prefetch::{prefetch, prefetch_ptr};
 
 /// The reader addr2line works on: ranges of the file's bytes (or of a
@@ -175,8 +176,8 @@ pub struct Sorted {
 struct Entry {
     size: u64,
     name: SymName,
-    /// The name demangled, once one lookup needed it.
-    demangled: OnceLock<Arc<str>>,
+    /// The name demangled (and as JSON), once one lookup needed it.
+    demangled: OnceLock<SymText>,
 }
 
 /// A symbol found by `SymbolTable::find`.
@@ -185,7 +186,7 @@ pub struct Hit<'a> {
     pub name: SymName,
     pub start: u64,
     /// Where its demangled name is kept, once the table is sorted.
-    pub demangled: Option<&'a OnceLock<Arc<str>>>,
+    pub demangled: Option<&'a OnceLock<SymText>>,
 }
 
 /// A symbol `SymbolTable::lookup` found, for `SymbolTable::name`: where
