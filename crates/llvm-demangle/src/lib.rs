@@ -58,7 +58,11 @@ pub fn demangle(name: &str) -> Option<String> {
     let bytes = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
     // Mangled names are ASCII, but a source name (`<length><bytes>`) may
     // carry any bytes: those are replaced, never trusted.
-    let s = String::from_utf8_lossy(bytes).into_owned();
+    let s = match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        // Slower: not for every name.
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    };
     // SAFETY: `buf` came from leakd_itanium_demangle and is freed once;
     // `bytes` (which borrows it) is not used after this.
     unsafe { leakd_itanium_free(buf) };

@@ -395,7 +395,7 @@ impl SymbolTable {
             .ok()
             .and_then(|at| src.get(at..end.min(at.saturating_add(MAX_NAME))))
             .unwrap_or_default();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        let end = memchr::memchr(0, rest).unwrap_or(rest.len());
         leakd_common::text::to_text(&rest[..end])
     }
 }
