@@ -4,6 +4,12 @@
 //! Parsing costs milliseconds to seconds and an answer from parsed tables
 //! a binary search, so everything a lookup makes is kept here: answers by
 //! address, demangled names, interned file names.
+//!
+//! But for an answer from a symbol alone (no line info there), which is
+//! kept per symbol, not per address: the symbol's name and its `sym`
+//! member are made once, and the rest of such an answer is its offset. A
+//! line gets it written as found; making, rendering and keeping an answer
+//! for each of a large C++ binary's addresses cost more than finding it.
 
 use std::fs::File;
 use std::path::Path;
