@@ -888,8 +888,13 @@ pub fn fuzz(data: &[u8]) {
     let known = c.known();
     let old = old_entries(Some(&c), &known);
     let mut points = vec![(0x10, 0, Err(Reason::NoSymbols))];
+    // Answers from symbols too, one at the same address as a point and
+    // one at an entry of the file.
+    let head: std::sync::Arc<[u8]> = b"\"sym\":\"s\"".as_slice().into();
+    let at = c.entry(0).map_or(0x20, |e| e.0);
+    let syms = [(0x10, 0x8, head.clone()), (0x18, 0x8, head.clone()), (at, 0, head)];
     let again =
-        to_bytes(&entries(old, &mut points, &[]), &id, prov).expect("a merge writes a file");
+        to_bytes(&entries(old, &mut points, &syms), &id, prov).expect("a merge writes a file");
     assert!(CacheFile::parse(Bytes::heap(again), &id, prov).is_ok(), "and it reads back");
 }
 
@@ -1020,6 +1025,51 @@ mod tests {
     }
 
     /// More entries than a block holds: the fence leads to the right one.
+    /// Answers from symbols alone, learned as written (the symbol's start
+    /// and `sym` member), come back as the answers made for them would:
+    /// beside points, at the same address as one (kept once), in any
+    /// order, and merged with a file's entries (those kept as they were).
+    #[test]
+    fn answers_learned_from_symbols_come_back_as_made() {
+        let (id, prov) = ([3], b"p".as_slice());
+        let made = |sym: &str, start: u64, vaddr: u64, back: u64| -> Outcome {
+            Ok(Arc::new(Resolution {
+                sym: Some(sym.into()),
+                sym_offset: Some(vaddr - start + back),
+                ..Default::default()
+            }))
+        };
+        let head = |sym: &str| -> Arc<[u8]> { crate::answer::SymText::new(sym.to_string()).json };
+        let mut points = vec![(0x210, 0, res("f", 0x200, 0x210, 0))];
+        let syms = vec![
+            (0x340, 0x300, head("g\"q")),
+            (0x120, 0x100, head("h")),
+            (0x120, 0x100, head("h")),
+            (0x210, 0x200, head("not this")),
+        ];
+        let bytes = to_bytes(&entries(Vec::new(), &mut points, &syms), &id, prov).unwrap();
+        let mut c = parse(&bytes, &id, prov).unwrap();
+        assert_eq!(c.entries(), 3);
+        let want = |o: &Outcome| o.as_ref().unwrap().json_fields().to_string();
+        for back in [0, 1] {
+            assert_eq!(
+                text(&mut c, 0x340, back),
+                Some(Ok(want(&made("g\"q", 0x300, 0x340, back))))
+            );
+            assert_eq!(text(&mut c, 0x120, back), Some(Ok(want(&made("h", 0x100, 0x120, back)))));
+            assert_eq!(text(&mut c, 0x210, back), Some(Ok(want(&res("f", 0x200, 0x210, back)))));
+        }
+        // Merged: the file's entry at 0x120 stays as it was.
+        let known = c.known();
+        let old = old_entries(Some(&c), &known);
+        let more = vec![(0x120, 0x100, head("other")), (0x50, 0x40, head("k"))];
+        let again = to_bytes(&entries(old, &mut Vec::new(), &more), &id, prov).unwrap();
+        let mut c = parse(&again, &id, prov).unwrap();
+        assert_eq!(c.entries(), 4);
+        assert_eq!(text(&mut c, 0x120, 0), Some(Ok(want(&made("h", 0x100, 0x120, 0)))));
+        assert_eq!(text(&mut c, 0x50, 1), Some(Ok(want(&made("k", 0x40, 0x50, 1)))));
+    }
+
     #[test]
     fn many_blocks() {
         let (id, prov) = ([3], b"p".as_slice());
