@@ -264,7 +264,13 @@ impl Module {
         match &mut self.cache {
             Some(c) if stage < 2 => c.prefetch(vaddr, stage),
             Some(_) => {}
-            None => self.symbols.prefetch(vaddr, stage),
+            None => {
+                self.symbols.prefetch(vaddr, stage);
+                // And where its DWARF unit is found, once DWARF is in use.
+                if let (0, Some(DwarfState::Ready(units))) = (stage, &self.dwarf) {
+                    units.prefetch(vaddr);
+                }
+            }
         }
     }
 
