@@ -317,7 +317,8 @@ impl SymbolTable {
     /// one after another (in a large binary each is a miss in `addrs`, one
     /// in `entries` and one in the names): at `stage` 0 its block of
     /// `addrs` (`top` stays cached), at 1 its entry (reading the block), at
-    /// 2 its name (reading the entry). Nothing before the sort.
+    /// 2 its name, or once made its `sym` member and name (reading the
+    /// entry). Nothing before the sort.
     pub fn prefetch(&mut self, addr: u64, stage: u8) {
         let Some(sorted) = self.sorted.get() else { return };
         if self.hints.is_empty() {
@@ -360,7 +361,11 @@ impl SymbolTable {
                     sorted.position(addr)
                 };
                 let Some(e) = i.and_then(|i| sorted.entries.get(i)) else { return };
-                if e.demangled.get().is_some() {
+                if let Some(st) = e.demangled.get() {
+                    // Made already: what the answer copies (its `sym`
+                    // member) and counts a reference to (the name).
+                    prefetch(&st.json);
+                    prefetch(st.name.as_bytes());
                     return;
                 }
                 let src = match e.name.table {
