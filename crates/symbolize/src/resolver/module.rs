@@ -75,9 +75,9 @@ pub struct Module {
 }
 
 pub enum DwarfState {
-    /// Not needed yet; the file's identity, when known, names its units
-    /// among the shared ones.
-    Pending(elf::DwarfSections, Option<FileKey>),
+    /// Not needed yet; the module's provenance (`cache::provenance`), when
+    /// the file's identity is known, names its units among the shared ones.
+    Pending(elf::DwarfSections, Option<Vec<u8>>),
     Ready(Arc<Units>),
     Absent,
 }
@@ -135,8 +135,9 @@ pub fn parse_elf(path: &Path, file: File) -> Result<ElfFile, Reason> {
 
 impl Module {
     /// A module from a binary and its separate debug file; `key`: the
-    /// identity of the file (the same file gives the same DWARF), under
-    /// which its DWARF units are shared; `index`: its prebuilt answers.
+    /// identity of the file, which with what was taken from the debug file
+    /// (the provenance) names its symbols and DWARF units among the shared
+    /// ones; `index`: its prebuilt answers.
     pub fn new(
         elf: ElfFile,
         debug: Option<ElfFile>,
@@ -168,7 +169,9 @@ impl Module {
             build_id,
             segments,
             symbols,
-            dwarf: Some(dwarf.map_or(DwarfState::Absent, |d| DwarfState::Pending(d, key))),
+            dwarf: Some(dwarf.map_or(DwarfState::Absent, |d| {
+                DwarfState::Pending(d, key.map(|_| provenance.clone()))
+            })),
             shared: shared.clone(),
             index,
             cache: None,
@@ -419,7 +422,7 @@ fn look<'s>(
 fn units_of<'a>(dwarf: &'a mut Option<DwarfState>, shared: &Shared) -> Option<&'a Arc<Units>> {
     if let Some(DwarfState::Pending(..)) = dwarf {
         if let Some(DwarfState::Pending(secs, key)) = dwarf.take() {
-            *dwarf = Some(DwarfState::Ready(shared.dwarf(key, secs)));
+            *dwarf = Some(DwarfState::Ready(shared.dwarf(key.as_deref(), secs)));
         }
     }
     match dwarf {

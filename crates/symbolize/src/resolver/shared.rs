@@ -47,8 +47,10 @@ impl FileKey {
 pub struct Shared {
     /// The DWARF units of the files loaded so far, as long as a module of
     /// some resolver holds them (a module closed by every resolver lets
-    /// its DWARF go).
-    dwarf: Arc<Mutex<FxHashMap<FileKey, Weak<Units>>>>,
+    /// its DWARF go), by the module's provenance, as `symbols` and for the
+    /// same reason: a module without DWARF of its own takes a debug file's,
+    /// which another module of the same file may not have found.
+    dwarf: Arc<Mutex<FxHashMap<Vec<u8>, Weak<Units>>>>,
     /// What the resolvers learned for the cache, and how many frames they
     /// answered from it, once each is done.
     learned: Arc<Mutex<(u64, Vec<Learned>)>>,
@@ -143,26 +145,27 @@ impl Shared {
         std::mem::take(&mut *self.learned.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The DWARF units of the file `key`, made from `secs` unless another
-    /// resolver already made them.
-    pub fn dwarf(&self, key: Option<FileKey>, secs: DwarfSections) -> Arc<Units> {
+    /// The DWARF units of a module made from the files `provenance`
+    /// describes, made from `secs` unless another resolver already made
+    /// them (never shared without a provenance).
+    pub fn dwarf(&self, provenance: Option<&[u8]>, secs: DwarfSections) -> Arc<Units> {
         let lock = || self.dwarf.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(units) = key.and_then(|k| lock().get(&k).and_then(Weak::upgrade)) {
+        if let Some(units) = provenance.and_then(|k| lock().get(k).and_then(Weak::upgrade)) {
             return units;
         }
         // Made unlocked (it reads .debug_aranges): the other threads go on
         // with other files; should two make one at once, the first kept wins.
         let units = Arc::new(Units::new(secs));
-        let Some(key) = key else { return units };
+        let Some(key) = provenance else { return units };
         let mut map = lock();
-        if let Some(kept) = map.get(&key).and_then(Weak::upgrade) {
+        if let Some(kept) = map.get(key).and_then(Weak::upgrade) {
             return kept;
         }
         // Entries of DWARF no longer held go before the map doubles.
         if map.len() >= 64 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        map.insert(key, Arc::downgrade(&units));
+        map.insert(key.to_vec(), Arc::downgrade(&units));
         units
     }
 
@@ -249,6 +252,28 @@ mod tests {
             own(b"file 1:2, 10 bytes: 5 symbols, DWARF; debug file ab: 9 symbols, DWARF");
         assert!(Arc::ptr_eq(&c, &c_mine), "a debug file's symbols: not shared");
         assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    /// DWARF units are shared as symbol tables are, by provenance: a
+    /// module that took a debug file's DWARF does not hand it to another
+    /// module of the same file that found another debug file or none.
+    #[test]
+    fn dwarf_units_are_shared_by_provenance() {
+        let shared = Shared::default();
+        let exe = std::env::current_exe().unwrap();
+        let secs =
+            || crate::elf::ElfFile::open(&exe).unwrap().dwarf.expect("a test binary has DWARF");
+        let plain: &[u8] =
+            b"file 1:2, 10 bytes: 5 symbols, no DWARF; debug file ab: 9 symbols, DWARF";
+        let other: &[u8] =
+            b"file 1:2, 10 bytes: 5 symbols, no DWARF; debug file cd: 9 symbols, DWARF";
+        let a = shared.dwarf(Some(plain), secs());
+        assert!(Arc::ptr_eq(&a, &shared.dwarf(Some(plain), secs())), "the same files: shared");
+        let c = shared.dwarf(Some(other), secs());
+        assert!(!Arc::ptr_eq(&a, &c), "another debug file: not shared");
+        let d = shared.dwarf(None, secs());
+        assert!(!Arc::ptr_eq(&a, &d) && !Arc::ptr_eq(&c, &d), "no provenance: never shared");
+        assert_eq!(shared.dwarf_held(), 2);
     }
 
     /// A cache file of answers is loaded (its CRC checked) once for all
