@@ -291,13 +291,25 @@ pub struct SymText {
 }
 
 impl SymText {
-    pub fn new(name: String) -> SymText {
-        let mut json = Vec::with_capacity(name.len() + 8);
-        if !name.is_empty() {
-            json.extend_from_slice(b"\"sym\":");
-            write_str(&mut json, &name);
+    /// Made from the name, copied once into each form (the JSON written in
+    /// a buffer kept for the next name).
+    pub fn new(name: &str) -> SymText {
+        thread_local! {
+            static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        SymText { name: name.into(), json: json.into() }
+        let json = |o: &mut Vec<u8>| {
+            o.clear();
+            if !name.is_empty() {
+                o.extend_from_slice(b"\"sym\":");
+                write_str(o, name);
+            }
+            Arc::<[u8]>::from(&o[..])
+        };
+        let json = JSON.with(|o| match o.try_borrow_mut() {
+            Ok(mut o) => json(&mut o),
+            Err(_) => json(&mut Vec::new()),
+        });
+        SymText { name: name.into(), json }
     }
 }
 

@@ -1039,7 +1039,7 @@ mod tests {
                 ..Default::default()
             }))
         };
-        let head = |sym: &str| -> Arc<[u8]> { crate::answer::SymText::new(sym.to_string()).json };
+        let head = |sym: &str| -> Arc<[u8]> { crate::answer::SymText::new(sym).json };
         let mut points = vec![(0x210, 0, res("f", 0x200, 0x210, 0))];
         let syms = vec![
             (0x340, 0x300, head("g\"q")),

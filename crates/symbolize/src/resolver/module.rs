@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 
 use super::shared::{FileKey, Shared};
 use crate::answer::{Answer, Inlined, Outcome, Reason, Resolution, SymText};
-use crate::demangle::demangle;
+use crate::demangle::demangle_with;
 use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
 use crate::elf::{self, ElfFile, LoadError};
 use crate::files;
@@ -386,7 +386,7 @@ fn look<'s>(
         // Each symbol's name is demangled once, by whichever thread meets
         // it first (C++ names cost microseconds each); the few found
         // before the table is sorted are demangled each time.
-        let make = || SymText::new(demangle(&symbols.name(hit.name)));
+        let make = || demangle_with(&symbols.name(hit.name), SymText::new);
         let st = match hit.demangled {
             Some(cell) => std::borrow::Cow::Borrowed(cell.get_or_init(make)),
             None => std::borrow::Cow::Owned(make()),
