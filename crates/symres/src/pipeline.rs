@@ -40,6 +40,7 @@ impl std::ops::AddAssign for Malformed {
 pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Result<Malformed> {
     let pool = &Pool::default();
     if threads > 1 {
+        crate::arena::prepare();
         let mut first = first;
         let r = run_threads(threads, &first, deadline, pool);
         // The workers are done (every thread but this one has ended): what
@@ -368,6 +369,7 @@ fn worker(
     pool: &Pool,
     writer_gone: &AtomicBool,
 ) {
+    crate::arena::grow_thread_heap();
     for b in batches {
         if writer_gone.load(Ordering::Relaxed)
             || done.send(resolve_batch(&mut resolver, b, pool)).is_err()
