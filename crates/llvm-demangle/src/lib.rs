@@ -40,8 +40,16 @@ pub const MAX_OUTPUT_LEN: usize = 64 * 1024;
 /// longer than [`MAX_NAME_LEN`] or its readable form would be longer than
 /// [`MAX_OUTPUT_LEN`].
 pub fn demangle(name: &str) -> Option<String> {
+    demangle_with(name, str::to_owned).ok()
+}
+
+/// [`demangle`], the readable form lent to `f` rather than copied into a
+/// `String` of its own (a caller that keeps it in another form copies it
+/// once, not twice); `f` is given back, not called, when the name is
+/// rejected.
+pub fn demangle_with<R, F: FnOnce(&str) -> R>(name: &str, f: F) -> Result<R, F> {
     if name.len() > MAX_NAME_LEN {
-        return None;
+        return Err(f);
     }
     let mut len = 0usize;
     // SAFETY: the shim reads exactly `name.len()` bytes from `name`'s
@@ -51,18 +59,22 @@ pub fn demangle(name: &str) -> Option<String> {
         leakd_itanium_demangle(name.as_ptr().cast(), name.len(), MAX_OUTPUT_LEN, &mut len)
     };
     if buf.is_null() {
-        return None;
+        return Err(f);
     }
     // SAFETY: a non-null result is a malloc'd buffer of at least `len`
     // initialized bytes, owned by us until leakd_itanium_free.
     let bytes = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
     // Mangled names are ASCII, but a source name (`<length><bytes>`) may
     // carry any bytes: those are replaced, never trusted.
-    let s = String::from_utf8_lossy(bytes).into_owned();
+    let r = match std::str::from_utf8(bytes) {
+        Ok(s) => f(s),
+        // Slower: not for every name.
+        Err(_) => f(&String::from_utf8_lossy(bytes)),
+    };
     // SAFETY: `buf` came from leakd_itanium_demangle and is freed once;
     // `bytes` (which borrows it) is not used after this.
     unsafe { leakd_itanium_free(buf) };
-    Some(s)
+    Ok(r)
 }
 
 #[cfg(test)]

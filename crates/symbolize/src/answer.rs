@@ -277,6 +277,42 @@ fn members_into(o: &mut Vec<u8>, sym: Option<&str>, file: Option<&str>, line: Op
 
 pub type Outcome = Result<Arc<Resolution>, Reason>;
 
+/// A symbol's name demangled, and its `sym` member as a frame gets it,
+/// made once per symbol (by whichever thread meets it first): an answer
+/// from the symbol alone, the only kind a binary without line info gives,
+/// is then that member copied and its `sym_offset` (escaping the name for
+/// each address cost more than looking it up).
+#[derive(Debug, Clone)]
+pub struct SymText {
+    pub name: Arc<str>,
+    /// `"sym":"..."`, or nothing for an empty name (none: DWARF may name
+    /// the function).
+    pub json: Arc<[u8]>,
+}
+
+impl SymText {
+    /// Made from the name, copied once into each form (the JSON written in
+    /// a buffer kept for the next name).
+    pub fn new(name: &str) -> SymText {
+        thread_local! {
+            static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let json = |o: &mut Vec<u8>| {
+            o.clear();
+            if !name.is_empty() {
+                o.extend_from_slice(b"\"sym\":");
+                write_str(o, name);
+            }
+            Arc::<[u8]>::from(&o[..])
+        };
+        let json = JSON.with(|o| match o.try_borrow_mut() {
+            Ok(mut o) => json(&mut o),
+            Err(_) => json(&mut Vec::new()),
+        });
+        SymText { name: name.into(), json }
+    }
+}
+
 /// A frame resolved through a live process's maps: the module and file
 /// offset found there, and the outcome.
 #[derive(Debug, Clone)]

@@ -179,6 +179,21 @@ pub struct Learned {
     pub build_id: Vec<u8>,
     pub provenance: Vec<u8>,
     pub points: Vec<(u64, u64, Outcome)>,
+    /// Answers from a symbol alone, as they were written (no answer was
+    /// made for them): the address, the symbol's start and its `sym`
+    /// member, the text before `sym_offset` (there is none after).
+    pub syms: Vec<(u64, u64, std::sync::Arc<[u8]>)>,
+}
+
+impl Learned {
+    /// The answers learned.
+    pub fn len(&self) -> usize {
+        self.points.len() + self.syms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A cache file, read in place: loading checks its header, CRC and table
@@ -522,9 +537,14 @@ fn record_of(vaddr: u64, back: u64, outcome: &Outcome) -> Option<Option<Record<'
     )))
 }
 
-/// The entries of a file: `old`'s, and the `points` (any order, repeats
-/// allowed) those do not cover, each an entry of one address.
-fn entries<'a>(old: Vec<Entry<'a>>, points: &'a mut [(u64, u64, Outcome)]) -> Vec<Entry<'a>> {
+/// The entries of a file: `old`'s, and the `points` and `syms` (see
+/// `Learned`; any order, repeats allowed) those do not cover, each an
+/// entry of one address.
+fn entries<'a>(
+    old: Vec<Entry<'a>>,
+    points: &'a mut [(u64, u64, Outcome)],
+    syms: &'a [(u64, u64, std::sync::Arc<[u8]>)],
+) -> Vec<Entry<'a>> {
     points.sort_unstable_by_key(|p| p.0);
     let known = |a: u64| {
         let i = old.partition_point(|s| s.0 <= a);
@@ -549,6 +569,22 @@ fn entries<'a>(old: Vec<Entry<'a>>, points: &'a mut [(u64, u64, Outcome)]) -> Ve
         if let Some(rec) = record_of(*a, *back, r) {
             fresh.push((*a, *a + 1, rec));
         }
+    }
+    if !syms.is_empty() {
+        // Each the record `record_of` makes of the answer written (the
+        // same text, the offset cut out).
+        let sorted = fresh.len();
+        fresh.extend(
+            syms.iter()
+                .filter(|(a, _, _)| *a != u64::MAX && !known(*a))
+                .map(|(a, start, head)| (*a, *a + 1, Some((*start, &head[..], &b""[..])))),
+        );
+        if sorted > 0 {
+            fresh.sort_by_key(|e| e.0);
+        } else {
+            fresh.sort_unstable_by_key(|e| e.0);
+        }
+        fresh.dedup_by_key(|e| e.0);
     }
     if old.is_empty() {
         return fresh;
@@ -698,8 +734,8 @@ fn old_entries<'a>(old: Option<&'a CacheFile>, known: &[Known]) -> Vec<Entry<'a>
 /// Write what the modules learned (one entry per build id, the threads'
 /// answers together) into the cache directory `dir`, merged with what is
 /// there, then keep the directory's cache files under `limit` bytes.
-pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
-    if learned.iter().all(|l| l.points.is_empty()) {
+pub fn write(dir: &Path, limit: u64, learned: &mut [Learned]) {
+    if learned.iter().all(Learned::is_empty) {
         // Nothing new; the bound holds all the same (it may be lower now).
         if let Ok(store) = StoreDir::open(dir) {
             evict(&store, limit);
@@ -713,8 +749,8 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
             return;
         }
     };
-    for mut l in learned {
-        if l.points.is_empty() {
+    for l in learned {
+        if l.is_empty() {
             continue;
         }
         let name = file_name(&l.build_id);
@@ -724,12 +760,12 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
         // new answers to a large file (a run of a few lines would end
         // that much later).
         if let Some(c) = there.as_ref().filter(|c| {
-            c.entries() > FEW_ENTRIES && l.points.len().saturating_mul(FEW_RATIO) < c.entries()
+            c.entries() > FEW_ENTRIES && l.len().saturating_mul(FEW_RATIO) < c.entries()
         }) {
             log::once(1, || {
                 format!(
                     "cache: {name}: {} new answers, too few to rewrite its {} entries",
-                    l.points.len(),
+                    l.len(),
                     c.entries()
                 )
             });
@@ -737,8 +773,8 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
         }
         let known = there.as_mut().map(CacheFile::known).unwrap_or_default();
         let old = old_entries(there.as_ref(), &known);
-        let (n_old, n_new) = (old.len(), l.points.len());
-        let entries = entries(old, &mut l.points);
+        let (n_old, n_new) = (old.len(), l.len());
+        let entries = entries(old, &mut l.points, &l.syms);
         let size = file_len(&entries, &l.build_id, &l.provenance);
         if size > limit {
             log::once(1, || {
@@ -752,6 +788,7 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
             let w = std::io::BufWriter::with_capacity(1 << 17, &tmp.file);
             let (crc_at, crc) = write_file(w, &entries, &l.build_id, &l.provenance)?;
             tmp.file.write_all_at(&crc.to_le_bytes(), crc_at as u64)?;
+            test_stop_before_rename();
             store.commit_unsynced(tmp, &name)
         });
         match r {
@@ -765,6 +802,22 @@ pub fn write(dir: &Path, limit: u64, learned: Vec<Learned>) {
         }
     }
     evict(&store, limit);
+}
+
+/// For a test of a writer killed mid-write: with
+/// `LEAKD_SYMRES_TEST_STOP_BEFORE_RENAME` set, symres's background writer
+/// (the process `symres-cache`, see symres's `background` module; never
+/// symres itself, whose stop would hang the test) says so on stderr and
+/// stops itself (SIGSTOP) once the temporary file is written, before it is
+/// renamed into place, so that the test can kill it exactly there. Never
+/// set in a real run.
+fn test_stop_before_rename() {
+    if std::env::var_os("LEAKD_SYMRES_TEST_STOP_BEFORE_RENAME").is_some()
+        && std::fs::read("/proc/self/comm").is_ok_and(|c| c == b"symres-cache\n")
+    {
+        log::say(format_args!("cache: stopping before the rename (a test)"));
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
 }
 
 /// `load` without a word (the writer's look at what is there now).
@@ -835,7 +888,13 @@ pub fn fuzz(data: &[u8]) {
     let known = c.known();
     let old = old_entries(Some(&c), &known);
     let mut points = vec![(0x10, 0, Err(Reason::NoSymbols))];
-    let again = to_bytes(&entries(old, &mut points), &id, prov).expect("a merge writes a file");
+    // Answers from symbols too, one at the same address as a point and
+    // one at an entry of the file.
+    let head: std::sync::Arc<[u8]> = b"\"sym\":\"s\"".as_slice().into();
+    let at = c.entry(0).map_or(0x20, |e| e.0);
+    let syms = [(0x10, 0x8, head.clone()), (0x18, 0x8, head.clone()), (at, 0, head)];
+    let again =
+        to_bytes(&entries(old, &mut points, &syms), &id, prov).expect("a merge writes a file");
     assert!(CacheFile::parse(Bytes::heap(again), &id, prov).is_ok(), "and it reads back");
 }
 
@@ -894,7 +953,7 @@ mod tests {
             Some(c) => (c.known(), Some(&*c)),
             None => (Vec::new(), None),
         };
-        let entries = entries(old_entries(old, &known), &mut points);
+        let entries = entries(old_entries(old, &known), &mut points, &[]);
         to_bytes(&entries, id, prov)
     }
 
@@ -966,6 +1025,51 @@ mod tests {
     }
 
     /// More entries than a block holds: the fence leads to the right one.
+    /// Answers from symbols alone, learned as written (the symbol's start
+    /// and `sym` member), come back as the answers made for them would:
+    /// beside points, at the same address as one (kept once), in any
+    /// order, and merged with a file's entries (those kept as they were).
+    #[test]
+    fn answers_learned_from_symbols_come_back_as_made() {
+        let (id, prov) = ([3], b"p".as_slice());
+        let made = |sym: &str, start: u64, vaddr: u64, back: u64| -> Outcome {
+            Ok(Arc::new(Resolution {
+                sym: Some(sym.into()),
+                sym_offset: Some(vaddr - start + back),
+                ..Default::default()
+            }))
+        };
+        let head = |sym: &str| -> Arc<[u8]> { crate::answer::SymText::new(sym).json };
+        let mut points = vec![(0x210, 0, res("f", 0x200, 0x210, 0))];
+        let syms = vec![
+            (0x340, 0x300, head("g\"q")),
+            (0x120, 0x100, head("h")),
+            (0x120, 0x100, head("h")),
+            (0x210, 0x200, head("not this")),
+        ];
+        let bytes = to_bytes(&entries(Vec::new(), &mut points, &syms), &id, prov).unwrap();
+        let mut c = parse(&bytes, &id, prov).unwrap();
+        assert_eq!(c.entries(), 3);
+        let want = |o: &Outcome| o.as_ref().unwrap().json_fields().to_string();
+        for back in [0, 1] {
+            assert_eq!(
+                text(&mut c, 0x340, back),
+                Some(Ok(want(&made("g\"q", 0x300, 0x340, back))))
+            );
+            assert_eq!(text(&mut c, 0x120, back), Some(Ok(want(&made("h", 0x100, 0x120, back)))));
+            assert_eq!(text(&mut c, 0x210, back), Some(Ok(want(&res("f", 0x200, 0x210, back)))));
+        }
+        // Merged: the file's entry at 0x120 stays as it was.
+        let known = c.known();
+        let old = old_entries(Some(&c), &known);
+        let more = vec![(0x120, 0x100, head("other")), (0x50, 0x40, head("k"))];
+        let again = to_bytes(&entries(old, &mut Vec::new(), &more), &id, prov).unwrap();
+        let mut c = parse(&again, &id, prov).unwrap();
+        assert_eq!(c.entries(), 4);
+        assert_eq!(text(&mut c, 0x120, 0), Some(Ok(want(&made("h", 0x100, 0x120, 0)))));
+        assert_eq!(text(&mut c, 0x50, 1), Some(Ok(want(&made("k", 0x40, 0x50, 1)))));
+    }
+
     #[test]
     fn many_blocks() {
         let (id, prov) = ([3], b"p".as_slice());
@@ -1056,18 +1160,19 @@ mod tests {
             points: addrs
                 .map(|a| (0x1000 + 2 * a, 0, res("f", 0x1000, 0x1000 + 2 * a, 0)))
                 .collect(),
+            syms: Vec::new(),
         };
         let n = FEW_ENTRIES as u64 * 2;
-        write(&dir, DEFAULT_SIZE, vec![learned(0..n)]);
+        write(&dir, DEFAULT_SIZE, &mut [learned(0..n)]);
         let file = dir.join(file_name(&id));
         let before = std::fs::read(&file).unwrap();
         let entries = parse(&before, &id, &prov).unwrap().entries();
         assert_eq!(entries, n as usize);
         let few = (entries / FEW_RATIO - 1) as u64;
-        write(&dir, DEFAULT_SIZE, vec![learned(n..n + few)]);
+        write(&dir, DEFAULT_SIZE, &mut [learned(n..n + few)]);
         assert!(std::fs::read(&file).unwrap() == before, "rewritten for {few} answers");
         let enough = few + 2;
-        write(&dir, DEFAULT_SIZE, vec![learned(n..n + enough)]);
+        write(&dir, DEFAULT_SIZE, &mut [learned(n..n + enough)]);
         let after = parse(&std::fs::read(&file).unwrap(), &id, &prov).unwrap();
         assert_eq!(after.entries(), entries + enough as usize);
         assert!(after.knows(0x1000 + 2 * (n + enough - 1)));

@@ -9,6 +9,13 @@ use std::fmt::Write as _;
 /// without a space between closing brackets, `non-virtual thunk to f()`,
 /// a clone suffix as `f() (.cold)`.
 pub fn demangle(name: &str) -> String {
+    demangle_with(name, str::to_owned)
+}
+
+/// [`demangle`], the readable form lent to `f` (a name that is not
+/// mangled is lent as it is): a symbol's name is kept as JSON and as a
+/// shared string, each a copy of this, with no `String` between.
+pub fn demangle_with<R>(name: &str, f: impl FnOnce(&str) -> R) -> R {
     // A C++ nested name also parses as legacy Rust; only trust it when it
     // was Rust's (a v0 name, or one ending in a 17h<hash>E path), which is
     // told first: a C++ binary's names are then not parsed twice.
@@ -21,12 +28,12 @@ pub fn demangle(name: &str) -> String {
             let mut s = String::with_capacity(name.len() + name.len() / 2);
             // Cannot fail: writing to a String.
             let _ = write!(s, "{d:#}");
-            return s;
+            return f(&s);
         }
     }
     if name.contains('$') && !name.starts_with("_Z") {
         if let Some(d) = decode_rust_escapes(name) {
-            return d;
+            return f(&d);
         }
     }
     if name.starts_with("_Z") {
@@ -34,14 +41,16 @@ pub fn demangle(name: &str) -> String {
         // faster than cpp_demangle (most of symres's time on a large C++
         // binary). cpp_demangle is kept for what LLVM's rejects, and for
         // names too long to give it (see MAX_NAME_LEN).
-        if let Some(d) = leakd_llvm_demangle::demangle(name) {
-            return d;
-        }
+        let f = match leakd_llvm_demangle::demangle_with(name, f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         if let Some(d) = cpp_demangle_capped(name) {
-            return d;
+            return f(&d);
         }
+        return f(name);
     }
-    name.to_string()
+    f(name)
 }
 
 /// cpp_demangle's readable form of a C++ name, or `None` when it rejects
@@ -113,19 +122,88 @@ fn decode_rust_escapes(name: &str) -> Option<String> {
 }
 
 fn looks_like_rust_legacy(name: &str) -> bool {
-    // ...17h<16 hex digits>E, at the end or before a suffix such as ".llvm.123".
+    // ...17h<16 hex digits>E, at the end or before a suffix such as
+    // ".llvm.123": looked for from where it would end (the last byte, or
+    // one before a dot), not by a substring search over every C++ name of
+    // a binary (a tenth of the time each name took on node).
     let b = name.as_bytes();
-    name.match_indices("17h").any(|(i, _)| {
-        let hash = b.get(i + 3..i + 19);
-        hash.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-            && b.get(i + 19) == Some(&b'E')
-            && matches!(b.get(i + 20), None | Some(b'.'))
-    })
+    let ends_at = |e: usize| {
+        e >= 19
+            && b.get(e) == Some(&b'E')
+            && b.get(e - 19..e - 16) == Some(b"17h")
+            && b.get(e - 16..e).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    ends_at(b.len().wrapping_sub(1))
+        || memchr::memchr_iter(b'.', b).any(|d| ends_at(d.wrapping_sub(1)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `demangle_with` lends `f`, once, what `demangle` returns: for Rust
+    /// (legacy, v0, escaped), C++ (LLVM's, cpp_demangle's, rejected by
+    /// both) and plain names.
+    #[test]
+    fn demangle_with_lends_what_demangle_returns() {
+        for name in [
+            "_ZN4core3fmt5write17h0123456789abcdefE",
+            "_RNvCs1234_7mycrate3foo",
+            "_$LT$T$u20$as$u20$a..B$GT$::f",
+            "_ZN3foo3barEv",
+            "_ZNSt6vectorIiSaIiEE9push_backERKi",
+            "_Z1fv.cold",
+            "_Zjunk",
+            &format!("_Z{}", "P".repeat(2000)),
+            "memcpy",
+            "",
+        ] {
+            let mut calls = 0;
+            let lent = demangle_with(name, |d| {
+                calls += 1;
+                d.to_string()
+            });
+            assert_eq!(lent, demangle(name), "{name:.40}");
+            assert_eq!(calls, 1, "{name:.40}");
+        }
+        // LLVM's demangler gives `f` back, uncalled, when it rejects a name.
+        assert!(leakd_llvm_demangle::demangle_with("_Zjunk", |_| ()).is_err());
+        assert_eq!(leakd_llvm_demangle::demangle_with("_Z1fv", str::len).ok(), Some(3));
+    }
+
+    /// The hash is looked for where it would end; the answer is the one a
+    /// search of every "17h" gives (the way it was found before), for
+    /// hashes at the end, before suffixes, in the middle, cut short, and
+    /// in names of every length around them.
+    #[test]
+    fn rust_legacy_hash_found_where_it_ends() {
+        let by_search = |name: &str| {
+            let b = name.as_bytes();
+            name.match_indices("17h").any(|(i, _)| {
+                b.get(i + 3..i + 19).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    && b.get(i + 19) == Some(&b'E')
+                    && matches!(b.get(i + 20), None | Some(b'.'))
+            })
+        };
+        let hash = "17h0123456789abcdefE";
+        let mut names = vec![String::new(), "E".into(), ".".into(), hash.into()];
+        for pre in ["", "_ZN3foo", "_ZN3foo17h", "_ZN3a.b"] {
+            for mid in [hash, "17h0123456789abcdeE", "17h0123456789abcdexE", "17hE", "x"] {
+                for post in ["", ".llvm.42", "x", ".", "E", ".17h0123456789abcdefE", "..a"] {
+                    let name = format!("{pre}{mid}{post}");
+                    for cut in 0..=name.len() {
+                        names.push(name[..cut].to_string());
+                    }
+                }
+            }
+        }
+        let mut found = 0;
+        for n in &names {
+            assert_eq!(looks_like_rust_legacy(n), by_search(n), "{n:?}");
+            found += usize::from(by_search(n));
+        }
+        assert!(found > 20, "{found} of {} names with a hash", names.len());
+    }
 
     #[test]
     fn demangles_rust_legacy_v0_and_cpp() {

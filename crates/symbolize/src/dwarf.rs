@@ -33,6 +33,7 @@ use gimli::Reader as _;
 
 use crate::elf::{DwarfSections, Reader};
 use crate::log::log;
+use crate::prefetch::prefetch_ptr;
 
 type Ctx = addr2line::Context<Reader>;
 
@@ -47,6 +48,10 @@ struct UnitRange {
 
 /// Unit index of an address range claimed by more than one unit.
 const AMBIGUOUS: u32 = u32::MAX;
+
+/// Ranges per block of the two-level search (see `Units::top`): 16 ranges
+/// of 24 bytes, six cache lines.
+const TOP: usize = 16;
 
 /// A context, parsed further by each lookup that needs more of it.
 type Slot = OnceLock<Option<Box<Mutex<Ctx>>>>;
@@ -67,6 +72,13 @@ pub struct Units {
     secs: DwarfSections,
     /// Sorted by begin, not overlapping.
     ranges: Vec<UnitRange>,
+    /// Every `TOP`th range's begin: searched first, it stays in cache and
+    /// names the block of `ranges` (a few cache lines) that holds an
+    /// address's range, which a line's lookups fetch together ahead of
+    /// their searches (`prefetch`). Searched whole, a large build's 50k
+    /// ranges (1.2 MB) missed the cache at the last steps of each search,
+    /// one miss after another: 5% of a cold run.
+    top: Vec<u64>,
     units: Vec<UnitSlot>,
     /// The context over all units, built on first need (`None`: it cannot
     /// be built).
@@ -101,9 +113,11 @@ impl Units {
     /// address goes to the full context).
     pub fn new(secs: DwarfSections) -> Units {
         let (ranges, units) = aranges(&secs).unwrap_or_default();
+        let top = ranges.iter().step_by(TOP).map(|r| r.begin).collect();
         Units {
             secs,
             ranges,
+            top,
             units,
             full: OnceLock::new(),
             complete: OnceLock::new(),
@@ -213,9 +227,27 @@ impl Units {
         self.units.get(u).map_or(0, |s| s.code_bytes)
     }
 
+    /// The block of `ranges` that holds the last range beginning at or
+    /// below `vaddr`: the last block whose first range does.
+    fn block_of(&self, vaddr: u64) -> Option<(usize, &[UnitRange])> {
+        let from = self.top.partition_point(|&b| b <= vaddr).checked_sub(1)? * TOP;
+        Some((from, self.ranges.get(from..(from + TOP).min(self.ranges.len()))?))
+    }
+
+    /// Start fetching what `context_for(vaddr)` will search first: its
+    /// block of ranges.
+    pub fn prefetch(&self, vaddr: u64) {
+        let Some((_, block)) = self.block_of(vaddr) else { return };
+        let p: *const u8 = block.as_ptr().cast();
+        for at in (0..std::mem::size_of_val(block)).step_by(64) {
+            prefetch_ptr(p.wrapping_add(at));
+        }
+    }
+
     fn unit_of(&self, vaddr: u64) -> Option<usize> {
-        let i = self.ranges.partition_point(|r| r.begin <= vaddr).checked_sub(1)?;
-        let r = self.ranges[i];
+        let (from, block) = self.block_of(vaddr)?;
+        let i = from + block.partition_point(|r| r.begin <= vaddr).checked_sub(1)?;
+        let r = *self.ranges.get(i)?;
         (vaddr < r.end && r.unit != AMBIGUOUS).then_some(r.unit as usize)
     }
 }
@@ -559,6 +591,30 @@ mod tests {
             &mut out,
         );
         out
+    }
+
+    /// The two-level search finds the unit a search of every range finds,
+    /// at each range's begin and end and next to them, and between blocks.
+    #[test]
+    fn unit_found_in_two_steps_is_the_units() {
+        let (_, _, units) = this_test_binary();
+        let r = &units.ranges;
+        assert!(r.len() > 10 * TOP, "{} ranges", r.len());
+        let plain = |a: u64| {
+            let i = r.partition_point(|x| x.begin <= a).checked_sub(1)?;
+            (a < r[i].end && r[i].unit != AMBIGUOUS).then_some(r[i].unit as usize)
+        };
+        let mut found = 0;
+        for x in r {
+            for a in [x.begin.wrapping_sub(1), x.begin, x.begin + 1, x.end - 1, x.end, x.end + 1] {
+                assert_eq!(units.unit_of(a), plain(a), "at {a:#x}");
+                found += usize::from(plain(a).is_some());
+                units.prefetch(a);
+            }
+        }
+        assert!(found > 3 * r.len(), "{found} addresses in a unit");
+        assert_eq!(units.unit_of(0), plain(0));
+        assert_eq!(units.unit_of(u64::MAX), plain(u64::MAX));
     }
 
     /// Code outside .debug_aranges (functions without line info) in a Rust

@@ -62,7 +62,7 @@ pub use index::fuzz as fuzz_index;
 pub use kallsyms::KERNEL_START;
 #[doc(hidden)]
 pub use resolver::fuzz_elf;
-pub use resolver::{Options, MAX_OPEN_MODULES};
+pub use resolver::{CacheWrite, Options, MAX_OPEN_MODULES};
 pub use symbolizer::Resolver;
 
 // A resolver can be moved to another thread (checked at compile time).

@@ -109,6 +109,12 @@ impl Resolver {
         self.addrs.write_cache();
     }
 
+    /// What `write_cache` would write, to be written later or elsewhere
+    /// (see `AddrResolver::take_cache_write`).
+    pub fn take_cache_write(&mut self) -> Option<crate::resolver::CacheWrite> {
+        self.addrs.take_cache_write()
+    }
+
     /// Build the index of `file` (see `AddrResolver::build_index`).
     pub fn build_index(
         &mut self,

@@ -6,6 +6,8 @@
 //! (`cli`) and the threads that keep a live stream flowing in input order
 //! (`pipeline`). Keeping them apart means no tool crate depends on another.
 
+mod arena;
+mod background;
 mod cli;
 mod pipeline;
 

@@ -17,6 +17,8 @@ use leakd_common::{Context, Result};
 use leakd_symbolize::log;
 use leakd_symbolize::Resolver;
 
+use crate::background;
+
 /// What was wrong with the input (each said on stderr as it came).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Malformed {
@@ -38,10 +40,16 @@ impl std::ops::AddAssign for Malformed {
 pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Result<Malformed> {
     let pool = &Pool::default();
     if threads > 1 {
+        crate::arena::prepare();
         let mut first = first;
         let r = run_threads(threads, &first, deadline, pool);
-        // The workers are done: what they learned is handed over.
-        first.write_cache();
+        // The workers are done (every thread but this one has ended): what
+        // they learned is handed over.
+        if let Some(w) = first.take_cache_write() {
+            background::write_cache(w);
+        }
+        // As below.
+        std::mem::forget(first);
         return r;
     }
     // One thread does it all: no threads to start (a single line's
@@ -62,8 +70,11 @@ pub fn filter(first: Resolver, threads: usize, deadline: Option<Instant>) -> Res
         Some(e) => Err(e),
         None => writer.finish(),
     };
-    // After the last line is out: the cache costs the output nothing.
-    resolver.write_cache();
+    // After the last line is out: the cache costs the output nothing (and,
+    // written by a child, the exit nothing either).
+    if let Some(w) = resolver.take_cache_write() {
+        background::write_cache(w);
+    }
     // Tearing down every cached table costs ~5% of a large run; the
     // process ends now and the kernel frees it all at once.
     std::mem::forget(resolver);
@@ -358,6 +369,7 @@ fn worker(
     pool: &Pool,
     writer_gone: &AtomicBool,
 ) {
+    crate::arena::grow_thread_heap();
     for b in batches {
         if writer_gone.load(Ordering::Relaxed)
             || done.send(resolve_batch(&mut resolver, b, pool)).is_err()

@@ -642,10 +642,20 @@ impl AddrResolver {
     /// Write what the resolvers of this stream learned (`finish_cache`) to
     /// the cache directory, merged with what is there.
     pub fn write_cache(&mut self) {
+        if let Some(mut w) = self.take_cache_write() {
+            w.run();
+        }
+    }
+
+    /// What `write_cache` would write, taken out of the resolvers of this
+    /// stream (`finish_cache`), to be written by `CacheWrite::run` later or
+    /// elsewhere (in a child process, after the output is out); `None`
+    /// without a cache.
+    pub fn take_cache_write(&mut self) -> Option<CacheWrite> {
         self.finish_cache();
         let (hits, learned) = self.shared.take_learned();
         if !self.opts.cache {
-            return;
+            return None;
         }
         log::log!(1, "cache: {hits} frames answered from the cache");
         // One entry per build id: each thread's answers together.
@@ -655,15 +665,15 @@ impl AddrResolver {
                 .iter_mut()
                 .find(|b| b.build_id == l.build_id && b.provenance == l.provenance)
             {
-                Some(b) => b.points.extend(l.points),
+                Some(b) => {
+                    b.points.extend(l.points);
+                    b.syms.extend(l.syms);
+                }
                 None => by_id.push(l),
             }
         }
-        if let Some(dir) = self.index_dir() {
-            let t0 = std::time::Instant::now();
-            crate::cache::write(&dir, self.opts.cache_size, by_id);
-            log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-        }
+        let dir = self.index_dir()?;
+        Some(CacheWrite { dir, size: self.opts.cache_size, learned: by_id })
     }
 
     fn index_dir(&self) -> Option<PathBuf> {
@@ -776,6 +786,33 @@ impl AddrResolver {
     }
 }
 
+/// A write of the cache of answers (`AddrResolver::take_cache_write`):
+/// what a stream's resolvers learned, for its cache directory.
+pub struct CacheWrite {
+    dir: PathBuf,
+    size: u64,
+    learned: Vec<crate::cache::Learned>,
+}
+
+impl CacheWrite {
+    /// Whether there is nothing to write: running it only keeps the
+    /// directory under its size (a listing), which costs too little to
+    /// hand elsewhere.
+    pub fn is_light(&self) -> bool {
+        self.learned.iter().all(crate::cache::Learned::is_empty)
+    }
+
+    /// Write it, merged with what the directory holds now (the answers
+    /// stay, to be dropped or not by the caller: a child process about to
+    /// exit need not write to every answer's count of references, each a
+    /// page copied from its parent).
+    pub fn run(&mut self) {
+        let t0 = std::time::Instant::now();
+        crate::cache::write(&self.dir, self.size, &mut self.learned);
+        log::log!(2, "cache: written in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
 /// Hand what `m` learned, and its count of frames answered from the
 /// cache, to the cache's writer.
 fn hand_over(shared: &Shared, m: &mut Module) {
@@ -856,6 +893,74 @@ mod tests {
         assert!((MAX_KEYS - 1..=MAX_KEYS).contains(&sizes.1), "{} paths", sizes.1);
         assert!(r.pids.maps.contains_key(&me), "the process in use lost its maps");
         assert_eq!(r.pids.maps[&me].generation, 1, "its maps were read again");
+    }
+
+    /// An answer from a symbol alone is written as found (see
+    /// `Module::answer_offset`), not made: its text is byte for byte the
+    /// answer `lookup_offset` makes and renders, in a binary without DWARF
+    /// (every answer so written) and in one with DWARF (those from DWARF
+    /// made as before), for return addresses and not.
+    #[test]
+    fn answers_written_from_symbols_are_the_answers_made() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("symres-symtext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stripped = dir.join("stripped");
+        let ok = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&exe)
+            .arg(&stripped)
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "objcopy --strip-debug");
+        for (path, all_written) in [(&stripped, true), (&exe, false)] {
+            let (mut a, mut b) =
+                (AddrResolver::new(Options::default()), AddrResolver::new(Options::default()));
+            let (ia, ib) = (a.load_path(path, path).unwrap(), b.load_path(path, path).unwrap());
+            let ma = a.modules.get_mut(ia).unwrap();
+            let mb = b.modules.get_mut(ib).unwrap();
+            let segs = ma.segments.clone();
+            let offsets: Vec<u64> = ma
+                .symbols
+                .boundaries()
+                .step_by(5)
+                .flat_map(|v| [v, v + 1, v.wrapping_sub(1)])
+                .filter_map(|v| {
+                    let s = segs.iter().find(|s| s.vaddr <= v && v - s.vaddr < s.filesz)?;
+                    Some(v - s.vaddr + s.offset)
+                })
+                .collect();
+            let (mut written, mut made) = (0, 0);
+            for &off in &offsets {
+                for back in [0, 1] {
+                    let mut texts = b"x".to_vec();
+                    let got = ma.answer_offset(off, back, true, &mut texts);
+                    let want = mb.lookup_offset(off, back, true);
+                    match (&got, &want) {
+                        (Ok(g), Ok(w)) => {
+                            match g {
+                                Answer::Written(_) => written += 1,
+                                _ => made += 1,
+                            }
+                            assert_eq!(
+                                String::from_utf8_lossy(g.json(&texts)),
+                                w.json_fields(),
+                                "{} at {off:#x}",
+                                path.display()
+                            );
+                        }
+                        (Err(g), Err(w)) => assert_eq!(g, w),
+                        _ => panic!("at {off:#x}: {got:?}, {want:?}"),
+                    }
+                }
+            }
+            assert!(written + made > 1000, "{written} + {made} answers");
+            if all_written {
+                assert_eq!(made, 0, "{written} written");
+            } else {
+                assert!(made > 1000, "{made} made, {written} written");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Units parsed at once on three threads answer as units parsed on

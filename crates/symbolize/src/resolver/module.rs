@@ -4,6 +4,12 @@
 //! Parsing costs milliseconds to seconds and an answer from parsed tables
 //! a binary search, so everything a lookup makes is kept here: answers by
 //! address, demangled names, interned file names.
+//!
+//! But for an answer from a symbol alone (no line info there), which is
+//! kept per symbol, not per address: the symbol's name and its `sym`
+//! member are made once, and the rest of such an answer is its offset. A
+//! line gets it written as found; making, rendering and keeping an answer
+//! for each of a large C++ binary's addresses cost more than finding it.
 
 use std::fs::File;
 use std::path::Path;
@@ -12,13 +18,14 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::shared::{FileKey, Shared};
-use crate::answer::{Answer, Inlined, Outcome, Reason, Resolution};
-use crate::demangle::demangle;
+use crate::answer::{Answer, Inlined, Outcome, Reason, Resolution, SymText};
+use crate::demangle::demangle_with;
 use crate::dwarf::{dwarf_frames, DwarfFrame, NameCache, Units};
 use crate::elf::{self, ElfFile, LoadError};
 use crate::files;
 use crate::index::Index;
 use crate::log;
+use leakd_common::text::push_hex_string;
 
 /// Answers remembered per module before the cache is reset.
 const MAX_CACHED_ANSWERS: usize = 1 << 20;
@@ -50,6 +57,10 @@ pub struct Module {
     pub provenance: Vec<u8>,
     pub learn: bool,
     pub learned: Vec<(u64, u64, Outcome)>,
+    /// Answers from a symbol alone, learned as written (see
+    /// `answer_offset`): the address, the symbol's start and its `sym`
+    /// member.
+    pub learned_syms: Vec<(u64, u64, Arc<[u8]>)>,
     /// Frames answered from the cache.
     pub cache_hits: u64,
     /// By address looked up, and how far back from the frame's (see
@@ -167,6 +178,7 @@ impl Module {
             provenance,
             learn: false,
             learned: Vec::new(),
+            learned_syms: Vec::new(),
             cache_hits: 0,
             answers: FxHashMap::default(),
             files: FxHashMap::default(),
@@ -204,7 +216,40 @@ impl Module {
                 return r.map(|()| Answer::Written(start..texts.len()));
             }
         }
-        self.lookup_offset(offset, back, inlined).map(Answer::Made)
+        let vaddr = elf::offset_to_vaddr(&self.segments, offset).ok_or(Reason::Unmapped)?;
+        if let Some(r) = self.answers.get(&(vaddr, back)) {
+            return r.clone().map(Answer::Made);
+        }
+        // An answer from the symbol alone (DWARF knows nothing there: all
+        // of them in a binary without line info) is written as it is
+        // found: its symbol's `sym` member, made once, and its offset. Not
+        // an answer made, rendered and kept per address, which cost node's
+        // 100k addresses a fifth of their time. A repeat of the frame is
+        // answered by the line's cache of frames, a repeat of the address
+        // elsewhere by looking it up again.
+        let Module { symbols, segments, dwarf, shared, dwarf_names, files, frames, .. } = self;
+        let mut found = std::mem::take(frames);
+        let parts = (dwarf, &*shared, dwarf_names, files);
+        let sym = look(symbols, segments, parts, vaddr, inlined, &mut found);
+        if let Some((st, start)) =
+            sym.as_ref().filter(|(st, _)| !st.json.is_empty() && found.is_empty())
+        {
+            let at = texts.len();
+            texts.extend_from_slice(&st.json);
+            texts.extend_from_slice(b",\"sym_offset\":");
+            push_hex_string(texts, (vaddr - start).wrapping_add(back));
+            if self.learn
+                && self.learned.len() + self.learned_syms.len() < crate::cache::MAX_LEARNED
+            {
+                self.learned_syms.push((vaddr, *start, st.json.clone()));
+            }
+            self.frames = found;
+            return Ok(Answer::Written(at..texts.len()));
+        }
+        let sym = sym.map(|(st, start)| (st.name.clone(), start));
+        let r = self.resolution(vaddr, sym, found).map(|r| Arc::new(r.shifted(back)));
+        self.keep(vaddr, back, &r);
+        r.map(Answer::Made)
     }
 
     /// The address file offset `offset` is answered at from the cache of
@@ -222,7 +267,13 @@ impl Module {
         match &mut self.cache {
             Some(c) if stage < 2 => c.prefetch(vaddr, stage),
             Some(_) => {}
-            None => self.symbols.prefetch(vaddr, stage),
+            None => {
+                self.symbols.prefetch(vaddr, stage);
+                // And where its DWARF unit is found, once DWARF is in use.
+                if let (0, Some(DwarfState::Ready(units))) = (stage, &self.dwarf) {
+                    units.prefetch(vaddr);
+                }
+            }
         }
     }
 
@@ -234,8 +285,9 @@ impl Module {
     /// What this run learned, for the cache (emptied).
     pub fn take_learned(&mut self) -> Option<crate::cache::Learned> {
         let points = std::mem::take(&mut self.learned);
-        let build_id = self.build_id.clone().filter(|_| !points.is_empty())?;
-        Some(crate::cache::Learned { build_id, provenance: self.provenance.clone(), points })
+        let syms = std::mem::take(&mut self.learned_syms);
+        let build_id = self.build_id.clone().filter(|_| !points.is_empty() || !syms.is_empty())?;
+        Some(crate::cache::Learned { build_id, provenance: self.provenance.clone(), points, syms })
     }
 
     /// The answer at file offset `offset`, for a frame `back` bytes
@@ -248,56 +300,47 @@ impl Module {
             return r.clone();
         }
         let r = self.lookup_vaddr(vaddr, inlined).map(|r| Arc::new(r.shifted(back)));
+        self.keep(vaddr, back, &r);
+        r
+    }
+
+    /// Keep the answer `r` at `vaddr` (for a frame `back` bytes further),
+    /// and learn it for the cache.
+    fn keep(&mut self, vaddr: u64, back: u64, r: &Outcome) {
         if self.answers.len() >= MAX_CACHED_ANSWERS {
             self.answers.clear();
         }
         self.answers.insert((vaddr, back), r.clone());
-        if self.learn && self.learned.len() < crate::cache::MAX_LEARNED {
+        if self.learn && self.learned.len() + self.learned_syms.len() < crate::cache::MAX_LEARNED {
             self.learned.push((vaddr, back, r.clone()));
         }
-        r
     }
 
     pub fn lookup_vaddr(&mut self, vaddr: u64, want_inlined: bool) -> Result<Resolution, Reason> {
-        let mut res = Resolution::default();
-        if let Some(hit) = self.symbols.find(vaddr) {
-            // Each symbol's name is demangled once, by whichever thread
-            // meets it first (C++ names cost microseconds each); the few
-            // found before the table is sorted are demangled each time.
-            let symbols = &self.symbols;
-            let make = || Arc::<str>::from(demangle(&symbols.name(hit.name)));
-            let name = match hit.demangled {
-                Some(cell) => cell.get_or_init(make).clone(),
-                None => make(),
-            };
-            // A name the file does not hold reads as "": DWARF may name it.
-            res.sym = (!name.is_empty()).then_some(name);
-            res.sym_offset = Some(vaddr - hit.start);
-        }
-        // Outside code, DWARF knows only the ranges of functions the linker
-        // dropped, which it leaves at address 0 (addr2line answers "??").
-        let code = elf::is_code(&self.segments, vaddr);
         // The frames' vector is the module's, used again: one allocation
         // less per new address.
-        let mut frames = std::mem::take(&mut self.frames);
-        frames.clear();
-        if let Some(units) = units_of(&mut self.dwarf, &self.shared).filter(|_| code) {
-            // A unit that .debug_aranges names but that knows nothing of the
-            // address (code without line info) is the answer: no other unit
-            // covers it, and asking the full context would parse them all.
-            if let Some(ctx) = units.context_for(vaddr) {
-                // The outermost function is the symbol's, when there is one.
-                let outer_name = res.sym.is_none();
-                dwarf_frames(
-                    &ctx,
-                    vaddr,
-                    want_inlined,
-                    outer_name,
-                    (&mut self.dwarf_names, Some(units.names())),
-                    &mut self.files,
-                    &mut frames,
-                );
-            }
+        let Module { symbols, segments, dwarf, shared, dwarf_names, files, frames, .. } = self;
+        let mut found = std::mem::take(frames);
+        let parts = (dwarf, &*shared, dwarf_names, files);
+        let sym = look(symbols, segments, parts, vaddr, want_inlined, &mut found)
+            .map(|(st, start)| (st.name.clone(), start));
+        self.resolution(vaddr, sym, found)
+    }
+
+    /// The answer at `vaddr` from its symbol (its name, "" for none, and
+    /// start) and DWARF's `frames` there (outermost last; the vector is
+    /// kept for the next lookup).
+    fn resolution(
+        &mut self,
+        vaddr: u64,
+        sym: Option<(Arc<str>, u64)>,
+        mut frames: Vec<DwarfFrame>,
+    ) -> Result<Resolution, Reason> {
+        let mut res = Resolution::default();
+        if let Some((name, start)) = sym {
+            // A name the file does not hold reads as "": DWARF may name it.
+            res.sym = (!name.is_empty()).then_some(name);
+            res.sym_offset = Some(vaddr - start);
         }
         if let Some(outer) = frames.pop() {
             res.file = outer.file;
@@ -316,6 +359,62 @@ impl Module {
         }
         Ok(res)
     }
+}
+
+/// What a module's DWARF lookups use besides its symbols: its DWARF, where
+/// it is shared, and the names it made (see `Module`).
+type DwarfParts<'a> = (
+    &'a mut Option<DwarfState>,
+    &'a Shared,
+    &'a mut NameCache,
+    &'a mut FxHashMap<String, Arc<str>>,
+);
+
+/// The symbol at `vaddr` (its names, made once per symbol, and its start)
+/// and, into `frames` (emptied first), DWARF's frames there, outermost
+/// last.
+fn look<'s>(
+    symbols: &'s elf::SymbolTable,
+    segments: &[elf::Segment],
+    (dwarf, shared, dwarf_names, files): DwarfParts<'_>,
+    vaddr: u64,
+    want_inlined: bool,
+    frames: &mut Vec<DwarfFrame>,
+) -> Option<(std::borrow::Cow<'s, SymText>, u64)> {
+    frames.clear();
+    let sym = symbols.find(vaddr).map(|hit| {
+        // Each symbol's name is demangled once, by whichever thread meets
+        // it first (C++ names cost microseconds each); the few found
+        // before the table is sorted are demangled each time.
+        let make = || demangle_with(&symbols.name(hit.name), SymText::new);
+        let st = match hit.demangled {
+            Some(cell) => std::borrow::Cow::Borrowed(cell.get_or_init(make)),
+            None => std::borrow::Cow::Owned(make()),
+        };
+        (st, hit.start)
+    });
+    // Outside code, DWARF knows only the ranges of functions the linker
+    // dropped, which it leaves at address 0 (addr2line answers "??").
+    let code = elf::is_code(segments, vaddr);
+    if let Some(units) = units_of(dwarf, shared).filter(|_| code) {
+        // A unit that .debug_aranges names but that knows nothing of the
+        // address (code without line info) is the answer: no other unit
+        // covers it, and asking the full context would parse them all.
+        if let Some(ctx) = units.context_for(vaddr) {
+            // The outermost function is the symbol's, when there is one.
+            let outer_name = sym.as_ref().is_none_or(|(st, _)| st.name.is_empty());
+            dwarf_frames(
+                &ctx,
+                vaddr,
+                want_inlined,
+                outer_name,
+                (dwarf_names, Some(units.names())),
+                files,
+                frames,
+            );
+        }
+    }
+    sym
 }
 
 /// `Module::units`, borrowing only the fields it needs (a lookup goes on to

@@ -125,9 +125,11 @@ impl Shared {
         let mut all = self.learned.lock().unwrap_or_else(|e| e.into_inner());
         // What a stream keeps for the cache is bounded (a long run over
         // many modules meets new addresses without end).
-        let kept: usize = all.1.iter().map(|l| l.points.len()).sum();
-        l.points.truncate(crate::cache::MAX_LEARNED.saturating_sub(kept));
-        if !l.points.is_empty() {
+        let kept: usize = all.1.iter().map(Learned::len).sum();
+        let room = crate::cache::MAX_LEARNED.saturating_sub(kept);
+        l.points.truncate(room);
+        l.syms.truncate(room - l.points.len());
+        if !l.is_empty() {
             all.1.push(l);
         }
     }
@@ -284,8 +286,9 @@ mod tests {
         let (id, prov) = (vec![9u8; 20], b"p".to_vec());
         let r = Resolution { sym: Some("f".into()), sym_offset: Some(0), ..Default::default() };
         let points = vec![(0x100, 0, Ok(Arc::new(r)))];
-        let learned = Learned { build_id: id.clone(), provenance: prov.clone(), points };
-        crate::cache::write(&dir, crate::cache::DEFAULT_SIZE, vec![learned]);
+        let learned =
+            Learned { build_id: id.clone(), provenance: prov.clone(), points, syms: Vec::new() };
+        crate::cache::write(&dir, crate::cache::DEFAULT_SIZE, &mut [learned]);
         let store = StoreDir::open(&dir).unwrap();
         let shared = Shared::default();
         let loads = std::cell::Cell::new(0);
