@@ -963,6 +963,82 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An answer from a symbol alone is not kept by address, so a frame
+    /// met on many lines is looked up (and learned) again on each: the
+    /// repeats must not fill what a module may learn for the cache
+    /// (`MAX_LEARNED`), or every address met after them goes unlearned
+    /// (an answer made, or one from a symbol) and the next run does not
+    /// find it in the cache.
+    #[test]
+    fn repeated_answers_from_symbols_leave_room_to_learn() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("symres-symlearn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stripped = dir.join("stripped");
+        let ok = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&exe)
+            .arg(&stripped)
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "objcopy --strip-debug");
+        let mut r = AddrResolver::new(Options::default());
+        let id = r.load_path(&stripped, &stripped).unwrap();
+        let m = r.modules.get_mut(id).unwrap();
+        m.learn = true;
+        let segs = m.segments.clone();
+        let mut texts = Vec::new();
+        // Inside functions, each answered from its symbol (written).
+        let inside: Vec<u64> = m
+            .symbols
+            .boundaries()
+            .step_by(7)
+            .filter_map(|v| {
+                let s = segs.iter().find(|s| s.exec && s.vaddr <= v && v - s.vaddr < s.filesz)?;
+                Some(v - s.vaddr + s.offset + 1)
+            })
+            .collect();
+        let offsets: Vec<u64> = inside
+            .into_iter()
+            .filter(|&off| {
+                matches!(m.answer_offset(off, 1, true, &mut texts), Ok(Answer::Written(_)))
+            })
+            .take(10)
+            .collect();
+        assert_eq!(offsets.len(), 10);
+        let _ = m.take_learned();
+        let (hot, new) = offsets.split_at(8);
+        let mut answer = |m: &mut Module, off: u64| {
+            texts.clear();
+            let a = m.answer_offset(off, 1, true, &mut texts);
+            assert!(matches!(a, Ok(Answer::Written(_))), "at {off:#x}: {a:?}");
+        };
+        // As many lookups of 8 hot frames as a module may learn answers.
+        for _ in 0..crate::cache::MAX_LEARNED / hot.len() {
+            for &off in hot {
+                answer(m, off);
+            }
+        }
+        // Then an answer made, and one written.
+        assert!(m.lookup_offset(new[0], 0, true).is_ok());
+        answer(m, new[1]);
+        let learned = m.take_learned().unwrap();
+        assert_eq!(learned.points.len(), 1, "the answer made is learned");
+        let mut at: Vec<u64> = learned.syms.iter().map(|s| s.0).collect();
+        at.sort_unstable();
+        at.dedup();
+        assert_eq!(at.len(), 9, "addresses learned: {at:x?}");
+        // Nor, handed over, what the stream may learn (`Shared::hand_over`,
+        // for all modules and threads): a list not yet full is handed over
+        // without its repeats.
+        for _ in 0..crate::cache::MAX_LEARNED / 4 / hot.len() {
+            for &off in hot {
+                answer(m, off);
+            }
+        }
+        assert_eq!(m.take_learned().unwrap().syms.len(), 8);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Units parsed at once on three threads answer as units parsed on
     /// first use: the same answers as a resolver of its own, and no unit
     /// left cold.

@@ -59,8 +59,10 @@ pub struct Module {
     pub learned: Vec<(u64, u64, Outcome)>,
     /// Answers from a symbol alone, learned as written (see
     /// `answer_offset`): the address, the symbol's start and its `sym`
-    /// member.
-    pub learned_syms: Vec<(u64, u64, Arc<[u8]>)>,
+    /// member; the first `learned_syms_apart` of them at distinct
+    /// addresses (see `sort_out_repeats`).
+    pub learned_syms: Vec<LearnedSym>,
+    learned_syms_apart: usize,
     /// Frames answered from the cache.
     pub cache_hits: u64,
     /// By address looked up, and how far back from the frame's (see
@@ -179,6 +181,7 @@ impl Module {
             learn: false,
             learned: Vec::new(),
             learned_syms: Vec::new(),
+            learned_syms_apart: 0,
             cache_hits: 0,
             answers: FxHashMap::default(),
             files: FxHashMap::default(),
@@ -238,10 +241,12 @@ impl Module {
             texts.extend_from_slice(&st.json);
             texts.extend_from_slice(b",\"sym_offset\":");
             push_hex_string(texts, (vaddr - start).wrapping_add(back));
-            if self.learn
-                && self.learned.len() + self.learned_syms.len() < crate::cache::MAX_LEARNED
-            {
-                self.learned_syms.push((vaddr, *start, st.json.clone()));
+            if self.learn {
+                let (syms, apart) = (&mut self.learned_syms, &mut self.learned_syms_apart);
+                sort_out_repeats(syms, apart, self.learned.len());
+                if room_to_learn(self.learned.len(), syms.len()) {
+                    syms.push((vaddr, *start, st.json.clone()));
+                }
             }
             self.frames = found;
             return Ok(Answer::Written(at..texts.len()));
@@ -285,7 +290,17 @@ impl Module {
     /// What this run learned, for the cache (emptied).
     pub fn take_learned(&mut self) -> Option<crate::cache::Learned> {
         let points = std::mem::take(&mut self.learned);
-        let syms = std::mem::take(&mut self.learned_syms);
+        let mut syms = std::mem::take(&mut self.learned_syms);
+        // Handed over, repeats would count against what the stream may
+        // learn (`Shared::hand_over`), at the expense of other modules and
+        // threads: dropped from a list long enough to hold many (a short
+        // one is not sorted here, on the run's last steps; the write sorts
+        // it anyway).
+        if syms.len() > crate::cache::MAX_LEARNED / 8 && syms.len() > self.learned_syms_apart {
+            syms.sort_unstable_by_key(|s| s.0);
+            syms.dedup_by_key(|s| s.0);
+        }
+        self.learned_syms_apart = 0;
         let build_id = self.build_id.clone().filter(|_| !points.is_empty() || !syms.is_empty())?;
         Some(crate::cache::Learned { build_id, provenance: self.provenance.clone(), points, syms })
     }
@@ -311,8 +326,12 @@ impl Module {
             self.answers.clear();
         }
         self.answers.insert((vaddr, back), r.clone());
-        if self.learn && self.learned.len() + self.learned_syms.len() < crate::cache::MAX_LEARNED {
-            self.learned.push((vaddr, back, r.clone()));
+        if self.learn {
+            let (syms, apart) = (&mut self.learned_syms, &mut self.learned_syms_apart);
+            sort_out_repeats(syms, apart, self.learned.len());
+            if room_to_learn(self.learned.len(), syms.len()) {
+                self.learned.push((vaddr, back, r.clone()));
+            }
         }
     }
 
@@ -359,6 +378,32 @@ impl Module {
         }
         Ok(res)
     }
+}
+
+/// An answer from a symbol alone, learned (see `Module::learned_syms`).
+type LearnedSym = (u64, u64, Arc<[u8]>);
+
+/// Make room in what a module learned, when it is full
+/// (`cache::MAX_LEARNED`: `points` answers made and `syms`, the first
+/// `apart` of which are at distinct addresses), by dropping the repeats of
+/// `syms` (sorted out), again whenever an eighth of it came since. Answers
+/// from a symbol alone are not kept by address, so an address is learned
+/// again on every line that has it: kept, a frame met on every line of a
+/// long stream filled the list, and no address met after it was learned
+/// (nor answered by the next run's cache). Only when full: a run that does
+/// not fill it pays nothing (the write sorts them anyway).
+fn sort_out_repeats(syms: &mut Vec<LearnedSym>, apart: &mut usize, points: usize) {
+    if points + syms.len() >= crate::cache::MAX_LEARNED && syms.len() - *apart > *apart / 8 {
+        syms.sort_unstable_by_key(|s| s.0);
+        syms.dedup_by_key(|s| s.0);
+        *apart = syms.len();
+    }
+}
+
+/// Whether a module that learned `points` answers made and `syms` may
+/// learn one more.
+fn room_to_learn(points: usize, syms: usize) -> bool {
+    points + syms < crate::cache::MAX_LEARNED
 }
 
 /// What a module's DWARF lookups use besides its symbols: its DWARF, where
