@@ -1873,7 +1873,10 @@ fn the_first_run_faults_no_more_pages_for_the_cache() {
     assert_eq!(cache_hits(&again), n, "{again}");
     let input = std::fs::read_to_string(&file).unwrap();
     let bare = symres_in(&dir.path("unused"), &["--no-cache", "-j3"], &input);
-    assert!(bare.stdout.contains("\"sym\":\"symres::main\""), "resolved at all");
+    // Nearly all named (not the padding between functions); no one name
+    // is asserted, as where the offsets fall depends on the build.
+    let named = bare.stdout.matches("\"sym\":").count() as u64;
+    assert!(named >= n * 9 / 10, "{named} of {n} frames named");
     for j in ["-j1", "-j3"] {
         let second = symres_in(&home, &["-v", j], &input);
         assert_eq!(cache_hits(&second.stderr), n, "{}", second.stderr);
