@@ -37,6 +37,12 @@
 #include "unwind.bpf.h"
 #include "mappings.bpf.h"
 
+/* The live-block table publishes a record by x86's store order (see
+ * bucket_claim). */
+#ifndef __TARGET_ARCH_x86
+#error "leakd-attach's table relies on x86's store order: see bucket_claim"
+#endif
+
 _Static_assert(LEAKD_ATTACH_MISMATCH_FRAMES == UNWIND_MAX_FRAMES, "a walk fits a mismatch record");
 
 /* Only blocks whose requested size is within [min_size, max_size] are kept. */
@@ -374,6 +380,11 @@ static __always_inline int bucket_claim(struct leakd_attach_bucket *b, __u64 key
 		b->recs[i].caller = a->caller;
 		b->recs[i].stack_id = a->stack_id;
 		b->recs[i].pid_op = a->pid_op;
+		/* The barrier orders the compiler only: the CPU keeps the record's
+		 * stores before ts_ns's because x86 keeps stores in order (TSO),
+		 * which user space's reader relies on (crates/leakd-attach's
+		 * table.rs). A weakly ordered CPU would need ts_ns stored with a
+		 * fully ordered atomic; hence the #error at the top. */
 		asm volatile("" ::: "memory");
 		*(volatile __u64 *)&b->recs[i].ts_ns = a->ts_ns;
 		__sync_lock_test_and_set(&b->keys[i], key);

@@ -21,10 +21,11 @@
 //! empty slot, and a malloc/free loop gets the same address each time,
 //! so a reader preempted in the middle of a record would see it): the
 //! record's time of allocation is its generation. The kernel writes it
-//! last, after the rest of the record, so a reader that reads it before
-//! and after the record and finds it unchanged read one block's record
-//! (two allocations are never at the same nanosecond), never one block's
-//! size with another's stack. A slot that keeps changing is skipped after
+//! last, after the rest of the record (seen in that order by other CPUs
+//! on x86, the only target: see bucket_claim), so a reader that reads it
+//! before and after the record and finds it unchanged read one block's
+//! record (two allocations are never at the same nanosecond), never one
+//! block's size with another's stack. A slot that keeps changing is skipped after
 //! a few tries: its address is being freed and reused, so what it holds
 //! is no leak.
 
