@@ -895,15 +895,11 @@ mod tests {
         assert_eq!(r.pids.maps[&me].generation, 1, "its maps were read again");
     }
 
-    /// An answer from a symbol alone is written as found (see
-    /// `Module::answer_offset`), not made: its text is byte for byte the
-    /// answer `lookup_offset` makes and renders, in a binary without DWARF
-    /// (every answer so written) and in one with DWARF (those from DWARF
-    /// made as before), for return addresses and not.
-    #[test]
-    fn answers_written_from_symbols_are_the_answers_made() {
+    /// This test binary without its DWARF (symbols only), in a fresh
+    /// directory `name`-PID: (the directory, the binary).
+    fn stripped_test_binary(name: &str) -> (PathBuf, PathBuf) {
         let exe = std::env::current_exe().unwrap();
-        let dir = std::env::temp_dir().join(format!("symres-symtext-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let stripped = dir.join("stripped");
         let ok = std::process::Command::new("objcopy")
@@ -912,6 +908,18 @@ mod tests {
             .arg(&stripped)
             .status();
         assert!(ok.is_ok_and(|s| s.success()), "objcopy --strip-debug");
+        (dir, stripped)
+    }
+
+    /// An answer from a symbol alone is written as found (see
+    /// `Module::answer_offset`), not made: its text is byte for byte the
+    /// answer `lookup_offset` makes and renders, in a binary without DWARF
+    /// (every answer so written) and in one with DWARF (those from DWARF
+    /// made as before), for return addresses and not.
+    #[test]
+    fn answers_written_from_symbols_are_the_answers_made() {
+        let exe = std::env::current_exe().unwrap();
+        let (dir, stripped) = stripped_test_binary("symres-symtext");
         for (path, all_written) in [(&stripped, true), (&exe, false)] {
             let (mut a, mut b) =
                 (AddrResolver::new(Options::default()), AddrResolver::new(Options::default()));
@@ -971,16 +979,7 @@ mod tests {
     /// find it in the cache.
     #[test]
     fn repeated_answers_from_symbols_leave_room_to_learn() {
-        let exe = std::env::current_exe().unwrap();
-        let dir = std::env::temp_dir().join(format!("symres-symlearn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let stripped = dir.join("stripped");
-        let ok = std::process::Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(&exe)
-            .arg(&stripped)
-            .status();
-        assert!(ok.is_ok_and(|s| s.success()), "objcopy --strip-debug");
+        let (dir, stripped) = stripped_test_binary("symres-symlearn");
         let mut r = AddrResolver::new(Options::default());
         let id = r.load_path(&stripped, &stripped).unwrap();
         let m = r.modules.get_mut(id).unwrap();
